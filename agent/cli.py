@@ -1,0 +1,66 @@
+"""`charger-update`: the one command line for release engineers, operators and the daemon.
+
+Each command group lives in its own module with a `register(subparsers)` function that adds
+its parser and sets `func` (args -> exit code). This file only dispatches and turns every
+UpdateError into a one-line message, a hint, and the error's documented exit code.
+"""
+
+import argparse
+import importlib
+import sys
+
+from agent import __version__
+from agent.core.errors import UpdateError
+
+# Order is the order of `charger-update --help`.
+COMMAND_MODULES = ()
+
+EPILOG = """\
+exit codes: 0 ok, 1 other failure, 2 usage, 10 bad signature, 11 unknown key, 12 expired,
+13 downgrade, 14 wrong model, 15 wrong hardware revision, 16 payload hash/length mismatch,
+17 truncated, 18 not enough space, 19 malformed bundle, 20 config error, 21 boot env error,
+22 read-back mismatch, 23 malformed job, 75 temporary failure (network, broker: retry later),
+130 interrupted. See docs/ for the bundle format, config file and MQTT API.
+"""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="charger-update",
+        description="Signed A/B updates for EV charger controllers.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="agent config (default: $CHARGER_UPDATE_CONFIG or /etc/charger-update/agent.toml)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except UpdateError as e:
+        print("charger-update: error: %s" % e.message, file=sys.stderr)
+        if e.hint:
+            print("  hint: %s" % e.hint, file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("charger-update: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The agent's TOML config: one file describes the board (device, slots, bootloader, trust).
+
+Invariant: a Config that loaded is complete and consistent for the sections every command
+needs; anything wrong raises ConfigError naming the file, the key and what to write instead.
+Relative paths are taken relative to the config file, so a board directory can be moved whole.
+Sections other issues own ([mqtt], [ocpp], [trial], ...) are kept as plain dicts in `raw`.
+"""
+
+import os
+import sys
+
+from agent.core.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.9/3.10 only
+    import tomli as tomllib
+
+DEFAULT_PATH = "/etc/charger-update/agent.toml"
+ENV_VAR = "CHARGER_UPDATE_CONFIG"
+
+DOWNLOAD_DEFAULTS = {
+    "timeout_s": 30.0,  # per socket operation
+    "retries": 8,  # reconnects after a dropped connection, per download
+    "backoff_s": 1.0,  # first back-off; doubles each retry, with full jitter
+    "backoff_max_s": 60.0,
+    "max_rate": 0,  # bytes per second; 0 means unlimited
+    "ca_file": "",  # extra CA bundle for https; system store otherwise
+    "chunk_size": 1 << 20,
+}
+
+
+def default_path():
+    return os.environ.get(ENV_VAR) or DEFAULT_PATH
+
+
+class Config:
+    def __init__(self, raw, path):
+        self.raw = raw
+        self.path = path
+        self.base_dir = os.path.dirname(os.path.abspath(path))
+        self.device = self._table("device", required=("id", "model", "hardware_revision"))
+        self.slots = self._slots()
+        self.bootloader = self._table("bootloader", required=("backend",))
+        self.trust = self._table("trust", required=())
+        self.state_dir = self.resolve(self._table("state", required=()).get("dir", "state"))
+        download = dict(DOWNLOAD_DEFAULTS)
+        download.update(self._table("download", required=()))
+        self.download = download
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def resolve(self, path):
+        """A path from the config, made absolute relative to the config file."""
+        path = os.path.expanduser(str(path))
+        return path if os.path.isabs(path) else os.path.join(self.base_dir, path)
+
+    def section(self, name):
+        """A section owned by a later component; an empty dict when absent."""
+        value = self.raw.get(name, {})
+        if not isinstance(value, dict):
+            raise self._error("[%s] must be a table" % name)
+        return value
+
+    @property
+    def slot_names(self):
+        return tuple(sorted(self.slots))
+
+    def slot_target(self, slot, slot_class):
+        """The device or file that holds `slot_class` (e.g. "rootfs") of `slot`."""
+        try:
+            return self.slots[slot][slot_class]
+        except KeyError:
+            raise ConfigError(
+                "slot %s has no target for slot class %r in %s" % (slot, slot_class, self.path),
+                hint="add %s = \"/dev/...\" under [slots.%s]" % (slot_class, slot),
+            ) from None
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def _error(self, message, hint=None):
+        return ConfigError("%s: %s" % (self.path, message), hint=hint)
+
+    def _table(self, name, required):
+        table = self.section(name)
+        missing = [key for key in required if key not in table]
+        if missing:
+            raise self._error(
+                "[%s] is missing %s" % (name, ", ".join(missing)),
+                hint="see docs/config.md for an example",
+            )
+        return dict(table)
+
+    def _slots(self):
+        slots = self.section("slots")
+        if len(slots) < 2:
+            raise self._error(
+                "[slots] must name at least two slots (A/B), found %d" % len(slots),
+                hint='add [slots.A] rootfs = "/dev/..." and [slots.B] rootfs = "/dev/..."',
+            )
+        resolved = {}
+        for slot, targets in slots.items():
+            if not isinstance(targets, dict) or not targets:
+                raise self._error("[slots.%s] must map slot classes to devices" % slot)
+            resolved[slot] = dict((cls, self.resolve(dev)) for cls, dev in targets.items())
+        return resolved
+
+
+def load(path=None):
+    path = path or default_path()
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            "config file %s does not exist" % path,
+            hint="pass --config PATH or set %s" % ENV_VAR,
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("%s is not valid TOML: %s" % (path, e)) from None
+    except OSError as e:
+        raise ConfigError("cannot read config %s: %s" % (path, e.strerror)) from None
+    return Config(raw, path)
