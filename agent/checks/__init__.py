@@ -1,0 +1,74 @@
+"""Trial checks as plug-ins: each answers "does this part of the charger still work?".
+
+A check is a class with a `name` and `run(ctx) -> evidence dict` that raises CheckFailed
+(with evidence) when the part is broken. Built-in checks are listed in BUILTIN; an OEM adds
+one by naming "package.module:Class" in `[trial] checks` or by registering an entry point in
+the group `charger_update.checks`. ctx is a TrialContext: what a check may talk to.
+"""
+
+import importlib
+
+from agent.core.errors import ConfigError
+
+ENTRY_POINT_GROUP = "charger_update.checks"
+BUILTIN = {
+    "communication": "agent.checks.communication:Communication",
+    "charging-session": "agent.checks.session:ChargingSession",
+    "alarms": "agent.checks.alarms:Alarms",
+}
+
+
+class CheckFailed(Exception):
+    def __init__(self, message, evidence=None):
+        Exception.__init__(self, message)
+        self.evidence = dict(evidence or {}, problem=message)
+
+
+class TrialContext:
+    """What checks may use: cfg (agent Config), channel, stack, baseline, clock, wait."""
+
+    def __init__(self, cfg, channel, stack, baseline, clock, trial_started_at, wait):
+        self.cfg = cfg
+        self.channel = channel
+        self.stack = stack
+        self.baseline = baseline or {}
+        self.clock = clock
+        self.trial_started_at = trial_started_at
+        # wait(seconds) -> False when the daemon is stopping; checks never call time.sleep.
+        self.wait = wait
+
+    def options(self, name):
+        """The [trial.<name>] table of the config."""
+        return dict(self.cfg.section("trial").get(name, {}))
+
+
+def _entry_points():
+    try:
+        from importlib.metadata import entry_points
+    except ImportError:  # pragma: no cover
+        return {}
+    eps = entry_points()
+    group = eps.select(group=ENTRY_POINT_GROUP) if hasattr(eps, "select") else eps.get(
+        ENTRY_POINT_GROUP, ())
+    return dict((ep.name, ep.value) for ep in group)
+
+
+def load_check(name):
+    spec = BUILTIN.get(name) or _entry_points().get(name) or name
+    if ":" not in spec:
+        raise ConfigError(
+            "unknown trial check %r" % name,
+            hint="use one of %s or 'package.module:Class'" % ", ".join(sorted(BUILTIN)),
+        )
+    module, _, attr = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError("trial check %r (%s) cannot be loaded: %s" % (name, spec, e)) from None
+    check = cls()
+    check.name = name
+    return check
+
+
+def load_checks(names):
+    return [load_check(n) for n in names]

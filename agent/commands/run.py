@@ -1,0 +1,46 @@
+"""`charger-update run`: the daemon, as systemd starts it on the charger."""
+
+import logging
+import signal
+
+from agent import config as config_mod
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "run",
+        help="run the update agent daemon (MQTT jobs, trial checks, commit or rollback)",
+        description="Run the agent until SIGTERM. It resumes any journey saved in the state "
+        "dir, runs the trial after booting a new slot, and takes jobs from "
+        "{prefix}/{device}/update/job (see docs/mqtt-api.md).",
+    )
+    p.set_defaults(func=run)
+
+
+def build(cfg):
+    """The daemon with the real adapters the config names."""
+    from agent.charging import SocketStack
+    from agent.daemon import Daemon
+    from agent.mqtt_channel import MqttChannel
+    from agent.system import System
+    from agent.trust import Trust
+    from bootloader_iface import open_from_config
+
+    boot = open_from_config(cfg)
+    stack_opts = cfg.section("charging_stack")
+    stack = SocketStack(cfg.resolve(stack_opts.get("socket", "/run/charger/stack.sock")))
+    online = {"model": cfg.device["model"], "booted": boot.booted_slot()}
+    channel = MqttChannel(cfg.section("mqtt"), cfg.device["id"], online_info=online)
+    return Daemon(cfg, boot, channel, stack, Trust.from_config(cfg), System(cfg.section("system")))
+
+
+def run(args):
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    cfg = config_mod.load(args.config)
+    daemon = build(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    daemon.run()
+    return 0

@@ -1,0 +1,343 @@
+"""The agent daemon: wires the pure journey (agent/core/journey.py) to the board's I/O edges.
+
+Invariant: every decision is the journey's; this file only executes its actions in order and
+feeds results back as events. One thread owns the journey. Long actions (download, verify,
+install, checks) run in a worker and post their result to the same queue as MQTT messages,
+so the loop keeps petting the watchdog and answering cancels while they run. Nothing here
+raises out of the loop: a failed action becomes an event with a reason.
+"""
+
+import json
+import logging
+import queue
+import random
+import threading
+import time
+
+from agent import channel as ch
+from agent import installer
+from agent.bundle.reader import open_bundle
+from agent.checks import CheckFailed, TrialContext, load_checks
+from agent.checks.alarms import baseline as alarm_baseline
+from agent.core import lifecycle as lc
+from agent.core.errors import (
+    BadSignature, ReadbackMismatch, Rejected, UnknownKey, UpdateError,
+)  # fmt: skip
+from agent.core.jobs import parse_job
+from agent.core.journey import Journey
+from agent.core.trial import TrialPolicy
+from agent.fetch import open_source
+from agent.history import History
+from agent.journal import Journal
+from agent.slotstate import SlotState
+
+log = logging.getLogger("charger-update")
+SIGNATURE_ERRORS = (BadSignature, UnknownKey)
+
+
+class Daemon:
+    """cfg: agent Config; boot: BootControl; channel: MqttChannel/FakeChannel; stack: a
+    ChargingStack; trust: agent.trust.Trust; system: reboot()/pet()/local_offset_s()."""
+
+    def __init__(self, cfg, boot, channel, stack, trust, system, clock=time.time, rng=None):
+        self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
+        self.trust, self.system, self.clock = trust, system, clock
+        self.rng = rng or random.Random()
+        trial = cfg.section("trial")
+        self.policy = TrialPolicy(
+            int(trial.get("window_s", 600)),
+            trial.get("checks", ["communication", "charging-session", "alarms"]),
+        )
+        self.journal = Journal(cfg.state_dir)
+        self.history = History(cfg.state_dir)
+        self.slots = SlotState(cfg.state_dir)
+        self.events = queue.Queue()
+        self.stopping = threading.Event()
+        self.busy = False  # a long action runs in a worker
+        self.rebooting = False
+        self.wake_at = 0
+        self.journey = None
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def run(self):
+        self.channel.subscribe(ch.JOB, lambda t, p: self.events.put(("job", p)))
+        self.channel.subscribe(ch.CANCEL, lambda t, p: self.events.put(("cancel", p)))
+        self.channel.start()
+        self.resume()
+        self.publish_inventory()
+        while not self.stopping.is_set():
+            self.system.pet()
+            try:
+                item = self.events.get(timeout=self._timeout())
+            except queue.Empty:
+                item = None
+            if item is not None:
+                self.dispatch(item)
+            if not self.busy and not self.rebooting:
+                self.tick()
+        self.channel.stop()
+
+    def stop(self):
+        self.stopping.set()
+
+    def _timeout(self):
+        return min(max(self.wake_at - self.clock(), 0.05), 1.0)
+
+    def resume(self):
+        record = self.journal.load()
+        self.journey = Journey.from_record(record, self.policy) if record else Journey(
+            trial_policy=self.policy)
+        booted = self.boot.booted_slot()
+        log.info("booted slot %s; journal state %s", booted, self.journey.state)
+        self.execute(self.journey.resume(booted, self.clock())[1])
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def dispatch(self, item):
+        kind = item[0]
+        if kind == "job":
+            self.offer(item[1])
+        elif kind == "cancel":
+            self.execute(self.journey.cancel(str(item[1].get("job_id") or item[1].get("id")),
+                                             self.clock())[1])
+        elif kind == "result":
+            self.busy = False
+            self.execute(self.journey.handle(item[1], self.clock(), item[2])[1])
+        elif kind == "checks":
+            self.busy = False
+            self.execute(self.journey.check_results(item[1], self.clock())[1])
+
+    def offer(self, payload):
+        raw = json.dumps(payload).encode()
+        try:
+            job = parse_job(raw, self.cfg.device)
+        except UpdateError as e:
+            job_id = payload.get("id") if isinstance(payload.get("id"), str) else None
+            self.report("Idle", {"job_id": job_id, "reason": e.reason, "detail": e.message})
+            return
+        booted = self.boot.booted_slot()
+        actions = self.journey.offer(
+            job, self.clock(), booted, self.boot.other_slot(booted), self.rng.random())[1]
+        self.execute(actions)
+
+    def tick(self):
+        state = self.journey.state
+        if state == lc.IDLE:
+            return
+        if lc.is_terminal(state):
+            self.execute(self.journey.finish(self.clock())[1])
+            return
+        if self.clock() < self.wake_at:
+            return
+        active = state in (lc.INSTALL_SCHEDULED, lc.INSTALLED) and self._session_active()
+        self.execute(self.journey.tick(self.clock(), self.system.local_offset_s(), active)[1])
+
+    def _session_active(self):
+        try:
+            return self.stack.session_active()
+        except UpdateError as e:
+            log.warning("charging stack unreachable (%s): treating as a session in progress", e)
+            return True
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def execute(self, actions):
+        for action in actions:
+            getattr(self, "do_" + action[0])(*action[1:])
+
+    def do_save_journal(self):
+        self.journal.save(self.journey.to_record())
+
+    def do_report(self, status, info):
+        self.report(status, info)
+        if status in ("Committed", "RolledBack", "InvalidSignature", "InstallationFailed",
+                      "InstallVerificationFailed", "DownloadFailed"):
+            self.history.record_result(info.get("job_id"), status, info)
+            self.publish_inventory()
+
+    def do_wait(self, until, why):
+        self.wake_at = until
+
+    def do_ignore(self, job_id, reason):
+        log.info("ignoring job %s: %s", job_id, reason)
+
+    def do_reject(self, job_id, reason):
+        self.report("Idle", {"job_id": job_id, "reason": "rejected", "detail": reason})
+
+    def do_try_slot(self, slot):
+        self.boot.try_slot(slot, int(self.cfg.bootloader.get("trial_attempts", 1)))
+
+    def do_mark_good(self, slot):
+        self.boot.mark_good(slot)
+        self.slots.committed(slot)
+
+    def do_mark_bad(self, slot):
+        self.boot.mark_bad(slot)
+        self.slots.mark(slot, "bad")
+
+    def do_reboot(self):
+        self.rebooting = True
+        log.info("rebooting")
+        self.channel.stop()
+        self.system.reboot()
+
+    def do_cleanup(self):
+        pass  # streaming installs keep no download cache
+
+    def do_record_baseline(self):
+        try:
+            self.journey.set_baseline(alarm_baseline(self.stack, self.clock))
+        except UpdateError as e:
+            log.warning("no alarm baseline (%s); the trial compares with an empty one", e)
+            self.journey.set_baseline({"codes": [], "rate_per_hour": 0.0})
+
+    def do_download(self):
+        self._work(self._download)
+
+    def do_verify(self):
+        self._work(self._verify)
+
+    def do_install(self, slot):
+        self._work(self._install)
+
+    def do_run_checks(self):
+        self.busy = True
+        threading.Thread(target=self._run_checks, daemon=True).start()
+
+    # -- workers (run off the loop thread; post exactly one result) ------------------------------
+
+    def _work(self, fn):
+        self.busy = True
+
+        def run():
+            try:
+                event, info = fn()
+            except Exception as e:  # a bug in an adapter must not kill the daemon
+                log.exception("action failed")
+                event, info = lc.INSTALL_ERROR, {"reason": "internal", "detail": str(e)}
+            self.events.put(("result", event, info))
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def _open(self):
+        return open_source(self.journey.job.url, self.cfg.download)
+
+    def _download(self):
+        """Streaming install: 'download' fetches and parses the signed header only."""
+        try:
+            with self._open() as source:
+                open_bundle(source.read)
+            return lc.DOWNLOAD_OK, {}
+        except UpdateError as e:
+            return lc.DOWNLOAD_ERROR, _info(e)
+
+    def _verify(self):
+        try:
+            with self._open() as source:
+                installer.read_manifest(source, self.trust, self.cfg, self.clock())
+            return lc.SIGNATURE_OK, {}
+        except Rejected as e:
+            return lc.SIGNATURE_BAD, _info(e)
+        except UpdateError as e:
+            return lc.DOWNLOAD_ERROR, _info(e)
+
+    def _install(self):
+        progress = StatusProgress(self)
+        try:
+            installer.install(self.journey.job.url, self.cfg, self.boot, self.trust,
+                              now=self.clock(), progress_factory=progress.start)
+            return lc.INSTALL_OK, {}
+        except SIGNATURE_ERRORS as e:
+            return lc.SIGNATURE_BAD, _info(e)
+        except ReadbackMismatch as e:
+            return lc.VERIFY_ERROR, _info(e)
+        except UpdateError as e:
+            return lc.INSTALL_ERROR, _info(e)
+
+    def _run_checks(self):
+        data = self.journey.data
+        ctx = TrialContext(self.cfg, self.channel, self.stack, data.get("baseline"), self.clock,
+                           data.get("trial_started_at"), self._wait)
+        results = {}
+        for check in load_checks(self.policy.required_checks):
+            try:
+                results[check.name] = (True, check.run(ctx))
+            except CheckFailed as e:
+                results[check.name] = (False, e.evidence)
+            except UpdateError as e:
+                results[check.name] = (False, {"problem": e.message})
+            except Exception as e:  # an OEM check's bug fails the check, not the daemon
+                log.exception("check %s crashed", check.name)
+                results[check.name] = (False, {"problem": "check crashed: %r" % e})
+            log.info("check %s: %s", check.name, "pass" if results[check.name][0] else "FAIL")
+            self.report("TrialRunning", {"job_id": self.journey.job.id, "check": check.name,
+                                         "passed": results[check.name][0],
+                                         "evidence": results[check.name][1]})
+        self.events.put(("checks", results))
+
+    def _wait(self, seconds):
+        return not self.stopping.wait(seconds)
+
+    # -- reporting --------------------------------------------------------------------------------
+
+    def report(self, status, info):
+        message = dict(info)
+        message.update(status=status, seq=self.history.next_seq(), ts=int(self.clock()))
+        log.info("status %s %s", status, json.dumps(info, sort_keys=True, default=str))
+        try:
+            self.channel.publish(ch.STATUS, message)
+        except UpdateError as e:
+            log.warning("status %s not published (%s); the inventory will carry it", status, e)
+
+    def publish_inventory(self):
+        try:
+            row = self.inventory()
+            self.channel.publish(ch.INVENTORY, row, retain=True)
+        except UpdateError as e:
+            log.warning("inventory not published: %s", e)
+
+    def inventory(self):
+        boot = self.boot.status()
+        slots = self.slots.load()["slots"]
+        device = self.cfg.device
+        return {
+            "device_id": device["id"], "model": device["model"],
+            "hardware_revision": device["hardware_revision"],
+            "group": device.get("group", ""), "site_type": device.get("site_type", ""),
+            "backend": boot["backend"], "booted": boot["booted"], "primary": boot["primary"],
+            "slots": dict((s, {"version": slots.get(s, {}).get("version"),
+                               "state": slots.get(s, {}).get("state"),
+                               "attempts_left": boot["slots"][s]["attempts_left"]})
+                          for s in boot["slots"]),
+            "last_job": self.history.last_job(), "rollbacks": self.history.rollbacks(),
+        }  # fmt: skip
+
+
+class StatusProgress:
+    """Installing progress as status messages, every 10 %."""
+
+    def __init__(self, daemon):
+        self.daemon = daemon
+        self.total = 1
+        self.done_bytes = 0
+        self.next_step = 10
+
+    def start(self, total, label):
+        self.total = max(total, 1)
+        return self
+
+    def update(self, n):
+        self.done_bytes += n
+        percent = self.done_bytes * 100 // self.total
+        if percent >= self.next_step:
+            self.next_step = percent // 10 * 10 + 10
+            job = self.daemon.journey.job
+            self.daemon.report("Installing", {"job_id": job.id, "progress": percent})
+
+    def done(self):
+        pass
+
+
+def _info(error):
+    return {"reason": error.reason, "detail": error.message, "transient": bool(error.retry)}

@@ -1,0 +1,74 @@
+"""Install a signed bundle into the inactive slot, streaming from a path or URL.
+
+Invariant: no payload byte is written before the manifest's signatures, the device policy
+(model, hardware revision, expiry, anti-rollback) and the space for every payload were
+checked; the inactive slot is marked not bootable before its first byte is written; the
+slot is recorded as installed only after every payload was fsynced and read back with the
+signed hash. Handing over to the bootloader (try_slot) is the caller's next, separate step,
+so a failure anywhere here leaves the booted slot primary and the boot order as it was.
+"""
+
+from agent import slots as slotio
+from agent.bundle.reader import open_bundle
+from agent.fetch import open_source
+from agent.slotstate import SlotState
+
+
+class Installed:
+    def __init__(self, slot, manifest):
+        self.slot = slot
+        self.manifest = manifest
+
+
+def read_manifest(source, trust, cfg, now=None):
+    """Read and fully check the manifest at the head of `source`; return it."""
+    _, envelope = open_bundle(source.read)
+    return trust.verify(
+        envelope,
+        device=cfg.device,
+        installed_security_version=SlotState(cfg.state_dir).security_floor(),
+        now=now,
+    )
+
+
+def plan(manifest, cfg, slot):
+    """(payload, SlotTarget) pairs for `slot`; every target must exist and have room."""
+    steps = []
+    for payload in manifest.payloads:
+        target = slotio.SlotTarget(cfg.slot_target(slot, payload.slot_class))
+        slotio.check_space(target, payload.installed_size)
+        steps.append((payload, target))
+    return steps
+
+
+def install(location, cfg, boot, trust, now=None, progress_factory=None, source_opener=None):
+    """Verify the bundle at `location` and stream it into the slot that is not booted.
+
+    boot: a BootControl; trust: agent.trust.Trust. Returns Installed(slot, manifest).
+    progress_factory(total_bytes, label) -> object with update(n)/done(), or None.
+    """
+    opener = source_opener or open_source
+    slot = boot.other_slot(boot.booted_slot())
+    state = SlotState(cfg.state_dir)
+    with opener(location, cfg.download) as source:
+        manifest = read_manifest(source, trust, cfg, now)
+        steps = plan(manifest, cfg, slot)
+        total = sum(p.size for p in manifest.payloads)
+        # Endless-data bound: the header already read plus the signed payload sizes.
+        source.set_limit(source.pos + total)
+        # From here the inactive slot holds garbage until the last read-back passes.
+        boot.mark_bad(slot)
+        state.begin_write(slot, manifest.version)
+        progress = None
+        if progress_factory:
+            progress = progress_factory(total, "%s -> slot %s" % (manifest.version, slot))
+        for payload, target in steps:
+            slotio.write_payload(
+                source.read, payload, target, cfg.download["chunk_size"], progress
+            )
+        source.expect_end()
+        if progress:
+            progress.done()
+    state.installed(slot, manifest)
+    return Installed(slot, manifest)
+

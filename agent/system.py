@@ -1,0 +1,55 @@
+"""The operating-system edge: reboot, watchdog and local time.
+
+Invariant: the watchdog is petted only from the daemon's loop (never from a helper thread),
+so a hung agent really stops petting and the board's watchdog resets it; after too many
+resets the bootloader's attempt counter brings back the good slot.
+"""
+
+import os
+import shlex
+import socket
+import subprocess
+import time
+
+from agent.core.errors import ConfigError
+
+
+def sd_notify(message, env=os.environ):
+    """systemd's notify protocol: one datagram to $NOTIFY_SOCKET; a no-op without it."""
+    path = env.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):  # abstract namespace
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(message.encode(), path)
+        except OSError:
+            return False
+    return True
+
+
+class System:
+    """[system] reboot_command (default "systemctl reboot"), utc_offset_s (default: the
+    host's local time zone)."""
+
+    def __init__(self, options):
+        self.options = options
+        command = options.get("reboot_command", "systemctl reboot")
+        self.reboot_command = shlex.split(command) if isinstance(command, str) else list(command)
+        if not self.reboot_command:
+            raise ConfigError("[system] reboot_command is empty", hint='e.g. "systemctl reboot"')
+
+    def reboot(self):
+        subprocess.run(self.reboot_command, check=False)
+
+    def pet(self):
+        sd_notify("WATCHDOG=1")
+
+    def ready(self):
+        sd_notify("READY=1")
+
+    def local_offset_s(self):
+        if "utc_offset_s" in self.options:
+            return int(self.options["utc_offset_s"])
+        return time.localtime().tm_gmtoff

@@ -1,0 +1,74 @@
+"""Controls a virtual board from the outside, as a bench's relay and USB-serial adapter do.
+
+The serial line is a pty pair that outlives power cycles (like a USB-serial adapter stays
+plugged in): the board writes to the master, the rig opens the slave path with pyserial.
+Power off kills the whole process tree at once (SIGKILL to its session): no clean shutdown,
+exactly like pulling the plug.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tty
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class VirtualBoard:
+    def __init__(self, board_dir):
+        self.dir = os.path.abspath(board_dir)
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.console_path = os.ttyname(self.slave)
+        self.proc = None
+
+    @property
+    def is_on(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def power_on(self):
+        if self.is_on:
+            return
+        run = os.path.join(self.dir, "run")
+        for name in os.listdir(run) if os.path.isdir(run) else ():
+            if name != "rootfs":
+                os.unlink(os.path.join(run, name))
+        env = dict(os.environ, PYTHONPATH=REPO)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hil.virtual.bootrom", self.dir, str(self.master)],
+            pass_fds=(self.master,),
+            start_new_session=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(self.dir, "bootrom.err"), "ab"),
+        )
+
+    def power_off(self):
+        """Pull the plug: every process of the board dies at once."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.proc = None
+
+    def power_cycle(self):
+        self.power_off()
+        self.power_on()
+
+    def close(self):
+        self.power_off()
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

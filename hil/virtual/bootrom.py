@@ -1,0 +1,122 @@
+"""Boot ROM of the virtual board: what the bootloader and the supervisor do on a real board.
+
+At every power-on or reset it reads the boot environment through bootloader_iface's
+bootloader side (the same selection and attempt counting as the sample U-Boot script),
+extracts the firmware found in the chosen slot, and runs its init with the console on the
+board's pty. A hardware watchdog (the systemd notify protocol: `WATCHDOG=1` datagrams on
+$NOTIFY_SOCKET) resets the board when the running firmware stops petting it.
+
+Run as `python -m hil.virtual.bootrom BOARD_DIR CONSOLE_FD`; the board controller
+(hil/virtual/board.py) starts it in its own session so a power cut kills the whole tree.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+
+from hil.virtual import layout
+
+
+class ConsoleOut:
+    """Writes to the board's serial line (pty master) and to console.log; never blocks."""
+
+    def __init__(self, fd, log_path):
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self.log = open(log_path, "ab", buffering=0)
+        self.lock = threading.Lock()
+
+    def write(self, data):
+        with self.lock:
+            self.log.write(data)
+            try:
+                os.write(self.fd, data.replace(b"\n", b"\r\n"))
+            except BlockingIOError:
+                pass  # nobody reads the serial line: the log keeps the text
+
+    def line(self, text):
+        self.write(("[rom] %s\n" % text).encode())
+
+
+def extract(image, rootfs):
+    """Unpack the slot's firmware (a tar; trailing bytes in the slot are ignored)."""
+    if os.path.exists(rootfs):
+        shutil.rmtree(rootfs)
+    os.makedirs(rootfs)
+    # The "data" filter refuses absolute paths and links out of the tree (Python >= 3.9.17).
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    with tarfile.open(image, "r:") as tar:
+        tar.extractall(rootfs, **safe)
+    if not os.path.exists(os.path.join(rootfs, "firmware.toml")):
+        raise tarfile.TarError("no firmware.toml in the image")
+
+
+def boot_once(board, console, notify):
+    slot = layout.bootloader_select(board)
+    if slot is None:
+        console.line("no bootable slot left: halted")
+        threading.Event().wait()
+    console.line("booting slot %s" % slot)
+    rootfs = os.path.join(board, "run", "rootfs")
+    try:
+        extract(layout.slot_image(board, slot), rootfs)
+    except (OSError, tarfile.TarError) as e:
+        console.line("slot %s holds no bootable firmware (%s): reset" % (slot, e))
+        return
+    with open(os.path.join(board, "run", "cmdline"), "w") as f:
+        f.write("console=ttyS0 charger.slot=%s\n" % slot)
+    env = dict(os.environ, PYTHONPATH=rootfs, BOARD_DIR=board, CHARGER_SLOT=slot)
+    env["NOTIFY_SOCKET"] = notify.getsockname()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charger_fw.init"],
+        cwd=rootfs, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    threading.Thread(target=pump, args=(proc.stdout, console), daemon=True).start()
+    reason = supervise(proc, notify, layout.watchdog_s(board))
+    console.line("reset (%s)" % reason)
+
+
+def pump(stream, console):
+    for line in iter(stream.readline, b""):
+        console.write(line)
+
+
+def supervise(proc, notify, watchdog_s):
+    """Wait until the firmware exits or stops petting the watchdog; kill it in the latter case."""
+    deadline = time.monotonic() + watchdog_s
+    notify.settimeout(0.2)
+    while proc.poll() is None:
+        try:
+            if b"WATCHDOG=1" in notify.recv(256):
+                deadline = time.monotonic() + watchdog_s
+        except socket.timeout:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            return "watchdog: no sign of life for %ss" % watchdog_s
+    return "firmware exited with %s" % proc.returncode
+
+
+def main(argv=None):
+    board, console_fd = (argv or sys.argv[1:])[:2]
+    board = os.path.abspath(board)
+    os.makedirs(os.path.join(board, "run"), exist_ok=True)
+    console = ConsoleOut(int(console_fd), os.path.join(board, "console.log"))
+    path = os.path.join(board, "run", "notify.sock")
+    if os.path.exists(path):
+        os.unlink(path)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(path)
+    console.line("power on")
+    while True:
+        boot_once(board, console, notify)
+
+
+if __name__ == "__main__":
+    main()

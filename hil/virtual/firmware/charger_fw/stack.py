@@ -1,0 +1,114 @@
+"""The charging stack of the virtual firmware: sessions, an energy meter, alarms.
+
+It serves the charging-stack control protocol the agent's adapter speaks
+(agent/charging.py): one JSON object per line over a Unix socket. Firmware defects
+(`refuse-session`, `alarm-storm`) live here, so the agent's checks see what a broken
+release would really do rather than a flag saying "I am broken".
+"""
+
+import json
+import os
+import socketserver
+import threading
+import time
+
+
+class ChargingStack:
+    def __init__(self, defects=(), clock=time.time):
+        self.defects = set(defects)
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.session = None  # {"id_tag", "started", "energy_wh"} while a session runs
+        self.sessions_done = 0
+        self.alarms = []  # [{"code", "ts"}]
+        self._storm = None
+
+    # -- what an EV driver and the CSMS do ---------------------------------------------------
+
+    def authorize(self, id_tag):
+        return {"ok": bool(id_tag), "id_tag": id_tag}
+
+    def start(self, id_tag):
+        with self.lock:
+            if "refuse-session" in self.defects:
+                self._raise_alarm("ConnectorLockFailure")
+                return {"ok": False, "reason": "connector lock failed"}
+            if self.session:
+                return {"ok": False, "reason": "session already active"}
+            self.session = {"id_tag": id_tag, "started": self.clock(), "energy_wh": 0}
+            return {"ok": True}
+
+    def meter(self):
+        """Advance the meter one step (energy flows while a session is active)."""
+        with self.lock:
+            if not self.session:
+                return {"ok": False, "reason": "no session"}
+            self.session["energy_wh"] += 125
+            return {"ok": True, "energy_wh": self.session["energy_wh"]}
+
+    def stop(self):
+        with self.lock:
+            if not self.session:
+                return {"ok": False, "reason": "no session"}
+            energy, self.session = self.session["energy_wh"], None
+            self.sessions_done += 1
+            return {"ok": True, "energy_wh": energy}
+
+    def status(self):
+        with self.lock:
+            return {
+                "ok": True,
+                "session_active": self.session is not None,
+                "sessions_done": self.sessions_done,
+                "alarms": list(self.alarms[-200:]),
+            }
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    def _raise_alarm(self, code):
+        self.alarms.append({"code": code, "ts": self.clock()})
+
+    def start_alarm_storm(self, stop_event, interval=0.05):
+        """`alarm-storm` firmware: a ground-fault monitor that trips constantly."""
+
+        def storm():
+            while not stop_event.wait(interval):
+                with self.lock:
+                    self._raise_alarm("GroundFailure")
+
+        self._storm = threading.Thread(target=storm, daemon=True)
+        self._storm.start()
+
+    def handle(self, request):
+        cmd = request.get("cmd")
+        if cmd == "authorize":
+            return self.authorize(request.get("id_tag", ""))
+        if cmd == "start":
+            return self.start(request.get("id_tag", "SELFTEST"))
+        if cmd == "meter":
+            return self.meter()
+        if cmd == "stop":
+            return self.stop()
+        if cmd == "status":
+            return self.status()
+        return {"ok": False, "reason": "unknown command %r" % cmd}
+
+
+def serve(stack, path):
+    """Serve `stack` on the Unix socket `path` in a daemon thread; returns the server."""
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            for line in self.rfile:
+                try:
+                    reply = stack.handle(json.loads(line))
+                except ValueError:
+                    reply = {"ok": False, "reason": "request is not JSON"}
+                self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+    if os.path.exists(path):
+        os.unlink(path)
+    server = socketserver.ThreadingUnixStreamServer(path, Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

@@ -1,0 +1,40 @@
+"""Build the virtual board's firmware image: a tar of the charging stack plus the agent.
+
+The image is a real runnable payload: the boot ROM extracts it and runs its init, and the
+agent that then runs is the one inside the image, so a release really ships its own agent.
+`defects` make one of the broken builds the HIL catalogue must catch:
+crash-on-boot, no-backend, refuse-session, alarm-storm, hang-agent.
+"""
+
+import io
+import os
+import tarfile
+
+from hil.virtual.board import REPO
+
+DEFECTS = ("crash-on-boot", "no-backend", "refuse-session", "alarm-storm", "hang-agent")
+PACKAGES = (
+    ("agent", os.path.join(REPO, "agent")),
+    ("bootloader_iface", os.path.join(REPO, "bootloader_iface")),
+    ("charger_fw", os.path.join(REPO, "hil", "virtual", "firmware", "charger_fw")),
+)
+
+
+def _skip_cache(info):
+    return None if "__pycache__" in info.name or info.name.endswith(".pyc") else info
+
+
+def build_image(out_path, version, defects=()):
+    unknown = [d for d in defects if d not in DEFECTS]
+    if unknown:
+        raise ValueError("unknown firmware defect(s) %s; known: %s" % (unknown, ", ".join(DEFECTS)))
+    manifest = 'version = "%s"\ndefects = [%s]\n' % (
+        version, ", ".join('"%s"' % d for d in defects))
+    with tarfile.open(out_path, "w", format=tarfile.PAX_FORMAT) as tar:
+        data = manifest.encode()
+        info = tarfile.TarInfo("firmware.toml")
+        info.size, info.mode, info.mtime = len(data), 0o644, 0
+        tar.addfile(info, io.BytesIO(data))
+        for name, path in PACKAGES:
+            tar.add(path, arcname=name, filter=_skip_cache)
+    return out_path

@@ -1,0 +1,113 @@
+"""The virtual board's directory: flash, boot environment, persistent data, volatile run dir.
+
+    BOARD/agent.toml      the agent's config (what /etc/charger-update/agent.toml is on a board)
+    BOARD/board.toml      the board itself: watchdog timeout
+    BOARD/uplink.toml     where the board's uplink forwards its local ports (the backend)
+    BOARD/fw_env.config   U-Boot env location, redundant pair in flash/uboot.env
+    BOARD/flash/          slotA.img, slotB.img, uboot.env: survive power cuts
+    BOARD/data/           the agent's persistent state dir (journal, slot records)
+    BOARD/run/            volatile: wiped at power-on (extracted rootfs, sockets, cmdline)
+
+Invariant: everything a power cut must not lose is under flash/ or data/; run/ is rebuilt.
+"""
+
+import os
+import shutil
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+
+from bootloader_iface import uboot_rauc
+from bootloader_iface.uboot_env import UBootEnv
+
+SLOTS = ("A", "B")
+ENV_SIZE = 0x4000
+# U-Boot needs these in an env written from scratch (it does not merge its defaults).
+BASE_ENV = {"bootdelay": "0", "stdin": "serial", "stdout": "serial", "stderr": "serial"}
+
+
+def slot_image(board, slot):
+    return os.path.join(board, "flash", "slot%s.img" % slot)
+
+
+def boot_env(board):
+    return UBootEnv(os.path.join(board, "fw_env.config"))
+
+
+def read_board(board):
+    with open(os.path.join(board, "board.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def watchdog_s(board):
+    return float(read_board(board).get("watchdog_s", 10))
+
+
+def bootloader_select(board):
+    """Power-on: the RAUC-style selection with attempt counting, saved before booting."""
+    env = boot_env(board)
+    slot, new_env = uboot_rauc.boot_select(env.read(), SLOTS)
+    if slot is None:  # every counter was spent: the script resets them and resets the board
+        env.write(new_env)
+        slot, new_env = uboot_rauc.boot_select(new_env, SLOTS)
+    env.write(new_env)
+    return slot
+
+
+def toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[%s]" % ", ".join(toml_value(v) for v in value)
+    return '"%s"' % str(value).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def dump_toml(tables):
+    """A tiny TOML writer for our own flat tables ({"section": {key: value}})."""
+    lines = []
+    for name, table in tables.items():
+        lines.append("[%s]" % name)
+        lines.extend("%s = %s" % (k, toml_value(v)) for k, v in table.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def create(board, agent_sections, routes, factory_image, watchdog=10.0):
+    """A factory-fresh board: slot A holds `factory_image` and is good, slot B is empty."""
+    if os.path.exists(board):
+        shutil.rmtree(board)
+    for sub in ("flash", "data", "run"):
+        os.makedirs(os.path.join(board, sub))
+    shutil.copyfile(factory_image, slot_image(board, "A"))
+    open(slot_image(board, "B"), "wb").close()
+    with open(os.path.join(board, "fw_env.config"), "w") as f:
+        env_file = os.path.join(board, "flash", "uboot.env")
+        f.write("%s 0x0 0x%x\n%s 0x%x 0x%x\n" % (env_file, ENV_SIZE, env_file, ENV_SIZE, ENV_SIZE))
+    with open(env_file, "wb") as f:
+        f.write(b"\xff" * (2 * ENV_SIZE))
+    env = dict(BASE_ENV, BOOT_ORDER="A B", BOOT_A_LEFT="3", BOOT_B_LEFT="0")
+    boot_env(board).format(env)
+    sections = {
+        "slots.A": {"rootfs": "flash/slotA.img"},
+        "slots.B": {"rootfs": "flash/slotB.img"},
+        "bootloader": {
+            "backend": "uboot-rauc",
+            "fw_env_config": "fw_env.config",
+            "cmdline": "run/cmdline",
+        },
+        "state": {"dir": "data"},
+    }
+    sections.update(agent_sections)
+    with open(os.path.join(board, "agent.toml"), "w") as f:
+        f.write(dump_toml(sections))
+    with open(os.path.join(board, "board.toml"), "w") as f:
+        f.write(dump_toml({"board": {"watchdog_s": watchdog}}).replace("[board]\n", ""))
+    with open(os.path.join(board, "uplink.toml"), "w") as f:
+        f.write("\n".join(
+            "[[route]]\nlocal_port = %d\nhost = %s\nport = %d\n"
+            % (r["local_port"], toml_value(r["host"]), r["port"]) for r in routes
+        ))
