@@ -16,7 +16,7 @@ from agent.core.envelope import MAX_ENVELOPE, ROOT_TYPE, Envelope, parse_envelop
 from agent.core.errors import ConfigError
 from agent.core.manifest import parse_manifest
 
-STATE_NAME = "root.json"
+STATE_NAME = "trusted-root.json"  # never the provisioned file, even if both share a dir
 
 
 def _read(path):
@@ -50,7 +50,7 @@ class Trust:
 
     @classmethod
     def from_config(cls, config, clock=time.time):
-        """[trust] root = provisioned root file; rotated roots live in <state dir>/root.json."""
+        """[trust] root: the provisioned root; rotated roots go to STATE_DIR/trusted-root.json."""
         root = config.trust.get("root")
         if not root:
             raise ConfigError(

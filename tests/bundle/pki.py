@@ -57,7 +57,7 @@ def make_cert(
         .issuer_name(issuer)
         .public_key(subject_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before or now - datetime.timedelta(days=1))
+        .not_valid_before(not_before or now - datetime.timedelta(days=60))
         .not_valid_after(not_after or now + datetime.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(_usage(ca), critical=True)

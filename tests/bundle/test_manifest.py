@@ -96,7 +96,9 @@ def test_oversized_manifest_rejected_before_parsing():
         parse_manifest(big)
 
 
-@pytest.mark.parametrize("data", [b"", b"[]", b"\xff\xfe", b"{", b"[" * 100000, b"null"])
+@pytest.mark.parametrize(
+    "data", [b"", b"[]", b"\xff\xfe", b"{", b"[" * 100000, b"[" * 50000 + b"]" * 50000, b"null"]
+)
 def test_garbage_is_malformed(data):
     with pytest.raises(MalformedBundle):
         parse_manifest(data)
