@@ -35,17 +35,19 @@ def read_exact(read_fn, n, what):
     return b"".join(parts)
 
 
-def open_bundle(read_fn, trust=None, now=None):
+def open_bundle(read_fn, trust=None, now=None, device=None, installed_security_version=None):
     """Read header + envelope through read_fn(n) -> bytes; return (manifest, envelope).
 
     With `trust` (agent.trust.Trust) the manifest is returned only if the release role's
-    threshold of signatures verified; without it the manifest is UNVERIFIED (inspect only).
-    Device policy (model, expiry, anti-rollback) is the caller's: trust.verify() or policy.
+    threshold of signatures verified and it has not expired; `device` ({"model",
+    "hardware_revision"}) and `installed_security_version` add those checks (see
+    Trust.verify). Without `trust` the manifest is UNVERIFIED: for inspection only.
+    The stream is left at the first byte of the first payload.
     """
     length = fmt.parse_header(read_exact(read_fn, fmt.HEADER_SIZE, "header"))
     envelope = parse_envelope(read_exact(read_fn, length, "signature envelope"), MANIFEST_TYPE)
     if trust is not None:
-        return trust.verify_envelope(envelope, now=now), envelope
+        return trust.verify(envelope, device, installed_security_version, now=now), envelope
     return parse_manifest(envelope.payload), envelope
 
 
@@ -124,9 +126,7 @@ def verify_file(path, trust, device=None, installed_security_version=None, now=N
     device None skips model/hardware; installed_security_version None skips anti-rollback.
     """
     with open(path, "rb") as f:
-        length = fmt.parse_header(read_exact(f.read, fmt.HEADER_SIZE, "header"))
-        envelope = parse_envelope(read_exact(f.read, length, "signature envelope"), MANIFEST_TYPE)
-        manifest = trust.verify(envelope, device, installed_security_version, now=now)
+        manifest, _ = open_bundle(f.read, trust, now, device, installed_security_version)
         for payload in manifest.payloads:
             check_payload(f.read, payload)
         if f.read(1):
