@@ -57,3 +57,8 @@ def payload_offsets(envelope_length, manifest):
         result.append((p, offset))
         offset += p.size
     return result
+
+
+def bundle_size(envelope_length, manifest):
+    """Total bytes of a well-formed bundle: the hard length bound for a download."""
+    return HEADER_SIZE + envelope_length + manifest.payload_bytes

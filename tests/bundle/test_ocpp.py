@@ -1,11 +1,15 @@
 """OCPP SignedUpdateFirmware / UpdateFirmware: detached signature + signing cert + root."""
 
+import base64
 import datetime
 import os
+import shutil
+import subprocess
 
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from agent import crypto
 from agent.bundle import ocpp
 from agent.core.errors import BadSignature, Expired, MalformedBundle, UnknownKey
 from tests.bundle.pki import UTC, Pki, pem
@@ -103,3 +107,25 @@ def test_load_roots_from_pem_file(tmp_path):
     path = tmp_path / "mfr-root.pem"
     path.write_bytes(pem(pki.root))
     assert ocpp.load_roots(str(path)) == [pki.root]
+
+
+@pytest.mark.parametrize("kind", ["ecdsa", "rsa"])
+def test_signature_made_by_openssl_dgst_accepted(tmp_path, firmware, kind):
+    # What an OEM's release script typically runs: openssl dgst -sha256 -sign key.pem fw.bin
+    openssl = shutil.which("openssl")
+    if not openssl:
+        pytest.skip("openssl not installed")
+    pki = Pki(signer_kind=kind)
+    key_path = tmp_path / "signer.pem"
+    key_path.write_bytes(crypto.private_pem(pki.signer_key))
+    sig = subprocess.run(
+        [openssl, "dgst", "-sha256", "-sign", str(key_path), firmware],
+        check=True,
+        capture_output=True,
+    ).stdout
+    b64 = base64.b64encode(sig).decode()
+    assert ocpp.verify_firmware(firmware, b64, pki.signing_cert_pem, [pki.root])
+    with open(firmware, "ab") as f:
+        f.write(b"!")
+    with pytest.raises(BadSignature):
+        ocpp.verify_firmware(firmware, b64, pki.signing_cert_pem, [pki.root])

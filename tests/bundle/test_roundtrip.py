@@ -51,6 +51,7 @@ def test_open_bundle_reads_only_the_head_and_stops_at_the_first_payload(tmp_path
     reader = CountingReader(data)
     manifest, envelope = open_bundle(reader.read, Trust(root))
     assert reader.f.tell() == fmt.HEADER_SIZE + len(envelope.raw)
+    assert fmt.bundle_size(len(envelope.raw), manifest) == len(data)
     assert [p.name for p in manifest.payloads] == ["a", "b"]
     # Payloads follow back to back in manifest order; the caller streams them.
     for p in manifest.payloads:
