@@ -6,6 +6,7 @@ import sys
 from agent import config as config_mod
 from agent import crypto
 from agent.bundle import format as fmt
+from agent.bundle import ocpp
 from agent.bundle.reader import open_bundle, verify_file
 from agent.bundle.writer import PayloadSource, create_bundle
 from agent.commands._args import add_expires
@@ -42,6 +43,16 @@ def register(subparsers):
     i.add_argument("file")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=inspect)
+    o = sub.add_parser(
+        "verify-ocpp", help="check an OCPP firmware file, detached signature and signing cert"
+    )
+    o.add_argument("file", help="the firmware file")
+    o.add_argument("--signature", required=True, help="file holding the base64 signature")
+    o.add_argument("--cert", required=True, help="PEM signing certificate (+ intermediates)")
+    o.add_argument(
+        "--mfr-root", help="manufacturer root PEM (default: [trust] manufacturer_root of --config)"
+    )
+    o.set_defaults(func=verify_ocpp)
 
 
 def parse_payload_spec(spec):
@@ -140,4 +151,32 @@ def inspect(args):
         )
     for keyid in doc["signatures"]:
         print("signed by %s" % keyid)
+    return 0
+
+
+def _read_small(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 20)
+    except OSError as e:
+        raise ConfigError("cannot read %s %s: %s" % (what, path, e.strerror)) from None
+
+
+def verify_ocpp(args):
+    root_path = args.mfr_root
+    if not root_path:
+        cfg = config_mod.load(args.config)
+        if not cfg.trust.get("manufacturer_root"):
+            raise ConfigError(
+                "no manufacturer root given",
+                hint="pass --mfr-root ROOT.pem or set [trust] manufacturer_root in the config",
+            )
+        root_path = cfg.resolve(cfg.trust["manufacturer_root"])
+    digest = ocpp.verify_firmware(
+        args.file,
+        _read_small(args.signature, "signature"),
+        _read_small(args.cert, "signing certificate"),
+        ocpp.load_roots(root_path),
+    )
+    print("OK %s: sha256 %s, signature and certificate chain verified" % (args.file, digest))
     return 0

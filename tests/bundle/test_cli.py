@@ -108,3 +108,29 @@ def test_bad_payload_spec_is_a_config_error(work):
     assert main(["bundle", "create", "--key", "rel1.key", "--version", "1.0.0",
                  "--security-version", "1", "--model", "M", "--hw-rev", "r",
                  "--payload", "nocolons", "-o", "x.cub"]) == 20  # fmt: skip
+
+
+def test_verify_ocpp_command(work, capsys):
+    from agent.bundle import ocpp
+    from tests.bundle.pki import Pki, pem
+
+    pki, rogue = Pki(), Pki()
+    (work / "fw.bin").write_bytes(os.urandom(5000))
+    (work / "fw.sig").write_text(ocpp.sign_firmware(str(work / "fw.bin"), pki.signer_key))
+    (work / "signer.pem").write_bytes(pki.signing_cert_pem)
+    (work / "mfr.pem").write_bytes(pem(pki.root))
+    (work / "rogue.pem").write_bytes(pem(rogue.root))
+    base = ["bundle", "verify-ocpp", "fw.bin", "--signature", "fw.sig", "--cert", "signer.pem"]
+    assert main(base + ["--mfr-root", "mfr.pem"]) == 0
+    assert "OK fw.bin" in capsys.readouterr().out
+    assert main(base + ["--mfr-root", "rogue.pem"]) == UnknownKey.exit_code
+    (work / "fw.bin").write_bytes(os.urandom(5000))
+    assert main(base + ["--mfr-root", "mfr.pem"]) == BadSignature.exit_code
+
+
+def test_root_show_json(work, capsys):
+    capsys.readouterr()
+    assert main(["root", "show", "root.json", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["version"] == 1 and doc["roles"]["release"]["threshold"] == 1
+    assert doc["status"].startswith("self-signed")
