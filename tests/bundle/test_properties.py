@@ -31,16 +31,19 @@ def rejects_cleanly(fn, data, allowed=(MalformedBundle,)):
         pass
 
 
+@settings(deadline=None)  # a loaded CI box must not turn slowness into failure
 @given(st.binary(max_size=2048))
 def test_parse_manifest_arbitrary_bytes(data):
     rejects_cleanly(parse_manifest, data)
 
 
+@settings(deadline=None)  # a loaded CI box must not turn slowness into failure
 @given(json_values)
 def test_parse_manifest_arbitrary_json(value):
     rejects_cleanly(parse_manifest, json.dumps(value).encode())
 
 
+@settings(deadline=None)  # a loaded CI box must not turn slowness into failure
 @given(
     st.sampled_from(sorted(fields()) + ["extra"]),
     json_values,
@@ -56,11 +59,13 @@ def test_parse_manifest_one_field_mutated(field, value, pfield, pvalue):
     rejects_cleanly(parse_manifest, json.dumps(doc).encode())
 
 
+@settings(deadline=None)  # a loaded CI box must not turn slowness into failure
 @given(st.binary(max_size=64))
 def test_bundle_header_parser_arbitrary_bytes(data):
     rejects_cleanly(fmt.parse_header, data)
 
 
+@settings(deadline=None)  # a loaded CI box must not turn slowness into failure
 @given(st.integers(min_value=0, max_value=2**32 - 1), st.binary(max_size=300))
 def test_bundle_header_any_length_field(length, tail):
     data = struct.pack(">8sI", fmt.MAGIC, length)
@@ -71,7 +76,7 @@ def test_bundle_header_any_length_field(length, tail):
     )
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=512))
 def test_open_bundle_arbitrary_stream(data):
     rejects_cleanly(
@@ -79,6 +84,7 @@ def test_open_bundle_arbitrary_stream(data):
     )
 
 
+@settings(deadline=None)  # a loaded CI box must not turn slowness into failure
 @given(st.binary(max_size=1024) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_envelope_and_root_parsers_arbitrary_input(data):
     rejects_cleanly(parse_envelope, data)
