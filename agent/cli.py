@@ -13,7 +13,11 @@ from agent import __version__
 from agent.core.errors import UpdateError
 
 # Order is the order of `charger-update --help`.
-COMMAND_MODULES = ()
+COMMAND_MODULES = (
+    "agent.commands.keygen",
+    "agent.commands.bundle",
+    "agent.commands.root",
+)
 
 EPILOG = """\
 exit codes: 0 ok, 1 other failure, 2 usage, 10 bad signature, 11 unknown key, 12 expired,

@@ -1,0 +1,1 @@
+"""Signed update bundles: byte layout (format), writer, streaming reader, OCPP-style files."""

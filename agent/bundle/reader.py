@@ -1,0 +1,134 @@
+"""Read a bundle as a stream: header and envelope first, verified, then payloads in order.
+
+Invariant: open_bundle() reads at most HEADER_SIZE + MAX_ENVELOPE bytes and, given a trust
+store, returns only a manifest whose signatures met the release threshold; the stream is left
+at the first payload byte. verify_file() additionally checks every payload's length and sha256
+(and, for gzip, the decompressed length and sha256) and that nothing follows the last payload.
+"""
+
+import hashlib
+import zlib
+
+from agent.bundle import format as fmt
+from agent.core.envelope import MANIFEST_TYPE, parse_envelope
+from agent.core.errors import MalformedBundle, PayloadMismatch, Truncated
+from agent.core.manifest import parse_manifest
+
+CHUNK = 1 << 20
+
+
+def read_exact(read_fn, n, what):
+    """Exactly n bytes from read_fn, or Truncated saying how far the data went."""
+    parts = []
+    got = 0
+    while got < n:
+        block = read_fn(min(n - got, CHUNK))
+        if not block:
+            raise Truncated(
+                "bundle ends inside the %s: %d of %d bytes" % (what, got, n),
+                hint="the file is incomplete; download it again",
+            )
+        if len(block) > n - got:
+            raise MalformedBundle("source returned more bytes than asked for")
+        parts.append(block)
+        got += len(block)
+    return b"".join(parts)
+
+
+def open_bundle(read_fn, trust=None, now=None, device=None, installed_security_version=None):
+    """Read header + envelope through read_fn(n) -> bytes; return (manifest, envelope).
+
+    With `trust` (agent.trust.Trust) the manifest is returned only if the release role's
+    threshold of signatures verified and it has not expired; `device` ({"model",
+    "hardware_revision"}) and `installed_security_version` add those checks (see
+    Trust.verify). Without `trust` the manifest is UNVERIFIED: for inspection only.
+    The stream is left at the first byte of the first payload.
+    """
+    length = fmt.parse_header(read_exact(read_fn, fmt.HEADER_SIZE, "header"))
+    envelope = parse_envelope(read_exact(read_fn, length, "signature envelope"), MANIFEST_TYPE)
+    if trust is not None:
+        return trust.verify(envelope, device, installed_security_version, now=now), envelope
+    return parse_manifest(envelope.payload), envelope
+
+
+class _Inflater:
+    """Streaming gunzip bounded by the size the signed manifest promises (zip-bomb proof)."""
+
+    def __init__(self, payload):
+        self.payload = payload
+        self.z = zlib.decompressobj(wbits=31)
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def _take(self, data):
+        self.size += len(data)
+        if self.size > self.payload.installed_size:
+            raise PayloadMismatch(
+                "payload %s inflates beyond its installed_size" % self.payload.name
+            )
+        self.h.update(data)
+
+    def feed(self, block):
+        try:
+            data = self.z.decompress(block, CHUNK)
+            self._take(data)
+            while self.z.unconsumed_tail:
+                self._take(self.z.decompress(self.z.unconsumed_tail, CHUNK))
+        except zlib.error as e:
+            raise PayloadMismatch(
+                "payload %s is not valid gzip: %s" % (self.payload.name, e)
+            ) from None
+
+    def finish(self):
+        self._take(self.z.flush())
+        p = self.payload
+        if (
+            not self.z.eof
+            or self.size != p.installed_size
+            or self.h.hexdigest() != p.installed_sha256
+        ):
+            raise PayloadMismatch(
+                "payload %s does not inflate to its signed installed size/sha256" % p.name
+            )
+
+
+def check_payload(read_fn, payload, chunk_size=CHUNK):
+    """Consume exactly payload.size bytes and check them against the manifest."""
+    h = hashlib.sha256()
+    inflater = _Inflater(payload) if payload.compression == "gzip" else None
+    left = payload.size
+    while left:
+        block = read_fn(min(left, chunk_size))
+        if not block:
+            raise Truncated(
+                "bundle ends inside payload %s: %d of %d bytes"
+                % (payload.name, payload.size - left, payload.size),
+                hint="the file is incomplete; download it again",
+            )
+        block = block[:left]
+        left -= len(block)
+        h.update(block)
+        if inflater:
+            inflater.feed(block)
+    if h.hexdigest() != payload.sha256:
+        raise PayloadMismatch(
+            "payload %s sha256 %s does not match the signed %s"
+            % (payload.name, h.hexdigest()[:16], payload.sha256[:16]),
+            hint="the bundle was altered or damaged",
+        )
+    if inflater:
+        inflater.finish()
+
+
+def verify_file(path, trust, device=None, installed_security_version=None, now=None):
+    """Fully verify a bundle file: signature, expiry, optional device policy, every byte.
+
+    device None skips model/hardware; installed_security_version None skips anti-rollback.
+    """
+    with open(path, "rb") as f:
+        manifest, _ = open_bundle(f.read, trust, now, device, installed_security_version)
+        for payload in manifest.payloads:
+            check_payload(f.read, payload)
+        if f.read(1):
+            raise MalformedBundle("bundle has data after its last payload")
+    return manifest

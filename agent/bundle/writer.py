@@ -1,0 +1,153 @@
+"""Create a signed bundle from payload files, streaming: no payload is ever held in memory.
+
+Invariant: the manifest's size and sha256 for each payload are computed from the very bytes
+that are then copied into the bundle (gzip output goes to a temporary file first, because the
+manifest must precede the payloads), the manifest validates with the device's own parser before
+it is signed, and the output appears under its name only when complete (temp file + rename).
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import zlib
+
+from agent import crypto
+from agent.atomic import fsync_dir
+from agent.bundle import format as fmt
+from agent.core import timefmt
+from agent.core.envelope import MANIFEST_TYPE, Envelope
+from agent.core.errors import ConfigError
+from agent.core.manifest import FORMAT, parse_manifest
+
+CHUNK = 1 << 20
+
+
+class PayloadSource:
+    """One payload to pack: a name, its slot class, the file, and 'none' or 'gzip'."""
+
+    def __init__(self, name, slot_class, path, compression="none"):
+        self.name = name
+        self.slot_class = slot_class
+        self.path = path
+        self.compression = compression
+
+
+def _hash_file(path, chunk_size=CHUNK):
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(chunk_size), b""):
+                h.update(block)
+                size += len(block)
+    except OSError as e:
+        raise ConfigError("cannot read payload %s: %s" % (path, e.strerror)) from None
+    return size, h.hexdigest()
+
+
+def _gzip_to(src_path, dst_file, chunk_size=CHUNK):
+    """Compress src into the open dst_file; returns (stored size, stored sha256)."""
+    # wbits=31: gzip container with mtime 0, so the same input always gives the same bytes.
+    z = zlib.compressobj(6, zlib.DEFLATED, 31)
+    h = hashlib.sha256()
+    size = 0
+    with open(src_path, "rb") as src:
+        for block in iter(lambda: src.read(chunk_size), b""):
+            out = z.compress(block)
+            h.update(out)
+            size += len(out)
+            dst_file.write(out)
+    out = z.flush()
+    h.update(out)
+    dst_file.write(out)
+    dst_file.flush()
+    return size + len(out), h.hexdigest()
+
+
+def _stage(source, workdir):
+    """(payload manifest entry, path of the bytes to copy into the bundle)."""
+    isize, isha = _hash_file(source.path)
+    entry = {"name": source.name, "slot_class": source.slot_class, "compression": "none"}
+    if source.compression == "none":
+        entry.update(size=isize, sha256=isha, installed_size=isize, installed_sha256=isha)
+        return entry, source.path
+    if source.compression != "gzip":
+        raise ConfigError("unknown compression %r for %s" % (source.compression, source.name))
+    tmp = tempfile.NamedTemporaryFile(dir=workdir, suffix=".gz", delete=False)
+    with tmp:
+        size, sha = _gzip_to(source.path, tmp)
+    entry.update(compression="gzip", size=size, sha256=sha, installed_size=isize)
+    entry.update(installed_sha256=isha)
+    return entry, tmp.name
+
+
+def manifest_bytes(fields):
+    """The manifest as written: sorted keys so identical input gives identical bytes."""
+    return json.dumps(fields, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def sign_envelope(payload_type, payload, keys):
+    envelope = Envelope(payload_type, payload, [])
+    for key in keys:
+        envelope = envelope.with_signature(
+            crypto.keyid(key), crypto.sign(key, envelope.signed_bytes)
+        )
+    return envelope
+
+
+def _copy(path, out, chunk_size=CHUNK):
+    with open(path, "rb") as f:
+        shutil.copyfileobj(f, out, chunk_size)
+
+
+def create_bundle(
+    out_path,
+    payloads,
+    keys,
+    version,
+    security_version,
+    compatible,
+    expires,
+    created=None,
+):
+    """Write a signed bundle to out_path and return its Manifest.
+
+    payloads: [PayloadSource]; keys: private keys (each adds a signature); compatible:
+    [{"model": str, "hardware_revisions": [str]}]; created/expires: epoch seconds.
+    """
+    created = int(time.time()) if created is None else int(created)
+    workdir = os.path.dirname(os.path.abspath(out_path))
+    staged = []
+    try:
+        for source in payloads:
+            staged.append(_stage(source, workdir))
+        fields = {
+            "format": FORMAT,
+            "version": version,
+            "security_version": security_version,
+            "created": timefmt.format(created),
+            "expires": timefmt.format(int(expires)),
+            "compatible": compatible,
+            "payloads": [entry for entry, _ in staged],
+        }
+        raw = manifest_bytes(fields)
+        manifest = parse_manifest(raw)  # refuse to sign what a device would refuse to read
+        envelope = sign_envelope(MANIFEST_TYPE, raw, keys).encode()
+        tmp = out_path + ".tmp"
+        with open(tmp, "wb") as out:
+            out.write(fmt.encode_header(envelope))
+            out.write(envelope)
+            for _, path in staged:
+                _copy(path, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, out_path)
+        fsync_dir(workdir)
+    finally:
+        for source, (_, path) in zip(payloads, staged):
+            if path != source.path:
+                os.unlink(path)
+    return manifest

@@ -1,0 +1,182 @@
+"""`charger-update bundle create|verify|inspect`: build, check and look into signed bundles."""
+
+import json
+import sys
+
+from agent import config as config_mod
+from agent import crypto
+from agent.bundle import format as fmt
+from agent.bundle import ocpp
+from agent.bundle.reader import open_bundle, verify_file
+from agent.bundle.writer import PayloadSource, create_bundle
+from agent.commands._args import add_expires
+from agent.core.errors import ConfigError
+from agent.trust import Trust
+
+
+def register(subparsers):
+    p = subparsers.add_parser("bundle", help="create, verify or inspect a signed update bundle")
+    sub = p.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
+    c = sub.add_parser("create", help="pack and sign payloads into a bundle")
+    c.add_argument("--key", action="append", required=True, help="release private key (PEM)")
+    c.add_argument("--version", required=True, dest="bundle_version", help="semver, e.g. 1.2.0")
+    c.add_argument("--security-version", type=int, required=True)
+    c.add_argument("--model", action="append", required=True)
+    c.add_argument("--hw-rev", action="append", required=True)
+    add_expires(c, 90)
+    c.add_argument(
+        "--payload",
+        action="append",
+        required=True,
+        metavar="NAME:SLOT_CLASS:PATH[:gzip]",
+    )
+    c.add_argument("-o", "--out", required=True)
+    c.set_defaults(func=create)
+    v = sub.add_parser("verify", help="check signatures, policy and every payload byte")
+    v.add_argument("file")
+    v.add_argument("--root", help="trusted root file (default: [trust] root of --config)")
+    v.add_argument("--model")
+    v.add_argument("--hw-rev")
+    v.add_argument("--installed-security-version", type=int)
+    v.set_defaults(func=verify)
+    i = sub.add_parser("inspect", help="show header, signatures and manifest (not verified)")
+    i.add_argument("file")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=inspect)
+    o = sub.add_parser(
+        "verify-ocpp", help="check an OCPP firmware file, detached signature and signing cert"
+    )
+    o.add_argument("file", help="the firmware file")
+    o.add_argument("--signature", required=True, help="file holding the base64 signature")
+    o.add_argument("--cert", required=True, help="PEM signing certificate (+ intermediates)")
+    o.add_argument(
+        "--mfr-root", help="manufacturer root PEM (default: [trust] manufacturer_root of --config)"
+    )
+    o.set_defaults(func=verify_ocpp)
+
+
+def parse_payload_spec(spec):
+    compression = "none"
+    for suffix in (":gzip", ":none"):
+        if spec.endswith(suffix):
+            spec, compression = spec[: -len(suffix)], suffix[1:]
+    parts = spec.split(":", 2)
+    if len(parts) != 3 or not all(parts):
+        raise ConfigError(
+            "--payload %r is not NAME:SLOT_CLASS:PATH[:gzip]" % spec,
+            hint="e.g. --payload rootfs:rootfs:build/rootfs.ext4:gzip",
+        )
+    return PayloadSource(parts[0], parts[1], parts[2], compression)
+
+
+def create(args):
+    compatible = [{"model": m, "hardware_revisions": list(args.hw_rev)} for m in args.model]
+    manifest = create_bundle(
+        args.out,
+        [parse_payload_spec(s) for s in args.payload],
+        [crypto.load_private(k) for k in args.key],
+        version=args.bundle_version,
+        security_version=args.security_version,
+        compatible=compatible,
+        expires=args.expires,
+    )
+    print(
+        "wrote %s: version %s, security version %d, %d payload(s), %d bytes of payload"
+        % (
+            args.out,
+            manifest.version,
+            manifest.security_version,
+            len(manifest.payloads),
+            manifest.payload_bytes,
+        )
+    )
+    return 0
+
+
+def verify(args):
+    if args.root:
+        trust = Trust(args.root)
+    else:
+        trust = Trust.from_config(config_mod.load(args.config))
+    device = None
+    if args.model or args.hw_rev:
+        device = {"model": args.model, "hardware_revision": args.hw_rev}
+    manifest = verify_file(args.file, trust, device, args.installed_security_version)
+    print(
+        "OK %s: version %s, security version %d, signed by the trusted root version %d"
+        % (args.file, manifest.version, manifest.security_version, trust.root.version)
+    )
+    return 0
+
+
+def describe(path):
+    """Everything in the bundle's head, UNVERIFIED, as a JSON-ready dict."""
+    with open(path, "rb") as f:
+        manifest, envelope = open_bundle(f.read)
+    length = len(envelope.raw)
+    offsets = fmt.payload_offsets(length, manifest)
+    doc = manifest.to_dict()
+    for entry, (_, offset) in zip(doc["payloads"], offsets):
+        entry["offset"] = offset
+    return {
+        "file": path,
+        "magic": fmt.MAGIC.decode().strip(),
+        "envelope_length": length,
+        "payload_type": envelope.payload_type,
+        "signatures": envelope.keyids,
+        "manifest": doc,
+        "verified": False,
+    }
+
+
+def inspect(args):
+    doc = describe(args.file)
+    if args.json:
+        json.dump(doc, sys.stdout, indent=1, sort_keys=True)
+        print()
+        return 0
+    m = doc["manifest"]
+    print(
+        "%s: %s bundle, envelope %d bytes (NOT verified)"
+        % (args.file, doc["magic"], doc["envelope_length"])
+    )
+    print("version %s  security version %d" % (m["version"], m["security_version"]))
+    print("created %s  expires %s" % (m["created"], m["expires"]))
+    for c in m["compatible"]:
+        print("fits %s revisions %s" % (c["model"], ", ".join(c["hardware_revisions"])))
+    for p in m["payloads"]:
+        print(
+            "payload %s -> %s: %d bytes at %d, %s, sha256 %s"
+            % (p["name"], p["slot_class"], p["size"], p["offset"], p["compression"], p["sha256"])
+        )
+    for keyid in doc["signatures"]:
+        print("signed by %s" % keyid)
+    return 0
+
+
+def _read_small(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 20)
+    except OSError as e:
+        raise ConfigError("cannot read %s %s: %s" % (what, path, e.strerror)) from None
+
+
+def verify_ocpp(args):
+    root_path = args.mfr_root
+    if not root_path:
+        cfg = config_mod.load(args.config)
+        if not cfg.trust.get("manufacturer_root"):
+            raise ConfigError(
+                "no manufacturer root given",
+                hint="pass --mfr-root ROOT.pem or set [trust] manufacturer_root in the config",
+            )
+        root_path = cfg.resolve(cfg.trust["manufacturer_root"])
+    digest = ocpp.verify_firmware(
+        args.file,
+        _read_small(args.signature, "signature"),
+        _read_small(args.cert, "signing certificate"),
+        ocpp.load_roots(root_path),
+    )
+    print("OK %s: sha256 %s, signature and certificate chain verified" % (args.file, digest))
+    return 0

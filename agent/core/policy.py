@@ -1,0 +1,62 @@
+"""Accept or refuse a verified manifest for this device: expiry, model, hardware, anti-rollback.
+
+Invariant: check_manifest() returns only if every rule holds; each broken rule raises its own
+Rejected subclass with a message an operator can act on. Call it only on a manifest whose
+signature was verified. Pure: the clock and the installed security version are passed in.
+"""
+
+from agent.core import timefmt
+from agent.core.errors import Downgrade, Expired, WrongHardware, WrongModel
+
+
+def check_expiry(manifest, now):
+    if now >= manifest.expires:
+        raise Expired(
+            "bundle %s expired at %s (device time %s)"
+            % (manifest.version, timefmt.format(manifest.expires), timefmt.format(now)),
+            hint="ask for a re-signed bundle, or check the device clock",
+        )
+
+
+def check_device(manifest, device):
+    model = device.get("model")
+    revision = device.get("hardware_revision")
+    revisions = None
+    for entry in manifest.compatible:
+        if entry["model"] == model:
+            revisions = entry["hardware_revisions"]
+    if revisions is None:
+        models = ", ".join(sorted(e["model"] for e in manifest.compatible))
+        raise WrongModel(
+            "bundle %s is for %s, this device is %s" % (manifest.version, models, model),
+            hint="use the bundle built for model %s" % model,
+        )
+    if revision not in revisions:
+        raise WrongHardware(
+            "bundle %s fits %s hardware revisions %s, this device is %s"
+            % (manifest.version, model, ", ".join(sorted(revisions)), revision),
+            hint="use a bundle built for hardware revision %s" % revision,
+        )
+
+
+def check_security_version(manifest, installed_security_version):
+    # Equal is allowed (re-install, or a feature release without a security fix); lower is the
+    # rollback attack: an old, validly signed image with a known hole.
+    if installed_security_version is not None and (
+        manifest.security_version < installed_security_version
+    ):
+        raise Downgrade(
+            "bundle %s has security version %d, below the installed %d"
+            % (manifest.version, manifest.security_version, installed_security_version),
+            hint="install a release with security_version >= %d" % installed_security_version,
+        )
+
+
+def check_manifest(manifest, device, now, installed_security_version):
+    """Raise Expired, WrongModel, WrongHardware or Downgrade; return None when acceptable.
+
+    device: {"model": str, "hardware_revision": str}; now: epoch seconds.
+    """
+    check_expiry(manifest, now)
+    check_device(manifest, device)
+    check_security_version(manifest, installed_security_version)
