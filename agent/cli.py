@@ -17,6 +17,8 @@ COMMAND_MODULES = (
     "agent.commands.keygen",
     "agent.commands.bundle",
     "agent.commands.root",
+    "agent.commands.install",
+    "agent.commands.run",
 )
 
 EPILOG = """\

@@ -1,0 +1,53 @@
+"""A release engineer's kit for rigs and the demo: keys, a trusted root, signed releases.
+
+Invariant: everything a rig installs went through the same signing path as a real release
+(agent.bundle.writer with keys from agent.crypto); the virtual board trusts only the root
+written here. A real bench uses the OEM's own bundles instead (see docs/hil.md).
+"""
+
+import json
+import os
+import time
+
+from agent import crypto
+from agent.bundle.writer import PayloadSource, create_bundle, sign_envelope
+from agent.commands.root import root_fields
+from agent.core.envelope import ROOT_TYPE
+from hil.virtual.image import build_image
+
+DAY = 86400
+
+
+class ReleaseKit:
+    def __init__(self, workdir, model, hardware_revision):
+        self.dir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.model = model
+        self.hardware_revision = hardware_revision
+        self.root_key = crypto.generate("ed25519")
+        self.release_key = crypto.generate("ecdsa-p256")
+        self.root_path = os.path.join(workdir, "root.json")
+        fields = root_fields([self.root_key], [self.release_key], 1, 1, 1,
+                             int(time.time()) + 365 * DAY)
+        raw = json.dumps(fields, indent=1, sort_keys=True).encode() + b"\n"
+        with open(self.root_path, "wb") as f:
+            f.write(sign_envelope(ROOT_TYPE, raw, [self.root_key]).encode())
+
+    def image(self, version, defects=()):
+        path = os.path.join(self.dir, "firmware-%s.tar" % version)
+        return build_image(path, version, defects)
+
+    def bundle(self, version, defects=(), security_version=1, keys=None, name=None):
+        """Sign firmware `version` (with `defects`) into DIR/NAME; returns the path."""
+        image = self.image(version, defects)
+        out = os.path.join(self.dir, name or "charger-%s.cub" % version)
+        create_bundle(
+            out,
+            [PayloadSource("rootfs", "rootfs", image, "gzip")],
+            keys or [self.release_key],
+            version=version,
+            security_version=security_version,
+            compatible=[{"model": self.model, "hardware_revisions": [self.hardware_revision]}],
+            expires=int(time.time()) + 30 * DAY,
+        )
+        return out
