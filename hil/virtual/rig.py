@@ -1,0 +1,146 @@
+"""A complete virtual rig: backend services on loopback plus one virtual charger board.
+
+    mosquitto (real broker)  <-- board uplink --  agent on the board
+    OCPP 2.0.1 CSMS (ocpp)   <-- board uplink --  agent's OCPP check
+    image server (HTTP)      <-------------------  agent downloads bundles
+    BackendSim               answers pings, sends jobs, collects statuses and inventory
+
+Invariant: the rig owns every process it starts and stops all of them in close(), even
+after a failed scenario; nothing listens outside 127.0.0.1.
+"""
+
+import os
+import sys
+
+from agent.backend_sim import BackendSim
+from agent.slotstate import SlotState
+from hil.release import ReleaseKit
+from hil.services.csms import Csms
+from hil.services.httpserver import FileServer
+from hil.services.mosquitto import Mosquitto, free_port
+from hil.virtual import layout
+from hil.virtual.board import VirtualBoard
+
+MODEL = "ACME-AC22"
+HW = "rev-b"
+
+
+class VirtualRig:
+    def __init__(self, workdir, device_id="cp-0001", trial_window_s=60, watchdog_s=8.0,
+                 factory_version="1.0.0", on_status=None):
+        self.dir = os.path.abspath(workdir)
+        self.device_id = device_id
+        self.trial_window_s = trial_window_s
+        self.watchdog_s = watchdog_s
+        self.factory_version = factory_version
+        self.on_status = on_status
+        self.broker = self.csms = self.images = self.backend = self.board = None
+        self.kit = None
+        self.jobs = 0
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def start(self):
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self):
+        self.broker = Mosquitto(os.path.join(self.dir, "broker")).start()
+        self.csms = Csms().start()
+        self.images = FileServer({}).start()
+        self.kit = ReleaseKit(os.path.join(self.dir, "releases"), MODEL, HW)
+        self.backend = BackendSim(self.broker.settings(), on_status=self.on_status).start()
+        board_dir = os.path.join(self.dir, "board")
+        mqtt_port, ocpp_port = free_port(), free_port()
+        layout.create(
+            board_dir,
+            self.agent_sections(board_dir, mqtt_port, ocpp_port),
+            [
+                {"local_port": mqtt_port, "host": "127.0.0.1", "port": self.broker.port},
+                {"local_port": ocpp_port, "host": "127.0.0.1", "port": self.csms.port},
+            ],
+            self.kit.image(self.factory_version),
+            watchdog=self.watchdog_s,
+        )
+        SlotState(os.path.join(board_dir, "data")).set_good("A", self.factory_version, 1)
+        self.board = VirtualBoard(board_dir)
+
+    def agent_sections(self, board_dir, mqtt_port, ocpp_port):
+        return {
+            "device": {"id": self.device_id, "model": MODEL, "hardware_revision": HW,
+                       "group": "pilot", "site_type": "public-ac"},
+            "trust": {"root": self.kit.root_path},
+            "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "prefix": "chargers",
+                     "reconnect_max_s": 2.0},
+            "ocpp": {"url": "ws://127.0.0.1:%d/ocpp" % ocpp_port},
+            "charging_stack": {"socket": "run/stack.sock"},
+            "system": {"reboot_command": [sys.executable, "-m", "charger_fw.reboot"],
+                       "utc_offset_s": 0},
+            "trial": {"window_s": self.trial_window_s,
+                      "checks": ["communication", "charging-session", "alarms"]},
+            "trial.alarms": {"observe_s": 3},
+            "download": {"retries": 5, "backoff_s": 0.2, "backoff_max_s": 2.0, "timeout_s": 10},
+        }  # fmt: skip
+
+    def close(self):
+        for part in (self.board, self.backend, self.images, self.csms, self.broker):
+            if part is None:
+                continue
+            try:
+                part.close() if hasattr(part, "close") else part.stop()
+            except Exception:  # keep tearing down the rest
+                pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- what scenarios do ----------------------------------------------------------------------
+
+    def power_on(self):
+        self.board.power_on()
+
+    def power_cut(self):
+        self.board.power_off()
+
+    def release(self, version, defects=(), security_version=1, name=None):
+        """Build and sign a firmware release; returns the URL the board downloads it from."""
+        path = self.kit.bundle(version, defects, security_version, name=name)
+        name = os.path.basename(path)
+        self.images.files[name] = path
+        return self.images.url(name)
+
+    def push_job(self, version, url, **extra):
+        self.jobs += 1
+        job = {"id": "job-%d-%s" % (self.jobs, version), "url": url, "version": version}
+        job.update(extra)
+        return self.backend.publish_job(self.device_id, job)
+
+    def wait_status(self, job_id, statuses, timeout):
+        wanted = (statuses,) if isinstance(statuses, str) else tuple(statuses)
+        return self.backend.wait_status(
+            self.device_id,
+            lambda s: s.get("job_id") == job_id and s.get("status") in wanted, timeout)
+
+    def wait_online(self, timeout=30):
+        return self.backend.wait_inventory(self.device_id, lambda row: True, timeout)
+
+    def statuses(self, job_id=None):
+        return [s for s in self.backend.statuses(self.device_id)
+                if job_id is None or s.get("job_id") == job_id]
+
+    def inventory(self):
+        return self.backend.inventory(self.device_id)
+
+    def console_text(self):
+        try:
+            with open(os.path.join(self.board.dir, "console.log"), "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
