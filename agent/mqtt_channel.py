@@ -53,6 +53,7 @@ class MqttChannel(ChannelBase):
         self.online_info = dict(online_info or {})  # extra fields for the online marker
         self.connections = 0  # successful CONNACKs so far
         self.last_error = ""
+        self._last_log_error = ""  # paho reports socket/TLS failures only through its log
         self._connected = threading.Event()
         self._attempted = threading.Event()  # the first attempt ended (either way)
         self._cond = threading.Condition()
@@ -112,13 +113,17 @@ class MqttChannel(ChannelBase):
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_log = self._on_log
         return client
 
     def _set_tls(self, client, tls):
-        for key in ("ca_file", "cert_file", "key_file"):
+        # ca_file empty: the system store. cert_file/key_file: both (client certificate, the
+        # normal case for a charger) or neither (server authentication only).
+        keys = ["ca_file"] if tls.get("ca_file") else []
+        if tls.get("cert_file") or tls.get("key_file"):
+            keys += ["cert_file", "key_file"]
+        for key in keys:
             path = tls.get(key)
-            if key == "ca_file" and not path:
-                continue
             if not path or not os.path.isfile(path):
                 raise ConfigError(
                     "[mqtt.tls] %s %r is not a readable file" % (key, path),
@@ -127,8 +132,8 @@ class MqttChannel(ChannelBase):
         try:
             client.tls_set(
                 ca_certs=tls.get("ca_file") or None,
-                certfile=tls["cert_file"],
-                keyfile=tls["key_file"],
+                certfile=tls.get("cert_file") or None,
+                keyfile=tls.get("key_file") or None,
                 cert_reqs=ssl.CERT_REQUIRED,
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
@@ -307,9 +312,14 @@ class MqttChannel(ChannelBase):
             self._pending_subacks.clear()  # re-sent by on_connect
             self._cond.notify_all()
         if reason_code != 0:
-            self.last_error = "connection lost: %s" % reason_code
+            cause, self._last_log_error = self._last_log_error, ""
+            self.last_error = "connection lost: %s" % (cause or reason_code)
             log.warning("MQTT %s (was connected: %s)", self.last_error, was_connected)
         self._attempted.set()
+
+    def _on_log(self, client, userdata, level, buf):
+        if level == paho.MQTT_LOG_ERR:
+            self._last_log_error = buf
 
     def _on_message(self, client, userdata, message):
         try:
