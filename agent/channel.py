@@ -119,6 +119,7 @@ class ChannelBase:
         self._handlers = []  # [(filter, handler, qos)]
         self._lock = threading.Lock()
         self._pongs = {}  # nonce -> threading.Event, for ping_backend
+        self.stray_pongs = 0  # pongs whose nonce we are not waiting for (late or forged)
 
     def topic(self, suffix, device_id=None):
         return "%s/%s/%s" % (self.prefix, device_id or self.device_id, suffix)
@@ -176,6 +177,8 @@ class ChannelBase:
     def _on_pong(self, topic, payload):
         with self._lock:
             event = self._pongs.get(payload.get("nonce"))
+            if event is None:
+                self.stray_pongs += 1
         if event is not None:
             event.set()
 
