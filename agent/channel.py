@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 
-from agent.core.errors import BrokerUnavailable
+from agent.core.errors import BrokerUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,6 @@ def merged_settings(settings):
     out = dict(DEFAULTS)
     out.update(settings or {})
     if str(out["protocol"]) not in ("5", "3.1.1"):
-        from agent.core.errors import ConfigError
-
         raise ConfigError('[mqtt] protocol must be "5" or "3.1.1", not %r' % (out["protocol"],))
     out["protocol"] = str(out["protocol"])
     return out
@@ -174,6 +172,12 @@ class ChannelBase:
 
     # -- comm round trip ------------------------------------------------------------------
 
+    def link_state(self):
+        """A few words on the broker link, for error messages and evidence."""
+        if self.connected:
+            return "broker link up"
+        return "broker link down: %s" % (getattr(self, "last_error", "") or "not connected")
+
     def _on_pong(self, topic, payload):
         with self._lock:
             event = self._pongs.get(payload.get("nonce"))
@@ -201,7 +205,8 @@ class ChannelBase:
             self.publish(PING, {"nonce": nonce, "device_id": self.device_id}, qos=1)
             if not event.wait(timeout):
                 raise BrokerUnavailable(
-                    "backend did not answer ping %s within %ss" % (nonce, timeout),
+                    "backend did not answer ping %s within %ss (%s)"
+                    % (nonce, timeout, self.link_state()),
                     hint="check the backend responder and the broker",
                 )
             return {"nonce": nonce, "rtt_s": round(clock() - started, 4)}

@@ -10,6 +10,7 @@ connection dies without a clean stop.
 
 import logging
 import os
+import socket
 import ssl
 import sys
 import threading
@@ -58,6 +59,7 @@ class MqttChannel(ChannelBase):
         self._attempted = threading.Event()  # the first attempt ended (either way)
         self._cond = threading.Condition()
         self._client = None
+        self._aborting = False
         self._pending_subacks = set()  # mids of SUBSCRIBEs not yet acknowledged
         self._early_subacks = set()  # acknowledged before we recorded them as pending
 
@@ -69,6 +71,7 @@ class MqttChannel(ChannelBase):
         if self._client is not None:
             return
         s = self.settings
+        self._aborting = False
         self._client = client = self._make_client()
         client.reconnect_delay_set(s["reconnect_min_s"], s["reconnect_max_s"])
         properties = None
@@ -179,13 +182,15 @@ class MqttChannel(ChannelBase):
         client, self._client = self._client, None
         if client is None:
             return
+        self._aborting = True  # on_disconnect ends paho's loop instead of reconnecting
         sock = client.socket()
-        client._thread_terminate = True  # no reconnect after the socket dies
         if sock is not None:
             try:
-                sock.shutdown(2)
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        else:
+            client.disconnect()
         client.loop_stop()
         self._connected.clear()
 
@@ -216,10 +221,16 @@ class MqttChannel(ChannelBase):
         return self.publish_to(self.topic(suffix), payload, qos, retain)
 
     def publish_to(self, topic, payload, qos=1, retain=False, wait_s=None):
+        """Publish a JSON object on an absolute topic (the backend's way to reach devices).
+        wait_s: block until the broker acknowledged it, else BrokerUnavailable."""
+        return self.publish_raw(topic, encode_payload(payload), qos, retain, wait_s)
+
+    def publish_raw(self, topic, data, qos=1, retain=False, wait_s=None):
+        """Publish bytes as they are (rigs and tests use it to send hostile payloads)."""
         client = self._client
         if client is None:
             raise BrokerUnavailable("MQTT channel is not started")
-        info = client.publish(topic, encode_payload(payload), qos=qos, retain=retain)
+        info = client.publish(topic, data, qos=qos, retain=retain)
         rc = info.rc
         if rc == paho.MQTT_ERR_NO_CONN and qos > 0:
             rc = paho.MQTT_ERR_SUCCESS  # paho keeps it and sends it after reconnecting
@@ -306,6 +317,8 @@ class MqttChannel(ChannelBase):
         self._attempted.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        if self._aborting:
+            client.disconnect()  # marks paho's state so its loop exits without reconnecting
         was_connected = self._connected.is_set()
         self._connected.clear()
         with self._cond:

@@ -81,8 +81,7 @@ def test_hostile_job_message_reported_and_channel_keeps_working(
     device.subscribe(ch.JOB, message_log)
     assert device.wait_subscribed(10)
     sender = channels(broker.settings(), "backend-" + device_id, will=False)
-    info = sender._client.publish(device.topic(ch.JOB), raw, qos=1)
-    info.wait_for_publish(5)
+    sender.publish_raw(device.topic(ch.JOB), raw, qos=1, wait_s=5)
 
     topic, got_reason, detail = message_log.wait_error(reason)
     assert topic == device.topic(ch.JOB) and detail
