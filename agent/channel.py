@@ -67,6 +67,22 @@ def merged_settings(settings):
     return out
 
 
+def settings_from_config(config):
+    """[mqtt] of the agent's Config -> (settings for MqttChannel, device_id). TLS paths are
+    taken relative to the config file; an unknown key is a ConfigError (catches typos)."""
+    raw = dict(config.section("mqtt"))
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            "%s: unknown key(s) in [mqtt]: %s" % (config.path, ", ".join(unknown)),
+            hint="known keys: %s" % ", ".join(sorted(DEFAULTS)),
+        )
+    tls = raw.get("tls")
+    if tls:
+        raw["tls"] = dict((k, config.resolve(v) if v else v) for k, v in tls.items())
+    return merged_settings(raw), config.device["id"]
+
+
 def decode_payload(raw, limit):
     """bytes -> dict, or MessageError with the reason. The size check comes first so an
     oversized message is never parsed."""

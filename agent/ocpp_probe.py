@@ -17,7 +17,7 @@ from ocpp.exceptions import OCPPError
 from ocpp.v201 import ChargePoint, call
 from websockets.asyncio.client import connect
 
-from agent.core.errors import NetworkError
+from agent.core.errors import ConfigError, NetworkError
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,30 @@ async def _boot_and_heartbeat(cp, evidence, model, vendor, firmware):
         raise OcppProbeError(REJECTED, "BootNotification answered %s" % status, evidence)
     beat = await cp.call(call.Heartbeat(), suppress=False)
     evidence["heartbeat_time"] = beat.current_time
+
+
+def probe_args_from_config(config):
+    """[ocpp] of the agent's Config -> keyword arguments for probe(); None when the charger
+    has no CSMS configured (the OCPP half of the comm check is then skipped).
+    Keys: url (ws:// or wss:// base, required), charge_point_id (default: [device] id),
+    timeout_s (default 10), password (OCPP basic auth, optional)."""
+    section = config.section("ocpp")
+    if not section:
+        return None
+    url = section.get("url", "")
+    if not url.startswith(("ws://", "wss://")):
+        raise ConfigError(
+            "%s: [ocpp] url must start with ws:// or wss://, got %r" % (config.path, url),
+            hint='e.g. url = "wss://csms.example.com/ocpp"',
+        )
+    return {
+        "url": url,
+        "charge_point_id": section.get("charge_point_id") or config.device["id"],
+        "timeout": float(section.get("timeout_s", 10.0)),
+        "password": section.get("password") or None,
+        "model": config.device.get("model", "charger"),
+        "vendor_name": config.device.get("vendor", "charger"),
+    }
 
 
 def probe(url, charge_point_id, timeout=10.0, **kw):
