@@ -103,7 +103,6 @@ class MqttChannel(ChannelBase):
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else False,
         )
-        client.enable_logger(log)
         if s["username"]:
             client.username_pw_set(s["username"], s["password"] or None)
         if s["tls"]:
@@ -117,6 +116,7 @@ class MqttChannel(ChannelBase):
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_log = self._on_log
+        client.on_socket_open = self._on_socket_open
         return client
 
     def _set_tls(self, client, tls):
@@ -331,8 +331,19 @@ class MqttChannel(ChannelBase):
         self._attempted.set()
 
     def _on_log(self, client, userdata, level, buf):
+        # paho reports ordinary shutdown races at its ERR level, so its log stays at DEBUG;
+        # real failures surface through last_error and BrokerUnavailable instead.
+        log.debug("paho: %s", buf)
         if level == paho.MQTT_LOG_ERR:
             self._last_log_error = buf
+
+    def _on_socket_open(self, client, userdata, sock):
+        # Small request/answer packets (PUBACK then PUBLISH) otherwise wait on Nagle plus
+        # delayed ACK: ~40 ms per hop on loopback.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
 
     def _on_message(self, client, userdata, message):
         try:

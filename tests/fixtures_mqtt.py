@@ -175,6 +175,7 @@ class Mosquitto:
             "persistence false",
             "log_dest file %s" % self.log_path,
             "log_type all",
+            "set_tcp_nodelay true",  # no Nagle delay on small answer packets
             "user %s" % pwd.getpwuid(os.getuid()).pw_name,  # never drop to 'mosquitto'
             "listener %d %s" % (self.port, self.host),
         ]
