@@ -162,3 +162,21 @@ def test_messages_are_compact_sorted_json(broker, channels, device_id, message_l
     raw_seen.append(ch.encode_payload(payload))
     assert raw_seen == [b'{"a":[1,2],"b":1}']
     assert json.loads(raw_seen[0]) == {"a": [1, 2], "b": 1}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_job_sent_while_device_offline_delivered_on_return(broker, channels, device_id, protocol):
+    settings = broker.settings(protocol=protocol)
+    first = channels(settings, device_id)
+    first.subscribe(ch.JOB, MessageLog())
+    assert first.wait_subscribed(10)
+    first.stop()  # the charger reboots; its session stays on the broker
+
+    backend = channels(settings, "backend-" + device_id, will=False)
+    backend.publish_to(backend.topic(ch.JOB, device_id), {"job_id": "queued"}, wait_s=10)
+
+    jobs = MessageLog()
+    again = channels(settings, device_id, connect=False)
+    again.subscribe(ch.JOB, jobs)
+    again.connect(10)
+    jobs.wait_for(_is("/update/job", job_id="queued"))
