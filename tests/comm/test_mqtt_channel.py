@@ -180,3 +180,48 @@ def test_job_sent_while_device_offline_delivered_on_return(broker, channels, dev
     again.subscribe(ch.JOB, jobs)
     again.connect(10)
     jobs.wait_for(_is("/update/job", job_id="queued"))
+
+
+DEVICE_PROCESS = """
+import sys, threading
+from agent.mqtt_channel import MqttChannel
+channel = MqttChannel({"host": "127.0.0.1", "port": int(sys.argv[1])}, sys.argv[2])
+channel.connect(10)
+print("connected", flush=True)
+threading.Event().wait()
+"""
+
+
+def test_last_will_when_device_process_is_killed(broker, channels, device_id, message_log):
+    import subprocess
+    import sys
+
+    observer = channels(broker.settings(), "obs-" + device_id, will=False)
+    observer.subscribe_filter("chargers/%s/update/online" % device_id, message_log)
+    assert observer.wait_subscribed(10)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DEVICE_PROCESS, str(broker.port), device_id],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "connected"
+        message_log.wait_for(_is("/update/online", online=True))
+        proc.kill()  # power cut: no DISCONNECT, no offline publish of our own
+        proc.wait()
+        _, offline = message_log.wait_for(_is("/update/online", online=False))
+        assert offline == {"device_id": device_id, "online": False}  # the will, not a stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_ping_during_broker_outage_fails_with_link_state(own_broker, channels, device_id):
+    settings = own_broker.settings(reconnect_min_s=0.1, reconnect_max_s=0.5)
+    device = channels(settings, device_id)
+    own_broker.kill()
+    assert device.wait_disconnected(10)
+    with pytest.raises(BrokerUnavailable) as err:
+        device.ping_backend(timeout=0.3)
+    assert "broker link down" in str(err.value)
