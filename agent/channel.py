@@ -1,0 +1,292 @@
+"""The control-plane channel seen by the daemon: topics, message decoding, handler dispatch.
+
+Invariant: an incoming message reaches a handler only as a JSON object no larger than the
+bound; anything else goes to `on_error(topic, reason, detail)` and the channel keeps working.
+Neither a bad message nor a failing handler ever raises into the transport's thread.
+`FakeChannel` has the same interface as `MqttChannel` (agent/mqtt_channel.py, the only module
+that imports paho) and records what would have been published, for core and daemon tests.
+"""
+
+import json
+import logging
+import os
+import threading
+
+from agent.core.errors import BrokerUnavailable, ConfigError
+
+log = logging.getLogger(__name__)
+
+# Topic suffixes below {prefix}/{device_id}/. Everything the agent and the backend exchange.
+JOB = "update/job"
+CANCEL = "update/cancel"
+STATUS = "update/status"
+INVENTORY = "update/inventory"
+HEALTH = "update/health"
+ONLINE = "update/online"
+PING = "backend/ping"
+PONG = "backend/pong"
+SUFFIXES = (JOB, CANCEL, STATUS, INVENTORY, HEALTH, ONLINE, PING, PONG)
+
+DEFAULTS = {
+    "host": "127.0.0.1",
+    "port": 1883,
+    "prefix": "chargers",
+    "protocol": "5",  # "5" or "3.1.1"
+    "keepalive": 30,
+    "tls": None,  # {"ca_file", "cert_file", "key_file"}; absent or empty: plain TCP
+    "username": "",
+    "password": "",
+    "reconnect_min_s": 0.5,
+    "reconnect_max_s": 60.0,
+    "connect_timeout_s": 10.0,
+    "max_message_bytes": 64 * 1024,
+    "session_expiry_s": 86400,  # broker keeps QoS 1 jobs this long while we are offline
+}
+
+# Reasons handed to on_error.
+OVERSIZED = "oversized"
+NOT_UTF8 = "not-utf8"
+MALFORMED_JSON = "malformed-json"
+NOT_OBJECT = "not-object"
+HANDLER_FAILED = "handler-failed"
+
+
+class MessageError(Exception):
+    def __init__(self, reason, detail):
+        Exception.__init__(self, "%s: %s" % (reason, detail))
+        self.reason = reason
+        self.detail = detail
+
+
+def merged_settings(settings):
+    out = dict(DEFAULTS)
+    out.update(settings or {})
+    if str(out["protocol"]) not in ("5", "3.1.1"):
+        raise ConfigError('[mqtt] protocol must be "5" or "3.1.1", not %r' % (out["protocol"],))
+    out["protocol"] = str(out["protocol"])
+    return out
+
+
+def settings_from_config(config):
+    """[mqtt] of the agent's Config -> (settings for MqttChannel, device_id). TLS paths are
+    taken relative to the config file; an unknown key is a ConfigError (catches typos)."""
+    raw = dict(config.section("mqtt"))
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            "%s: unknown key(s) in [mqtt]: %s" % (config.path, ", ".join(unknown)),
+            hint="known keys: %s" % ", ".join(sorted(DEFAULTS)),
+        )
+    tls = raw.get("tls")
+    if tls:
+        raw["tls"] = dict((k, config.resolve(v) if v else v) for k, v in tls.items())
+    return merged_settings(raw), config.device["id"]
+
+
+def decode_payload(raw, limit):
+    """bytes -> dict, or MessageError with the reason. The size check comes first so an
+    oversized message is never parsed."""
+    if len(raw) > limit:
+        raise MessageError(OVERSIZED, "%d bytes, limit %d" % (len(raw), limit))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MessageError(NOT_UTF8, str(exc)) from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise MessageError(MALFORMED_JSON, str(exc)) from None
+    if not isinstance(value, dict):
+        raise MessageError(NOT_OBJECT, "top level is %s, expected an object" % type(value).__name__)
+    return value
+
+
+def encode_payload(payload):
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def topic_matches(topic_filter, topic):
+    """MQTT filter match with + and # (enough for dispatch; the broker does the real one)."""
+    f_parts = topic_filter.split("/")
+    t_parts = topic.split("/")
+    for i, part in enumerate(f_parts):
+        if part == "#":
+            return True
+        if i >= len(t_parts) or (part != "+" and part != t_parts[i]):
+            return False
+    return len(f_parts) == len(t_parts)
+
+
+def new_nonce():
+    return os.urandom(8).hex()
+
+
+class ChannelBase:
+    """Topic naming, handler table and safe dispatch shared by MqttChannel and FakeChannel."""
+
+    def __init__(self, settings, device_id, on_message=None, on_error=None):
+        self.settings = merged_settings(settings)
+        self.device_id = device_id
+        self.prefix = self.settings["prefix"]
+        self.on_message = on_message  # fallback for messages no handler claims
+        self.on_error = on_error
+        self._handlers = []  # [(filter, handler, qos)]
+        self._lock = threading.Lock()
+        self._pongs = {}  # nonce -> threading.Event, for ping_backend
+        self.stray_pongs = 0  # pongs whose nonce we are not waiting for (late or forged)
+
+    def topic(self, suffix, device_id=None):
+        return "%s/%s/%s" % (self.prefix, device_id or self.device_id, suffix)
+
+    def device_of(self, topic):
+        """The device id in `{prefix}/{device}/...`, or None for foreign topics."""
+        parts = topic.split("/")
+        n = len(self.prefix.split("/"))
+        if topic.startswith(self.prefix + "/") and len(parts) > n:
+            return parts[n]
+        return None
+
+    def subscribe(self, suffix, handler, qos=1):
+        """handler(topic, payload_dict) for {prefix}/{device_id}/{suffix}."""
+        self.subscribe_filter(self.topic(suffix), handler, qos)
+
+    def subscribe_filter(self, topic_filter, handler, qos=1):
+        """handler(topic, payload_dict) for an absolute filter (the backend uses `+`)."""
+        with self._lock:
+            self._handlers.append((topic_filter, handler, qos))
+        self._transport_subscribe(topic_filter, qos)
+
+    def _transport_subscribe(self, topic_filter, qos):
+        raise NotImplementedError
+
+    def _dispatch(self, topic, raw):
+        """Decode and hand to handlers; never raises (runs in the transport's thread)."""
+        try:
+            payload = decode_payload(raw, self.settings["max_message_bytes"])
+        except MessageError as exc:
+            self._report(topic, exc.reason, exc.detail)
+            return
+        with self._lock:
+            handlers = [h for f, h, _ in self._handlers if topic_matches(f, topic)]
+        if not handlers and self.on_message is not None:
+            handlers = [self.on_message]
+        for handler in handlers:
+            try:
+                handler(topic, payload)
+            except Exception as exc:  # a handler bug must not kill the network thread
+                log.exception("handler for %s failed", topic)
+                self._report(topic, HANDLER_FAILED, "%s: %s" % (type(exc).__name__, exc))
+
+    def _report(self, topic, reason, detail):
+        log.warning("rejected message on %s: %s (%s)", topic, reason, detail)
+        if self.on_error is None:
+            return
+        try:
+            self.on_error(topic, reason, detail)
+        except Exception:
+            log.exception("on_error callback failed")
+
+    # -- comm round trip ------------------------------------------------------------------
+
+    def link_state(self):
+        """A few words on the broker link, for error messages and evidence."""
+        if self.connected:
+            return "broker link up"
+        return "broker link down: %s" % (getattr(self, "last_error", "") or "not connected")
+
+    def _on_pong(self, topic, payload):
+        with self._lock:
+            event = self._pongs.get(payload.get("nonce"))
+            if event is None:
+                self.stray_pongs += 1
+        if event is not None:
+            event.set()
+
+    def ping_backend(self, timeout, clock=None):
+        """Publish {nonce} on backend/ping, wait for the same nonce on backend/pong.
+        Returns evidence {"nonce", "rtt_s"}; raises BrokerUnavailable when unanswered."""
+        import time
+
+        clock = clock or time.monotonic
+        with self._lock:
+            first = not any(f == self.topic(PONG) for f, _, _ in self._handlers)
+        if first:
+            self.subscribe(PONG, self._on_pong)
+        nonce = new_nonce()
+        event = threading.Event()
+        with self._lock:
+            self._pongs[nonce] = event
+        try:
+            started = clock()
+            self.publish(PING, {"nonce": nonce, "device_id": self.device_id}, qos=1)
+            if not event.wait(timeout):
+                raise BrokerUnavailable(
+                    "backend did not answer ping %s within %ss (%s)"
+                    % (nonce, timeout, self.link_state()),
+                    hint="check the backend responder and the broker",
+                )
+            return {"nonce": nonce, "rtt_s": round(clock() - started, 4)}
+        finally:
+            with self._lock:
+                self._pongs.pop(nonce, None)
+
+
+class FakeChannel(ChannelBase):
+    """MqttChannel's interface without a broker: `published` records (topic, payload, qos,
+    retain); `inject(suffix_or_topic, payload)` delivers as if from the broker (bytes go
+    through the same size/JSON checks); `answer_pings` makes ping_backend succeed."""
+
+    def __init__(self, settings=None, device_id="dev-1", on_message=None, on_error=None):
+        ChannelBase.__init__(self, settings, device_id, on_message, on_error)
+        self.published = []
+        self.subscriptions = []
+        self.connected = False
+        self.answer_pings = True
+        self.started = False
+
+    def start(self):
+        self.started = True
+        self.connected = True
+
+    def connect(self, timeout=None):
+        self.start()
+        if not self.connected:
+            raise BrokerUnavailable("fake broker is down")
+
+    def stop(self):
+        self.connected = False
+        self.started = False
+
+    def wait_connected(self, timeout=None):
+        return self.connected
+
+    def wait_subscribed(self, timeout=None):
+        return self.connected
+
+    def set_connected(self, up):
+        self.connected = bool(up)
+
+    def _transport_subscribe(self, topic_filter, qos):
+        self.subscriptions.append((topic_filter, qos))
+
+    def publish(self, suffix, payload, qos=1, retain=False):
+        return self.publish_to(self.topic(suffix), payload, qos, retain)
+
+    def publish_to(self, topic, payload, qos=1, retain=False):
+        if not self.connected and qos == 0:
+            raise BrokerUnavailable("not connected; QoS 0 message to %s dropped" % topic)
+        self.published.append((topic, payload, qos, retain))
+        if topic == self.topic(PING) and self.answer_pings and self.connected:
+            self._dispatch(self.topic(PONG), encode_payload({"nonce": payload["nonce"]}))
+
+    def inject(self, suffix_or_topic, payload):
+        topic = suffix_or_topic
+        if suffix_or_topic in SUFFIXES:
+            topic = self.topic(suffix_or_topic)
+        raw = payload if isinstance(payload, bytes) else encode_payload(payload)
+        self._dispatch(topic, raw)
+
+    def messages(self, suffix):
+        """Payloads published on our own {suffix} topic, in order."""
+        topic = self.topic(suffix)
+        return [p for t, p, _, _ in self.published if t == topic]
