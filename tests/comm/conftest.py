@@ -1,4 +1,4 @@
-"""Thin fixtures over tests/fixtures_mqtt.py and tests/fixtures_csms.py for the comm tests."""
+"""Thin fixtures over hil/services/mosquitto.py and hil/services/csms.py for the comm tests."""
 
 import itertools
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 
 from agent.mqtt_channel import MqttChannel
-from tests.fixtures_mqtt import MessageLog, mosquitto
+from hil.services.mosquitto import MessageLog, mosquitto
 
 _ids = itertools.count(1)
 

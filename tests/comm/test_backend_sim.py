@@ -8,7 +8,7 @@ import pytest
 from agent import channel as ch
 from agent.backend_sim import IDENTITY, BackendSim
 from agent.core.errors import BrokerUnavailable
-from tests.fixtures_mqtt import MessageLog
+from hil.services.mosquitto import MessageLog
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import pytest
 
 from agent import channel as ch
 from agent.core.errors import BrokerUnavailable, ConfigError
-from tests.fixtures_mqtt import MessageLog
+from hil.services.mosquitto import MessageLog
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ def test_ocpp_http_url_is_config_error(tmp_path):
 
 def test_probe_args_drive_a_real_probe(tmp_path):
     from agent.ocpp_probe import probe
-    from tests.fixtures_csms import csms
+    from hil.services.csms import csms
 
     with csms() as server:
         config = write(tmp_path, '[ocpp]\nurl = "%s"\n' % server.url)

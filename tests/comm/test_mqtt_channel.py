@@ -7,7 +7,7 @@ import pytest
 
 from agent import channel as ch
 from agent.core.errors import BrokerUnavailable
-from tests.fixtures_mqtt import MessageLog, free_port
+from hil.services.mosquitto import MessageLog, free_port
 
 PROTOCOLS = ["5", "3.1.1"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from agent import channel as ch
 from agent.core.errors import BrokerUnavailable, ConfigError
-from tests.fixtures_mqtt import BACKEND_IDENTITY, MessageLog, Pki
+from hil.services.mosquitto import BACKEND_IDENTITY, MessageLog, Pki
 
 
 def tls_settings(broker, cn, protocol="5", **extra):

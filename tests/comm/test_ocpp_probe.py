@@ -14,8 +14,8 @@ from agent.ocpp_probe import (
     probe,
     probe_async,
 )
-from tests.fixtures_csms import csms
-from tests.fixtures_mqtt import free_port
+from hil.services.csms import csms
+from hil.services.mosquitto import free_port
 
 
 def test_accepted_boot_and_heartbeat_pass_with_evidence():

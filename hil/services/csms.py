@@ -19,7 +19,7 @@ from ocpp.routing import on
 from ocpp.v201 import ChargePoint, call_result
 from websockets.asyncio.server import serve
 
-from tests.fixtures_mqtt import free_port
+from hil.services.mosquitto import free_port
 
 
 def _now():
