@@ -132,6 +132,10 @@ class QemuUBoot:
         """Power on: launch QEMU, connect the console. Raises QemuStartError with its log."""
         if self.proc is not None:
             raise QemuStartError("QEMU already running (pid %d)" % self.proc.pid)
+        for image in (self.flash0, self.flash1):
+            # QEMU opens drives only after the console connects; say it here, clearly.
+            if not os.path.isfile(image):
+                raise QemuStartError("flash image %s is missing" % image, hint="recreate the rig")
         if not self._registered:
             atexit.register(self.stop)
             self._registered = True
@@ -203,7 +207,8 @@ class QemuUBoot:
     def _wait_listening(self, timeout):
         """True once QEMU says it waits for the console connection (it prints that on stderr
         before blocking); False if it exits first. The rest of stderr goes to qemu.log."""
-        listening = threading.Event()
+        done = threading.Event()  # QEMU listens, or its stderr ended (it exited)
+        said = []
         proc = self.proc
 
         def drain():
@@ -213,11 +218,12 @@ class QemuUBoot:
                     log.write(text)
                     log.flush()
                     if "waiting for connection" in text:
-                        listening.set()
-            listening.set()  # EOF: QEMU exited; the caller sees it in poll()
+                        said.append(True)
+                        done.set()
+            done.set()
 
         threading.Thread(target=drain, name="qemu-stderr", daemon=True).start()
-        return listening.wait(timeout) and proc.poll() is None
+        return done.wait(timeout) and bool(said)
 
     def _kill(self):
         proc, self.proc = self.proc, None
