@@ -157,10 +157,11 @@ class QemuUBoot:
 
     def stop(self):
         """Power off: close the console, kill QEMU by PID. Safe to call any time, twice."""
+        # QEMU first: its socket closes, so the console reader ends at once, log complete.
+        self._kill()
         if self.console is not None:
             self.console.close()
             self.console = None
-        self._kill()
 
     def power_cycle(self, timeout=30):
         self.stop()
