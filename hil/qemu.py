@@ -147,11 +147,14 @@ class QemuUBoot:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
-            if self._wait_listening(timeout):
+            said = self._wait_listening(timeout)
+            if said and said[-1] == "listening":
                 break
             self._kill()
+            if not any("in use" in line for line in said):
+                raise QemuStartError("QEMU did not start", hint="see %s" % self.qemu_log)
         else:
-            raise QemuStartError("QEMU did not start", hint="see %s" % self.qemu_log)
+            raise QemuStartError("QEMU found no free port", hint="see %s" % self.qemu_log)
         self.console = Console("socket://127.0.0.1:%d" % self.port, log_path=self.console_log)
         return self.console
 
@@ -206,9 +209,10 @@ class QemuUBoot:
         return cmd + ["-chardev", chardev, "-serial", "chardev:con0"]
 
     def _wait_listening(self, timeout):
-        """True once QEMU says it waits for the console connection (it prints that on stderr
-        before blocking); False if it exits first. The rest of stderr goes to qemu.log."""
-        done = threading.Event()  # QEMU listens, or its stderr ended (it exited)
+        """QEMU's stderr lines until it says it waits for the console connection (it prints
+        that before blocking; then the list ends with "listening") or exits. The rest of
+        stderr goes on into qemu.log."""
+        done = threading.Event()
         said = []
         proc = self.proc
 
@@ -218,13 +222,16 @@ class QemuUBoot:
                     text = line.decode("utf-8", "replace")
                     log.write(text)
                     log.flush()
-                    if "waiting for connection" in text:
-                        said.append(True)
-                        done.set()
+                    if not done.is_set():
+                        said.append(text)
+                        if "waiting for connection" in text:
+                            said.append("listening")
+                            done.set()
             done.set()
 
         threading.Thread(target=drain, name="qemu-stderr", daemon=True).start()
-        return done.wait(timeout) and bool(said)
+        done.wait(timeout)
+        return list(said)
 
     def _kill(self):
         proc, self.proc = self.proc, None

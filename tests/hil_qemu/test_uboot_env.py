@@ -4,10 +4,13 @@ Skipped (with the reason) where QEMU >= 8, u-boot-qemu or libubootenv-tool are m
 `make test` installs them first (`make qemu-deps`, `make sysdeps`), so CI runs these.
 """
 
+import shutil
+import subprocess
+
 import pytest
 
 from agent.core.errors import BootEnvError
-from hil.flash_env import script_vars
+from hil.flash_env import format_vars, script_vars
 from hil.qemu import board_env, missing_prerequisites
 
 MISSING = missing_prerequisites()
@@ -86,3 +89,20 @@ def test_uboot_import_eats_backslashes_the_tools_keep(make_board):
     board.wait_prompt()
     assert board.printenv("ONE") == "anb"
     assert board.printenv("TWO") == "a\\nb"
+
+
+def test_env_image_made_by_mkenvimage_boots(make_board, tmp_path):
+    # The third writer of this format (u-boot-tools): an image built offline, e.g. in a
+    # factory flashing step, is loaded by U-Boot and read by fw_printenv.
+    if not shutil.which("mkenvimage"):
+        pytest.skip("mkenvimage missing (package u-boot-tools)")
+    source = tmp_path / "env.txt"
+    source.write_text(format_vars(board_env(FACTORY="line-3", bootcmd="echo FACTORY ENV")))
+    image = tmp_path / "env.bin"
+    subprocess.run(["mkenvimage", "-s", "0x40000", "-o", str(image), str(source)], check=True)
+    board = make_board(env_image=str(image))
+    assert board.env().read()["FACTORY"] == "line-3"
+    console = board.start()
+    console.expect("FACTORY ENV", timeout=20)
+    board.wait_prompt()
+    assert board.printenv("FACTORY") == "line-3"
