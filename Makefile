@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 APT_TOOLS := fw_printenv:libubootenv-tool mkenvimage:u-boot-tools grub-editenv:grub-common \
              mosquitto:mosquitto
 
-.PHONY: all venv sysdeps test demo bench lint clean
+.PHONY: all venv sysdeps qemu-deps test demo bench lint clean
 
 all: test
 
@@ -33,7 +33,25 @@ sysdeps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-test: venv sysdeps
+# Real U-Boot in QEMU (hil/qemu.py): Debian 12's QEMU 7.2 cannot saveenv to pflash, so on
+# bookworm take qemu-system-arm (>= 8) from bookworm-backports; u-boot-qemu gives u-boot.bin.
+QEMU_BACKPORTS := /etc/apt/sources.list.d/backports.sources
+qemu-deps:
+	@v=$$(qemu-system-aarch64 --version 2>/dev/null | sed -n 's/.*version \([0-9]*\)\..*/\1/p'); \
+	if [ -z "$$v" ] || [ "$$v" -lt 8 ] || [ ! -f /usr/lib/u-boot/qemu_arm64/u-boot.bin ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); T=""; \
+	  if grep -q '^VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then \
+	    T="-t bookworm-backports"; [ -f $(QEMU_BACKPORTS) ] || printf '%s\n' 'Types: deb' \
+	      'URIs: http://deb.debian.org/debian' 'Suites: bookworm-backports' 'Components: main' \
+	      | $$SUDO tee $(QEMU_BACKPORTS) >/dev/null; \
+	  fi; \
+	  echo "installing qemu-system-arm ($$T) and u-boot-qemu"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends $$T qemu-system-arm && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq u-boot-qemu; \
+	fi
+
+test: venv sysdeps qemu-deps
 	$(BIN)/pytest
 
 bench: venv sysdeps

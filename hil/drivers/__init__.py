@@ -1,0 +1,1 @@
+"""HIL drivers over pyserial: console, power relay, EV simulator, and their simulators."""
