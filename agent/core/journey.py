@@ -275,7 +275,8 @@ class Journey:
         if state == lc.ROLLED_BACK:
             if self.data.get("fell_back"):  # the bootloader already switched back
                 return [save, ("mark_bad", new), report, ("cleanup",)]
-            return [save, ("mark_bad", new), report, ("reboot",)]
+            # Reported once back on the old slot (resume), by the firmware that is running.
+            return [save, ("mark_bad", new), ("reboot",)]
         if state in (lc.INSTALLATION_FAILED, lc.INSTALL_VERIFICATION_FAILED, lc.INVALID_SIGNATURE):
             # The inactive slot may hold part of an image: never leave it bootable.
             return [save, ("mark_bad", new), report, ("cleanup",)]
