@@ -10,6 +10,8 @@ APT_TOOLS := fw_printenv:libubootenv-tool mkenvimage:u-boot-tools grub-editenv:g
              mosquitto:mosquitto
 
 .PHONY: all venv sysdeps test demo bench lint clean
+# MicroPython 1.27 (WebAssembly port, run by Node.js) for the agent/core scenario tests.
+MICROPYTHON := .cache/micropython/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs
 
 all: test
 
@@ -33,7 +35,10 @@ sysdeps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-test: venv sysdeps
+$(MICROPYTHON):
+	command -v npm >/dev/null && npm install --no-save --prefix .cache/micropython @micropython/micropython-webassembly-pyscript@1.27.0 || echo "npm missing: MicroPython tests will be skipped"
+
+test: venv sysdeps $(MICROPYTHON)
 	$(BIN)/pytest
 
 bench: venv sysdeps
