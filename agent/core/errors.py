@@ -15,7 +15,7 @@ class UpdateError(Exception):
     retry = False
 
     def __init__(self, message, hint=None):
-        Exception.__init__(self, message)
+        super().__init__(message)  # MicroPython has no Exception.__init__ attribute
         self.message = message
         # What the operator should do about it; shown after the message.
         self.hint = hint

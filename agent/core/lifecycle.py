@@ -196,7 +196,7 @@ class IllegalTransition(Exception):
     """A programming error in the driver: the table has no row for (state, event)."""
 
     def __init__(self, state, event):
-        Exception.__init__(self, "no transition from state %r on event %r" % (state, event))
+        super().__init__("no transition from state %r on event %r" % (state, event))
         self.state = state
         self.event = event
 

@@ -34,23 +34,27 @@ def micropython():
     return MP_DIR
 
 
-def run_core(micropython, module):
+def run_core(micropython, *modules):
+    args = []
+    for module in modules:
+        args += ["--module", module]
     return subprocess.run(
-        ["node", RUNNER, "--root", ROOT, "--mp", micropython, "--module", module],
+        ["node", RUNNER, "--root", ROOT, "--mp", micropython] + args,
         capture_output=True,
         text=True,
         timeout=120,
     )
 
 
-def test_core_scenarios_pass_under_micropython(micropython):
-    result = run_core(micropython, "tests/core/scenarios.py")
+def test_core_scenarios_and_portable_checks_pass_under_micropython(micropython):
+    from tests.core import portable, scenarios
+
+    result = run_core(micropython, "tests/core/scenarios.py", "tests/core/portable.py")
     sys.stdout.write(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "micropython micropython 1.27" in result.stdout
-    from tests.core import scenarios
-
-    assert "RESULT %d passed 0 failed" % len(scenarios.SCENARIOS) in result.stdout
+    total = len(scenarios.SCENARIOS) + len(portable.CHECKS)
+    assert "RESULT %d passed 0 failed" % total in result.stdout
 
 
 def test_runner_fails_when_a_scenario_fails(micropython, tmp_path):

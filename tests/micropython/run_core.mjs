@@ -1,10 +1,12 @@
 // Runs agent/core and a scenario module under MicroPython (WebAssembly port) in Node.
 //
-// usage: node tests/micropython/run_core.mjs [--mp DIR] [--module tests/core/scenarios.py]
-//   DIR holds node_modules/@micropython/micropython-webassembly-pyscript (default
-//   .cache/micropython). Copies agent/__init__.py, agent/core/*.py and the scenario module into
-//   MicroPython's in-memory filesystem, runs scenarios.run_all(), prints one line per
-//   scenario, and exits 1 if any failed (2 if MicroPython itself could not run them).
+// usage: node tests/micropython/run_core.mjs [--root DIR] [--mp DIR] [--module FILE.py ...]
+//   --mp names the directory holding node_modules/@micropython/micropython-webassembly-pyscript
+//   (default .cache/micropython). Each --module (default tests/core/scenarios.py and
+//   tests/core/portable.py) must define run_all() -> (passed names, [(name, message)]).
+//   Copies agent/__init__.py, agent/core/*.py and the modules into MicroPython's in-memory
+//   filesystem, runs them, prints one line per check, and exits 1 if any failed (2 if
+//   MicroPython itself could not run them, e.g. a CPython-only import).
 import { readdirSync, readFileSync } from "node:fs";
 import { join, resolve, basename } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -16,7 +18,9 @@ const opt = (name, dflt) => {
 };
 const root = resolve(opt("--root", "."));
 const mpDir = resolve(root, opt("--mp", ".cache/micropython"));
-const modulePath = resolve(root, opt("--module", "tests/core/scenarios.py"));
+const given = args.filter((_, i) => i > 0 && args[i - 1] === "--module");
+const modulePaths = (given.length ? given : ["tests/core/scenarios.py", "tests/core/portable.py"])
+  .map((p) => resolve(root, p));
 const pkg = join(mpDir, "node_modules/@micropython/micropython-webassembly-pyscript");
 
 const { loadMicroPython } = await import(pathToFileURL(join(pkg, "micropython.mjs")).href);
@@ -37,15 +41,18 @@ const coreDir = join(root, "agent/core");
 for (const name of readdirSync(coreDir).filter((n) => n.endsWith(".py")).sort()) {
   FS.writeFile("/work/agent/core/" + name, readFileSync(join(coreDir, name)));
 }
-const modName = basename(modulePath, ".py");
-FS.writeFile("/work/" + modName + ".py", readFileSync(modulePath));
+const modNames = modulePaths.map((p) => basename(p, ".py"));
+modulePaths.forEach((p, i) => FS.writeFile("/work/" + modNames[i] + ".py", readFileSync(p)));
 
 const program = `
 import sys
 sys.path.insert(0, "/work")
 print("micropython", sys.implementation.name, ".".join(str(v) for v in sys.implementation.version[:3]))
-import ${modName}
-passed, failures = ${modName}.run_all()
+passed, failures = [], []
+for name in ${JSON.stringify(modNames)}:
+    p, f = __import__(name).run_all()
+    passed += p
+    failures += f
 for name in passed:
     print("PASS", name)
 for name, message in failures:
