@@ -1,8 +1,10 @@
 """The journey driver: events in, new state and a list of actions out; it does no I/O itself.
 
-Invariants: every state change goes through lifecycle.next_state; a "save_journal" action
-comes before every action that changes the board (install, try_slot, mark_bad, reboot), except
-mark_good, which comes first so that a power cut before the save only reruns the trial; a job
+Invariants: every state change goes through lifecycle.next_state; the journal holds the
+current state before every action that changes the board (install, mark_bad, reboot). Two
+actions run just before the save of the state they lead to, because resuming the previous
+state settles either outcome by the booted slot: try_slot (journal still INSTALLED) and
+mark_good (journal still TRIAL: a power cut before the save only reruns the trial). A job
 id is remembered when the job is accepted, in the same journal write, so it is never installed
 twice; a slot that failed or was half written is marked bad before the journey moves on.
 
@@ -202,11 +204,13 @@ class Journey:
             return self.state, good + [self._report()]
         if lc.is_terminal(saved):
             return self.state, self._enter_failure(saved)
-        actions = [("mark_bad", new)] if saved == lc.INSTALLING else []
         self.state = lc.resume_state(saved)
         self.trace.append(self.state)
         self.data["deferred"] = False
-        return self.state, actions + self._enter(self.state, now, resumed=True)
+        actions = self._enter(self.state, now, resumed=True)
+        if saved == lc.INSTALLING:  # the slot may be half written: invalidate it again
+            actions.insert(1, ("mark_bad", new))
+        return self.state, actions
 
     # --- internals -----------------------------------------------------------------------
 
