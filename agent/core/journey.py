@@ -110,7 +110,7 @@ class Journey:
             return self.state, [("ignore", job_id, "no such job in progress")]
         if lc.CANCEL not in lc.events_from(self.state):
             return self.state, [("reject", job_id, "cannot cancel: installation has started")]
-        return self.state, self._go(lc.CANCEL, now, {"reason": "cancelled"})
+        return self._after(self._go(lc.CANCEL, now, {"reason": "cancelled"}))
 
     def handle(self, event, now, info=None):
         """A result event from an action (DOWNLOAD_OK, INSTALL_ERROR, ...).
@@ -123,7 +123,7 @@ class Journey:
                 self.data["attempts"] = self.data.get("attempts", 0) + 1
                 self.data["retry_at"] = now + backoff_s(self.data["attempts"])
                 event = lc.RETRY
-        return self.state, self._go(event, now, info)
+        return self._after(self._go(event, now, info))
 
     def set_baseline(self, baseline):
         """The alarm baseline measured for ("record_baseline",); saved with the journal."""
@@ -148,12 +148,12 @@ class Journey:
         started = self.data["trial_started_at"]
         verdict, check, evidence = policy.verdict(results, now, started)
         if verdict == PASSED:
-            return self.state, self._go(lc.CHECKS_PASSED, now)
+            return self._after(self._go(lc.CHECKS_PASSED, now))
         if verdict == FAILED:
             pending = (results.get(check) or (None,))[0] is None
             event = lc.WINDOW_EXPIRED if pending else lc.CHECKS_FAILED
             info = {"reason": "trial failed", "check": check, "evidence": evidence}
-            return self.state, self._go(event, now, info)
+            return self._after(self._go(event, now, info))
         return self.state, [("wait", started + policy.window_s, "trial")]
 
     def regression(self, now, finding, decision):
@@ -162,14 +162,14 @@ class Journey:
             return self.state, []
         info = {"reason": "regression", "check": finding["kind"], "evidence": finding["evidence"]}
         if decision == ROLLBACK:
-            return self.state, self._go(lc.CHECKS_FAILED, now, info)
+            return self._after(self._go(lc.CHECKS_FAILED, now, info))
         return self.state, [("report", "Committed", self._info(info))]
 
     def finish(self, now):
         """Close a journey that has ended (terminal state) and return to IDLE."""
         if not lc.is_terminal(self.state):
             return self.state, []
-        return self.state, self._go(lc.DONE, now)
+        return self._after(self._go(lc.DONE, now))
 
     # --- after a power cut ---------------------------------------------------------------
 
@@ -188,10 +188,10 @@ class Journey:
         booted_new = booted_slot == new
         if saved in (lc.INSTALLED, lc.REBOOTING) and booted_new:
             self.state = lc.REBOOTING
-            return self.state, self._go(lc.REBOOTED_INTO_NEW, now)
+            return self._after(self._go(lc.REBOOTED_INTO_NEW, now))
         if saved in (lc.REBOOTING, lc.TRIAL) and not booted_new:
             reason = NEVER_CAME_UP if saved == lc.REBOOTING else FELL_BACK_IN_TRIAL
-            return self.state, self._go(lc.REBOOTED_INTO_OLD, now, {"reason": reason})
+            return self._after(self._go(lc.REBOOTED_INTO_OLD, now, {"reason": reason}))
         if saved == lc.TRIAL:
             self.data["results"] = {}  # checks run again; the window counts from the start
             return self.state, [self._report(), ("run_checks",)]
@@ -213,6 +213,10 @@ class Journey:
         return self.state, actions
 
     # --- internals -----------------------------------------------------------------------
+
+    def _after(self, actions):
+        # The state is read after the actions were built: building them moves the state.
+        return self.state, actions
 
     def _go(self, event, now, info=None):
         new_state = lc.next_state(self.state, event)
@@ -348,10 +352,10 @@ class Journey:
 
     def _apply(self, answer, now):
         if answer[0] == "go":
-            return self.state, self._go(lc.TIME_REACHED, now)
+            return self._after(self._go(lc.TIME_REACHED, now))
         if answer[0] == "expired":
             info = {"reason": "job deadline passed before it could run"}
-            return self.state, self._go(lc.WINDOW_EXPIRED, now, info)
+            return self._after(self._go(lc.WINDOW_EXPIRED, now, info))
         actions = []
         if answer[2] == schedule.WAIT_SESSION:
             actions = self._go(lc.SESSION_ACTIVE, now)

@@ -108,9 +108,9 @@ class Rig:
         self.last_doc = doc
         job = parse_job(json.dumps(doc).encode(), DEVICE)
         slot = self.board.booted
-        _, actions = self.journey.offer(job, self.now, slot, self.board.other(slot), 0.5)
-        self._take(actions)
-        return actions
+        result = self.journey.offer(job, self.now, slot, self.board.other(slot), 0.5)
+        self._take(result)
+        return result[1]
 
     def run(self, max_steps=400):
         for _ in range(max_steps):
@@ -118,7 +118,7 @@ class Rig:
                 if self.journey.state == lc.IDLE or lc.is_terminal(self.journey.state):
                     return self
                 active = bool(self.session and self.session(self.now))
-                self._take(self.journey.tick(self.now, self.offset, active)[1])
+                self._take(self.journey.tick(self.now, self.offset, active))
                 continue
             action = self.queue.pop(0)
             try:
@@ -144,9 +144,15 @@ class Rig:
             return
         self.journey = Journey.from_record(record, self.policy)
         self._seen = 1
-        self._take(self.journey.resume(booted, self.now)[1])
+        self._take(self.journey.resume(booted, self.now))
 
-    def _take(self, actions):
+    def _take(self, result):
+        """Record the (state, actions) a journey call returned and queue the actions."""
+        state, actions = result
+        if state != self.journey.state:
+            raise AssertionError(
+                "call returned state %s, journey is in %s" % (state, self.journey.state)
+            )
         trace = self.journey.trace
         start = getattr(self, "_seen", 1)
         for state in trace[start:]:
@@ -155,7 +161,7 @@ class Rig:
         self.queue.extend(actions)
 
     def _feed(self, event, info=None):
-        self._take(self.journey.handle(event, self.now, info)[1])
+        self._take(self.journey.handle(event, self.now, info))
 
     # --- the actions -----------------------------------------------------------------------
 
@@ -221,7 +227,7 @@ class Rig:
                 self.board.slots[action[1]] = "partial"
                 self._feed(lc.INSTALL_ERROR, {"reason": "no-space"})
         elif name == "run_checks":
-            self._take(self.journey.check_results(self._results(), self.now)[1])
+            self._take(self.journey.check_results(self._results(), self.now))
         elif name != "cleanup":
             raise AssertionError("unknown action %r" % (action,))
 
@@ -381,11 +387,11 @@ def scenario_power_cut_at_every_step_of_a_rollback():
 def scenario_regression_after_commit_rolls_back_by_policy():
     rig = _run(Rig())
     finding = {"kind": "new-fault-codes", "evidence": "fault codes not seen before: E42"}
-    rig._take(rig.journey.regression(rig.now + 3600, finding, "report-only")[1])
+    rig._take(rig.journey.regression(rig.now + 3600, finding, "report-only"))
     rig.run()
     check_equal(rig.journey.state, lc.COMMITTED, "report-only keeps the commit")
     check_equal(rig.reports[-1][2]["reason"], "regression", "reported")
-    rig._take(rig.journey.regression(rig.now + 7200, finding, "rollback")[1])
+    rig._take(rig.journey.regression(rig.now + 7200, finding, "rollback"))
     rig.run()
     check_equal(rig.states[-2:], [lc.COMMITTED, lc.ROLLED_BACK], "states")
     check_equal(rig.statuses[-2:], ["Committed", "RolledBack"], "statuses")
