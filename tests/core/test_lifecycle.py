@@ -63,3 +63,24 @@ def test_status_names_are_the_documented_set():
     }  # fmt: skip
     assert {status for _, status in lc.STATUS} <= allowed
     assert lc.DOWNLOAD_PAUSED in allowed
+
+
+def _name(value, pool):
+    return [k for k, v in vars(lc).items() if k.isupper() and v == value and value in pool][0]
+
+
+def test_docs_show_the_table_as_it_is():
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "lifecycle.md")
+    with open(path) as f:
+        doc = f.read()
+    for src, ev, dst in lc.TRANSITIONS:
+        row = "| %s | %s | %s |" % (
+            _name(src, lc.STATES), _name(ev, lc.EVENTS), _name(dst, lc.STATES),
+        )  # fmt: skip
+        assert row in doc, row
+    for state, status in lc.STATUS:
+        assert "| %s | %s |" % (_name(state, lc.STATES), status) in doc
+    for saved, to in lc.RESUME:
+        assert "| %s | %s |" % (_name(saved, lc.STATES), _name(to, lc.STATES)) in doc
