@@ -4,11 +4,11 @@
 //   --mp names the directory holding node_modules/@micropython/micropython-webassembly-pyscript
 //   (default .cache/micropython). Each --module (default tests/core/scenarios.py and
 //   tests/core/portable.py) must define run_all() -> (passed names, [(name, message)]).
-//   Copies agent/__init__.py, agent/core/*.py and the modules into MicroPython's in-memory
+//   Copies agent/__init__.py, agent/core/*.py, the modules and their sibling helpers into MicroPython's in-memory
 //   filesystem, runs them, prints one line per check, and exits 1 if any failed (2 if
 //   MicroPython itself could not run them, e.g. a CPython-only import).
 import { readdirSync, readFileSync } from "node:fs";
-import { join, resolve, basename } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 
 const args = process.argv.slice(2);
@@ -42,7 +42,13 @@ for (const name of readdirSync(coreDir).filter((n) => n.endsWith(".py")).sort())
   FS.writeFile("/work/agent/core/" + name, readFileSync(join(coreDir, name)));
 }
 const modNames = modulePaths.map((p) => basename(p, ".py"));
-modulePaths.forEach((p, i) => FS.writeFile("/work/" + modNames[i] + ".py", readFileSync(p)));
+// Helper modules beside each module (rig.py, ...) come along; pytest files stay behind.
+for (const p of modulePaths) {
+  const dir = dirname(p);
+  for (const name of readdirSync(dir).filter((n) => n.endsWith(".py") && !n.startsWith("test_"))) {
+    FS.writeFile("/work/" + name, readFileSync(join(dir, name)));
+  }
+}
 
 const program = `
 import sys
