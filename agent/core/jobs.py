@@ -75,18 +75,23 @@ def parse_job(raw, device, limits=None):
         )
     # The raise sits outside the except clause: MicroPython has no exception chaining.
     doc = _decode(raw)
-    if doc is None:
+    if doc is _UNDECODABLE:
         raise MalformedJob("job message is not UTF-8 JSON")
     if not isinstance(doc, dict):
         raise MalformedJob("job message must be a JSON object")
     return _build(doc, device, limits)
 
 
+_UNDECODABLE = object()
+
+
 def _decode(raw):
     try:
         return json.loads(bytes(raw).decode("utf-8"))
-    except (UnicodeError, ValueError):
-        return None
+    # RuntimeError: deep nesting exhausts the parser's recursion (RecursionError on CPython,
+    # RuntimeError on MicroPython); a job message has no business being nested that deep.
+    except (UnicodeError, ValueError, RuntimeError, MemoryError):
+        return _UNDECODABLE
 
 
 def _limits(limits):

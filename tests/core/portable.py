@@ -31,7 +31,8 @@ def expect_error(cls, fn, *args):
 
 
 def check_malformed_messages_are_rejected_cleanly():
-    for raw in (b"", b"\xff\xfe\x00", b"{", b"[]", b"null", b'{"id": 1}', b"x" * 9000):
+    bomb = b"[" * 5000  # nesting deep enough to exhaust the JSON parser's recursion
+    for raw in (b"", b"\xff\xfe\x00", b"{", b"[]", b"null", b'{"id": 1}', b"x" * 9000, bomb):
         expect_error(MalformedJob, parse_job, raw, DEVICE)
 
 

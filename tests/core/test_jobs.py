@@ -85,6 +85,11 @@ def test_message_that_is_not_a_json_object_is_malformed(message):
         parse_job(message, DEVICE)
 
 
+def test_deeply_nested_json_bomb_is_malformed_not_a_crash():
+    with pytest.raises(MalformedJob, match="not UTF-8 JSON"):
+        parse_job(b"[" * 5000, DEVICE)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_give_a_job_or_malformed_never_a_crash(data):
