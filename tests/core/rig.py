@@ -88,9 +88,11 @@ class Rig:
         self.download = list(kw.get("download", ["ok"]))
         self.signature = kw.get("signature", "ok")
         self.install = list(kw.get("install", ["ok"]))
-        self.firmware = kw.get("firmware", {})  # version -> good|crash|comm|session|hang
+        # version -> good | crash | comm | session | hang | broker-down
+        self.firmware = kw.get("firmware", {})
         self.session = kw.get("session")  # function now -> bool
         self.cut_at = kw.get("cut_at")
+        self.broker_down_s = kw.get("broker_down_s", 0)  # firmware "broker-down"
         self.board = Board()
         self.journal = None
         self.statuses = []
@@ -184,6 +186,8 @@ class Rig:
             self.reports.append(action)
         elif name == "wait":
             self.now = max(self.now + 1, action[1])
+            if self.journey.state == lc.TRIAL:  # the daemon keeps the checks running
+                self.queue.append(("run_checks",))
         elif name in ("try_slot", "mark_good", "mark_bad"):
             getattr(self.board, name)(action[1])
         elif name == "reboot":
@@ -235,11 +239,14 @@ class Rig:
         kind = self.firmware.get(self.board.slots[self.board.booted], "good")
         if kind == "hang":
             return {}
+        broker_back = self.journey.data.get("trial_started_at", 0) + self.broker_down_s
         results = {}
         for name in ("alarms", "charging-session", "communication"):
             results[name] = (True, "ok")
         if kind == "comm":
             results["communication"] = (False, "CSMS rejected BootNotification")
+        if kind == "broker-down" and self.now < broker_back:
+            results["communication"] = (None, "MQTT broker unreachable")
         if kind == "session":
             results["charging-session"] = (False, "EV session delivered 0 Wh")
         return results

@@ -168,6 +168,24 @@ def scenario_trial_window_expires_rolls_back():
     check_board(rig, "A", "A", False)
 
 
+def scenario_broker_down_during_trial_then_back_commits():
+    # The broker is unreachable for the first 300 s of the 600 s trial window.
+    rig = _run(Rig(firmware={"2.0": "broker-down"}, broker_down_s=300))
+    check_equal(rig.states, GOOD_STATES, "states")
+    check_equal(rig.statuses, GOOD_STATUSES, "statuses")
+    check_board(rig, "B", "B", True)
+
+
+def scenario_broker_down_for_the_whole_trial_rolls_back():
+    rig = _run(Rig(firmware={"2.0": "broker-down"}, broker_down_s=3600))
+    check_equal(rig.states, TO_TRIAL_STATES + [lc.ROLLED_BACK], "states")
+    check_equal(rig.statuses, TO_TRIAL_STATUSES + ["RolledBack"], "statuses")
+    info = rig.reports[-1][2]
+    check_equal(info["check"], "communication", "failing check")
+    check_equal("600s trial window" in info["evidence"], True, "evidence")
+    check_board(rig, "A", "A", False)
+
+
 def scenario_crash_on_boot_falls_back_by_boot_counting():
     rig = Rig(firmware={"2.0": "crash"})
     rig.deliver(job())
@@ -265,6 +283,8 @@ SCENARIOS = (
     scenario_regression_after_commit_rolls_back_by_policy,
     scenario_session_check_fails_rolls_back,
     scenario_trial_window_expires_rolls_back,
+    scenario_broker_down_during_trial_then_back_commits,
+    scenario_broker_down_for_the_whole_trial_rolls_back,
     scenario_crash_on_boot_falls_back_by_boot_counting,
     scenario_duplicate_job_is_ignored,
     scenario_job_during_charging_session_is_deferred,
