@@ -118,7 +118,8 @@ class Journey:
         info: {"reason": str, "transient": bool, "check": str, "evidence": str}. A transient
         download or install error with retries left becomes RETRY."""
         info = info or {}
-        if event in (lc.DOWNLOAD_ERROR, lc.INSTALL_ERROR) and info.get("transient"):
+        transient = info.get("transient") and self.job is not None
+        if event in (lc.DOWNLOAD_ERROR, lc.INSTALL_ERROR) and transient:
             if self.data.get("attempts", 0) < self.job.retries:
                 self.data["attempts"] = self.data.get("attempts", 0) + 1
                 self.data["retry_at"] = now + backoff_s(self.data["attempts"])

@@ -140,3 +140,8 @@ def test_job_check_override_changes_the_trial():
         j.handle(event, T0)
     state, _ = j.check_results({"communication": (True, "ok")}, T0 + 1)
     assert state == lc.COMMITTED
+
+
+def test_result_event_while_idle_is_an_illegal_transition_not_a_crash():
+    with pytest.raises(lc.IllegalTransition):
+        Journey().handle(lc.DOWNLOAD_ERROR, T0, {"transient": True})
