@@ -10,6 +10,8 @@ APT_TOOLS := fw_printenv:libubootenv-tool mkenvimage:u-boot-tools grub-editenv:g
              mosquitto:mosquitto
 
 .PHONY: all venv sysdeps qemu-deps test demo bench lint clean
+# MicroPython 1.27 (WebAssembly port, run by Node.js) for the agent/core scenario tests.
+MICROPYTHON := .cache/micropython/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs
 
 all: test
 
@@ -51,7 +53,11 @@ qemu-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq u-boot-qemu; \
 	fi
 
-test: venv sysdeps qemu-deps
+$(MICROPYTHON):
+	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq nodejs npm; }
+	npm install --no-save --prefix .cache/micropython @micropython/micropython-webassembly-pyscript@1.27.0
+
+test: venv sysdeps qemu-deps $(MICROPYTHON)
 	$(BIN)/pytest
 
 bench: venv sysdeps
