@@ -9,6 +9,7 @@ raises out of the loop: a failed action becomes an event with a reason.
 
 import json
 import logging
+import os
 import queue
 import random
 import threading
@@ -24,7 +25,6 @@ from agent.core.errors import (
     BadSignature, ReadbackMismatch, Rejected, UnknownKey, UpdateError,
 )  # fmt: skip
 from agent.core.jobs import parse_job
-from agent.core.journey import Journey
 from agent.core.trial import TrialPolicy
 from agent.fetch import open_source
 from agent.history import History
@@ -48,7 +48,7 @@ class Daemon:
             int(trial.get("window_s", 600)),
             trial.get("checks", ["communication", "charging-session", "alarms"]),
         )
-        self.journal = Journal(cfg.state_dir)
+        self.journal = Journal(os.path.join(cfg.state_dir, "journal.json"))
         self.history = History(cfg.state_dir)
         self.slots = SlotState(cfg.state_dir)
         self.events = queue.Queue()
@@ -85,9 +85,10 @@ class Daemon:
         return min(max(self.wake_at - self.clock(), 0.05), 1.0)
 
     def resume(self):
-        record = self.journal.load()
-        self.journey = Journey.from_record(record, self.policy) if record else Journey(
-            trial_policy=self.policy)
+        os.makedirs(self.cfg.state_dir, exist_ok=True)
+        self.journey = self.journal.load(self.policy)
+        if self.journal.problem:
+            log.error("%s", self.journal.problem[0])
         booted = self.boot.booted_slot()
         log.info("booted slot %s; journal state %s", booted, self.journey.state)
         self.execute(self.journey.resume(booted, self.clock())[1])
@@ -147,7 +148,7 @@ class Daemon:
             getattr(self, "do_" + action[0])(*action[1:])
 
     def do_save_journal(self):
-        self.journal.save(self.journey.to_record())
+        self.journal.save(self.journey)
 
     def do_report(self, status, info):
         self.report(status, info)

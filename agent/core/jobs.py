@@ -10,6 +10,7 @@ Runs on MicroPython: json only, times parsed here (no datetime), no reliance on 
 import json
 
 from agent.core.errors import MalformedJob, WrongModel
+from agent.core.timefmt import days_from_civil
 
 DEFAULT_LIMITS = {
     "max_job_bytes": 8192,
@@ -232,19 +233,10 @@ def _hhmm(minutes):
     return "%02d:%02d" % (minutes // 60, minutes % 60)
 
 
-def _days_from_civil(y, m, d):
-    # Howard Hinnant's algorithm: days since 1970-01-01 for a proleptic Gregorian date.
-    if m <= 2:
-        y -= 1
-    era = (y if y >= 0 else y - 399) // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
 def rfc3339_to_epoch(text):
-    """Epoch seconds for 'YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)', or None."""
+    """Epoch seconds for 'YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)', or None.
+
+    Laxer than timefmt.parse (manifests): OCPP servers send fractions and offsets."""
     if len(text) < 20 or len(text) > 40 or text[4] != "-" or text[7] != "-":
         return None
     if text[10] not in "Tt " or text[13] != ":" or text[16] != ":":
@@ -273,7 +265,7 @@ def rfc3339_to_epoch(text):
         return None
     if not (1 <= mo <= 12 and 1 <= d <= 31 and h <= 23 and mi <= 59 and s <= 60):
         return None
-    return _days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s - offset
+    return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s - offset
 
 
 class JobMemory:

@@ -5,7 +5,7 @@ timestamp has exactly one spelling and format(parse(s)) == s for every accepted 
 """
 
 
-def _days_from_civil(y, m, d):
+def days_from_civil(y, m, d):
     # Howard Hinnant's algorithm: proleptic Gregorian date -> days since 1970-01-01.
     y -= m <= 2
     era = (y if y >= 0 else y - 399) // 400
@@ -56,7 +56,7 @@ def parse(s):
         raise ValueError("no such date: %r" % (s,))
     if h > 23 or mi > 59 or se > 59:
         raise ValueError("no such time of day: %r" % (s,))
-    return _days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se
+    return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se
 
 
 def format(epoch):
