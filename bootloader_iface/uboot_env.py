@@ -114,15 +114,15 @@ def newer_copy(flags1, flags2):
 
 def _hex(word, path, lineno):
     # libubootenv reads these as hex even without 0x, U-Boot's own fw_env as decimal: a bare
-    # number other than 0 is ambiguous, so we refuse it rather than pick one reading.
+    # number above 9 is ambiguous, so we refuse it rather than pick one reading.
     low = word.lower()
     if low.startswith("0x"):
         try:
             return int(low, 16)
         except ValueError:
             pass
-    elif low == "0":
-        return 0
+    elif len(low) == 1 and low.isdigit():
+        return int(low)
     raise BootEnvError(
         "%s line %d: %r is not a 0x-prefixed hex number" % (path, lineno, word),
         hint="write offsets and sizes as hex with 0x (e.g. 0x4000): tools disagree on bare numbers",
