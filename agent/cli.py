@@ -13,7 +13,7 @@ from agent import __version__
 from agent.core.errors import UpdateError
 
 # Order is the order of `charger-update --help`.
-COMMAND_MODULES = ()
+COMMAND_MODULES = ("bootloader_iface.cli",)
 
 EPILOG = """\
 exit codes: 0 ok, 1 other failure, 2 usage, 10 bad signature, 11 unknown key, 12 expired,
