@@ -15,14 +15,20 @@ Layout (see docs/bootloader.md):
 """
 
 import binascii
+import contextlib
+import fcntl
 import os
 import stat
 import struct
+import time
 
 from agent.atomic import fsync_dir
-from agent.core.errors import BootEnvError
+from agent.core.errors import BootEnvError, Transient
 
 DEFAULT_CONFIG = "/etc/fw_env.config"
+# fw_setenv (libubootenv) holds flock(LOCK_EX) on this file around its read-modify-write;
+# we take the same lock so an OEM script running fw_setenv cannot interleave with us.
+LOCK_FILE = "/var/lock/fw_printenv.lock"
 PAD = b"\xff"
 
 
@@ -178,8 +184,12 @@ def load_config(path):
 class UBootEnv:
     """The env described by a fw_env.config (path) or by a list of copies (parse_config)."""
 
-    def __init__(self, config=DEFAULT_CONFIG, copies=None, in_place=False, io=None):
+    def __init__(
+        self, config=DEFAULT_CONFIG, copies=None, in_place=False, io=None, lock_file=LOCK_FILE
+    ):
         self.config = config
+        self.lock_file = lock_file
+        self.lock_timeout = 10.0
         self.copies = copies if copies is not None else load_config(config)
         self.redundant = len(self.copies) == 2
         self.size = self.copies[0]["size"]
@@ -238,12 +248,38 @@ class UBootEnv:
 
     def write(self, changes=None, deletions=()):
         """Set `changes`, delete `deletions`, keep every other variable; one atomic step."""
-        variables, active, flags = self.read_state()
-        variables.update(changes or {})
-        for key in deletions:
-            variables.pop(key, None)
-        self.write_all(variables, active, flags)
+        with self.locked():
+            variables, active, flags = self.read_state()
+            variables.update(changes or {})
+            for key in deletions:
+                variables.pop(key, None)
+            self.write_all(variables, active, flags)
         return variables
+
+    @contextlib.contextmanager
+    def locked(self):
+        """fw_setenv's lock, waited for up to lock_timeout seconds; none if it cannot exist."""
+        try:
+            fd = os.open(self.lock_file, os.O_WRONLY | os.O_CREAT, 0o666) if self.lock_file else -1
+        except OSError:
+            fd = -1  # no /var/lock (or not ours): nothing else can be using it either
+        try:
+            deadline = time.monotonic() + self.lock_timeout
+            while fd >= 0:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise Transient(
+                            "U-Boot env is locked by another writer (%s)" % self.lock_file,
+                            hint="another fw_setenv is running; retry",
+                        ) from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            if fd >= 0:
+                os.close(fd)  # closing releases the flock
 
     def write_all(self, variables, active, flags):
         """Replace the whole env with `variables`, given the state read_state() returned."""
@@ -265,6 +301,10 @@ class UBootEnv:
 
         Not power-safe by design: there is no valid old state to fall back to.
         """
+        with self.locked():
+            self._format(variables)
+
+    def _format(self, variables):
         if not self.redundant:
             self._write_single(encode_copy(variables, self.size, False))
             return

@@ -1,6 +1,7 @@
 """U-Boot env: byte-exact with mkenvimage, both-way interop with fw_printenv/fw_setenv,
 and a clear BootEnvError (never a guess) for every kind of corrupt env or config."""
 
+import fcntl
 import os
 import struct
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.core.errors import BootEnvError
+from agent.core.errors import BootEnvError, Transient
 from bootloader_iface.uboot_env import (
     UBootEnv,
     decode_data,
@@ -309,3 +310,18 @@ def test_single_copy_file_is_replaced_by_rename(tmp_path):
     in_place.write({"a": "3"})
     assert os.stat(image).st_ino == inode
     assert struct.unpack_from("<I", open(image, "rb").read())[0] != 0
+
+
+def test_write_waits_for_fw_setenv_lock_and_gives_up_transiently(tmp_path):
+    """A concurrent fw_setenv holds flock on its lock file: we must not interleave with it."""
+    cfg, _ = write_fw_config(tmp_path, True)
+    lock = str(tmp_path / "fw_printenv.lock")
+    env = UBootEnv(cfg, lock_file=lock)
+    env.format({"a": "1"})
+    env.lock_timeout = 0
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(Transient, match="locked"):
+            env.write({"a": "2"})
+    env.write({"a": "3"})  # released: goes through
+    assert env.read() == {"a": "3"}
