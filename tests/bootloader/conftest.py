@@ -75,7 +75,7 @@ def fw_printenv(cfg, *names):
 def fw_printenv_value(cfg, name):
     have("fw_printenv")
     out = subprocess.run(
-        ["fw_printenv", "-c", cfg, "-n", name], capture_output=True, check=True
+        ["fw_printenv", "-c", cfg, "-n", "--", name], capture_output=True, check=True
     ).stdout
     assert out.endswith(b"\n")
     return out[:-1].decode("utf-8", "surrogateescape")

@@ -98,7 +98,7 @@ def test_round_trip_awkward_values(env):
 
 
 @settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.dictionaries(names.filter(str.isprintable), values, max_size=4))
 def test_round_trip_through_grub_editenv(tmp_path, env):
