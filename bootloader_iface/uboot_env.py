@@ -253,7 +253,13 @@ class UBootEnv:
             variables.update(changes or {})
             for key in deletions:
                 variables.pop(key, None)
-            self.write_all(variables, active, flags)
+            try:
+                self.write_all(variables, active, flags)
+            except OSError as e:
+                raise BootEnvError(
+                    "cannot write U-Boot env (%s): %s" % (self.config, e.strerror or e),
+                    hint="check the device is writable; the previous env is still in place",
+                ) from None
         return variables
 
     @contextlib.contextmanager
