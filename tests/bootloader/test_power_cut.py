@@ -143,7 +143,7 @@ def test_power_cut_before_rename_leaves_single_copy_file_intact(tmp_path, monkey
         raise OSError("power cut")
 
     monkeypatch.setattr(uboot_env.os, "replace", cut)
-    with pytest.raises(OSError):
+    with pytest.raises(BootEnvError, match="power cut"):
         UBootEnv(str(cfg)).write(CHANGES)
     monkeypatch.undo()
     assert UBootEnv(str(cfg)).read() == OLD
