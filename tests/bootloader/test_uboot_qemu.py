@@ -8,13 +8,14 @@ the console must be the one it predicted. Skipped where QEMU or u-boot-qemu is n
 """
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
 
 import pytest
 
-from bootloader_iface import open_backend, uboot_rauc
+from bootloader_iface import open_backend, uboot_bootcount, uboot_rauc
 from bootloader_iface.uboot_env import UBootEnv
 
 UBOOT = "/usr/lib/u-boot/qemu_arm64/u-boot.bin"
@@ -153,3 +154,30 @@ def test_real_uboot_keeps_a_committed_slot(qemu_board):
 def test_real_uboot_resets_counters_when_every_slot_is_spent(qemu_board):
     qemu_board.env.write({"BOOT_A_LEFT": "0", "BOOT_B_LEFT": "0", "BOOT_ORDER": "B A"})
     assert qemu_board.boot() == "B"
+
+
+def bootcount_script_env():
+    """The variables scripts/boot.cmd.bootcount sets (its `setenv NAME 'VALUE'` lines)."""
+    env = {}
+    with open(os.path.join(os.path.dirname(SCRIPT), "boot.cmd.bootcount")) as f:
+        for line in f:
+            if line.startswith("setenv "):
+                words = shlex.split(line)
+                env[words[1]] = " ".join(words[2:])
+    return env
+
+
+def test_real_uboot_runs_the_bootcount_altbootcmd(qemu_board):
+    """This U-Boot has no bootcount support, so we make it run altbootcmd from `preboot`, as
+    autoboot does once bootcount > bootlimit, and check the switch matches the Python twin."""
+    env = dict(qemu_board.env.read(), **bootcount_script_env())
+    env.update(boot_slot="B", upgrade_available="1", bootcount="2", bootlimit="2")
+    env["preboot"] = "run altbootcmd"
+    qemu_board.env.format(env)
+    slot, predicted = uboot_bootcount.boot_select(env)
+    assert slot == "A"
+    console = qemu_board.power_on()
+    assert "%s charger.slot=A" % MARK in console, console[-2000:]
+    after = qemu_board.env.read()
+    for var in ("boot_slot", "upgrade_available", "bootcount"):
+        assert after[var] == predicted[var]
