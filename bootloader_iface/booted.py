@@ -52,6 +52,14 @@ def check_slot(slot, slots):
     return slot
 
 
+def option_attempts(options, default):
+    """options["max_attempts"] checked like an attempt count (a TOML typo is a ConfigError)."""
+    value = options.get("max_attempts", default)
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    return check_attempts(value)
+
+
 def check_attempts(attempts, limit=9):
     # U-Boot's setexpr prints hex and `test -gt` reads decimal: they agree only on 0..9.
     if not isinstance(attempts, int) or isinstance(attempts, bool) or not 1 <= attempts <= limit:

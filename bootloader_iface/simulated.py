@@ -12,7 +12,7 @@ from agent.atomic import read_json, write_atomic, write_json_atomic
 from agent.core.errors import BootEnvError, ConfigError
 from bootloader_iface import BACKENDS
 from bootloader_iface.booted import booted_from_cmdline, check_slot
-from bootloader_iface.uboot_rauc import OrderLeftControl, boot_select
+from bootloader_iface.uboot_rauc import OrderLeftControl, boot_select, power_on
 
 __all__ = ["JsonEnv", "SimulatedControl", "boot_select"]
 
@@ -81,13 +81,9 @@ class SimulatedControl(OrderLeftControl):
 
     def power_on(self, max_resets=3):
         """Run the boot ROM once: pick and count down a slot, save, record it as booted."""
-        for _ in range(max_resets):
-            slot, env = boot_select(self.env.read(), self.slots, self.max_attempts)
-            write_json_atomic(self.env.path, env)
-            if slot is not None:
-                write_atomic(self.booted_file, slot.encode() + b"\n")
-                return slot
-        raise BootEnvError("simulated board found no bootable slot after %d resets" % max_resets)
+        slot = power_on(self.env, self.slots, self.max_attempts, max_resets)
+        write_atomic(self.booted_file, slot.encode() + b"\n")
+        return slot
 
     def set_booted(self, slot):
         write_atomic(self.booted_file, check_slot(slot, self.slots).encode() + b"\n")

@@ -12,7 +12,7 @@ build has neither: use uboot-rauc there). boot_select is the Python twin of that
 
 from agent.core.errors import BootEnvError
 from bootloader_iface import BACKENDS
-from bootloader_iface.booted import booted_from_cmdline, check_attempts, check_slot
+from bootloader_iface.booted import booted_from_cmdline, check_attempts, check_slot, option_attempts
 from bootloader_iface.contract import BootControl
 from bootloader_iface.uboot_env import DEFAULT_CONFIG, UBootEnv
 
@@ -59,6 +59,15 @@ def boot_select(env, slots=("A", "B"), slot_var=SLOT_VAR):
     return slot, env
 
 
+def power_on(env, slots=("A", "B"), slot_var=SLOT_VAR):
+    """A boot ROM over a UBootEnv-like store: count, save, return the slot (or BootEnvError)."""
+    slot, new = boot_select(env.read(), slots, slot_var)
+    env.write(new, ())
+    if slot is None:
+        raise BootEnvError("U-Boot would stop at its prompt: no slot to boot (%s)" % slot_var)
+    return slot
+
+
 class UBootBootcountControl(BootControl):
     """options: fw_env_config, in_place, slot_var (default boot_slot), max_attempts, cmdline."""
 
@@ -67,7 +76,7 @@ class UBootBootcountControl(BootControl):
     def __init__(self, slots, options):
         BootControl.__init__(self, slots, options)
         self.slot_var = options.get("slot_var", SLOT_VAR)
-        self.max_attempts = check_attempts(int(options.get("max_attempts", DEFAULT_ATTEMPTS)))
+        self.max_attempts = option_attempts(options, DEFAULT_ATTEMPTS)
         self.env = UBootEnv(
             options.get("fw_env_config", DEFAULT_CONFIG),
             in_place=bool(options.get("in_place", False)),

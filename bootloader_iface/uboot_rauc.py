@@ -11,7 +11,7 @@ behind `self.env` (read() -> dict, write(changes, deletions)) differs.
 
 from agent.core.errors import BootEnvError
 from bootloader_iface import BACKENDS
-from bootloader_iface.booted import booted_from_cmdline, check_attempts, check_slot
+from bootloader_iface.booted import booted_from_cmdline, check_attempts, check_slot, option_attempts
 from bootloader_iface.contract import BootControl
 from bootloader_iface.uboot_env import DEFAULT_CONFIG, UBootEnv
 
@@ -50,6 +50,20 @@ def boot_select(env, slots=("A", "B"), default_attempts=DEFAULT_ATTEMPTS):
     return None, env
 
 
+def power_on(env, slots=("A", "B"), default_attempts=DEFAULT_ATTEMPTS, max_resets=3):
+    """A boot ROM over any store (UBootEnv, GrubEnv, JsonEnv): select, save, return the slot.
+
+    Saves before returning, as the script's saveenv runs before the kernel: a power cut after
+    this call has used up the attempt. Follows the reset path at most `max_resets` times.
+    """
+    for _ in range(max_resets):
+        slot, new = boot_select(env.read(), slots, default_attempts)
+        env.write(new, ())
+        if slot is not None:
+            return slot
+    raise BootEnvError("no bootable slot after %d resets" % max_resets)
+
+
 class OrderLeftControl(BootControl):
     """BootControl over BOOT_ORDER/BOOT_x_LEFT in any key=value store (self.env)."""
 
@@ -57,7 +71,7 @@ class OrderLeftControl(BootControl):
 
     def __init__(self, slots, options):
         BootControl.__init__(self, slots, options)
-        self.max_attempts = check_attempts(int(options.get("max_attempts", DEFAULT_ATTEMPTS)))
+        self.max_attempts = option_attempts(options, DEFAULT_ATTEMPTS)
         self.env = self.open_env()
 
     def open_env(self):

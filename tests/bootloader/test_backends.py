@@ -257,3 +257,31 @@ def test_command_backend_hanging_command_times_out(tmp_path):
 def test_command_backend_missing_commands_is_a_config_error():
     with pytest.raises(ConfigError, match="try"):
         open_backend("command", SLOTS, {"commands": {"mark_good": "x"}})
+
+
+# --- boot ROMs for rigs ---------------------------------------------------------------------
+
+
+def test_rauc_power_on_saves_before_booting_and_follows_the_reset(tmp_path):
+    cfg, _ = write_fw_config(tmp_path, True)
+    env = UBootEnv(cfg)
+    env.format(dict(BASE_ENV, BOOT_ORDER="B A", BOOT_A_LEFT="0", BOOT_B_LEFT="0"))
+    assert uboot_rauc.power_on(env) == "B"
+    assert fw_printenv(cfg)["BOOT_B_LEFT"] == "2"  # reset to 3, then one attempt used
+
+
+def test_bootcount_power_on_falls_back_and_saves(tmp_path):
+    cfg, _ = write_fw_config(tmp_path, True)
+    env = UBootEnv(cfg)
+    env.format(dict(BASE_ENV, boot_slot="B", upgrade_available="1", bootcount="1", bootlimit="1"))
+    with pytest.raises(BootEnvError, match="prompt"):  # no altbootcmd: U-Boot stops
+        uboot_bootcount.power_on(env)
+    env.write({"altbootcmd": ALTBOOTCMD, "bootcount": "1"})
+    assert uboot_bootcount.power_on(env) == "A"
+    assert fw_printenv(cfg)["upgrade_available"] == "0"
+
+
+@pytest.mark.parametrize("value", ["x", 0, 10, 2.5])
+def test_bad_max_attempts_option_is_a_config_error(tmp_path, value):
+    with pytest.raises(ConfigError):
+        open_backend("simulated", SLOTS, {"state": str(tmp_path / "s.json"), "max_attempts": value})
