@@ -325,3 +325,36 @@ def test_write_waits_for_fw_setenv_lock_and_gives_up_transiently(tmp_path):
             env.write({"a": "2"})
     env.write({"a": "3"})  # released: goes through
     assert env.read() == {"a": "3"}
+
+
+printable_names = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters="=#\\"), min_size=1
+)
+printable_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E)).filter(
+    lambda v: not v.endswith("\\")
+)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.dictionaries(printable_names, printable_values, max_size=6))
+def test_encoding_matches_mkenvimage_for_generated_envs(tmp_path, variables):
+    for redundant in (False, True):
+        expected = mkenvimage(tmp_path, variables, redundant)
+        assert encode_copy(variables, ENV_SIZE, redundant, 1 if redundant else 0) == expected
+
+
+def test_redundant_copies_in_two_files_interoperate(tmp_path):
+    first, second = tmp_path / "env1.img", tmp_path / "env2.img"
+    for path in (first, second):
+        path.write_bytes(b"\xff" * ENV_SIZE)
+    cfg = tmp_path / "fw_env.config"
+    cfg.write_text("%s 0x0 0x%x\n%s 0x0 0x%x\n" % (first, ENV_SIZE, second, ENV_SIZE))
+    env = UBootEnv(str(cfg))
+    env.format({"a": "1"})
+    env.write({"b": "2"})
+    subprocess.run(["fw_setenv", "-c", str(cfg), "c", "3"], check=True)
+    env.write({"d": "4"})
+    assert fw_printenv(str(cfg)) == {"a": "1", "b": "2", "c": "3", "d": "4"}
+    assert env.read() == {"a": "1", "b": "2", "c": "3", "d": "4"}
