@@ -139,9 +139,10 @@ class GrubEnv:
 
     def write(self, changes=None, deletions=()):
         items, size = self._load()
-        items = edit(items, changes or {}, set(deletions))
-        write_atomic(self.path, encode(items, size))
-        return variables(items)
+        edited = edit(items, changes or {}, set(deletions))
+        if edited != items:
+            write_atomic(self.path, encode(edited, size))
+        return variables(edited)
 
     def create(self, size=BLOCK_SIZE):
         if os.path.exists(self.path):

@@ -250,9 +250,12 @@ class UBootEnv:
         """Set `changes`, delete `deletions`, keep every other variable; one atomic step."""
         with self.locked():
             variables, active, flags = self.read_state()
+            before = dict(variables)
             variables.update(changes or {})
             for key in deletions:
                 variables.pop(key, None)
+            if variables == before:
+                return variables  # nothing to change: spare the flash a write cycle
             try:
                 self.write_all(variables, active, flags)
             except OSError as e:

@@ -358,3 +358,15 @@ def test_redundant_copies_in_two_files_interoperate(tmp_path):
     env.write({"d": "4"})
     assert fw_printenv(str(cfg)) == {"a": "1", "b": "2", "c": "3", "d": "4"}
     assert env.read() == {"a": "1", "b": "2", "c": "3", "d": "4"}
+
+
+def test_unchanged_env_is_not_rewritten(tmp_path):
+    """mark_good runs on every healthy boot: it must not wear the flash when nothing changes."""
+    cfg, image = write_fw_config(tmp_path, True)
+    env = UBootEnv(cfg)
+    env.format({"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3"})
+    before = open(image, "rb").read()
+    env.write({"BOOT_A_LEFT": "3"}, ["not_there"])
+    assert open(image, "rb").read() == before
+    env.write({"BOOT_A_LEFT": "2"})
+    assert open(image, "rb").read() != before
