@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Real tools the tests use for format interop and as live peers; installed when missing.
 APT_TOOLS := fw_printenv:libubootenv-tool mkenvimage:u-boot-tools grub-editenv:grub-common \
+             grub-emu:grub-emu mke2fs:e2fsprogs \
              mosquitto:mosquitto
 
 .PHONY: all venv sysdeps qemu-deps test demo bench lint clean

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "agent.commands.bundle",
     "agent.commands.root",
     "agent.commands.install",
+    "bootloader_iface.cli",
     "agent.commands.run",
 )
 

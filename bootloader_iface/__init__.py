@@ -23,4 +23,20 @@ def open_backend(name, slots, options):
     return cls(slots, options)
 
 
-__all__ = ["BACKENDS", "BootControl", "open_backend"]
+# Options that name files: relative paths are taken relative to the agent config file.
+PATH_OPTIONS = ("fw_env_config", "grubenv", "state", "booted_file", "cmdline")
+
+
+def open_from_config(cfg):
+    """The backend the agent config `cfg` (agent.config.Config) names, paths resolved."""
+    options = dict(cfg.bootloader)
+    for key in PATH_OPTIONS:
+        if options.get(key):
+            options[key] = cfg.resolve(options[key])
+    return open_backend(options.get("backend"), cfg.slot_names, options)
+
+
+# Each backend module registers itself in BACKENDS on import.
+from bootloader_iface import command, grub, simulated, uboot_bootcount, uboot_rauc  # noqa: E402,F401
+
+__all__ = ["BACKENDS", "BootControl", "open_backend", "open_from_config"]

@@ -1,0 +1,287 @@
+"""Backend-specific behaviour: the boot-side twins, strict reading, OEM command failures."""
+
+import os
+
+import pytest
+
+from agent.core.errors import BootEnvError, ConfigError
+from bootloader_iface import open_backend, uboot_bootcount, uboot_rauc
+from bootloader_iface.booted import slot_from_cmdline
+from bootloader_iface.grubenv import GrubEnv
+from bootloader_iface.uboot_env import UBootEnv
+from tests.bootloader.conftest import ALTBOOTCMD, BASE_ENV, fw_printenv, write_fw_config
+
+SLOTS = ("A", "B")
+
+# --- boot side: RAUC-style -----------------------------------------------------------------
+
+
+def test_rauc_boot_select_counts_down_first_slot_with_attempts():
+    env = {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "1", "other": "x"}
+    slot, new = uboot_rauc.boot_select(env)
+    assert slot == "B"
+    assert new == dict(env, BOOT_B_LEFT="0")
+    slot, new = uboot_rauc.boot_select(new)
+    assert (slot, new["BOOT_A_LEFT"]) == ("A", "2")
+
+
+def test_rauc_boot_select_fills_missing_variables_like_the_script():
+    slot, new = uboot_rauc.boot_select({})
+    assert slot == "A"
+    assert new == {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "2", "BOOT_B_LEFT": "3"}
+
+
+def test_rauc_boot_select_resets_when_all_spent():
+    env = {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "0", "BOOT_B_LEFT": "0"}
+    slot, new = uboot_rauc.boot_select(env)
+    assert slot is None
+    assert (new["BOOT_A_LEFT"], new["BOOT_B_LEFT"]) == ("3", "3")
+    assert uboot_rauc.boot_select(new)[0] == "B"
+
+
+def test_rauc_boot_select_is_lenient_like_hush():
+    # `test garbage -gt 0` is false in U-Boot; unknown names in BOOT_ORDER are skipped.
+    env = {"BOOT_ORDER": "C A B", "BOOT_A_LEFT": "x", "BOOT_B_LEFT": "2"}
+    assert uboot_rauc.boot_select(env)[0] == "B"
+
+
+# --- boot side: bootcount ------------------------------------------------------------------
+
+
+def test_bootcount_boot_select_counts_only_when_armed():
+    env = {"boot_slot": "A", "bootcount": "0", "bootlimit": "1", "altbootcmd": ALTBOOTCMD}
+    assert uboot_bootcount.boot_select(env) == ("A", env)  # not armed: nothing saved
+
+
+def test_bootcount_boot_select_runs_altbootcmd_past_the_limit():
+    env = {"boot_slot": "B", "upgrade_available": "1", "bootcount": "0", "bootlimit": "2"}
+    env["altbootcmd"] = ALTBOOTCMD
+    slots = []
+    for _ in range(3):
+        slot, env = uboot_bootcount.boot_select(env)
+        slots.append(slot)
+    assert slots == ["B", "B", "A"]
+    assert (env["boot_slot"], env["upgrade_available"], env["bootcount"]) == ("A", "0", "0")
+
+
+def test_bootcount_boot_select_without_altbootcmd_stops():
+    env = {"boot_slot": "B", "upgrade_available": "1", "bootcount": "1", "bootlimit": "1"}
+    assert uboot_bootcount.boot_select(env)[0] is None
+
+
+# --- strict agent side ---------------------------------------------------------------------
+
+
+def rauc_backend(tmp_path, **env):
+    cfg, _ = write_fw_config(tmp_path, True)
+    UBootEnv(cfg).format(dict(BASE_ENV, **env))
+    return cfg, open_backend("uboot-rauc", SLOTS, {"fw_env_config": cfg})
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"BOOT_ORDER": "A C"},
+        {"BOOT_ORDER": "A A"},
+        {"BOOT_A_LEFT": "x"},
+        {"BOOT_A_LEFT": "12"},
+        {"BOOT_B_LEFT": "-1"},
+    ],
+)
+def test_rauc_backend_refuses_garbage_instead_of_guessing(tmp_path, env):
+    _, boot = rauc_backend(tmp_path, **env)
+    with pytest.raises(BootEnvError):
+        boot.primary_slot()
+    with pytest.raises(BootEnvError):
+        boot.try_slot("B")
+
+
+def test_rauc_backend_keeps_every_other_variable(tmp_path):
+    cfg, boot = rauc_backend(tmp_path, BOOT_ORDER="A B", vendor_secret="keep me")
+    boot.mark_good("A")
+    boot.try_slot("B", 2)
+    boot.mark_bad("B")
+    env = fw_printenv(cfg)
+    assert env["vendor_secret"] == "keep me"
+    assert env["bootcmd"] == BASE_ENV["bootcmd"]
+    assert (env["BOOT_ORDER"], env["BOOT_B_LEFT"]) == ("A B", "0")
+
+
+def test_each_contract_call_is_one_env_write(tmp_path):
+    cfg, boot = rauc_backend(tmp_path, BOOT_ORDER="A B")
+    writes = []
+    real = boot.env.write
+    boot.env.write = lambda *a: writes.append(a) or real(*a)
+    boot.mark_good("A")
+    boot.try_slot("B", 2)
+    boot.mark_bad("B")
+    assert len(writes) == 3
+
+
+def test_rauc_backend_missing_fw_env_config_is_refused(tmp_path):
+    with pytest.raises(BootEnvError, match="config"):
+        open_backend("uboot-rauc", SLOTS, {"fw_env_config": str(tmp_path / "none")})
+
+
+def bootcount_backend(tmp_path, **env):
+    cfg, _ = write_fw_config(tmp_path, True)
+    UBootEnv(cfg).format(dict(BASE_ENV, **env))
+    return cfg, open_backend("uboot-bootcount", SLOTS, {"fw_env_config": cfg})
+
+
+def test_bootcount_backend_without_slot_var_refuses(tmp_path):
+    _, boot = bootcount_backend(tmp_path)
+    with pytest.raises(BootEnvError, match="boot_slot"):
+        boot.primary_slot()
+
+
+def test_bootcount_backend_refuses_to_try_without_altbootcmd(tmp_path):
+    cfg, boot = bootcount_backend(tmp_path, boot_slot="A")
+    with pytest.raises(BootEnvError, match="altbootcmd"):
+        boot.try_slot("B")
+    assert fw_printenv(cfg).get("upgrade_available") is None  # nothing written
+
+
+def test_bootcount_backend_arms_the_counter_for_u_boot(tmp_path):
+    cfg, boot = bootcount_backend(tmp_path, boot_slot="A", altbootcmd=ALTBOOTCMD)
+    boot.try_slot("B", 3)
+    env = fw_printenv(cfg)
+    assert (env["boot_slot"], env["upgrade_available"], env["bootcount"], env["bootlimit"]) == (
+        "B",
+        "1",
+        "0",
+        "3",
+    )
+    boot.mark_good("B")
+    env = fw_printenv(cfg)
+    assert (env["boot_slot"], env["upgrade_available"], env["bootcount"]) == ("B", "0", "0")
+
+
+def test_grub_backend_writes_what_grub_cfg_reads(tmp_path):
+    path = str(tmp_path / "grubenv")
+    GrubEnv(path).create()
+    boot = open_backend("grub", SLOTS, {"grubenv": path})
+    boot.mark_good("A")
+    boot.try_slot("B", 1)
+    assert GrubEnv(path).read() == {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "1"}
+
+
+def test_simulated_backend_corrupt_state_is_refused(tmp_path):
+    state = tmp_path / "env.json"
+    state.write_text("{not json")
+    boot = open_backend("simulated", SLOTS, {"state": str(state), "booted": "A"})
+    with pytest.raises(BootEnvError):
+        boot.primary_slot()
+
+
+def test_simulated_backend_needs_a_state_file():
+    with pytest.raises(ConfigError):
+        open_backend("simulated", SLOTS, {})
+
+
+# --- booted slot from the kernel command line ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cmdline, slot",
+    [
+        ("console=ttyS0 charger.slot=B quiet", "B"),
+        ("rauc.slot=A root=/dev/mmcblk0p2", "A"),
+        ("charger.slot=A charger.slot=B", "B"),
+        ("quiet", None),
+    ],
+)
+def test_slot_from_cmdline(cmdline, slot):
+    assert slot_from_cmdline(cmdline, SLOTS) == slot
+
+
+def test_cmdline_naming_an_unknown_slot_is_refused():
+    with pytest.raises(BootEnvError):
+        slot_from_cmdline("charger.slot=rescue", SLOTS)
+
+
+# --- the OEM command backend ---------------------------------------------------------------
+
+
+def script(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\n" + body)
+    os.chmod(path, 0o755)
+    return str(path)
+
+
+def command_backend(tmp_path, **overrides):
+    ok = script(tmp_path, "ok.sh", 'echo "$@" >> %s/calls\necho A\n' % tmp_path)
+    commands = dict((c, ok + " " + c + " {slot}") for c in ("mark_good", "mark_bad"))
+    commands.update(primary=ok + " primary", attempts_left=ok + " left {slot}")
+    commands["try"] = ok + " try {slot} {attempts}"
+    commands.update(overrides)
+    return open_backend("command", SLOTS, {"commands": commands, "timeout_s": 5})
+
+
+def test_command_backend_passes_slot_and_attempts_as_words(tmp_path):
+    boot = command_backend(tmp_path)
+    boot.try_slot("B", 2)
+    boot.mark_good("A")
+    assert (tmp_path / "calls").read_text() == "try B 2\nmark_good A\n"
+
+
+def test_command_backend_failure_is_a_boot_env_error(tmp_path):
+    fail = script(tmp_path, "fail.sh", "echo 'flash locked' >&2\nexit 4\n")
+    boot = command_backend(tmp_path, mark_bad=fail + " {slot}")
+    with pytest.raises(BootEnvError, match="flash locked"):
+        boot.mark_bad("B")
+
+
+def test_command_backend_garbage_output_is_refused(tmp_path):
+    boot = command_backend(tmp_path, attempts_left="echo lots")
+    with pytest.raises(BootEnvError, match="not a number"):
+        boot.attempts_left("A")
+    boot = command_backend(tmp_path, primary="echo C")
+    with pytest.raises(BootEnvError, match="not a slot"):
+        boot.primary_slot()
+
+
+def test_command_backend_hanging_command_times_out(tmp_path):
+    hang = script(tmp_path, "hang.sh", "exec sleep 30\n")
+    boot = open_backend(
+        "command",
+        SLOTS,
+        {"commands": dict((c, hang) for c in ("try", "mark_good", "mark_bad", "primary",
+                                               "attempts_left")), "timeout_s": 0.5},
+    )  # fmt: skip
+    with pytest.raises(BootEnvError, match="timed out"):
+        boot.primary_slot()
+
+
+def test_command_backend_missing_commands_is_a_config_error():
+    with pytest.raises(ConfigError, match="try"):
+        open_backend("command", SLOTS, {"commands": {"mark_good": "x"}})
+
+
+# --- boot ROMs for rigs ---------------------------------------------------------------------
+
+
+def test_rauc_power_on_saves_before_booting_and_follows_the_reset(tmp_path):
+    cfg, _ = write_fw_config(tmp_path, True)
+    env = UBootEnv(cfg)
+    env.format(dict(BASE_ENV, BOOT_ORDER="B A", BOOT_A_LEFT="0", BOOT_B_LEFT="0"))
+    assert uboot_rauc.power_on(env) == "B"
+    assert fw_printenv(cfg)["BOOT_B_LEFT"] == "2"  # reset to 3, then one attempt used
+
+
+def test_bootcount_power_on_falls_back_and_saves(tmp_path):
+    cfg, _ = write_fw_config(tmp_path, True)
+    env = UBootEnv(cfg)
+    env.format(dict(BASE_ENV, boot_slot="B", upgrade_available="1", bootcount="1", bootlimit="1"))
+    with pytest.raises(BootEnvError, match="prompt"):  # no altbootcmd: U-Boot stops
+        uboot_bootcount.power_on(env)
+    env.write({"altbootcmd": ALTBOOTCMD, "bootcount": "1"})
+    assert uboot_bootcount.power_on(env) == "A"
+    assert fw_printenv(cfg)["upgrade_available"] == "0"
+
+
+@pytest.mark.parametrize("value", ["x", 0, 10, 2.5])
+def test_bad_max_attempts_option_is_a_config_error(tmp_path, value):
+    with pytest.raises(ConfigError):
+        open_backend("simulated", SLOTS, {"state": str(tmp_path / "s.json"), "max_attempts": value})

@@ -1,0 +1,183 @@
+"""scripts/boot.cmd.rauc on the REAL U-Boot (Debian u-boot-qemu, qemu_arm64) in QEMU.
+
+The agent side (UBootRaucControl) writes the pflash env; U-Boot runs the sample script from the
+env, counts down with setexpr and saveenv, and "boots" a slot (echo + poweroff). After every
+boot the env U-Boot saved must equal what the Python twin boot_select predicts, and the slot on
+the console must be the one it predicted. Skipped where QEMU or u-boot-qemu is not installed
+(the HIL issue's `make` target installs them); needs QEMU >= 8 for saveenv to pflash.
+"""
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from bootloader_iface import open_backend, uboot_bootcount, uboot_rauc
+from bootloader_iface.uboot_env import UBootEnv
+
+UBOOT = "/usr/lib/u-boot/qemu_arm64/u-boot.bin"
+QEMU = "qemu-system-aarch64"
+SCRIPT = os.path.join(os.path.dirname(uboot_rauc.__file__), "scripts", "boot.cmd.rauc")
+MARK = "CHARGER-BOOTED"
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which(QEMU) and os.path.exists(UBOOT)), reason="needs qemu-system-arm, u-boot-qemu"
+)
+
+
+def scheme_vars(env):
+    return dict((k, v) for k, v in env.items() if k.startswith("BOOT_"))
+
+
+class QemuBoard:
+    def __init__(self, tmp_path):
+        self.flash = str(tmp_path / "flash1.img")
+        with open(self.flash, "wb") as f:
+            f.truncate(64 << 20)  # the virt machine's second pflash bank
+        self.cfg = str(tmp_path / "fw_env.config")
+        with open(self.cfg, "w") as f:
+            f.write("%s 0x0 0x40000\n" % self.flash)
+        self.cmdline = str(tmp_path / "cmdline")
+        self.env = UBootEnv(self.cfg)
+        with open(SCRIPT) as f:
+            script = f.read()
+        boot = "echo %s ${bootargs}; poweroff" % MARK
+        self.env.format(
+            {
+                "bootcmd": "run charger_script",
+                "charger_script": script,
+                "bootdelay": "0",
+                "stdin": "serial",
+                "stdout": "serial",
+                "stderr": "serial",
+                "charger_boot_A": boot,
+                "charger_boot_B": boot,
+                "BOOT_ORDER": "A B",
+                "BOOT_A_LEFT": "3",
+                "BOOT_B_LEFT": "3",
+            }
+        )
+
+    def control(self):
+        return open_backend(
+            "uboot-rauc", ("A", "B"), {"fw_env_config": self.cfg, "cmdline": self.cmdline}
+        )
+
+    def power_on(self):
+        """Run U-Boot until the script 'boots' a slot and powers off; return the console."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(30)
+        port = listener.getsockname()[1]
+        qemu = subprocess.Popen(
+            [QEMU, "-machine", "virt", "-cpu", "cortex-a57", "-m", "256", "-display", "none",
+             "-monitor", "none", "-audio", "none", "-nic", "none", "-bios", UBOOT,
+             "-drive", "if=pflash,format=raw,index=1,file=" + self.flash,
+             "-chardev", "socket,id=con0,host=127.0.0.1,port=%d,server=off" % port,
+             "-serial", "chardev:con0"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            conn, _ = listener.accept()
+            conn.settimeout(30)
+            out = b""
+            while True:  # until poweroff closes the console
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                out += chunk
+            conn.close()
+            qemu.wait(timeout=30)
+        finally:
+            listener.close()
+            if qemu.poll() is None:
+                qemu.kill()
+                qemu.wait()
+        return out.decode("utf-8", "replace")
+
+    def boot(self):
+        """Power on, check U-Boot did what the twin predicts, record the booted slot."""
+        before = self.env.read()
+        expected, predicted = uboot_rauc.boot_select(before)
+        resets = 0
+        while expected is None:  # the script resets the counters and the board once
+            expected, predicted = uboot_rauc.boot_select(predicted)
+            resets += 1
+        console = self.power_on()
+        lines = [line for line in console.splitlines() if line.startswith(MARK)]
+        assert len(lines) == 1, console[-2000:]
+        slot = lines[0].split("charger.slot=")[1].strip()
+        assert slot == expected, console[-2000:]
+        assert console.count("no slot has attempts left") == resets
+        # The scheme's variables as predicted (U-Boot also rewrites stdin/stdout on saveenv).
+        after = self.env.read()
+        assert scheme_vars(after) == scheme_vars(predicted)
+        with open(self.cmdline, "w") as f:
+            f.write(lines[0] + "\n")
+        return slot
+
+
+@pytest.fixture
+def qemu_board(tmp_path):
+    return QemuBoard(tmp_path)
+
+
+def test_real_uboot_tries_new_slot_counts_down_and_falls_back(qemu_board):
+    assert qemu_board.boot() == "A"
+    boot = qemu_board.control()
+    assert boot.booted_slot() == "A"
+    boot.mark_good("A")
+    boot.try_slot("B", attempts=2)
+    # B never reports healthy: two attempts, then U-Boot goes back to A by itself.
+    assert [qemu_board.boot() for _ in range(3)] == ["B", "B", "A"]
+    boot = qemu_board.control()
+    assert boot.booted_slot() == "A"
+    assert boot.attempts_left("B") == 0
+    assert boot.primary_slot() == "A"
+
+
+def test_real_uboot_keeps_a_committed_slot(qemu_board):
+    assert qemu_board.boot() == "A"
+    qemu_board.control().mark_good("A")
+    qemu_board.control().try_slot("B", attempts=1)
+    assert qemu_board.boot() == "B"
+    qemu_board.control().mark_good("B")
+    assert qemu_board.boot() == "B"
+    assert qemu_board.control().attempts_left("B") == 2
+
+
+def test_real_uboot_resets_counters_when_every_slot_is_spent(qemu_board):
+    qemu_board.env.write({"BOOT_A_LEFT": "0", "BOOT_B_LEFT": "0", "BOOT_ORDER": "B A"})
+    assert qemu_board.boot() == "B"
+
+
+def bootcount_script_env():
+    """The variables scripts/boot.cmd.bootcount sets (its `setenv NAME 'VALUE'` lines)."""
+    env = {}
+    with open(os.path.join(os.path.dirname(SCRIPT), "boot.cmd.bootcount")) as f:
+        for line in f:
+            if line.startswith("setenv "):
+                words = shlex.split(line)
+                env[words[1]] = " ".join(words[2:])
+    return env
+
+
+def test_real_uboot_runs_the_bootcount_altbootcmd(qemu_board):
+    """This U-Boot has no bootcount support, so we make it run altbootcmd from `preboot`, as
+    autoboot does once bootcount > bootlimit, and check the switch matches the Python twin."""
+    env = dict(qemu_board.env.read(), **bootcount_script_env())
+    env.update(boot_slot="B", upgrade_available="1", bootcount="2", bootlimit="2")
+    env["preboot"] = "run altbootcmd"
+    qemu_board.env.format(env)
+    slot, predicted = uboot_bootcount.boot_select(env)
+    assert slot == "A"
+    console = qemu_board.power_on()
+    assert "%s charger.slot=A" % MARK in console, console[-2000:]
+    after = qemu_board.env.read()
+    for var in ("boot_slot", "upgrade_available", "bootcount"):
+        assert after[var] == predicted[var]
