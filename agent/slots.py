@@ -1,0 +1,315 @@
+"""Slot targets and the streaming write pipeline: source -> hash (-> inflate) -> slot -> fsync
+-> read back.
+
+Invariant: `write_payload` returns only if exactly `payload.size` stored bytes with the signed
+sha256 were read, their installed form is exactly `installed_size` bytes, everything is
+fsynced, and reading the slot back gives `installed_sha256`. Otherwise it raises and the
+slot's contents must be treated as garbage (the caller never marks it bootable). Memory is
+bounded by a few chunks: a queue of QUEUE_DEPTH chunks between a reader+hasher thread and the
+writer, and gzip output capped per call with `max_length` (a decompression bomb can never
+produce more than installed_size bytes, nor more than one chunk at a time).
+
+Read-back: after fsync the written range is dropped from the page cache with
+posix_fadvise(DONTNEED), so the read-back normally comes from the medium. The kernel may
+still serve some pages from cache (e.g. tmpfs, or pages it chose to keep); O_DIRECT would
+force it but needs aligned buffers and is not used. The check still catches a wrong write
+path (wrong offset, wrong device, a driver that drops writes it acknowledged).
+"""
+
+import errno
+import fcntl
+import hashlib
+import os
+import queue
+import stat
+import struct
+import threading
+import zlib
+
+from agent.core.errors import NoSpace, PayloadMismatch, ReadbackMismatch, Truncated
+
+QUEUE_DEPTH = 4
+BLKGETSIZE64 = 0x80081272  # <linux/fs.h>: _IOR(0x12, 114, size_t)
+_END = object()
+
+
+class SlotTarget:
+    """A slot as a file (created/truncated on write) or a block device (never truncated)."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self.is_block = stat.S_ISBLK(os.stat(path).st_mode)
+        except FileNotFoundError:
+            self.is_block = False
+
+    def __repr__(self):
+        return "SlotTarget(%r)" % self.path
+
+    def capacity(self):
+        """Bytes a payload may occupy in this slot."""
+        if self.is_block:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                return device_size(fd)
+            finally:
+                os.close(fd)
+        directory = os.path.dirname(os.path.abspath(self.path))
+        st = os.statvfs(directory)
+        free = st.f_bavail * st.f_frsize
+        try:
+            free += os.stat(self.path).st_blocks * 512  # freed when the file is truncated
+        except FileNotFoundError:
+            pass
+        return free
+
+    def open_writer(self):
+        return SlotWriter(self)
+
+    def open_reader(self):
+        return SlotReader(self.path)
+
+
+def device_size(fd):
+    """Size of a block device: the BLKGETSIZE64 ioctl, else seeking to its end."""
+    try:
+        buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
+        return struct.unpack("Q", buf)[0]
+    except OSError:
+        return os.lseek(fd, 0, os.SEEK_END)
+
+
+class SlotWriter:
+    _os_write = staticmethod(os.write)  # the one call a fault-injecting test replaces
+
+    def __init__(self, target):
+        self.target = target
+        self.created = False
+        if target.is_block:
+            flags = os.O_WRONLY  # never O_TRUNC/O_CREAT on a device
+        else:
+            self.created = not os.path.exists(target.path)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        self.fd = os.open(target.path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self.written = 0
+
+    def write(self, data):
+        view = memoryview(data)
+        try:
+            while view:
+                n = self._os_write(self.fd, view)
+                view = view[n:]
+                self.written += n
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EFBIG):
+                raise NoSpace(
+                    "slot %s is full after %d bytes" % (self.target.path, self.written),
+                    hint="free space or give the slot a bigger partition",
+                ) from None
+            raise
+
+    def sync(self):
+        os.fsync(self.fd)
+        # Drop the now-clean pages so the read-back reads the medium, not our own cache.
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if self.created:
+            dirfd = os.open(os.path.dirname(os.path.abspath(self.target.path)), os.O_RDONLY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+
+    def close(self):
+        os.close(self.fd)
+
+
+class SlotReader:
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+    def read(self, n):
+        return os.read(self.fd, n)
+
+    def close(self):
+        os.close(self.fd)
+
+
+def check_space(target, needed):
+    """Raise NoSpace with the figures if `needed` bytes do not fit into `target`."""
+    available = target.capacity()
+    if needed > available:
+        raise NoSpace(
+            "slot %s has room for %d bytes (%.1f MiB); the payload needs %d (%.1f MiB)"
+            % (target.path, available, available / 1048576.0, needed, needed / 1048576.0),
+            hint="free %.1f MiB or give the slot a bigger partition"
+            % ((needed - available) / 1048576.0),
+        )
+
+
+def write_payload(read, payload, target, chunk_size=1 << 20, progress=None, readback=True):
+    """Stream one payload from `read(n)` into `target` (a SlotTarget or a path); see the
+    module docstring for what success guarantees. `readback=False` exists for measuring."""
+    if not isinstance(target, SlotTarget):
+        target = SlotTarget(target)
+    check_space(target, payload.installed_size)
+    chunks = _stored_chunks(read, payload, chunk_size, progress)
+    if payload.compression == "gzip":
+        chunks = _inflate(chunks, payload, chunk_size)
+    elif payload.compression != "none":
+        raise PayloadMismatch(
+            "payload %s has unknown compression %r" % (payload.name, payload.compression)
+        )
+    writer = target.open_writer()
+    try:
+        _pipeline(chunks, writer.write)
+        if writer.written != payload.installed_size:
+            raise PayloadMismatch(
+                "payload %s installs as %d bytes, the manifest says %d"
+                % (payload.name, writer.written, payload.installed_size)
+            )
+        writer.sync()
+    finally:
+        writer.close()
+    if readback:
+        verify_readback(target, payload, chunk_size)
+
+
+def _stored_chunks(read, payload, chunk_size, progress):
+    """Exactly payload.size bytes from `read`, hashed; the check comes after the last one."""
+    digest = hashlib.sha256()
+    left = payload.size
+    while left:
+        data = read(min(chunk_size, left))
+        if not data:
+            raise Truncated(
+                "payload %s ended after %d of %d bytes"
+                % (payload.name, payload.size - left, payload.size),
+                hint="the bundle is incomplete; download it again",
+            )
+        if len(data) > left:
+            raise PayloadMismatch("source returned more than asked for payload %s" % payload.name)
+        digest.update(data)  # releases the GIL: overlaps with the writer thread
+        left -= len(data)
+        if progress is not None:
+            progress.update(len(data))
+        yield data
+    if digest.hexdigest() != payload.sha256:
+        raise PayloadMismatch(
+            "payload %s: sha256 %s does not match the signed manifest (%s)"
+            % (payload.name, digest.hexdigest(), payload.sha256),
+            hint="the bundle was altered or corrupted; the slot was not marked bootable",
+        )
+
+
+def _inflate(chunks, payload, chunk_size):
+    """gzip -> installed bytes, never more than installed_size nor chunk_size per step."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip header and trailer required
+    produced = 0
+    for data in chunks:
+        pending = data
+        while True:
+            if inflater.eof:
+                if pending or inflater.unused_data:
+                    raise PayloadMismatch("payload %s has data after its gzip end" % payload.name)
+                break
+            # One byte more than allowed is enough to know the stream is too long.
+            room = min(chunk_size, payload.installed_size - produced + 1)
+            try:
+                out = inflater.decompress(pending, room)
+            except zlib.error as e:
+                raise PayloadMismatch("payload %s: corrupt gzip (%s)" % (payload.name, e)) from None
+            pending = inflater.unconsumed_tail
+            produced += len(out)
+            if produced > payload.installed_size:
+                raise PayloadMismatch(
+                    "payload %s expands beyond its installed size of %d bytes"
+                    % (payload.name, payload.installed_size),
+                    hint="decompression bomb or wrong manifest; stopped at the bound",
+                )
+            if out:
+                yield out
+            if not pending and len(out) < room:
+                break
+    if not inflater.eof:
+        raise PayloadMismatch("payload %s: gzip stream is incomplete" % payload.name)
+    if inflater.unused_data:
+        raise PayloadMismatch("payload %s has data after its gzip end" % payload.name)
+
+
+def verify_readback(target, payload, chunk_size=1 << 20):
+    """Read installed_size bytes back from the slot and compare installed_sha256."""
+    reader = target.open_reader()
+    digest = hashlib.sha256()
+    got = [0]
+
+    def chunks():
+        left = payload.installed_size
+        while left:
+            data = reader.read(min(chunk_size, left))
+            if not data:
+                return
+            left -= len(data)
+            yield data
+
+    def consume(data):
+        digest.update(data)
+        got[0] += len(data)
+
+    try:
+        _pipeline(chunks(), consume)
+    finally:
+        reader.close()
+    if got[0] != payload.installed_size or digest.hexdigest() != payload.installed_sha256:
+        raise ReadbackMismatch(
+            "slot %s reads back %d bytes with sha256 %s, expected %d bytes with %s"
+            % (
+                target.path,
+                got[0],
+                digest.hexdigest(),
+                payload.installed_size,
+                payload.installed_sha256,
+            ),
+            hint="the storage did not keep what was written; check the medium",
+        )
+
+
+def _pipeline(chunks, consume, depth=QUEUE_DEPTH):
+    """Run the iterator `chunks` in a worker thread and `consume(chunk)` in this one, with at
+    most `depth` chunks in flight. The first error from either side is raised here."""
+    slots = queue.Queue(depth)
+    stop = threading.Event()
+    failure = []
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+        except BaseException as e:  # handed to the consuming thread below
+            failure.append(e)
+        put(_END)
+
+    worker = threading.Thread(target=produce, name="slot-pipeline", daemon=True)
+    worker.start()
+    try:
+        while True:
+            chunk = slots.get()
+            if chunk is _END:
+                break
+            consume(chunk)
+    finally:
+        stop.set()
+        worker.join()
+    if failure:
+        raise failure[0]
