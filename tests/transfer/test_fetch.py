@@ -200,3 +200,22 @@ def test_rate_limiter_token_bucket_schedule(clock):
 def test_unsupported_scheme_rejected():
     with pytest.raises(NetworkError):
         open_source("ftp://example.invalid/x", settings())
+
+
+def test_connection_refused_retries_then_network_error(clock):
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    with pytest.raises(NetworkError) as info:
+        open_source(
+            "http://127.0.0.1:%d/bundle.bin" % port,
+            settings(retries=2),
+            clock=clock,
+            sleep=clock.sleep,
+            rng=random.Random(1),
+        )
+    assert "ConnectionRefusedError" in str(info.value)
+    assert len(clock.sleeps) == 2
