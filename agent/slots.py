@@ -112,6 +112,7 @@ class SlotWriter:
         self.written = 0
         self.kicked = 0  # bytes whose writeback has been started
         self.previous = None  # (offset, length) of the window started before
+        self.on_settled = None  # called with N once bytes [0, N) are on the medium
 
     def write(self, data):
         view = memoryview(data)
@@ -139,6 +140,8 @@ class SlotWriter:
             offset, length = self.previous
             _sync_file_range(self.fd, offset, length, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER)
             os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)
+            if self.on_settled is not None:
+                self.on_settled(offset + length)
         self.previous = window
         self.kicked = self.written
 
@@ -196,8 +199,12 @@ def write_payload(read, payload, target, chunk_size=1 << 20, progress=None, read
             "payload %s has unknown compression %r" % (payload.name, payload.compression)
         )
     writer = target.open_writer()
+    behind = _ReadBehind(target, payload, chunk_size) if readback else None
     try:
-        # Three threads: reading (network/file), hashing (+ inflating), writing here.
+        if behind is not None:
+            writer.on_settled = behind.advance
+        # Threads: reading (network/file), hashing (+ inflating), writing here, and the
+        # read-back hashing what has reached the medium behind the writer.
         for chunk in _prefetch(chunks):
             writer.write(chunk)
         if writer.written != payload.installed_size:
@@ -206,10 +213,14 @@ def write_payload(read, payload, target, chunk_size=1 << 20, progress=None, read
                 % (payload.name, writer.written, payload.installed_size)
             )
         writer.sync()
+    except BaseException:
+        if behind is not None:
+            behind.abort()
+        raise
     finally:
         writer.close()
-    if readback:
-        verify_readback(target, payload, chunk_size)
+    if behind is not None:
+        behind.finish()
 
 
 def _read_exactly(read, payload, chunk_size):
@@ -280,11 +291,68 @@ def _inflate(chunks, payload, chunk_size):
         raise PayloadMismatch("payload %s has data after its gzip end" % payload.name)
 
 
+class _ReadBehind:
+    """The read-back, overlapped with the write: a thread reads and hashes each window once
+    the writer has waited for its writeback and dropped it from the cache, and `finish` reads
+    the tail after the final fsync. Without sync_file_range it all happens in `finish`."""
+
+    def __init__(self, target, payload, chunk_size):
+        self.target = target
+        self.payload = payload
+        self.chunk_size = chunk_size
+        self.reader = target.open_reader()
+        self.digest = hashlib.sha256()
+        self.got = 0
+        self.short = False
+        self.marks = queue.Queue()
+        self.failure = []
+        self.thread = threading.Thread(target=self._run, name="slot-readback", daemon=True)
+        self.thread.start()
+
+    def advance(self, upto):
+        self.marks.put(upto)
+
+    def _run(self):
+        try:
+            while True:
+                upto = self.marks.get()
+                if upto is None:
+                    return
+                self._read_to(min(upto, self.payload.installed_size))
+        except BaseException as e:  # raised by finish()
+            self.failure.append(e)
+
+    def _read_to(self, upto):
+        fd = getattr(self.reader, "fd", None)
+        if fd is not None and upto > self.got:
+            # Let the kernel read the whole window ahead while we hash its first chunks.
+            os.posix_fadvise(fd, self.got, upto - self.got, os.POSIX_FADV_WILLNEED)
+        while self.got < upto and not self.short:
+            data = self.reader.read(min(self.chunk_size, upto - self.got))
+            if not data:
+                self.short = True
+                return
+            self.digest.update(data)
+            self.got += len(data)
+
+    def abort(self):
+        self.marks.put(None)
+        self.thread.join()
+        self.reader.close()
+
+    def finish(self):
+        self.marks.put(self.payload.installed_size)
+        self.abort()
+        if self.failure:
+            raise self.failure[0]
+        _compare_readback(self.target, self.payload, self.got, self.digest.hexdigest())
+
+
 def verify_readback(target, payload, chunk_size=1 << 20):
     """Read installed_size bytes back from the slot and compare installed_sha256."""
     reader = target.open_reader()
     digest = hashlib.sha256()
-    got = [0]
+    got = 0
 
     def chunks():
         left = payload.installed_size
@@ -298,19 +366,17 @@ def verify_readback(target, payload, chunk_size=1 << 20):
     try:
         for data in _prefetch(chunks()):  # the medium is read while the last chunk hashes
             digest.update(data)
-            got[0] += len(data)
+            got += len(data)
     finally:
         reader.close()
-    if got[0] != payload.installed_size or digest.hexdigest() != payload.installed_sha256:
+    _compare_readback(target, payload, got, digest.hexdigest())
+
+
+def _compare_readback(target, payload, got, sha256):
+    if got != payload.installed_size or sha256 != payload.installed_sha256:
         raise ReadbackMismatch(
             "slot %s reads back %d bytes with sha256 %s, expected %d bytes with %s"
-            % (
-                target.path,
-                got[0],
-                digest.hexdigest(),
-                payload.installed_size,
-                payload.installed_sha256,
-            ),
+            % (target.path, got, sha256, payload.installed_size, payload.installed_sha256),
             hint="the storage did not keep what was written; check the medium",
         )
 

@@ -218,3 +218,67 @@ def test_progress_counts_stored_bytes(tmp_path, blob):
     write_payload(io.BytesIO(blob).read, StandInPayload(blob), str(tmp_path / "s"), progress=P())
     assert sum(seen) == len(blob)
     assert hashlib.sha256((tmp_path / "s").read_bytes()).hexdigest() == StandInPayload(blob).sha256
+
+
+@pytest.fixture
+def small_windows(monkeypatch):
+    """Writeback windows of 256 KiB, so a 3 MiB payload is read back window by window while
+    it is still being written (the read-behind path), not only after the final fsync."""
+    import agent.slots
+
+    if agent.slots._sync_file_range is None:
+        pytest.skip("no sync_file_range on this platform")
+    monkeypatch.setattr(agent.slots, "WRITEBACK_WINDOW", 256 * 1024)
+
+
+def test_readback_behind_the_writer_happens_during_the_write(
+    tmp_path, blob, small_windows, monkeypatch
+):
+    import agent.slots
+
+    marks = []
+    advance = agent.slots._ReadBehind.advance
+    monkeypatch.setattr(
+        agent.slots._ReadBehind,
+        "advance",
+        lambda self, upto: marks.append(("settled", upto)) or advance(self, upto),
+    )
+
+    class Watching(SlotTarget):
+        def open_writer(self):
+            writer = SlotWriter(self)
+            writer_sync = writer.sync
+            writer.sync = lambda: marks.append(("sync", writer.written)) or writer_sync()
+            return writer
+
+    target = Watching(str(tmp_path / "s"))
+    write_payload(io.BytesIO(blob).read, StandInPayload(blob), target, chunk_size=64 * 1024)
+    # The writer handed settled windows to the read-back before the final fsync, in order.
+    assert marks[-1] == ("sync", len(blob))
+    settled = [upto for kind, upto in marks[:-1]]
+    assert len(settled) >= 8 and settled == sorted(settled) and settled[-1] < len(blob)
+
+
+def test_readback_mismatch_in_an_early_window_is_caught(tmp_path, blob, small_windows):
+    class BadMedium(SlotTarget):
+        def open_reader(self):
+            return _CorruptingReader(self.path)
+
+    with pytest.raises(ReadbackMismatch):
+        write_payload(io.BytesIO(blob).read, StandInPayload(blob), BadMedium(str(tmp_path / "s")))
+
+
+def test_tampered_payload_with_read_behind_raises_payload_mismatch(tmp_path, blob, small_windows):
+    tampered = bytearray(blob)
+    tampered[-1] ^= 0xFF
+    with pytest.raises(PayloadMismatch):
+        write_payload(
+            io.BytesIO(bytes(tampered)).read, StandInPayload(blob), str(tmp_path / "slot.img")
+        )
+    assert threading_leftovers() == []
+
+
+def threading_leftovers():
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("slot-")]
