@@ -1,19 +1,21 @@
-"""Slot targets and the streaming write pipeline: source -> hash (-> inflate) -> slot -> fsync
--> read back.
+"""Slot targets and the streaming write pipeline: source -> hash (-> inflate) -> slot, with the
+read-back running behind the writer, then fsync and the last of the read-back.
 
 Invariant: `write_payload` returns only if exactly `payload.size` stored bytes with the signed
 sha256 were read, their installed form is exactly `installed_size` bytes, everything is
 fsynced, and reading the slot back gives `installed_sha256`. Otherwise it raises and the
 slot's contents must be treated as garbage (the caller never marks it bootable). Memory is
-bounded by a few chunks: a queue of QUEUE_DEPTH chunks between a reader+hasher thread and the
-writer, and gzip output capped per call with `max_length` (a decompression bomb can never
-produce more than installed_size bytes, nor more than one chunk at a time).
+bounded by a few chunks: bounded queues between the reading, hashing and writing threads
+(agent/pipeline.py), gzip output capped per call with `max_length` (a decompression bomb can
+never produce more than installed_size bytes, nor more than one chunk at a time), and the
+written data pushed out in windows so dirty pages stay bounded too.
 
-Read-back: after fsync the written range is dropped from the page cache with
-posix_fadvise(DONTNEED), so the read-back normally comes from the medium. The kernel may
-still serve some pages from cache (e.g. tmpfs, or pages it chose to keep); O_DIRECT would
-force it but needs aligned buffers and is not used. The check still catches a wrong write
-path (wrong offset, wrong device, a driver that drops writes it acknowledged).
+Read-back: once a writeback window is on the medium it is dropped from the page cache
+(posix_fadvise DONTNEED) and a read-back thread reads and hashes it while later windows are
+still being written; the tail is read after the final fsync. The kernel may still serve some
+pages from cache (e.g. tmpfs, or pages it chose to keep); O_DIRECT would force a media read
+but needs aligned buffers and is not used. The check still catches a wrong write path (wrong
+offset, wrong device, a driver that drops writes it acknowledged).
 """
 
 import ctypes
@@ -28,14 +30,13 @@ import threading
 import zlib
 
 from agent.core.errors import NoSpace, PayloadMismatch, ReadbackMismatch, Truncated
+from agent.pipeline import prefetch
 
-QUEUE_DEPTH = 4
 # Written data is pushed to the medium in windows of this size while later chunks are still
 # being hashed, and the window before is waited for and dropped from the cache: the final
 # fsync then only has a tail to flush, and dirty pages stay bounded on a small-RAM charger.
 WRITEBACK_WINDOW = 8 << 20
 BLKGETSIZE64 = 0x80081272  # <linux/fs.h>: _IOR(0x12, 114, size_t)
-_END = object()
 
 
 class SlotTarget:
@@ -191,7 +192,7 @@ def write_payload(read, payload, target, chunk_size=1 << 20, progress=None, read
     if not isinstance(target, SlotTarget):
         target = SlotTarget(target)
     check_space(target, payload.installed_size)
-    chunks = _checked(_prefetch(_read_exactly(read, payload, chunk_size)), payload, progress)
+    chunks = _checked(prefetch(_read_exactly(read, payload, chunk_size)), payload, progress)
     if payload.compression == "gzip":
         chunks = _inflate(chunks, payload, chunk_size)
     elif payload.compression != "none":
@@ -205,7 +206,7 @@ def write_payload(read, payload, target, chunk_size=1 << 20, progress=None, read
             writer.on_settled = behind.advance
         # Threads: reading (network/file), hashing (+ inflating), writing here, and the
         # read-back hashing what has reached the medium behind the writer.
-        for chunk in _prefetch(chunks):
+        for chunk in prefetch(chunks):
             writer.write(chunk)
         if writer.written != payload.installed_size:
             raise PayloadMismatch(
@@ -364,7 +365,7 @@ def verify_readback(target, payload, chunk_size=1 << 20):
             yield data
 
     try:
-        for data in _prefetch(chunks()):  # the medium is read while the last chunk hashes
+        for data in prefetch(chunks()):  # the medium is read while the last chunk hashes
             digest.update(data)
             got += len(data)
     finally:
@@ -379,47 +380,3 @@ def _compare_readback(target, payload, got, sha256):
             % (target.path, got, sha256, payload.installed_size, payload.installed_sha256),
             hint="the storage did not keep what was written; check the medium",
         )
-
-
-def _prefetch(items, depth=QUEUE_DEPTH):
-    """Iterate `items` in a worker thread, yielding here, with at most `depth` in flight.
-    An error in the worker is raised here after the items before it; closing this generator
-    early stops and joins the worker."""
-    slots = queue.Queue(depth)
-    stop = threading.Event()
-    failure = []
-
-    def put(item):
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce():
-        try:
-            for item in items:
-                if not put(item):
-                    return
-        except BaseException as e:  # handed to the consuming thread below
-            failure.append(e)
-        put(_END)
-
-    worker = threading.Thread(target=produce, name="slot-pipeline", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = slots.get()
-            if item is _END:
-                break
-            yield item
-    finally:
-        stop.set()
-        worker.join()
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()  # safe now: the worker thread is gone
-    if failure:
-        raise failure[0]
