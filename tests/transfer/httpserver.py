@@ -29,6 +29,7 @@ class Faults:
         self.wrong_etag_on_resume = False  # 206 with a different ETag
         self.endless = False  # no Content-Length, data never ends
         self.declare_length = None  # Content-Length to announce instead of the real one
+        self.redirects = {}  # url path -> Location to answer with 302
 
 
 class FileServer(http.server.ThreadingHTTPServer):
@@ -104,6 +105,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         }
         with srv.lock:
             srv.requests.append(record)
+        target = srv.faults.redirects.get(self.path.lstrip("/"))
+        if target is not None:
+            record["status"] = 302
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if srv.take("fail_first"):
             record["status"] = 503
             return self.send_error(503, "busy, try later")

@@ -219,3 +219,26 @@ def test_connection_refused_retries_then_network_error(clock):
         )
     assert "ConnectionRefusedError" in str(info.value)
     assert len(clock.sleeps) == 2
+
+
+def test_redirect_followed_and_resume_goes_to_the_new_location(server, blob, clock):
+    server.faults.redirects["latest.bin"] = "/bundle.bin"
+    server.faults.drop_after = 200 * 1000
+    server.faults.drop_times = 1
+    src = open_source(server.url("latest.bin"), settings(), clock=clock, sleep=clock.sleep)
+    with src:
+        assert read_all(src) == blob
+    paths = [(r["path"], r["range"]) for r in server.requests]
+    assert paths == [("/latest.bin", None), ("/bundle.bin", None), ("/bundle.bin", "bytes=200000-")]
+
+
+def test_https_redirect_to_plain_http_downgrade_refused(tls_server, clock):
+    tls_server.faults.redirects["latest.bin"] = "http://127.0.0.1:9/bundle.bin"
+    with pytest.raises(NetworkError) as info:
+        open_source(
+            tls_server.url("latest.bin"),
+            settings(ca_file=tls_server.ca_path),
+            clock=clock,
+            sleep=clock.sleep,
+        )
+    assert "downgrade" in str(info.value)
