@@ -1,0 +1,392 @@
+"""Sources: read a bundle sequentially from a path, file:// or http(s):// URL.
+
+Invariant: a Source never hands out a byte beyond the bound set with `set_limit` (the length
+the signed manifest allows: the endless-data attack stops there), and a resumed HTTP download
+continues the very same entity at the very same offset (Range + If-Range, 206 with a matching
+Content-Range and ETag) or fails; it never silently splices two different files. Foreign
+errors (socket, ssl, http.client) all become NetworkError (Transient) or, for content that
+contradicts the manifest, Truncated / PayloadMismatch (Rejected).
+
+Retries: `retries` bounds consecutive failed attempts; a connection that delivered at least
+PROGRESS_RESET bytes before dropping resets the count, so a long download over a flaky link
+survives many drops while a server that never delivers gives up after `retries` back-offs.
+Back-off is exponential with full jitter: sleep uniform(0, min(backoff_max_s, backoff_s*2^k)).
+"""
+
+import http.client
+import os
+import random
+import socket
+import ssl
+import stat
+import time
+from urllib.parse import urljoin, urlsplit
+
+from agent.config import DOWNLOAD_DEFAULTS
+from agent.core.errors import NetworkError, PayloadMismatch, Truncated
+
+PROGRESS_RESET = 64 * 1024
+MAX_REDIRECTS = 5
+USER_AGENT = "charger-update-agent"
+# Socket-level failures after which reconnecting with Range is worth a try.
+RETRYABLE = (OSError, http.client.HTTPException, socket.timeout)
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way another attempt may fix."""
+
+
+class RateLimiter:
+    """Token bucket: `rate` bytes/s on average, bursts up to `burst` bytes. Tokens may go
+    negative (a read can return more than asked); the debt is paid by sleeping."""
+
+    def __init__(self, rate, burst, clock, sleep):
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.clock = clock
+        self.sleep = sleep
+        self.tokens = float(burst)
+        self.last = clock()
+
+    def consume(self, n):
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= n
+        if self.tokens < 0:
+            self.sleep(-self.tokens / self.rate)
+            # The sleep refilled exactly the debt; account for it without reading the clock
+            # twice, so a fake clock gives an exact schedule.
+            self.last = self.clock()
+            self.tokens = 0.0
+
+
+class Source:
+    """Sequential reader with a hard length bound. Subclasses implement `_raw_read(n)`."""
+
+    size = None  # total bytes if known (file size, Content-Length)
+
+    def __init__(self, location, settings, clock, sleep, progress):
+        self.location = location
+        self.settings = settings
+        self.clock = clock
+        self.sleep = sleep
+        self.progress = progress
+        self.pos = 0
+        self.limit = None
+        rate = settings.get("max_rate") or 0
+        self.limiter = None
+        if rate > 0:
+            burst = max(int(rate), 1)
+            self.limiter = RateLimiter(rate, burst, clock, sleep)
+
+    def set_limit(self, total):
+        """Reading past `total` bytes (counted from the start) is an error from now on."""
+        self.limit = int(total)
+        self._check_size()
+
+    def _check_size(self):
+        if self.limit is None or self.size is None:
+            return
+        if self.size > self.limit:
+            raise PayloadMismatch(
+                "%s announces %d bytes but the manifest allows only %d"
+                % (self.location, self.size, self.limit),
+                hint="the server or file is not the signed bundle; refusing to download it",
+            )
+        if self.size < self.limit:
+            raise Truncated(
+                "%s has %d bytes but the manifest promises %d"
+                % (self.location, self.size, self.limit),
+                hint="the file is incomplete; download or copy it again",
+            )
+
+    def read(self, n):
+        """Up to `n` bytes; b"" at the end. Raises Truncated if the data ends before the
+        limit, PayloadMismatch if it goes on past it."""
+        if self.limit is not None:
+            room = self.limit - self.pos
+            if room <= 0:
+                self.expect_end()
+                return b""
+            n = min(n, room)
+        if self.limiter is not None:
+            n = max(1, min(n, int(self.limiter.burst)))
+        data = self._raw_read(n)
+        if not data:
+            if self.limit is not None and self.pos < self.limit:
+                raise Truncated(
+                    "%s ended after %d bytes; the manifest promises %d"
+                    % (self.location, self.pos, self.limit),
+                    hint="the file is incomplete; download or copy it again",
+                )
+            return b""
+        self.pos += len(data)
+        if self.limiter is not None:
+            self.limiter.consume(len(data))
+        if self.progress is not None:
+            self.progress.update(len(data))
+        return data
+
+    def expect_end(self):
+        """At the limit: one more byte from the source means it sends more than allowed."""
+        if self._raw_read(1):
+            raise PayloadMismatch(
+                "%s sent more than the %d bytes the manifest allows" % (self.location, self.limit),
+                hint="endless-data attack or wrong file; the download was stopped at the bound",
+            )
+
+    def _raw_read(self, n):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FileSource(Source):
+    def __init__(self, path, settings, clock, sleep, progress):
+        Source.__init__(self, path, settings, clock, sleep, progress)
+        try:
+            self._f = open(path, "rb", buffering=0)
+        except OSError as e:
+            raise NetworkError(
+                "cannot open %s: %s" % (path, e.strerror), hint="check the path"
+            ) from None
+        st = os.fstat(self._f.fileno())
+        self.size = st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def _raw_read(self, n):
+        return self._f.read(n)
+
+    def close(self):
+        self._f.close()
+
+
+class HttpSource(Source):
+    def __init__(self, url, settings, clock, sleep, rng, progress):
+        Source.__init__(self, url, settings, clock, sleep, progress)
+        self.url = url
+        self.rng = rng
+        self.timeout = float(settings["timeout_s"])
+        self.retries = int(settings["retries"])
+        self.failures = 0
+        self.since_failure = 0
+        self.validator = None  # strong ETag, else Last-Modified, of the first response
+        self.etag = None
+        self.requests = 0
+        self._conn = None
+        self._resp = None
+        self._ssl = None
+        if urlsplit(url).scheme == "https":
+            self._ssl = ssl.create_default_context(cafile=settings.get("ca_file") or None)
+        self._open()  # fail early: bad URL, unknown CA, 404 show up before any payload work
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _raw_read(self, n):
+        while True:
+            if self._resp is None:
+                self._open()
+            try:
+                data = self._resp.read(n)
+            except RETRYABLE as e:
+                self._failed("connection dropped at byte %d: %s" % (self.pos, _describe(e)))
+                continue
+            if data:
+                self.since_failure += len(data)
+                if self.since_failure >= PROGRESS_RESET:
+                    self.failures = 0
+                return data
+            if self.size is not None and self.pos < self.size:
+                # Close-delimited or chunked body that ended early: same as a drop.
+                self._failed("connection closed at byte %d of %d" % (self.pos, self.size))
+                continue
+            return b""
+
+    def _open(self):
+        while True:
+            try:
+                self._attempt()
+                return
+            except _Retry as e:
+                self._failed(str(e))
+            except RETRYABLE as e:
+                if isinstance(e, ssl.SSLCertVerificationError):
+                    raise NetworkError(
+                        "TLS certificate of %s not trusted: %s" % (self.url, e.verify_message),
+                        hint="set [download] ca_file to the CA that signed the server's "
+                        "certificate; verification is never turned off",
+                    ) from None
+                self._failed("cannot fetch %s: %s" % (self.url, _describe(e)))
+
+    def _failed(self, why):
+        """Drop the connection, count the failure, back off (or give up)."""
+        self._drop()
+        self.failures += 1
+        self.since_failure = 0
+        if self.failures > self.retries:
+            raise NetworkError(
+                "download of %s failed after %d retries: %s" % (self.location, self.retries, why),
+                hint="check the network and the server; the install can be retried later",
+            )
+        cap = min(
+            float(self.settings["backoff_max_s"]),
+            self.settings["backoff_s"] * 2 ** (self.failures - 1),
+        )
+        self.sleep(self.rng.uniform(0, cap))
+
+    def _drop(self):
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+        self._resp = None
+
+    # -- one request --------------------------------------------------------------------------
+
+    def _attempt(self):
+        url = self.url
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self._request(url)
+            if resp.status in (301, 302, 303, 307, 308):
+                url = self._redirect(url, resp)
+                continue
+            self._accept(resp)
+            return
+        raise NetworkError("too many redirects from %s" % self.url)
+
+    def _request(self, url):
+        self._drop()
+        parts = urlsplit(url)
+        if parts.scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context(cafile=self.settings.get("ca_file") or None)
+            conn = http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=self.timeout, context=self._ssl
+            )
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
+        self._conn = conn
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        if self.pos:
+            headers["Range"] = "bytes=%d-" % self.pos
+            if self.validator:
+                headers["If-Range"] = self.validator
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        self.requests += 1
+        conn.request("GET", path, headers=headers)
+        return conn.getresponse()
+
+    def _redirect(self, url, resp):
+        target = resp.getheader("Location")
+        resp.read()
+        if not target:
+            raise NetworkError("redirect without Location from %s" % url)
+        target = urljoin(url, target)
+        if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
+            raise NetworkError(
+                "%s redirects to plain http (%s); refusing the downgrade" % (url, target)
+            )
+        self.url = target  # resume against where the data really is
+        return target
+
+    def _accept(self, resp):
+        status = resp.status
+        if status in (408, 429) or 500 <= status <= 599:
+            raise _Retry("HTTP %d %s from %s" % (status, resp.reason, self.url))
+        if status == 200:
+            self._accept_full(resp)
+        elif status == 206:
+            self._accept_partial(resp)
+        else:
+            raise NetworkError(
+                "HTTP %d %s from %s" % (status, resp.reason, self.url),
+                hint="check the URL in the update job",
+            )
+        self._resp = resp
+
+    def _accept_full(self, resp):
+        if self.pos:
+            # Range ignored, or If-Range said the file changed: the bytes already handed
+            # out cannot be taken back, so this download cannot continue.
+            raise NetworkError(
+                "%s answered the resume at byte %d with the whole file (HTTP 200)"
+                % (self.url, self.pos),
+                hint="the server ignores Range or the file changed during the download; "
+                "the install will start over",
+            )
+        etag = resp.getheader("ETag")
+        self.etag = etag
+        if etag and not etag.startswith("W/"):
+            self.validator = etag  # weak ETags are not allowed in If-Range
+        else:
+            self.validator = resp.getheader("Last-Modified")
+        length = resp.getheader("Content-Length")
+        self.size = int(length) if length and length.isdigit() else None
+        self._check_size()
+
+    def _accept_partial(self, resp):
+        start, total = _content_range(resp.getheader("Content-Range"))
+        if start != self.pos or (self.size is not None and total not in (None, self.size)):
+            raise NetworkError(
+                "%s resumed at the wrong place (Content-Range %s, wanted byte %d of %s)"
+                % (self.url, resp.getheader("Content-Range"), self.pos, self.size)
+            )
+        etag = resp.getheader("ETag")
+        if self.etag and etag and etag != self.etag:
+            raise NetworkError(
+                "%s changed during the download (ETag %s, was %s)" % (self.url, etag, self.etag),
+                hint="the install will start over with the new file",
+            )
+
+    def close(self):
+        self._drop()
+
+
+def _content_range(value):
+    """'bytes 100-199/1000' -> (100, 1000); total None for '*'."""
+    try:
+        unit, rest = value.split(" ", 1)
+        span, total = rest.split("/", 1)
+        start = int(span.split("-", 1)[0])
+        if unit != "bytes":
+            raise ValueError(unit)
+        return start, (None if total.strip() == "*" else int(total))
+    except (AttributeError, ValueError):
+        raise NetworkError("bad Content-Range %r in a resumed download" % (value,)) from None
+
+
+def _describe(e):
+    return "%s: %s" % (type(e).__name__, e) if str(e) else type(e).__name__
+
+
+def open_source(location, settings=None, clock=None, sleep=None, rng=None, progress=None):
+    """A Source for a path, file://, http:// or https:// location. `settings` is the
+    [download] config table; clock/sleep/rng are injectable so tests never wait."""
+    merged = dict(DOWNLOAD_DEFAULTS)
+    merged.update(settings or {})
+    clock = clock or time.monotonic
+    sleep = sleep or time.sleep
+    rng = rng or random.Random()
+    scheme = urlsplit(location).scheme.lower() if "://" in location else ""
+    if scheme in ("http", "https"):
+        return HttpSource(location, merged, clock, sleep, rng, progress)
+    if scheme == "file":
+        parts = urlsplit(location)
+        if parts.netloc not in ("", "localhost"):
+            raise NetworkError("file:// URL with a remote host is not supported: %s" % location)
+        from urllib.request import url2pathname
+
+        location = url2pathname(parts.path)
+    elif scheme:
+        raise NetworkError(
+            "unsupported source %s" % location, hint="use a path, file://, http:// or https://"
+        )
+    return FileSource(location, merged, clock, sleep, progress)

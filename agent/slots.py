@@ -1,0 +1,382 @@
+"""Slot targets and the streaming write pipeline: source -> hash (-> inflate) -> slot, with the
+read-back running behind the writer, then fsync and the last of the read-back.
+
+Invariant: `write_payload` returns only if exactly `payload.size` stored bytes with the signed
+sha256 were read, their installed form is exactly `installed_size` bytes, everything is
+fsynced, and reading the slot back gives `installed_sha256`. Otherwise it raises and the
+slot's contents must be treated as garbage (the caller never marks it bootable). Memory is
+bounded by a few chunks: bounded queues between the reading, hashing and writing threads
+(agent/pipeline.py), gzip output capped per call with `max_length` (a decompression bomb can
+never produce more than installed_size bytes, nor more than one chunk at a time), and the
+written data pushed out in windows so dirty pages stay bounded too.
+
+Read-back: once a writeback window is on the medium it is dropped from the page cache
+(posix_fadvise DONTNEED) and a read-back thread reads and hashes it while later windows are
+still being written; the tail is read after the final fsync. The kernel may still serve some
+pages from cache (e.g. tmpfs, or pages it chose to keep); O_DIRECT would force a media read
+but needs aligned buffers and is not used. The check still catches a wrong write path (wrong
+offset, wrong device, a driver that drops writes it acknowledged).
+"""
+
+import ctypes
+import errno
+import fcntl
+import hashlib
+import os
+import queue
+import stat
+import struct
+import threading
+import zlib
+
+from agent.core.errors import NoSpace, PayloadMismatch, ReadbackMismatch, Truncated
+from agent.pipeline import prefetch
+
+# Written data is pushed to the medium in windows of this size while later chunks are still
+# being hashed, and the window before is waited for and dropped from the cache: the final
+# fsync then only has a tail to flush, and dirty pages stay bounded on a small-RAM charger.
+WRITEBACK_WINDOW = 8 << 20
+BLKGETSIZE64 = 0x80081272  # <linux/fs.h>: _IOR(0x12, 114, size_t)
+
+
+class SlotTarget:
+    """A slot as a file (created/truncated on write) or a block device (never truncated)."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self.is_block = stat.S_ISBLK(os.stat(path).st_mode)
+        except FileNotFoundError:
+            self.is_block = False
+
+    def __repr__(self):
+        return "SlotTarget(%r)" % self.path
+
+    def capacity(self):
+        """Bytes a payload may occupy in this slot."""
+        if self.is_block:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                return device_size(fd)
+            finally:
+                os.close(fd)
+        directory = os.path.dirname(os.path.abspath(self.path))
+        st = os.statvfs(directory)
+        free = st.f_bavail * st.f_frsize
+        try:
+            free += os.stat(self.path).st_blocks * 512  # freed when the file is truncated
+        except FileNotFoundError:
+            pass
+        return free
+
+    def open_writer(self):
+        return SlotWriter(self)
+
+    def open_reader(self):
+        return SlotReader(self.path)
+
+
+def device_size(fd):
+    """Size of a block device: the BLKGETSIZE64 ioctl, else seeking to its end."""
+    try:
+        buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
+        return struct.unpack("Q", buf)[0]
+    except OSError:
+        return os.lseek(fd, 0, os.SEEK_END)
+
+
+def _load_sync_file_range():
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None  # not Linux/glibc: the final fsync does all the work
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+SFR_WAIT_BEFORE, SFR_WRITE, SFR_WAIT_AFTER = 1, 2, 4
+
+
+class SlotWriter:
+    _os_write = staticmethod(os.write)  # the one call a fault-injecting test replaces
+
+    def __init__(self, target):
+        self.target = target
+        self.created = False
+        if target.is_block:
+            flags = os.O_WRONLY  # never O_TRUNC/O_CREAT on a device
+        else:
+            self.created = not os.path.exists(target.path)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        self.fd = os.open(target.path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self.written = 0
+        self.kicked = 0  # bytes whose writeback has been started
+        self.previous = None  # (offset, length) of the window started before
+        self.on_settled = None  # called with N once bytes [0, N) are on the medium
+
+    def write(self, data):
+        view = memoryview(data)
+        try:
+            while view:
+                n = self._os_write(self.fd, view)
+                view = view[n:]
+                self.written += n
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EFBIG):
+                raise NoSpace(
+                    "slot %s is full after %d bytes" % (self.target.path, self.written),
+                    hint="free space or give the slot a bigger partition",
+                ) from None
+            raise
+        if _sync_file_range is not None and self.written - self.kicked >= WRITEBACK_WINDOW:
+            self._writeback()
+
+    def _writeback(self):
+        """Start writing the newest window; wait for the one before and drop it from the cache.
+        Not a durability point (no metadata, no device flush): `sync` is."""
+        window = (self.kicked, self.written - self.kicked)
+        _sync_file_range(self.fd, window[0], window[1], SFR_WRITE)
+        if self.previous is not None:
+            offset, length = self.previous
+            _sync_file_range(self.fd, offset, length, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER)
+            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)
+            if self.on_settled is not None:
+                self.on_settled(offset + length)
+        self.previous = window
+        self.kicked = self.written
+
+    def sync(self):
+        os.fsync(self.fd)
+        # Drop the now-clean pages so the read-back reads the medium, not our own cache.
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if self.created:
+            dirfd = os.open(os.path.dirname(os.path.abspath(self.target.path)), os.O_RDONLY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+
+    def close(self):
+        os.close(self.fd)
+
+
+class SlotReader:
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+    def read(self, n):
+        return os.read(self.fd, n)
+
+    def close(self):
+        os.close(self.fd)
+
+
+def check_space(target, needed):
+    """Raise NoSpace with the figures if `needed` bytes do not fit into `target`."""
+    available = target.capacity()
+    if needed > available:
+        raise NoSpace(
+            "slot %s has room for %d bytes (%.1f MiB); the payload needs %d (%.1f MiB)"
+            % (target.path, available, available / 1048576.0, needed, needed / 1048576.0),
+            hint="free %.1f MiB or give the slot a bigger partition"
+            % ((needed - available) / 1048576.0),
+        )
+
+
+def write_payload(read, payload, target, chunk_size=1 << 20, progress=None, readback=True):
+    """Stream one payload from `read(n)` into `target` (a SlotTarget or a path); see the
+    module docstring for what success guarantees. `readback=False` exists for measuring."""
+    if not isinstance(target, SlotTarget):
+        target = SlotTarget(target)
+    check_space(target, payload.installed_size)
+    chunks = _checked(prefetch(_read_exactly(read, payload, chunk_size)), payload, progress)
+    if payload.compression == "gzip":
+        chunks = _inflate(chunks, payload, chunk_size)
+    elif payload.compression != "none":
+        raise PayloadMismatch(
+            "payload %s has unknown compression %r" % (payload.name, payload.compression)
+        )
+    writer = target.open_writer()
+    behind = _ReadBehind(target, payload, chunk_size) if readback else None
+    try:
+        if behind is not None:
+            writer.on_settled = behind.advance
+        # Threads: reading (network/file), hashing (+ inflating), writing here, and the
+        # read-back hashing what has reached the medium behind the writer.
+        for chunk in prefetch(chunks):
+            writer.write(chunk)
+        if writer.written != payload.installed_size:
+            raise PayloadMismatch(
+                "payload %s installs as %d bytes, the manifest says %d"
+                % (payload.name, writer.written, payload.installed_size)
+            )
+        writer.sync()
+    except BaseException:
+        if behind is not None:
+            behind.abort()
+        raise
+    finally:
+        writer.close()
+    if behind is not None:
+        behind.finish()
+
+
+def _read_exactly(read, payload, chunk_size):
+    """Exactly payload.size bytes from `read`, never one more (the next payload follows)."""
+    left = payload.size
+    while left:
+        data = read(min(chunk_size, left))
+        if not data:
+            raise Truncated(
+                "payload %s ended after %d of %d bytes"
+                % (payload.name, payload.size - left, payload.size),
+                hint="the bundle is incomplete; download it again",
+            )
+        if len(data) > left:
+            raise PayloadMismatch("source returned more than asked for payload %s" % payload.name)
+        left -= len(data)
+        yield data
+
+
+def _checked(chunks, payload, progress):
+    """Pass chunks on while hashing them; the check comes after the last one."""
+    digest = hashlib.sha256()
+    for data in chunks:
+        digest.update(data)  # releases the GIL: overlaps with the reader and writer threads
+        if progress is not None:
+            progress.update(len(data))
+        yield data
+    if digest.hexdigest() != payload.sha256:
+        raise PayloadMismatch(
+            "payload %s: sha256 %s does not match the signed manifest (%s)"
+            % (payload.name, digest.hexdigest(), payload.sha256),
+            hint="the bundle was altered or corrupted; the slot was not marked bootable",
+        )
+
+
+def _inflate(chunks, payload, chunk_size):
+    """gzip -> installed bytes, never more than installed_size nor chunk_size per step."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip header and trailer required
+    produced = 0
+    for data in chunks:
+        pending = data
+        while True:
+            if inflater.eof:
+                if pending or inflater.unused_data:
+                    raise PayloadMismatch("payload %s has data after its gzip end" % payload.name)
+                break
+            # One byte more than allowed is enough to know the stream is too long.
+            room = min(chunk_size, payload.installed_size - produced + 1)
+            try:
+                out = inflater.decompress(pending, room)
+            except zlib.error as e:
+                raise PayloadMismatch("payload %s: corrupt gzip (%s)" % (payload.name, e)) from None
+            pending = inflater.unconsumed_tail
+            produced += len(out)
+            if produced > payload.installed_size:
+                raise PayloadMismatch(
+                    "payload %s expands beyond its installed size of %d bytes"
+                    % (payload.name, payload.installed_size),
+                    hint="decompression bomb or wrong manifest; stopped at the bound",
+                )
+            if out:
+                yield out
+            if not pending and len(out) < room:
+                break
+    if not inflater.eof:
+        raise PayloadMismatch("payload %s: gzip stream is incomplete" % payload.name)
+    if inflater.unused_data:
+        raise PayloadMismatch("payload %s has data after its gzip end" % payload.name)
+
+
+class _ReadBehind:
+    """The read-back, overlapped with the write: a thread reads and hashes each window once
+    the writer has waited for its writeback and dropped it from the cache, and `finish` reads
+    the tail after the final fsync. Without sync_file_range it all happens in `finish`."""
+
+    def __init__(self, target, payload, chunk_size):
+        self.target = target
+        self.payload = payload
+        self.chunk_size = chunk_size
+        self.reader = target.open_reader()
+        self.digest = hashlib.sha256()
+        self.got = 0
+        self.short = False
+        self.marks = queue.Queue()
+        self.failure = []
+        self.thread = threading.Thread(target=self._run, name="slot-readback", daemon=True)
+        self.thread.start()
+
+    def advance(self, upto):
+        self.marks.put(upto)
+
+    def _run(self):
+        try:
+            while True:
+                upto = self.marks.get()
+                if upto is None:
+                    return
+                self._read_to(min(upto, self.payload.installed_size))
+        except BaseException as e:  # raised by finish()
+            self.failure.append(e)
+
+    def _read_to(self, upto):
+        fd = getattr(self.reader, "fd", None)
+        if fd is not None and upto > self.got:
+            # Let the kernel read the whole window ahead while we hash its first chunks.
+            os.posix_fadvise(fd, self.got, upto - self.got, os.POSIX_FADV_WILLNEED)
+        while self.got < upto and not self.short:
+            data = self.reader.read(min(self.chunk_size, upto - self.got))
+            if not data:
+                self.short = True
+                return
+            self.digest.update(data)
+            self.got += len(data)
+
+    def abort(self):
+        self.marks.put(None)
+        self.thread.join()
+        self.reader.close()
+
+    def finish(self):
+        self.marks.put(self.payload.installed_size)
+        self.abort()
+        if self.failure:
+            raise self.failure[0]
+        _compare_readback(self.target, self.payload, self.got, self.digest.hexdigest())
+
+
+def verify_readback(target, payload, chunk_size=1 << 20):
+    """Read installed_size bytes back from the slot and compare installed_sha256."""
+    reader = target.open_reader()
+    digest = hashlib.sha256()
+    got = 0
+
+    def chunks():
+        left = payload.installed_size
+        while left:
+            data = reader.read(min(chunk_size, left))
+            if not data:
+                return
+            left -= len(data)
+            yield data
+
+    try:
+        for data in prefetch(chunks()):  # the medium is read while the last chunk hashes
+            digest.update(data)
+            got += len(data)
+    finally:
+        reader.close()
+    _compare_readback(target, payload, got, digest.hexdigest())
+
+
+def _compare_readback(target, payload, got, sha256):
+    if got != payload.installed_size or sha256 != payload.installed_sha256:
+        raise ReadbackMismatch(
+            "slot %s reads back %d bytes with sha256 %s, expected %d bytes with %s"
+            % (target.path, got, sha256, payload.installed_size, payload.installed_sha256),
+            hint="the storage did not keep what was written; check the medium",
+        )

@@ -1,0 +1,270 @@
+"""A real HTTP(S) server on 127.0.0.1 that serves files with Range/ETag, and misbehaves on
+purpose when a test asks it to (see Faults). Used by the transfer tests and the benchmark.
+
+Invariant: with no faults set it is a correct HTTP/1.0 file server (200, 206 with
+Content-Range, If-Range honoured, strong ETag); every fault is opt-in and counted, and every
+request is recorded so tests can assert what the client actually asked for.
+"""
+
+import http.server
+import os
+import re
+import ssl
+import threading
+
+CHUNK = 256 * 1024
+
+
+class Faults:
+    """Misbehaviours, each off by default. `*_times` counts how many responses get it."""
+
+    def __init__(self):
+        self.drop_after = None  # close the connection after this many body bytes
+        self.drop_times = 0
+        self.stall_after = None  # stop sending after this many body bytes until `release`
+        self.stall_times = 0
+        self.release = threading.Event()
+        self.fail_first = 0  # answer this many requests with 503
+        self.ignore_range = False  # answer Range requests with 200 and the whole file
+        self.wrong_etag_on_resume = False  # 206 with a different ETag
+        self.endless = False  # no Content-Length, data never ends
+        self.declare_length = None  # Content-Length to announce instead of the real one
+        self.redirects = {}  # url path -> Location to answer with 302
+
+
+class FileServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, files, ssl_context=None):
+        http.server.ThreadingHTTPServer.__init__(self, ("127.0.0.1", 0), Handler)
+        self.files = files  # url path -> bytes or a filesystem path
+        self.ssl_context = ssl_context
+        self.faults = Faults()
+        self.requests = []  # dicts: path, range, if_range, status
+        self.lock = threading.Lock()
+        self.thread = None
+
+    @property
+    def base_url(self):
+        scheme = "https" if self.ssl_context else "http"
+        return "%s://127.0.0.1:%d" % (scheme, self.server_address[1])
+
+    def url(self, name):
+        return "%s/%s" % (self.base_url, name.lstrip("/"))
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        if self.ssl_context is not None:
+            # The handshake happens in the handler thread, so a client that rejects our
+            # certificate cannot block the accept loop.
+            sock = self.ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        return sock, addr
+
+    def take(self, name):
+        """Consume one use of a counted fault; True if this response gets it."""
+        with self.lock:
+            left = getattr(self.faults, name)
+            if left > 0:
+                setattr(self.faults, name, left - 1)
+                return True
+            return False
+
+    def start(self):
+        self.thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.faults.release.set()
+        self.shutdown()
+        self.server_close()
+
+    def handle_error(self, request, client_address):
+        pass  # clients hanging up mid-body are the point of most tests
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "transfer-test"
+
+    def log_message(self, *args):
+        pass
+
+    def setup(self):
+        if self.server.ssl_context is not None:
+            self.request.do_handshake()
+        http.server.BaseHTTPRequestHandler.setup(self)
+
+    def do_GET(self):
+        srv = self.server
+        record = {
+            "path": self.path,
+            "range": self.headers.get("Range"),
+            "if_range": self.headers.get("If-Range"),
+        }
+        with srv.lock:
+            srv.requests.append(record)
+        target = srv.faults.redirects.get(self.path.lstrip("/"))
+        if target is not None:
+            record["status"] = 302
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if srv.take("fail_first"):
+            record["status"] = 503
+            return self.send_error(503, "busy, try later")
+        body = srv.files.get(self.path.lstrip("/"))
+        if body is None:
+            record["status"] = 404
+            return self.send_error(404)
+        size = len(body) if isinstance(body, bytes) else os.path.getsize(body)
+        etag = '"%x-%d"' % (size, hash(self.path) & 0xFFFF)
+        start = self._range_start(etag, srv.faults)
+        if srv.faults.endless:
+            return self._send_endless(record)
+        record["status"] = 206 if start else 200
+        self.send_response(record["status"])
+        self.send_header("Accept-Ranges", "bytes")
+        if start and srv.faults.wrong_etag_on_resume:
+            etag = '"changed"'
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", "Tue, 24 Nov 2026 00:00:00 GMT")
+        length = size - start
+        if srv.faults.declare_length is not None:
+            length = srv.faults.declare_length
+        self.send_header("Content-Length", str(length))
+        if start:
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, size - 1, size))
+        self.end_headers()
+        self._send_body(body, start, size)
+
+    def _range_start(self, etag, faults):
+        match = re.match(r"bytes=(\d+)-$", self.headers.get("Range") or "")
+        if not match or faults.ignore_range:
+            return 0
+        if_range = self.headers.get("If-Range")
+        if if_range and if_range != etag and not if_range.endswith("GMT"):
+            return 0  # the client's copy is of another version: send the whole file
+        return int(match.group(1))
+
+    def _send_body(self, body, start, size):
+        srv = self.server
+        budget = None
+        if srv.faults.drop_after is not None and srv.take("drop_times"):
+            budget = ("drop", srv.faults.drop_after)
+        elif srv.faults.stall_after is not None and srv.take("stall_times"):
+            budget = ("stall", srv.faults.stall_after)
+        pos, sent = start, 0
+        with _opener(body) as f:
+            while pos < size:
+                n = min(CHUNK, size - pos)
+                if budget is not None:
+                    n = min(n, budget[1] - sent)
+                    if n <= 0:
+                        break
+                data = f(pos, n)
+                self.wfile.write(data)
+                pos += n
+                sent += n
+        if budget is not None and budget[0] == "stall" and pos < size:
+            self.wfile.flush()
+            srv.faults.release.wait(30)
+        self.close_connection = True
+
+    def _send_endless(self, record):
+        record["status"] = 200
+        self.send_response(200)
+        self.end_headers()  # no Content-Length: close-delimited, never closed by us
+        block = b"\xaa" * CHUNK
+        try:
+            while not self.server.faults.release.is_set():
+                self.wfile.write(block)
+        except OSError:
+            pass  # the client hung up: what a correct client does
+
+
+class _opener:
+    """Random access to bytes or a file, as a callable (pos, n) -> bytes."""
+
+    def __init__(self, body):
+        self.body = body
+        self.f = None
+
+    def __enter__(self):
+        if isinstance(self.body, bytes):
+            return lambda pos, n: self.body[pos : pos + n]
+        self.f = open(self.body, "rb")
+        return lambda pos, n: os.pread(self.f.fileno(), n, pos)
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            self.f.close()
+
+
+def make_tls(tmpdir):
+    """A throwaway CA and a server certificate for 127.0.0.1, written as PEM files.
+    Returns (server ssl context, path of the CA certificate)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "transfer test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path = os.path.join(tmpdir, "ca.pem")
+    cert_path = os.path.join(tmpdir, "server.pem")
+    key_path = os.path.join(tmpdir, "server.key")
+    with open(ca_path, "wb") as f:
+        f.write(ca.public_bytes(serialization.Encoding.PEM))
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_path, key_path)
+    return ctx, ca_path
