@@ -187,7 +187,7 @@ def verdict(rows):
 
 
 def run(sizes, repeat, workdir):
-    from tests.transfer.httpserver import FileServer
+    from hil.services.httpserver import FileServer
 
     rows = []
     for size_mib in sizes:

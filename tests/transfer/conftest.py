@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.transfer.httpserver import FileServer, make_tls
+from hil.services.httpserver import FileServer, make_tls
 
 
 class FakeClock:
