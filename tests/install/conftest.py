@@ -1,5 +1,6 @@
 """A file-backed board for installer tests: slots A/B as files, the simulated bootloader."""
 
+import json
 import os
 
 import pytest
@@ -48,6 +49,9 @@ class FileBoard:
             f.write(b"factory firmware 1.0")
         with open(self.slot_b, "wb") as f:
             f.write(b"old firmware 0.9")
+        # Factory state: A is good and primary, B holds nothing bootable.
+        with open(os.path.join(self.dir, "boot-env.json"), "w") as f:
+            json.dump({"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"}, f)
 
     def config(self):
         return config_mod.load(self.config_path)

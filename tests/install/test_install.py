@@ -6,11 +6,23 @@ import os
 
 import pytest
 
+from agent.bundle import format as fmt
 from agent.cli import main
+from agent.core.envelope import Envelope, parse_envelope
 from agent.slotstate import SlotState
 from tests.bundle.factory import make_bundle
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 17)
+
+
+def edit_manifest(bundle_bytes, old, new):
+    """The bundle with its manifest edited and the old signatures kept (an attacker's edit)."""
+    length = fmt.parse_header(bundle_bytes[: fmt.HEADER_SIZE])
+    end = fmt.HEADER_SIZE + length
+    env = parse_envelope(bundle_bytes[fmt.HEADER_SIZE : end])
+    assert old in env.payload
+    forged = Envelope(env.payload_type, env.payload.replace(old, new), env.signatures).encode()
+    return fmt.encode_header(forged) + forged + bundle_bytes[end:]
 
 
 def install(board, bundle, *extra):
@@ -47,13 +59,10 @@ def test_no_switch_installs_without_touching_boot_order(tmp_path, board):
 
 def test_bad_signature_rejected_before_any_slot_write(tmp_path, board):
     bundle, root = make_bundle(tmp_path, {"rootfs": PAYLOAD})
-    data = bytearray(open(bundle, "rb").read())
-    i = data.index(b'"version"')  # inside the signed manifest (base64 in the envelope)
-    data[i + 2] ^= 0x01
     tampered = tmp_path / "tampered.cub"
-    tampered.write_bytes(bytes(data))
+    tampered.write_bytes(edit_manifest(open(bundle, "rb").read(), b'"1.0.0"', b'"9.0.0"'))
     b = board(root)
-    assert install(b, tampered) in (10, 19)
+    assert install(b, tampered) == 10
     assert b.read_slot("B") == b"old firmware 0.9"  # not one byte written
     assert_untouched(b)
 
@@ -99,7 +108,7 @@ def test_downgrade_below_installed_security_version_rejected(tmp_path, board):
 
 @pytest.mark.parametrize(
     "kwargs, code",
-    [({"model": "OTHER-DC50"}, 14), ({"hw": "rev-z"}, 15), ({"expires": 1000}, 12)],
+    [({"model": "OTHER-DC50"}, 14), ({"hw": "rev-z"}, 15), ({"created": 1000, "expires": 2000}, 12)],
     ids=["wrong-model", "wrong-hardware-revision", "expired"],
 )
 def test_policy_rejections_leave_board_untouched(tmp_path, board, kwargs, code):
@@ -117,4 +126,35 @@ def test_unknown_key_rejected(tmp_path, board):
     other_root = make_root(tmp_path / "trusted-root.json")
     b = board(other_root)
     assert install(b, bundle) == 11
+    assert_untouched(b)
+
+
+def test_install_over_http_resumes_after_server_drops_connection(tmp_path, board):
+    from hil.services.httpserver import FileServer
+
+    bundle, root = make_bundle(tmp_path, {"rootfs": PAYLOAD}, version="1.1.0", compress=True)
+    server = FileServer({"b.cub": str(bundle)}).start()
+    try:
+        server.faults.drop_after = 1024 * 1024  # mid-payload
+        server.faults.drop_times = 1
+        b = board(root)
+        assert install(b, server.url("b.cub")) == 0
+        ranges = [r["range"] for r in server.requests if r["range"]]
+    finally:
+        server.stop()
+    assert b.read_slot("B") == PAYLOAD
+    assert ranges, "the client never resumed with a Range request"
+
+
+def test_endless_junk_from_server_rejected_at_the_header(tmp_path, board):
+    from hil.services.httpserver import FileServer
+
+    bundle, root = make_bundle(tmp_path, {"rootfs": PAYLOAD})
+    server = FileServer({"b.cub": str(bundle)}).start()
+    try:
+        server.faults.endless = True
+        b = board(root)
+        assert install(b, server.url("b.cub")) == 19
+    finally:
+        server.stop()
     assert_untouched(b)
