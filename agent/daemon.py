@@ -92,6 +92,16 @@ class Daemon:
         booted = self.boot.booted_slot()
         log.info("booted slot %s; journal state %s", booted, self.journey.state)
         self.execute(self.journey.resume(booted, self.clock())[1])
+        if self._healthy_boot(booted):
+            # The boot script counts every boot down (RAUC style): refill the good slot's
+            # attempts, or three ordinary reboots later the board would fall back.
+            self.boot.mark_good(booted)
+
+    def _healthy_boot(self, booted):
+        state = self.journey.state
+        if state == lc.IDLE or state == lc.COMMITTED:
+            return True
+        return lc.is_terminal(state) and booted != self.journey.data.get("new_slot")
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -334,7 +344,9 @@ class StatusProgress:
         if percent >= self.next_step:
             self.next_step = percent // 10 * 10 + 10
             job = self.daemon.journey.job
-            self.daemon.report("Installing", {"job_id": job.id, "progress": percent})
+            self.daemon.report(
+                "Installing", {"job_id": job.id, "version": job.version, "progress": percent}
+            )
 
     def done(self):
         pass

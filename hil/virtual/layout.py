@@ -19,6 +19,7 @@ try:
 except ImportError:  # Python < 3.11
     import tomli as tomllib
 
+from agent.core.errors import BootEnvError
 from bootloader_iface import uboot_rauc
 from bootloader_iface.uboot_env import UBootEnv
 
@@ -47,13 +48,10 @@ def watchdog_s(board):
 
 def bootloader_select(board):
     """Power-on: the RAUC-style selection with attempt counting, saved before booting."""
-    env = boot_env(board)
-    slot, new_env = uboot_rauc.boot_select(env.read(), SLOTS)
-    if slot is None:  # every counter was spent: the script resets them and resets the board
-        env.write(new_env)
-        slot, new_env = uboot_rauc.boot_select(new_env, SLOTS)
-    env.write(new_env)
-    return slot
+    try:
+        return uboot_rauc.power_on(boot_env(board), SLOTS)
+    except BootEnvError:
+        return None
 
 
 def toml_value(value):
