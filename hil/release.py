@@ -33,13 +33,13 @@ class ReleaseKit:
         with open(self.root_path, "wb") as f:
             f.write(sign_envelope(ROOT_TYPE, raw, [self.root_key]).encode())
 
-    def image(self, version, defects=()):
+    def image(self, version, defects=(), pad_bytes=0):
         path = os.path.join(self.dir, "firmware-%s.tar" % version)
-        return build_image(path, version, defects)
+        return build_image(path, version, defects, pad_bytes)
 
-    def bundle(self, version, defects=(), security_version=1, keys=None, name=None):
+    def bundle(self, version, defects=(), security_version=1, keys=None, name=None, pad_bytes=0):
         """Sign firmware `version` (with `defects`) into DIR/NAME; returns the path."""
-        image = self.image(version, defects)
+        image = self.image(version, defects, pad_bytes)
         out = os.path.join(self.dir, name or "charger-%s.cub" % version)
         create_bundle(
             out,

@@ -1,8 +1,17 @@
 """Communication path: the MQTT backend answers a round trip, and (if configured) the OCPP
-CSMS accepts a BootNotification with reason FirmwareUpdate and answers a Heartbeat."""
+CSMS accepts a BootNotification with reason FirmwareUpdate and answers a Heartbeat.
+
+A backend that is briefly away (broker restart, mobile link flapping) is not the new
+firmware's fault: each probe is retried until `retry_for_s` (default: half the trial window)
+has passed, and fails the check only when the path stays broken that long.
+"""
+
+import logging
 
 from agent.checks import CheckFailed
 from agent.core.errors import UpdateError
+
+log = logging.getLogger("charger-update")
 
 
 class Communication:
@@ -10,22 +19,33 @@ class Communication:
 
     def run(self, ctx):
         opts = ctx.options("communication")
-        timeout = float(opts.get("timeout_s", 10))
-        evidence = {}
-        try:
-            evidence["mqtt"] = ctx.channel.ping_backend(timeout)
-        except UpdateError as e:
-            raise CheckFailed("MQTT backend did not answer a ping: %s" % e.message) from None
+        timeout = float(opts.get("timeout_s", 5))
+        window = float(ctx.cfg.section("trial").get("window_s", 600))
+        deadline = ctx.clock() + float(opts.get("retry_for_s", window / 2))
+        evidence = {"mqtt": retry(ctx, deadline, "MQTT backend",
+                                  lambda: ctx.channel.ping_backend(timeout))}
         ocpp = ctx.cfg.section("ocpp")
         if ocpp.get("url"):
             from agent.ocpp_probe import probe
 
-            try:
-                evidence["ocpp"] = probe(
-                    ocpp["url"], ocpp.get("charge_point_id", ctx.cfg.device["id"]), timeout
-                )
-            except UpdateError as e:
-                raise CheckFailed(
-                    "OCPP CSMS check failed: %s" % e.message, getattr(e, "evidence", {})
-                ) from None
+            cp_id = ocpp.get("charge_point_id", ctx.cfg.device["id"])
+            evidence["ocpp"] = retry(ctx, deadline, "OCPP CSMS",
+                                     lambda: probe(ocpp["url"], cp_id, timeout))
         return evidence
+
+
+def retry(ctx, deadline, what, attempt):
+    """attempt() until it succeeds or the deadline passes; back-off 0.5 s doubling to 8 s."""
+    delay, tries = 0.5, 0
+    while True:
+        tries += 1
+        try:
+            return attempt()
+        except UpdateError as e:
+            if ctx.clock() + delay >= deadline:
+                raise CheckFailed("%s unreachable after %d tries: %s" % (what, tries, e.message),
+                                  getattr(e, "evidence", None)) from None
+            log.warning("%s unreachable (%s); retrying in %.1fs", what, e.message, delay)
+        if not ctx.wait(delay):
+            raise CheckFailed("agent stopping while probing %s" % what)
+        delay = min(delay * 2, 8.0)

@@ -20,11 +20,23 @@ PACKAGES = (
 )
 
 
+class _RandomReader:
+    def __init__(self, size):
+        self.left = size
+
+    def read(self, n=-1):
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return os.urandom(n)
+
+
 def _skip_cache(info):
     return None if "__pycache__" in info.name or info.name.endswith(".pyc") else info
 
 
-def build_image(out_path, version, defects=()):
+def build_image(out_path, version, defects=(), pad_bytes=0):
+    """Write the image; `pad_bytes` of random data (a stand-in for a real root filesystem's
+    bulk) make installs long enough for scenarios to cut power or the network mid-write."""
     unknown = [d for d in defects if d not in DEFECTS]
     if unknown:
         raise ValueError("unknown firmware defect(s) %s; known: %s" % (unknown, ", ".join(DEFECTS)))
@@ -37,4 +49,8 @@ def build_image(out_path, version, defects=()):
         tar.addfile(info, io.BytesIO(data))
         for name, path in PACKAGES:
             tar.add(path, arcname=name, filter=_skip_cache)
+        if pad_bytes:
+            info = tarfile.TarInfo("usr/share/bulk.bin")
+            info.size, info.mode, info.mtime = pad_bytes, 0o644, 0
+            tar.addfile(info, _RandomReader(pad_bytes))
     return out_path

@@ -12,10 +12,13 @@ after a failed scenario; nothing listens outside 127.0.0.1.
 import os
 import sys
 
+from agent import crypto
 from agent.backend_sim import BackendSim
 from agent.slotstate import SlotState
 from hil.release import ReleaseKit
+from hil.drivers.console import Console
 from hil.services.csms import Csms
+from hil.services.faultproxy import FaultProxy
 from hil.services.httpserver import FileServer
 from hil.services.mosquitto import Mosquitto, free_port
 from hil.virtual import layout
@@ -27,14 +30,16 @@ HW = "rev-b"
 
 class VirtualRig:
     def __init__(self, workdir, device_id="cp-0001", trial_window_s=60, watchdog_s=8.0,
-                 factory_version="1.0.0", on_status=None):
+                 factory_version="1.0.0", on_status=None, max_rate=0):
         self.dir = os.path.abspath(workdir)
         self.device_id = device_id
         self.trial_window_s = trial_window_s
         self.watchdog_s = watchdog_s
         self.factory_version = factory_version
         self.on_status = on_status
+        self.max_rate = max_rate  # the board's download cap, bytes/s (0: none)
         self.broker = self.csms = self.images = self.backend = self.board = None
+        self.network = self.console = None
         self.kit = None
         self.jobs = 0
 
@@ -52,6 +57,8 @@ class VirtualRig:
         self.broker = Mosquitto(os.path.join(self.dir, "broker")).start()
         self.csms = Csms().start()
         self.images = FileServer({}).start()
+        # Downloads cross a fault proxy: the scenarios drop the link through it.
+        self.network = FaultProxy("127.0.0.1", self.images.server_address[1]).start()
         self.kit = ReleaseKit(os.path.join(self.dir, "releases"), MODEL, HW)
         self.backend = BackendSim(self.broker.settings(), on_status=self.on_status).start()
         board_dir = os.path.join(self.dir, "board")
@@ -68,6 +75,7 @@ class VirtualRig:
         )
         SlotState(os.path.join(board_dir, "data")).set_good("A", self.factory_version, 1)
         self.board = VirtualBoard(board_dir)
+        self.console = Console(self.board.console_path, log_path=os.path.join(self.dir, "console.log"))
 
     def agent_sections(self, board_dir, mqtt_port, ocpp_port):
         return {
@@ -83,11 +91,14 @@ class VirtualRig:
             "trial": {"window_s": self.trial_window_s,
                       "checks": ["communication", "charging-session", "alarms"]},
             "trial.alarms": {"observe_s": 3},
-            "download": {"retries": 5, "backoff_s": 0.2, "backoff_max_s": 2.0, "timeout_s": 10},
+            "download": {"retries": 5, "backoff_s": 0.2, "backoff_max_s": 2.0, "timeout_s": 10,
+                         "max_rate": self.max_rate},
         }  # fmt: skip
 
     def close(self):
-        for part in (self.board, self.backend, self.images, self.csms, self.broker):
+        parts = (self.board, self.console, self.backend, self.network, self.images, self.csms,
+                 self.broker)
+        for part in parts:
             if part is None:
                 continue
             try:
@@ -109,12 +120,15 @@ class VirtualRig:
     def power_cut(self):
         self.board.power_off()
 
-    def release(self, version, defects=(), security_version=1, name=None):
-        """Build and sign a firmware release; returns the URL the board downloads it from."""
-        path = self.kit.bundle(version, defects, security_version, name=name)
+    def release(self, version, defects=(), security_version=1, signed_by_stranger=False,
+                pad_bytes=0):
+        """Build and sign a firmware release; returns the URL the board downloads it from
+        (through the fault proxy). `signed_by_stranger`: a key the board does not trust."""
+        keys = [crypto.generate("ed25519")] if signed_by_stranger else None
+        path = self.kit.bundle(version, defects, security_version, keys=keys, pad_bytes=pad_bytes)
         name = os.path.basename(path)
         self.images.files[name] = path
-        return self.images.url(name)
+        return "http://127.0.0.1:%d/%s" % (self.network.port, name)
 
     def push_job(self, version, url, **extra):
         self.jobs += 1
@@ -139,8 +153,5 @@ class VirtualRig:
         return self.backend.inventory(self.device_id)
 
     def console_text(self):
-        try:
-            with open(os.path.join(self.board.dir, "console.log"), "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        """What the rig read from the board's serial line (pyserial on the pty)."""
+        return self.console.text() if self.console else ""

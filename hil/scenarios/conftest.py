@@ -1,0 +1,66 @@
+"""pytest plugin for the HIL scenario catalogue: `pytest hil/scenarios --rig RIG.toml`.
+
+Every scenario gets a fresh `rig` (board powered on, backend up) built from the rig file
+(default: hil/rigs/virtual.toml, the CI board). After the run, a JUnit XML file and an HTML
+timeline per scenario (statuses, checks with evidence, console) are written to --hil-report.
+"""
+
+import os
+import time
+
+import pytest
+
+from hil import rig as rig_mod
+from hil.report import Report
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_RIG = os.path.join(os.path.dirname(HERE), "rigs", "virtual.toml")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("hil", "hardware-in-the-loop scenarios")
+    group.addoption("--rig", default=DEFAULT_RIG, help="rig description (TOML); default: virtual")
+    group.addoption("--hil-report", default="reports/hil",
+                    help="directory for junit.xml and report.html (default: reports/hil)")
+
+
+@pytest.fixture(scope="session")
+def hil_report(request):
+    report = Report(request.config.getoption("--hil-report"))
+    yield report
+    path = report.write()
+    print("\nHIL report: %s" % os.path.abspath(path))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call":
+        item.hil_call = rep
+
+
+@pytest.fixture
+def rig(request, tmp_path, hil_report):
+    description = rig_mod.load(request.config.getoption("--rig"))
+    if description.board.kind != "virtual":
+        pytest.skip("rig kind %r: scenarios need a board that runs the agent; the bench "
+                    "adapter is described in docs/hil.md" % description.board.kind)
+    from hil.virtual.rig import VirtualRig
+
+    started = time.monotonic()
+    r = VirtualRig(str(tmp_path / "rig"), watchdog_s=4.0, trial_window_s=30,
+                   max_rate=getattr(request, "param", 0)).start()
+    r.scenario = {"job": None, "expect": None, "final": None}
+    try:
+        r.power_on()
+        r.wait_online(30)
+        yield r
+    finally:
+        rep = getattr(request.node, "hil_call", None)
+        error = None if rep is None or rep.passed else str(rep.longrepr)[-4000:]
+        s = r.scenario
+        hil_report.scenario(request.node.name, r, s["job"], s["expect"] or "pass",
+                            s["final"] or {"status": "pass" if error is None else "error"},
+                            error=error, started=started)
+        r.close()

@@ -1,0 +1,87 @@
+"""A fault-injecting TCP proxy on 127.0.0.1: the network between a board and its backend.
+
+Invariant: with no fault armed it relays bytes unchanged in both directions. `cut_after(n)`
+arms one cut: the next connection that carries n more bytes towards the client is closed
+abruptly (a dropped mobile link), and `cuts` counts cuts done so tests can wait for one.
+Used because `tc netem` is unavailable here (see FACTS.md), and it works on any machine.
+"""
+
+import socket
+import threading
+
+
+class FaultProxy:
+    def __init__(self, target_host, target_port):
+        self.target = (target_host, target_port)
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(32)
+        self.port = self.server.getsockname()[1]
+        self.lock = threading.Condition()
+        self.armed = None  # bytes still allowed before the cut
+        self.cuts = 0
+        self.connections = 0
+        self._stopped = False
+
+    def start(self):
+        threading.Thread(target=self._accept, name="faultproxy", daemon=True).start()
+        return self
+
+    def stop(self):
+        self._stopped = True
+        self.server.close()
+
+    def cut_after(self, nbytes):
+        with self.lock:
+            self.armed = nbytes
+
+    def wait_cut(self, timeout):
+        with self.lock:
+            return self.lock.wait_for(lambda: self.cuts > 0, timeout)
+
+    def _accept(self):
+        while not self._stopped:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self._relay, args=(upstream, client, True), daemon=True).start()
+            threading.Thread(target=self._relay, args=(client, upstream, False), daemon=True).start()
+
+    def _relay(self, src, dst, downstream):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if downstream and self._cut_now(len(data)):
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _cut_now(self, n):
+        with self.lock:
+            if self.armed is None:
+                return False
+            self.armed -= n
+            if self.armed > 0:
+                return False
+            self.armed = None
+            self.cuts += 1
+            self.lock.notify_all()
+            return True
