@@ -29,7 +29,7 @@ import struct
 import threading
 import zlib
 
-from agent.core.errors import NoSpace, PayloadMismatch, ReadbackMismatch, Truncated
+from agent.core.errors import ConfigError, NoSpace, PayloadMismatch, ReadbackMismatch, Truncated
 from agent.pipeline import prefetch
 
 # Written data is pushed to the medium in windows of this size while later chunks are still
@@ -61,7 +61,10 @@ class SlotTarget:
             finally:
                 os.close(fd)
         directory = os.path.dirname(os.path.abspath(self.path))
-        st = os.statvfs(directory)
+        try:
+            st = os.statvfs(directory)
+        except OSError as e:
+            raise _unusable(self.path, e) from None
         free = st.f_bavail * st.f_frsize
         try:
             free += os.stat(self.path).st_blocks * 512  # freed when the file is truncated
@@ -74,6 +77,14 @@ class SlotTarget:
 
     def open_reader(self):
         return SlotReader(self.path)
+
+
+def _unusable(path, error):
+    """A slot path that cannot be opened is a set-up mistake, not a transient fault."""
+    return ConfigError(
+        "slot target %s cannot be used: %s" % (path, error.strerror or error),
+        hint="check the [slots] paths in the config and that the agent may write them",
+    )
 
 
 def device_size(fd):
@@ -109,7 +120,10 @@ class SlotWriter:
         else:
             self.created = not os.path.exists(target.path)
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        self.fd = os.open(target.path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            self.fd = os.open(target.path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as e:
+            raise _unusable(target.path, e) from None
         self.written = 0
         self.kicked = 0  # bytes whose writeback has been started
         self.previous = None  # (offset, length) of the window started before

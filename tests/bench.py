@@ -7,6 +7,8 @@ local HTTP server (tests/transfer/httpserver.py, in a thread of this process), e
 in its own child process so its peak RSS (VmHWM) is the install's alone:
 
   baseline       plain read + write + fsync of the same bytes, no hashing (1 MiB chunks)
+  copy+wb        the same plain copy through SlotWriter (windowed writeback), no hashing:
+                 the verified path's own I/O, so verified/copy+wb is the cost of verifying
   verified       open_source -> write_payload without read-back: sha256 + write + fsync
   verified+rb    the same plus the read-back of the slot and its sha256 (doubles the I/O)
 
@@ -33,7 +35,7 @@ MiB = 1 << 20
 CHUNK = MiB
 TARGET_RATIO = 0.85
 RSS_LIMIT_MIB = 64
-CASES = ("baseline", "verified", "verified+rb")
+CASES = ("baseline", "copy+wb", "verified", "verified+rb")
 
 
 class BenchPayload:
@@ -58,8 +60,9 @@ def bench_case(source_location, payload, target, readback):
         write_payload(source.read, payload, SlotTarget(target), CHUNK, readback=readback)
 
 
-def baseline_case(source_location, payload, target):
-    """Plain copy: read, write, fsync; no hashing, no read-back."""
+def baseline_case(source_location, payload, target, writer=None):
+    """Plain copy: read, write, fsync; no hashing, no read-back. With `writer` (a SlotWriter)
+    the writes go through its windowed writeback instead of one fsync at the end."""
     if source_location.startswith("http"):
         parts = urlsplit(source_location)
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
@@ -67,6 +70,15 @@ def baseline_case(source_location, payload, target):
         src = conn.getresponse()
     else:
         src = open(source_location, "rb", buffering=0)
+    if writer is not None:
+        try:
+            for data in iter(lambda: src.read(CHUNK), b""):
+                writer.write(data)
+            writer.sync()
+        finally:
+            writer.close()
+            src.close()
+        return
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         while True:
@@ -98,6 +110,10 @@ def child_main(args):
     start = time.perf_counter()
     if args.child == "baseline":
         baseline_case(args.source, payload, args.target)
+    elif args.child == "copy+wb":
+        from agent.slots import SlotTarget
+
+        baseline_case(args.source, payload, args.target, SlotTarget(args.target).open_writer())
     else:
         bench_case(args.source, payload, args.target, readback=args.child == "verified+rb")
     seconds = time.perf_counter() - start
@@ -170,6 +186,7 @@ def table(rows):
 
 
 def verdict(rows):
+    figures_by_case = dict(((r[0], r[1], r[2]), (r[3], r[5])) for r in rows)
     notes = []
     for size_mib, kind, case, _med, med_ratio, _best, best_ratio, hwm in rows:
         if case == "verified":
@@ -177,6 +194,11 @@ def verdict(rows):
             notes.append(
                 "%d MiB %s: verified/baseline %.3f (median; best-of-runs %.3f) %s the %.2f target"
                 % (size_mib, kind, med_ratio, best_ratio, ok, TARGET_RATIO)
+            )
+            copy = figures_by_case[(size_mib, kind, "copy+wb")]
+            notes.append(
+                "%d MiB %s: verified/copy+wb %.3f (median; best %.3f): the cost of hashing alone"
+                % (size_mib, kind, _med / copy[0], _best / copy[1])
             )
         if hwm >= RSS_LIMIT_MIB:
             notes.append(

@@ -18,7 +18,7 @@ def test_bench_quick_prints_table(capsys, tmp_path):
         "ratio",
         "peakRSS",
     ]
-    rows = [line.split() for line in lines[2:8]]
+    rows = [line.split() for line in lines[2:10]]
     assert [(r[1], r[2]) for r in rows] == [
         (src, case) for src in ("file", "http") for case in bench.CASES
     ]

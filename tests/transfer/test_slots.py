@@ -282,3 +282,11 @@ def threading_leftovers():
     import threading
 
     return [t.name for t in threading.enumerate() if t.name.startswith("slot-")]
+
+
+def test_slot_in_missing_directory_is_config_error(tmp_path, blob):
+    from agent.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        write_payload(io.BytesIO(blob).read, StandInPayload(blob), str(tmp_path / "no" / "s.img"))
+    assert "[slots]" in str(info.value)
