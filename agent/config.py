@@ -73,7 +73,7 @@ class Config:
         except KeyError:
             raise ConfigError(
                 "slot %s has no target for slot class %r in %s" % (slot, slot_class, self.path),
-                hint="add %s = \"/dev/...\" under [slots.%s]" % (slot_class, slot),
+                hint='add %s = "/dev/..." under [slots.%s]' % (slot_class, slot),
             ) from None
 
     # -- validation ---------------------------------------------------------------------------

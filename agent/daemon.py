@@ -22,7 +22,11 @@ from agent.checks import CheckFailed, TrialContext, load_checks
 from agent.checks.alarms import baseline as alarm_baseline
 from agent.core import lifecycle as lc
 from agent.core.errors import (
-    BadSignature, ReadbackMismatch, Rejected, UnknownKey, UpdateError,
+    BadSignature,
+    ReadbackMismatch,
+    Rejected,
+    UnknownKey,
+    UpdateError,
 )  # fmt: skip
 from agent.core.jobs import parse_job
 from agent.core.trial import TrialPolicy
@@ -110,8 +114,11 @@ class Daemon:
         if kind == "job":
             self.offer(item[1])
         elif kind == "cancel":
-            self.execute(self.journey.cancel(str(item[1].get("job_id") or item[1].get("id")),
-                                             self.clock())[1])
+            self.execute(
+                self.journey.cancel(str(item[1].get("job_id") or item[1].get("id")), self.clock())[
+                    1
+                ]
+            )
         elif kind == "result":
             self.busy = False
             self.execute(self.journey.handle(item[1], self.clock(), item[2])[1])
@@ -129,7 +136,8 @@ class Daemon:
             return
         booted = self.boot.booted_slot()
         actions = self.journey.offer(
-            job, self.clock(), booted, self.boot.other_slot(booted), self.rng.random())[1]
+            job, self.clock(), booted, self.boot.other_slot(booted), self.rng.random()
+        )[1]
         self.execute(actions)
 
     def tick(self):
@@ -162,8 +170,14 @@ class Daemon:
 
     def do_report(self, status, info):
         self.report(status, info)
-        if status in ("Committed", "RolledBack", "InvalidSignature", "InstallationFailed",
-                      "InstallVerificationFailed", "DownloadFailed"):
+        if status in (
+            "Committed",
+            "RolledBack",
+            "InvalidSignature",
+            "InstallationFailed",
+            "InstallVerificationFailed",
+            "DownloadFailed",
+        ):
             self.history.record_result(info.get("job_id"), status, info)
             self.publish_inventory()
 
@@ -256,8 +270,14 @@ class Daemon:
     def _install(self):
         progress = StatusProgress(self)
         try:
-            installer.install(self.journey.job.url, self.cfg, self.boot, self.trust,
-                              now=self.clock(), progress_factory=progress.start)
+            installer.install(
+                self.journey.job.url,
+                self.cfg,
+                self.boot,
+                self.trust,
+                now=self.clock(),
+                progress_factory=progress.start,
+            )
             return lc.INSTALL_OK, {}
         except SIGNATURE_ERRORS as e:
             return lc.SIGNATURE_BAD, _info(e)
@@ -268,8 +288,15 @@ class Daemon:
 
     def _run_checks(self):
         data = self.journey.data
-        ctx = TrialContext(self.cfg, self.channel, self.stack, data.get("baseline"), self.clock,
-                           data.get("trial_started_at"), self._wait)
+        ctx = TrialContext(
+            self.cfg,
+            self.channel,
+            self.stack,
+            data.get("baseline"),
+            self.clock,
+            data.get("trial_started_at"),
+            self._wait,
+        )
         results = {}
         for check in load_checks(self.policy.required_checks):
             try:
@@ -282,9 +309,15 @@ class Daemon:
                 log.exception("check %s crashed", check.name)
                 results[check.name] = (False, {"problem": "check crashed: %r" % e})
             log.info("check %s: %s", check.name, "pass" if results[check.name][0] else "FAIL")
-            self.report("TrialRunning", {"job_id": self.journey.job.id, "check": check.name,
-                                         "passed": results[check.name][0],
-                                         "evidence": results[check.name][1]})
+            self.report(
+                "TrialRunning",
+                {
+                    "job_id": self.journey.job.id,
+                    "check": check.name,
+                    "passed": results[check.name][0],
+                    "evidence": results[check.name][1],
+                },
+            )
         self.events.put(("checks", results))
 
     def _wait(self, seconds):

@@ -41,11 +41,14 @@ def plan(manifest, cfg, slot):
     return steps
 
 
-def install(location, cfg, boot, trust, now=None, progress_factory=None, source_opener=None):
+def install(
+    location, cfg, boot, trust, now=None, progress_factory=None, source_opener=None, readback=True
+):
     """Verify the bundle at `location` and stream it into the slot that is not booted.
 
     boot: a BootControl; trust: agent.trust.Trust. Returns Installed(slot, manifest).
     progress_factory(total_bytes, label) -> object with update(n)/done(), or None.
+    readback=False skips the read-back check; only the benchmark uses it, to show its cost.
     """
     opener = source_opener or open_source
     slot = boot.other_slot(boot.booted_slot())
@@ -64,11 +67,10 @@ def install(location, cfg, boot, trust, now=None, progress_factory=None, source_
             progress = progress_factory(total, "%s -> slot %s" % (manifest.version, slot))
         for payload, target in steps:
             slotio.write_payload(
-                source.read, payload, target, cfg.download["chunk_size"], progress
+                source.read, payload, target, cfg.download["chunk_size"], progress, readback
             )
         source.expect_end()
         if progress:
             progress.done()
     state.installed(slot, manifest)
     return Installed(slot, manifest)
-

@@ -29,32 +29,50 @@ def show_status(device, status):
         extra = " %d%%" % status["progress"]
     if status.get("check"):
         passed = status.get("passed")
-        extra += " check=%s%s" % (status["check"], "" if passed is None else
-                                  (" PASS" if passed else " FAIL"))
+        extra += " check=%s%s" % (
+            status["check"],
+            "" if passed is None else (" PASS" if passed else " FAIL"),
+        )
     if status.get("reason"):
         extra += " reason=%s" % status["reason"]
     say("  %s  %-18s %s%s" % (device, status.get("status"), status.get("version") or "", extra))
 
 
 def journey(rig, report, version, defects, expect, timeout):
-    say("building and signing firmware %s%s" % (
-        version, " (defect: %s)" % ", ".join(defects) if defects else ""))
+    say(
+        "building and signing firmware %s%s"
+        % (version, " (defect: %s)" % ", ".join(defects) if defects else "")
+    )
     url = rig.release(version, defects)
     job = rig.push_job(version, url)
     say("job %s pushed: %s" % (job["id"], url))
-    final = rig.wait_status(job["id"], ("Committed", "RolledBack", "InvalidSignature",
-                                        "InstallationFailed", "DownloadFailed"), timeout)
+    final = rig.wait_status(
+        job["id"],
+        ("Committed", "RolledBack", "InvalidSignature", "InstallationFailed", "DownloadFailed"),
+        timeout,
+    )
     report.scenario("update to %s" % version, rig, job["id"], expect, final)
     if final["status"] != expect:
         raise SystemExit("demo: expected %s for %s, got %s" % (expect, version, final))
-    say("=> %s %s%s" % (version, final["status"], " (%s: %s)" % (
-        final.get("check"), final.get("evidence", {}).get("problem", "")) if final.get("check") else ""))
+    say(
+        "=> %s %s%s"
+        % (
+            version,
+            final["status"],
+            " (%s: %s)" % (final.get("check"), final.get("evidence", {}).get("problem", ""))
+            if final.get("check")
+            else "",
+        )
+    )
     return final
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m hil.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m hil.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--workdir", help="keep everything here (default: a temp dir)")
     parser.add_argument("--timeout", type=float, default=90, help="per journey, seconds")
     args = parser.parse_args(argv)
@@ -63,19 +81,25 @@ def main(argv=None):
     report = Report(os.path.join(workdir, "report"))
     say("work dir %s" % workdir)
     with VirtualRig(workdir, on_status=show_status) as rig:
-        say("mosquitto on 127.0.0.1:%d, OCPP CSMS at %s, images at %s"
-            % (rig.broker.port, rig.csms.url, rig.images.base_url))
-        say("powering on virtual charger %s (factory firmware %s in slot A)"
-            % (rig.device_id, rig.factory_version))
+        say(
+            "mosquitto on 127.0.0.1:%d, OCPP CSMS at %s, images at %s"
+            % (rig.broker.port, rig.csms.url, rig.images.base_url)
+        )
+        say(
+            "powering on virtual charger %s (factory firmware %s in slot A)"
+            % (rig.device_id, rig.factory_version)
+        )
         rig.power_on()
         rig.wait_online(30)
         say("charger online")
         journey(rig, report, "1.1.0", (), "Committed", args.timeout)
         journey(rig, report, "1.2.0", ("refuse-session",), "RolledBack", args.timeout)
         row = rig.backend.wait_inventory(
-            rig.device_id, lambda r: (r.get("last_job") or {}).get("result") == "RolledBack", 30)
+            rig.device_id, lambda r: (r.get("last_job") or {}).get("result") == "RolledBack", 30
+        )
         say("charging session on the rolled-back charger:")
         from agent.charging import SocketStack
+
         stack = SocketStack(os.path.join(rig.board.dir, "run", "stack.sock"))
         for cmd in ("authorize", "start", "meter", "meter", "stop"):
             say("  %-9s -> %s" % (cmd, json.dumps(stack.request(cmd, id_tag="DRIVER-42"))))

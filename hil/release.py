@@ -27,8 +27,9 @@ class ReleaseKit:
         self.root_key = crypto.generate("ed25519")
         self.release_key = crypto.generate("ecdsa-p256")
         self.root_path = os.path.join(workdir, "root.json")
-        fields = root_fields([self.root_key], [self.release_key], 1, 1, 1,
-                             int(time.time()) + 365 * DAY)
+        fields = root_fields(
+            [self.root_key], [self.release_key], 1, 1, 1, int(time.time()) + 365 * DAY
+        )
         raw = json.dumps(fields, indent=1, sort_keys=True).encode() + b"\n"
         with open(self.root_path, "wb") as f:
             f.write(sign_envelope(ROOT_TYPE, raw, [self.root_key]).encode())

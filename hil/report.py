@@ -19,16 +19,18 @@ class Report:
 
     def scenario(self, name, rig, job_id, expect, final, error=None, started=None):
         statuses = rig.statuses(job_id) if rig.backend else []
-        self.scenarios.append({
-            "name": name,
-            "expect": expect,
-            "result": (final or {}).get("status"),
-            "passed": error is None and (final or {}).get("status") == expect,
-            "error": error,
-            "statuses": statuses,
-            "console": rig.console_text()[-20000:],
-            "duration_s": time.monotonic() - started if started else 0.0,
-        })
+        self.scenarios.append(
+            {
+                "name": name,
+                "expect": expect,
+                "result": (final or {}).get("status"),
+                "passed": error is None and (final or {}).get("status") == expect,
+                "error": error,
+                "statuses": statuses,
+                "console": rig.console_text()[-20000:],
+                "duration_s": time.monotonic() - started if started else 0.0,
+            }
+        )
 
     def write(self):
         os.makedirs(self.dir, exist_ok=True)
@@ -40,39 +42,61 @@ class Report:
         return path
 
     def junit(self):
-        suite = ET.Element("testsuite", name="hil", tests=str(len(self.scenarios)),
-                           failures=str(sum(not s["passed"] for s in self.scenarios)))
+        suite = ET.Element(
+            "testsuite",
+            name="hil",
+            tests=str(len(self.scenarios)),
+            failures=str(sum(not s["passed"] for s in self.scenarios)),
+        )
         for s in self.scenarios:
-            case = ET.SubElement(suite, "testcase", classname="hil", name=s["name"],
-                                 time="%.1f" % s["duration_s"])
+            case = ET.SubElement(
+                suite, "testcase", classname="hil", name=s["name"], time="%.1f" % s["duration_s"]
+            )
             if not s["passed"]:
-                failure = ET.SubElement(case, "failure", message="expected %s, got %s"
-                                        % (s["expect"], s["result"]))
+                failure = ET.SubElement(
+                    case, "failure", message="expected %s, got %s" % (s["expect"], s["result"])
+                )
                 failure.text = s["error"] or ""
             ET.SubElement(case, "system-out").text = s["console"]
         return ET.tostring(suite, encoding="utf-8", xml_declaration=True)
 
     def html(self):
-        parts = ["<!doctype html><meta charset=utf-8><title>HIL report</title><style>"
-                 "body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}"
-                 ".pass{color:#070}.fail{color:#b00}pre{background:#f4f4f4;padding:8px;"
-                 "max-height:24em;overflow:auto}</style><h1>HIL report</h1>"]
+        parts = [
+            "<!doctype html><meta charset=utf-8><title>HIL report</title><style>"
+            "body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}"
+            ".pass{color:#070}.fail{color:#b00}pre{background:#f4f4f4;padding:8px;"
+            "max-height:24em;overflow:auto}</style><h1>HIL report</h1>"
+        ]
         for s in self.scenarios:
             verdict = "pass" if s["passed"] else "fail"
-            parts.append("<h2 class=%s>%s: %s (expected %s)</h2>" % (
-                verdict, html.escape(s["name"]), html.escape(str(s["result"])),
-                html.escape(s["expect"])))
+            parts.append(
+                "<h2 class=%s>%s: %s (expected %s)</h2>"
+                % (
+                    verdict,
+                    html.escape(s["name"]),
+                    html.escape(str(s["result"])),
+                    html.escape(s["expect"]),
+                )
+            )
             parts.append("<table><tr><th>seq</th><th>time</th><th>status</th><th>detail</th></tr>")
             for st in s["statuses"]:
-                detail = dict((k, v) for k, v in st.items()
-                              if k not in ("seq", "ts", "status", "job_id"))
-                parts.append("<tr><td>%s</td><td>%s</td><td>%s</td><td><code>%s</code></td></tr>" % (
-                    st.get("seq"), time.strftime("%H:%M:%S", time.gmtime(st.get("ts", 0))),
-                    html.escape(str(st.get("status"))),
-                    html.escape(json.dumps(detail, sort_keys=True))))
+                detail = dict(
+                    (k, v) for k, v in st.items() if k not in ("seq", "ts", "status", "job_id")
+                )
+                parts.append(
+                    "<tr><td>%s</td><td>%s</td><td>%s</td><td><code>%s</code></td></tr>"
+                    % (
+                        st.get("seq"),
+                        time.strftime("%H:%M:%S", time.gmtime(st.get("ts", 0))),
+                        html.escape(str(st.get("status"))),
+                        html.escape(json.dumps(detail, sort_keys=True)),
+                    )
+                )
             parts.append("</table>")
             if s["error"]:
                 parts.append("<pre>%s</pre>" % html.escape(s["error"]))
-            parts.append("<details><summary>console</summary><pre>%s</pre></details>"
-                         % html.escape(s["console"]))
+            parts.append(
+                "<details><summary>console</summary><pre>%s</pre></details>"
+                % html.escape(s["console"])
+            )
         return "\n".join(parts)

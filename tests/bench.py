@@ -1,16 +1,18 @@
-"""`make bench`: the verified streaming install against a plain copy of the same bytes.
+"""`make bench`: installing a signed bundle against a plain copy of the same bytes.
 
 Usage: python -m tests.bench [--quick] [--sizes 256,1024] [--repeat N] [--dir DIR]
 
-For each size (MiB) a random payload file is generated; then, from a local file and from a
-local HTTP server (tests/transfer/httpserver.py, in a thread of this process), each case runs
-in its own child process so its peak RSS (VmHWM) is the install's alone:
+For each size (MiB) a random payload is signed into a bundle (Ed25519); then, from a local
+file and from a local HTTP server (hil/services/httpserver.py, in a thread of this process),
+each case runs in its own child process so its peak RSS (VmHWM) is the install's alone:
 
-  baseline       plain read + write + fsync of the same bytes, no hashing (1 MiB chunks)
+  baseline       plain read + write + fsync of the bundle's bytes, no hashing (1 MiB chunks)
   copy+wb        the same plain copy through SlotWriter (windowed writeback), no hashing:
                  the verified path's own I/O, so verified/copy+wb is the cost of verifying
-  verified       open_source -> write_payload without read-back: sha256 + write + fsync
-  verified+rb    the same plus the read-back of the slot and its sha256 (doubles the I/O)
+  verified       agent.installer.install without read-back: signature, policy, sha256,
+                 write, fsync into the inactive file slot
+  verified+rb    what `charger-update install` does: the same plus the read-back of the slot
+                 and its sha256 (doubles the I/O)
 
 The ratio is MB/s over the same source's baseline. The issue's target (>= 0.85 of baseline
 while verifying) is compared against `verified`, which moves the same bytes as the baseline;
@@ -49,15 +51,53 @@ class BenchPayload:
 # -- what runs in the child ------------------------------------------------------------------
 
 
-def bench_case(source_location, payload, target, readback):
-    """One verified install of `payload` from `source_location` into the file `target`.
-    Swap point: once the bundle installer exists, install a whole bundle here."""
-    from agent.fetch import open_source
-    from agent.slots import SlotTarget, write_payload
+def bench_case(source_location, config_path, readback):
+    """One install of the bundle at `source_location` into the board `config_path` names."""
+    from agent import config
+    from agent.installer import install
+    from agent.trust import Trust
+    from bootloader_iface import open_from_config
 
-    with open_source(source_location, {"chunk_size": CHUNK}) as source:
-        source.set_limit(payload.size)
-        write_payload(source.read, payload, SlotTarget(target), CHUNK, readback=readback)
+    cfg = config.load(config_path)
+    install(source_location, cfg, open_from_config(cfg), Trust.from_config(cfg), readback=readback)
+
+
+BOARD = """[device]
+id = "bench"
+model = "%(model)s"
+hardware_revision = "%(hw)s"
+[slots.A]
+rootfs = "slotA.img"
+[slots.B]
+rootfs = "%(target)s"
+[bootloader]
+backend = "simulated"
+state = "boot-env.json"
+booted = "A"
+[trust]
+root = "root.json"
+[download]
+chunk_size = %(chunk)d
+"""
+
+
+def make_bundle(workdir, payload_path, target):
+    """Sign the payload into DIR/bundle.cub and write a board config; returns both paths."""
+    from agent.bundle.writer import PayloadSource, create_bundle
+    from tests.bundle.factory import HW, MODEL, make_keys, make_root
+
+    key = make_keys(1, tag="bench")[0]
+    make_root(os.path.join(workdir, "root.json"), release_keys=[key])
+    bundle = os.path.join(workdir, "bundle.cub")
+    create_bundle(
+        bundle, [PayloadSource("rootfs", "rootfs", payload_path)], [key], version="1.0.0",
+        security_version=1, compatible=[{"model": MODEL, "hardware_revisions": [HW]}],
+        expires=int(time.time()) + 86400,
+    )  # fmt: skip
+    config_path = os.path.join(workdir, "agent.toml")
+    with open(config_path, "w") as f:
+        f.write(BOARD % {"model": MODEL, "hw": HW, "target": target, "chunk": CHUNK})
+    return bundle, config_path
 
 
 def baseline_case(source_location, payload, target, writer=None):
@@ -103,8 +143,9 @@ def vm_hwm_kib():
 
 
 def child_main(args):
-    import agent.fetch  # noqa: F401  imports are not part of the measured install
-    import agent.slots  # noqa: F401
+    import agent.installer  # noqa: F401  imports are not part of the measured install
+    import agent.trust  # noqa: F401
+    import bootloader_iface  # noqa: F401
 
     payload = BenchPayload(args.size, args.sha256)
     start = time.perf_counter()
@@ -115,7 +156,7 @@ def child_main(args):
 
         baseline_case(args.source, payload, args.target, SlotTarget(args.target).open_writer())
     else:
-        bench_case(args.source, payload, args.target, readback=args.child == "verified+rb")
+        bench_case(args.source, args.config, readback=args.child == "verified+rb")
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "hwm_kib": vm_hwm_kib()}))
     return 0
@@ -136,7 +177,7 @@ def make_payload(path, size):
     return BenchPayload(size, digest.hexdigest())
 
 
-def run_child(case, source, payload, target):
+def run_child(case, source, payload, target, config_path):
     if os.path.exists(target):
         os.unlink(target)
     os.sync()  # earlier cases' dirty pages must not be flushed on this case's clock
@@ -144,17 +185,18 @@ def run_child(case, source, payload, target):
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "tests.bench", "--child", case, "--source", source]
     cmd += ["--target", target, "--size", str(payload.size), "--sha256", payload.sha256]
+    cmd += ["--config", config_path]
     out = subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(sources, payload, target, repeat):
+def measure(sources, payload, target, repeat, config_path):
     """{(source kind, case): (median MB/s, peak RSS MiB)}; cases interleaved per round."""
     runs = {}
     for _ in range(repeat):
         for kind, location in sources:
             for case in CASES:
-                result = run_child(case, location, payload, target)
+                result = run_child(case, location, payload, target, config_path)
                 runs.setdefault((kind, case), []).append(result)
     figures = {}
     for key, results in runs.items():
@@ -215,14 +257,17 @@ def run(sizes, repeat, workdir):
     for size_mib in sizes:
         src_path = os.path.join(workdir, "payload-%d.bin" % size_mib)
         target = os.path.join(workdir, "slot.img")
-        payload = make_payload(src_path, size_mib * MiB)
-        server = FileServer({"payload.bin": src_path}).start()
+        make_payload(src_path, size_mib * MiB)
+        bundle, config_path = make_bundle(workdir, src_path, target)
+        os.unlink(src_path)
+        payload = BenchPayload(os.path.getsize(bundle), "")  # baselines copy the bundle
+        server = FileServer({"bundle.cub": bundle}).start()
         try:
-            sources = [("file", src_path), ("http", server.url("payload.bin"))]
-            figures = measure(sources, payload, target, repeat)
+            sources = [("file", bundle), ("http", server.url("bundle.cub"))]
+            figures = measure(sources, payload, target, repeat, config_path)
         finally:
             server.stop()
-            os.unlink(src_path)
+            os.unlink(bundle)
         for kind, _location in sources:
             base = figures[(kind, "baseline")]
             for case in CASES:
@@ -242,6 +287,7 @@ def parse_args(argv):
     p.add_argument("--target", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--sha256", help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 

@@ -48,8 +48,11 @@ def _entry_points():
     except ImportError:  # pragma: no cover
         return {}
     eps = entry_points()
-    group = eps.select(group=ENTRY_POINT_GROUP) if hasattr(eps, "select") else eps.get(
-        ENTRY_POINT_GROUP, ())
+    group = (
+        eps.select(group=ENTRY_POINT_GROUP)
+        if hasattr(eps, "select")
+        else eps.get(ENTRY_POINT_GROUP, ())
+    )
     return dict((ep.name, ep.value) for ep in group)
 
 

@@ -22,15 +22,17 @@ class Communication:
         timeout = float(opts.get("timeout_s", 5))
         window = float(ctx.cfg.section("trial").get("window_s", 600))
         deadline = ctx.clock() + float(opts.get("retry_for_s", window / 2))
-        evidence = {"mqtt": retry(ctx, deadline, "MQTT backend",
-                                  lambda: ctx.channel.ping_backend(timeout))}
+        evidence = {
+            "mqtt": retry(ctx, deadline, "MQTT backend", lambda: ctx.channel.ping_backend(timeout))
+        }
         ocpp = ctx.cfg.section("ocpp")
         if ocpp.get("url"):
             from agent.ocpp_probe import probe
 
             cp_id = ocpp.get("charge_point_id", ctx.cfg.device["id"])
-            evidence["ocpp"] = retry(ctx, deadline, "OCPP CSMS",
-                                     lambda: probe(ocpp["url"], cp_id, timeout))
+            evidence["ocpp"] = retry(
+                ctx, deadline, "OCPP CSMS", lambda: probe(ocpp["url"], cp_id, timeout)
+            )
         return evidence
 
 
@@ -43,8 +45,10 @@ def retry(ctx, deadline, what, attempt):
             return attempt()
         except UpdateError as e:
             if ctx.clock() + delay >= deadline:
-                raise CheckFailed("%s unreachable after %d tries: %s" % (what, tries, e.message),
-                                  getattr(e, "evidence", None)) from None
+                raise CheckFailed(
+                    "%s unreachable after %d tries: %s" % (what, tries, e.message),
+                    getattr(e, "evidence", None),
+                ) from None
             log.warning("%s unreachable (%s); retrying in %.1fs", what, e.message, delay)
         if not ctx.wait(delay):
             raise CheckFailed("agent stopping while probing %s" % what)

@@ -36,12 +36,17 @@ def run(args):
         progress_factory=lambda total, label: Progress(total, label),
     )  # fmt: skip
     m = done.manifest
-    print("installed %s (security version %d) into slot %s; read back OK"
-          % (m.version, m.security_version, done.slot))
+    print(
+        "installed %s (security version %d) into slot %s; read back OK"
+        % (m.version, m.security_version, done.slot)
+    )
     if args.no_switch:
         print("boot order unchanged (--no-switch)")
         return 0
     boot.try_slot(done.slot, args.attempts)
-    print("slot %s will be tried on the next boot (%d attempt%s); reboot to start the trial"
-          % (done.slot, args.attempts, "" if args.attempts == 1 else "s"), file=sys.stdout)
+    print(
+        "slot %s will be tried on the next boot (%d attempt%s); reboot to start the trial"
+        % (done.slot, args.attempts, "" if args.attempts == 1 else "s"),
+        file=sys.stdout,
+    )
     return 0

@@ -20,8 +20,11 @@ DEFAULT_RIG = os.path.join(os.path.dirname(HERE), "rigs", "virtual.toml")
 def pytest_addoption(parser):
     group = parser.getgroup("hil", "hardware-in-the-loop scenarios")
     group.addoption("--rig", default=DEFAULT_RIG, help="rig description (TOML); default: virtual")
-    group.addoption("--hil-report", default="reports/hil",
-                    help="directory for junit.xml and report.html (default: reports/hil)")
+    group.addoption(
+        "--hil-report",
+        default="reports/hil",
+        help="directory for junit.xml and report.html (default: reports/hil)",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -44,13 +47,19 @@ def pytest_runtest_makereport(item, call):
 def rig(request, tmp_path, hil_report):
     description = rig_mod.load(request.config.getoption("--rig"))
     if description.board.kind != "virtual":
-        pytest.skip("rig kind %r: scenarios need a board that runs the agent; the bench "
-                    "adapter is described in docs/hil.md" % description.board.kind)
+        pytest.skip(
+            "rig kind %r: scenarios need a board that runs the agent; the bench "
+            "adapter is described in docs/hil.md" % description.board.kind
+        )
     from hil.virtual.rig import VirtualRig
 
     started = time.monotonic()
-    r = VirtualRig(str(tmp_path / "rig"), watchdog_s=4.0, trial_window_s=30,
-                   max_rate=getattr(request, "param", 0)).start()
+    r = VirtualRig(
+        str(tmp_path / "rig"),
+        watchdog_s=4.0,
+        trial_window_s=30,
+        link_rate=getattr(request, "param", 0),
+    ).start()
     r.scenario = {"job": None, "expect": None, "final": None}
     try:
         r.power_on()
@@ -60,7 +69,13 @@ def rig(request, tmp_path, hil_report):
         rep = getattr(request.node, "hil_call", None)
         error = None if rep is None or rep.passed else str(rep.longrepr)[-4000:]
         s = r.scenario
-        hil_report.scenario(request.node.name, r, s["job"], s["expect"] or "pass",
-                            s["final"] or {"status": "pass" if error is None else "error"},
-                            error=error, started=started)
+        hil_report.scenario(
+            request.node.name,
+            r,
+            s["job"],
+            s["expect"] or "pass",
+            s["final"] or {"status": "pass" if error is None else "error"},
+            error=error,
+            started=started,
+        )
         r.close()

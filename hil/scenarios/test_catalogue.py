@@ -10,8 +10,14 @@ import pytest
 from bootloader_iface.uboot_env import encode_copy
 from hil.virtual import layout
 
-FINAL = ("Committed", "RolledBack", "InvalidSignature", "InstallationFailed",
-         "InstallVerificationFailed", "DownloadFailed")
+FINAL = (
+    "Committed",
+    "RolledBack",
+    "InvalidSignature",
+    "InstallationFailed",
+    "InstallVerificationFailed",
+    "DownloadFailed",
+)
 T = 60  # seconds per journey; a healthy one takes about 5 on the virtual board
 
 
@@ -27,7 +33,8 @@ def update(rig, version, expect, **release):
 
 def settled_row(rig, job_id):
     return rig.backend.wait_inventory(
-        rig.device_id, lambda r: (r.get("last_job") or {}).get("id") == job_id, T)
+        rig.device_id, lambda r: (r.get("last_job") or {}).get("id") == job_id, T
+    )
 
 
 def test_good_update_commits(rig):
@@ -36,8 +43,15 @@ def test_good_update_commits(rig):
     assert row["booted"] == row["primary"] == "B"
     assert row["slots"]["B"]["version"] == "1.1.0"
     names = [s["status"] for s in rig.statuses(job["id"])]
-    for expected in ("Downloading", "SignatureVerified", "Installing", "Installed",
-                     "InstallRebooting", "TrialRunning", "Committed"):
+    for expected in (
+        "Downloading",
+        "SignatureVerified",
+        "Installing",
+        "Installed",
+        "InstallRebooting",
+        "TrialRunning",
+        "Committed",
+    ):
         assert expected in names
 
 
@@ -58,11 +72,14 @@ def test_crash_looping_firmware_falls_back_by_boot_counting(rig):
     assert settled_row(rig, job["id"])["booted"] == "A"
 
 
-@pytest.mark.parametrize("defect, check", [
-    ("no-backend", "communication"),
-    ("refuse-session", "charging-session"),
-    ("alarm-storm", "alarms"),
-])
+@pytest.mark.parametrize(
+    "defect, check",
+    [
+        ("no-backend", "communication"),
+        ("refuse-session", "charging-session"),
+        ("alarm-storm", "alarms"),
+    ],
+)
 def test_broken_path_rolls_back(rig, defect, check):
     job, final = update(rig, "1.1.0", "RolledBack", defects=(defect,))
     assert final["check"] == check, final

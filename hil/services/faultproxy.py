@@ -1,6 +1,8 @@
 """A fault-injecting TCP proxy on 127.0.0.1: the network between a board and its backend.
 
-Invariant: with no fault armed it relays bytes unchanged in both directions. `cut_after(n)`
+Invariant: with no fault armed it relays bytes unchanged in both directions, towards the
+client at most `rate` bytes/s when given (a slow mobile link; small socket buffers keep the
+data on the link instead of in kernel queues, so a cut lands mid-transfer). `cut_after(n)`
 arms one cut: the next connection that carries n more bytes towards the client is closed
 abruptly (a dropped mobile link), and `cuts` counts cuts done so tests can wait for one.
 Used because `tc netem` is unavailable here (see FACTS.md), and it works on any machine.
@@ -8,11 +10,15 @@ Used because `tc netem` is unavailable here (see FACTS.md), and it works on any 
 
 import socket
 import threading
+import time
+
+BUFFER = 64 * 1024
 
 
 class FaultProxy:
-    def __init__(self, target_host, target_port):
+    def __init__(self, target_host, target_port, rate=0):
         self.target = (target_host, target_port)
+        self.rate = rate
         self.server = socket.socket()
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.server.bind(("127.0.0.1", 0))
@@ -48,23 +54,34 @@ class FaultProxy:
                 return
             try:
                 upstream = socket.create_connection(self.target, timeout=10)
+                upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER)
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
             except OSError:
                 client.close()
                 continue
             with self.lock:
                 self.connections += 1
             threading.Thread(target=self._relay, args=(upstream, client, True), daemon=True).start()
-            threading.Thread(target=self._relay, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(
+                target=self._relay, args=(client, upstream, False), daemon=True
+            ).start()
 
     def _relay(self, src, dst, downstream):
+        started, sent = time.monotonic(), 0
         try:
             while True:
-                data = src.recv(65536)
+                data = src.recv(16384)
                 if not data:
                     break
                 if downstream and self._cut_now(len(data)):
                     break
                 dst.sendall(data)
+                sent += len(data)
+                if downstream and self.rate:
+                    # Bandwidth of the simulated link (pacing, not synchronisation).
+                    ahead = sent / self.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
         except OSError:
             pass
         for s in (src, dst):

@@ -74,7 +74,10 @@ def boot_once(board, console, notify):
     env["NOTIFY_SOCKET"] = notify.getsockname()
     proc = subprocess.Popen(
         [sys.executable, "-m", "charger_fw.init"],
-        cwd=rootfs, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=rootfs,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     threading.Thread(target=pump, args=(proc.stdout, console), daemon=True).start()
     reason = supervise(proc, notify, layout.watchdog_s(board))

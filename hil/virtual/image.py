@@ -41,7 +41,9 @@ def build_image(out_path, version, defects=(), pad_bytes=0):
     if unknown:
         raise ValueError("unknown firmware defect(s) %s; known: %s" % (unknown, ", ".join(DEFECTS)))
     manifest = 'version = "%s"\ndefects = [%s]\n' % (
-        version, ", ".join('"%s"' % d for d in defects))
+        version,
+        ", ".join('"%s"' % d for d in defects),
+    )
     with tarfile.open(out_path, "w", format=tarfile.PAX_FORMAT) as tar:
         data = manifest.encode()
         info = tarfile.TarInfo("firmware.toml")

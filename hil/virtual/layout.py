@@ -105,7 +105,10 @@ def create(board, agent_sections, routes, factory_image, watchdog=10.0):
     with open(os.path.join(board, "board.toml"), "w") as f:
         f.write(dump_toml({"board": {"watchdog_s": watchdog}}).replace("[board]\n", ""))
     with open(os.path.join(board, "uplink.toml"), "w") as f:
-        f.write("\n".join(
-            "[[route]]\nlocal_port = %d\nhost = %s\nport = %d\n"
-            % (r["local_port"], toml_value(r["host"]), r["port"]) for r in routes
-        ))
+        f.write(
+            "\n".join(
+                "[[route]]\nlocal_port = %d\nhost = %s\nport = %d\n"
+                % (r["local_port"], toml_value(r["host"]), r["port"])
+                for r in routes
+            )
+        )

@@ -15,8 +15,8 @@ import sys
 from agent import crypto
 from agent.backend_sim import BackendSim
 from agent.slotstate import SlotState
-from hil.release import ReleaseKit
 from hil.drivers.console import Console
+from hil.release import ReleaseKit
 from hil.services.csms import Csms
 from hil.services.faultproxy import FaultProxy
 from hil.services.httpserver import FileServer
@@ -29,15 +29,23 @@ HW = "rev-b"
 
 
 class VirtualRig:
-    def __init__(self, workdir, device_id="cp-0001", trial_window_s=60, watchdog_s=8.0,
-                 factory_version="1.0.0", on_status=None, max_rate=0):
+    def __init__(
+        self,
+        workdir,
+        device_id="cp-0001",
+        trial_window_s=60,
+        watchdog_s=8.0,
+        factory_version="1.0.0",
+        on_status=None,
+        link_rate=0,
+    ):
         self.dir = os.path.abspath(workdir)
         self.device_id = device_id
         self.trial_window_s = trial_window_s
         self.watchdog_s = watchdog_s
         self.factory_version = factory_version
         self.on_status = on_status
-        self.max_rate = max_rate  # the board's download cap, bytes/s (0: none)
+        self.link_rate = link_rate  # bandwidth of the board's link to the image server
         self.broker = self.csms = self.images = self.backend = self.board = None
         self.network = self.console = None
         self.kit = None
@@ -58,9 +66,13 @@ class VirtualRig:
         self.csms = Csms().start()
         self.images = FileServer({}).start()
         # Downloads cross a fault proxy: the scenarios drop the link through it.
-        self.network = FaultProxy("127.0.0.1", self.images.server_address[1]).start()
+        self.network = FaultProxy(
+            "127.0.0.1", self.images.server_address[1], rate=self.link_rate
+        ).start()
         self.kit = ReleaseKit(os.path.join(self.dir, "releases"), MODEL, HW)
-        self.backend = BackendSim(self.broker.settings(), on_status=self.on_status).start()
+        # A backend that reconnects quickly, as a production broker cluster would appear.
+        settings = self.broker.settings(reconnect_max_s=1.0)
+        self.backend = BackendSim(settings, on_status=self.on_status).start()
         board_dir = os.path.join(self.dir, "board")
         mqtt_port, ocpp_port = free_port(), free_port()
         layout.create(
@@ -75,7 +87,9 @@ class VirtualRig:
         )
         SlotState(os.path.join(board_dir, "data")).set_good("A", self.factory_version, 1)
         self.board = VirtualBoard(board_dir)
-        self.console = Console(self.board.console_path, log_path=os.path.join(self.dir, "console.log"))
+        self.console = Console(
+            self.board.console_path, log_path=os.path.join(self.dir, "console.log")
+        )
 
     def agent_sections(self, board_dir, mqtt_port, ocpp_port):
         return {
@@ -91,13 +105,19 @@ class VirtualRig:
             "trial": {"window_s": self.trial_window_s,
                       "checks": ["communication", "charging-session", "alarms"]},
             "trial.alarms": {"observe_s": 3},
-            "download": {"retries": 5, "backoff_s": 0.2, "backoff_max_s": 2.0, "timeout_s": 10,
-                         "max_rate": self.max_rate},
+            "download": {"retries": 5, "backoff_s": 0.2, "backoff_max_s": 2.0, "timeout_s": 10},
         }  # fmt: skip
 
     def close(self):
-        parts = (self.board, self.console, self.backend, self.network, self.images, self.csms,
-                 self.broker)
+        parts = (
+            self.board,
+            self.console,
+            self.backend,
+            self.network,
+            self.images,
+            self.csms,
+            self.broker,
+        )
         for part in parts:
             if part is None:
                 continue
@@ -120,8 +140,9 @@ class VirtualRig:
     def power_cut(self):
         self.board.power_off()
 
-    def release(self, version, defects=(), security_version=1, signed_by_stranger=False,
-                pad_bytes=0):
+    def release(
+        self, version, defects=(), security_version=1, signed_by_stranger=False, pad_bytes=0
+    ):
         """Build and sign a firmware release; returns the URL the board downloads it from
         (through the fault proxy). `signed_by_stranger`: a key the board does not trust."""
         keys = [crypto.generate("ed25519")] if signed_by_stranger else None
@@ -140,14 +161,19 @@ class VirtualRig:
         wanted = (statuses,) if isinstance(statuses, str) else tuple(statuses)
         return self.backend.wait_status(
             self.device_id,
-            lambda s: s.get("job_id") == job_id and s.get("status") in wanted, timeout)
+            lambda s: s.get("job_id") == job_id and s.get("status") in wanted,
+            timeout,
+        )
 
     def wait_online(self, timeout=30):
         return self.backend.wait_inventory(self.device_id, lambda row: True, timeout)
 
     def statuses(self, job_id=None):
-        return [s for s in self.backend.statuses(self.device_id)
-                if job_id is None or s.get("job_id") == job_id]
+        return [
+            s
+            for s in self.backend.statuses(self.device_id)
+            if job_id is None or s.get("job_id") == job_id
+        ]
 
     def inventory(self):
         return self.backend.inventory(self.device_id)

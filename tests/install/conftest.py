@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from bootloader_iface import open_from_config
 from agent import config as config_mod
+from bootloader_iface import open_from_config
 from tests.bundle.factory import HW, MODEL
 
 BOARD_TOML = """\

@@ -108,7 +108,11 @@ def test_downgrade_below_installed_security_version_rejected(tmp_path, board):
 
 @pytest.mark.parametrize(
     "kwargs, code",
-    [({"model": "OTHER-DC50"}, 14), ({"hw": "rev-z"}, 15), ({"created": 1000, "expires": 2000}, 12)],
+    [
+        ({"model": "OTHER-DC50"}, 14),
+        ({"hw": "rev-z"}, 15),
+        ({"created": 1000, "expires": 2000}, 12),
+    ],
     ids=["wrong-model", "wrong-hardware-revision", "expired"],
 )
 def test_policy_rejections_leave_board_untouched(tmp_path, board, kwargs, code):
