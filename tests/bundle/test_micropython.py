@@ -1,7 +1,7 @@
 """The bundle-trust core (agent/core) runs unchanged under MicroPython 1.27 (WebAssembly port).
 
 Needs node and the npm package @micropython/micropython-webassembly-pyscript, found in
-$MICROPYTHON_WASM_DIR or ./node_modules (make test installs it for the core scenario tests).
+$MICROPYTHON_WASM_DIR, .cache/micropython (installed by `make test`) or ./node_modules.
 """
 
 import hashlib
@@ -35,7 +35,12 @@ mp.runPython("import sys\\nsys.path.insert(0, '/')\\n" + fs.readFileSync(process
 
 
 def find_module():
-    for base in (os.environ.get("MICROPYTHON_WASM_DIR", ""), os.path.join(REPO, "node_modules")):
+    bases = (
+        os.environ.get("MICROPYTHON_WASM_DIR", ""),
+        os.path.join(REPO, ".cache", "micropython", "node_modules"),  # where `make test` puts it
+        os.path.join(REPO, "node_modules"),
+    )
+    for base in bases:
         path = os.path.join(base, PKG, "micropython.mjs") if base else ""
         if path and os.path.exists(path):
             return path
