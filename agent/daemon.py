@@ -29,10 +29,13 @@ from agent.core.errors import (
     UpdateError,
 )  # fmt: skip
 from agent.core.jobs import parse_job
+from agent.core.schedule import WAIT_SESSION
 from agent.core.trial import TrialPolicy
 from agent.fetch import open_source
 from agent.history import History
 from agent.journal import Journal
+from agent.observation import Observer
+from agent.reporting import Reporter
 from agent.slotstate import SlotState
 
 log = logging.getLogger("charger-update")
@@ -52,9 +55,13 @@ class Daemon:
             int(trial.get("window_s", 600)),
             trial.get("checks", ["communication", "charging-session", "alarms"]),
         )
+        self.observer = Observer(cfg.section("observation"), stack, clock)
+        self.session_poll_s = float(cfg.section("charging_stack").get("poll_s", 10))
+        channel.on_error = self.on_channel_error
         self.journal = Journal(os.path.join(cfg.state_dir, "journal.json"))
         self.history = History(cfg.state_dir)
         self.slots = SlotState(cfg.state_dir)
+        self.reporter = Reporter(cfg, channel, boot, self.history, self.slots, clock)
         self.events = queue.Queue()
         self.stopping = threading.Event()
         self.busy = False  # a long action runs in a worker
@@ -144,6 +151,10 @@ class Daemon:
         state = self.journey.state
         if state == lc.IDLE:
             return
+        if state == lc.COMMITTED and self.observer.active(self.journey):
+            if self.observer.due():
+                self.observe()
+            return
         if lc.is_terminal(state):
             self.execute(self.journey.finish(self.clock())[1])
             return
@@ -151,6 +162,24 @@ class Daemon:
             return
         active = state in (lc.INSTALL_SCHEDULED, lc.INSTALLED) and self._session_active()
         self.execute(self.journey.tick(self.clock(), self.system.local_offset_s(), active)[1])
+
+    def observe(self):
+        data = self.journey.data
+        intact = self.slots.slot(data.get("old_slot")).get("state") == "good"
+        finding, decision = self.observer.review(self.journey, intact)
+        if finding is None:
+            return
+        results = {"alarms": (False, finding)}
+        self.publish_health("observation", results, "regression")
+        self.execute(self.journey.regression(self.clock(), finding, decision)[1])
+
+    def on_channel_error(self, topic, reason, detail):
+        """A message the channel refused (oversized, not JSON): tell the operator why."""
+        if topic.endswith(ch.JOB) or topic.endswith(ch.CANCEL):
+            self.report(
+                "Idle",
+                {"job_id": None, "reason": "malformed-job", "detail": "%s: %s" % (reason, detail)},
+            )
 
     def _session_active(self):
         try:
@@ -182,6 +211,8 @@ class Daemon:
             self.publish_inventory()
 
     def do_wait(self, until, why):
+        if why == WAIT_SESSION:  # ask the stack again soon: the session may end any minute
+            until = min(until, self.clock() + self.session_poll_s)
         self.wake_at = until
 
     def do_ignore(self, job_id, reason):
@@ -318,6 +349,8 @@ class Daemon:
                     "evidence": results[check.name][1],
                 },
             )
+        verdict = "pass" if all(r[0] for r in results.values()) else "fail"
+        self.publish_health("trial", results, verdict)
         self.events.put(("checks", results))
 
     def _wait(self, seconds):
@@ -325,37 +358,18 @@ class Daemon:
 
     # -- reporting --------------------------------------------------------------------------------
 
+    # -- reporting (agent/reporting.py) ---------------------------------------------------
+
     def report(self, status, info):
-        message = dict(info)
-        message.update(status=status, seq=self.history.next_seq(), ts=int(self.clock()))
-        log.info("status %s %s", status, json.dumps(info, sort_keys=True, default=str))
-        try:
-            self.channel.publish(ch.STATUS, message)
-        except UpdateError as e:
-            log.warning("status %s not published (%s); the inventory will carry it", status, e)
+        self.reporter.status(status, info)
+
+    def publish_health(self, phase, results, verdict):
+        job = self.journey.job
+        self.reporter.health(job.id if job else None, self.journey.data.get("new_slot"), phase,
+                             results, verdict)  # fmt: skip
 
     def publish_inventory(self):
-        try:
-            row = self.inventory()
-            self.channel.publish(ch.INVENTORY, row, retain=True)
-        except UpdateError as e:
-            log.warning("inventory not published: %s", e)
-
-    def inventory(self):
-        boot = self.boot.status()
-        slots = self.slots.load()["slots"]
-        device = self.cfg.device
-        return {
-            "device_id": device["id"], "model": device["model"],
-            "hardware_revision": device["hardware_revision"],
-            "group": device.get("group", ""), "site_type": device.get("site_type", ""),
-            "backend": boot["backend"], "booted": boot["booted"], "primary": boot["primary"],
-            "slots": dict((s, {"version": slots.get(s, {}).get("version"),
-                               "state": slots.get(s, {}).get("state"),
-                               "attempts_left": boot["slots"][s]["attempts_left"]})
-                          for s in boot["slots"]),
-            "last_job": self.history.last_job(), "rollbacks": self.history.rollbacks(),
-        }  # fmt: skip
+        self.reporter.inventory()
 
 
 class StatusProgress:

@@ -98,9 +98,7 @@ def main(argv=None):
             rig.device_id, lambda r: (r.get("last_job") or {}).get("result") == "RolledBack", 30
         )
         say("charging session on the rolled-back charger:")
-        from agent.charging import SocketStack
-
-        stack = SocketStack(os.path.join(rig.board.dir, "run", "stack.sock"))
+        stack = rig.stack()
         for cmd in ("authorize", "start", "meter", "meter", "stop"):
             say("  %-9s -> %s" % (cmd, json.dumps(stack.request(cmd, id_tag="DRIVER-42"))))
         say("inventory row:")

@@ -38,6 +38,7 @@ class VirtualRig:
         factory_version="1.0.0",
         on_status=None,
         link_rate=0,
+        agent_overrides=None,
     ):
         self.dir = os.path.abspath(workdir)
         self.device_id = device_id
@@ -45,6 +46,7 @@ class VirtualRig:
         self.watchdog_s = watchdog_s
         self.factory_version = factory_version
         self.on_status = on_status
+        self.agent_overrides = agent_overrides or {}  # {section: {key: value}} for agent.toml
         self.link_rate = link_rate  # bandwidth of the board's link to the image server
         self.broker = self.csms = self.images = self.backend = self.board = None
         self.network = self.console = None
@@ -92,14 +94,14 @@ class VirtualRig:
         )
 
     def agent_sections(self, board_dir, mqtt_port, ocpp_port):
-        return {
+        sections = {
             "device": {"id": self.device_id, "model": MODEL, "hardware_revision": HW,
                        "group": "pilot", "site_type": "public-ac"},
             "trust": {"root": self.kit.root_path},
             "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "prefix": "chargers",
                      "reconnect_max_s": 2.0},
             "ocpp": {"url": "ws://127.0.0.1:%d/ocpp" % ocpp_port},
-            "charging_stack": {"socket": "run/stack.sock"},
+            "charging_stack": {"socket": "run/stack.sock", "poll_s": 0.5},
             "system": {"reboot_command": [sys.executable, "-m", "charger_fw.reboot"],
                        "utc_offset_s": 0},
             "trial": {"window_s": self.trial_window_s,
@@ -107,6 +109,9 @@ class VirtualRig:
             "trial.alarms": {"observe_s": 3},
             "download": {"retries": 5, "backoff_s": 0.2, "backoff_max_s": 2.0, "timeout_s": 10},
         }  # fmt: skip
+        for name, table in self.agent_overrides.items():
+            sections.setdefault(name, {}).update(table)
+        return sections
 
     def close(self):
         parts = (
@@ -177,6 +182,12 @@ class VirtualRig:
 
     def inventory(self):
         return self.backend.inventory(self.device_id)
+
+    def stack(self):
+        """The board's charging stack, as a driver at the charger would use it."""
+        from agent.charging import SocketStack
+
+        return SocketStack(os.path.join(self.board.dir, "run", "stack.sock"))
 
     def console_text(self):
         """What the rig read from the board's serial line (pyserial on the pty)."""

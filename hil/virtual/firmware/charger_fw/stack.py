@@ -35,6 +35,9 @@ class ChargingStack:
                 return {"ok": False, "reason": "connector lock failed"}
             if self.session:
                 return {"ok": False, "reason": "session already active"}
+            if "faults-under-load" in self.defects and self.sessions_done >= 1 and not self._storm:
+                # Passes the trial's one self-test session, then trips under real use.
+                self._start_storm(threading.Event(), 0.05)
             self.session = {"id_tag": id_tag, "started": self.clock(), "energy_wh": 0}
             return {"ok": True}
 
@@ -70,6 +73,10 @@ class ChargingStack:
 
     def start_alarm_storm(self, stop_event, interval=0.05):
         """`alarm-storm` firmware: a ground-fault monitor that trips constantly."""
+        with self.lock:
+            self._start_storm(stop_event, interval)
+
+    def _start_storm(self, stop_event, interval):
 
         def storm():
             while not stop_event.wait(interval):

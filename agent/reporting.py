@@ -1,0 +1,67 @@
+"""What the charger tells its backend: statuses, health results, the inventory row.
+
+Invariant: publishing never raises into the daemon: a broker that is away only costs a log
+line (QoS 1 messages are queued by the channel and the retained inventory is republished
+after every change), and every status carries a sequence number that never repeats.
+"""
+
+import json
+import logging
+
+from agent import channel as ch
+from agent.core.errors import UpdateError
+
+log = logging.getLogger("charger-update")
+
+
+class Reporter:
+    def __init__(self, cfg, channel, boot, history, slots, clock):
+        self.cfg, self.channel, self.boot = cfg, channel, boot
+        self.history, self.slots, self.clock = history, slots, clock
+
+    def _publish(self, suffix, message, retain=False):
+        try:
+            self.channel.publish(suffix, message, retain=retain)
+        except UpdateError as e:
+            log.warning("%s not published (%s)", suffix, e)
+
+    def status(self, status, info):
+        message = dict(info)
+        message.update(status=status, seq=self.history.next_seq(), ts=int(self.clock()))
+        log.info("status %s %s", status, json.dumps(info, sort_keys=True, default=str))
+        self._publish(ch.STATUS, message)
+
+    def health(self, job_id, slot, phase, results, verdict):
+        """One message per trial or observation round (docs/mqtt-api.md, health)."""
+        checks = [{"name": n, "passed": bool(r[0]), "evidence": r[1]} for n, r in results.items()]
+        message = {
+            "job_id": job_id, "phase": phase, "verdict": verdict, "slot": slot,
+            "checks": checks, "ts": int(self.clock()),
+        }  # fmt: skip
+        self._publish(ch.HEALTH, message)
+
+    def inventory(self):
+        try:
+            row = self.inventory_row()
+        except UpdateError as e:
+            log.warning("inventory not built: %s", e)
+            return
+        self._publish(ch.INVENTORY, row, retain=True)
+
+    def inventory_row(self):
+        """The operator's update-matrix row for this charger."""
+        boot = self.boot.status()
+        slots = self.slots.load()["slots"]
+        device = self.cfg.device
+        return {
+            "device_id": device["id"], "model": device["model"],
+            "hardware_revision": device["hardware_revision"],
+            "group": device.get("group", ""), "site_type": device.get("site_type", ""),
+            "backend": boot["backend"], "booted": boot["booted"], "primary": boot["primary"],
+            "slots": dict((s, {"version": slots.get(s, {}).get("version"),
+                               "state": slots.get(s, {}).get("state"),
+                               "attempts_left": boot["slots"][s]["attempts_left"]})
+                          for s in boot["slots"]),
+            "last_job": self.history.last_job(), "rollbacks": self.history.rollbacks(),
+            "ts": int(self.clock()),
+        }  # fmt: skip

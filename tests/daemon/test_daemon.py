@@ -1,0 +1,83 @@
+"""Daemon behaviour on the control plane: duplicates, foreign and malformed jobs, sessions,
+cancels, and the observation period after a commit."""
+
+import json
+
+FINAL = ("Committed", "RolledBack", "InvalidSignature", "InstallationFailed", "DownloadFailed")
+T = 60
+
+
+def wait_reason(rig, reason, timeout=T):
+    return rig.backend.wait_status(rig.device_id, lambda s: s.get("reason") == reason, timeout)
+
+
+def test_duplicate_job_id_is_ignored(rig):
+    url = rig.release("1.1.0")
+    job = rig.push_job("1.1.0", url)
+    rig.wait_status(job["id"], "Committed", T)
+    count = len(rig.statuses(job["id"]))
+    rig.backend.publish_job(rig.device_id, job)  # replayed by the broker or an attacker
+    rig.backend.publish_job(rig.device_id, {"id": "marker", "url": "nope", "version": "1"})
+    wait_reason(rig, "malformed-job")  # the marker was handled, so the replay was too
+    assert len(rig.statuses(job["id"])) == count
+    assert rig.console_text().count("charger firmware 1.1.0") == 1  # installed once
+
+
+def test_job_for_another_model_is_rejected_with_reason(rig):
+    url = rig.release("1.1.0")
+    rig.push_job("1.1.0", url, models=["OTHER-DC150"])
+    status = wait_reason(rig, "wrong-model")
+    assert "OTHER-DC150" in status["detail"]
+    assert rig.inventory()["slots"]["B"]["attempts_left"] == 0
+
+
+def test_malformed_and_oversized_messages_do_not_stop_the_daemon(rig):
+    topic = rig.backend.channel.topic("update/job", rig.device_id)
+    rig.backend.channel.publish_raw(topic, b"{not json", qos=1)
+    wait_reason(rig, "malformed-job")
+    rig.backend.channel.publish_raw(topic, json.dumps({"pad": "x" * 70000}).encode(), qos=1)
+    rig.backend.wait_status(
+        rig.device_id, lambda s: "oversized" in str(s.get("detail")), T)  # fmt: skip
+    job = rig.push_job("1.1.0", rig.release("1.1.0"))
+    assert rig.wait_status(job["id"], FINAL, T)["status"] == "Committed"
+
+
+def test_install_waits_while_a_car_is_charging(rig):
+    stack = rig.stack()
+    assert stack.request("start", id_tag="DRIVER-1")["ok"]
+    job = rig.push_job("1.1.0", rig.release("1.1.0"))
+    deferred = rig.backend.wait_status(
+        rig.device_id,
+        lambda s: s.get("job_id") == job["id"] and s.get("reason") == "charging session active",
+        T,
+    )
+    assert deferred["status"] == "InstallScheduled"
+    assert "Installing" not in [s["status"] for s in rig.statuses(job["id"])]
+    assert stack.request("stop")["ok"]
+    assert rig.wait_status(job["id"], FINAL, T)["status"] == "Committed"
+
+
+def test_job_cancelled_before_install(rig):
+    job = rig.push_job("1.1.0", rig.release("1.1.0"), not_before="2099-01-01T00:00:00Z")
+    rig.wait_status(job["id"], "DownloadScheduled", T)
+    rig.backend.cancel_job(rig.device_id, job["id"])
+    status = rig.wait_status(job["id"], "Idle", T)
+    assert status["reason"] == "cancelled"
+    assert rig.inventory()["booted"] == "A"
+
+
+def test_regression_in_observation_period_rolls_back(make_rig):
+    rig = make_rig(agent_overrides={
+        "observation": {"days": 1, "policy": "rollback", "interval_s": 1},
+    })  # fmt: skip
+    job = rig.push_job("1.1.0", rig.release("1.1.0", defects=("faults-under-load",)))
+    assert rig.wait_status(job["id"], FINAL, T)["status"] == "Committed"
+    stack = rig.stack()
+    assert stack.request("start", id_tag="DRIVER-7")["ok"]  # first real session: it trips
+    stack.request("stop")
+    final = rig.backend.wait_status(
+        rig.device_id, lambda s: s.get("job_id") == job["id"] and s["status"] == "RolledBack", T
+    )
+    assert final["reason"] == "regression"
+    row = rig.backend.wait_inventory(rig.device_id, lambda r: r["booted"] == "A", T)
+    assert row["slots"]["B"]["attempts_left"] == 0
