@@ -199,14 +199,7 @@ class Daemon:
 
     def do_report(self, status, info):
         self.report(status, info)
-        if status in (
-            "Committed",
-            "RolledBack",
-            "InvalidSignature",
-            "InstallationFailed",
-            "InstallVerificationFailed",
-            "DownloadFailed",
-        ):
+        if status in lc.FINAL_STATUSES:
             self.history.record_result(info.get("job_id"), status, info)
             self.publish_inventory()
 

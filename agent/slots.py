@@ -206,13 +206,7 @@ def write_payload(read, payload, target, chunk_size=1 << 20, progress=None, read
     if not isinstance(target, SlotTarget):
         target = SlotTarget(target)
     check_space(target, payload.installed_size)
-    chunks = _checked(prefetch(_read_exactly(read, payload, chunk_size)), payload, progress)
-    if payload.compression == "gzip":
-        chunks = _inflate(chunks, payload, chunk_size)
-    elif payload.compression != "none":
-        raise PayloadMismatch(
-            "payload %s has unknown compression %r" % (payload.name, payload.compression)
-        )
+    chunks = installed_chunks(read, payload, chunk_size, progress)
     writer = target.open_writer()
     behind = _ReadBehind(target, payload, chunk_size) if readback else None
     try:
@@ -236,6 +230,22 @@ def write_payload(read, payload, target, chunk_size=1 << 20, progress=None, read
         writer.close()
     if behind is not None:
         behind.finish()
+
+
+def installed_chunks(read, payload, chunk_size=1 << 20, progress=None, threaded=True):
+    """The payload's installed bytes, chunk by chunk: exactly payload.size stored bytes are
+    pulled through read(n) (in a reader thread when `threaded`), their sha256 is checked
+    against the manifest after the last one (PayloadMismatch), and gzip is inflated within
+    installed_size. The caller checks the installed length/sha256 of what it consumed."""
+    stored = _read_exactly(read, payload, chunk_size)
+    chunks = _checked(prefetch(stored) if threaded else stored, payload, progress)
+    if payload.compression == "gzip":
+        return _inflate(chunks, payload, chunk_size)
+    if payload.compression != "none":
+        raise PayloadMismatch(
+            "payload %s has unknown compression %r" % (payload.name, payload.compression)
+        )
+    return chunks
 
 
 def _read_exactly(read, payload, chunk_size):

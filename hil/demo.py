@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 
+from agent.core.lifecycle import FINAL_STATUSES
 from hil.report import Report
 from hil.virtual.rig import VirtualRig
 
@@ -48,7 +49,7 @@ def journey(rig, report, version, defects, expect, timeout):
     say("job %s pushed: %s" % (job["id"], url))
     final = rig.wait_status(
         job["id"],
-        ("Committed", "RolledBack", "InvalidSignature", "InstallationFailed", "DownloadFailed"),
+        FINAL_STATUSES,
         timeout,
     )
     report.scenario("update to %s" % version, rig, job["id"], expect, final)
@@ -91,7 +92,8 @@ def main(argv=None):
         )
         rig.power_on()
         rig.wait_online(30)
-        say("charger online")
+        say("charger online; relay, console and EV simulator driven over pyserial")
+        say("EV simulator: %s" % (rig.evsim.status(),))
         journey(rig, report, "1.1.0", (), "Committed", args.timeout)
         journey(rig, report, "1.2.0", ("refuse-session",), "RolledBack", args.timeout)
         row = rig.backend.wait_inventory(

@@ -7,12 +7,12 @@ at the first payload byte. verify_file() additionally checks every payload's len
 """
 
 import hashlib
-import zlib
 
 from agent.bundle import format as fmt
 from agent.core.envelope import MANIFEST_TYPE, parse_envelope
 from agent.core.errors import MalformedBundle, PayloadMismatch, Truncated
 from agent.core.manifest import parse_manifest
+from agent.slots import installed_chunks
 
 CHUNK = 1 << 20
 
@@ -51,73 +51,22 @@ def open_bundle(read_fn, trust=None, now=None, device=None, installed_security_v
     return parse_manifest(envelope.payload), envelope
 
 
-class _Inflater:
-    """Streaming gunzip bounded by the size the signed manifest promises (zip-bomb proof)."""
-
-    def __init__(self, payload):
-        self.payload = payload
-        self.z = zlib.decompressobj(wbits=31)
-        self.h = hashlib.sha256()
-        self.size = 0
-
-    def _take(self, data):
-        self.size += len(data)
-        if self.size > self.payload.installed_size:
-            raise PayloadMismatch(
-                "payload %s inflates beyond its installed_size" % self.payload.name
-            )
-        self.h.update(data)
-
-    def feed(self, block):
-        try:
-            data = self.z.decompress(block, CHUNK)
-            self._take(data)
-            while self.z.unconsumed_tail:
-                self._take(self.z.decompress(self.z.unconsumed_tail, CHUNK))
-        except zlib.error as e:
-            raise PayloadMismatch(
-                "payload %s is not valid gzip: %s" % (self.payload.name, e)
-            ) from None
-
-    def finish(self):
-        self._take(self.z.flush())
-        p = self.payload
-        if (
-            not self.z.eof
-            or self.size != p.installed_size
-            or self.h.hexdigest() != p.installed_sha256
-        ):
-            raise PayloadMismatch(
-                "payload %s does not inflate to its signed installed size/sha256" % p.name
-            )
-
-
 def check_payload(read_fn, payload, chunk_size=CHUNK):
-    """Consume exactly payload.size bytes and check them against the manifest."""
-    h = hashlib.sha256()
-    inflater = _Inflater(payload) if payload.compression == "gzip" else None
-    left = payload.size
-    while left:
-        block = read_fn(min(left, chunk_size))
-        if not block:
-            raise Truncated(
-                "bundle ends inside payload %s: %d of %d bytes"
-                % (payload.name, payload.size - left, payload.size),
-                hint="the file is incomplete; download it again",
-            )
-        block = block[:left]
-        left -= len(block)
-        h.update(block)
-        if inflater:
-            inflater.feed(block)
-    if h.hexdigest() != payload.sha256:
+    """Consume exactly payload.size bytes and check them against the manifest: the stored
+    sha256 and, for gzip, the installed size and sha256 (the same stream checks as a slot
+    write, agent/slots.py, without writing anything)."""
+    digest = hashlib.sha256()
+    size = 0
+    for data in installed_chunks(read_fn, payload, chunk_size, threaded=False):
+        size += len(data)
+        if payload.compression != "none":
+            digest.update(data)
+    if payload.compression != "none" and (
+        size != payload.installed_size or digest.hexdigest() != payload.installed_sha256
+    ):
         raise PayloadMismatch(
-            "payload %s sha256 %s does not match the signed %s"
-            % (payload.name, h.hexdigest()[:16], payload.sha256[:16]),
-            hint="the bundle was altered or damaged",
+            "payload %s does not inflate to its signed installed size/sha256" % payload.name
         )
-    if inflater:
-        inflater.finish()
 
 
 def verify_file(path, trust, device=None, installed_security_version=None, now=None):

@@ -188,6 +188,16 @@ STATUS = (
 )
 # fmt: on
 
+# What a journey's last status can be (a cancelled one ends as Idle with reason "cancelled").
+FINAL_STATUSES = (
+    "Committed",
+    "RolledBack",
+    "InvalidSignature",
+    "InstallationFailed",
+    "InstallVerificationFailed",
+    "DownloadFailed",
+)
+
 # The retry path of a download reports DownloadPaused rather than DownloadScheduled.
 DOWNLOAD_PAUSED = "DownloadPaused"
 

@@ -7,17 +7,11 @@ statuses or console lines, each with a timeout; nothing sleeps.
 
 import pytest
 
+from agent.core.lifecycle import FINAL_STATUSES
 from bootloader_iface.uboot_env import encode_copy
 from hil.virtual import layout
 
-FINAL = (
-    "Committed",
-    "RolledBack",
-    "InvalidSignature",
-    "InstallationFailed",
-    "InstallVerificationFailed",
-    "DownloadFailed",
-)
+FINAL = FINAL_STATUSES
 T = 60  # seconds per journey; a healthy one takes about 5 on the virtual board
 
 

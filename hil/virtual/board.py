@@ -10,7 +10,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import tty
+
+from hil.drivers.sim_devices import EvSimDevice, RelaySim
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,6 +25,14 @@ class VirtualBoard:
         tty.setraw(self.slave)
         self.console_path = os.ttyname(self.slave)
         self.proc = None
+        self.switched = threading.Condition()
+        self.switches = 0  # power changes applied through the relay
+        ev_dir = os.path.join(self.dir, "ev")
+        os.makedirs(ev_dir, exist_ok=True)
+        # The bench hardware around the board, simulated on ptys: the rig drives them with
+        # the same pyserial drivers as on a real bench (hil/drivers).
+        self.relay = RelaySim(channels=1, on_change=self.power_input)
+        self.ev = BoardEvSim(os.path.join(ev_dir, "cp"))
 
     @property
     def is_on(self):
@@ -55,12 +66,21 @@ class VirtualBoard:
         self.proc.wait()
         self.proc = None
 
+    def power_input(self, channel, on):
+        """Wired to the relay simulator: the supply line of the board."""
+        (self.power_on if on else self.power_off)()
+        with self.switched:
+            self.switches += 1
+            self.switched.notify_all()
+
     def power_cycle(self):
         self.power_off()
         self.power_on()
 
     def close(self):
         self.power_off()
+        self.relay.close()
+        self.ev.close()
         for fd in (self.master, self.slave):
             try:
                 os.close(fd)
@@ -72,3 +92,23 @@ class VirtualBoard:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class BoardEvSim(EvSimDevice):
+    """The EV simulator on the board's control-pilot line: the CP state the rig sets is what
+    the charging stack measures (a file standing in for the pilot voltage)."""
+
+    def __init__(self, cp_path):
+        self.cp_path = cp_path
+        EvSimDevice.__init__(self)
+        self._write("A")
+
+    def _write(self, state):
+        with open(self.cp_path + ".tmp", "w") as f:
+            f.write(state)
+        os.replace(self.cp_path + ".tmp", self.cp_path)
+
+    def _publish(self, event):
+        if event[0] == "cp":
+            self._write(event[1])
+        EvSimDevice._publish(self, event)

@@ -16,6 +16,8 @@ from agent import crypto
 from agent.backend_sim import BackendSim
 from agent.slotstate import SlotState
 from hil.drivers.console import Console
+from hil.drivers.evsim import EvSim
+from hil.drivers.power import LcusRelay
 from hil.release import ReleaseKit
 from hil.services.csms import Csms
 from hil.services.faultproxy import FaultProxy
@@ -49,7 +51,7 @@ class VirtualRig:
         self.agent_overrides = agent_overrides or {}  # {section: {key: value}} for agent.toml
         self.link_rate = link_rate  # bandwidth of the board's link to the image server
         self.broker = self.csms = self.images = self.backend = self.board = None
-        self.network = self.console = None
+        self.network = self.console = self.power = self.evsim = None
         self.kit = None
         self.jobs = 0
 
@@ -89,6 +91,10 @@ class VirtualRig:
         )
         SlotState(os.path.join(board_dir, "data")).set_good("A", self.factory_version, 1)
         self.board = VirtualBoard(board_dir)
+        # Driven through the bench drivers, exactly as a real bench is (docs/hil.md).
+        self.power = LcusRelay(self.board.relay.port, channel=1)
+        self.evsim = EvSim(self.board.ev.port)
+        self.evsim.set_cp("B")  # a test vehicle is plugged in for the trial's session check
         self.console = Console(
             self.board.console_path, log_path=os.path.join(self.dir, "console.log")
         )
@@ -115,6 +121,8 @@ class VirtualRig:
 
     def close(self):
         parts = (
+            self.power,
+            self.evsim,
             self.board,
             self.console,
             self.backend,
@@ -139,11 +147,22 @@ class VirtualRig:
 
     # -- what scenarios do ----------------------------------------------------------------------
 
+    def _switch(self, on, timeout=10.0):
+        """Flip the relay and wait until the board's supply really changed."""
+        with self.board.switched:
+            before = self.board.switches
+        (self.power.on if on else self.power.off)()
+        with self.board.switched:
+            if not self.board.switched.wait_for(lambda: self.board.switches > before, timeout):
+                raise TimeoutError(
+                    "the relay did not switch the board %s" % ("on" if on else "off")
+                )
+
     def power_on(self):
-        self.board.power_on()
+        self._switch(True)
 
     def power_cut(self):
-        self.board.power_off()
+        self._switch(False)
 
     def release(
         self, version, defects=(), security_version=1, signed_by_stranger=False, pad_bytes=0

@@ -216,7 +216,7 @@ def test_gzip_bomb_bounded_by_signed_installed_size(tmp_path):
     doc["payloads"][0]["installed_size"] = 1000  # signer claims less than it inflates to
     forged = json.dumps(doc).encode()
     rewrite(bundle, sign_envelope(MANIFEST_TYPE, forged, [factory.default_keys()[1]]), payloads)
-    with pytest.raises(PayloadMismatch, match="installed_size"):
+    with pytest.raises(PayloadMismatch, match="installed size"):
         check(bundle, root)
 
 

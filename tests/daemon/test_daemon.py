@@ -3,7 +3,8 @@ cancels, and the observation period after a commit."""
 
 import json
 
-FINAL = ("Committed", "RolledBack", "InvalidSignature", "InstallationFailed", "DownloadFailed")
+from agent.core.lifecycle import FINAL_STATUSES as FINAL
+
 T = 60
 
 

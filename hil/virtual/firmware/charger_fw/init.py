@@ -41,7 +41,7 @@ def main():
     with open(os.path.join(run, "init.pid"), "w") as f:
         f.write(str(os.getpid()))
     stop = threading.Event()
-    stack = stack_mod.ChargingStack(defects)
+    stack = stack_mod.ChargingStack(defects, pilot_path=os.path.join(board, "ev", "cp"))
     stack_mod.serve(stack, os.path.join(run, "stack.sock"))
     if "alarm-storm" in defects:
         stack.start_alarm_storm(stop)

@@ -14,8 +14,9 @@ import time
 
 
 class ChargingStack:
-    def __init__(self, defects=(), clock=time.time):
+    def __init__(self, defects=(), clock=time.time, pilot_path=None):
         self.defects = set(defects)
+        self.pilot_path = pilot_path  # the CP state the EV (simulator) presents
         self.clock = clock
         self.lock = threading.Lock()
         self.session = None  # {"id_tag", "started", "energy_wh"} while a session runs
@@ -35,11 +36,24 @@ class ChargingStack:
                 return {"ok": False, "reason": "connector lock failed"}
             if self.session:
                 return {"ok": False, "reason": "session already active"}
+            cp = self.pilot()
+            if cp not in ("B", "C", "D"):
+                return {"ok": False, "reason": "no vehicle connected (CP state %s)" % cp}
             if "faults-under-load" in self.defects and self.sessions_done >= 1 and not self._storm:
                 # Passes the trial's one self-test session, then trips under real use.
                 self._start_storm(threading.Event(), 0.05)
             self.session = {"id_tag": id_tag, "started": self.clock(), "energy_wh": 0}
             return {"ok": True}
+
+    def pilot(self):
+        """IEC 61851 CP state measured on the pilot line (B, C, D: a vehicle is connected)."""
+        if not self.pilot_path:
+            return "B"
+        try:
+            with open(self.pilot_path) as f:
+                return f.read().strip() or "A"
+        except OSError:
+            return "A"
 
     def meter(self):
         """Advance the meter one step (energy flows while a session is active)."""
@@ -62,6 +76,7 @@ class ChargingStack:
             return {
                 "ok": True,
                 "session_active": self.session is not None,
+                "cp": self.pilot(),
                 "sessions_done": self.sessions_done,
                 "alarms": list(self.alarms[-200:]),
             }
