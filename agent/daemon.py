@@ -102,6 +102,11 @@ class Daemon:
             log.error("%s", self.journal.problem[0])
         booted = self.boot.booted_slot()
         log.info("booted slot %s; journal state %s", booted, self.journey.state)
+        data = self.journey.data
+        if self.journey.state == lc.TRIAL and booted == data.get("new_slot"):
+            # Same boot, trial still running: the agent itself died and was restarted.
+            data["agent_restarts"] = data.get("agent_restarts", 0) + 1
+            self.journal.save(self.journey)
         self.execute(self.journey.resume(booted, self.clock())[1])
         if self._healthy_boot(booted):
             # The boot script counts every boot down (RAUC style): refill the good slot's
@@ -320,6 +325,7 @@ class Daemon:
             self.clock,
             data.get("trial_started_at"),
             self._wait,
+            data.get("agent_restarts", 0),
         )
         results = {}
         for check in load_checks(self.policy.required_checks):

@@ -27,7 +27,7 @@ class CheckFailed(Exception):
 class TrialContext:
     """What checks may use: cfg (agent Config), channel, stack, baseline, clock, wait."""
 
-    def __init__(self, cfg, channel, stack, baseline, clock, trial_started_at, wait):
+    def __init__(self, cfg, channel, stack, baseline, clock, trial_started_at, wait, restarts=0):
         self.cfg = cfg
         self.channel = channel
         self.stack = stack
@@ -36,6 +36,8 @@ class TrialContext:
         self.trial_started_at = trial_started_at
         # wait(seconds) -> False when the daemon is stopping; checks never call time.sleep.
         self.wait = wait
+        # How often the agent itself was restarted during this trial (a crash loop signal).
+        self.restarts = restarts
 
     def options(self, name):
         """The [trial.<name>] table of the config."""

@@ -1,8 +1,9 @@
 """Alarm profile: after an observation interval, no fault code the pre-update baseline did not
-have and no fault rate above it (agent.core.trial.compare decides)."""
+have, no fault rate above it (agent.core.trial.compare decides), and no crash loop of the
+agent itself (agent.core.trial.crash_loop)."""
 
 from agent.checks import CheckFailed
-from agent.core.trial import compare
+from agent.core.trial import compare, crash_loop
 
 
 def profile(alarms, since, until):
@@ -18,6 +19,9 @@ class Alarms:
 
     def run(self, ctx):
         opts = ctx.options("alarms")
+        loop = crash_loop(1, ctx.restarts, max_restarts=int(opts.get("max_restarts", 2)))
+        if loop:
+            raise CheckFailed(loop, {"agent_restarts": ctx.restarts})
         observe_s = float(opts.get("observe_s", 5))
         start = ctx.clock()
         if not ctx.wait(observe_s):

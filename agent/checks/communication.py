@@ -30,8 +30,10 @@ class Communication:
             from agent.ocpp_probe import probe
 
             cp_id = ocpp.get("charge_point_id", ctx.cfg.device["id"])
+            station = {"model": ctx.cfg.device["model"],
+                       "vendor_name": ctx.cfg.device.get("vendor", "unknown")}  # fmt: skip
             evidence["ocpp"] = retry(
-                ctx, deadline, "OCPP CSMS", lambda: probe(ocpp["url"], cp_id, timeout)
+                ctx, deadline, "OCPP CSMS", lambda: probe(ocpp["url"], cp_id, timeout, **station)
             )
         return evidence
 

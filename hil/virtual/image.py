@@ -10,11 +10,14 @@ import io
 import os
 import tarfile
 
+import tomli_w
+
 from hil.virtual.board import REPO
 
 DEFECTS = (
     "crash-on-boot", "no-backend", "refuse-session", "alarm-storm", "hang-agent",
     "faults-under-load",  # passes the trial, then trips on the next real sessions
+    "agent-crash-loop",  # the shipped agent dies a moment after every start
 )  # fmt: skip
 PACKAGES = (
     ("agent", os.path.join(REPO, "agent")),
@@ -43,10 +46,7 @@ def build_image(out_path, version, defects=(), pad_bytes=0):
     unknown = [d for d in defects if d not in DEFECTS]
     if unknown:
         raise ValueError("unknown firmware defect(s) %s; known: %s" % (unknown, ", ".join(DEFECTS)))
-    manifest = 'version = "%s"\ndefects = [%s]\n' % (
-        version,
-        ", ".join('"%s"' % d for d in defects),
-    )
+    manifest = tomli_w.dumps({"version": version, "defects": list(defects)})
     with tarfile.open(out_path, "w", format=tarfile.PAX_FORMAT) as tar:
         data = manifest.encode()
         info = tarfile.TarInfo("firmware.toml")

@@ -14,6 +14,8 @@ Invariant: everything a power cut must not lose is under flash/ or data/; run/ i
 import os
 import shutil
 
+import tomli_w
+
 try:
     import tomllib
 except ImportError:  # Python < 3.11
@@ -54,26 +56,6 @@ def bootloader_select(board):
         return None
 
 
-def toml_value(value):
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[%s]" % ", ".join(toml_value(v) for v in value)
-    return '"%s"' % str(value).replace("\\", "\\\\").replace('"', '\\"')
-
-
-def dump_toml(tables):
-    """A tiny TOML writer for our own flat tables ({"section": {key: value}})."""
-    lines = []
-    for name, table in tables.items():
-        lines.append("[%s]" % name)
-        lines.extend("%s = %s" % (k, toml_value(v)) for k, v in table.items())
-        lines.append("")
-    return "\n".join(lines)
-
-
 def create(board, agent_sections, routes, factory_image, watchdog=10.0):
     """A factory-fresh board: slot A holds `factory_image` and is good, slot B is empty."""
     if os.path.exists(board):
@@ -90,8 +72,7 @@ def create(board, agent_sections, routes, factory_image, watchdog=10.0):
     env = dict(BASE_ENV, BOOT_ORDER="A B", BOOT_A_LEFT="3", BOOT_B_LEFT="0")
     boot_env(board).format(env)
     sections = {
-        "slots.A": {"rootfs": "flash/slotA.img"},
-        "slots.B": {"rootfs": "flash/slotB.img"},
+        "slots": {"A": {"rootfs": "flash/slotA.img"}, "B": {"rootfs": "flash/slotB.img"}},
         "bootloader": {
             "backend": "uboot-rauc",
             "fw_env_config": "fw_env.config",
@@ -100,15 +81,10 @@ def create(board, agent_sections, routes, factory_image, watchdog=10.0):
         "state": {"dir": "data"},
     }
     sections.update(agent_sections)
-    with open(os.path.join(board, "agent.toml"), "w") as f:
-        f.write(dump_toml(sections))
-    with open(os.path.join(board, "board.toml"), "w") as f:
-        f.write(dump_toml({"board": {"watchdog_s": watchdog}}).replace("[board]\n", ""))
-    with open(os.path.join(board, "uplink.toml"), "w") as f:
-        f.write(
-            "\n".join(
-                "[[route]]\nlocal_port = %d\nhost = %s\nport = %d\n"
-                % (r["local_port"], toml_value(r["host"]), r["port"])
-                for r in routes
-            )
-        )
+    for name, data in (
+        ("agent.toml", sections),
+        ("board.toml", {"watchdog_s": watchdog}),
+        ("uplink.toml", {"route": routes}),
+    ):
+        with open(os.path.join(board, name), "w") as f:
+            f.write(tomli_w.dumps(data))

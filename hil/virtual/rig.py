@@ -22,7 +22,7 @@ from hil.release import ReleaseKit
 from hil.services.csms import Csms
 from hil.services.faultproxy import FaultProxy
 from hil.services.httpserver import FileServer
-from hil.services.mosquitto import Mosquitto, free_port
+from hil.services.mosquitto import BACKEND_IDENTITY, Mosquitto, Pki, free_port
 from hil.virtual import layout
 from hil.virtual.board import VirtualBoard
 
@@ -41,6 +41,7 @@ class VirtualRig:
         on_status=None,
         link_rate=0,
         agent_overrides=None,
+        tls=False,
     ):
         self.dir = os.path.abspath(workdir)
         self.device_id = device_id
@@ -50,6 +51,8 @@ class VirtualRig:
         self.on_status = on_status
         self.agent_overrides = agent_overrides or {}  # {section: {key: value}} for agent.toml
         self.link_rate = link_rate  # bandwidth of the board's link to the image server
+        self.pki = None
+        self.tls = tls  # broker with TLS client certificates and a per-device ACL
         self.broker = self.csms = self.images = self.backend = self.board = None
         self.network = self.console = self.power = self.evsim = None
         self.kit = None
@@ -66,7 +69,9 @@ class VirtualRig:
         return self
 
     def _start(self):
-        self.broker = Mosquitto(os.path.join(self.dir, "broker")).start()
+        if self.tls:
+            self.pki = Pki(os.path.join(self.dir, "pki"))
+        self.broker = Mosquitto(os.path.join(self.dir, "broker"), pki=self.pki).start()
         self.csms = Csms().start()
         self.images = FileServer({}).start()
         # Downloads cross a fault proxy: the scenarios drop the link through it.
@@ -76,6 +81,8 @@ class VirtualRig:
         self.kit = ReleaseKit(os.path.join(self.dir, "releases"), MODEL, HW)
         # A backend that reconnects quickly, as a production broker cluster would appear.
         settings = self.broker.settings(reconnect_max_s=1.0)
+        if self.pki:
+            settings["tls"] = self.pki.tls_settings(BACKEND_IDENTITY)
         self.backend = BackendSim(settings, on_status=self.on_status).start()
         board_dir = os.path.join(self.dir, "board")
         mqtt_port, ocpp_port = free_port(), free_port()
@@ -111,10 +118,12 @@ class VirtualRig:
             "system": {"reboot_command": [sys.executable, "-m", "charger_fw.reboot"],
                        "utc_offset_s": 0},
             "trial": {"window_s": self.trial_window_s,
-                      "checks": ["communication", "charging-session", "alarms"]},
-            "trial.alarms": {"observe_s": 3},
+                      "checks": ["communication", "charging-session", "alarms"],
+                      "alarms": {"observe_s": 3}},
             "download": {"retries": 5, "backoff_s": 0.2, "backoff_max_s": 2.0, "timeout_s": 10},
         }  # fmt: skip
+        if self.pki:
+            sections["mqtt"]["tls"] = self.pki.tls_settings(self.device_id)
         for name, table in self.agent_overrides.items():
             sections.setdefault(name, {}).update(table)
         return sections

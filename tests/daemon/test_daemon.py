@@ -82,3 +82,21 @@ def test_regression_in_observation_period_rolls_back(make_rig):
     assert final["reason"] == "regression"
     row = rig.backend.wait_inventory(rig.device_id, lambda r: r["booted"] == "A", T)
     assert row["slots"]["B"]["attempts_left"] == 0
+
+
+def test_update_over_tls_with_client_certificates(make_rig):
+    """The whole journey through a broker that requires client certificates and enforces
+    the per-device ACL (each charger only under chargers/<its CN>/...)."""
+    rig = make_rig(tls=True)
+    job = rig.push_job("1.1.0", rig.release("1.1.0"))
+    assert rig.wait_status(job["id"], FINAL, T)["status"] == "Committed"
+    assert "require_certificate true" in open(rig.broker.config_path).read()
+
+
+def test_agent_crash_loop_during_trial_rolls_back(rig):
+    job = rig.push_job("1.1.0", rig.release("1.1.0", defects=("agent-crash-loop",)))
+    final = rig.wait_status(job["id"], FINAL, T)
+    assert final["status"] == "RolledBack", final
+    assert final["check"] == "alarms"
+    assert "restarted" in final["evidence"]["problem"]
+    assert rig.backend.wait_inventory(rig.device_id, lambda r: r["booted"] == "A", T)

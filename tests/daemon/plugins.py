@@ -1,0 +1,11 @@
+"""An OEM's own trial check, as docs/agent.md shows it (loaded by name in test_checks.py)."""
+
+from agent.checks import CheckFailed
+
+
+class ContactorSelfTest:
+    def run(self, ctx):
+        reply = ctx.stack.request("contactor_test")
+        if not reply.get("closed"):
+            raise CheckFailed("contactor did not close", reply)
+        return reply
