@@ -76,9 +76,15 @@ class Daemon:
         self.channel.subscribe(ch.CANCEL, lambda t, p: self.events.put(("cancel", p)))
         self.channel.start()
         self.resume()
-        self.publish_inventory()
+        seen_connections = -1
         while not self.stopping.is_set():
             self.system.pet()
+            connections = getattr(self.channel, "connections", 0)
+            if connections != seen_connections:
+                # Retained, but a broker restarted without persistence has lost it: every
+                # (re)connect publishes the row again.
+                seen_connections = connections
+                self.publish_inventory()
             try:
                 item = self.events.get(timeout=self._timeout())
             except queue.Empty:

@@ -13,17 +13,23 @@ from agent import crypto
 from agent.bundle.writer import PayloadSource, create_bundle, sign_envelope
 from agent.commands.root import root_fields
 from agent.core.envelope import ROOT_TYPE
-from hil.virtual.image import build_image
 
 DAY = 86400
 
 
 class ReleaseKit:
-    def __init__(self, workdir, model, hardware_revision):
+    """release_key: sign with this key (a bench whose board already trusts its root);
+    without it a fresh root and release key are made and the root is written to DIR."""
+
+    def __init__(self, workdir, model, hardware_revision, release_key=None):
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.model = model
         self.hardware_revision = hardware_revision
+        self.root_path = None
+        if release_key is not None:
+            self.release_key = release_key
+            return
         self.root_key = crypto.generate("ed25519")
         self.release_key = crypto.generate("ecdsa-p256")
         self.root_path = os.path.join(workdir, "root.json")
@@ -34,13 +40,8 @@ class ReleaseKit:
         with open(self.root_path, "wb") as f:
             f.write(sign_envelope(ROOT_TYPE, raw, [self.root_key]).encode())
 
-    def image(self, version, defects=(), pad_bytes=0):
-        path = os.path.join(self.dir, "firmware-%s.tar" % version)
-        return build_image(path, version, defects, pad_bytes)
-
-    def bundle(self, version, defects=(), security_version=1, keys=None, name=None, pad_bytes=0):
-        """Sign firmware `version` (with `defects`) into DIR/NAME; returns the path."""
-        image = self.image(version, defects, pad_bytes)
+    def bundle_image(self, image, version, security_version=1, keys=None, name=None):
+        """Sign any board's firmware image file into DIR/NAME; returns the path."""
         out = os.path.join(self.dir, name or "charger-%s.cub" % version)
         create_bundle(
             out,

@@ -46,24 +46,26 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture
 def rig(request, tmp_path, hil_report):
     description = rig_mod.load(request.config.getoption("--rig"))
-    if description.board.kind != "virtual":
-        pytest.skip(
-            "rig kind %r: scenarios need a board that runs the agent; the bench "
-            "adapter is described in docs/hil.md" % description.board.kind
-        )
-    from hil.virtual.rig import VirtualRig
-
+    link_rate = getattr(request, "param", 0)
     started = time.monotonic()
-    r = VirtualRig(
-        str(tmp_path / "rig"),
-        watchdog_s=4.0,
-        trial_window_s=30,
-        link_rate=getattr(request, "param", 0),
-    ).start()
-    r.scenario = {"job": None, "expect": None, "final": None}
+    if description.board.kind == "virtual":
+        from hil.virtual.rig import VirtualRig
+
+        r = VirtualRig(str(tmp_path / "rig"), watchdog_s=4.0, trial_window_s=30,
+                       link_rate=link_rate)  # fmt: skip
+    elif description.board.kind == "bench":
+        from hil.bench import BenchRig
+
+        r = BenchRig(description, str(tmp_path / "rig"), link_rate=link_rate)
+    else:
+        pytest.skip(
+            "rig kind %r does not run the agent; the QEMU rig has its own tests "
+            "(tests/hil_qemu, tests/bootloader)" % description.board.kind
+        )
+    r.start()
     try:
         r.power_on()
-        r.wait_online(30)
+        r.start_row = r.wait_online(60)
         yield r
     finally:
         rep = getattr(request.node, "hil_call", None)

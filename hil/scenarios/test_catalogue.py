@@ -2,14 +2,16 @@
 
 Each test runs on any rig (`--rig`): it pushes a real signed release as an MQTT job and
 watches the statuses the charger reports, as an operator would. Waits are on reported
-statuses or console lines, each with a timeout; nothing sleeps.
+statuses or console lines, each with a timeout; nothing sleeps. Slots are named relative to
+the one booted when the scenario starts (`rig.start_row`), since a bench board is not reset
+between scenarios.
 """
+
+import re
 
 import pytest
 
 from agent.core.lifecycle import FINAL_STATUSES
-from bootloader_iface.uboot_env import encode_copy
-from hil.virtual import layout
 
 FINAL = FINAL_STATUSES
 T = 60  # seconds per journey; a healthy one takes about 5 on the virtual board
@@ -25,6 +27,16 @@ def update(rig, version, expect, **release):
     return job, final
 
 
+def slots(rig):
+    """(the slot booted at the start, the slot an update goes to)."""
+    old = rig.start_row["booted"]
+    return old, [s for s in rig.start_row["slots"] if s != old][0]
+
+
+def boots(rig):
+    return len(re.findall(rig.boot_banner, rig.console_text()))
+
+
 def settled_row(rig, job_id):
     return rig.backend.wait_inventory(
         rig.device_id, lambda r: (r.get("last_job") or {}).get("id") == job_id, T
@@ -32,10 +44,11 @@ def settled_row(rig, job_id):
 
 
 def test_good_update_commits(rig):
+    old, new = slots(rig)
     job, _ = update(rig, "1.1.0", "Committed")
     row = settled_row(rig, job["id"])
-    assert row["booted"] == row["primary"] == "B"
-    assert row["slots"]["B"]["version"] == "1.1.0"
+    assert row["booted"] == row["primary"] == new
+    assert row["slots"][new]["version"] == "1.1.0"
     names = [s["status"] for s in rig.statuses(job["id"])]
     for expected in (
         "Downloading",
@@ -50,20 +63,22 @@ def test_good_update_commits(rig):
 
 
 def test_bad_signature_refused_with_board_untouched(rig):
+    old, new = slots(rig)
+    boots_before = boots(rig)
     job, final = update(rig, "6.6.6", "InvalidSignature", signed_by_stranger=True)
     assert final["reason"] in ("unknown-key", "bad-signature")
     row = settled_row(rig, job["id"])
-    assert row["booted"] == row["primary"] == "A"
-    assert row["slots"]["B"]["attempts_left"] == 0
+    assert row["booted"] == row["primary"] == old
+    assert row["slots"][new]["attempts_left"] == 0
     assert "Installing" not in [s["status"] for s in rig.statuses(job["id"])]
-    assert rig.console_text().count("booting slot") == 1  # never rebooted
+    assert boots(rig) == boots_before  # never rebooted
 
 
 def test_crash_looping_firmware_falls_back_by_boot_counting(rig):
+    old, _ = slots(rig)
     job, final = update(rig, "1.1.0", "RolledBack", defects=("crash-on-boot",))
     assert "never came up" in final["reason"]
-    assert "panic" in rig.console_text()
-    assert settled_row(rig, job["id"])["booted"] == "A"
+    assert settled_row(rig, job["id"])["booted"] == old
 
 
 @pytest.mark.parametrize(
@@ -75,21 +90,24 @@ def test_crash_looping_firmware_falls_back_by_boot_counting(rig):
     ],
 )
 def test_broken_path_rolls_back(rig, defect, check):
+    old, new = slots(rig)
     job, final = update(rig, "1.1.0", "RolledBack", defects=(defect,))
     assert final["check"] == check, final
     row = settled_row(rig, job["id"])
-    assert row["booted"] == row["primary"] == "A"
-    assert row["slots"]["B"]["attempts_left"] == 0
+    assert row["booted"] == row["primary"] == old
+    assert row["slots"][new]["attempts_left"] == 0
 
 
 def test_hung_agent_is_reset_by_watchdog_and_falls_back(rig):
+    old, _ = slots(rig)
     job, final = update(rig, "1.1.0", "RolledBack", defects=("hang-agent",))
     assert "never came up" in final["reason"]
-    assert "watchdog" in rig.console_text()
+    assert settled_row(rig, job["id"])["booted"] == old
 
 
 @pytest.mark.parametrize("rig", [2 * 1024 * 1024], indirect=True, ids=["2MiBps"])
 def test_power_cut_during_payload_write(rig):
+    boots_before = boots(rig)
     url = rig.release("1.1.0", pad_bytes=6 * 1024 * 1024)
     job = rig.push_job("1.1.0", url)
     rig.scenario.update(job=job["id"], expect="Committed")
@@ -100,24 +118,16 @@ def test_power_cut_during_payload_write(rig):
     final = rig.wait_status(job["id"], FINAL, 2 * T)
     rig.scenario["final"] = final
     assert final["status"] == "Committed", final
-    assert rig.console_text().count("charger firmware 1.0.0 on slot A") >= 2
+    assert boots(rig) - boots_before >= 2  # after the cut: the old slot again, then the new
 
 
 def test_power_cut_during_environment_write(rig):
-    """The cut lands while the agent switches the boot env: half of the new env copy is on
-    flash. The boot ROM must ignore the torn copy and the journey must still finish."""
+    """The cut lands while the agent switches the boot env (right after Installed). The
+    bootloader must ignore a torn env copy and the journey must still finish."""
     job = rig.push_job("1.1.0", rig.release("1.1.0"))
     rig.scenario.update(job=job["id"], expect="Committed")
     rig.wait_status(job["id"], "Installed", T)
-    rig.power_cut()
-    env = layout.boot_env(rig.board.dir)
-    variables, active, flags = env.read_state()
-    torn = dict(variables, BOOT_ORDER="B A", BOOT_B_LEFT="1")
-    blob = encode_copy(torn, env.size, True, (flags[active] + 1) % 256)
-    inactive = env.copies[1 - active]
-    with open(inactive["device"], "r+b") as f:  # only the first half reached the flash
-        f.seek(inactive["offset"])
-        f.write(blob[: len(blob) // 2])
+    rig.power_cut_during_env_write()
     rig.power_on()
     final = rig.wait_status(job["id"], FINAL, T)
     rig.scenario["final"] = final

@@ -56,12 +56,17 @@ class Csms:
     changes what the server offers."""
 
     def __init__(
-        self, boot_status="Accepted", answer_heartbeat=True, port=None, subprotocols=("ocpp2.0.1",)
+        self,
+        boot_status="Accepted",
+        answer_heartbeat=True,
+        port=None,
+        subprotocols=("ocpp2.0.1",),
+        host="127.0.0.1",
     ):
         self.boot_status = boot_status
         self.answer_heartbeat = answer_heartbeat
         self.subprotocols = list(subprotocols)
-        self.host = "127.0.0.1"
+        self.host = host
         self.port = port or free_port()
         self.url = "ws://%s:%d/ocpp" % (self.host, self.port)
         self.boots = []

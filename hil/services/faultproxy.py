@@ -1,4 +1,5 @@
-"""A fault-injecting TCP proxy on 127.0.0.1: the network between a board and its backend.
+"""A fault-injecting TCP proxy (127.0.0.1 unless a bench rig says otherwise): the network
+between a board and its image server.
 
 Invariant: with no fault armed it relays bytes unchanged in both directions, towards the
 client at most `rate` bytes/s when given (a slow mobile link; small socket buffers keep the
@@ -16,12 +17,13 @@ BUFFER = 64 * 1024
 
 
 class FaultProxy:
-    def __init__(self, target_host, target_port, rate=0):
+    def __init__(self, target_host, target_port, rate=0, host="127.0.0.1", port=0):
         self.target = (target_host, target_port)
         self.rate = rate
+        self.host = host
         self.server = socket.socket()
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.server.bind(("127.0.0.1", 0))
+        self.server.bind((host, port))
         self.server.listen(32)
         self.port = self.server.getsockname()[1]
         self.lock = threading.Condition()
@@ -36,6 +38,10 @@ class FaultProxy:
 
     def stop(self):
         self._stopped = True
+        try:
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept() so the port is freed
+        except OSError:
+            pass
         self.server.close()
 
     def cut_after(self, nbytes):

@@ -35,8 +35,8 @@ class Faults:
 class FileServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, files, ssl_context=None):
-        http.server.ThreadingHTTPServer.__init__(self, ("127.0.0.1", 0), Handler)
+    def __init__(self, files, ssl_context=None, host="127.0.0.1", port=0):
+        http.server.ThreadingHTTPServer.__init__(self, (host, port), Handler)
         self.files = files  # url path -> bytes or a filesystem path
         self.ssl_context = ssl_context
         self.faults = Faults()
@@ -47,7 +47,7 @@ class FileServer(http.server.ThreadingHTTPServer):
     @property
     def base_url(self):
         scheme = "https" if self.ssl_context else "http"
-        return "%s://127.0.0.1:%d" % (scheme, self.server_address[1])
+        return "%s://%s:%d" % (scheme, self.server_address[0], self.server_address[1])
 
     def url(self, name):
         return "%s/%s" % (self.base_url, name.lstrip("/"))

@@ -157,10 +157,12 @@ def acl_text(prefix):
 class Mosquitto:
     """One mosquitto process (foreground, generated config) on a fixed 127.0.0.1 port."""
 
-    def __init__(self, directory, port=None, pki=None, prefix="chargers", message_limit=0):
+    def __init__(
+        self, directory, port=None, pki=None, prefix="chargers", message_limit=0, host="127.0.0.1"
+    ):
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
-        self.host = "127.0.0.1"
+        self.host = host  # a bench rig listens where its board can reach it
         self.port = port or free_port()
         self.pki = pki
         self.prefix = prefix

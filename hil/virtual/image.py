@@ -59,3 +59,23 @@ def build_image(out_path, version, defects=(), pad_bytes=0):
             info.size, info.mode, info.mtime = pad_bytes, 0o644, 0
             tar.addfile(info, _RandomReader(pad_bytes))
     return out_path
+
+
+def main(argv=None):
+    """`python -m hil.virtual.image --version V --out PATH [--defects a,b] [--pad-bytes N]`:
+    the release builder a bench rig file can name for a board running this firmware."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m hil.virtual.image", description=main.__doc__)
+    p.add_argument("--version", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--defects", default="", help="comma-separated: %s" % ", ".join(DEFECTS))
+    p.add_argument("--pad-bytes", type=int, default=0)
+    args = p.parse_args(argv)
+    defects = [d for d in args.defects.split(",") if d]
+    build_image(args.out, args.version, defects, args.pad_bytes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
