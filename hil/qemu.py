@@ -72,20 +72,6 @@ def board_env(arch="qemu_arm64", **overrides):
     return variables
 
 
-def rauc_env(order="A", left=None, firmware=None):
-    """board + RAUC-style scheme + simulated firmware; e.g. rauc_env("B A", {"A": 3, "B": 3},
-    {"B": "crash"}) tries B three times where its firmware crashes, then A."""
-    variables = board_env()
-    variables.update(script_vars("rauc_select.hush"))
-    variables.update(script_vars("sim_firmware.env"))
-    variables["BOOT_ORDER"] = order
-    for slot, count in (left or {}).items():
-        variables["BOOT_%s_LEFT" % slot] = str(count)
-    for slot, kind in (firmware or {}).items():
-        variables["fw_%s" % slot] = "run fw_%s" % kind
-    return variables
-
-
 class QemuUBoot:
     def __init__(self, workdir, env=None, env_image=None, arch="qemu_arm64", memory_mb=512):
         """Create flash0/flash1 in `workdir`. The env comes from `env` (a complete dict,

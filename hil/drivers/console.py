@@ -99,6 +99,11 @@ class Console:
         with self._cond:
             self._pos = len(self._text)
 
+    def wait_closed(self, timeout):
+        """True once the port has closed from the far side (the board's power went off)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._eof is not None, timeout)
+
     def text(self):
         """Everything received since the console opened."""
         with self._cond:

@@ -10,13 +10,12 @@ the console must be the one it predicted. Skipped where QEMU or u-boot-qemu is n
 import os
 import shlex
 import shutil
-import socket
-import subprocess
 
 import pytest
 
 from bootloader_iface import open_backend, uboot_bootcount, uboot_rauc
 from bootloader_iface.uboot_env import UBootEnv
+from hil.qemu import QemuUBoot
 
 UBOOT = "/usr/lib/u-boot/qemu_arm64/u-boot.bin"
 QEMU = "qemu-system-aarch64"
@@ -33,10 +32,11 @@ def scheme_vars(env):
 
 
 class QemuBoard:
+    """Debian's U-Boot in QEMU (hil.qemu.QemuUBoot) with our env written by UBootEnv."""
+
     def __init__(self, tmp_path):
-        self.flash = str(tmp_path / "flash1.img")
-        with open(self.flash, "wb") as f:
-            f.truncate(64 << 20)  # the virt machine's second pflash bank
+        self.qemu = QemuUBoot(str(tmp_path / "qemu"))  # blank env in flash1
+        self.flash = self.qemu.flash1
         self.cfg = str(tmp_path / "fw_env.config")
         with open(self.cfg, "w") as f:
             f.write("%s 0x0 0x40000\n" % self.flash)
@@ -68,37 +68,13 @@ class QemuBoard:
 
     def power_on(self):
         """Run U-Boot until the script 'boots' a slot and powers off; return the console."""
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        listener.settimeout(30)
-        port = listener.getsockname()[1]
-        qemu = subprocess.Popen(
-            [QEMU, "-machine", "virt", "-cpu", "cortex-a57", "-m", "256", "-display", "none",
-             "-monitor", "none", "-audio", "none", "-nic", "none", "-bios", UBOOT,
-             "-drive", "if=pflash,format=raw,index=1,file=" + self.flash,
-             "-chardev", "socket,id=con0,host=127.0.0.1,port=%d,server=off" % port,
-             "-serial", "chardev:con0"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
+        console = self.qemu.start()
         try:
-            conn, _ = listener.accept()
-            conn.settimeout(30)
-            out = b""
-            while True:  # until poweroff closes the console
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                out += chunk
-            conn.close()
-            qemu.wait(timeout=30)
+            self.qemu.proc.wait(timeout=60)  # the boot command ends in poweroff
+            console.wait_closed(30)  # everything QEMU printed has been read
+            return console.text()
         finally:
-            listener.close()
-            if qemu.poll() is None:
-                qemu.kill()
-                qemu.wait()
-        return out.decode("utf-8", "replace")
+            self.qemu.stop()
 
     def boot(self):
         """Power on, check U-Boot did what the twin predicts, record the booted slot."""
