@@ -40,6 +40,7 @@ from agent.slotstate import SlotState
 
 log = logging.getLogger("charger-update")
 SIGNATURE_ERRORS = (BadSignature, UnknownKey)
+RECOVER_S = 30  # default [system] retry_after_failure_s: pause after a failed step
 
 
 class Daemon:
@@ -65,6 +66,9 @@ class Daemon:
         self.events = queue.Queue()
         self.stopping = threading.Event()
         self.busy = False  # a long action runs in a worker
+        self.pending_resume = True  # the journal's journey is picked up inside the loop
+        self.recover_s = float(cfg.section("system").get("retry_after_failure_s", RECOVER_S))
+        self.resumed_before = False
         self.rebooting = False
         self.wake_at = 0
         self.journey = None
@@ -75,7 +79,6 @@ class Daemon:
         self.channel.subscribe(ch.JOB, lambda t, p: self.events.put(("job", p)))
         self.channel.subscribe(ch.CANCEL, lambda t, p: self.events.put(("cancel", p)))
         self.channel.start()
-        self.resume()
         seen_connections = -1
         while not self.stopping.is_set():
             self.system.pet()
@@ -86,22 +89,55 @@ class Daemon:
                 seen_connections = connections
                 self.publish_inventory()
             try:
-                item = self.events.get(timeout=self._timeout())
-            except queue.Empty:
-                item = None
-            if item is not None:
-                self.dispatch(item)
-            if not self.busy and not self.rebooting:
-                self.tick()
+                self.step()
+            except UpdateError as e:
+                self.recover(e)
+            except Exception as e:  # a bug must not take the agent down: it would crash-loop
+                log.exception("unexpected error")
+                self.recover(UpdateError("internal error: %r" % e))
         self.channel.stop()
+
+    def step(self):
+        """One turn of the loop: resume when due, else one event and one tick."""
+        if self.pending_resume:
+            if self.clock() >= self.wake_at:
+                self.resume()
+            else:
+                self.stopping.wait(self._timeout())
+            return
+        try:
+            item = self.events.get(timeout=self._timeout())
+        except queue.Empty:
+            item = None
+        if item is not None:
+            self.dispatch(item)
+        if not self.busy and not self.rebooting:
+            self.tick()
 
     def stop(self):
         self.stopping.set()
+
+    def recover(self, error):
+        """An action failed outright (e.g. the boot env became unreadable). Abandon the rest
+        of that step, go back to the last journal record (what the board really did), say
+        why, and try again later: never reboot after a boot switch that did not happen."""
+        log.error("step failed: %s (%s)", error.message, error.hint or "will retry")
+        journey = self.journal.load(self.policy)
+        job = journey.job
+        self.report(lc.status_of(journey.state), {
+            "job_id": job.id if job else None, "reason": error.reason,
+            "detail": error.message, "retry_in_s": self.recover_s,
+        })  # fmt: skip
+        self.busy = False  # a worker still running reports into a journey we abandon
+        self.pending_resume = True
+        self.wake_at = self.clock() + self.recover_s
 
     def _timeout(self):
         return min(max(self.wake_at - self.clock(), 0.05), 1.0)
 
     def resume(self):
+        """Continue the journal's journey on this boot (at start, and after a failed step)."""
+        self.pending_resume = False
         os.makedirs(self.cfg.state_dir, exist_ok=True)
         self.journey = self.journal.load(self.policy)
         if self.journal.problem:
@@ -109,7 +145,8 @@ class Daemon:
         booted = self.boot.booted_slot()
         log.info("booted slot %s; journal state %s", booted, self.journey.state)
         data = self.journey.data
-        if self.journey.state == lc.TRIAL and booted == data.get("new_slot"):
+        first, self.resumed_before = not self.resumed_before, True
+        if first and self.journey.state == lc.TRIAL and booted == data.get("new_slot"):
             # Same boot, trial still running: the agent itself died and was restarted.
             data["agent_restarts"] = data.get("agent_restarts", 0) + 1
             self.journal.save(self.journey)
@@ -137,6 +174,8 @@ class Daemon:
                     1
                 ]
             )
+        elif kind in ("result", "checks") and not self.busy:
+            log.info("dropping a result of an abandoned step: %r", item[:2])
         elif kind == "result":
             self.busy = False
             self.execute(self.journey.handle(item[1], self.clock(), item[2])[1])

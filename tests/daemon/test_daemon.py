@@ -100,3 +100,20 @@ def test_agent_crash_loop_during_trial_rolls_back(rig):
     assert final["check"] == "alarms"
     assert "restarted" in final["evidence"]["problem"]
     assert rig.backend.wait_inventory(rig.device_id, lambda r: r["booted"] == "A", T)
+
+
+def test_unreadable_boot_env_stops_the_update_without_a_reboot_then_it_resumes(make_rig):
+    rig = make_rig(agent_overrides={"system": {"retry_after_failure_s": 1}})
+    env_file = rig.board.dir + "/flash/uboot.env"
+    with open(env_file, "rb") as f:
+        good = f.read()
+    with open(env_file, "wb") as f:
+        f.write(b"\0" * len(good))  # both copies fail their CRC
+    job = rig.push_job("1.1.0", rig.release("1.1.0"))
+    failed = wait_reason(rig, "boot-env")
+    assert failed["job_id"] == job["id"] and "retry_in_s" in failed
+    boots = rig.console_text().count("[rom] booting slot")
+    with open(env_file, "wb") as f:
+        f.write(good)  # the operator repairs the env; the agent picks the journey up again
+    assert rig.wait_status(job["id"], FINAL, T)["status"] == "Committed"
+    assert rig.console_text().count("[rom] booting slot") == boots + 1  # only the trial boot
