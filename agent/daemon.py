@@ -16,22 +16,14 @@ import threading
 import time
 
 from agent import channel as ch
-from agent import installer
-from agent.bundle.reader import open_bundle
-from agent.checks import CheckFailed, TrialContext, load_checks
+from agent import steps
+from agent.checks import TrialContext
 from agent.checks.alarms import baseline as alarm_baseline
 from agent.core import lifecycle as lc
-from agent.core.errors import (
-    BadSignature,
-    ReadbackMismatch,
-    Rejected,
-    UnknownKey,
-    UpdateError,
-)  # fmt: skip
+from agent.core.errors import UpdateError
 from agent.core.jobs import parse_job
 from agent.core.schedule import WAIT_SESSION
 from agent.core.trial import TrialPolicy
-from agent.fetch import open_source
 from agent.history import History
 from agent.journal import Journal
 from agent.observation import Observer
@@ -39,7 +31,6 @@ from agent.reporting import Reporter
 from agent.slotstate import SlotState
 
 log = logging.getLogger("charger-update")
-SIGNATURE_ERRORS = (BadSignature, UnknownKey)
 RECOVER_S = 30  # default [system] retry_after_failure_s: pause after a failed step
 
 
@@ -319,88 +310,38 @@ class Daemon:
 
         threading.Thread(target=run, daemon=True).start()
 
-    def _open(self):
-        return open_source(self.journey.job.url, self.cfg.download)
-
     def _download(self):
-        """Streaming install: 'download' fetches and parses the signed header only."""
-        try:
-            with self._open() as source:
-                open_bundle(source.read)
-            return lc.DOWNLOAD_OK, {}
-        except UpdateError as e:
-            return lc.DOWNLOAD_ERROR, _info(e)
+        return steps.download(self.journey.job.url, self.cfg)
 
     def _verify(self):
-        try:
-            with self._open() as source:
-                installer.read_manifest(source, self.trust, self.cfg, self.clock())
-            return lc.SIGNATURE_OK, {}
-        except Rejected as e:
-            return lc.SIGNATURE_BAD, _info(e)
-        except UpdateError as e:
-            return lc.DOWNLOAD_ERROR, _info(e)
+        return steps.verify(self.journey.job.url, self.cfg, self.trust, self.clock())
 
     def _install(self):
-        progress = StatusProgress(self)
-        try:
-            installer.install(
-                self.journey.job.url,
-                self.cfg,
-                self.boot,
-                self.trust,
-                now=self.clock(),
-                progress_factory=progress.start,
+        job = self.journey.job
+        progress = steps.StatusProgress(
+            lambda percent: self.report(
+                "Installing", {"job_id": job.id, "version": job.version, "progress": percent}
             )
-            return lc.INSTALL_OK, {}
-        except SIGNATURE_ERRORS as e:
-            return lc.SIGNATURE_BAD, _info(e)
-        except ReadbackMismatch as e:
-            return lc.VERIFY_ERROR, _info(e)
-        except UpdateError as e:
-            return lc.INSTALL_ERROR, _info(e)
+        )  # fmt: skip
+        return steps.install(job.url, self.cfg, self.boot, self.trust, self.clock(), progress)
 
     def _run_checks(self):
-        data = self.journey.data
-        ctx = TrialContext(
-            self.cfg,
-            self.channel,
-            self.stack,
-            data.get("baseline"),
-            self.clock,
-            data.get("trial_started_at"),
-            self._wait,
-            data.get("agent_restarts", 0),
-        )
-        results = {}
-        for check in load_checks(self.policy.required_checks):
-            try:
-                results[check.name] = (True, check.run(ctx))
-            except CheckFailed as e:
-                results[check.name] = (False, e.evidence)
-            except UpdateError as e:
-                results[check.name] = (False, {"problem": e.message})
-            except Exception as e:  # an OEM check's bug fails the check, not the daemon
-                log.exception("check %s crashed", check.name)
-                results[check.name] = (False, {"problem": "check crashed: %r" % e})
-            log.info("check %s: %s", check.name, "pass" if results[check.name][0] else "FAIL")
-            self.report(
-                "TrialRunning",
-                {
-                    "job_id": self.journey.job.id,
-                    "check": check.name,
-                    "passed": results[check.name][0],
-                    "evidence": results[check.name][1],
-                },
-            )
+        data, job = self.journey.data, self.journey.job
+        ctx = TrialContext(self.cfg, self.channel, self.stack, data.get("baseline"), self.clock,
+                           data.get("trial_started_at"), self._wait,
+                           data.get("agent_restarts", 0))  # fmt: skip
+
+        def reported(name, passed, evidence):
+            self.report("TrialRunning", {"job_id": job.id, "check": name, "passed": passed,
+                                         "evidence": evidence})  # fmt: skip
+
+        results = steps.run_checks(ctx, self.policy.required_checks, reported)
         verdict = "pass" if all(r[0] for r in results.values()) else "fail"
         self.publish_health("trial", results, verdict)
         self.events.put(("checks", results))
 
     def _wait(self, seconds):
         return not self.stopping.wait(seconds)
-
-    # -- reporting --------------------------------------------------------------------------------
 
     # -- reporting (agent/reporting.py) ---------------------------------------------------
 
@@ -414,34 +355,3 @@ class Daemon:
 
     def publish_inventory(self):
         self.reporter.inventory()
-
-
-class StatusProgress:
-    """Installing progress as status messages, every 10 %."""
-
-    def __init__(self, daemon):
-        self.daemon = daemon
-        self.total = 1
-        self.done_bytes = 0
-        self.next_step = 10
-
-    def start(self, total, label):
-        self.total = max(total, 1)
-        return self
-
-    def update(self, n):
-        self.done_bytes += n
-        percent = self.done_bytes * 100 // self.total
-        if percent >= self.next_step:
-            self.next_step = percent // 10 * 10 + 10
-            job = self.daemon.journey.job
-            self.daemon.report(
-                "Installing", {"job_id": job.id, "version": job.version, "progress": percent}
-            )
-
-    def done(self):
-        pass
-
-
-def _info(error):
-    return {"reason": error.reason, "detail": error.message, "transient": bool(error.retry)}
