@@ -95,14 +95,28 @@ def main(argv=None):
         say("charger online; relay, console and EV simulator driven over pyserial")
         say("EV simulator: %s" % (rig.evsim.status(),))
         journey(rig, report, "1.1.0", (), "Committed", args.timeout)
+        boots_before = len(rig.csms.boots)
         journey(rig, report, "1.2.0", ("refuse-session",), "RolledBack", args.timeout)
         row = rig.backend.wait_inventory(
             rig.device_id, lambda r: (r.get("last_job") or {}).get("result") == "RolledBack", 30
         )
-        say("charging session on the rolled-back charger:")
+        rig.csms.wait_for(
+            "boots",
+            lambda b: (
+                b["station"].get("firmware_version") == "1.1.0"
+                and b["reason"] == "PowerUp"
+                and b["n"] >= boots_before
+            ),
+            30,
+        )
+        say("station back on 1.1.0 and connected to the CSMS; a driver charges:")
         stack = rig.stack()
         for cmd in ("authorize", "start", "meter", "meter", "stop"):
             say("  %-9s -> %s" % (cmd, json.dumps(stack.request(cmd, id_tag="DRIVER-42"))))
+        tx = rig.csms.wait_for(
+            "transactions", lambda t: t["event"] == "Ended" and t["id_token"] == "DRIVER-42", 30
+        )
+        say("CSMS recorded transaction %s: %s Wh" % (tx["tx"], tx["energy_wh"]))
         say("inventory row:")
         print(json.dumps(row, indent=2, sort_keys=True))
     path = report.write()

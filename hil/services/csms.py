@@ -42,6 +42,19 @@ class _StationHandler(ChargePoint):
             current_time=_now(), interval=300, status=self.server.boot_status
         )
 
+    @on("TransactionEvent")
+    async def on_transaction_event(self, event_type, transaction_info, **kwargs):
+        energy = None
+        for meter in kwargs.get("meter_value") or []:
+            for sample in meter.get("sampled_value", []):
+                energy = sample.get("value")
+        id_token = (kwargs.get("id_token") or {}).get("id_token")
+        tx = transaction_info.get("transaction_id")
+        record = {"id": self.id, "event": event_type, "tx": tx, "id_token": id_token,
+                  "energy_wh": energy}  # fmt: skip
+        self.server._record("transactions", record)
+        return call_result.TransactionEvent()
+
     @on("Heartbeat")
     async def on_heartbeat(self, **kwargs):
         self.server._record("heartbeats", {"id": self.id})
@@ -71,8 +84,9 @@ class Csms:
         self.url = "ws://%s:%d/ocpp" % (self.host, self.port)
         self.boots = []
         self.heartbeats = []
+        self.transactions = []  # TransactionEvents from stations' own OCPP clients
         self.connections = []  # (charge point id, negotiated subprotocol)
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._loop = None
         self._thread = None
         self._stop = None
@@ -80,7 +94,24 @@ class Csms:
 
     def _record(self, kind, entry):
         with self._lock:
-            getattr(self, kind).append(entry)
+            records = getattr(self, kind)
+            if isinstance(entry, dict):
+                entry["n"] = len(records)  # order of arrival, for "since" waits
+            records.append(entry)
+            self._lock.notify_all()
+
+    def wait_for(self, kind, predicate, timeout):
+        """The first record of `kind` ("boots", "transactions", ...) matching predicate."""
+        with self._lock:
+            found = []
+
+            def match():
+                found[:] = [e for e in getattr(self, kind) if predicate(e)]
+                return bool(found)
+
+            if not self._lock.wait_for(match, timeout):
+                raise TimeoutError("CSMS saw no matching %s in %ss" % (kind, timeout))
+            return found[0]
 
     @property
     def boot_reasons(self):

@@ -37,7 +37,7 @@ def test_accepted_boot_and_heartbeat_pass_with_evidence():
         "vendor_name": "Acme",
         "firmware_version": "1.1.0",
     }
-    assert server.heartbeats == [{"id": "cp-1"}]
+    assert server.heartbeats == [{"id": "cp-1", "n": 0}]
     assert server.connections == [("cp-1", "ocpp2.0.1")]
 
 

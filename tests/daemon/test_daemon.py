@@ -117,3 +117,22 @@ def test_unreadable_boot_env_stops_the_update_without_a_reboot_then_it_resumes(m
         f.write(good)  # the operator repairs the env; the agent picks the journey up again
     assert rig.wait_status(job["id"], FINAL, T)["status"] == "Committed"
     assert rig.console_text().count("[rom] booting slot") == boots + 1  # only the trial boot
+
+
+def test_new_firmware_station_connects_to_the_csms_and_reports_sessions(rig):
+    """The firmware's own OCPP client (PowerUp boot, TransactionEvents), next to the agent's
+    FirmwareUpdate probe: the CSMS sees the station come back on the new version."""
+    job = rig.push_job("1.1.0", rig.release("1.1.0"))
+    assert rig.wait_status(job["id"], FINAL, T)["status"] == "Committed"
+    boot = rig.csms.wait_for(
+        "boots", lambda b: b["reason"] == "PowerUp" and b["station"].get("firmware_version")
+        == "1.1.0", T)  # fmt: skip
+    assert boot["id"] == rig.device_id
+    assert "FirmwareUpdate" in rig.csms.boot_reasons  # the agent's trial probe
+    stack = rig.stack()
+    for cmd in ("start", "meter", "stop"):
+        assert stack.request(cmd, id_tag="DRIVER-9")["ok"]
+    ended = rig.csms.wait_for(
+        "transactions", lambda t: t["event"] == "Ended" and t["id_token"] == "DRIVER-9", T
+    )
+    assert ended["energy_wh"] == 125

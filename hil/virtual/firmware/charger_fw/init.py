@@ -13,8 +13,8 @@ import sys
 import threading
 import time
 
+from charger_fw import ocpp_client, uplink
 from charger_fw import stack as stack_mod
-from charger_fw import uplink
 
 try:
     import tomllib
@@ -42,12 +42,13 @@ def main():
     with open(os.path.join(run, "init.pid"), "w") as f:
         f.write(str(os.getpid()))
     stop = threading.Event()
-    stack = stack_mod.ChargingStack(defects, pilot_path=os.path.join(board, "ev", "cp"))
+    start_uplink(board, defects)
+    ocpp = start_ocpp(board, fw["version"])
+    stack = stack_mod.ChargingStack(defects, pilot_path=os.path.join(board, "ev", "cp"), ocpp=ocpp)
     stack_mod.serve(stack, os.path.join(run, "stack.sock"))
     if "alarm-storm" in defects:
         stack.start_alarm_storm(stop)
     log("charging stack up")
-    start_uplink(board, defects)
 
     agent = start_agent(board, defects)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -66,6 +67,17 @@ def main():
     except subprocess.TimeoutExpired:
         agent.kill()
     return 0
+
+
+def start_ocpp(board, version):
+    """The station's OCPP connection, to the CSMS the board's config names (via the uplink)."""
+    with open(os.path.join(board, "agent.toml"), "rb") as f:
+        config = tomllib.load(f)
+    url = config.get("ocpp", {}).get("url")
+    if not url:
+        return None
+    device = config["device"]
+    return ocpp_client.OcppClient(url, device["id"], device["model"], version, log).start()
 
 
 def start_uplink(board, defects):

@@ -14,8 +14,9 @@ import time
 
 
 class ChargingStack:
-    def __init__(self, defects=(), clock=time.time, pilot_path=None):
+    def __init__(self, defects=(), clock=time.time, pilot_path=None, ocpp=None):
         self.defects = set(defects)
+        self.ocpp = ocpp  # the station's OCPP client: sessions become TransactionEvents
         self.pilot_path = pilot_path  # the CP state the EV (simulator) presents
         self.clock = clock
         self.lock = threading.Lock()
@@ -42,7 +43,10 @@ class ChargingStack:
             if "faults-under-load" in self.defects and self.sessions_done >= 1 and not self._storm:
                 # Passes the trial's one self-test session, then trips under real use.
                 self._start_storm(threading.Event(), 0.05)
-            self.session = {"id_tag": id_tag, "started": self.clock(), "energy_wh": 0}
+            self.session = {"id_tag": id_tag, "started": self.clock(), "energy_wh": 0,
+                            "tx": "tx-%d" % (self.sessions_done + 1)}  # fmt: skip
+            if self.ocpp:
+                self.ocpp.transaction("Started", self.session["tx"], id_tag, 0)
             return {"ok": True}
 
     def pilot(self):
@@ -67,8 +71,11 @@ class ChargingStack:
         with self.lock:
             if not self.session:
                 return {"ok": False, "reason": "no session"}
-            energy, self.session = self.session["energy_wh"], None
+            session, self.session = self.session, None
+            energy = session["energy_wh"]
             self.sessions_done += 1
+            if self.ocpp:
+                self.ocpp.transaction("Ended", session["tx"], session["id_tag"], energy)
             return {"ok": True, "energy_wh": energy}
 
     def status(self):
