@@ -29,7 +29,7 @@ def build(cfg):
     boot = open_from_config(cfg)
     stack_opts = cfg.section("charging_stack")
     stack = SocketStack(cfg.resolve(stack_opts.get("socket", "/run/charger/stack.sock")))
-    online = {"model": cfg.device["model"], "booted": boot.booted_slot()}
+    online = {"model": cfg.device["model"]}
     channel = MqttChannel(cfg.section("mqtt"), cfg.device["id"], online_info=online)
     return Daemon(cfg, boot, channel, stack, Trust.from_config(cfg), System(cfg.section("system")))
 

@@ -106,7 +106,7 @@ def _limits(limits):
 
 
 def _build(doc, device, limits):
-    job_id = _text(doc, ("id", "requestId"), limits, required=True)
+    job_id = _text(doc, ("id", "job_id", "requestId"), limits, required=True)
     url = _text(doc, ("url", "location"), limits, required=True)
     if not (url.startswith("http://") or url.startswith("https://") or url.startswith("file:")):
         raise MalformedJob("field 'url' must be an http(s):// or file: URL")
@@ -117,7 +117,7 @@ def _build(doc, device, limits):
             % (job_id, ", ".join(models), device.get("model"))
         )
     kw = {
-        "not_before": _time(doc, ("not_before", "retrieveDateTime")),
+        "not_before": _time(doc, ("not_before", "retrieve_at", "retrieveDateTime")),
         "install_at": _time(doc, ("install_at", "installDateTime")),
         "deadline": _time(doc, ("deadline", "expires")),
         "window": _window(doc.get("window")),
