@@ -7,12 +7,14 @@ trusted root; never for slot images (those are streamed and verified separately)
 
 import json
 import os
+import threading
 
 
 def write_atomic(path, data):
     """Replace `path` with `data` (bytes) so that a crash leaves either version intact."""
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = "%s.tmp-%d" % (path, os.getpid())
+    # Unique per process and thread: two threads replacing the same file must not share it.
+    tmp = "%s.tmp-%d-%d" % (path, os.getpid(), threading.get_ident())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)

@@ -17,10 +17,10 @@ import time
 
 from agent import channel as ch
 from agent import steps
-from agent.checks import TrialContext
+from agent.checks import TrialContext, load_checks
 from agent.checks.alarms import baseline as alarm_baseline
 from agent.core import lifecycle as lc
-from agent.core.errors import UpdateError
+from agent.core.errors import Transient, UpdateError
 from agent.core.jobs import parse_job
 from agent.core.schedule import WAIT_SESSION
 from agent.core.trial import TrialPolicy
@@ -31,6 +31,12 @@ from agent.reporting import Reporter
 from agent.slotstate import SlotState
 
 log = logging.getLogger("charger-update")
+
+
+class RebootFailed(Transient):
+    reason = "reboot-failed"
+
+
 RECOVER_S = 30  # default [system] retry_after_failure_s: pause after a failed step
 
 
@@ -47,6 +53,7 @@ class Daemon:
             int(trial.get("window_s", 600)),
             trial.get("checks", ["communication", "charging-session", "alarms"]),
         )
+        load_checks(self.policy.required_checks)  # a misnamed check is a config error now
         self.observer = Observer(cfg.section("observation"), stack, clock)
         self.session_poll_s = float(cfg.section("charging_stack").get("poll_s", 10))
         channel.on_error = self.on_channel_error
@@ -57,6 +64,8 @@ class Daemon:
         self.events = queue.Queue()
         self.stopping = threading.Event()
         self.busy = False  # a long action runs in a worker
+        self.step_id = 0  # results of a worker started for an older step are dropped
+        self.worker = None
         self.pending_resume = True  # the journal's journey is picked up inside the loop
         self.recover_s = float(cfg.section("system").get("retry_after_failure_s", RECOVER_S))
         self.resumed_before = False
@@ -91,7 +100,8 @@ class Daemon:
     def step(self):
         """One turn of the loop: resume when due, else one event and one tick."""
         if self.pending_resume:
-            if self.clock() >= self.wake_at:
+            # Never resume next to a worker of the abandoned step (e.g. still writing a slot).
+            if self.clock() >= self.wake_at and not self._worker_alive():
                 self.resume()
             else:
                 self.stopping.wait(self._timeout())
@@ -102,8 +112,15 @@ class Daemon:
             item = None
         if item is not None:
             self.dispatch(item)
-        if not self.busy and not self.rebooting:
+        if self.rebooting:
+            return
+        if not self.busy:
             self.tick()
+        elif self.journey.state == lc.TRIAL:
+            # The window holds even while a check hangs: the tick expires the trial.
+            self.tick()
+            if self.journey.state != lc.TRIAL:
+                self._abandon_step()
 
     def stop(self):
         self.stopping.set()
@@ -119,9 +136,17 @@ class Daemon:
             "job_id": job.id if job else None, "reason": error.reason,
             "detail": error.message, "retry_in_s": self.recover_s,
         })  # fmt: skip
-        self.busy = False  # a worker still running reports into a journey we abandon
+        self._abandon_step()
         self.pending_resume = True
         self.wake_at = self.clock() + self.recover_s
+
+    def _abandon_step(self):
+        """Whatever a running worker reports from now on belongs to no step: drop it."""
+        self.step_id += 1
+        self.busy = False
+
+    def _worker_alive(self):
+        return self.worker is not None and self.worker.is_alive()
 
     def _timeout(self):
         return min(max(self.wake_at - self.clock(), 0.05), 1.0)
@@ -149,6 +174,17 @@ class Daemon:
 
     def _healthy_boot(self, booted):
         state = self.journey.state
+        record = self.slots.slot(booted).get("state")
+        if state == lc.IDLE and record not in (None, "good"):
+            # Booted a slot no trial ever passed (e.g. `charger-update install` and a manual
+            # reboot): never commit it blindly; its one attempt runs out at the next boot.
+            log.warning(
+                "slot %s (%s) booted without a trial; not marking it good "
+                "(charger-update boot mark-good to keep it)",
+                booted,
+                record,
+            )
+            return False
         if state == lc.IDLE or state == lc.COMMITTED:
             return True
         return lc.is_terminal(state) and booted != self.journey.data.get("new_slot")
@@ -160,19 +196,23 @@ class Daemon:
         if kind == "job":
             self.offer(item[1])
         elif kind == "cancel":
-            self.execute(
-                self.journey.cancel(str(item[1].get("job_id") or item[1].get("id")), self.clock())[
-                    1
-                ]
-            )
-        elif kind in ("result", "checks") and not self.busy:
-            log.info("dropping a result of an abandoned step: %r", item[:2])
+            self.cancel(str(item[1].get("job_id") or item[1].get("id")))
+        elif item[1] != self.step_id or not self.busy:
+            log.info("dropping a %s of an abandoned step", kind)
         elif kind == "result":
             self.busy = False
-            self.execute(self.journey.handle(item[1], self.clock(), item[2])[1])
+            self.execute(self.journey.handle(item[2], self.clock(), item[3])[1])
         elif kind == "checks":
             self.busy = False
-            self.execute(self.journey.check_results(item[1], self.clock())[1])
+            self.execute(self.journey.check_results(item[2], self.clock())[1])
+
+    def cancel(self, job_id):
+        before = self.journey.state
+        actions = self.journey.cancel(job_id, self.clock())[1]
+        if self.journey.state != before:
+            self._abandon_step()  # a download or verify still running is moot now
+            self.wake_at = 0
+        self.execute(actions)
 
     def offer(self, payload):
         raw = json.dumps(payload).encode()
@@ -183,9 +223,12 @@ class Daemon:
             self.report("Idle", {"job_id": job_id, "reason": e.reason, "detail": e.message})
             return
         booted = self.boot.booted_slot()
+        before = self.journey.job
         actions = self.journey.offer(
             job, self.clock(), booted, self.boot.other_slot(booted), self.rng.random()
         )[1]
+        if self.journey.job is not before:
+            self.wake_at = 0  # a wait of the previous journey does not delay this one
         self.execute(actions)
 
     def tick(self):
@@ -197,6 +240,7 @@ class Daemon:
                 self.observe()
             return
         if lc.is_terminal(state):
+            self.wake_at = 0
             self.execute(self.journey.finish(self.clock())[1])
             return
         if self.clock() < self.wake_at:
@@ -270,7 +314,12 @@ class Daemon:
         self.rebooting = True
         log.info("rebooting")
         self.channel.stop()
-        self.system.reboot()
+        if not self.system.reboot():
+            # Still running: undo, and let recover() retry the step from the journal.
+            self.rebooting = False
+            self.channel.start()
+            raise RebootFailed("the reboot command failed",
+                               hint="check [system] reboot_command")  # fmt: skip
 
     def do_cleanup(self):
         pass  # streaming installs keep no download cache
@@ -283,38 +332,45 @@ class Daemon:
             self.journey.set_baseline({"codes": [], "rate_per_hour": 0.0})
 
     def do_download(self):
-        self._work(self._download)
+        self._work(self._download, lc.DOWNLOAD_ERROR)
 
     def do_verify(self):
-        self._work(self._verify)
+        self._work(self._verify, lc.DOWNLOAD_ERROR)
 
     def do_install(self, slot):
-        self._work(self._install)
+        self._work(self._install, lc.INSTALL_ERROR)
 
     def do_run_checks(self):
-        self.busy = True
-        threading.Thread(target=self._run_checks, daemon=True).start()
+        self._work(self._run_checks, lc.CHECKS_FAILED)
 
     # -- workers (run off the loop thread; post exactly one result) ------------------------------
 
-    def _work(self, fn):
-        self.busy = True
+    def _work(self, fn, failure_event):
+        """Run fn in a worker; it posts exactly one result tagged with this step's id. A bug
+        in fn becomes `failure_event` (the failure that fits the step), never a dead loop."""
+        self.step_id += 1
+        step_id, self.busy = self.step_id, True
 
         def run():
             try:
-                event, info = fn()
-            except Exception as e:  # a bug in an adapter must not kill the daemon
-                log.exception("action failed")
-                event, info = lc.INSTALL_ERROR, {"reason": "internal", "detail": str(e)}
-            self.events.put(("result", event, info))
+                result = fn()
+            except Exception as e:  # a bug in an adapter or OEM code must not kill the daemon
+                log.exception("step failed")
+                problem = {"reason": "internal", "detail": repr(e), "problem": repr(e)}
+                result = ("result", failure_event, problem)
+                if failure_event == lc.CHECKS_FAILED:  # every check failed with the bug
+                    names = self.journey.policy().required_checks
+                    result = ("checks", dict((n, (False, problem)) for n in names))
+            self.events.put((result[0], step_id) + tuple(result[1:]))
 
-        threading.Thread(target=run, daemon=True).start()
+        self.worker = threading.Thread(target=run, daemon=True)
+        self.worker.start()
 
     def _download(self):
-        return steps.download(self.journey.job.url, self.cfg)
+        return ("result",) + steps.download(self.journey.job.url, self.cfg)
 
     def _verify(self):
-        return steps.verify(self.journey.job.url, self.cfg, self.trust, self.clock())
+        return ("result",) + steps.verify(self.journey.job.url, self.cfg, self.trust, self.clock())
 
     def _install(self):
         job = self.journey.job
@@ -323,7 +379,9 @@ class Daemon:
                 "Installing", {"job_id": job.id, "version": job.version, "progress": percent}
             )
         )  # fmt: skip
-        return steps.install(job.url, self.cfg, self.boot, self.trust, self.clock(), progress)
+        return ("result",) + steps.install(
+            job.url, self.cfg, self.boot, self.trust, self.clock(), progress
+        )
 
     def _run_checks(self):
         data, job = self.journey.data, self.journey.job
@@ -335,10 +393,10 @@ class Daemon:
             self.report("TrialRunning", {"job_id": job.id, "check": name, "passed": passed,
                                          "evidence": evidence})  # fmt: skip
 
-        results = steps.run_checks(ctx, self.policy.required_checks, reported)
+        results = steps.run_checks(ctx, self.journey.policy().required_checks, reported)
         verdict = "pass" if all(r[0] for r in results.values()) else "fail"
         self.publish_health("trial", results, verdict)
-        self.events.put(("checks", results))
+        return ("checks", results)
 
     def _wait(self, seconds):
         return not self.stopping.wait(seconds)

@@ -5,9 +5,14 @@ Invariant: the sequence number never repeats, even across power cuts (it is save
 status carrying it is published), so a backend can order and de-duplicate statuses.
 """
 
+import logging
 import os
+import threading
+import time
 
 from agent.atomic import read_json, write_json_atomic
+
+log = logging.getLogger("charger-update")
 
 FILE = "history.json"
 MAX_ROLLBACKS = 20
@@ -17,9 +22,18 @@ class History:
     def __init__(self, state_dir):
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, FILE)
+        # Statuses come from the loop, the workers and the MQTT thread: one at a time here.
+        self.lock = threading.RLock()
 
     def _load(self):
-        data = read_json(self.path, default=None) or {}
+        try:
+            data = read_json(self.path, default=None) or {}
+        except ValueError:
+            # Unreadable: keep it for an engineer, start again. The sequence restarts from
+            # the clock (ms) so it still never repeats a number the backend has seen.
+            os.replace(self.path, self.path + ".corrupt")
+            log.error("history %s was unreadable; moved aside", self.path)
+            data = {"seq": int(time.time() * 1000)}
         data.setdefault("seq", 0)
         data.setdefault("last_job", None)
         data.setdefault("rollbacks", [])
@@ -30,12 +44,17 @@ class History:
         write_json_atomic(self.path, data)
 
     def next_seq(self):
-        data = self._load()
-        data["seq"] += 1
-        self._save(data)
-        return data["seq"]
+        with self.lock:
+            data = self._load()
+            data["seq"] += 1
+            self._save(data)
+            return data["seq"]
 
     def record_result(self, job_id, status, info):
+        with self.lock:
+            self._record_result(job_id, status, info)
+
+    def _record_result(self, job_id, status, info):
         data = self._load()
         data["last_job"] = {
             "id": job_id, "version": info.get("version"), "result": status,

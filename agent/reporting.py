@@ -26,10 +26,15 @@ class Reporter:
             log.warning("%s not published (%s)", suffix, e)
 
     def status(self, status, info):
-        message = dict(info)
-        message.update(status=status, seq=self.history.next_seq(), ts=int(self.clock()))
-        log.info("status %s %s", status, json.dumps(info, sort_keys=True, default=str))
-        self._publish(ch.STATUS, message)
+        """Never raises: a report that cannot be made is logged, the update goes on."""
+        try:
+            with self.history.lock:  # seq order == publish order
+                message = dict(info)
+                message.update(status=status, seq=self.history.next_seq(), ts=int(self.clock()))
+                log.info("status %s %s", status, json.dumps(info, sort_keys=True, default=str))
+                self._publish(ch.STATUS, message)
+        except Exception:
+            log.exception("status %s could not be reported", status)
 
     def health(self, job_id, slot, phase, results, verdict):
         """One message per trial or observation round (docs/mqtt-api.md, health)."""
@@ -43,7 +48,7 @@ class Reporter:
     def inventory(self):
         try:
             row = self.inventory_row()
-        except UpdateError as e:
+        except Exception as e:  # a corrupt state file must not take the daemon down
             log.warning("inventory not built: %s", e)
             return
         self._publish(ch.INVENTORY, row, retain=True)

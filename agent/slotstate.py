@@ -9,6 +9,7 @@ that looks installable. The anti-rollback floor (`security_version`) only ever r
 import os
 
 from agent.atomic import read_json, write_json_atomic
+from agent.core.errors import ConfigError
 
 FILE = "slots.json"
 
@@ -19,7 +20,14 @@ class SlotState:
         self.state_dir = state_dir
 
     def load(self):
-        data = read_json(self.path, default=None) or {}
+        try:
+            data = read_json(self.path, default=None) or {}
+        except ValueError:
+            raise ConfigError(
+                "slot records %s are unreadable" % self.path,
+                hint="they hold the anti-rollback floor: restore them, or check the installed "
+                "versions and remove the file",
+            ) from None
         data.setdefault("slots", {})
         data.setdefault("security_version", 0)
         return data

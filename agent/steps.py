@@ -59,7 +59,13 @@ def run_checks(ctx, names, reported):
     """{name: (passed, evidence)} for every check; reported(name, passed, evidence) after
     each one. A check that crashes fails; it never takes the daemon down."""
     results = {}
-    for check in load_checks(names):
+    for name in names:
+        try:
+            check = load_checks([name])[0]
+        except UpdateError as e:  # misnamed or broken plug-in: the check fails, loudly
+            results[name] = (False, {"problem": e.message})
+            reported(name, False, results[name][1])
+            continue
         try:
             results[check.name] = (True, check.run(ctx))
         except CheckFailed as e:

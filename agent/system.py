@@ -41,7 +41,11 @@ class System:
             raise ConfigError("[system] reboot_command is empty", hint='e.g. "systemctl reboot"')
 
     def reboot(self):
-        subprocess.run(self.reboot_command, check=False)
+        """True when the reboot command accepted the request (the board goes down soon)."""
+        try:
+            return subprocess.run(self.reboot_command, check=False).returncode == 0
+        except OSError:
+            return False
 
     def pet(self):
         sd_notify("WATCHDOG=1")

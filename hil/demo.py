@@ -55,16 +55,10 @@ def journey(rig, report, version, defects, expect, timeout):
     report.scenario("update to %s" % version, rig, job["id"], expect, final)
     if final["status"] != expect:
         raise SystemExit("demo: expected %s for %s, got %s" % (expect, version, final))
-    say(
-        "=> %s %s%s"
-        % (
-            version,
-            final["status"],
-            " (%s: %s)" % (final.get("check"), final.get("evidence", {}).get("problem", ""))
-            if final.get("check")
-            else "",
-        )
-    )
+    evidence = final.get("evidence")
+    problem = evidence.get("problem", "") if isinstance(evidence, dict) else evidence
+    why = " (%s: %s)" % (final["check"], problem) if final.get("check") else ""
+    say("=> %s %s%s" % (version, final["status"], why))
     return final
 
 

@@ -19,10 +19,12 @@ class ChargingSession:
             if not reply.get("ok"):
                 raise CheckFailed("%s refused: %s" % (cmd, reply.get("reason")), evidence)
         energy = 0
-        for _ in range(steps):
-            reply = stack.request("meter")
-            energy = reply.get("energy_wh", 0)
-        reply = stack.request("stop")
+        try:
+            for _ in range(steps):
+                reply = stack.request("meter")
+                energy = reply.get("energy_wh", 0)
+        finally:
+            reply = stack.request("stop")  # never leave the test session running
         evidence["energy_wh"] = reply.get("energy_wh", energy)
         if not reply.get("ok"):
             raise CheckFailed("stop refused: %s" % reply.get("reason"), evidence)

@@ -320,6 +320,10 @@ class Journey:
         info["version"] = self.job.version if self.job is not None else None
         return info
 
+    def policy(self):
+        """The trial policy for the current job (its own checks/window, or the default)."""
+        return self._policy()
+
     def _policy(self):
         job = self.job
         if job is None or (job.checks is None and job.trial_window_s is None):

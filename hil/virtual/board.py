@@ -59,10 +59,17 @@ class VirtualBoard:
         """Pull the plug: every process of the board dies at once."""
         if self.proc is None:
             return
+        groups = [self.proc.pid]
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            with open(os.path.join(self.dir, "run", "firmware.pgid")) as f:
+                groups.append(int(f.read()))  # the firmware runs in its own process group
+        except (OSError, ValueError):
             pass
+        for group in groups:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait()
         self.proc = None
 

@@ -12,6 +12,7 @@ Run as `python -m hil.virtual.bootrom BOARD_DIR CONSOLE_FD`; the board controlle
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -78,8 +79,13 @@ def boot_once(board, console, notify):
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        # Its own process group, so a watchdog reset takes the whole firmware down (the
+        # agent too); power-off kills this group as well (board.py).
+        preexec_fn=os.setpgrp,
     )
     threading.Thread(target=pump, args=(proc.stdout, console), daemon=True).start()
+    with open(os.path.join(board, "run", "firmware.pgid"), "w") as f:
+        f.write(str(proc.pid))
     reason = supervise(proc, notify, layout.watchdog_s(board))
     console.line("reset (%s)" % reason)
 
@@ -100,7 +106,7 @@ def supervise(proc, notify, watchdog_s):
         except socket.timeout:
             pass
         if time.monotonic() > deadline:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return "watchdog: no sign of life for %ss" % watchdog_s
     return "firmware exited with %s" % proc.returncode

@@ -1,0 +1,103 @@
+"""Daemon pieces that need no board: concurrent reporting, start-up checks, healthy-boot
+decisions. In-memory channel and stack fakes stand in for the broker and the charging stack
+(the real ones run in test_daemon.py)."""
+
+import json
+import threading
+
+import pytest
+
+from agent.channel import FakeChannel
+from agent.charging import FakeStack
+from agent.config import Config
+from agent.core.errors import ConfigError
+from agent.daemon import Daemon
+from agent.history import History
+from agent.reporting import Reporter
+from agent.slotstate import SlotState
+from bootloader_iface import open_from_config
+
+
+def config(tmp_path, trial=None):
+    raw = {
+        "device": {"id": "cp-1", "model": "M", "hardware_revision": "r"},
+        "slots": {"A": {"rootfs": "a.img"}, "B": {"rootfs": "b.img"}},
+        "bootloader": {"backend": "simulated", "state": "boot.json", "booted": "B"},
+        "trial": trial or {},
+    }
+    (tmp_path / "boot.json").write_text(
+        json.dumps({"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"})
+    )
+    return Config(raw, str(tmp_path / "agent.toml"))
+
+
+class System:
+    def reboot(self):
+        return True
+
+    def pet(self):
+        pass
+
+    def local_offset_s(self):
+        return 0
+
+
+def daemon(cfg):
+    return Daemon(cfg, open_from_config(cfg), FakeChannel(device_id="cp-1"), FakeStack(), None,
+                  System())  # fmt: skip
+
+
+def test_concurrent_status_reports_get_unique_sequence_numbers(tmp_path):
+    cfg = config(tmp_path)
+    channel = FakeChannel(device_id="cp-1")
+    channel.start()
+    reporter = Reporter(cfg, channel, open_from_config(cfg), History(str(tmp_path)),
+                        SlotState(str(tmp_path)), lambda: 0)  # fmt: skip
+
+    def burst():
+        for _ in range(100):
+            reporter.status("Installing", {"job_id": "j"})
+
+    threads = [threading.Thread(target=burst) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seqs = [m["seq"] for m in channel.messages("update/status")]
+    assert len(seqs) == 400 and len(set(seqs)) == 400
+    assert seqs == sorted(seqs)  # published in sequence order
+
+
+def test_misnamed_trial_check_is_a_config_error_at_start(tmp_path):
+    with pytest.raises(ConfigError, match="no-such-check"):
+        daemon(config(tmp_path, {"checks": ["communication", "no-such-check"]}))
+
+
+def test_slot_booted_without_a_trial_is_not_marked_good(tmp_path):
+    """`charger-update install` then a manual reboot: B boots on its one attempt; the daemon
+    must not commit it blindly (its attempt runs out and the board falls back)."""
+    cfg = config(tmp_path)
+    SlotState(cfg.state_dir).set_good("A", "1.0.0")
+    SlotState(cfg.state_dir).begin_write("B", "1.1.0")
+    d = daemon(cfg)
+    d.resume()
+    assert d.boot.attempts_left("B") == 0  # not refilled: no mark_good
+
+
+def test_healthy_boot_of_a_good_slot_refills_its_attempts(tmp_path):
+    cfg = config(tmp_path)
+    SlotState(cfg.state_dir).set_good("B", "1.0.0")
+    d = daemon(cfg)
+    d.resume()
+    assert d.boot.attempts_left("B") == 3
+
+
+def test_corrupt_history_never_stops_reporting(tmp_path):
+    cfg = config(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "history.json").write_text("{not json")
+    d = daemon(cfg)
+    d.channel.start()
+    d.report("Idle", {"job_id": None})
+    assert d.channel.messages("update/status")[0]["seq"] > 0
+    assert (tmp_path / "state" / "history.json.corrupt").exists()
