@@ -51,7 +51,7 @@ def rig(request, tmp_path, hil_report):
     if description.board.kind == "virtual":
         from hil.virtual.rig import VirtualRig
 
-        r = VirtualRig(str(tmp_path / "rig"), watchdog_s=4.0, trial_window_s=30,
+        r = VirtualRig(str(tmp_path / "rig"), watchdog_s=10.0, trial_window_s=30,
                        link_rate=link_rate)  # fmt: skip
     elif description.board.kind == "bench":
         from hil.bench import BenchRig

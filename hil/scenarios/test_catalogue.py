@@ -155,6 +155,9 @@ def test_broker_outage_during_trial_is_ridden_out(rig):
     rig.broker.stop()
     rig.console.expect(r"MQTT backend unreachable", T)
     rig.broker.start()
+    # The broker keeps no sessions: wait until the backend is subscribed again, so the
+    # agent's next ping is not published into nobody's subscription.
+    assert rig.backend.channel.wait_connections(2, T) and rig.backend.channel.wait_subscribed(T)
     final = rig.wait_status(job["id"], FINAL, T)
     rig.scenario["final"] = final
     assert final["status"] == "Committed", final

@@ -11,6 +11,7 @@ Run as `python -m hil.virtual.bootrom BOARD_DIR CONSOLE_FD`; the board controlle
 """
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -35,10 +36,15 @@ class ConsoleOut:
     def write(self, data):
         with self.lock:
             self.log.write(data)
-            try:
-                os.write(self.fd, data.replace(b"\n", b"\r\n"))
-            except BlockingIOError:
-                pass  # nobody reads the serial line: the log keeps the text
+            out = data.replace(b"\n", b"\r\n")
+            while out:
+                try:
+                    out = out[os.write(self.fd, out) :]
+                except BlockingIOError:
+                    # A slow reader gets a moment to catch up; a board nobody listens to
+                    # must not hang on its console, so after that the log alone keeps it.
+                    if not select.select([], [self.fd], [], 1.0)[1]:
+                        return
 
     def line(self, text):
         self.write(("[rom] %s\n" % text).encode())

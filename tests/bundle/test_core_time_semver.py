@@ -2,7 +2,7 @@ import calendar
 import time
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core import semver, timefmt
@@ -23,6 +23,7 @@ def test_timefmt_matches_calendar_timegm(text):
     assert timefmt.format(expected) == text
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=-62135596800, max_value=253402300799))
 def test_timefmt_round_trip(epoch):
     assert timefmt.parse(timefmt.format(epoch)) == epoch

@@ -14,7 +14,7 @@ def make_rig(tmp_path):
     rigs = []
 
     def make(**kw):
-        kw.setdefault("watchdog_s", 4.0)
+        kw.setdefault("watchdog_s", 10.0)
         kw.setdefault("trial_window_s", 30)
         rig = VirtualRig(str(tmp_path / ("rig%d" % len(rigs))), **kw).start()
         rigs.append(rig)

@@ -63,7 +63,7 @@ def test_catalogue_runs_on_a_bench_rig_file(tmp_path):
         f.write(crypto.private_pem(kit.release_key))
     ports = {"mqtt": free_port(), "ocpp": free_port(), "images": free_port()}
     board = provision(str(tmp_path / "board"), "bench-01", kit, "1.0.0", ports["mqtt"],
-                      ports["ocpp"], trial_window_s=30, watchdog_s=4.0)  # fmt: skip
+                      ports["ocpp"], trial_window_s=30, watchdog_s=10.0)  # fmt: skip
     try:
         rig = tmp_path / "bench.toml"
         rig.write_text(RIG.format(model=MODEL, hw=HW, console=board.console_path,
