@@ -9,3 +9,11 @@ class ContactorSelfTest:
         if not reply.get("closed"):
             raise CheckFailed("contactor did not close", reply)
         return reply
+
+
+class Hangs:
+    """A check that never answers (a deadlocked OEM self-test)."""
+
+    def run(self, ctx):
+        ctx.wait(3600)
+        return {}

@@ -101,3 +101,42 @@ def test_corrupt_history_never_stops_reporting(tmp_path):
     d.report("Idle", {"job_id": None})
     assert d.channel.messages("update/status")[0]["seq"] > 0
     assert (tmp_path / "state" / "history.json.corrupt").exists()
+
+
+class RecordingSystem(System):
+    def __init__(self):
+        self.rebooted = threading.Event()
+
+    def reboot(self):
+        self.rebooted.set()
+        return True
+
+
+def test_trial_window_expires_while_a_check_hangs(tmp_path):
+    from agent.core import lifecycle as lc
+    from agent.core.jobs import parse_job
+    from agent.journal import Journal
+
+    cfg = config(tmp_path, {"window_s": 1, "checks": ["tests.daemon.plugins:Hangs"]})
+    SlotState(cfg.state_dir).set_good("A", "1.0.0")
+    system = RecordingSystem()
+    d = Daemon(cfg, open_from_config(cfg), FakeChannel(device_id="cp-1"), FakeStack(), None,
+               system)  # fmt: skip
+    # The journal as the agent left it just before rebooting into B for the trial.
+    job = parse_job(b'{"id": "j1", "url": "http://x/b.cub", "version": "1.1.0"}', cfg.device)
+    journey = Journal(d.journal.path).load(d.policy)
+    journey.offer(job, 0, "A", "B", 0.5)
+    journey.state = lc.REBOOTING
+    (tmp_path / "state").mkdir(exist_ok=True)
+    d.journal.save(journey)
+    loop = threading.Thread(target=d.run, daemon=True)
+    loop.start()
+    try:
+        assert system.rebooted.wait(30), "the hung trial never ended"
+    finally:
+        d.stop()
+        loop.join(10)
+    statuses = [m["status"] for m in d.channel.messages("update/status")]
+    assert "TrialRunning" in statuses
+    assert d.journal.load(d.policy).state == lc.ROLLED_BACK
+    assert d.boot.attempts_left("B") == 0
