@@ -23,7 +23,7 @@ import time
 from urllib.parse import urljoin, urlsplit
 
 from agent.config import DOWNLOAD_DEFAULTS
-from agent.core.errors import NetworkError, PayloadMismatch, Truncated
+from agent.core.errors import ConfigError, NetworkError, PayloadMismatch, Truncated
 
 PROGRESS_RESET = 64 * 1024
 MAX_REDIRECTS = 5
@@ -381,12 +381,15 @@ def open_source(location, settings=None, clock=None, sleep=None, rng=None, progr
     if scheme == "file":
         parts = urlsplit(location)
         if parts.netloc not in ("", "localhost"):
-            raise NetworkError("file:// URL with a remote host is not supported: %s" % location)
+            raise ConfigError(  # a wrong location never starts working: do not retry it
+                "file:// URL with a remote host is not supported: %s" % location,
+                hint="use file:///path or an http(s):// URL",
+            )
         from urllib.request import url2pathname
 
         location = url2pathname(parts.path)
     elif scheme:
-        raise NetworkError(
+        raise ConfigError(
             "unsupported source %s" % location, hint="use a path, file://, http:// or https://"
         )
     return FileSource(location, merged, clock, sleep, progress)

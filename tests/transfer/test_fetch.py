@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from agent.core.errors import NetworkError, PayloadMismatch, Truncated
+from agent.core.errors import ConfigError, NetworkError, PayloadMismatch, Truncated
 from agent.fetch import RateLimiter, open_source
 from tests.transfer.conftest import read_all, settings
 
@@ -198,9 +198,10 @@ def test_rate_limiter_token_bucket_schedule(clock):
     assert clock.sleeps == [0.5, 0.5]
 
 
-def test_unsupported_scheme_rejected():
-    with pytest.raises(NetworkError):
+def test_unsupported_scheme_rejected_without_retry():
+    with pytest.raises(ConfigError) as err:
         open_source("ftp://example.invalid/x", settings())
+    assert not err.value.retry
 
 
 def test_connection_refused_retries_then_network_error(clock):
