@@ -25,6 +25,11 @@ class ChargingStack:
         """Recent alarms, oldest first: [{"code": str, "ts": epoch seconds}]."""
         raise NotImplementedError
 
+    def sessions(self):
+        """Session outcomes since the stack started: {"started": n, "failed": m}, or None
+        when the stack does not count them (then only alarms are observed)."""
+        return None
+
     def request(self, cmd, **fields):
         raise NotImplementedError
 
@@ -60,6 +65,9 @@ class SocketStack(ChargingStack):
     def alarms(self):
         return self.request("status").get("alarms", [])
 
+    def sessions(self):
+        return self.request("status").get("sessions")
+
 
 class FakeStack(ChargingStack):
     """In-memory stack for unit tests of the daemon wiring."""
@@ -69,12 +77,16 @@ class FakeStack(ChargingStack):
         self.refuse = refuse
         self.recorded_alarms = []
         self.energy = 0
+        self.outcomes = None  # {"started", "failed"} when a test sets it
 
     def session_active(self):
         return self.active
 
     def alarms(self):
         return list(self.recorded_alarms)
+
+    def sessions(self):
+        return self.outcomes
 
     def request(self, cmd, **fields):
         if cmd == "start":

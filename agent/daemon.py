@@ -326,7 +326,9 @@ class Daemon:
 
     def do_record_baseline(self):
         try:
-            self.journey.set_baseline(alarm_baseline(self.stack, self.clock))
+            baseline = alarm_baseline(self.stack, self.clock)
+            baseline["sessions"] = self.stack.sessions()
+            self.journey.set_baseline(baseline)
         except UpdateError as e:
             log.warning("no alarm baseline (%s); the trial compares with an empty one", e)
             self.journey.set_baseline({"codes": [], "rate_per_hour": 0.0})

@@ -1,4 +1,5 @@
-"""The observation period after a commit: keep comparing the alarm profile with the baseline.
+"""The observation period after a commit: keep comparing the alarm profile and the
+charging-session outcomes with the baseline recorded before the install.
 
 Invariant: while the period runs the journey stays in COMMITTED (a new job still ends it);
 each review looks only at alarms raised since the previous review, so one old fault is never
@@ -42,6 +43,7 @@ class Observer:
         self.last_review = now
         try:
             observed = profile(self.stack.alarms(), since, now)
+            observed["sessions"] = self.stack.sessions()
         except UpdateError:
             return None, None  # the stack is unreachable right now; next review tries again
         baseline = journey.data.get("baseline") or {"codes": [], "rate_per_hour": 0.0}

@@ -88,6 +88,30 @@ def compare(baseline, observed, factor=2.0, slack_per_hour=1.0):
     return None
 
 
+def compare_sessions(baseline, observed, slack=0.25, min_attempts=3):
+    """A regression finding, or None, for charging-session outcomes.
+
+    Both are {"started": n, "failed": m} (session starts that worked / that the charger
+    refused or aborted). A regression is a failure ratio above the baseline's by more than
+    `slack`, judged only once `min_attempts` starts were seen (one unlucky driver is not a
+    trend)."""
+    if not baseline or not observed:
+        return None
+    attempts = observed.get("started", 0) + observed.get("failed", 0)
+    if attempts < min_attempts:
+        return None
+    base_attempts = baseline.get("started", 0) + baseline.get("failed", 0)
+    base_ratio = float(baseline.get("failed", 0)) / base_attempts if base_attempts else 0.0
+    ratio = float(observed.get("failed", 0)) / attempts
+    if ratio > base_ratio + slack:
+        return {
+            "kind": "session-failures",
+            "evidence": "%d of %d session starts failed (%.0f%%; before the update %.0f%%)"
+            % (observed.get("failed", 0), attempts, ratio * 100, base_ratio * 100),
+        }
+    return None
+
+
 def crash_loop(boot_count, restarts, max_boots=1, max_restarts=3):
     """Evidence of a crash loop, or None.
 
@@ -105,8 +129,9 @@ def crash_loop(boot_count, restarts, max_boots=1, max_restarts=3):
 
 
 class Observation:
-    """After a commit the agent keeps comparing with the baseline for `days` days; a
-    regression is reported, and rolled back too when the policy says so."""
+    """After a commit the agent keeps comparing alarms and session outcomes with the
+    baseline for `days` days; a regression is reported, and rolled back too when the policy
+    says so."""
 
     def __init__(self, days, policy=REPORT_ONLY, factor=2.0, slack_per_hour=1.0):
         if policy not in (ROLLBACK, REPORT_ONLY):
@@ -127,6 +152,8 @@ class Observation:
         if self.over(now, committed_at):
             return (None, None)
         finding = compare(baseline, observed, self.factor, self.slack_per_hour)
+        if finding is None:
+            finding = compare_sessions(baseline.get("sessions"), observed.get("sessions"))
         if finding is None:
             return (None, None)
         if self.policy == ROLLBACK and previous_slot_intact:

@@ -3,7 +3,8 @@
 The image is a real runnable payload: the boot ROM extracts it and runs its init, and the
 agent that then runs is the one inside the image, so a release really ships its own agent.
 `defects` make one of the broken builds the HIL catalogue must catch:
-crash-on-boot, no-backend, refuse-session, alarm-storm, hang-agent, faults-under-load.
+crash-on-boot, no-backend, refuse-session, alarm-storm, hang-agent, faults-under-load,
+agent-crash-loop, sessions-fail-later.
 """
 
 import io
@@ -18,6 +19,7 @@ DEFECTS = (
     "crash-on-boot", "no-backend", "refuse-session", "alarm-storm", "hang-agent",
     "faults-under-load",  # passes the trial, then trips on the next real sessions
     "agent-crash-loop",  # the shipped agent dies a moment after every start
+    "sessions-fail-later",  # passes the trial's session, then real sessions fail (no alarm)
 )  # fmt: skip
 PACKAGES = (
     ("agent", os.path.join(REPO, "agent")),

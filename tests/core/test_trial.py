@@ -61,3 +61,25 @@ def test_observation_rolls_back_only_by_policy_and_while_old_slot_intact():
     assert trial.Observation(days=2).review(3600, 0, {"codes": []}, storm)[1] == trial.REPORT_ONLY
     assert rollback.review(2 * 86400, 0, {"codes": []}, storm) == (None, None)
     assert rollback.review(3600, 0, {"codes": []}, {"codes": []}) == (None, None)
+
+
+def test_session_failures_above_baseline_are_a_regression():
+    from agent.core.trial import compare_sessions
+
+    base = {"started": 40, "failed": 1}
+    assert compare_sessions(base, {"started": 1, "failed": 2}) is not None
+    assert compare_sessions(base, {"started": 9, "failed": 1}) is None  # within the slack
+    assert compare_sessions(base, {"started": 0, "failed": 2}) is None  # too few to judge
+    assert compare_sessions(None, {"started": 0, "failed": 5}) is None  # stack counts nothing
+    finding = compare_sessions({"started": 0, "failed": 0}, {"started": 0, "failed": 3})
+    assert finding["kind"] == "session-failures" and "3 of 3" in finding["evidence"]
+
+
+def test_observation_reports_session_failures_when_alarms_are_quiet():
+    from agent.core.trial import ROLLBACK, Observation
+
+    obs = Observation(1, ROLLBACK)
+    baseline = {"codes": [], "rate_per_hour": 0.0, "sessions": {"started": 20, "failed": 0}}
+    observed = {"codes": [], "rate_per_hour": 0.0, "sessions": {"started": 1, "failed": 3}}
+    finding, decision = obs.review(100, 0, baseline, observed)
+    assert finding["kind"] == "session-failures" and decision == ROLLBACK

@@ -136,3 +136,19 @@ def test_new_firmware_station_connects_to_the_csms_and_reports_sessions(rig):
         "transactions", lambda t: t["event"] == "Ended" and t["id_token"] == "DRIVER-9", T
     )
     assert ended["energy_wh"] == 125
+
+
+def test_session_failures_in_observation_period_roll_back(make_rig):
+    rig = make_rig(agent_overrides={
+        "observation": {"days": 1, "policy": "rollback", "interval_s": 1},
+    })  # fmt: skip
+    job = rig.push_job("1.1.0", rig.release("1.1.0", defects=("sessions-fail-later",)))
+    assert rig.wait_status(job["id"], FINAL, T)["status"] == "Committed"
+    stack = rig.stack()
+    for driver in ("D1", "D2", "D3"):  # real drivers: the contactor no longer closes
+        assert not stack.request("start", id_tag=driver)["ok"]
+    final = rig.backend.wait_status(
+        rig.device_id, lambda s: s.get("job_id") == job["id"] and s["status"] == "RolledBack", T
+    )
+    assert final["reason"] == "regression" and final["check"] == "session-failures"
+    assert rig.backend.wait_inventory(rig.device_id, lambda r: r["booted"] == "A", T)

@@ -22,6 +22,7 @@ class ChargingStack:
         self.lock = threading.Lock()
         self.session = None  # {"id_tag", "started", "energy_wh"} while a session runs
         self.sessions_done = 0
+        self.sessions_failed = 0  # starts the charger refused (not "no vehicle")
         self.alarms = []  # [{"code", "ts"}]
         self._storm = None
 
@@ -33,6 +34,7 @@ class ChargingStack:
     def start(self, id_tag):
         with self.lock:
             if "refuse-session" in self.defects:
+                self.sessions_failed += 1
                 self._raise_alarm("ConnectorLockFailure")
                 return {"ok": False, "reason": "connector lock failed"}
             if self.session:
@@ -40,6 +42,10 @@ class ChargingStack:
             cp = self.pilot()
             if cp not in ("B", "C", "D"):
                 return {"ok": False, "reason": "no vehicle connected (CP state %s)" % cp}
+            if "sessions-fail-later" in self.defects and self.sessions_done >= 1:
+                # Passes the trial's self-test, then the contactor stops closing; no alarm.
+                self.sessions_failed += 1
+                return {"ok": False, "reason": "contactor did not close"}
             if "faults-under-load" in self.defects and self.sessions_done >= 1 and not self._storm:
                 # Passes the trial's one self-test session, then trips under real use.
                 self._start_storm(threading.Event(), 0.05)
@@ -84,6 +90,10 @@ class ChargingStack:
                 "ok": True,
                 "session_active": self.session is not None,
                 "cp": self.pilot(),
+                "sessions": {
+                    "started": self.sessions_done + (1 if self.session else 0),
+                    "failed": self.sessions_failed,
+                },
                 "sessions_done": self.sessions_done,
                 "alarms": list(self.alarms[-200:]),
             }
