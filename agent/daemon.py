@@ -252,6 +252,7 @@ class Daemon:
         data = self.journey.data
         intact = self.slots.slot(data.get("old_slot")).get("state") == "good"
         finding, decision = self.observer.review(self.journey, intact)
+        self.journal.save(self.journey)  # what was reviewed survives a restart
         if finding is None:
             return
         results = {"alarms": (False, finding)}

@@ -2,8 +2,9 @@
 charging-session outcomes with the baseline recorded before the install.
 
 Invariant: while the period runs the journey stays in COMMITTED (a new job still ends it);
-each review looks only at alarms raised since the previous review, so one old fault is never
-counted twice; the decision itself is agent.core.trial.Observation's.
+each review looks only at alarms raised since the previous review (kept in the journal, so
+also across restarts), so one old fault is never counted twice; the decision itself is
+agent.core.trial.Observation's.
 """
 
 from agent.checks.alarms import profile
@@ -39,8 +40,9 @@ class Observer:
     def review(self, journey, previous_slot_intact):
         """(finding or None, decision) for the alarms since the last review."""
         now = self.clock()
-        since = self.last_review or journey.data["committed_at"]
-        self.last_review = now
+        # Saved in the journey (and so in the journal): a restart never counts a fault twice.
+        since = journey.data.get("observed_until") or journey.data["committed_at"]
+        journey.data["observed_until"] = self.last_review = now
         try:
             observed = profile(self.stack.alarms(), since, now)
             observed["sessions"] = self.stack.sessions()
