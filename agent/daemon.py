@@ -82,12 +82,6 @@ class Daemon:
         seen_connections = -1
         while not self.stopping.is_set():
             self.system.pet()
-            connections = getattr(self.channel, "connections", 0)
-            if connections != seen_connections:
-                # Retained, but a broker restarted without persistence has lost it: every
-                # (re)connect publishes the row again.
-                seen_connections = connections
-                self.publish_inventory()
             try:
                 self.step()
             except UpdateError as e:
@@ -95,6 +89,12 @@ class Daemon:
             except Exception as e:  # a bug must not take the agent down: it would crash-loop
                 log.exception("unexpected error")
                 self.recover(UpdateError("internal error: %r" % e))
+            connections = getattr(self.channel, "connections", 0)
+            if connections != seen_connections:
+                # After the first resume (the row then says what this boot decided), and on
+                # every reconnect: a broker restarted without persistence lost the retained row.
+                seen_connections = connections
+                self.publish_inventory()
         self.channel.stop()
 
     def step(self):

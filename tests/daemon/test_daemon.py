@@ -110,8 +110,10 @@ def test_unreadable_boot_env_stops_the_update_without_a_reboot_then_it_resumes(m
     with open(env_file, "wb") as f:
         f.write(b"\0" * len(good))  # both copies fail their CRC
     job = rig.push_job("1.1.0", rig.release("1.1.0"))
-    failed = wait_reason(rig, "boot-env")
-    assert failed["job_id"] == job["id"] and "retry_in_s" in failed
+    failed = rig.backend.wait_status(
+        rig.device_id, lambda s: s.get("reason") == "boot-env" and s.get("job_id") == job["id"], T
+    )
+    assert "retry_in_s" in failed
     boots = rig.console_text().count("[rom] booting slot")
     with open(env_file, "wb") as f:
         f.write(good)  # the operator repairs the env; the agent picks the journey up again
