@@ -393,8 +393,9 @@ class Daemon:
                            data.get("agent_restarts", 0))  # fmt: skip
 
         def reported(name, passed, evidence):
-            self.report("TrialRunning", {"job_id": job.id, "check": name, "passed": passed,
-                                         "evidence": evidence})  # fmt: skip
+            info = {"job_id": job.id, "version": job.version, "check": name, "passed": passed,
+                    "evidence": evidence}  # fmt: skip
+            self.report("TrialRunning", info)
 
         results = steps.run_checks(ctx, self.journey.policy().required_checks, reported)
         verdict = "pass" if all(r[0] for r in results.values()) else "fail"

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 
 from agent.core.lifecycle import FINAL_STATUSES
@@ -18,10 +19,14 @@ from hil.report import Report
 from hil.virtual.rig import VirtualRig
 
 T0 = time.monotonic()
+SAY_LOCK = threading.Lock()
 
 
 def say(text):
-    print("[%6.1fs] %s" % (time.monotonic() - T0, text), flush=True)
+    # One write per line: statuses arrive on the MQTT thread while the main thread prints.
+    with SAY_LOCK:
+        sys.stdout.write("[%6.1fs] %s\n" % (time.monotonic() - T0, text))
+        sys.stdout.flush()
 
 
 def show_status(device, status):
