@@ -48,7 +48,34 @@ def build_parser():
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    _accept_anywhere(parser, ("--config", "-v", "--verbose"))
     return parser
+
+
+def _accept_anywhere(parser, options):
+    """Let the global options also follow a command (`charger-update run --config X`, as a
+    systemd unit is usually written): every sub-parser, nested ones too, learns them with
+    no default of its own, so a value given before the command survives."""
+    globals_ = [a for a in parser._actions if set(a.option_strings) & set(options)]
+    _teach(parser, globals_)
+
+
+def _teach(parser, globals_):
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in action.choices.values():
+            taken = set(o for a in sub._actions for o in a.option_strings)
+            for g in globals_:
+                flags = [o for o in g.option_strings if o not in taken]
+                if not flags:
+                    continue
+                kwargs = {"dest": g.dest, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS}
+                if g.nargs == 0:
+                    sub.add_argument(*flags, action="store_true", **kwargs)
+                else:
+                    sub.add_argument(*flags, metavar=g.metavar, **kwargs)
+            _teach(sub, globals_)
 
 
 def main(argv=None):
