@@ -9,6 +9,7 @@ so a failure anywhere here leaves the booted slot primary and the boot order as 
 """
 
 from agent import slots as slotio
+from agent.bundle import format as fmt
 from agent.bundle.reader import open_bundle
 from agent.fetch import open_source
 from agent.slotstate import SlotState
@@ -21,14 +22,15 @@ class Installed:
 
 
 def read_manifest(source, trust, cfg, now=None):
-    """Read and fully check the manifest at the head of `source`; return it."""
+    """Read and fully check the manifest at the head of `source`: (manifest, envelope)."""
     _, envelope = open_bundle(source.read)
-    return trust.verify(
+    manifest = trust.verify(
         envelope,
         device=cfg.device,
         installed_security_version=SlotState(cfg.state_dir).security_floor(),
         now=now,
     )
+    return manifest, envelope
 
 
 def plan(manifest, cfg, slot):
@@ -54,11 +56,11 @@ def install(
     slot = boot.other_slot(boot.booted_slot())
     state = SlotState(cfg.state_dir)
     with opener(location, cfg.download) as source:
-        manifest = read_manifest(source, trust, cfg, now)
+        manifest, envelope = read_manifest(source, trust, cfg, now)
         steps = plan(manifest, cfg, slot)
-        total = sum(p.size for p in manifest.payloads)
-        # Endless-data bound: the header already read plus the signed payload sizes.
-        source.set_limit(source.pos + total)
+        # Endless-data bound: nothing past the signed length of the whole bundle.
+        source.set_limit(fmt.bundle_size(len(envelope.raw), manifest))
+        total = manifest.payload_bytes
         # From here the inactive slot holds garbage until the last read-back passes.
         boot.mark_bad(slot)
         state.begin_write(slot, manifest.version)

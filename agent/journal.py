@@ -30,9 +30,6 @@ class Journal:
     def save(self, journey):
         write_json_atomic(self.path, journey.to_record())
 
-    def save_record(self, record):
-        write_json_atomic(self.path, record)
-
     def read_record(self):
         """The stored record, or None when there is no journal yet; JournalCorrupt if bad."""
         try:

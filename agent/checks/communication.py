@@ -25,16 +25,12 @@ class Communication:
         evidence = {
             "mqtt": retry(ctx, deadline, "MQTT backend", lambda: ctx.channel.ping_backend(timeout))
         }
-        ocpp = ctx.cfg.section("ocpp")
-        if ocpp.get("url"):
-            from agent.ocpp_probe import probe
+        from agent.ocpp_probe import probe, probe_args_from_config
 
-            cp_id = ocpp.get("charge_point_id", ctx.cfg.device["id"])
-            station = {"model": ctx.cfg.device["model"],
-                       "vendor_name": ctx.cfg.device.get("vendor", "unknown")}  # fmt: skip
-            evidence["ocpp"] = retry(
-                ctx, deadline, "OCPP CSMS", lambda: probe(ocpp["url"], cp_id, timeout, **station)
-            )
+        args = probe_args_from_config(ctx.cfg)  # None: no CSMS configured, skip that half
+        if args is not None:
+            args["timeout"] = timeout  # the check's per-probe bound
+            evidence["ocpp"] = retry(ctx, deadline, "OCPP CSMS", lambda: probe(**args))
         return evidence
 
 

@@ -19,6 +19,7 @@ def register(subparsers):
 
 def build(cfg):
     """The daemon with the real adapters the config names."""
+    from agent.channel import settings_from_config
     from agent.charging import SocketStack
     from agent.daemon import Daemon
     from agent.mqtt_channel import MqttChannel
@@ -29,8 +30,8 @@ def build(cfg):
     boot = open_from_config(cfg)
     stack_opts = cfg.section("charging_stack")
     stack = SocketStack(cfg.resolve(stack_opts.get("socket", "/run/charger/stack.sock")))
-    online = {"model": cfg.device["model"]}
-    channel = MqttChannel(cfg.section("mqtt"), cfg.device["id"], online_info=online)
+    settings, device_id = settings_from_config(cfg)
+    channel = MqttChannel(settings, device_id, online_info={"model": cfg.device["model"]})
     return Daemon(cfg, boot, channel, stack, Trust.from_config(cfg), System(cfg.section("system")))
 
 

@@ -80,10 +80,6 @@ class VirtualBoard:
             self.switches += 1
             self.switched.notify_all()
 
-    def power_cycle(self):
-        self.power_off()
-        self.power_on()
-
     def close(self):
         self.power_off()
         self.relay.close()

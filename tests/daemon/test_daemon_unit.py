@@ -140,3 +140,21 @@ def test_trial_window_expires_while_a_check_hangs(tmp_path):
     assert "TrialRunning" in statuses
     assert d.journal.load(d.policy).state == lc.ROLLED_BACK
     assert d.boot.attempts_left("B") == 0
+
+
+def test_daemon_config_resolves_mqtt_tls_paths_against_the_config_file(tmp_path):
+    from agent import config as config_mod
+    from agent.commands.run import build
+    from tests.bundle.factory import make_root
+
+    make_root(str(tmp_path / "root.json"))
+    (tmp_path / "agent.toml").write_text(
+        '[device]\nid = "cp-1"\nmodel = "M"\nhardware_revision = "r"\n'
+        '[slots.A]\nrootfs = "a.img"\n[slots.B]\nrootfs = "b.img"\n'
+        '[bootloader]\nbackend = "simulated"\nstate = "boot.json"\nbooted = "A"\n'
+        '[trust]\nroot = "root.json"\n'
+        '[mqtt]\nhost = "127.0.0.1"\ntls = { ca_file = "pki/ca.pem", cert_file = "pki/cp.pem", '
+        'key_file = "pki/cp.key" }\n'
+    )
+    d = build(config_mod.load(str(tmp_path / "agent.toml")))
+    assert d.channel.settings["tls"]["ca_file"] == str(tmp_path / "pki" / "ca.pem")
