@@ -66,6 +66,7 @@ class Daemon:
         self.busy = False  # a long action runs in a worker
         self.step_id = 0  # results of a worker started for an older step are dropped
         self.worker = None
+        self.header = None  # (job id, signed envelope) fetched by the download step
         self.pending_resume = True  # the journal's journey is picked up inside the loop
         self.recover_s = float(cfg.section("system").get("retry_after_failure_s", RECOVER_S))
         self.resumed_before = False
@@ -370,10 +371,15 @@ class Daemon:
         self.worker.start()
 
     def _download(self):
-        return ("result",) + steps.download(self.journey.job.url, self.cfg)
+        job = self.journey.job
+        event, info, envelope = steps.download(job.url, self.cfg)
+        self.header = (job.id, envelope)
+        return ("result", event, info)
 
     def _verify(self):
-        return ("result",) + steps.verify(self.journey.job.url, self.cfg, self.trust, self.clock())
+        job = self.journey.job
+        envelope = self.header[1] if self.header and self.header[0] == job.id else None
+        return ("result",) + steps.verify(envelope, job.url, self.cfg, self.trust, self.clock())
 
     def _install(self):
         job = self.journey.job

@@ -24,13 +24,17 @@ class Installed:
 def read_manifest(source, trust, cfg, now=None):
     """Read and fully check the manifest at the head of `source`: (manifest, envelope)."""
     _, envelope = open_bundle(source.read)
-    manifest = trust.verify(
+    return check_envelope(envelope, trust, cfg, now), envelope
+
+
+def check_envelope(envelope, trust, cfg, now=None):
+    """The manifest, if the envelope's signatures and this board's policy accept it."""
+    return trust.verify(
         envelope,
         device=cfg.device,
         installed_security_version=SlotState(cfg.state_dir).security_floor(),
         now=now,
     )
-    return manifest, envelope
 
 
 def plan(manifest, cfg, slot):

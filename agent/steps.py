@@ -24,18 +24,24 @@ def info(error):
 
 
 def download(url, cfg):
+    """(event, info, envelope): the signed header, kept by the daemon for `verify`."""
     try:
         with open_source(url, cfg.download) as source:
-            open_bundle(source.read)
-        return lc.DOWNLOAD_OK, {}
+            _, envelope = open_bundle(source.read)
+        return lc.DOWNLOAD_OK, {}, envelope
     except UpdateError as e:
-        return lc.DOWNLOAD_ERROR, info(e)
+        return lc.DOWNLOAD_ERROR, info(e), None
 
 
-def verify(url, cfg, trust, now):
+def verify(envelope, url, cfg, trust, now):
+    """Check the downloaded header; fetch it again only when there is none (after a restart
+    the journey resumes at Downloaded with nothing in memory)."""
     try:
-        with open_source(url, cfg.download) as source:
-            installer.read_manifest(source, trust, cfg, now)
+        if envelope is None:
+            with open_source(url, cfg.download) as source:
+                installer.read_manifest(source, trust, cfg, now)
+        else:
+            installer.check_envelope(envelope, trust, cfg, now)
         return lc.SIGNATURE_OK, {}
     except Rejected as e:
         return lc.SIGNATURE_BAD, info(e)

@@ -46,6 +46,8 @@ def settled_row(rig, job_id):
 def test_good_update_commits(rig):
     old, new = slots(rig)
     job, _ = update(rig, "1.1.0", "Committed")
+    fetched = [r for r in rig.images.requests if r["path"].endswith("charger-1.1.0.cub")]
+    assert len(fetched) == 2  # the signed header once, then one streaming install
     row = settled_row(rig, job["id"])
     assert row["booted"] == row["primary"] == new
     assert row["slots"][new]["version"] == "1.1.0"
