@@ -20,7 +20,7 @@ def test_bench_quick_prints_table(capsys, tmp_path):
     assert [(r[1], r[2]) for r in rows] == expected
     assert all(r[0] == "8" and float(r[3]) > 0 and float(r[8]) >= 0 for r in rows)
     assert all(r[7].endswith("M") for r in rows if r[2] != "dd")
-    assert "verified/baseline" in out and "single-stream SHA-256" in out
+    assert "verified/baseline" in out and "SHA-256 on one core" in out
     assert list(tmp_path.iterdir()) == []  # payloads and slot cleaned up
 
 
@@ -48,6 +48,6 @@ def test_verdict_names_a_miss_and_a_busy_machine():
     ]  # fmt: skip
     text = bench.verdict(rows, hash_rate=1700.0, busy=True)
     assert "verified/baseline 0.500" in text and "MISSES" in text
-    assert "machine was busy" in text
+    assert "run again on an idle machine" in text
     assert "peak RSS 70.0 MiB over 64 MiB" in text
     assert "under 2000 MiB/s" in text
