@@ -104,29 +104,46 @@ class Source:
     def read(self, n):
         """Up to `n` bytes; b"" at the end. Raises Truncated if the data ends before the
         limit, PayloadMismatch if it goes on past it."""
+        n = self._allowed(n)
+        data = self._raw_read(n) if n else b""
+        self._account(len(data))
+        return data
+
+    def readinto(self, view):
+        """`read` into a writable buffer, without an intermediate bytes object: the number of
+        bytes placed at its start, 0 at the end. Same bounds and errors as `read`."""
+        n = self._allowed(len(view))
+        got = self._raw_readinto(memoryview(view)[:n]) if n else 0
+        self._account(got)
+        return got
+
+    def _allowed(self, n):
+        """How much of `n` this read may take: 0 at the limit (after checking the source
+        really ends there), at most one burst when rate-limited."""
         if self.limit is not None:
             room = self.limit - self.pos
             if room <= 0:
                 self.expect_end()
-                return b""
+                return 0
             n = min(n, room)
         if self.limiter is not None:
             n = max(1, min(n, int(self.limiter.burst)))
-        data = self._raw_read(n)
-        if not data:
+        return n
+
+    def _account(self, got):
+        if not got:
             if self.limit is not None and self.pos < self.limit:
                 raise Truncated(
                     "%s ended after %d bytes; the manifest promises %d"
                     % (self.location, self.pos, self.limit),
                     hint="the file is incomplete; download or copy it again",
                 )
-            return b""
-        self.pos += len(data)
+            return
+        self.pos += got
         if self.limiter is not None:
-            self.limiter.consume(len(data))
+            self.limiter.consume(got)
         if self.progress is not None:
-            self.progress.update(len(data))
-        return data
+            self.progress.update(got)
 
     def expect_end(self):
         """At the limit: one more byte from the source means it sends more than allowed."""
@@ -138,6 +155,12 @@ class Source:
 
     def _raw_read(self, n):
         raise NotImplementedError
+
+    def _raw_readinto(self, view):
+        """Subclasses without a zero-copy path read and copy."""
+        data = self._raw_read(len(view))
+        view[: len(data)] = data
+        return len(data)
 
     def close(self):
         pass
@@ -163,6 +186,9 @@ class FileSource(Source):
 
     def _raw_read(self, n):
         return self._f.read(n)
+
+    def _raw_readinto(self, view):
+        return self._f.readinto(view)
 
     def close(self):
         self._f.close()
@@ -190,24 +216,33 @@ class HttpSource(Source):
     # -- reading ------------------------------------------------------------------------------
 
     def _raw_read(self, n):
+        return self._retrying(lambda resp: resp.read(n), len)
+
+    def _raw_readinto(self, view):
+        return self._retrying(lambda resp: resp.readinto(view), int)
+
+    def _retrying(self, read, count):
+        """read(response) once it succeeds, reconnecting with Range after a drop; `count`
+        gives the bytes a result holds (0 only at the true end)."""
         while True:
             if self._resp is None:
                 self._open()
             try:
-                data = self._resp.read(n)
+                result = read(self._resp)
             except RETRYABLE as e:
                 self._failed("connection dropped at byte %d: %s" % (self.pos, _describe(e)))
                 continue
-            if data:
-                self.since_failure += len(data)
+            got = count(result)
+            if got:
+                self.since_failure += got
                 if self.since_failure >= PROGRESS_RESET:
                     self.failures = 0
-                return data
+                return result
             if self.size is not None and self.pos < self.size:
                 # Close-delimited or chunked body that ended early: same as a drop.
                 self._failed("connection closed at byte %d of %d" % (self.pos, self.size))
                 continue
-            return b""
+            return result
 
     def _open(self):
         while True:

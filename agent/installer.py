@@ -73,8 +73,9 @@ def install(
             progress = progress_factory(total, "%s -> slot %s" % (manifest.version, slot))
         for payload, target in steps:
             slotio.write_payload(
-                source.read, payload, target, cfg.download["chunk_size"], progress, readback
-            )
+                source.read, payload, target, cfg.download["chunk_size"], progress, readback,
+                readinto=getattr(source, "readinto", None),
+            )  # fmt: skip
         source.expect_end()
         if progress:
             progress.done()

@@ -78,10 +78,22 @@ def settings(**overrides):
     return base
 
 
-def read_all(source, chunk=64 * 1024):
+def read_all(source, via="read", chunk=64 * 1024):
+    """Everything from a Source, through read(n) or through readinto(buffer) (the installer's
+    zero-copy path); both must give the same bytes and the same errors."""
     parts = []
+    buf = bytearray(chunk)
     while True:
-        data = source.read(chunk)
+        if via == "readinto":
+            n = source.readinto(buf)
+            data = bytes(buf[:n])
+        else:
+            data = source.read(chunk)
         if not data:
             return b"".join(parts)
         parts.append(data)
+
+
+@pytest.fixture(params=["read", "readinto"])
+def via(request):
+    return request.param

@@ -44,7 +44,7 @@ def test_verdict_names_a_miss_and_a_busy_machine():
     rows = [
         bench.summarise(256, "file", case, [{"seconds": s, "hwm_kib": 70 << 10, "cpu": 1.0}],
                         [{"seconds": 1.0, "hwm_kib": 1, "cpu": 1.0}], 256 * bench.MiB)
-        for case, s in (("baseline", 1.0), ("copy+wb", 0.5), ("verified", 2.0))
+        for case, s in (("baseline", 1.0), ("copy+slot", 0.5), ("verified", 2.0))
     ]  # fmt: skip
     text = bench.verdict(rows, hash_rate=1700.0, busy=True)
     assert "verified/baseline 0.500" in text and "MISSES" in text

@@ -19,20 +19,20 @@ def _open(srv, clock, **kw):
     )
 
 
-def test_plain_http_download_is_byte_exact(server, blob, clock):
+def test_plain_http_download_is_byte_exact(server, blob, clock, via):
     with _open(server, clock) as src:
         assert src.size == len(blob)
         src.set_limit(len(blob))
-        assert read_all(src) == blob
+        assert read_all(src, via) == blob
     assert [r["range"] for r in server.requests] == [None]
 
 
-def test_resume_after_server_drops_connection_mid_payload(server, blob, clock):
+def test_resume_after_server_drops_connection_mid_payload(server, blob, clock, via):
     server.faults.drop_after = 1000 * 1000
     server.faults.drop_times = 2
     with _open(server, clock) as src:
         src.set_limit(len(blob))
-        assert read_all(src) == blob
+        assert read_all(src, via) == blob
     ranges = [r["range"] for r in server.requests]
     assert ranges == [None, "bytes=1000000-", "bytes=2000000-"]
     # Every resume names the entity it continues.
@@ -41,11 +41,11 @@ def test_resume_after_server_drops_connection_mid_payload(server, blob, clock):
     assert len(clock.sleeps) == 2
 
 
-def test_resume_after_stalled_server_times_out(server, blob, clock):
+def test_resume_after_stalled_server_times_out(server, blob, clock, via):
     server.faults.stall_after = 500 * 1000
     server.faults.stall_times = 1
     with _open(server, clock, timeout_s=1.5) as src:
-        assert read_all(src) == blob
+        assert read_all(src, via) == blob
     # A loaded machine may stall the resumed response too: only the first resume matters.
     first, resume = [r["range"] for r in server.requests][:2]
     assert first is None
@@ -69,20 +69,20 @@ def test_retries_exhausted_gives_network_error_with_bounded_backoff(server, cloc
     assert len(server.requests) == 6
 
 
-def test_server_errors_then_ok_recovers(server, blob, clock):
+def test_server_errors_then_ok_recovers(server, blob, clock, via):
     server.faults.fail_first = 2
     with _open(server, clock) as src:
-        assert read_all(src) == blob
+        assert read_all(src, via) == blob
     assert [r["status"] for r in server.requests] == [503, 503, 200]
 
 
-def test_endless_data_attack_is_stopped_at_the_manifest_bound(server, clock):
+def test_endless_data_attack_is_stopped_at_the_manifest_bound(server, clock, via):
     server.faults.endless = True
     with _open(server, clock) as src:
         assert src.size is None
         src.set_limit(1 << 20)
         with pytest.raises(PayloadMismatch) as info:
-            read_all(src)
+            read_all(src, via)
         assert src.pos == 1 << 20
     assert "more than" in str(info.value)
 
@@ -101,51 +101,51 @@ def test_truncated_file_on_server_is_truncated(server, blob, clock):
             src.set_limit(len(blob) + 10)
 
 
-def test_truncated_local_file_is_truncated(tmp_path, blob, clock):
+def test_truncated_local_file_is_truncated(tmp_path, blob, clock, via):
     path = tmp_path / "b.bin"
     path.write_bytes(blob)
     src = open_source(str(path), settings(), clock=clock, sleep=clock.sleep)
     src.size = None  # as for a pipe: only the end of data tells
     src.set_limit(len(blob) + 1)
     with pytest.raises(Truncated):
-        read_all(src)
+        read_all(src, via)
 
 
-def test_local_file_longer_than_manifest_is_rejected(tmp_path, blob, clock):
+def test_local_file_longer_than_manifest_is_rejected(tmp_path, blob, clock, via):
     path = tmp_path / "b.bin"
     path.write_bytes(blob)
     src = open_source("file://" + str(path), settings(), clock=clock, sleep=clock.sleep)
     src.size = None
     src.set_limit(len(blob) - 1)
     with pytest.raises(PayloadMismatch):
-        read_all(src)
+        read_all(src, via)
 
 
-def test_resume_ignored_range_mid_download_is_network_error(server, clock):
+def test_resume_ignored_range_mid_download_is_network_error(server, clock, via):
     server.faults.drop_after = 100 * 1000
     server.faults.drop_times = 1
     server.faults.ignore_range = True
     with _open(server, clock) as src:
         with pytest.raises(NetworkError) as info:
-            read_all(src)
+            read_all(src, via)
     assert "HTTP 200" in str(info.value)
 
 
-def test_range_ignored_at_offset_zero_restarts_safely(server, blob, clock):
+def test_range_ignored_at_offset_zero_restarts_safely(server, blob, clock, via):
     server.faults.drop_after = 0
     server.faults.drop_times = 1
     server.faults.ignore_range = True
     with _open(server, clock) as src:
-        assert read_all(src) == blob
+        assert read_all(src, via) == blob
 
 
-def test_file_swapped_during_download_wrong_etag_on_resume_rejected(server, clock):
+def test_file_swapped_during_download_wrong_etag_on_resume_rejected(server, clock, via):
     server.faults.drop_after = 100 * 1000
     server.faults.drop_times = 1
     server.faults.wrong_etag_on_resume = True
     with _open(server, clock) as src:
         with pytest.raises(NetworkError) as info:
-            read_all(src)
+            read_all(src, via)
     assert "changed during the download" in str(info.value)
 
 
@@ -156,16 +156,16 @@ def test_tls_unknown_ca_rejected_by_default(tls_server, clock):
     assert clock.sleeps == []  # no point retrying a certificate
 
 
-def test_tls_accepted_with_configured_ca_file(tls_server, blob, clock):
+def test_tls_accepted_with_configured_ca_file(tls_server, blob, clock, via):
     with _open(tls_server, clock, ca_file=tls_server.ca_path) as src:
-        assert read_all(src) == blob
+        assert read_all(src, via) == blob
 
 
-def test_tls_resume_after_drop(tls_server, blob, clock):
+def test_tls_resume_after_drop(tls_server, blob, clock, via):
     tls_server.faults.drop_after = 700 * 1000
     tls_server.faults.drop_times = 1
     with _open(tls_server, clock, ca_file=tls_server.ca_path) as src:
-        assert read_all(src) == blob
+        assert read_all(src, via) == blob
     assert [r["range"] for r in tls_server.requests] == [None, "bytes=700000-"]
 
 
@@ -176,11 +176,11 @@ def test_not_found_is_network_error_without_retry(server, clock):
     assert clock.sleeps == []
 
 
-def test_rate_cap_with_fake_clock(server, blob, clock):
+def test_rate_cap_with_fake_clock(server, blob, clock, via):
     rate = 1 << 20
     with _open(server, clock, max_rate=rate) as src:
         start = clock()
-        assert read_all(src) == blob
+        assert read_all(src, via) == blob
     elapsed = clock() - start
     # One burst of `rate` bytes is free; the rest is paid for at `rate`.
     expected = (len(blob) - rate) / rate
@@ -223,13 +223,13 @@ def test_connection_refused_retries_then_network_error(clock):
     assert len(clock.sleeps) == 2
 
 
-def test_redirect_followed_and_resume_goes_to_the_new_location(server, blob, clock):
+def test_redirect_followed_and_resume_goes_to_the_new_location(server, blob, clock, via):
     server.faults.redirects["latest.bin"] = "/bundle.bin"
     server.faults.drop_after = 200 * 1000
     server.faults.drop_times = 1
     src = open_source(server.url("latest.bin"), settings(), clock=clock, sleep=clock.sleep)
     with src:
-        assert read_all(src) == blob
+        assert read_all(src, via) == blob
     paths = [(r["path"], r["range"]) for r in server.requests]
     assert paths == [("/latest.bin", None), ("/bundle.bin", None), ("/bundle.bin", "bytes=200000-")]
 

@@ -9,7 +9,16 @@ import os
 import pytest
 
 from agent.core.errors import NoSpace, PayloadMismatch, ReadbackMismatch, Truncated
-from agent.slots import SlotReader, SlotTarget, SlotWriter, check_space, device_size, write_payload
+from agent.pipeline import QUEUE_DEPTH
+from agent.slots import (
+    DirectSlotWriter,
+    SlotReader,
+    SlotTarget,
+    SlotWriter,
+    check_space,
+    device_size,
+    write_payload,
+)
 from tests.transfer.conftest import StandInPayload
 
 
@@ -176,8 +185,8 @@ def test_readback_mismatch_when_medium_drops_the_tail(tmp_path, blob):
             real = writer.sync
 
             def sync():
-                os.ftruncate(writer.fd, len(blob) - 100)  # acknowledged, then lost
                 real()
+                os.ftruncate(writer.fd, len(blob) - 100)  # acknowledged, then lost
 
             writer.sync = sync
             return writer
@@ -290,3 +299,166 @@ def test_slot_in_missing_directory_is_config_error(tmp_path, blob):
     with pytest.raises(ConfigError) as info:
         write_payload(io.BytesIO(blob).read, StandInPayload(blob), str(tmp_path / "no" / "s.img"))
     assert "[slots]" in str(info.value)
+
+
+# -- O_DIRECT writes -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def direct_dir(tmp_path):
+    """tmp_path, if its filesystem takes O_DIRECT (ext4, xfs, btrfs, tmpfs since Linux 6.6)."""
+    probe = tmp_path / "probe"
+    try:
+        os.close(os.open(str(probe), os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0)))
+    except OSError as e:
+        pytest.skip("no O_DIRECT on %s: %s" % (tmp_path, e))
+    if not getattr(os, "O_DIRECT", 0):
+        pytest.skip("no O_DIRECT on this platform")
+    probe.unlink()
+    return tmp_path
+
+
+def _file_source(tmp_path, data):
+    from agent.fetch import open_source
+
+    path = tmp_path / "bundle.bin"
+    path.write_bytes(data)
+    return open_source(str(path))
+
+
+def test_file_slot_is_written_with_o_direct(direct_dir):
+    writer = SlotTarget(str(direct_dir / "slot.img")).open_writer()
+    try:
+        assert isinstance(writer, DirectSlotWriter) and writer.created
+    finally:
+        writer.close()
+
+
+def test_aligned_chunks_go_to_the_medium_without_a_copy(direct_dir, blob, monkeypatch):
+    """With readinto the chunks land in page-aligned buffers: only the last, partial chunk
+    passes through the staging copy; the rest is handed to O_DIRECT as it is."""
+    staged = []
+    stage = DirectSlotWriter._stage
+    monkeypatch.setattr(
+        DirectSlotWriter, "_stage", lambda self, data: staged.append(len(data)) or stage(self, data)
+    )
+    chunk = 64 * 1024
+    with _file_source(direct_dir, blob) as src:
+        write_payload(
+            src.read, StandInPayload(blob), str(direct_dir / "s.img"), chunk, readinto=src.readinto
+        )
+    assert (direct_dir / "s.img").read_bytes() == blob
+    assert staged == [len(blob) % chunk]
+
+
+def test_direct_writer_takes_any_mix_of_sizes_and_buffers(direct_dir):
+    """Aligned buffers, odd-sized bytes, an aligned buffer after odd bytes (staged then),
+    a tail under one block: the file holds exactly the bytes written, in order."""
+    import mmap
+
+    pieces = []
+    for size, aligned in ((8192, True), (100, False), (4096, True), (5000, False), (1, False)):
+        data = os.urandom(size)
+        if aligned:
+            buf = mmap.mmap(-1, size)
+            buf[:] = data
+            pieces.append((memoryview(buf), data))
+        else:
+            pieces.append((data, data))
+    target = SlotTarget(str(direct_dir / "s.img"))
+    writer = target.open_writer()
+    assert isinstance(writer, DirectSlotWriter)
+    try:
+        for piece, _ in pieces:
+            writer.write(piece)
+        writer.sync()
+    finally:
+        writer.close()
+    expected = b"".join(data for _, data in pieces)
+    assert writer.written == len(expected)
+    assert (direct_dir / "s.img").read_bytes() == expected
+
+
+def test_filesystem_refusing_o_direct_falls_back_to_buffered(tmp_path, blob, monkeypatch):
+    """Stand-in for a filesystem without direct I/O (every one on this machine has it, tmpfs
+    too since Linux 6.6): open(O_DIRECT) fails with EINVAL, as the kernel reports it."""
+    import agent.slots
+
+    real_open = os.open
+
+    def refusing_open(path, flags, *args):
+        if flags & agent.slots.O_DIRECT:
+            real_open(path, flags & ~agent.slots.O_DIRECT, *args)  # created, as the kernel does
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(agent.slots.os, "open", refusing_open)
+    target = SlotTarget(str(tmp_path / "s.img"))
+    writer = target.open_writer()
+    writer.close()
+    assert type(writer) is SlotWriter
+    assert writer.created  # the file did not exist before: its directory entry gets fsynced
+    os.unlink(target.path)
+    write_payload(io.BytesIO(blob).read, StandInPayload(blob), target)
+    assert (tmp_path / "s.img").read_bytes() == blob
+
+
+def test_disk_full_during_direct_write_is_no_space(direct_dir, blob):
+    class FullDisk(DirectSlotWriter):
+        def _os_write(self, fd, view):
+            if self.written + len(view) > 1 << 20:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return os.write(fd, view)
+
+    class FillingTarget(SlotTarget):
+        def open_writer(self):
+            return FullDisk(self)
+
+    with _file_source(direct_dir, blob) as src:
+        with pytest.raises(NoSpace) as info:
+            write_payload(
+                src.read, StandInPayload(blob), FillingTarget(str(direct_dir / "s")),
+                readinto=src.readinto,
+            )  # fmt: skip
+    assert "full after 1048576 bytes" in str(info.value)
+
+
+def test_chunk_buffers_are_reused_not_one_per_chunk(direct_dir, monkeypatch):
+    """Memory stays flat: a 96-chunk payload goes through a handful of buffers."""
+    import agent.slots
+
+    made = []
+    base = agent.slots.ChunkBuffers
+
+    class Counting(base):
+        def take(self):
+            buf = base.take(self)
+            if all(buf is not b for b in made):
+                made.append(buf)
+            return buf
+
+    monkeypatch.setattr(agent.slots, "ChunkBuffers", Counting)
+    data = os.urandom(96 * 32 * 1024)
+    with _file_source(direct_dir, data) as src:
+        write_payload(
+            src.read, StandInPayload(data), str(direct_dir / "s"), 32 * 1024, readinto=src.readinto
+        )
+    assert (direct_dir / "s").read_bytes() == data
+    # reader + hasher + writer + two queues of QUEUE_DEPTH: never more in flight
+    assert 3 <= len(made) <= 3 + 2 * QUEUE_DEPTH
+
+
+def test_direct_writer_hands_windows_to_the_readback_while_writing(direct_dir, blob, monkeypatch):
+    import agent.slots
+
+    monkeypatch.setattr(agent.slots, "WRITEBACK_WINDOW", 256 * 1024)
+    settled = []
+    advance = agent.slots._ReadBehind.advance
+    monkeypatch.setattr(
+        agent.slots._ReadBehind, "advance", lambda s, upto: settled.append(upto) or advance(s, upto)
+    )
+    with _file_source(direct_dir, blob) as src:
+        write_payload(
+            src.read, StandInPayload(blob), str(direct_dir / "s"), 64 * 1024, readinto=src.readinto
+        )
+    assert len(settled) >= 8 and settled == sorted(settled) and settled[-1] < len(blob)
