@@ -462,3 +462,29 @@ def test_direct_writer_hands_windows_to_the_readback_while_writing(direct_dir, b
             src.read, StandInPayload(blob), str(direct_dir / "s"), 64 * 1024, readinto=src.readinto
         )
     assert len(settled) >= 8 and settled == sorted(settled) and settled[-1] < len(blob)
+
+
+def test_direct_write_refused_by_the_medium_carries_on_buffered(direct_dir, blob):
+    """Fault injection: the device wants another alignment and a direct write fails with
+    EINVAL (as the kernel reports it); the writer turns O_DIRECT off and finishes."""
+    import fcntl
+
+    refused = []
+
+    class PickyMedium(DirectSlotWriter):
+        def _os_write(self, fd, view):
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT and self.written >= 1 << 20:
+                refused.append(self.written)
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return os.write(fd, view)
+
+    class Target(SlotTarget):
+        def open_writer(self):
+            return PickyMedium(self)
+
+    with _file_source(direct_dir, blob) as src:
+        write_payload(
+            src.read, StandInPayload(blob), Target(str(direct_dir / "s")), readinto=src.readinto
+        )
+    assert refused == [1 << 20]
+    assert (direct_dir / "s").read_bytes() == blob
