@@ -18,12 +18,13 @@ each case runs in its own child process so its peak RSS (VmHWM) is the install's
   verified+rb    what `charger-update install` does: the same plus the read-back of the slot
                  and its sha256 (doubles the I/O)
 
-Cases are interleaved in rounds (--repeat, default 5). The ratio pairs each round's case with
-that round's baseline (baseline seconds / case seconds); the median over rounds is printed
-with its range, since the baseline's single fsync makes it the noisiest figure. The issue's
-target (>= 0.85 of baseline while verifying) is compared against `verified`, which moves the
-same bytes as the baseline; `verified+rb` is what an install really costs. The run also
-measures single-stream SHA-256 in memory, the ceiling for any verified install here.
+Cases are interleaved in rounds (--repeat, default 5), in an order shuffled per round. The
+ratio pairs each round's case with that round's baseline (baseline seconds / case seconds);
+the median over rounds is printed with its range, since the baseline's single fsync makes
+it the noisiest figure. The issue's target (>= 0.85 of baseline while verifying) is compared
+against `verified`, which moves the same bytes as the baseline; `verified+rb` is what an
+install really costs. The run also measures SHA-256 on one core, the ceiling for any
+verified install here.
 """
 
 import argparse
@@ -31,6 +32,7 @@ import hashlib
 import http.client
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -233,15 +235,18 @@ def run_child(case, source, payload, target, config_path):
 
 
 def measure(sources, payload, target, repeat, config_path):
-    """{(source kind, case): [child results, one per round]}; cases interleaved per round so
-    slow phases of the host hit every case alike, and each round's ratio pairs cases that ran
-    seconds apart."""
+    """{(source kind, case): [child results, one per round]}. Cases are interleaved in rounds,
+    so slow phases of the host hit every case alike and each round's ratio pairs cases that
+    ran seconds apart; the order is shuffled per round (seeded: reruns use the same orders).
+    On this VM a buffered copy right after a case that freed 1 GiB of page cache runs at
+    half speed (the guest hands freed memory back to the host, and taking it again faults),
+    and a fixed order would charge that to the same case every round."""
     runs = {}
-    for _ in range(repeat):
-        for kind, location in sources:
-            for case in CASES:
-                if case == "dd" and (kind != "file" or not shutil.which("dd")):
-                    continue
+    for n in range(repeat):
+        rng = random.Random(n)
+        for kind, location in rng.sample(sources, len(sources)):
+            cases = [c for c in CASES if c != "dd" or (kind == "file" and shutil.which("dd"))]
+            for case in rng.sample(cases, len(cases)):
                 result = run_child(case, location, payload, target, config_path)
                 runs.setdefault((kind, case), []).append(result)
     return runs
