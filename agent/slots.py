@@ -296,13 +296,36 @@ def _aligned(view):
 
 
 class SlotReader:
+    """Reads a slot back: O_DIRECT where the medium takes it, so the bytes come from the
+    medium and not from the page cache; else buffered, after dropping the cached pages."""
+
     def __init__(self, path):
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.direct = False
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+        if O_DIRECT:
+            try:
+                self.fd = os.open(path, flags | O_DIRECT)
+                self.direct = True
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+        self.fd = os.open(path, flags)
         os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
-    def read(self, n):
-        return os.read(self.fd, n)
+    def readinto(self, view):
+        """Fill `view` (page-aligned, a whole number of blocks) from the current offset; the
+        count read, short only at the end of the slot."""
+        try:
+            return os.readv(self.fd, [view])
+        except OSError as e:
+            if e.errno != errno.EINVAL or not self.direct:
+                raise
+            # The medium wants another alignment: read through the page cache instead.
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~O_DIRECT)
+            self.direct = False
+            return os.readv(self.fd, [view])
 
     def close(self):
         os.close(self.fd)
@@ -494,18 +517,20 @@ def _inflate(chunks, payload, chunk_size):
 
 
 class _ReadBehind:
-    """The read-back, overlapped with the write: a thread reads and hashes each window once
-    the writer has waited for its writeback and dropped it from the cache, and `finish` reads
-    the tail after the final fsync. Without sync_file_range it all happens in `finish`."""
+    """The read-back, overlapped with the write: as the writer reports that bytes [0, N) are
+    on the medium, a reader thread reads them back into aligned buffers and this one hashes
+    them; `finish` has the rest read after the final fsync. Without such reports (buffered
+    writes without sync_file_range) it all happens in `finish`."""
+
+    DEPTH = 2  # chunks read ahead of the hashing
 
     def __init__(self, target, payload, chunk_size):
         self.target = target
         self.payload = payload
-        self.chunk_size = chunk_size
         self.reader = target.open_reader()
+        self.buffers = ChunkBuffers(_round_up(chunk_size))
         self.digest = hashlib.sha256()
         self.got = 0
-        self.short = False
         self.marks = queue.Queue()
         self.failure = []
         self.thread = threading.Thread(target=self._run, name="slot-readback", daemon=True)
@@ -516,26 +541,34 @@ class _ReadBehind:
 
     def _run(self):
         try:
-            while True:
-                upto = self.marks.get()
-                if upto is None:
-                    return
-                self._read_to(min(upto, self.payload.installed_size))
+            for view in prefetch(self._chunks(), self.DEPTH):
+                self.digest.update(view)
+                self.got += len(view)
+                self.buffers.give_back(view)
         except BaseException as e:  # raised by finish()
             self.failure.append(e)
 
-    def _read_to(self, upto):
-        fd = getattr(self.reader, "fd", None)
-        if fd is not None and upto > self.got:
-            # Let the kernel read the whole window ahead while we hash its first chunks.
-            os.posix_fadvise(fd, self.got, upto - self.got, os.POSIX_FADV_WILLNEED)
-        while self.got < upto and not self.short:
-            data = self.reader.read(min(self.chunk_size, upto - self.got))
-            if not data:
-                self.short = True
-                return
-            self.digest.update(data)
-            self.got += len(data)
+    def _chunks(self):
+        """The slot's first installed_size bytes as they reach the medium; ends early if the
+        slot is short. Every read but the last starts and ends on an ALIGN boundary, as
+        O_DIRECT needs; the last is rounded up and cut to what belongs to the payload."""
+        size = self.payload.installed_size
+        pos = upto = 0
+        while pos < size:
+            ready = upto - pos if upto == size else (upto - pos) // ALIGN * ALIGN
+            if ready <= 0:
+                mark = self.marks.get()
+                if mark is None:
+                    return
+                upto = min(mark, size)
+                continue
+            want = min(self.buffers.size, ready)
+            view = memoryview(self.buffers.take())
+            n = self.reader.readinto(view[: _round_up(want)])
+            yield view[: min(n, want)]
+            if n < want:
+                return  # the slot ends early: the length check in finish() reports it
+            pos += want
 
     def abort(self):
         self.marks.put(None)
@@ -550,28 +583,8 @@ class _ReadBehind:
         _compare_readback(self.target, self.payload, self.got, self.digest.hexdigest())
 
 
-def verify_readback(target, payload, chunk_size=1 << 20):
-    """Read installed_size bytes back from the slot and compare installed_sha256."""
-    reader = target.open_reader()
-    digest = hashlib.sha256()
-    got = 0
-
-    def chunks():
-        left = payload.installed_size
-        while left:
-            data = reader.read(min(chunk_size, left))
-            if not data:
-                return
-            left -= len(data)
-            yield data
-
-    try:
-        for data in prefetch(chunks()):  # the medium is read while the last chunk hashes
-            digest.update(data)
-            got += len(data)
-    finally:
-        reader.close()
-    _compare_readback(target, payload, got, digest.hexdigest())
+def _round_up(n):
+    return -(-n // ALIGN) * ALIGN
 
 
 def _compare_readback(target, payload, got, sha256):

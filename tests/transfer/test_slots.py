@@ -158,12 +158,12 @@ class _CorruptingReader(SlotReader):
         SlotReader.__init__(self, path)
         self.flipped = False
 
-    def read(self, n):
-        data = SlotReader.read(self, n)
-        if data and not self.flipped:
+    def readinto(self, view):
+        n = SlotReader.readinto(self, view)
+        if n and not self.flipped:
             self.flipped = True
-            data = bytes([data[0] ^ 0x80]) + data[1:]
-        return data
+            view[0] ^= 0x80
+        return n
 
 
 def test_readback_mismatch_from_corrupting_medium(tmp_path, blob):
@@ -424,17 +424,19 @@ def test_disk_full_during_direct_write_is_no_space(direct_dir, blob):
 
 
 def test_chunk_buffers_are_reused_not_one_per_chunk(direct_dir, monkeypatch):
-    """Memory stays flat: a 96-chunk payload goes through a handful of buffers."""
+    """Memory stays flat: a 96-chunk payload goes through a handful of buffers, on the write
+    side and on the read-back side alike."""
     import agent.slots
 
-    made = []
+    made = {}  # buffers each ChunkBuffers created
     base = agent.slots.ChunkBuffers
 
     class Counting(base):
         def take(self):
             buf = base.take(self)
-            if all(buf is not b for b in made):
-                made.append(buf)
+            mine = made.setdefault(id(self), [])
+            if all(buf is not b for b in mine):
+                mine.append(buf)
             return buf
 
     monkeypatch.setattr(agent.slots, "ChunkBuffers", Counting)
@@ -444,8 +446,9 @@ def test_chunk_buffers_are_reused_not_one_per_chunk(direct_dir, monkeypatch):
             src.read, StandInPayload(data), str(direct_dir / "s"), 32 * 1024, readinto=src.readinto
         )
     assert (direct_dir / "s").read_bytes() == data
+    assert len(made) == 2  # the pipeline's and the read-back's
     # reader + hasher + writer + two queues of QUEUE_DEPTH: never more in flight
-    assert 3 <= len(made) <= 3 + 2 * QUEUE_DEPTH
+    assert all(2 <= len(bufs) <= 3 + 2 * QUEUE_DEPTH for bufs in made.values())
 
 
 def test_direct_writer_hands_windows_to_the_readback_while_writing(direct_dir, blob, monkeypatch):
@@ -488,3 +491,60 @@ def test_direct_write_refused_by_the_medium_carries_on_buffered(direct_dir, blob
         )
     assert refused == [1 << 20]
     assert (direct_dir / "s").read_bytes() == blob
+
+
+@pytest.mark.parametrize("chunk", [1000, 4096, 64 * 1024 + 512, 1 << 20])
+def test_any_chunk_size_round_trips_through_the_direct_path(direct_dir, blob, chunk):
+    """Chunk sizes that are not whole blocks go through staging on the write side and
+    rounded-up reads on the read-back side; the slot and its read-back stay byte-exact."""
+    with _file_source(direct_dir, blob) as src:
+        write_payload(
+            src.read, StandInPayload(blob), str(direct_dir / "s"), chunk, readinto=src.readinto
+        )
+    assert (direct_dir / "s").read_bytes() == blob
+
+
+def test_readback_reads_the_medium_with_o_direct(direct_dir, blob):
+    (direct_dir / "s").write_bytes(blob)
+    reader = SlotTarget(str(direct_dir / "s")).open_reader()
+    try:
+        assert reader.direct
+    finally:
+        reader.close()
+
+
+def test_readback_refused_o_direct_carries_on_buffered(direct_dir, blob, monkeypatch):
+    """Fault injection: the device refuses a direct read with EINVAL (another alignment);
+    the reader turns O_DIRECT off and the read-back still compares every byte."""
+    import fcntl
+
+    import agent.slots
+
+    refused = []
+    real_readv = os.readv
+
+    def picky_readv(fd, buffers):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT and not refused:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_readv(fd, buffers)
+
+    monkeypatch.setattr(agent.slots.os, "readv", picky_readv)
+    with _file_source(direct_dir, blob) as src:
+        write_payload(src.read, StandInPayload(blob), str(direct_dir / "s"), readinto=src.readinto)
+    assert len(refused) == 1
+
+
+def test_corrupting_medium_is_caught_by_the_direct_readback(direct_dir, blob):
+    class BadMedium(SlotTarget):
+        def open_reader(self):
+            reader = _CorruptingReader(self.path)
+            assert reader.direct
+            return reader
+
+    with _file_source(direct_dir, blob) as src:
+        with pytest.raises(ReadbackMismatch):
+            write_payload(
+                src.read, StandInPayload(blob), BadMedium(str(direct_dir / "s")),
+                readinto=src.readinto,
+            )  # fmt: skip
