@@ -548,3 +548,41 @@ def test_corrupting_medium_is_caught_by_the_direct_readback(direct_dir, blob):
                 src.read, StandInPayload(blob), BadMedium(str(direct_dir / "s")),
                 readinto=src.readinto,
             )  # fmt: skip
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A real block device: a loop device over a 16 MiB image (needs root and losetup)."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("losetup"):
+        pytest.skip("a loop device needs root and losetup")
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"\xee" * (16 << 20))
+    out = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        pytest.skip("losetup: %s" % out.stderr.strip())
+    device = out.stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=False)
+
+
+def test_block_device_slot_written_direct_and_read_back(loop_device, tmp_path, blob):
+    """A real block device: sized by ioctl, never truncated, written with O_DIRECT (the
+    last partial block through the page cache), read back; bytes after the payload stay."""
+    target = SlotTarget(loop_device)
+    assert target.is_block and target.capacity() == 16 << 20
+    probe = target.open_writer()  # opening a device neither truncates nor writes it
+    probe.close()
+    assert isinstance(probe, DirectSlotWriter) and not probe.created
+    with _file_source(tmp_path, blob) as src:
+        write_payload(src.read, StandInPayload(blob), target, readinto=src.readinto)
+    with open(loop_device, "rb") as f:
+        data = f.read()
+    assert data[: len(blob)] == blob
+    assert data[len(blob) :] == b"\xee" * ((16 << 20) - len(blob))
