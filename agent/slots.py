@@ -23,10 +23,12 @@ still serve pages it chose to keep. The check catches a wrong write path (wrong 
 wrong device, a driver that drops writes it acknowledged).
 """
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import hashlib
+import logging
 import mmap
 import os
 import queue
@@ -37,6 +39,8 @@ import zlib
 
 from agent.core.errors import ConfigError, NoSpace, PayloadMismatch, ReadbackMismatch, Truncated
 from agent.pipeline import prefetch
+
+log = logging.getLogger("charger-update")
 
 # Written data is pushed to the medium in windows of this size while later chunks are still
 # being hashed, and the window before is waited for and dropped from the cache: the final
@@ -157,20 +161,15 @@ class SlotWriter:
         self.previous = None  # (offset, length) of the window started before
         self.on_settled = None  # called with N once bytes [0, N) are on the medium
 
-    @property
-    def accepted(self):
-        """Bytes handed to write() so far."""
-        return self.written
-
     def write(self, data):
-        self._write_out(self.fd, memoryview(data))
+        self._write_out(memoryview(data))
         if _sync_file_range is not None and self.written - self.kicked >= WRITEBACK_WINDOW:
             self._writeback()
 
-    def _write_out(self, fd, view):
+    def _write_out(self, view):
         try:
             while view:
-                n = self._os_write(fd, view)
+                n = self._os_write(self.fd, view)
                 view = view[n:]
                 self.written += n
         except OSError as e:
@@ -217,7 +216,9 @@ class DirectSlotWriter(SlotWriter):
     than the buffered path (docs/transfer.md). Anything else (gzip output, a chunk that is
     not a whole number of blocks) is gathered in an aligned staging buffer first; the last
     partial block, which O_DIRECT cannot write, goes through the page cache in `sync`. A
-    direct write returns once the device has the data, so the read-back may follow it."""
+    direct write returns once the device has the data, so the read-back may follow it.
+    If the device refuses a direct write (EINVAL: it wants another alignment), the writer
+    carries on as a buffered SlotWriter from that byte on."""
 
     STAGE = 1 << 20
 
@@ -225,18 +226,17 @@ class DirectSlotWriter(SlotWriter):
         SlotWriter.__init__(self, target, created, O_DIRECT)
         self.direct = True
         self.stage = mmap.mmap(-1, self.STAGE)  # anonymous mmap: page-aligned
-        self.view = memoryview(self.stage)
-        self.fill = 0  # staged bytes not yet written
-        self.reported = 0
-
-    @property
-    def accepted(self):
-        return self.written + self.fill
+        self.staged = memoryview(self.stage)
+        self.fill = 0  # bytes in the staging buffer, not yet written
+        self.reported = 0  # last mark handed to on_settled
 
     def write(self, data):
+        if not self.direct:
+            self._flush_stage()
+            return SlotWriter.write(self, data)
         data = memoryview(data).cast("B")
         if self.fill == 0 and len(data) % ALIGN == 0 and _aligned(data):
-            self._write_out(self.fd, data)  # straight from the pipeline's buffer
+            self._write_out(data)  # straight from the pipeline's buffer
         else:
             self._stage(data)
         if self.direct and self.on_settled and self.written - self.reported >= WRITEBACK_WINDOW:
@@ -246,24 +246,31 @@ class DirectSlotWriter(SlotWriter):
     def _stage(self, data):
         while data:
             n = min(len(data), self.STAGE - self.fill)
-            self.view[self.fill : self.fill + n] = data[:n]
+            self.staged[self.fill : self.fill + n] = data[:n]
             self.fill += n
             data = data[n:]
             if self.fill == self.STAGE:
-                self._write_out(self.fd, self.view)
-                self.fill = 0
+                self._flush_stage()
 
-    def _write_out(self, fd, view):
+    def _flush_stage(self):
+        if self.fill:
+            self._write_out(self.staged[: self.fill])
+            self.fill = 0
+
+    def _write_out(self, view):
         start = self.written
         try:
-            SlotWriter._write_out(self, fd, view)
+            SlotWriter._write_out(self, view)
         except OSError as e:
             if e.errno != errno.EINVAL or not self.direct:
                 raise
-            # The medium wants another alignment than ALIGN: carry on through the page cache
-            # (the read-back then runs after the fsync, as on the buffered path).
+            log.warning(
+                "slot %s refused a direct write at byte %d (%s); writing it buffered",
+                self.target.path, self.written, e.strerror,
+            )  # fmt: skip
             self._buffered()
-            SlotWriter._write_out(self, fd, view[self.written - start :])
+            self.kicked = self.written  # windowed writeback from here on, as SlotWriter does
+            SlotWriter._write_out(self, view[self.written - start :])
 
     def _buffered(self):
         """Turn O_DIRECT off on the open file (fcntl F_SETFL)."""
@@ -274,22 +281,28 @@ class DirectSlotWriter(SlotWriter):
     def sync(self):
         whole = self.fill - self.fill % ALIGN
         if whole:
-            self._write_out(self.fd, self.view[:whole])
+            self._write_out(self.staged[:whole])
         if self.fill > whole:
-            self._buffered()  # less than a block: only the page cache can write it
-            self._write_out(self.fd, self.view[whole : self.fill])
+            if self.direct:
+                self._buffered()  # less than a block: only the page cache can write it
+            self._write_out(self.staged[whole : self.fill])
         self.fill = 0
         SlotWriter.sync(self)
 
     def close(self):
-        self.view.release()
-        self.stage.close()
-        SlotWriter.close(self)
+        try:
+            SlotWriter.close(self)
+        finally:
+            self.staged.release()
+            try:
+                self.stage.close()
+            except BufferError:
+                pass  # a traceback still holds a slice of it: freed with the last one
 
 
 def _aligned(view):
-    """Whether a buffer starts on an ALIGN boundary (read-only buffers never count: they
-    are not ours to hand to the device)."""
+    """Whether a buffer starts on an ALIGN boundary. Read-only ones (bytes) are taken as
+    unaligned: ctypes can only find the address of a writable buffer."""
     if not len(view) or view.readonly:
         return False
     return ctypes.addressof(ctypes.c_char.from_buffer(view)) % ALIGN == 0
@@ -358,14 +371,20 @@ def write_payload(
     chunks = installed_chunks(
         read, payload, chunk_size, progress, readinto=readinto, buffers=buffers
     )
-    writer = target.open_writer()
-    behind = _ReadBehind(target, payload, chunk_size) if readback else None
-    try:
-        if behind is not None:
+    # Whatever fails, every descriptor is closed and the read-back thread stopped.
+    with contextlib.ExitStack() as cleanup:
+        writer = target.open_writer()
+        cleanup.callback(writer.close)
+        behind = None
+        if readback:
+            behind = _ReadBehind(target, payload, chunk_size)
+            cleanup.callback(behind.abort)
             writer.on_settled = behind.advance
         # Threads: reading (network/file), hashing (+ inflating), writing here, and the
         # read-back hashing what has reached the medium behind the writer.
-        for chunk in prefetch(chunks):
+        pipeline = prefetch(chunks)
+        cleanup.callback(pipeline.close)  # stops and joins the reading and hashing threads
+        for chunk in pipeline:
             writer.write(chunk)
             if buffers is not None:
                 buffers.give_back(chunk)
@@ -375,14 +394,8 @@ def write_payload(
                 "payload %s installs as %d bytes, the manifest says %d"
                 % (payload.name, writer.written, payload.installed_size)
             )
-    except BaseException:
         if behind is not None:
-            behind.abort()
-        raise
-    finally:
-        writer.close()
-    if behind is not None:
-        behind.finish()
+            behind.finish()
 
 
 class ChunkBuffers:
@@ -555,6 +568,7 @@ class _ReadBehind:
         size = self.payload.installed_size
         pos = upto = 0
         while pos < size:
+            # Whole blocks only, until the writer's last mark: then the rest, however long.
             ready = upto - pos if upto == size else (upto - pos) // ALIGN * ALIGN
             if ready <= 0:
                 mark = self.marks.get()
@@ -571,9 +585,13 @@ class _ReadBehind:
             pos += want
 
     def abort(self):
+        """Stop the thread and close the slot; a second call does nothing."""
+        if self.reader is None:
+            return
         self.marks.put(None)
         self.thread.join()
         self.reader.close()
+        self.reader = None
 
     def finish(self):
         self.marks.put(self.payload.installed_size)

@@ -428,7 +428,7 @@ def test_chunk_buffers_are_reused_not_one_per_chunk(direct_dir, monkeypatch):
     side and on the read-back side alike."""
     import agent.slots
 
-    made = {}  # buffers each ChunkBuffers created
+    made = {}  # id of each ChunkBuffers -> the buffers it created
     base = agent.slots.ChunkBuffers
 
     class Counting(base):
@@ -446,9 +446,11 @@ def test_chunk_buffers_are_reused_not_one_per_chunk(direct_dir, monkeypatch):
             src.read, StandInPayload(data), str(direct_dir / "s"), 32 * 1024, readinto=src.readinto
         )
     assert (direct_dir / "s").read_bytes() == data
-    assert len(made) == 2  # the pipeline's and the read-back's
-    # reader + hasher + writer + two queues of QUEUE_DEPTH: never more in flight
-    assert all(2 <= len(bufs) <= 3 + 2 * QUEUE_DEPTH for bufs in made.values())
+    pipeline, readback = made.values()  # created in this order
+    # reader, hasher, writer, and two queues of QUEUE_DEPTH: never more in flight
+    assert len(pipeline) <= 3 + 2 * QUEUE_DEPTH
+    # reader and hasher, and a queue of DEPTH
+    assert len(readback) <= 2 + agent.slots._ReadBehind.DEPTH
 
 
 def test_direct_writer_hands_windows_to_the_readback_while_writing(direct_dir, blob, monkeypatch):
@@ -467,30 +469,46 @@ def test_direct_writer_hands_windows_to_the_readback_while_writing(direct_dir, b
     assert len(settled) >= 8 and settled == sorted(settled) and settled[-1] < len(blob)
 
 
-def test_direct_write_refused_by_the_medium_carries_on_buffered(direct_dir, blob):
-    """Fault injection: the device wants another alignment and a direct write fails with
-    EINVAL (as the kernel reports it); the writer turns O_DIRECT off and finishes."""
+def test_direct_write_refused_by_the_medium_carries_on_buffered(direct_dir, blob, monkeypatch):
+    """Fault injection: past 1 MiB the device takes half a direct write, then refuses the rest
+    with EINVAL (it wants another alignment, as the kernel reports it). The writer turns
+    O_DIRECT off, resumes at the right byte, and keeps pushing writeback windows to the
+    read-back."""
     import fcntl
 
+    import agent.slots
+
+    monkeypatch.setattr(agent.slots, "WRITEBACK_WINDOW", 256 * 1024)
+    settled = []
+    advance = agent.slots._ReadBehind.advance
+    monkeypatch.setattr(
+        agent.slots._ReadBehind, "advance", lambda s, upto: settled.append(upto) or advance(s, upto)
+    )
     refused = []
+    writers = []
 
     class PickyMedium(DirectSlotWriter):
         def _os_write(self, fd, view):
             if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT and self.written >= 1 << 20:
-                refused.append(self.written)
+                if not refused:
+                    refused.append(self.written)
+                    return os.write(fd, view[: len(view) // 2])
                 raise OSError(errno.EINVAL, "Invalid argument")
             return os.write(fd, view)
 
     class Target(SlotTarget):
         def open_writer(self):
-            return PickyMedium(self)
+            writers.append(PickyMedium(self))
+            return writers[-1]
 
     with _file_source(direct_dir, blob) as src:
         write_payload(
-            src.read, StandInPayload(blob), Target(str(direct_dir / "s")), readinto=src.readinto
-        )
-    assert refused == [1 << 20]
+            src.read, StandInPayload(blob), Target(str(direct_dir / "s")), 64 * 1024,
+            readinto=src.readinto,
+        )  # fmt: skip
+    assert refused == [1 << 20] and not writers[0].direct
     assert (direct_dir / "s").read_bytes() == blob
+    assert sum(1 for upto in settled if upto > 1 << 20) >= 4  # read-back behind, buffered too
 
 
 @pytest.mark.parametrize("chunk", [1000, 4096, 64 * 1024 + 512, 1 << 20])
@@ -505,34 +523,48 @@ def test_any_chunk_size_round_trips_through_the_direct_path(direct_dir, blob, ch
 
 
 def test_readback_reads_the_medium_with_o_direct(direct_dir, blob):
-    (direct_dir / "s").write_bytes(blob)
-    reader = SlotTarget(str(direct_dir / "s")).open_reader()
-    try:
-        assert reader.direct
-    finally:
-        reader.close()
+    readers = []
+
+    class Spying(SlotTarget):
+        def open_reader(self):
+            readers.append(SlotTarget.open_reader(self))
+            return readers[-1]
+
+    with _file_source(direct_dir, blob) as src:
+        write_payload(
+            src.read, StandInPayload(blob), Spying(str(direct_dir / "s")), readinto=src.readinto
+        )
+    assert len(readers) == 1 and readers[0].direct
 
 
 def test_readback_refused_o_direct_carries_on_buffered(direct_dir, blob, monkeypatch):
-    """Fault injection: the device refuses a direct read with EINVAL (another alignment);
-    the reader turns O_DIRECT off and the read-back still compares every byte."""
+    """Fault injection: the device refuses every direct read with EINVAL (another
+    alignment); the reader turns O_DIRECT off and the read-back still compares every byte."""
     import fcntl
 
     import agent.slots
 
     refused = []
+    readers = []
     real_readv = os.readv
 
     def picky_readv(fd, buffers):
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT and not refused:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
             refused.append(fd)
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_readv(fd, buffers)
 
+    class Spying(SlotTarget):
+        def open_reader(self):
+            readers.append(SlotTarget.open_reader(self))
+            return readers[-1]
+
     monkeypatch.setattr(agent.slots.os, "readv", picky_readv)
     with _file_source(direct_dir, blob) as src:
-        write_payload(src.read, StandInPayload(blob), str(direct_dir / "s"), readinto=src.readinto)
-    assert len(refused) == 1
+        write_payload(
+            src.read, StandInPayload(blob), Spying(str(direct_dir / "s")), readinto=src.readinto
+        )
+    assert len(refused) == 1 and not readers[0].direct
 
 
 def test_corrupting_medium_is_caught_by_the_direct_readback(direct_dir, blob):
@@ -586,3 +618,33 @@ def test_block_device_slot_written_direct_and_read_back(loop_device, tmp_path, b
         data = f.read()
     assert data[: len(blob)] == blob
     assert data[len(blob) :] == b"\xee" * ((16 << 20) - len(blob))
+
+
+def test_disk_full_in_staged_data_is_no_space_and_closes_the_slot(direct_dir, blob):
+    """A gzip payload (written through the staging buffer): past 1 MiB the medium takes half
+    a write, then reports ENOSPC. The operator gets NoSpace, and no descriptor stays open."""
+
+    class FullDisk(DirectSlotWriter):
+        short = False
+
+        def _os_write(self, fd, view):
+            if self.written + len(view) > 1 << 20:
+                if not self.short:
+                    self.short = True
+                    return os.write(fd, view[: len(view) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return os.write(fd, view)
+
+    class FillingTarget(SlotTarget):
+        def open_writer(self):
+            return FullDisk(self)
+
+    stored = gzip.compress(blob, compresslevel=1)
+    fds_before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(NoSpace) as info:
+        write_payload(
+            io.BytesIO(stored).read, StandInPayload(stored, blob, compression="gzip"),
+            FillingTarget(str(direct_dir / "s")),
+        )  # fmt: skip
+    assert "is full after" in str(info.value)
+    assert set(os.listdir("/proc/self/fd")) == fds_before
