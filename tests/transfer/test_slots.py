@@ -131,10 +131,15 @@ def test_no_space_checked_before_any_byte_is_read(tmp_path):
     assert calls == []
 
 
-def test_disk_full_during_write_is_no_space(tmp_path, blob):
+@pytest.mark.parametrize("writer_class", ["SlotWriter", "DirectSlotWriter"])
+def test_disk_full_during_write_is_no_space(request, tmp_path, blob, writer_class):
     """Fault injection: the medium fills up after 1 MiB (ENOSPC from write(2))."""
+    base = SlotWriter
+    if writer_class == "DirectSlotWriter":
+        tmp_path = request.getfixturevalue("direct_dir")
+        base = DirectSlotWriter
 
-    class FullDisk(SlotWriter):
+    class FullDisk(base):
         def _os_write(self, fd, view):
             if self.written + len(view) > 1 << 20:
                 raise OSError(errno.ENOSPC, "No space left on device")
@@ -144,10 +149,12 @@ def test_disk_full_during_write_is_no_space(tmp_path, blob):
         def open_writer(self):
             return FullDisk(self)
 
-    with pytest.raises(NoSpace) as info:
-        write_payload(
-            io.BytesIO(blob).read, StandInPayload(blob), FillingTarget(str(tmp_path / "s"))
-        )
+    with _file_source(tmp_path, blob) as src:
+        with pytest.raises(NoSpace) as info:
+            write_payload(
+                src.read, StandInPayload(blob), FillingTarget(str(tmp_path / "s")),
+                readinto=src.readinto,
+            )  # fmt: skip
     assert "full after 1048576 bytes" in str(info.value)
 
 
@@ -401,26 +408,6 @@ def test_filesystem_refusing_o_direct_falls_back_to_buffered(tmp_path, blob, mon
     os.unlink(target.path)
     write_payload(io.BytesIO(blob).read, StandInPayload(blob), target)
     assert (tmp_path / "s.img").read_bytes() == blob
-
-
-def test_disk_full_during_direct_write_is_no_space(direct_dir, blob):
-    class FullDisk(DirectSlotWriter):
-        def _os_write(self, fd, view):
-            if self.written + len(view) > 1 << 20:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return os.write(fd, view)
-
-    class FillingTarget(SlotTarget):
-        def open_writer(self):
-            return FullDisk(self)
-
-    with _file_source(direct_dir, blob) as src:
-        with pytest.raises(NoSpace) as info:
-            write_payload(
-                src.read, StandInPayload(blob), FillingTarget(str(direct_dir / "s")),
-                readinto=src.readinto,
-            )  # fmt: skip
-    assert "full after 1048576 bytes" in str(info.value)
 
 
 def test_chunk_buffers_are_reused_not_one_per_chunk(direct_dir, monkeypatch):
