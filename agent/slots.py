@@ -212,8 +212,8 @@ class SlotWriter:
 class DirectSlotWriter(SlotWriter):
     """Writes that bypass the page cache (O_DIRECT). A chunk that sits in one of the
     pipeline's page-aligned buffers goes from there to the medium: no copy into the page
-    cache, no dirty pages to push out or drop, and a sixth to a quarter less CPU per GiB
-    than the buffered path (docs/transfer.md). Anything else (gzip output, a chunk that is
+    cache, no dirty pages to push out or drop, and about a sixth less CPU per GiB than the
+    buffered path (docs/transfer.md). Anything else (gzip output, a chunk that is
     not a whole number of blocks) is gathered in an aligned staging buffer first; the last
     partial block, which O_DIRECT cannot write, goes through the page cache in `sync`. A
     direct write returns once the device has the data, so the read-back may follow it.
@@ -273,9 +273,7 @@ class DirectSlotWriter(SlotWriter):
             SlotWriter._write_out(self, view[self.written - start :])
 
     def _buffered(self):
-        """Turn O_DIRECT off on the open file (fcntl F_SETFL)."""
-        flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-        fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~O_DIRECT)
+        _direct_off(self.fd)
         self.direct = False
 
     def sync(self):
@@ -298,6 +296,11 @@ class DirectSlotWriter(SlotWriter):
                 self.stage.close()
             except BufferError:
                 pass  # a traceback still holds a slice of it: freed with the last one
+
+
+def _direct_off(fd):
+    """Turn O_DIRECT off on an open file: its I/O goes through the page cache from now on."""
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
 
 
 def _aligned(view):
@@ -336,7 +339,7 @@ class SlotReader:
             if e.errno != errno.EINVAL or not self.direct:
                 raise
             # The medium wants another alignment: read through the page cache instead.
-            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~O_DIRECT)
+            _direct_off(self.fd)
             self.direct = False
             return os.readv(self.fd, [view])
 
@@ -429,7 +432,7 @@ def installed_chunks(
     (PayloadMismatch), and gzip is inflated within installed_size. The caller checks the
     installed length/sha256 of what it consumed."""
     if readinto is not None and buffers is not None:
-        stored = _read_into(readinto, payload, buffers)
+        stored = read_into_buffers(readinto, payload, buffers)
     else:
         stored = _read_exactly(read, payload, chunk_size)
     chunks = _checked(prefetch(stored) if threaded else stored, payload, progress)
@@ -455,9 +458,10 @@ def _read_exactly(read, payload, chunk_size):
         yield data
 
 
-def _read_into(readinto, payload, buffers):
-    """`_read_exactly` into whole buffers (a short read is topped up, so every chunk but the
-    last fills its buffer and the direct writer can take it as it is)."""
+def read_into_buffers(readinto, payload, buffers):
+    """Exactly payload.size bytes through `readinto`, as views of whole `buffers` (a short
+    read is topped up, so every chunk but the last fills its buffer and the direct writer
+    can take it as it is). The consumer gives each view back to `buffers` when done."""
     left = payload.size
     while left:
         view = memoryview(buffers.take())[: min(buffers.size, left)]

@@ -122,25 +122,12 @@ def baseline_case(source_location, payload, target, writer=None):
         src = open(source_location, "rb", buffering=0)
     if writer is not None:
         from agent.pipeline import prefetch
-        from agent.slots import ChunkBuffers
+        from agent.slots import ChunkBuffers, read_into_buffers
 
         buffers = ChunkBuffers(CHUNK)
-
-        def chunks():
-            while True:
-                view = memoryview(buffers.take())
-                got = 0
-                while got < len(view):
-                    n = src.readinto(view[got:])
-                    if not n:
-                        break
-                    got += n
-                if not got:
-                    return
-                yield view[:got]
-
+        chunks = read_into_buffers(src.readinto, payload, buffers)  # the installer's reading
         try:
-            for view in prefetch(chunks()):  # reading overlaps writing, as when installing
+            for view in prefetch(chunks):  # reading overlaps writing, as when installing
                 writer.write(view)
                 buffers.give_back(view)
             writer.sync()

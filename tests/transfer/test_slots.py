@@ -313,14 +313,14 @@ def test_slot_in_missing_directory_is_config_error(tmp_path, blob):
 
 @pytest.fixture
 def direct_dir(tmp_path):
-    """tmp_path, if its filesystem takes O_DIRECT (ext4, xfs, btrfs, tmpfs since Linux 6.6)."""
-    probe = tmp_path / "probe"
-    try:
-        os.close(os.open(str(probe), os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0)))
-    except OSError as e:
-        pytest.skip("no O_DIRECT on %s: %s" % (tmp_path, e))
+    """tmp_path, if its filesystem takes O_DIRECT (ext4 and tmpfs do here)."""
     if not getattr(os, "O_DIRECT", 0):
         pytest.skip("no O_DIRECT on this platform")
+    probe = tmp_path / "probe"
+    try:
+        os.close(os.open(str(probe), os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except OSError as e:
+        pytest.skip("no O_DIRECT on %s: %s" % (tmp_path, e))
     probe.unlink()
     return tmp_path
 
@@ -388,7 +388,7 @@ def test_direct_writer_takes_any_mix_of_sizes_and_buffers(direct_dir):
 
 def test_filesystem_refusing_o_direct_falls_back_to_buffered(tmp_path, blob, monkeypatch):
     """Stand-in for a filesystem without direct I/O (every one on this machine has it, tmpfs
-    too since Linux 6.6): open(O_DIRECT) fails with EINVAL, as the kernel reports it."""
+    too): open(O_DIRECT) fails with EINVAL, as the kernel reports it."""
     import agent.slots
 
     real_open = os.open
@@ -440,15 +440,33 @@ def test_chunk_buffers_are_reused_not_one_per_chunk(direct_dir, monkeypatch):
     assert len(readback) <= 2 + agent.slots._ReadBehind.DEPTH
 
 
-def test_direct_writer_hands_windows_to_the_readback_while_writing(direct_dir, blob, monkeypatch):
+@pytest.fixture
+def settled(monkeypatch):
+    """Writeback windows of 256 KiB; the list of marks the writer hands the read-back."""
     import agent.slots
 
     monkeypatch.setattr(agent.slots, "WRITEBACK_WINDOW", 256 * 1024)
-    settled = []
+    marks = []
     advance = agent.slots._ReadBehind.advance
     monkeypatch.setattr(
-        agent.slots._ReadBehind, "advance", lambda s, upto: settled.append(upto) or advance(s, upto)
+        agent.slots._ReadBehind, "advance", lambda s, upto: marks.append(upto) or advance(s, upto)
     )
+    return marks
+
+
+class _SpyingTarget(SlotTarget):
+    """A file slot that keeps the readers it opens, to look at them afterwards."""
+
+    def __init__(self, path):
+        SlotTarget.__init__(self, path)
+        self.readers = []
+
+    def open_reader(self):
+        self.readers.append(SlotTarget.open_reader(self))
+        return self.readers[-1]
+
+
+def test_direct_writer_hands_windows_to_the_readback_while_writing(direct_dir, blob, settled):
     with _file_source(direct_dir, blob) as src:
         write_payload(
             src.read, StandInPayload(blob), str(direct_dir / "s"), 64 * 1024, readinto=src.readinto
@@ -456,21 +474,13 @@ def test_direct_writer_hands_windows_to_the_readback_while_writing(direct_dir, b
     assert len(settled) >= 8 and settled == sorted(settled) and settled[-1] < len(blob)
 
 
-def test_direct_write_refused_by_the_medium_carries_on_buffered(direct_dir, blob, monkeypatch):
+def test_direct_write_refused_by_the_medium_carries_on_buffered(direct_dir, blob, settled):
     """Fault injection: past 1 MiB the device takes half a direct write, then refuses the rest
     with EINVAL (it wants another alignment, as the kernel reports it). The writer turns
     O_DIRECT off, resumes at the right byte, and keeps pushing writeback windows to the
     read-back."""
     import fcntl
 
-    import agent.slots
-
-    monkeypatch.setattr(agent.slots, "WRITEBACK_WINDOW", 256 * 1024)
-    settled = []
-    advance = agent.slots._ReadBehind.advance
-    monkeypatch.setattr(
-        agent.slots._ReadBehind, "advance", lambda s, upto: settled.append(upto) or advance(s, upto)
-    )
     refused = []
     writers = []
 
@@ -510,18 +520,10 @@ def test_any_chunk_size_round_trips_through_the_direct_path(direct_dir, blob, ch
 
 
 def test_readback_reads_the_medium_with_o_direct(direct_dir, blob):
-    readers = []
-
-    class Spying(SlotTarget):
-        def open_reader(self):
-            readers.append(SlotTarget.open_reader(self))
-            return readers[-1]
-
+    target = _SpyingTarget(str(direct_dir / "s"))
     with _file_source(direct_dir, blob) as src:
-        write_payload(
-            src.read, StandInPayload(blob), Spying(str(direct_dir / "s")), readinto=src.readinto
-        )
-    assert len(readers) == 1 and readers[0].direct
+        write_payload(src.read, StandInPayload(blob), target, readinto=src.readinto)
+    assert len(target.readers) == 1 and target.readers[0].direct
 
 
 def test_readback_refused_o_direct_carries_on_buffered(direct_dir, blob, monkeypatch):
@@ -532,7 +534,6 @@ def test_readback_refused_o_direct_carries_on_buffered(direct_dir, blob, monkeyp
     import agent.slots
 
     refused = []
-    readers = []
     real_readv = os.readv
 
     def picky_readv(fd, buffers):
@@ -541,17 +542,11 @@ def test_readback_refused_o_direct_carries_on_buffered(direct_dir, blob, monkeyp
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_readv(fd, buffers)
 
-    class Spying(SlotTarget):
-        def open_reader(self):
-            readers.append(SlotTarget.open_reader(self))
-            return readers[-1]
-
     monkeypatch.setattr(agent.slots.os, "readv", picky_readv)
+    target = _SpyingTarget(str(direct_dir / "s"))
     with _file_source(direct_dir, blob) as src:
-        write_payload(
-            src.read, StandInPayload(blob), Spying(str(direct_dir / "s")), readinto=src.readinto
-        )
-    assert len(refused) == 1 and not readers[0].direct
+        write_payload(src.read, StandInPayload(blob), target, readinto=src.readinto)
+    assert len(refused) == 1 and not target.readers[0].direct
 
 
 def test_corrupting_medium_is_caught_by_the_direct_readback(direct_dir, blob):
