@@ -9,8 +9,8 @@ import json
 import os
 
 from agent import config as agent_config
-from agent.atomic import read_json
 from agent.core.errors import BootEnvError
+from agent.state.atomic import read_json
 from bootloader_iface import open_from_config
 
 

@@ -8,8 +8,8 @@ records the slot it boots. JSON writes are atomic (temp + fsync + rename).
 
 import os
 
-from agent.atomic import read_json, write_atomic, write_json_atomic
 from agent.core.errors import BootEnvError, ConfigError
+from agent.state.atomic import read_json, write_atomic, write_json_atomic
 from bootloader_iface import BACKENDS
 from bootloader_iface.booted import booted_from_cmdline, check_slot
 from bootloader_iface.uboot_rauc import OrderLeftControl, boot_select, power_on

@@ -22,8 +22,8 @@ import stat
 import struct
 import time
 
-from agent.atomic import fsync_dir
 from agent.core.errors import BootEnvError, Transient
+from agent.state.atomic import fsync_dir
 
 DEFAULT_CONFIG = "/etc/fw_env.config"
 # fw_setenv (libubootenv) holds flock(LOCK_EX) on this file around its read-modify-write;

@@ -11,8 +11,8 @@ import os
 import shlex
 import subprocess
 
-from agent import crypto
 from agent.core.errors import ConfigError
+from agent.trust import crypto
 from hil.harness import Harness
 from hil.release import ReleaseKit
 

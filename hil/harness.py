@@ -13,8 +13,8 @@ the scenario catalogue (hil/scenarios) only uses the methods of this class.
 
 import os
 
-from agent import crypto
-from agent.backend_sim import BackendSim
+from agent.frontends.backend_sim import BackendSim
+from agent.trust import crypto
 from hil.drivers.console import Console
 from hil.drivers.evsim import EvSim
 from hil.drivers.power import LcusRelay

@@ -1,7 +1,7 @@
 """A release engineer's kit for rigs and the demo: keys, a trusted root, signed releases.
 
 Invariant: everything a rig installs went through the same signing path as a real release
-(agent.bundle.writer with keys from agent.crypto); the virtual board trusts only the root
+(agent.bundle.writer with keys from agent.trust.crypto); the virtual board trusts only the root
 written here. A real bench uses the OEM's own bundles instead (see docs/hil.md).
 """
 
@@ -9,10 +9,10 @@ import json
 import os
 import time
 
-from agent import crypto
 from agent.bundle.writer import PayloadSource, create_bundle, sign_envelope
 from agent.commands.root import root_fields
 from agent.core.envelope import ROOT_TYPE
+from agent.trust import crypto
 
 DAY = 86400
 

@@ -13,7 +13,7 @@ each case runs in its own child process so its peak RSS (VmHWM) is the install's
                  from page-aligned buffers, or windowed writeback where the filesystem has
                  no O_DIRECT), no hashing: the verified path's own I/O, so
                  verified/copy+slot is the cost of verifying
-  verified       agent.installer.install without read-back: signature, policy, sha256,
+  verified       agent.transfer.installer.install without read-back: signature, policy, sha256,
                  write, fsync into the inactive file slot
   verified+rb    what `charger-update install` does: the same plus the read-back of the slot
                  and its sha256 (doubles the I/O)
@@ -63,8 +63,8 @@ class BenchPayload:
 def bench_case(source_location, config_path, readback):
     """One install of the bundle at `source_location` into the board `config_path` names."""
     from agent import config
-    from agent.installer import install
-    from agent.trust import Trust
+    from agent.transfer.installer import install
+    from agent.trust.store import Trust
     from bootloader_iface import open_from_config
 
     cfg = config.load(config_path)
@@ -121,8 +121,8 @@ def baseline_case(source_location, payload, target, writer=None):
     else:
         src = open(source_location, "rb", buffering=0)
     if writer is not None:
-        from agent.pipeline import prefetch
-        from agent.slots import ChunkBuffers, read_into_buffers
+        from agent.transfer.pipeline import prefetch
+        from agent.transfer.slots import ChunkBuffers, read_into_buffers
 
         buffers = ChunkBuffers(CHUNK)
         chunks = read_into_buffers(src.readinto, payload, buffers)  # the installer's reading
@@ -165,8 +165,8 @@ def cpu_seconds():
 
 
 def child_main(args):
-    import agent.installer  # noqa: F401  imports are not part of the measured install
-    import agent.trust  # noqa: F401
+    import agent.transfer.installer  # noqa: F401  imports are not part of the measured install
+    import agent.trust.store  # noqa: F401
     import bootloader_iface  # noqa: F401
 
     payload = BenchPayload(args.size, args.sha256)
@@ -182,7 +182,7 @@ def child_main(args):
     if args.child == "baseline":
         baseline_case(args.source, payload, args.target)
     elif args.child == "copy+slot":
-        from agent.slots import SlotTarget
+        from agent.transfer.slots import SlotTarget
 
         baseline_case(args.source, payload, args.target, SlotTarget(args.target).open_writer())
     else:

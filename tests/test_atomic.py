@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from agent import atomic
+from agent.state import atomic
 
 
 def test_replace_keeps_no_temp_files(tmp_path):
@@ -19,7 +19,7 @@ def test_failed_rename_leaves_old_version_and_no_temp(tmp_path, mocker):
     path = str(tmp_path / "status.json")
     atomic.write_json_atomic(path, {"v": 1})
     # os.replace failing stands in for a crash between write and rename.
-    mocker.patch("agent.atomic.os.replace", side_effect=OSError(28, "No space left"))
+    mocker.patch("agent.state.atomic.os.replace", side_effect=OSError(28, "No space left"))
     with pytest.raises(OSError):
         atomic.write_json_atomic(path, {"v": 2})
     assert atomic.read_json(path) == {"v": 1}

@@ -9,8 +9,8 @@ file is hashed in chunks, never loaded whole.
 
 import binascii
 
-from agent import crypto
 from agent.core.errors import BadSignature, ConfigError, MalformedBundle
+from agent.trust import crypto
 
 
 def load_roots(path):

@@ -12,7 +12,7 @@ from agent.bundle import format as fmt
 from agent.core.envelope import MANIFEST_TYPE, parse_envelope
 from agent.core.errors import MalformedBundle, PayloadMismatch, Truncated
 from agent.core.manifest import parse_manifest
-from agent.slots import installed_chunks
+from agent.transfer.slots import installed_chunks
 
 CHUNK = 1 << 20
 
@@ -38,7 +38,7 @@ def read_exact(read_fn, n, what):
 def open_bundle(read_fn, trust=None, now=None, device=None, installed_security_version=None):
     """Read header + envelope through read_fn(n) -> bytes; return (manifest, envelope).
 
-    With `trust` (agent.trust.Trust) the manifest is returned only if the release role's
+    With `trust` (agent.trust.store.Trust) the manifest is returned only if the release role's
     threshold of signatures verified and it has not expired; `device` ({"model",
     "hardware_revision"}) and `installed_security_version` add those checks (see
     Trust.verify). Without `trust` the manifest is UNVERIFIED: for inspection only.
@@ -54,7 +54,7 @@ def open_bundle(read_fn, trust=None, now=None, device=None, installed_security_v
 def check_payload(read_fn, payload, chunk_size=CHUNK):
     """Consume exactly payload.size bytes and check them against the manifest: the stored
     sha256 and, for gzip, the installed size and sha256 (the same stream checks as a slot
-    write, agent/slots.py, without writing anything)."""
+    write, agent/transfer/slots.py, without writing anything)."""
     digest = hashlib.sha256()
     size = 0
     for data in installed_chunks(read_fn, payload, chunk_size, threaded=False):

@@ -14,13 +14,13 @@ import tempfile
 import time
 import zlib
 
-from agent import crypto
-from agent.atomic import fsync_dir
 from agent.bundle import format as fmt
 from agent.core import timefmt
 from agent.core.envelope import MANIFEST_TYPE, Envelope
 from agent.core.errors import ConfigError
 from agent.core.manifest import FORMAT, parse_manifest
+from agent.state.atomic import fsync_dir
+from agent.trust import crypto
 
 CHUNK = 1 << 20
 

@@ -25,7 +25,7 @@ class Communication:
         evidence = {
             "mqtt": retry(ctx, deadline, "MQTT backend", lambda: ctx.channel.ping_backend(timeout))
         }
-        from agent.ocpp_probe import probe, probe_args_from_config
+        from agent.station.ocpp_probe import probe, probe_args_from_config
 
         args = probe_args_from_config(ctx.cfg)  # None: no CSMS configured, skip that half
         if args is not None:

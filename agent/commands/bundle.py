@@ -4,14 +4,14 @@ import json
 import sys
 
 from agent import config as config_mod
-from agent import crypto
 from agent.bundle import format as fmt
 from agent.bundle import ocpp
 from agent.bundle.reader import open_bundle, verify_file
 from agent.bundle.writer import PayloadSource, create_bundle
 from agent.commands._args import add_expires
 from agent.core.errors import ConfigError
-from agent.trust import Trust
+from agent.trust import crypto
+from agent.trust.store import Trust
 
 
 def register(subparsers):

@@ -24,9 +24,9 @@ def register(subparsers):
 
 
 def run(args):
-    from agent.installer import install
-    from agent.progress import Progress
-    from agent.trust import Trust
+    from agent.transfer.installer import install
+    from agent.transfer.progress import Progress
+    from agent.trust.store import Trust
     from bootloader_iface import open_from_config
 
     cfg = config_mod.load(args.config)

@@ -1,6 +1,6 @@
 """`charger-update keygen`: make a signing key pair (NAME.key 0600, NAME.pub), print its id."""
 
-from agent import crypto
+from agent.trust import crypto
 
 
 def register(subparsers):

@@ -9,14 +9,14 @@ import json
 import sys
 
 from agent import config as config_mod
-from agent import crypto
-from agent.atomic import write_atomic
 from agent.bundle.writer import sign_envelope
 from agent.commands._args import add_expires
 from agent.core import keyring, timefmt
 from agent.core.envelope import ROOT_TYPE, b64encode, parse_envelope
 from agent.core.errors import UpdateError
-from agent.trust import Trust
+from agent.state.atomic import write_atomic
+from agent.trust import crypto
+from agent.trust.store import Trust
 
 
 def register(subparsers):

@@ -19,12 +19,12 @@ def register(subparsers):
 
 def build(cfg):
     """The daemon with the real adapters the config names."""
-    from agent.channel import settings_from_config
-    from agent.charging import SocketStack
-    from agent.daemon import Daemon
-    from agent.mqtt_channel import MqttChannel
-    from agent.system import System
-    from agent.trust import Trust
+    from agent.control.daemon import Daemon
+    from agent.control.system import System
+    from agent.frontends.channel import settings_from_config
+    from agent.frontends.mqtt_channel import MqttChannel
+    from agent.station.charging import SocketStack
+    from agent.trust.store import Trust
     from bootloader_iface import open_from_config
 
     boot = open_from_config(cfg)

@@ -8,7 +8,7 @@ offers what a bench cannot: its flash files (for torn-write scenarios) and a fac
 import os
 import sys
 
-from agent.slotstate import SlotState
+from agent.state.slotstate import SlotState
 from bootloader_iface.uboot_env import encode_copy
 from hil.harness import Harness
 from hil.release import ReleaseKit
@@ -87,7 +87,7 @@ class VirtualRig(Harness):
 
     def stack(self):
         """The board's charging stack, as a driver at the charger would use it."""
-        from agent.charging import SocketStack
+        from agent.station.charging import SocketStack
 
         return SocketStack(os.path.join(self.board.dir, "run", "stack.sock"))
 

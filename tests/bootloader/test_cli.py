@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from agent.atomic import write_json_atomic
 from agent.cli import main
+from agent.state.atomic import write_json_atomic
 from bootloader_iface.uboot_env import UBootEnv
 from tests.bootloader.conftest import BASE_ENV, fw_printenv, write_fw_config
 

@@ -1,6 +1,6 @@
 import pytest
 
-from agent.trust import Trust
+from agent.trust.store import Trust
 from tests.bundle import factory
 
 

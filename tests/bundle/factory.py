@@ -10,10 +10,10 @@ import json
 import os
 import time
 
-from agent import crypto
 from agent.bundle.writer import PayloadSource, create_bundle, sign_envelope
 from agent.commands.root import root_fields
 from agent.core.envelope import ROOT_TYPE
+from agent.trust import crypto
 
 MODEL = "ACME-AC22"
 HW = "rev-b"

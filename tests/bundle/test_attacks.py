@@ -22,7 +22,7 @@ from agent.core.errors import (
     WrongHardware,
     WrongModel,
 )
-from agent.trust import Trust
+from agent.trust.store import Trust
 from tests.bundle import factory
 from tests.bundle.factory import DAY, device, make_bundle, make_keys, make_root
 

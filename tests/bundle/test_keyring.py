@@ -2,12 +2,12 @@
 
 import pytest
 
-from agent import crypto
 from agent.bundle.reader import verify_file
 from agent.core import keyring
 from agent.core.envelope import parse_envelope
 from agent.core.errors import BadSignature, Downgrade, MalformedBundle, UnknownKey
-from agent.trust import Trust
+from agent.trust import crypto
+from agent.trust.store import Trust
 from tests.bundle.factory import device, make_bundle, make_keys, make_root, root_envelope
 
 OLD_ROOT, NEW_ROOT = make_keys(1, tag="root-v1")[0], make_keys(1, tag="root-v2")[0]

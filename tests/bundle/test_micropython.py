@@ -12,9 +12,9 @@ import subprocess
 
 import pytest
 
-from agent import crypto
 from agent.commands.root import root_fields
 from agent.core.envelope import MANIFEST_TYPE, ROOT_TYPE, Envelope
+from agent.trust import crypto
 from tests.bundle.factory import make_keys
 
 HERE = os.path.dirname(os.path.abspath(__file__))

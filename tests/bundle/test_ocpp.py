@@ -9,9 +9,9 @@ import subprocess
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from agent import crypto
 from agent.bundle import ocpp
 from agent.core.errors import BadSignature, Expired, MalformedBundle, UnknownKey
+from agent.trust import crypto
 from tests.bundle.pki import UTC, Pki, pem
 
 

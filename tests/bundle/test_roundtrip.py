@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from agent import crypto
 from agent.bundle import format as fmt
 from agent.bundle.reader import check_payload, open_bundle, verify_file
-from agent.trust import Trust
+from agent.trust import crypto
+from agent.trust.store import Trust
 from tests.bundle.factory import device, make_bundle, make_keys, make_root
 
 

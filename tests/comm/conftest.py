@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from agent.mqtt_channel import MqttChannel
+from agent.frontends.mqtt_channel import MqttChannel
 from hil.services.mosquitto import MessageLog, mosquitto
 
 _ids = itertools.count(1)

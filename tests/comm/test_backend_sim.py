@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
-from agent import channel as ch
-from agent.backend_sim import IDENTITY, BackendSim
 from agent.core.errors import BrokerUnavailable
+from agent.frontends import channel as ch
+from agent.frontends.backend_sim import IDENTITY, BackendSim
 from hil.services.mosquitto import MessageLog
 
 

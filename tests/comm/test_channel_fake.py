@@ -2,8 +2,8 @@
 
 import pytest
 
-from agent import channel as ch
 from agent.core.errors import BrokerUnavailable, ConfigError
+from agent.frontends import channel as ch
 from hil.services.mosquitto import MessageLog
 
 

@@ -2,10 +2,10 @@
 
 import pytest
 
-from agent import channel as ch
 from agent.config import load
 from agent.core.errors import ConfigError
-from agent.ocpp_probe import probe_args_from_config
+from agent.frontends import channel as ch
+from agent.station.ocpp_probe import probe_args_from_config
 
 BASE = """
 [device]
@@ -65,7 +65,7 @@ def test_ocpp_http_url_is_config_error(tmp_path):
 
 
 def test_probe_args_drive_a_real_probe(tmp_path):
-    from agent.ocpp_probe import probe
+    from agent.station.ocpp_probe import probe
     from hil.services.csms import csms
 
     with csms() as server:

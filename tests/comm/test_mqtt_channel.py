@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from agent import channel as ch
 from agent.core.errors import BrokerUnavailable
+from agent.frontends import channel as ch
 from hil.services.mosquitto import MessageLog, free_port
 
 PROTOCOLS = ["5", "3.1.1"]
@@ -184,7 +184,7 @@ def test_job_sent_while_device_offline_delivered_on_return(broker, channels, dev
 
 DEVICE_PROCESS = """
 import sys, threading
-from agent.mqtt_channel import MqttChannel
+from agent.frontends.mqtt_channel import MqttChannel
 channel = MqttChannel({"host": "127.0.0.1", "port": int(sys.argv[1])}, sys.argv[2])
 channel.connect(10)
 print("connected", flush=True)

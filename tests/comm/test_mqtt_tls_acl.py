@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from agent import channel as ch
 from agent.core.errors import BrokerUnavailable, ConfigError
+from agent.frontends import channel as ch
 from hil.services.mosquitto import BACKEND_IDENTITY, MessageLog, Pki
 
 

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from agent.core.errors import Transient
-from agent.ocpp_probe import (
+from agent.station.ocpp_probe import (
     PROTOCOL_ERROR,
     REFUSED,
     REJECTED,

@@ -6,7 +6,7 @@ import os
 from agent.core import lifecycle as lc
 from agent.core.jobs import JobMemory, parse_job
 from agent.core.journey import Journey
-from agent.journal import Journal
+from agent.state.journal import Journal
 
 DEVICE = {"model": "acme-ac22"}
 

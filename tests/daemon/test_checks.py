@@ -3,11 +3,11 @@ real ones run in tests/daemon/test_daemon.py and the HIL catalogue), and plug-in
 
 import pytest
 
-from agent.channel import FakeChannel
-from agent.charging import FakeStack
 from agent.checks import BUILTIN, CheckFailed, TrialContext, load_check, load_checks
 from agent.config import Config
 from agent.core.errors import ConfigError
+from agent.frontends.channel import FakeChannel
+from agent.station.charging import FakeStack
 
 RAW = {
     "device": {"id": "cp-1", "model": "M", "hardware_revision": "r"},

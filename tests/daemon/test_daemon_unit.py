@@ -7,14 +7,14 @@ import threading
 
 import pytest
 
-from agent.channel import FakeChannel
-from agent.charging import FakeStack
 from agent.config import Config
+from agent.control.daemon import Daemon
+from agent.control.reporting import Reporter
 from agent.core.errors import ConfigError
-from agent.daemon import Daemon
-from agent.history import History
-from agent.reporting import Reporter
-from agent.slotstate import SlotState
+from agent.frontends.channel import FakeChannel
+from agent.state.history import History
+from agent.state.slotstate import SlotState
+from agent.station.charging import FakeStack
 from bootloader_iface import open_from_config
 
 
@@ -115,7 +115,7 @@ class RecordingSystem(System):
 def test_trial_window_expires_while_a_check_hangs(tmp_path):
     from agent.core import lifecycle as lc
     from agent.core.jobs import parse_job
-    from agent.journal import Journal
+    from agent.state.journal import Journal
 
     cfg = config(tmp_path, {"window_s": 1, "checks": ["tests.daemon.plugins:Hangs"]})
     SlotState(cfg.state_dir).set_good("A", "1.0.0")

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-from agent import crypto
+from agent.trust import crypto
 from hil.release import ReleaseKit
 from hil.services.mosquitto import free_port
 from hil.virtual.rig import HW, MODEL, provision

@@ -9,7 +9,7 @@ import pytest
 from agent.bundle import format as fmt
 from agent.cli import main
 from agent.core.envelope import Envelope, parse_envelope
-from agent.slotstate import SlotState
+from agent.state.slotstate import SlotState
 from tests.bundle.factory import make_bundle
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 17)

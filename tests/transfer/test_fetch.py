@@ -5,7 +5,7 @@ import random
 import pytest
 
 from agent.core.errors import ConfigError, NetworkError, PayloadMismatch, Truncated
-from agent.fetch import RateLimiter, open_source
+from agent.transfer.fetch import RateLimiter, open_source
 from tests.transfer.conftest import read_all, settings
 
 

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from agent.pipeline import prefetch
+from agent.transfer.pipeline import prefetch
 
 
 def test_items_arrive_in_order_and_worker_error_comes_after_them():

@@ -2,7 +2,7 @@
 
 import io
 
-from agent.progress import Progress
+from agent.transfer.progress import Progress
 from tests.transfer.conftest import FakeClock
 
 

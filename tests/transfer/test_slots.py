@@ -9,8 +9,8 @@ import os
 import pytest
 
 from agent.core.errors import NoSpace, PayloadMismatch, ReadbackMismatch, Truncated
-from agent.pipeline import QUEUE_DEPTH
-from agent.slots import (
+from agent.transfer.pipeline import QUEUE_DEPTH
+from agent.transfer.slots import (
     DirectSlotWriter,
     SlotReader,
     SlotTarget,
@@ -240,22 +240,22 @@ def test_progress_counts_stored_bytes(tmp_path, blob):
 def small_windows(monkeypatch):
     """Writeback windows of 256 KiB, so a 3 MiB payload is read back window by window while
     it is still being written (the read-behind path), not only after the final fsync."""
-    import agent.slots
+    import agent.transfer.slots
 
-    if agent.slots._sync_file_range is None:
+    if agent.transfer.slots._sync_file_range is None:
         pytest.skip("no sync_file_range on this platform")
-    monkeypatch.setattr(agent.slots, "WRITEBACK_WINDOW", 256 * 1024)
+    monkeypatch.setattr(agent.transfer.slots, "WRITEBACK_WINDOW", 256 * 1024)
 
 
 def test_readback_behind_the_writer_happens_during_the_write(
     tmp_path, blob, small_windows, monkeypatch
 ):
-    import agent.slots
+    import agent.transfer.slots
 
     marks = []
-    advance = agent.slots._ReadBehind.advance
+    advance = agent.transfer.slots._ReadBehind.advance
     monkeypatch.setattr(
-        agent.slots._ReadBehind,
+        agent.transfer.slots._ReadBehind,
         "advance",
         lambda self, upto: marks.append(("settled", upto)) or advance(self, upto),
     )
@@ -326,7 +326,7 @@ def direct_dir(tmp_path):
 
 
 def _file_source(tmp_path, data):
-    from agent.fetch import open_source
+    from agent.transfer.fetch import open_source
 
     path = tmp_path / "bundle.bin"
     path.write_bytes(data)
@@ -389,17 +389,19 @@ def test_direct_writer_takes_any_mix_of_sizes_and_buffers(direct_dir):
 def test_filesystem_refusing_o_direct_falls_back_to_buffered(tmp_path, blob, monkeypatch):
     """Stand-in for a filesystem without direct I/O (every one on this machine has it, tmpfs
     too): open(O_DIRECT) fails with EINVAL, as the kernel reports it."""
-    import agent.slots
+    import agent.transfer.slots
 
     real_open = os.open
 
     def refusing_open(path, flags, *args):
-        if flags & agent.slots.O_DIRECT:
-            real_open(path, flags & ~agent.slots.O_DIRECT, *args)  # created, as the kernel does
+        if flags & agent.transfer.slots.O_DIRECT:
+            real_open(
+                path, flags & ~agent.transfer.slots.O_DIRECT, *args
+            )  # created, as the kernel does
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(agent.slots.os, "open", refusing_open)
+    monkeypatch.setattr(agent.transfer.slots.os, "open", refusing_open)
     target = SlotTarget(str(tmp_path / "s.img"))
     writer = target.open_writer()
     writer.close()
@@ -413,10 +415,10 @@ def test_filesystem_refusing_o_direct_falls_back_to_buffered(tmp_path, blob, mon
 def test_chunk_buffers_are_reused_not_one_per_chunk(direct_dir, monkeypatch):
     """Memory stays flat: a 96-chunk payload goes through a handful of buffers, on the write
     side and on the read-back side alike."""
-    import agent.slots
+    import agent.transfer.slots
 
     made = {}  # id of each ChunkBuffers -> the buffers it created
-    base = agent.slots.ChunkBuffers
+    base = agent.transfer.slots.ChunkBuffers
 
     class Counting(base):
         def take(self):
@@ -426,7 +428,7 @@ def test_chunk_buffers_are_reused_not_one_per_chunk(direct_dir, monkeypatch):
                 mine.append(buf)
             return buf
 
-    monkeypatch.setattr(agent.slots, "ChunkBuffers", Counting)
+    monkeypatch.setattr(agent.transfer.slots, "ChunkBuffers", Counting)
     data = os.urandom(96 * 32 * 1024)
     with _file_source(direct_dir, data) as src:
         write_payload(
@@ -437,19 +439,21 @@ def test_chunk_buffers_are_reused_not_one_per_chunk(direct_dir, monkeypatch):
     # reader, hasher, writer, and two queues of QUEUE_DEPTH: never more in flight
     assert len(pipeline) <= 3 + 2 * QUEUE_DEPTH
     # reader and hasher, and a queue of DEPTH
-    assert len(readback) <= 2 + agent.slots._ReadBehind.DEPTH
+    assert len(readback) <= 2 + agent.transfer.slots._ReadBehind.DEPTH
 
 
 @pytest.fixture
 def settled(monkeypatch):
     """Writeback windows of 256 KiB; the list of marks the writer hands the read-back."""
-    import agent.slots
+    import agent.transfer.slots
 
-    monkeypatch.setattr(agent.slots, "WRITEBACK_WINDOW", 256 * 1024)
+    monkeypatch.setattr(agent.transfer.slots, "WRITEBACK_WINDOW", 256 * 1024)
     marks = []
-    advance = agent.slots._ReadBehind.advance
+    advance = agent.transfer.slots._ReadBehind.advance
     monkeypatch.setattr(
-        agent.slots._ReadBehind, "advance", lambda s, upto: marks.append(upto) or advance(s, upto)
+        agent.transfer.slots._ReadBehind,
+        "advance",
+        lambda s, upto: marks.append(upto) or advance(s, upto),
     )
     return marks
 
@@ -531,7 +535,7 @@ def test_readback_refused_o_direct_carries_on_buffered(direct_dir, blob, monkeyp
     alignment); the reader turns O_DIRECT off and the read-back still compares every byte."""
     import fcntl
 
-    import agent.slots
+    import agent.transfer.slots
 
     refused = []
     real_readv = os.readv
@@ -542,7 +546,7 @@ def test_readback_refused_o_direct_carries_on_buffered(direct_dir, blob, monkeyp
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_readv(fd, buffers)
 
-    monkeypatch.setattr(agent.slots.os, "readv", picky_readv)
+    monkeypatch.setattr(agent.transfer.slots.os, "readv", picky_readv)
     target = _SpyingTarget(str(direct_dir / "s"))
     with _file_source(direct_dir, blob) as src:
         write_payload(src.read, StandInPayload(blob), target, readinto=src.readinto)

@@ -1,7 +1,7 @@
 """The charging stack of the virtual firmware: sessions, an energy meter, alarms.
 
 It serves the charging-stack control protocol the agent's adapter speaks
-(agent/charging.py): one JSON object per line over a Unix socket. Firmware defects
+(agent/station/charging.py): one JSON object per line over a Unix socket. Firmware defects
 (`refuse-session`, `alarm-storm`) live here, so the agent's checks see what a broken
 release would really do rather than a flag saying "I am broken".
 """

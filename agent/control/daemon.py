@@ -15,20 +15,20 @@ import random
 import threading
 import time
 
-from agent import channel as ch
-from agent import steps
 from agent.checks import TrialContext, load_checks
 from agent.checks.alarms import baseline as alarm_baseline
+from agent.control import steps
+from agent.control.observation import Observer
+from agent.control.reporting import Reporter
 from agent.core import lifecycle as lc
 from agent.core.errors import Transient, UpdateError
 from agent.core.jobs import parse_job
 from agent.core.schedule import WAIT_SESSION
 from agent.core.trial import TrialPolicy
-from agent.history import History
-from agent.journal import Journal
-from agent.observation import Observer
-from agent.reporting import Reporter
-from agent.slotstate import SlotState
+from agent.frontends import channel as ch
+from agent.state.history import History
+from agent.state.journal import Journal
+from agent.state.slotstate import SlotState
 
 log = logging.getLogger("charger-update")
 
@@ -42,7 +42,7 @@ RECOVER_S = 30  # default [system] retry_after_failure_s: pause after a failed s
 
 class Daemon:
     """cfg: agent Config; boot: BootControl; channel: MqttChannel/FakeChannel; stack: a
-    ChargingStack; trust: agent.trust.Trust; system: reboot()/pet()/local_offset_s()."""
+    ChargingStack; trust: agent.trust.store.Trust; system: reboot()/pet()/local_offset_s()."""
 
     def __init__(self, cfg, boot, channel, stack, trust, system, clock=time.time, rng=None):
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
@@ -411,7 +411,7 @@ class Daemon:
     def _wait(self, seconds):
         return not self.stopping.wait(seconds)
 
-    # -- reporting (agent/reporting.py) ---------------------------------------------------
+    # -- reporting (agent/control/reporting.py) ---------------------------------------------------
 
     def report(self, status, info):
         self.reporter.status(status, info)

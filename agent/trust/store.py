@@ -9,12 +9,12 @@ the current, unexpired root's release role reached its threshold over the exact 
 import os
 import time
 
-from agent import crypto
-from agent.atomic import write_atomic
 from agent.core import keyring, policy
 from agent.core.envelope import MAX_ENVELOPE, ROOT_TYPE, Envelope, parse_envelope
 from agent.core.errors import ConfigError
 from agent.core.manifest import parse_manifest
+from agent.state.atomic import write_atomic
+from agent.trust import crypto
 
 STATE_NAME = "trusted-root.json"  # never the provisioned file, even if both share a dir
 

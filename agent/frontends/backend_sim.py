@@ -4,7 +4,8 @@ Used by the tests, the virtual board and `make demo`. Invariant: every pong carr
 the nonce of the ping it answers, on the pinging device's own pong topic; every status,
 inventory, health and online message seen is kept per device, in arrival order.
 
-    python -m agent.backend_sim --host 127.0.0.1 --port 1883   # responder + status printer
+    # responder + status printer
+    python -m agent.frontends.backend_sim --host 127.0.0.1 --port 1883
 """
 
 import argparse
@@ -14,8 +15,8 @@ import os
 import sys
 import threading
 
-from agent import channel as ch
-from agent.mqtt_channel import MqttChannel
+from agent.frontends import channel as ch
+from agent.frontends.mqtt_channel import MqttChannel
 
 IDENTITY = "backend"  # certificate CN / client identity of the backend (see the ACL)
 
@@ -139,7 +140,9 @@ def _print_status(device_id, status):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m agent.backend_sim", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m agent.frontends.backend_sim", description=__doc__
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--prefix", default="chargers")

@@ -2,7 +2,7 @@
 
 Invariant: paho's return codes and exceptions stop here. Callers see BrokerUnavailable
 (Transient) or ConfigError (Rejected), and handlers see only decoded JSON objects (see
-agent/channel.py). The network thread never raises: every callback is guarded. While the
+agent/frontends/channel.py). The network thread never raises: every callback is guarded. While the
 channel runs it reconnects by itself with exponential back-off, re-subscribes, and re-publishes
 the retained online marker; the broker publishes the retained offline last will when the
 connection dies without a clean stop.
@@ -21,8 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.channel import ONLINE, ChannelBase, encode_payload
 from agent.core.errors import BrokerUnavailable, ConfigError
+from agent.frontends.channel import ONLINE, ChannelBase, encode_payload
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class MqttChannel(ChannelBase):
 
     settings: host, port, prefix, protocol ("5" | "3.1.1"), keepalive, tls {ca_file,
     cert_file, key_file}, username, password, reconnect_min_s, reconnect_max_s,
-    connect_timeout_s, max_message_bytes, session_expiry_s (see agent.channel.DEFAULTS).
+    connect_timeout_s, max_message_bytes, session_expiry_s (see agent.frontends.channel.DEFAULTS).
     """
 
     def __init__(

@@ -8,8 +8,8 @@ that looks installable. The anti-rollback floor (`security_version`) only ever r
 
 import os
 
-from agent.atomic import read_json, write_json_atomic
 from agent.core.errors import ConfigError
+from agent.state.atomic import read_json, write_json_atomic
 
 FILE = "slots.json"
 

@@ -8,8 +8,8 @@ after every change), and every status carries a sequence number that never repea
 import json
 import logging
 
-from agent import channel as ch
 from agent.core.errors import UpdateError
+from agent.frontends import channel as ch
 
 log = logging.getLogger("charger-update")
 

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 
-from agent.atomic import read_json, write_json_atomic
+from agent.state.atomic import read_json, write_json_atomic
 
 log = logging.getLogger("charger-update")
 

@@ -1,7 +1,7 @@
 """The power-safe journal of the update journey: one JSON record, replaced atomically.
 
 Invariant: after a power cut at any moment the file holds either the previous record or the
-new one (agent/atomic.py: temp file, fsync, rename, fsync the directory). A record that cannot
+new one (agent/state/atomic.py: temp file, fsync, rename, fsync the directory). A record that cannot
 be read back (corrupt, truncated, unknown format) is never guessed at: the file is renamed
 aside for an engineer to look at and the agent starts idle, keeping no job it cannot trust.
 """
@@ -9,10 +9,10 @@ aside for an engineer to look at and the agent starts idle, keeping no job it ca
 import json
 import os
 
-from agent.atomic import read_json, write_json_atomic
 from agent.core.errors import UpdateError
 from agent.core.jobs import JobMemory
 from agent.core.journey import Journey
+from agent.state.atomic import read_json, write_json_atomic
 
 
 class JournalCorrupt(Exception):

@@ -6,9 +6,9 @@ sha256 were read, their installed form is exactly `installed_size` bytes, everyt
 fsynced, and reading the slot back gives `installed_sha256`. Otherwise it raises and the
 slot's contents must be treated as garbage (the caller never marks it bootable). Memory is
 bounded by a few chunks: bounded queues between the reading, hashing and writing threads
-(agent/pipeline.py), gzip output capped per call with `max_length` (a decompression bomb can
-never produce more than installed_size bytes, nor more than one chunk at a time), and the
-written data pushed out in windows so dirty pages stay bounded too.
+(agent/transfer/pipeline.py), gzip output capped per call with `max_length` (a
+decompression bomb can never produce more than installed_size bytes, nor more than one chunk
+at a time), and the written data pushed out in windows so dirty pages stay bounded too.
 
 Writes: O_DIRECT where the slot's filesystem or device takes it (DirectSlotWriter): chunks
 read with `readinto` into page-aligned buffers (ChunkBuffers) go from there to the medium,
@@ -38,7 +38,7 @@ import threading
 import zlib
 
 from agent.core.errors import ConfigError, NoSpace, PayloadMismatch, ReadbackMismatch, Truncated
-from agent.pipeline import prefetch
+from agent.transfer.pipeline import prefetch
 
 log = logging.getLogger("charger-update")
 
@@ -363,7 +363,7 @@ def write_payload(
     read, payload, target, chunk_size=1 << 20, progress=None, readback=True, readinto=None
 ):
     """Stream one payload from `read(n)` into `target` (a SlotTarget or a path); see the
-    module docstring for what success guarantees. With `readinto(buffer)` (agent.fetch
+    module docstring for what success guarantees. With `readinto(buffer)` (agent.transfer.fetch
     sources have it) the data lands in page-aligned buffers that a direct writer hands to
     the medium without copying. `readback=False` exists for measuring."""
     if not isinstance(target, SlotTarget):

@@ -8,12 +8,12 @@ signatures and device policy, `install` streams the payloads into the inactive s
 
 import logging
 
-from agent import installer
 from agent.bundle.reader import open_bundle
 from agent.checks import CheckFailed, load_checks
 from agent.core import lifecycle as lc
 from agent.core.errors import BadSignature, ReadbackMismatch, Rejected, UnknownKey, UpdateError
-from agent.fetch import open_source
+from agent.transfer import installer
+from agent.transfer.fetch import open_source
 
 log = logging.getLogger("charger-update")
 SIGNATURE_ERRORS = (BadSignature, UnknownKey)

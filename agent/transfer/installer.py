@@ -8,11 +8,11 @@ signed hash. Handing over to the bootloader (try_slot) is the caller's next, sep
 so a failure anywhere here leaves the booted slot primary and the boot order as it was.
 """
 
-from agent import slots as slotio
 from agent.bundle import format as fmt
 from agent.bundle.reader import open_bundle
-from agent.fetch import open_source
-from agent.slotstate import SlotState
+from agent.state.slotstate import SlotState
+from agent.transfer import slots as slotio
+from agent.transfer.fetch import open_source
 
 
 class Installed:
@@ -52,7 +52,7 @@ def install(
 ):
     """Verify the bundle at `location` and stream it into the slot that is not booted.
 
-    boot: a BootControl; trust: agent.trust.Trust. Returns Installed(slot, manifest).
+    boot: a BootControl; trust: agent.trust.store.Trust. Returns Installed(slot, manifest).
     progress_factory(total_bytes, label) -> object with update(n)/done(), or None.
     readback=False skips the read-back check; only the benchmark uses it, to show its cost.
     """

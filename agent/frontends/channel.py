@@ -3,8 +3,9 @@
 Invariant: an incoming message reaches a handler only as a JSON object no larger than the
 bound; anything else goes to `on_error(topic, reason, detail)` and the channel keeps working.
 Neither a bad message nor a failing handler ever raises into the transport's thread.
-`FakeChannel` has the same interface as `MqttChannel` (agent/mqtt_channel.py, the only module
-that imports paho) and records what would have been published, for core and daemon tests.
+`FakeChannel` has the same interface as `MqttChannel` (agent/frontends/mqtt_channel.py, the
+only module that imports paho) and records what would have been published, for core and
+daemon tests.
 """
 
 import json

@@ -1,0 +1,1 @@
+"""The transfer path: sources, slots, the streaming pipeline, progress, the installer."""

@@ -1,0 +1,1 @@
+"""The device's trust: the `cryptography` adapter and the trusted-root store."""
