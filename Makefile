@@ -16,7 +16,8 @@ MICROPYTHON := .cache/micropython/node_modules/@micropython/micropython-webassem
 
 all: test
 
-$(STAMP): pyproject.toml
+# The system packages come first: on a fresh Debian the venv itself needs python3-venv.
+$(STAMP): pyproject.toml | sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,lint,hil]'
@@ -30,6 +31,7 @@ sysdeps:
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; \
 	done; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -39,14 +41,24 @@ sysdeps:
 # Real U-Boot in QEMU (hil/qemu.py): Debian 12's QEMU 7.2 cannot saveenv to pflash, so on
 # bookworm take qemu-system-arm (>= 8) from bookworm-backports; u-boot-qemu gives u-boot.bin.
 QEMU_BACKPORTS := /etc/apt/sources.list.d/backports.sources
+# The machine's own Debian mirror (deb822 .sources or a one-line sources.list entry), so a
+# local mirror is used and no host is written here.
+APT_MIRROR := { awk '/^URIs:/ {u = $$2} /^Suites:/ {for (i = 2; i <= NF; i++) if ($$i == "bookworm") {print u; exit}}' \
+	/etc/apt/sources.list.d/*.sources 2>/dev/null; \
+	awk '$$1 == "deb" {for (i = 2; i <= NF; i++) if ($$i ~ /^[a-z]+:/ && $$(i + 1) == "bookworm") {print $$i; exit}}' \
+	/etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null; } | head -n 1
 qemu-deps:
 	@v=$$(qemu-system-aarch64 --version 2>/dev/null | sed -n 's/.*version \([0-9]*\)\..*/\1/p'); \
 	if [ -z "$$v" ] || [ "$$v" -lt 8 ] || [ ! -f /usr/lib/u-boot/qemu_arm64/u-boot.bin ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); T=""; \
 	  if grep -q '^VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then \
-	    T="-t bookworm-backports"; [ -f $(QEMU_BACKPORTS) ] || printf '%s\n' 'Types: deb' \
-	      'URIs: http://deb.debian.org/debian' 'Suites: bookworm-backports' 'Components: main' \
-	      | $$SUDO tee $(QEMU_BACKPORTS) >/dev/null; \
+	    T="-t bookworm-backports"; \
+	    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d; then \
+	      mirror=$$($(APT_MIRROR)); \
+	      [ -n "$$mirror" ] || { echo "no Debian mirror for bookworm in /etc/apt/sources*" >&2; exit 1; }; \
+	      printf '%s\n' 'Types: deb' "URIs: $$mirror" 'Suites: bookworm-backports' \
+	        'Components: main' | $$SUDO tee $(QEMU_BACKPORTS) >/dev/null; \
+	    fi; \
 	  fi; \
 	  echo "installing qemu-system-arm ($$T) and u-boot-qemu"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
