@@ -23,7 +23,11 @@ ATTEMPTS = 3
 
 
 class PowerCut(Exception):
-    pass
+    """The board went down; `reset` is the cause the next boot will report."""
+
+    def __init__(self, reset="power-on"):
+        super().__init__(reset)
+        self.reset = reset
 
 
 class Board:
@@ -35,6 +39,7 @@ class Board:
         self.left = 0
         self.booted = "A"
         self.boots = 0
+        self.last_reset = "power-on"  # the cause the running boot reports
 
     def other(self, slot):
         return "B" if slot == "A" else "A"
@@ -63,8 +68,10 @@ class Board:
                     "slot %s is bootable but holds a %s image" % (slot, self.slots[slot])
                 )
 
-    def boot(self, crashing_versions):
-        """The slot the agent comes up in; crashing firmware burns the attempts first."""
+    def boot(self, crashing_versions, reset="power-on"):
+        """The slot the agent comes up in; crashing firmware burns the attempts first (each
+        crash is a panic reset, which the next boot reports)."""
+        self.last_reset = reset
         for _ in range(ATTEMPTS + 2):
             self.boots += 1
             if self.trying is not None and self.left > 0:
@@ -76,6 +83,7 @@ class Board:
             self.booted = slot
             if self.slots[slot] not in crashing_versions:
                 return slot
+            self.last_reset = "panic"
         raise AssertionError("board never came up")
 
 
@@ -88,10 +96,15 @@ class Rig:
         self.download = list(kw.get("download", ["ok"]))
         self.signature = kw.get("signature", "ok")
         self.install = list(kw.get("install", ["ok"]))
-        # version -> good | crash | comm | session | hang | broker-down
+        # version -> good | crash | comm | session | hang | broker-down | watchdog
         self.firmware = kw.get("firmware", {})
         self.session = kw.get("session")  # function now -> bool
         self.cut_at = kw.get("cut_at")
+        self.cuts = list(kw.get("cuts", ()))  # more cut points (1-based action numbers)
+        self.cut_on = list(kw.get("cut_on", ("", 0)))  # (action name, how many of them to cut)
+        self.cut_reset = kw.get("cut_reset", "power-on")  # what a cut looks like at next boot
+        self.reset_known = kw.get("reset_known", True)  # False: the board cannot tell causes
+        self.boot_facts = kw.get("boot_facts", True)  # False: resume without any facts
         self.broker_down_s = kw.get("broker_down_s", 0)  # firmware "broker-down"
         self.board = Board()
         self.journal = None
@@ -114,8 +127,11 @@ class Rig:
         self._take(result)
         return result[1]
 
-    def run(self, max_steps=400):
+    def run(self, max_steps=400, until=None):
+        """Execute actions until the journey settles (or the journal says `until`)."""
         for _ in range(max_steps):
+            if until is not None and self.journal and json.loads(self.journal)["state"] == until:
+                return self
             if not self.queue:
                 if self.journey.state == lc.IDLE or lc.is_terminal(self.journey.state):
                     return self
@@ -125,17 +141,17 @@ class Rig:
             action = self.queue.pop(0)
             try:
                 self._execute(action)
-            except PowerCut:
-                self.power_cycle()
+            except PowerCut as cut:
+                self.power_cycle(cut.reset)
         raise AssertionError("journey did not settle: state %s" % self.journey.state)
 
-    def power_cycle(self):
+    def power_cycle(self, reset="power-on"):
         """The agent stops here; the board boots; the daemon resumes from the journal."""
         self.queue = []
         self.restarts += 1
         self.board.check_no_broken_slot_bootable()
         crashing = [v for v in self.firmware if self.firmware[v] == "crash"]
-        booted = self.board.boot(crashing)
+        booted = self.board.boot(crashing, reset)
         record = json.loads(self.journal) if self.journal else None
         if record is None:
             # Nothing was saved, so the job was never acknowledged: the broker redelivers it.
@@ -146,7 +162,22 @@ class Rig:
             return
         self.journey = Journey.from_record(record, self.policy)
         self._seen = 1
-        self._take(self.journey.resume(booted, self.now))
+        self._take(self.journey.resume(booted, self.now, self.facts()))
+
+    def facts(self):
+        """What the platform tells the agent about this boot (agent/core/resets.py)."""
+        if not self.boot_facts:
+            return None
+        reset = self.board.last_reset if self.reset_known else "unknown"
+        return {"reset": reset, "id": "boot-%d" % self.board.boots}
+
+    def agent_restart(self):
+        """The agent process dies and is restarted within the same boot."""
+        self.queue = []
+        record = json.loads(self.journal)
+        self.journey = Journey.from_record(record, self.policy)
+        self._seen = 1
+        self._take(self.journey.resume(self.board.booted, self.now, self.facts()))
 
     def _take(self, result):
         """Record the (state, actions) a journey call returned and queue the actions."""
@@ -169,12 +200,16 @@ class Rig:
 
     def _execute(self, action):
         name = action[0]
-        if self.cut_at is not None and len(self.done) + 1 == self.cut_at:
-            self.cut_at = None
+        number = len(self.done) + 1
+        cut_here = name == self.cut_on[0] and self.cut_on[1] > 0
+        if cut_here:
+            self.cut_on[1] -= 1
+        if cut_here or number == self.cut_at or number in self.cuts:
+            self.cut_at = None if number == self.cut_at else self.cut_at
             self.done.append("CUT:" + name)
             if name == "install":  # the cut lands halfway through writing the slot
                 self.board.slots[action[1]] = "partial"
-            raise PowerCut()
+            raise PowerCut(self.cut_reset)
         self.done.append(name)
         self.board.check_no_broken_slot_bootable()
         if name in ("install", "try_slot", "mark_bad", "reboot"):
@@ -191,7 +226,7 @@ class Rig:
         elif name in ("try_slot", "mark_good", "mark_bad"):
             getattr(self.board, name)(action[1])
         elif name == "reboot":
-            raise PowerCut()
+            raise PowerCut("reboot")
         elif name == "record_baseline":
             self.journey.set_baseline({"codes": [], "rate_per_hour": 0.0})
         else:
@@ -231,6 +266,8 @@ class Rig:
                 self.board.slots[action[1]] = "partial"
                 self._feed(lc.INSTALL_ERROR, {"reason": "no-space"})
         elif name == "run_checks":
+            if self.firmware.get(self.board.slots[self.board.booted]) == "watchdog":
+                raise PowerCut("watchdog")  # the release hangs in its trial: watchdog reset
             self._take(self.journey.check_results(self._results(), self.now))
         elif name != "cleanup":
             raise AssertionError("unknown action %r" % (action,))
