@@ -158,3 +158,26 @@ def test_daemon_config_resolves_mqtt_tls_paths_against_the_config_file(tmp_path)
     )
     d = build(config_mod.load(str(tmp_path / "agent.toml")))
     assert d.channel.settings["tls"]["ca_file"] == str(tmp_path / "pki" / "ca.pem")
+
+
+def test_job_and_cancel_are_acknowledged_only_after_the_journal_write(tmp_path):
+    d = daemon(config(tmp_path))
+    d.subscribe()
+    d.resume()
+    saved_at_ack = []
+
+    def deliver(suffix, payload):
+        ack = d.channel.inject(suffix, payload)
+        assert not ack.done  # the broker still holds it while it waits in the queue
+        kind, payload, send = d.events.get_nowait()
+        d.dispatch((kind, payload, lambda: (saved_at_ack.append(d.journal.load()), send())))
+        assert ack.done
+
+    job = {"id": "j-1", "url": "http://127.0.0.1:9/x.cub", "version": "2",
+           "retrieve_at": "2099-01-01T00:00:00Z"}  # fmt: skip
+    deliver("update/job", job)
+    assert saved_at_ack[0].job.id == "j-1"
+    deliver("update/cancel", {"job_id": "j-1"})
+    assert saved_at_ack[1].state == "cancelled"
+    deliver("update/job", {"id": "bad"})  # refused: acknowledged all the same, with a status
+    assert d.channel.messages("update/status")[-1]["reason"] == "malformed-job"
