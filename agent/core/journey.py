@@ -3,7 +3,8 @@
 Invariants: every state change goes through lifecycle.next_state; the journal holds the
 current state before every action that changes the board (install, mark_bad, reboot). Two
 actions run just before the save of the state they lead to, because resuming the previous
-state settles either outcome by the booted slot: try_slot (journal still INSTALLED) and
+state settles either outcome by the booted slot: try_slot (journal still INSTALLED, or
+REBOOTING/TRIAL when a trial the boot env lost is armed again) and
 mark_good (journal still TRIAL: a power cut before the save only reruns the trial). A job
 id is remembered when the job is accepted, in the same journal write, so it is never installed
 twice; a slot that failed or was half written is marked bad before the journey moves on.
@@ -32,6 +33,8 @@ DEFAULT_CHECKS = ("alarms", "charging-session", "communication")
 REPORTED = ("reason", "check", "evidence", "cause")  # why a journey failed, in its final status
 NEVER_CAME_UP = "new slot never came up"
 FELL_BACK_IN_TRIAL = "new slot went down during the trial; the bootloader fell back"
+ENV_LOST = "the boot environment lost the trial (new slot has attempts left); trying again"
+ENV_LOSSES = 2  # times a lost trial is tried again before the journey gives up
 USED_UP_BY_POWER_LOSS = "power losses used up the trial's boot attempts; the bootloader fell back"
 USED_UP_BY_RESETS = (
     "resets of unknown cause used up the trial's boot attempts; the bootloader fell back"
@@ -204,6 +207,9 @@ class Journey:
             self.state = lc.REBOOTING
             return self._after(self._go(lc.REBOOTED_INTO_NEW, now))
         if saved in (lc.REBOOTING, lc.TRIAL) and not booted_new:
+            if self._env_lost(boot):
+                info = {"reason": ENV_LOST, "evidence": {"attempts_left": boot["attempts_left"]}}
+                return self._after(self._go(lc.BOOT_ENV_LOST, now, info))
             info = self._fallback_info(saved, reset)
             return self._after(self._go(lc.REBOOTED_INTO_OLD, now, info))
         if saved == lc.TRIAL:
@@ -236,6 +242,18 @@ class Journey:
         if boot.get("attempts_left") is not None:
             self.data["attempts_left"] = boot["attempts_left"]
         return resets.AGENT_RESTART if same_boot else resets.normalise(boot.get("reset"))
+
+    def _env_lost(self, boot):
+        """Back on the old slot although the new one still has boot attempts: the bootloader
+        did not give up on it, its environment lost the trial (a single-copy env torn by a
+        power cut comes back as defaults). Tried again at most ENV_LOSSES times."""
+        left = (boot or {}).get("attempts_left")
+        if not isinstance(left, int) or left <= 0:
+            return False
+        if self.data.get("env_losses", 0) >= ENV_LOSSES:
+            return False
+        self.data["env_losses"] = self.data.get("env_losses", 0) + 1
+        return True
 
     def _resume_trial(self, now, reset):
         """Back on the new slot in TRIAL: an agent restart reruns the checks in the same window;
@@ -293,11 +311,16 @@ class Journey:
         if event == lc.REBOOTED_INTO_OLD:
             self.data["fell_back"] = True
         actions = self._enter(new_state, now)
+        if event == lc.BOOT_ENV_LOST:  # InstallRebooting again: say why
+            actions = [self._report(info) if a[0] == "report" else a for a in actions]
         if new_state == lc.SIGNATURE_VERIFIED:
             actions += self._go(lc.DONE, now)
         return actions
 
     def _stay(self, event, now, info):
+        if event == lc.BOOT_ENV_LOST:  # REBOOTING again: arm the new slot, reboot into it
+            new = self.data.get("new_slot")
+            return [("try_slot", new), ("save_journal",), self._report(info), ("reboot",)]
         if event == lc.POWER_LOST:  # the trial starts over: every check, a whole window
             self.data["trial_started_at"] = now
             self.data["results"] = {}

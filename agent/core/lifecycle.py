@@ -78,6 +78,7 @@ CHECKS_PASSED = "checks-passed"
 CHECKS_FAILED = "checks-failed"
 POWER_LOST = "power-lost"  # a power loss (or a reset of unknown cause) interrupted the trial
 CRASHED = "crashed"  # a watchdog or panic reset of the new slot interrupted the trial
+BOOT_ENV_LOST = "boot-env-lost"  # back on the old slot, yet the new one has attempts left
 CANCEL = "cancel"
 DONE = "done"  # nothing more to do in this state: move on
 
@@ -100,6 +101,7 @@ EVENTS = (
     CHECKS_FAILED,
     POWER_LOST,
     CRASHED,
+    BOOT_ENV_LOST,
     CANCEL,
     DONE,
 )
@@ -133,12 +135,14 @@ TRANSITIONS = (
     (INSTALLED,          SESSION_ACTIVE,    INSTALLED),
     (REBOOTING,          REBOOTED_INTO_NEW, TRIAL),
     (REBOOTING,          REBOOTED_INTO_OLD, ROLLED_BACK),
+    (REBOOTING,          BOOT_ENV_LOST,     REBOOTING),    # try the new slot again (bounded)
     (TRIAL,              CHECKS_PASSED,     COMMITTED),
     (TRIAL,              CHECKS_FAILED,     ROLLED_BACK),
     (TRIAL,              WINDOW_EXPIRED,    ROLLED_BACK),
     (TRIAL,              REBOOTED_INTO_OLD, ROLLED_BACK),  # attempts used up: bootloader fell back
     (TRIAL,              POWER_LOST,        TRIAL),        # resume: checks and window start again
     (TRIAL,              CRASHED,           ROLLED_BACK),  # watchdog/panic: fail at once
+    (TRIAL,              BOOT_ENV_LOST,     REBOOTING),    # e.g. a torn env reset to defaults
     (COMMITTED,          CHECKS_FAILED,     ROLLED_BACK),  # regression while observing
     (COMMITTED,          DONE,              IDLE),
     (ROLLED_BACK,        DONE,              IDLE),

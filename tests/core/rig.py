@@ -60,6 +60,18 @@ class Board:
         if self.primary == slot:
             self.primary = self.other(slot)
 
+    def left_of(self, slot):
+        """Boot attempts the bootloader still gives `slot` (the contract's attempts_left)."""
+        if self.trying == slot:
+            return self.left
+        return ATTEMPTS if self.good[slot] else 0
+
+    def lose_env(self):
+        """A torn single-copy env: the bootloader comes back with its defaults (A first,
+        every slot with full attempts), the trial forgotten."""
+        self.trying, self.primary = None, "A"
+        self.good = {"A": True, "B": True}
+
     def check_no_broken_slot_bootable(self):
         for slot in ("A", "B"):
             bootable = self.good[slot] or self.trying == slot
@@ -102,7 +114,10 @@ class Rig:
         self.cut_at = kw.get("cut_at")
         self.cuts = list(kw.get("cuts", ()))  # more cut points (1-based action numbers)
         self.cut_on = list(kw.get("cut_on", ("", 0)))  # (action name, how many of them to cut)
-        self.cut_reset = kw.get("cut_reset", "power-on")  # what a cut looks like at next boot
+        self.cut_reset = kw.get("cut_reset", "power-on")
+        self.lose_env_at = kw.get(
+            "lose_env_at"
+        )  # action number whose cut tears the env  # what a cut looks like at next boot
         self.reset_known = kw.get("reset_known", True)  # False: the board cannot tell causes
         self.boot_facts = kw.get("boot_facts", True)  # False: resume without any facts
         self.broker_down_s = kw.get("broker_down_s", 0)  # firmware "broker-down"
@@ -169,7 +184,11 @@ class Rig:
         if not self.boot_facts:
             return None
         reset = self.board.last_reset if self.reset_known else "unknown"
-        return {"reset": reset, "id": "boot-%d" % self.board.boots}
+        facts = {"reset": reset, "id": "boot-%d" % self.board.boots}
+        new = self.journey.data.get("new_slot")
+        if new:
+            facts["attempts_left"] = self.board.left_of(new)
+        return facts
 
     def agent_restart(self):
         """The agent process dies and is restarted within the same boot."""
@@ -207,6 +226,8 @@ class Rig:
         if cut_here or number == self.cut_at or number in self.cuts:
             self.cut_at = None if number == self.cut_at else self.cut_at
             self.done.append("CUT:" + name)
+            if number == self.lose_env_at:
+                self.board.lose_env()
             if name == "install":  # the cut lands halfway through writing the slot
                 self.board.slots[action[1]] = "partial"
             raise PowerCut(self.cut_reset)
@@ -234,10 +255,13 @@ class Rig:
 
     def _check_journal_is_current(self, name):
         # The journal records the state before every step that changes the board. try_slot
-        # runs while the journal still says INSTALLED, whose resume settles by booted slot
+        # runs while the journal says INSTALLED (or REBOOTING/TRIAL when a lost boot env is
+        # tried again), whose resume settles by booted slot
         # (mark_good likewise under TRIAL, and is not checked here): see journey.py.
         saved = json.loads(self.journal)["state"] if self.journal else None
-        expected = lc.INSTALLED if name == "try_slot" else self.journey.state
+        expected = self.journey.state
+        if name == "try_slot":  # states whose resume settles the outcome by the booted slot
+            expected = saved if saved in (lc.INSTALLED, lc.REBOOTING, lc.TRIAL) else lc.INSTALLED
         if saved != expected:
             raise AssertionError(
                 "%s in state %s, journal says %s" % (name, self.journey.state, saved)

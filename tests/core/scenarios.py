@@ -251,6 +251,19 @@ def scenario_watchdog_reset_in_the_trial_fails_it_at_once():
     check_board(rig, "A", "A", False)
 
 
+def scenario_torn_boot_env_in_the_trial_is_tried_again_and_commits():
+    # A cut tears a single-copy boot env during the trial: the bootloader comes back with
+    # its defaults and boots the old slot, yet the new slot still has attempts. Not a
+    # rollback: the journey arms the new slot again and the trial runs once more.
+    cut = _index_of_action(lambda a: a[0] == "run_checks")
+    rig = _run(Rig(cut_at=cut, lose_env_at=cut))
+    check_equal(rig.journey.state, lc.COMMITTED, "state")
+    check_board(rig, "B", "B", True)
+    check_equal(rig.journey.data["env_losses"], 1, "env losses")
+    again = [r for r in rig.reports if r[1] == "InstallRebooting" and r[2].get("reason")]
+    check_equal(len(again), 1, "reported once as an InstallRebooting with the reason")
+
+
 def scenario_agent_restart_in_the_same_boot_keeps_the_window():
     rig = Rig(firmware={"2.0": "hang"})
     rig.deliver(job())
@@ -358,6 +371,7 @@ SCENARIOS = (
     scenario_resets_the_board_cannot_explain_roll_back_as_unexplained,
     scenario_watchdog_reset_in_the_trial_fails_it_at_once,
     scenario_agent_restart_in_the_same_boot_keeps_the_window,
+    scenario_torn_boot_env_in_the_trial_is_tried_again_and_commits,
     scenario_duplicate_job_is_ignored,
     scenario_job_during_charging_session_is_deferred,
     scenario_session_outlasting_window_waits_for_next_day,
