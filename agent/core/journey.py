@@ -26,19 +26,19 @@ from agent.core import lifecycle as lc
 from agent.core import resets, schedule
 from agent.core.errors import BootEnvError
 from agent.core.jobs import JobMemory, job_from_dict
+from agent.core.resets import (  # noqa: F401 - the rollback reasons, as the journey reports them
+    FELL_BACK_IN_TRIAL,
+    NEVER_CAME_UP,
+    USED_UP_BY_POWER_LOSS,
+    USED_UP_BY_RESETS,
+)
 from agent.core.trial import FAILED, PASSED, ROLLBACK, TrialPolicy
 
 RECORD_FORMAT = 1
 DEFAULT_CHECKS = ("alarms", "charging-session", "communication")
 REPORTED = ("reason", "check", "evidence", "cause")  # why a journey failed, in its final status
-NEVER_CAME_UP = "new slot never came up"
-FELL_BACK_IN_TRIAL = "new slot went down during the trial; the bootloader fell back"
 ENV_LOST = "the boot environment lost the trial (new slot has attempts left); trying again"
 ENV_LOSSES = 2  # times a lost trial is tried again before the journey gives up
-USED_UP_BY_POWER_LOSS = "power losses used up the trial's boot attempts; the bootloader fell back"
-USED_UP_BY_RESETS = (
-    "resets of unknown cause used up the trial's boot attempts; the bootloader fell back"
-)
 
 
 def backoff_s(attempt):
@@ -210,7 +210,8 @@ class Journey:
             if self._env_lost(boot):
                 info = {"reason": ENV_LOST, "evidence": {"attempts_left": boot["attempts_left"]}}
                 return self._after(self._go(lc.BOOT_ENV_LOST, now, info))
-            info = self._fallback_info(saved, reset)
+            tried = self.data.get("trial_resets") or []
+            info = resets.fallback(saved == lc.REBOOTING, tried, reset)
             return self._after(self._go(lc.REBOOTED_INTO_OLD, now, info))
         if saved == lc.TRIAL:
             return self._resume_trial(now, reset)
@@ -275,22 +276,6 @@ class Journey:
         why = "a power loss" if reset == resets.POWER_ON else "a reset (%s)" % reset
         info = {"reason": "trial resumed after %s" % why, "evidence": evidence}
         return self._after(self._go(lc.POWER_LOST, now, info))
-
-    def _fallback_info(self, saved, reset):
-        """Why the bootloader brought the old slot back (status reason, cause, evidence)."""
-        if saved == lc.REBOOTING:
-            return {"reason": NEVER_CAME_UP, "cause": resets.CRASH,
-                    "evidence": {"reset": reset}}  # fmt: skip
-        seen = list(self.data.get("trial_resets") or [])
-        if reset is not None:
-            seen.append(reset)
-        cause = resets.fallback_cause(seen)
-        reason = FELL_BACK_IN_TRIAL
-        if cause == resets.POWER_LOSS:
-            reason = USED_UP_BY_POWER_LOSS
-        elif cause == resets.UNEXPLAINED:
-            reason = USED_UP_BY_RESETS
-        return {"reason": reason, "cause": cause, "evidence": {"resets": seen}}
 
     # --- internals -----------------------------------------------------------------------
 

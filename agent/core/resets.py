@@ -54,6 +54,32 @@ POWER_LOSS = "power-loss"  # power losses used up the trial's boot attempts: not
 UNEXPLAINED = "unexplained-resets"  # resets the board cannot explain used up the attempts
 
 
+NEVER_CAME_UP = "new slot never came up"
+FELL_BACK_IN_TRIAL = "new slot went down during the trial; the bootloader fell back"
+USED_UP_BY_POWER_LOSS = "power losses used up the trial's boot attempts; the bootloader fell back"
+USED_UP_BY_RESETS = (
+    "resets of unknown cause used up the trial's boot attempts; the bootloader fell back"
+)
+
+
+def fallback(rebooting, trial_resets, reset):
+    """{"reason", "cause", "evidence"} of a rollback because the bootloader brought the old
+    slot back: before the agent came up on the new slot (`rebooting`), or during its trial
+    after `trial_resets`; `reset` is the cause of the reset that ended the last attempt."""
+    if rebooting:
+        return {"reason": NEVER_CAME_UP, "cause": CRASH, "evidence": {"reset": reset}}
+    seen = list(trial_resets)
+    if reset is not None:
+        seen.append(reset)
+    cause = fallback_cause(seen)
+    reason = FELL_BACK_IN_TRIAL
+    if cause == POWER_LOSS:
+        reason = USED_UP_BY_POWER_LOSS
+    elif cause == UNEXPLAINED:
+        reason = USED_UP_BY_RESETS
+    return {"reason": reason, "cause": cause, "evidence": {"resets": seen}}
+
+
 def fallback_cause(resets):
     """The rollback cause once the bootloader fell back during a trial that saw `resets`
     (the reset causes of every boot of the new slot after the first, and of the fallback)."""
