@@ -29,5 +29,6 @@ def test_short_soak_every_good_release_commits_despite_a_power_cut(tmp_path, cap
             expected = "crash" if r["kind"] in soak.NEVER_UP else "check-failed"
             assert (r["final"], r["cause"]) == ("RolledBack", expected), soak.line(r)
     # A release that never brings the agent up falls back within the bound docs/lifecycle.md
-    # states: one boot when the board reports the crash (trial_attempts without it).
-    assert all(r["new_slot_boots"] == 1 for r in results if "new_slot_boots" in r), results
+    # states: one boot of the new slot when the board reports the crash, plus one for a power
+    # cut that hit such a boot (never more than trial_attempts).
+    assert all(r["new_slot_boots"] <= 2 for r in results if "new_slot_boots" in r), results
