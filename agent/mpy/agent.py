@@ -64,6 +64,9 @@ class Agent:
         self.channel.subscribe(PONG, self.channel.on_pong)
         self.channel.poll()
         self.resume()
+        unsent = self.board.history().get("final")
+        if unsent:  # the last final status was never acknowledged: send it again
+            self.channel.publish(STATUS, unsent, on_ack=self.board.final_delivered)
         self.publish_inventory()
 
     def run(self):
@@ -159,10 +162,13 @@ class Agent:
         self.journal.save(self.journey)
 
     def do_report(self, status, info):
-        self.report(status, info)
-        if status in lc.FINAL_STATUSES:
-            self.board.record_result(info.get("job_id"), status, info)
-            self.publish_inventory()
+        if status not in lc.FINAL_STATUSES:
+            self.report(status, info)
+            return
+        # A journey's last status survives a power cut: kept on flash until acknowledged.
+        message = self.report(status, info, on_ack=self.board.final_delivered)
+        self.board.record_result(info.get("job_id"), status, info, message)
+        self.publish_inventory()
 
     def do_wait(self, until, why):
         self.wake_at = until
@@ -187,6 +193,7 @@ class Agent:
 
     def do_reboot(self):
         print("rebooting")
+        self.channel.drain(3.0)  # InstallRebooting and friends reach the broker first
         self.channel.stop()
         self.running = False
         self.system.reboot()
@@ -230,6 +237,12 @@ class Agent:
             return
         except UpdateError as e:
             event, info = failure, _info(e)
+        except MemoryError:  # the heap was too fragmented for a buffer: retried after a GC
+            import gc
+
+            gc.collect()
+            event, info = failure, {"reason": "no-memory", "detail": "heap exhausted",
+                                    "transient": True}  # fmt: skip
         except Exception as e:  # a bug must not kill the agent: the step fails
             event, info = failure, {"reason": "internal", "detail": repr(e)}
         self.events.append((step, event, info))
@@ -322,13 +335,14 @@ class Agent:
 
     # -- reporting --------------------------------------------------------------------------
 
-    def report(self, status, info):
+    def report(self, status, info, on_ack=None):
         message = dict(info)
         message["status"] = status
         message["seq"] = self.board.next_seq()  # saved before it is published
         message["ts"] = int(time.time())
         print("status %s %s" % (status, dumps(info)))
-        self.channel.publish(STATUS, message)
+        self.channel.publish(STATUS, message, on_ack=on_ack)
+        return message
 
     def inventory_row(self):
         slots = self.board.slots()["slots"]

@@ -124,11 +124,11 @@ class Channel:
 
     # -- out ----------------------------------------------------------------------------
 
-    def publish(self, suffix, payload, retain=False):
+    def publish(self, suffix, payload, retain=False, on_ack=None):
         data = dumps(payload).encode()
         if retain:  # a retained row replaces any older one still waiting
             self.outbox = [e for e in self.outbox if e[0] != self.topic(suffix)]
-        self.outbox.append([self.topic(suffix), data, retain, None])
+        self.outbox.append([self.topic(suffix), data, retain, None, on_ack])
         while len(self.outbox) > OUTBOX:
             self.outbox.pop(0)
         if self.connected:
@@ -149,12 +149,21 @@ class Channel:
             if entry[3] == pid:
                 if status == 1:
                     self.outbox.remove(entry)
+                    if entry[4] is not None:
+                        entry[4]()
                 elif status == 0:
                     entry[3] = None
                 return
 
     def pending(self):
         return len(self.outbox)
+
+    def drain(self, timeout):
+        """Wait (polling) until the broker acknowledged everything, at most `timeout` s."""
+        end = time.time() + timeout
+        while self.outbox and self.connected and time.time() < end:
+            self.poll()
+            time.sleep(0.01)
 
     def ping(self, timeout, wait):
         """Round trip to the backend: {"nonce", "rtt_s"}, or None when no pong came back."""

@@ -109,8 +109,11 @@ def _write(source, payload, partition, progress, poll):
     tap = _Tap(source, payload.size, poll)
     stream = tap
     if payload.compression == "gzip":
+        import gc
+
         import deflate
 
+        gc.collect()  # the inflater's 32 KiB window needs one contiguous block
         stream = deflate.DeflateIO(tap, deflate.GZIP)
     installed = hashlib.sha256()
     buf = bytearray(BLOCK)

@@ -90,14 +90,21 @@ class Board:
         write_atomic(self.history_path, json.dumps(data).encode())
         return data["seq"]
 
-    def record_result(self, job_id, status, info):
+    def record_result(self, job_id, status, info, message=None):
         data = self.history()
+        data["final"] = message
         row = {"id": job_id, "version": info.get("version"), "result": status,
                "reason": info.get("reason"), "check": info.get("check")}  # fmt: skip
         data["last_job"] = row
         if status == "RolledBack":
             data["rollbacks"] = (data.get("rollbacks", []) + [row])[-MAX_ROLLBACKS:]
         write_atomic(self.history_path, json.dumps(data).encode())
+
+    def final_delivered(self):
+        data = self.history()
+        if data.get("final") is not None:
+            data["final"] = None
+            write_atomic(self.history_path, json.dumps(data).encode())
 
     def slots(self):
         data = self._load(self.slots_path, {"slots": {}, "security_version": 0})

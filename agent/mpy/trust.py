@@ -14,9 +14,14 @@ from agent.mpy.verify import verify_key
 
 
 def _read(path):
+    import os
+
     try:
+        size = os.stat(path)[6]
+        if size > MAX_ENVELOPE:  # checked before reading: a heap of 96K has no room to spare
+            raise ConfigError("trusted root %s is larger than %d bytes" % (path, MAX_ENVELOPE))
         with open(path, "rb") as f:
-            return f.read(MAX_ENVELOPE + 1)
+            return f.read()
     except OSError as e:
         raise ConfigError("cannot read trusted root %s: %s" % (path, e))
 
