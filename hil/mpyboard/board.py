@@ -123,10 +123,11 @@ class MpyBoard:
         with self.lock:
             return "\n".join(self.lines)
 
-    def wait_line(self, pattern, timeout):
-        """The first console line (from now on) containing `pattern`, or TimeoutError."""
+    def wait_line(self, pattern, timeout, anywhere=False):
+        """The first console line (from now on, or anywhere in the log) containing `pattern`, or
+        TimeoutError."""
         with self.lock:
-            start = len(self.lines)
+            start = 0 if anywhere else len(self.lines)
             found = []
 
             def seen():
