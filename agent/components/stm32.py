@@ -47,16 +47,26 @@ class CommandRefused(Stm32Error):
 
 def open_port(url, baudrate=115200, timeout=0.05):
     """The MCU's UART as AN3155 wants it: 8 data bits, even parity, 1 stop bit. Opened
-    exclusively (flock), so the charging stack cannot talk to the MCU while it is flashed."""
+    exclusively (flock), so the charging stack cannot talk to the MCU while it is flashed.
+    A port that refuses even parity (a Linux pty, which carries no parity bit) is opened
+    8N1: the bytes are the same."""
+    import termios
+
     import serial
 
-    try:
-        return serial.serial_for_url(url, baudrate=baudrate, parity=serial.PARITY_EVEN,
-                                     timeout=timeout, exclusive=True)  # fmt: skip
-    except (serial.SerialException, OSError, ValueError) as e:
-        raise Stm32Error(
-            "cannot open MCU port %s: %s" % (url, e), hint="is the port right, and free?"
-        ) from None
+    last = None
+    for parity in (serial.PARITY_EVEN, serial.PARITY_NONE):
+        try:
+            return serial.serial_for_url(url, baudrate=baudrate, parity=parity,
+                                         timeout=timeout, exclusive=True)  # fmt: skip
+        except termios.error as e:
+            last = e  # EINVAL for the parity setting: try without
+        except (serial.SerialException, OSError, ValueError) as e:
+            last = e
+            break
+    raise Stm32Error(
+        "cannot open MCU port %s: %s" % (url, last), hint="is the port right, and free?"
+    )
 
 
 def xor(data):
