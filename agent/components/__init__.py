@@ -120,6 +120,8 @@ class Stm32Component:
         port = open_port(self.port, int(self.table.get("baudrate", 115200)))
         try:
             rom = Stm32Rom(port, self._line("boot0", port), self._line("nreset", port),
+                           timeout=float(self.table.get("timeout_s", 1.0)),
+                           retries=int(self.table.get("retries", 3)),
                            page_size=self.table.get("page_size"))  # fmt: skip
             rom.enter()
             rom.flash(image, address, progress)

@@ -52,6 +52,7 @@ class McuOnPty:
         self.rx_count = self.tx_count = 0
         self.faults = []  # [{"kind": "flip-rx"|"flip-tx"|"mute-tx", "at": byte index, "n": k}]
         self._line_fds = {}
+        self.hook = None  # hook(event), called in the chip's thread: cut power at an exact step
         if lines_dir:
             os.makedirs(lines_dir, exist_ok=True)
             for name in ("boot0", "nrst"):
@@ -148,6 +149,8 @@ class McuOnPty:
         with self._cond:
             self.events.append(event)
             self._cond.notify_all()
+        if self.hook is not None:
+            self.hook(event)
 
     FRAME_BITS = 10  # start + 8 data + stop
 

@@ -138,6 +138,7 @@ class Stm32Rom(McuOnPty):
         if n ^ comp != 0xFF:
             raise BadRequest()
         buf, off = self._region(address, n + 1)
+        self._publish(("read", address, n + 1))
         self.send(ACK + bytes(buf[off : off + n + 1]))
 
     def _cmd_write(self):
