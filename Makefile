@@ -75,6 +75,7 @@ test: venv sysdeps qemu-deps $(MICROPYTHON)
 
 bench: venv sysdeps
 	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tests.bench_mcu
 
 demo: venv sysdeps
 	$(BIN)/python -m hil.demo
