@@ -153,6 +153,18 @@ class Stm32Rom:
         self.version, self.commands = self._retry("GET", run)
         return self.version, self.commands
 
+    def get_version(self):
+        """(bootloader version, option byte 1, option byte 2): Get Version & Read Protection
+        Status (0x01)."""
+
+        def run():
+            self._command(GET_VERSION)
+            data = self._read_n(3)
+            self._ack("GET VERSION")
+            return data[0], data[1], data[2]
+
+        return self._retry("GET VERSION", run)
+
     def get_id(self):
         def run():
             self._command(GET_ID)

@@ -41,6 +41,7 @@ def test_enter_drives_boot0_and_nrst_then_syncs(stm32, rom):
     version, commands = rom.version, rom.commands
     assert version == 0x31 and GET in commands and EXT_ERASE in commands
     assert rom.get_id() == PID
+    assert rom.get_version()[0] == 0x31
 
 
 def test_write_read_erase_go(stm32, rom):
