@@ -30,6 +30,8 @@ def cut():
 
 
 class System:
+    watchdog_interval_s = None  # no watchdog watches this process
+
     def reboot(self):
         return True
 
