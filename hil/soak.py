@@ -161,7 +161,9 @@ class Board:
         cutter.start()
         final = rig.wait_status(job["id"], FINAL_STATUSES, JOURNEY_TIMEOUT_S)
         elapsed = time.monotonic() - started
-        done.set()
+        with self.status_seen:  # a cutter still waiting for its status learns it never comes
+            done.set()
+            self.status_seen.notify_all()
         cutter.join()
         result = dict(step, version=version, job=job["id"], final=final["status"])
         result.update(cause=final.get("cause"), reason=final.get("reason"), seconds=elapsed)
