@@ -1,7 +1,8 @@
 """The short power-cut soak on the virtual board (`make soak` runs the long one, hil/soak.py).
 
-About 20 journeys, good releases alternating with every defective kind, one seeded random
-power cut each (any time, right after a status, right after a journal write; 0.05-1 s off):
+About 20 journeys on 4 boards, good releases alternating with every defective kind, one
+seeded random power cut each (any time, right after a status, right after a journal write;
+0.05-1 s off):
 every good release ends Committed, every defective one RolledBack for its own cause, and
 every board comes back, idles and charges. The table is printed (pytest -s shows it).
 """
@@ -15,7 +16,7 @@ JOURNEYS = int(os.environ.get("CHARGER_SOAK_JOURNEYS", "20"))
 
 
 def test_short_soak_every_good_release_commits_despite_a_power_cut(tmp_path, capsys):
-    results, errors, summary = soak.run(JOURNEYS, SEED, boards=3, workdir=str(tmp_path))
+    results, errors, summary = soak.run(JOURNEYS, SEED, boards=4, workdir=str(tmp_path))
     with capsys.disabled():
         print(summary)
     assert not errors, errors
