@@ -68,6 +68,8 @@ def test_trial_marker_follows_try_good_and_bad(tmp_path, backend):
     boot.mark_good("A")
     boot.try_slot("B", 3)
     assert boot.env.read()["BOOT_TRIAL"] == "B"
+    if fw_config:  # what the boot script reads is what the Linux-side tools read too
+        assert fw_printenv(fw_config)["BOOT_TRIAL"] == "B"
     boot.mark_good("A")  # the old slot's healthy boot does not end B's trial
     boot.try_slot("B", 3)
     assert boot.env.read()["BOOT_TRIAL"] == "B"
