@@ -131,12 +131,15 @@ class Daemon:
         of that step, go back to the last journal record (what the board really did), say
         why, and try again later: never reboot after a boot switch that did not happen."""
         log.error("step failed: %s (%s)", error.message, error.hint or "will retry")
-        journey = self.journal.load(self.policy)
-        job = journey.job
-        self.report(lc.status_of(journey.state), {
-            "job_id": job.id if job else None, "reason": error.reason,
-            "detail": error.message, "retry_in_s": self.recover_s,
-        })  # fmt: skip
+        try:
+            journey = self.journal.load(self.policy)  # never raises, even on EIO
+            job = journey.job
+            self.report(lc.status_of(journey.state), {
+                "job_id": job.id if job else None, "reason": error.reason,
+                "detail": error.message, "retry_in_s": self.recover_s,
+            })  # fmt: skip
+        except Exception:  # the loop must outlive whatever broke: it would crash-loop
+            log.exception("could not report the failure")
         self._abandon_step()
         self.pending_resume = True
         self.wake_at = self.clock() + self.recover_s
