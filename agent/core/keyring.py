@@ -61,12 +61,13 @@ class Role:
 
 
 class Root:
-    def __init__(self, raw, version, expires, keys, roles):
+    def __init__(self, raw, version, expires, keys, roles, created=0):
         self.raw = raw
         self.version = version
         self.expires = expires
         self.keys = keys
         self.roles = roles
+        self.created = created  # epoch s; 0 when the root does not say (older roots)
 
     def role(self, name):
         return self.roles[name]
@@ -128,6 +129,14 @@ def parse_root(raw):
         expires = timefmt.parse(obj.get("expires"))
     except ValueError as e:
         raise _bad("expires", "is not a UTC timestamp (%s)" % e)
+    created = 0
+    if obj.get("created") is not None:  # optional: a floor of time for the device
+        try:
+            created = timefmt.parse(obj.get("created"))
+        except ValueError as e:
+            raise _bad("created", "is not a UTC timestamp (%s)" % e)
+        if created >= expires:
+            raise _bad("expires", "must be later than created")
     entries = obj.get("keys")
     if not isinstance(entries, dict) or not entries or len(entries) > MAX_KEYS:
         raise _bad("keys", "must map 1..%d key ids to keys" % MAX_KEYS)
@@ -135,9 +144,8 @@ def parse_root(raw):
     roles = obj.get("roles")
     if not isinstance(roles, dict):
         raise _bad("roles", "must be an object")
-    return Root(
-        bytes(raw), version, expires, keys, dict((n, _role(n, roles.get(n), keys)) for n in ROLES)
-    )
+    roles = dict((n, _role(n, roles.get(n), keys)) for n in ROLES)
+    return Root(bytes(raw), version, expires, keys, roles, created)
 
 
 def verify_threshold(signed_bytes, signatures, role, verify_fn):

@@ -81,3 +81,44 @@ def test_journal_replaced_by_a_directory_never_ends_the_daemon_loop(tmp_path):
         d.stop()
         loop.join(10)
     assert (tmp_path / "state" / "journal.json.corrupt-0").is_dir()
+
+
+def test_healthy_boot_of_a_committed_slot_raises_the_floor(tmp_path):
+    """#6: slots.json says A was committed with security version 5, but the floor stayed at
+    3 (committed by an agent that did not raise it): the next healthy boot raises it, in
+    the state dir and in the boot environment."""
+    cfg = config(tmp_path)
+    (tmp_path / "state").mkdir()
+    record = {"slots": {"A": {"state": "good", "version": "1.5.0", "security_version": 5}},
+              "security_version": 3}  # fmt: skip
+    (tmp_path / "state" / "slots.json").write_text(json.dumps(record))
+    d = Daemon(cfg, open_from_config(cfg), Channel(), FakeStack(), None, System())
+    d.resume()
+    assert json.loads((tmp_path / "boot.json").read_text())["CHARGER_SECURITY_FLOOR"] == "5"
+    assert d.slots.load()["security_version"] == 5
+
+
+def test_deleted_rotated_roots_are_reported_to_the_backend(tmp_path):
+    """#8: the rotated root was deleted from the data partition: the daemon says so at start,
+    in a status and in its inventory row, and refuses bundles until the root is re-applied."""
+    from agent.trust.store import Trust
+    from tests.bundle.factory import make_keys, make_root, root_envelope
+
+    old_root, new_root = make_keys(2, tag="daemon-roots")
+    make_root(tmp_path / "root.json", [old_root], make_keys(1, tag="daemon-rel"))
+    cfg = config(tmp_path, trust={"root": "root.json"}, time={"sync_file": ""})
+    boot = open_from_config(cfg)
+    v2 = root_envelope([new_root], make_keys(1, tag="daemon-rel"), version=2,
+                       signers=[old_root, new_root])  # fmt: skip
+    Trust.from_config(cfg, boot=boot).update_root([v2])
+    (tmp_path / "state" / "trusted-root.2.json").unlink()
+    channel = Channel()
+    d = Daemon(cfg, boot, channel, FakeStack(), Trust.from_config(cfg, boot=boot), System())
+    channel.start()
+    d.resume()
+    status = channel.wait_for("update/status", 5, lambda m: m.get("reason") == "root-rollback")
+    assert status and "older than version 2" in status["detail"]
+    d.publish_inventory()
+    row = channel.wait_for("update/inventory", 5)
+    assert row["trust"]["root_version"] == 1 and row["trust"]["root_floor"] == 2
+    assert "older than version 2" in row["trust"]["problem"]
