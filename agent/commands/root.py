@@ -127,7 +127,8 @@ def show(args):
         json.dump(doc, sys.stdout, indent=1, sort_keys=True)
         print()
         return 0
-    print("root version %d, expires %s" % (root.version, timefmt.format(root.expires)))
+    created = " created %s," % timefmt.format(root.created) if root.created else ""
+    print("root version %d,%s expires %s" % (root.version, created, timefmt.format(root.expires)))
     for name in keyring.ROLES:
         role = root.role(name)
         print("role %s: %d of %d" % (name, role.threshold, len(role.keyids)))
