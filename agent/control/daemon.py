@@ -217,14 +217,15 @@ class Daemon:
         older than one this device trusted before (its rotated roots were deleted)."""
         if self.trust is None:
             return
+        reason = "root-rollback"
         try:
             problem = self.trust.problem()
-        except UpdateError as e:
-            problem = e.message
+        except UpdateError as e:  # the floors themselves are unreadable: say that
+            reason, problem = e.reason, e.message
         if problem:
             log.error("TRUST: %s", problem)
             self.report(lc.status_of(self.journey.state),
-                        {"job_id": None, "reason": "root-rollback", "detail": problem})  # fmt: skip
+                        {"job_id": None, "reason": reason, "detail": problem})  # fmt: skip
 
     def _healthy_boot(self, booted):
         state = self.journey.state

@@ -32,7 +32,7 @@ def _refuse(path, what):
 
 def check_record(data, path):
     """The parsed slots.json, if it is a well-formed record; ConfigError otherwise."""
-    if not isinstance(data, dict) or set(data) != {"slots", "security_version"}:
+    if not isinstance(data, dict) or "slots" not in data or "security_version" not in data:
         raise _refuse(path, "are not a record of the form {slots, security_version}")
     floor = data["security_version"]
     if not isinstance(floor, int) or isinstance(floor, bool) or floor < 0:
@@ -42,10 +42,12 @@ def check_record(data, path):
     for name, record in data["slots"].items():
         if not isinstance(record, dict):
             raise _refuse(path, "hold slot %r that is not an object" % (name,))
-        for key, value in record.items():
-            kind = RECORD_FIELDS.get(key)
-            if kind is None or not isinstance(value, kind) or isinstance(value, bool):
+        for key, kind in RECORD_FIELDS.items():  # other fields are for other readers
+            value = record.get(key)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
                 raise _refuse(path, "hold slot %r field %r = %r" % (name, key, value))
+        if record.get("security_version", 0) < 0:
+            raise _refuse(path, "hold slot %r with a negative security_version" % (name,))
     return data
 
 

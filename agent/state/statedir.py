@@ -87,15 +87,23 @@ def check_not_on_slot(state_dir, slots, config_path="agent config"):
                 )
 
 
+def _command():
+    """`charger-update install` / `charger-update run`: the program and its command word
+    (options and their values left out: they may be long or private)."""
+    words = [os.path.basename(sys.argv[0])] if sys.argv and sys.argv[0] else ["python"]
+    skip = False
+    for arg in sys.argv[1:]:
+        if skip or arg.startswith("-"):
+            skip = arg in ("--config", "-c")
+            continue
+        words.append(arg)
+        break
+    return " ".join(words)
+
+
 def _describe(purpose):
-    argv = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv[:3]))
-    text = "pid %d (%s: %s) since %s" % (
-        os.getpid(),
-        argv or "python",
-        purpose,
-        timefmt.format(int(time.time())),
-    )
-    return text[:MAX_HOLDER]
+    now = timefmt.format(int(time.time()))
+    return ("pid %d (%s: %s) since %s" % (os.getpid(), _command(), purpose, now))[:MAX_HOLDER]
 
 
 class StateLock:

@@ -18,7 +18,7 @@ import time
 from agent.core import floors as floors_core
 from agent.core import keyring, policy, timefmt
 from agent.core.envelope import MAX_ENVELOPE, ROOT_TYPE, Envelope, parse_envelope
-from agent.core.errors import ConfigError, Expired, RootRolledBack, UpdateError
+from agent.core.errors import ConfigError, Downgrade, Expired, RootRolledBack, UpdateError
 from agent.core.manifest import parse_manifest
 from agent.state import statedir
 from agent.state.atomic import write_atomic
@@ -144,7 +144,7 @@ class Trust:
             try:
                 root = self._next(root, _read(legacy))
             except UpdateError as e:
-                if not isinstance(e, keyring.Downgrade):  # an older copy: already in the chain
+                if not isinstance(e, Downgrade):  # an older copy: already in the chain
                     return root, "%s does not chain from root version %d: %s" % (
                         legacy, root.version, e.message
                     )  # fmt: skip

@@ -29,6 +29,8 @@ def config(tmp_path, **sections):
 
 
 class System:
+    watchdog_interval_s = None
+
     def reboot(self):
         return True
 
