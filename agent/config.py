@@ -10,6 +10,7 @@ import os
 import sys
 
 from agent.core.errors import ConfigError
+from agent.state import statedir
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,7 +44,9 @@ class Config:
         self.slots = self._slots()
         self.bootloader = self._table("bootloader", required=("backend",))
         self.trust = self._table("trust", required=())
-        self.state_dir = self.resolve(self._table("state", required=()).get("dir", "state"))
+        state = self._table("state", required=()).get("dir", statedir.DEFAULT_DIR)
+        self.state_dir = self.resolve(state)
+        statedir.check_not_on_slot(self.state_dir, self.slots, self.path)
         download = dict(DOWNLOAD_DEFAULTS)
         download.update(self._table("download", required=()))
         self.download = download

@@ -24,6 +24,7 @@ def register(subparsers):
 
 
 def run(args):
+    from agent.state.statedir import StateLock
     from agent.transfer.installer import install
     from agent.transfer.progress import Progress
     from agent.trust.store import Trust
@@ -32,7 +33,7 @@ def run(args):
     cfg = config_mod.load(args.config)
     boot = open_from_config(cfg)
     done = install(
-        args.source, cfg, boot, Trust.from_config(cfg),
+        args.source, cfg, boot, Trust.from_config(cfg, boot=boot),
         progress_factory=lambda total, label: Progress(total, label),
     )  # fmt: skip
     m = done.manifest
@@ -43,7 +44,8 @@ def run(args):
     if args.no_switch:
         print("boot order unchanged (--no-switch)")
         return 0
-    boot.try_slot(done.slot, args.attempts)
+    with StateLock(cfg.state_dir, "switching to slot %s" % done.slot):
+        boot.try_slot(done.slot, args.attempts)
     print(
         "slot %s will be tried on the next boot (%d attempt%s); reboot to start the trial"
         % (done.slot, args.attempts, "" if args.attempts == 1 else "s"),

@@ -11,12 +11,23 @@ import logging
 from agent.bundle.reader import open_bundle
 from agent.checks import CheckFailed, load_checks
 from agent.core import lifecycle as lc
-from agent.core.errors import BadSignature, ReadbackMismatch, Rejected, UnknownKey, UpdateError
+from agent.core.errors import (
+    BadSignature,
+    BootEnvError,
+    ConfigError,
+    ReadbackMismatch,
+    Rejected,
+    UnknownKey,
+    UpdateError,
+)
 from agent.transfer import installer
 from agent.transfer.fetch import open_source
 
 log = logging.getLogger("charger-update")
 SIGNATURE_ERRORS = (BadSignature, UnknownKey)
+# The board's own state is unreadable (boot env, slot records, floors): not the bundle's fault.
+# These escape the step; the daemon stops the step and retries it once someone repaired it.
+LOCAL_ERRORS = (BootEnvError, ConfigError)
 
 
 def info(error):
@@ -33,16 +44,19 @@ def download(url, cfg):
         return lc.DOWNLOAD_ERROR, info(e), None
 
 
-def verify(envelope, url, cfg, trust, now):
+def verify(envelope, url, cfg, trust, now, slots=None):
     """Check the downloaded header; fetch it again only when there is none (after a restart
-    the journey resumes at Downloaded with nothing in memory)."""
+    the journey resumes at Downloaded with nothing in memory). slots: the board's SlotState
+    (its floor is the anti-rollback bound)."""
     try:
         if envelope is None:
             with open_source(url, cfg.download) as source:
-                installer.read_manifest(source, trust, cfg, now)
+                installer.read_manifest(source, trust, cfg, now, slots)
         else:
-            installer.check_envelope(envelope, trust, cfg, now)
+            installer.check_envelope(envelope, trust, cfg, now, slots)
         return lc.SIGNATURE_OK, {}
+    except LOCAL_ERRORS:
+        raise
     except Rejected as e:
         return lc.SIGNATURE_BAD, info(e)
     except UpdateError as e:
@@ -53,6 +67,8 @@ def install(url, cfg, boot, trust, now, progress):
     try:
         installer.install(url, cfg, boot, trust, now=now, progress_factory=progress.start)
         return lc.INSTALL_OK, {}
+    except LOCAL_ERRORS:
+        raise
     except SIGNATURE_ERRORS as e:
         return lc.SIGNATURE_BAD, info(e)
     except ReadbackMismatch as e:
