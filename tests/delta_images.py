@@ -28,6 +28,9 @@ RELEASES = {
 }
 UUID = "6f0f5e0c-2a61-4c39-9b59-0c1d1e4f7a15"
 FAKE_TIME = "1767225600"  # 2026-01-01, as SOURCE_DATE_EPOCH would pin it
+# 4 KiB blocks, as mke2fs picks for filesystems of 512 MiB and more; below that it picks 1 KiB
+# unless told, and 1 KiB blocks defeat any 4 KiB block matching (docs/transfer.md).
+FS_BLOCK = 4096
 IMAGE_HEADROOM = 1.25  # the slot is bigger than the tree, as a real partition is
 
 
@@ -114,7 +117,7 @@ def make_image(tree, path, size):
     if os.path.exists(path):
         os.unlink(path)
     env = dict(os.environ, E2FSPROGS_FAKE_TIME=FAKE_TIME)
-    cmd = ["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "rootfs", "-U", UUID]
+    cmd = ["mke2fs", "-q", "-F", "-t", "ext4", "-b", str(FS_BLOCK), "-L", "rootfs", "-U", UUID]
     cmd += ["-E", "hash_seed=" + UUID, "-d", tree, path, "%dk" % (size // 1024)]
     subprocess.run(cmd, check=True, env=env)
 
@@ -129,11 +132,12 @@ def images(names, log=print):
         path = os.path.join(ROOT, "images", "%s.ext4" % name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         stamp = path + ".size"
-        if not (os.path.exists(path) and _read(stamp) == str(size)):
+        made = "%d bytes, %d-byte blocks" % (size, FS_BLOCK)  # remade when either changes
+        if not (os.path.exists(path) and _read(stamp) == made):
             log("making %s (%d MiB) with mke2fs -d" % (path, size >> 20))
             make_image(tree, path, size)
             with open(stamp, "w") as f:
-                f.write(str(size))
+                f.write(made)
         out[name] = path
     return out
 
