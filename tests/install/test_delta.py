@@ -229,3 +229,31 @@ def test_plan_reports_bytes_a_charger_would_download(board, signer):
     assert row["blocks"]["remote"] == 12 and row["blocks"]["zero"] == 8
     assert plan["download_bytes"] == plan["head_bytes"] + row["fetch_bytes"]
     assert plan["download_bytes"] < plan["bundle_bytes"] / 4
+
+
+def test_installing_statuses_carry_bytes_downloaded_and_payload_size(board, signer, served):
+    from agent.control.steps import StatusProgress
+
+    b = board(signer.root)
+    put(b.slot_a, image(release(1)))
+    server = served(signer(image(next_release(release(1)))))
+    steps = []
+    progress = StatusProgress(lambda percent, sizes=None: steps.append((percent, sizes)))
+    cfg = b.config()
+    done = installer.install(
+        server.url("b.cub"), cfg, b.boot(), Trust.from_config(cfg), progress_factory=progress.start
+    )
+    assert steps[-1][0] == 100
+    assert steps[-1][1] == {"downloaded": done.counters["downloaded"], "payload_bytes": 208 * BLOCK}
+
+
+def test_cli_plan_prints_the_bytes_to_download(board, signer, capsys):
+    from agent.cli import main
+
+    b = board(signer.root)
+    put(b.slot_a, image(release(1)))
+    path = signer(image(next_release(release(1))))
+    assert main(["--config", b.config_path, "install", "--plan", path]) == 0
+    out = capsys.readouterr().out
+    assert "this charger would download" in out and "12 fetched" in out
+    assert b.read_slot("B") == b"old firmware 0.9"  # nothing written
