@@ -28,13 +28,18 @@ CHUNK = 1 << 20
 
 class PayloadSource:
     """One payload to pack: a name, its slot class, the file, and 'none', 'gzip' or
-    'zstd-chunks' (format 2: a chunk index for delta installs, agent/bundle/chunked.py)."""
+    'zstd-chunks' (format 2: a chunk index for delta installs, agent/bundle/chunked.py); an
+    MCU image has no slot class but `mcu` = {id, protocol, address, version}
+    (docs/components.md).
+    """
 
-    def __init__(self, name, slot_class, path, compression="none"):
+    def __init__(self, name, slot_class, path, compression="none", component=None, mcu=None):
         self.name = name
         self.slot_class = slot_class
         self.path = path
         self.compression = compression
+        self.component = component
+        self.mcu = mcu
 
 
 def _hash_file(path, chunk_size=CHUNK):
@@ -77,6 +82,8 @@ def _stage_chunked(source, workdir):
     entry = {"name": source.name, "slot_class": source.slot_class, "compression": CHUNKED}
     entry.update(size=size, sha256=sha, installed_size=isize, installed_sha256=isha)
     entry["index"] = {"size": len(index), "sha256": hashlib.sha256(index).hexdigest()}
+    if source.component:
+        entry["component"] = source.component
     return entry, tmp.name, index
 
 
@@ -90,7 +97,13 @@ def _stage(source, workdir):
 
 def _stage_plain(source, workdir):
     isize, isha = _hash_file(source.path)
-    entry = {"name": source.name, "slot_class": source.slot_class, "compression": "none"}
+    entry = {"name": source.name, "compression": "none"}
+    if source.mcu is not None:
+        entry.update(type="mcu", mcu=dict(source.mcu))
+    else:
+        entry["slot_class"] = source.slot_class
+    if source.component:
+        entry["component"] = source.component
     if source.compression == "none":
         entry.update(size=isize, sha256=isha, installed_size=isize, installed_sha256=isha)
         return entry, source.path
@@ -132,6 +145,7 @@ def create_bundle(
     compatible,
     expires,
     created=None,
+    components=None,
 ):
     """Write a signed bundle to out_path and return its Manifest.
 
@@ -154,6 +168,8 @@ def create_bundle(
             "compatible": compatible,
             "payloads": [entry for entry, _, _ in staged],
         }
+        if components:
+            fields["components"] = dict(components)
         raw = manifest_bytes(fields)
         manifest = parse_manifest(raw)  # refuse to sign what a device would refuse to read
         envelope = sign_envelope(MANIFEST_TYPE, raw, keys).encode()

@@ -17,6 +17,7 @@ import time
 
 from agent.checks import TrialContext, load_checks
 from agent.checks.alarms import baseline as alarm_baseline
+from agent.control import components as mcu_steps
 from agent.control import steps
 from agent.control.observation import Observer
 from agent.control.reporting import Reporter
@@ -38,21 +39,24 @@ class RebootFailed(Transient):
 
 
 RECOVER_S = 30  # default [system] retry_after_failure_s: pause after a failed step
+IDLE_WAIT_S = 3600  # nothing due: sleep until an event (or the watchdog) wakes the loop
+MIN_WAIT_S = 0.05  # a due time just passed: look again soon, never spin
 
 
 class Daemon:
     """cfg: agent Config; boot: BootControl; channel: MqttChannel/FakeChannel; stack: a
-    ChargingStack; trust: agent.trust.store.Trust; system: reboot()/pet()/local_offset_s()."""
+    ChargingStack; trust: agent.trust.store.Trust; system: reboot()/pet()/local_offset_s()
+    and watchdog_interval_s (agent/control/system.py)."""
 
     def __init__(self, cfg, boot, channel, stack, trust, system, clock=time.time, rng=None):
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
         self.trust, self.system, self.clock = trust, system, clock
         self.rng = rng or random.Random()
         trial = cfg.section("trial")
-        self.policy = TrialPolicy(
-            int(trial.get("window_s", 600)),
-            trial.get("checks", ["communication", "charging-session", "alarms"]),
-        )
+        checks = list(trial.get("checks", ["communication", "charging-session", "alarms"]))
+        if cfg.section("components") and "components" not in checks:
+            checks.append("components")  # the MCUs are part of every trial (issue 16)
+        self.policy = TrialPolicy(int(trial.get("window_s", 600)), checks)
         load_checks(self.policy.required_checks)  # a misnamed check is a config error now
         self.observer = Observer(cfg.section("observation"), stack, clock)
         self.session_poll_s = float(cfg.section("charging_stack").get("poll_s", 10))
@@ -72,17 +76,21 @@ class Daemon:
         self.resumed_before = False
         self.rebooting = False
         self.wake_at = 0
+        self.next_pet = 0.0  # time.monotonic() of the next watchdog pet
         self.journey = None
+        self.flash_slot = None  # MCU images to write before the trial checks
 
     # -- life cycle -----------------------------------------------------------------------------
 
     def run(self):
         self.channel.subscribe(ch.JOB, lambda t, p: self.events.put(("job", p)))
         self.channel.subscribe(ch.CANCEL, lambda t, p: self.events.put(("cancel", p)))
+        # A (re)connect wakes the loop so the inventory row is published at once.
+        self.channel.on_connected = self.wake
         self.channel.start()
         seen_connections = -1
         while not self.stopping.is_set():
-            self.system.pet()
+            self._pet_if_due()
             try:
                 self.step()
             except UpdateError as e:
@@ -102,7 +110,9 @@ class Daemon:
         """One turn of the loop: resume when due, else one event and one tick."""
         if self.pending_resume:
             # Never resume next to a worker of the abandoned step (e.g. still writing a slot).
-            if self.clock() >= self.wake_at and not self._worker_alive():
+            if self._worker_alive():
+                self.worker.join(self._timeout())
+            elif self.clock() >= self.wake_at:
                 self.resume()
             else:
                 self.stopping.wait(self._timeout())
@@ -125,6 +135,11 @@ class Daemon:
 
     def stop(self):
         self.stopping.set()
+        self.wake()
+
+    def wake(self):
+        """Make the loop look again now (it otherwise sleeps until its next due time)."""
+        self.events.put(("wake",))
 
     def recover(self, error):
         """An action failed outright (e.g. the boot env became unreadable). Abandon the rest
@@ -150,7 +165,21 @@ class Daemon:
         return self.worker is not None and self.worker.is_alive()
 
     def _timeout(self):
-        return min(max(self.wake_at - self.clock(), 0.05), 1.0)
+        """How long the loop may sleep: until the journey's next due time or the next
+        watchdog pet. Everything else (a job, a cancel, a worker's result, a reconnect, stop)
+        arrives on the queue and wakes it at once, so an idle agent costs no CPU."""
+        now = self.clock()
+        due = self.wake_at if self.wake_at > now else now + IDLE_WAIT_S
+        if self.system.watchdog_interval_s is not None:
+            due = min(due, now + self.next_pet - time.monotonic())
+        return max(due - now, MIN_WAIT_S)
+
+    def _pet_if_due(self):
+        """Pet the watchdog from this loop (never from a worker), at its own interval."""
+        interval = self.system.watchdog_interval_s
+        if interval is not None and time.monotonic() >= self.next_pet:
+            self.system.pet()
+            self.next_pet = time.monotonic() + interval
 
     def resume(self):
         """Continue the journal's journey on this boot (at start, and after a failed step)."""
@@ -194,6 +223,8 @@ class Daemon:
 
     def dispatch(self, item):
         kind = item[0]
+        if kind == "wake":
+            return
         if kind == "job":
             self.offer(item[1])
         elif kind == "cancel":
@@ -239,6 +270,7 @@ class Daemon:
         if state == lc.COMMITTED and self.observer.active(self.journey):
             if self.observer.due():
                 self.observe()
+            self.wake_at = self.observer.next_review(self.journey)
             return
         if lc.is_terminal(state):
             self.wake_at = 0
@@ -323,6 +355,18 @@ class Daemon:
             raise RebootFailed("the reboot command failed",
                                hint="check [system] reboot_command")  # fmt: skip
 
+    def do_flash_components(self, slot):
+        self.flash_slot = slot  # written by the checks' worker, before the checks run
+
+    def do_confirm_components(self, slot):
+        mcu_steps.confirm(self.cfg, slot, self.stack)
+
+    def do_restore_components(self, slot):
+        # On the loop thread: RolledBack is reported only once the MCUs match the old release.
+        done = mcu_steps.restore(self.cfg, slot, self.stack, lambda *a: self.system.pet())
+        if done:
+            log.info("MCUs back to slot %s's release: %s", slot, done)
+
     def do_cleanup(self):
         pass  # streaming installs keep no download cache
 
@@ -345,6 +389,9 @@ class Daemon:
         self._work(self._install, lc.INSTALL_ERROR)
 
     def do_run_checks(self):
+        # The loop wakes when the window ends, even while a check hangs (see step()).
+        data = self.journey.data
+        self.wake_at = data["trial_started_at"] + self.journey.policy().window_s
         self._work(self._run_checks, lc.CHECKS_FAILED)
 
     # -- workers (run off the loop thread; post exactly one result) ------------------------------
@@ -404,10 +451,25 @@ class Daemon:
                     "evidence": evidence}  # fmt: skip
             self.report("TrialRunning", info)
 
-        results = steps.run_checks(ctx, self.journey.policy().required_checks, reported)
+        ctx.slot = data.get("new_slot")
+        ctx.components = self._flash_components(reported)
+        names = self.journey.policy().required_checks
+        if ctx.components.get("problem"):
+            names = [n for n in names if n == "components"] or names  # the rest cannot pass
+        results = steps.run_checks(ctx, names, reported)
         verdict = "pass" if all(r[0] for r in results.values()) else "fail"
         self.publish_health("trial", results, verdict)
         return ("checks", results)
+
+    def _flash_components(self, reported):
+        slot, self.flash_slot = self.flash_slot, None
+        if slot is None:
+            return {}
+        try:
+            return mcu_steps.flash(self.cfg, slot, self.stack, lambda *a: self.system.pet())
+        except UpdateError as e:
+            log.error("MCU write failed: %s", e)
+            return {"problem": "MCU write failed: %s" % e.message, "reason": e.reason}
 
     def _wait(self, seconds):
         return not self.stopping.wait(seconds)

@@ -64,16 +64,19 @@ def _check_size(actual, signed):
                     hint="the file is incomplete; download or copy it again")  # fmt: skip
 
 
-def plans(head, cfg, booted, slot):
-    """[(payload, target, Plan or None)]: None for a payload without a chunk index."""
+def plans(head, cfg, booted, steps):
+    """[(payload, target, Plan or None, offset)] for [(payload, target)] (the installer's
+    plan; target None in a dry run): Plan None for a payload without a chunk index."""
     result = []
     offsets = dict((p.name, o) for p, o in fmt.payload_offsets(len(head.envelope.raw),
                                                               head.manifest))  # fmt: skip
-    for payload in head.manifest.payloads:
-        target = slotio.SlotTarget(cfg.slot_target(slot, payload.slot_class))
+    for payload, target in steps:
         index = head.indexes.get(payload.name)
         plan = None
         if index is not None:
+            if target is None:
+                target = slotio.SlotTarget(cfg.slot_target(boot_other(cfg, booted),
+                                                           payload.slot_class))  # fmt: skip
             local = cfg.slot_target(booted, payload.slot_class)
             plan = adaptive.make_plan(index, offsets[payload.name], local, target.path)
         result.append((payload, target, plan, offsets[payload.name]))
@@ -90,7 +93,8 @@ def dry_run(location, cfg, boot, check):
             return None
         booted = boot.booted_slot()
         rows, fetch = [], 0
-        for payload, _target, plan, _ in plans(head, cfg, booted, boot.other_slot(booted)):
+        steps = [(p, None) for p in head.manifest.payloads]
+        for payload, _target, plan, _ in plans(head, cfg, booted, steps):
             row = {"name": payload.name, "installed_size": payload.installed_size,
                    "stored_size": payload.size}  # fmt: skip
             row.update(plan.summary() if plan else {"fetch_bytes": payload.size})
@@ -106,9 +110,18 @@ def dry_run(location, cfg, boot, check):
         ranges.close()
 
 
-def install(location, cfg, boot, check, progress_factory=None, readback=True):
+def boot_other(cfg, booted):
+    """The slot that is not `booted` (the names of the [slots] table)."""
+    return [s for s in cfg.slots if s != booted][0]
+
+
+def install(location, cfg, boot, check, progress_factory=None, readback=True, prepare=None,
+            finish=None):  # fmt: skip
     """Install by ranges; returns (slot, manifest, counters) or None (format 1, or a server
-    without Range support: nothing was written, stream the bundle instead)."""
+    without Range support: nothing was written, stream the bundle instead).
+    prepare(manifest, slot) -> [(payload, SlotTarget)] checks what the installer checks
+    before writing (components, space); finish(slot, manifest) runs before the slot is
+    recorded as installed."""
     ranges = open_ranges(location, cfg.download)
     try:
         try:
@@ -117,18 +130,25 @@ def install(location, cfg, boot, check, progress_factory=None, readback=True):
             return None
         if head is None:
             return None
-        return _install(head, ranges, cfg, boot, progress_factory, readback)
+        return _install(head, ranges, cfg, boot, progress_factory, readback, prepare, finish)
     finally:
         ranges.close()
 
 
-def _install(head, ranges, cfg, boot, progress_factory, readback):
+def _install(head, ranges, cfg, boot, progress_factory, readback, prepare, finish):
     manifest = head.manifest
     booted = boot.booted_slot()
     slot = boot.other_slot(booted)
-    steps = plans(head, cfg, booted, slot)
-    for payload, target, _, _ in steps:
+    targets = (
+        prepare(manifest, slot)
+        if prepare
+        else [
+            (p, slotio.SlotTarget(cfg.slot_target(slot, p.slot_class))) for p in manifest.payloads
+        ]
+    )
+    for payload, target in targets:
         slotio.check_space(target, payload.installed_size)
+    steps = plans(head, cfg, booted, targets)
     state = SlotState(cfg.state_dir)
     boot.mark_bad(slot)
     state.begin_write(slot, manifest.version)
@@ -148,6 +168,8 @@ def _install(head, ranges, cfg, boot, progress_factory, readback):
         slotio.write_chunks(chunks, payload, target, readback=readback)
     if progress:
         progress.done()
+    if finish:
+        finish(slot, manifest)
     state.installed(slot, manifest)
     counters["downloaded"] = ranges.received
     return slot, manifest, counters

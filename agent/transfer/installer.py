@@ -11,6 +11,7 @@ so a failure anywhere here leaves the booted slot primary and the boot order as 
 from agent.bundle import chunked
 from agent.bundle import format as fmt
 from agent.bundle.reader import open_bundle, read_exact, read_indexes
+from agent.state.components import ComponentStore
 from agent.state.slotstate import SlotState
 from agent.transfer import adaptive, delta
 from agent.transfer import slots as slotio
@@ -44,8 +45,13 @@ def check_envelope(envelope, trust, cfg, now=None):
 def plan(manifest, cfg, slot):
     """(payload, SlotTarget) pairs for `slot`; every target must exist and have room."""
     steps = []
+    store = ComponentStore(cfg.state_dir)
     for payload in manifest.payloads:
-        target = slotio.SlotTarget(cfg.slot_target(slot, payload.slot_class))
+        if payload.mcu is not None:  # kept with the slot, written to the MCU in its trial
+            store.prepare(slot)
+            target = slotio.SlotTarget(store.image_path(slot, payload.component))
+        else:
+            target = slotio.SlotTarget(cfg.slot_target(slot, payload.slot_class))
         slotio.check_space(target, payload.installed_size)
         steps.append((payload, target))
     return steps
@@ -64,6 +70,8 @@ def install(
         done = delta.install(
             location, cfg, boot, lambda envelope: check_envelope(envelope, trust, cfg, now),
             progress_factory, readback,
+            prepare=lambda manifest, slot: _prepared(manifest, cfg, boot, slot),
+            finish=ComponentStore(cfg.state_dir).record_release,
         )  # fmt: skip
         if done is not None:
             return Installed(*done)
@@ -72,6 +80,7 @@ def install(
     state = SlotState(cfg.state_dir)
     with opener(location, cfg.download) as source:
         manifest, envelope = read_manifest(source, trust, cfg, now)
+        check_components(manifest, cfg, boot.booted_slot())
         indexes = read_indexes(source.read, manifest)  # format 2 streamed whole: checked too
         steps = plan(manifest, cfg, slot)
         # Endless-data bound: nothing past the signed length of the whole bundle.
@@ -94,8 +103,14 @@ def install(
         source.expect_end()
         if progress:
             progress.done()
+    ComponentStore(cfg.state_dir).record_release(slot, manifest)
     state.installed(slot, manifest)
     return Installed(slot, manifest)
+
+
+def _prepared(manifest, cfg, boot, slot):
+    check_components(manifest, cfg, boot.booted_slot())
+    return plan(manifest, cfg, slot)
 
 
 def _write_streamed(source, payload, index, target, progress, readback):
@@ -109,3 +124,18 @@ def _write_streamed(source, payload, index, target, progress, readback):
 
     blocks = chunked.stream_blocks(read, payload, index)
     slotio.write_chunks(adaptive.batched(blocks), payload, target, readback=readback)
+
+
+def check_components(manifest, cfg, booted):
+    """A release whose MCUs this board lacks, or could not roll back, is refused here."""
+    from agent.components import board_components
+    from agent.control import components as mcu_steps
+    from agent.core.components import check_board, mcu_payloads
+    from agent.core.errors import WrongHardware
+
+    if not mcu_payloads(manifest):
+        return
+    problem = check_board(manifest, board_components(cfg))
+    if problem:
+        raise WrongHardware("the release %s" % problem)
+    mcu_steps.check_kept(cfg, manifest, booted)
