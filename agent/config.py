@@ -28,6 +28,7 @@ DOWNLOAD_DEFAULTS = {
     "max_rate": 0,  # bytes per second; 0 means unlimited
     "ca_file": "",  # extra CA bundle for https; system store otherwise
     "chunk_size": 1 << 20,
+    "delta": True,  # format-2 bundles: fetch only the blocks neither slot has (ranges)
 }
 
 

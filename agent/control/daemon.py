@@ -468,8 +468,9 @@ class Daemon:
     def _install(self):
         job = self.journey.job
         progress = steps.StatusProgress(
-            lambda percent: self.report(
-                "Installing", {"job_id": job.id, "version": job.version, "progress": percent}
+            lambda percent, sizes=None: self.report(
+                "Installing",
+                dict(sizes or {}, job_id=job.id, version=job.version, progress=percent),
             )
         )  # fmt: skip
         return ("result",) + steps.install(

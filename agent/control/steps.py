@@ -104,13 +104,16 @@ def run_checks(ctx, names, reported):
 
 
 class StatusProgress:
-    """Installing progress as a callback every 10 % (the daemon turns it into a status)."""
+    """Installing progress as a callback every 10 % (the daemon turns it into a status).
+    A delta install (format 2) sets `downloaded`; each step then also carries the bytes
+    downloaded so far and the payload size, so operators see the saving."""
 
     def __init__(self, on_step):
         self.on_step = on_step
         self.total = 1
         self.done_bytes = 0
         self.next_step = 10
+        self.downloaded = None  # bytes the delta install fetched so far
 
     def start(self, total, label):
         self.total = max(total, 1)
@@ -121,7 +124,10 @@ class StatusProgress:
         percent = self.done_bytes * 100 // self.total
         if percent >= self.next_step:
             self.next_step = percent // 10 * 10 + 10
-            self.on_step(percent)
+            if self.downloaded is None:
+                self.on_step(percent)
+            else:
+                self.on_step(percent, {"downloaded": self.downloaded, "payload_bytes": self.total})
 
     def done(self):
         pass

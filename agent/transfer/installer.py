@@ -11,19 +11,23 @@ refused with StateBusy), and a slot installed raises the device's floor of time 
 manifest's `created` (agent/core/floors.py).
 """
 
+from agent.bundle import chunked
 from agent.bundle import format as fmt
-from agent.bundle.reader import open_bundle
+from agent.bundle.reader import open_bundle, read_exact, read_indexes
 from agent.state.components import ComponentStore
 from agent.state.slotstate import SlotState
 from agent.state.statedir import StateLock
+from agent.transfer import adaptive, delta
 from agent.transfer import slots as slotio
 from agent.transfer.fetch import open_source
 
 
 class Installed:
-    def __init__(self, slot, manifest):
+    def __init__(self, slot, manifest, counters=None):
         self.slot = slot
         self.manifest = manifest
+        # Format 2 by ranges: blocks by origin and "downloaded" bytes (agent/transfer/delta.py)
+        self.counters = counters
 
 
 def read_manifest(source, trust, cfg, now=None, slots=None):
@@ -70,8 +74,29 @@ def install(
     """
     slot = boot.other_slot(boot.booted_slot())
     with StateLock(cfg.state_dir, "installing into slot %s" % slot):
+        if source_opener is None and cfg.download.get("delta", True):
+            done = _install_by_ranges(location, cfg, boot, trust, now, progress_factory, readback)
+            if done is not None:
+                return done
         return _install(location, cfg, boot, trust, slot, now, progress_factory,
                         source_opener or open_source, readback)  # fmt: skip
+
+
+def _install_by_ranges(location, cfg, boot, trust, now, progress_factory, readback):
+    """A format-2 bundle fetched by ranges (agent/transfer/delta.py), or None when the bundle
+    or its server calls for the streamed install."""
+    state = SlotState(cfg.state_dir, boot)
+    done = delta.install(
+        location, cfg, boot, lambda envelope: check_envelope(envelope, trust, cfg, now, state),
+        progress_factory, readback,
+        prepare=lambda manifest, slot: _prepared(manifest, cfg, boot, slot),
+        finish=ComponentStore(cfg.state_dir).record_release, state=state,
+    )  # fmt: skip
+    if done is None:
+        return None
+    manifest = done[1]
+    state.raise_floors(not_before=max(manifest.created, trust.sync_time()))
+    return Installed(*done)
 
 
 def _install(location, cfg, boot, trust, slot, now, progress_factory, opener, readback):
@@ -79,6 +104,7 @@ def _install(location, cfg, boot, trust, slot, now, progress_factory, opener, re
     with opener(location, cfg.download) as source:
         manifest, envelope = read_manifest(source, trust, cfg, now, state)
         check_components(manifest, cfg, boot.booted_slot())
+        indexes = read_indexes(source.read, manifest)  # format 2 streamed whole: checked too
         steps = plan(manifest, cfg, slot)
         # Endless-data bound: nothing past the signed length of the whole bundle.
         source.set_limit(fmt.bundle_size(len(envelope.raw), manifest))
@@ -90,6 +116,9 @@ def _install(location, cfg, boot, trust, slot, now, progress_factory, opener, re
         if progress_factory:
             progress = progress_factory(total, "%s -> slot %s" % (manifest.version, slot))
         for payload, target in steps:
+            if payload.name in indexes:
+                _write_streamed(source, payload, indexes[payload.name], target, progress, readback)
+                continue
             slotio.write_payload(
                 source.read, payload, target, cfg.download["chunk_size"], progress, readback,
                 readinto=getattr(source, "readinto", None),
@@ -103,6 +132,24 @@ def _install(location, cfg, boot, trust, slot, now, progress_factory, opener, re
     # so does the last time sync.
     state.raise_floors(not_before=max(manifest.created, trust.sync_time()))
     return Installed(slot, manifest)
+
+
+def _prepared(manifest, cfg, boot, slot):
+    check_components(manifest, cfg, boot.booted_slot())
+    return plan(manifest, cfg, slot)
+
+
+def _write_streamed(source, payload, index, target, progress, readback):
+    """A format-2 payload from a full download: its units in order, every block checked."""
+
+    def read(n):
+        data = read_exact(source.read, n, "payload")
+        if progress:
+            progress.update(n)
+        return data
+
+    blocks = chunked.stream_blocks(read, payload, index)
+    slotio.write_chunks(adaptive.batched(blocks), payload, target, readback=readback)
 
 
 def check_components(manifest, cfg, booted):
