@@ -36,7 +36,8 @@ def build(cfg):
     if cfg.bootloader.get("cmdline"):  # where the booted slot is read, the reset cause too
         system_opts.setdefault("cmdline", cfg.bootloader["cmdline"])
     system = System(system_opts, cfg.resolve)
-    return Daemon(cfg, boot, channel, stack, Trust.from_config(cfg), system)
+    trust = Trust.from_config(cfg, boot=boot)
+    return Daemon(cfg, boot, channel, stack, trust, system)
 
 
 def run(args):

@@ -11,12 +11,23 @@ import logging
 from agent.bundle.reader import open_bundle
 from agent.checks import CheckFailed, load_checks
 from agent.core import lifecycle as lc
-from agent.core.errors import BadSignature, ReadbackMismatch, Rejected, UnknownKey, UpdateError
+from agent.core.errors import (
+    BadSignature,
+    BootEnvError,
+    ConfigError,
+    ReadbackMismatch,
+    Rejected,
+    UnknownKey,
+    UpdateError,
+)
 from agent.transfer import installer
 from agent.transfer.fetch import open_source
 
 log = logging.getLogger("charger-update")
 SIGNATURE_ERRORS = (BadSignature, UnknownKey)
+# The board's own state is unreadable (boot env, slot records, floors): not the bundle's fault.
+# These escape the step; the daemon stops the step and retries it once someone repaired it.
+LOCAL_ERRORS = (BootEnvError, ConfigError)
 
 
 def info(error):
@@ -33,16 +44,19 @@ def download(url, cfg):
         return lc.DOWNLOAD_ERROR, info(e), None
 
 
-def verify(envelope, url, cfg, trust, now):
+def verify(envelope, url, cfg, trust, now, slots=None):
     """Check the downloaded header; fetch it again only when there is none (after a restart
-    the journey resumes at Downloaded with nothing in memory)."""
+    the journey resumes at Downloaded with nothing in memory). slots: the board's SlotState
+    (its floor is the anti-rollback bound)."""
     try:
         if envelope is None:
             with open_source(url, cfg.download) as source:
-                installer.read_manifest(source, trust, cfg, now)
+                installer.read_manifest(source, trust, cfg, now, slots)
         else:
-            installer.check_envelope(envelope, trust, cfg, now)
+            installer.check_envelope(envelope, trust, cfg, now, slots)
         return lc.SIGNATURE_OK, {}
+    except LOCAL_ERRORS:
+        raise
     except Rejected as e:
         return lc.SIGNATURE_BAD, info(e)
     except UpdateError as e:
@@ -53,6 +67,8 @@ def install(url, cfg, boot, trust, now, progress):
     try:
         installer.install(url, cfg, boot, trust, now=now, progress_factory=progress.start)
         return lc.INSTALL_OK, {}
+    except LOCAL_ERRORS:
+        raise
     except SIGNATURE_ERRORS as e:
         return lc.SIGNATURE_BAD, info(e)
     except ReadbackMismatch as e:
@@ -88,13 +104,16 @@ def run_checks(ctx, names, reported):
 
 
 class StatusProgress:
-    """Installing progress as a callback every 10 % (the daemon turns it into a status)."""
+    """Installing progress as a callback every 10 % (the daemon turns it into a status).
+    A delta install (format 2) sets `downloaded`; each step then also carries the bytes
+    downloaded so far and the payload size, so operators see the saving."""
 
     def __init__(self, on_step):
         self.on_step = on_step
         self.total = 1
         self.done_bytes = 0
         self.next_step = 10
+        self.downloaded = None  # bytes the delta install fetched so far
 
     def start(self, total, label):
         self.total = max(total, 1)
@@ -105,7 +124,10 @@ class StatusProgress:
         percent = self.done_bytes * 100 // self.total
         if percent >= self.next_step:
             self.next_step = percent // 10 * 10 + 10
-            self.on_step(percent)
+            if self.downloaded is None:
+                self.on_step(percent)
+            else:
+                self.on_step(percent, {"downloaded": self.downloaded, "payload_bytes": self.total})
 
     def done(self):
         pass
