@@ -32,8 +32,12 @@ def build(cfg):
     stack = SocketStack(cfg.resolve(stack_opts.get("socket", "/run/charger/stack.sock")))
     settings, device_id = settings_from_config(cfg)
     channel = MqttChannel(settings, device_id, online_info={"model": cfg.device["model"]})
+    system_opts = dict(cfg.section("system"))
+    if cfg.bootloader.get("cmdline"):  # where the booted slot is read, the reset cause too
+        system_opts.setdefault("cmdline", cfg.bootloader["cmdline"])
+    system = System(system_opts, cfg.resolve)
     trust = Trust.from_config(cfg, boot=boot)
-    return Daemon(cfg, boot, channel, stack, trust, System(cfg.section("system")))
+    return Daemon(cfg, boot, channel, stack, trust, system)
 
 
 def run(args):

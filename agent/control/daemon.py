@@ -41,6 +41,10 @@ class RebootFailed(Transient):
 
 
 RECOVER_S = 30  # default [system] retry_after_failure_s: pause after a failed step
+# Default [bootloader] trial_attempts: boots the new slot gets before the bootloader falls
+# back. More than one so a power cut during the trial resumes it instead of rolling back a
+# good release; a slot that never brings the agent up still falls back after this many boots.
+TRIAL_ATTEMPTS = 3
 IDLE_WAIT_S = 3600  # nothing due: sleep until an event (or the watchdog) wakes the loop
 MIN_WAIT_S = 0.05  # a due time just passed: look again soon, never spin
 
@@ -84,9 +88,17 @@ class Daemon:
 
     # -- life cycle -----------------------------------------------------------------------------
 
+    def subscribe(self):
+        """Jobs and cancels are acknowledged to the broker only once handled, i.e. after the
+        journal write that remembers them: a power cut before that gets them redelivered."""
+        for kind, suffix in (("job", ch.JOB), ("cancel", ch.CANCEL)):
+            self.channel.subscribe(
+                suffix, lambda t, p, ack, kind=kind: self.events.put((kind, p, ack)),
+                manual_ack=True,
+            )  # fmt: skip
+
     def run(self):
-        self.channel.subscribe(ch.JOB, lambda t, p: self.events.put(("job", p)))
-        self.channel.subscribe(ch.CANCEL, lambda t, p: self.events.put(("cancel", p)))
+        self.subscribe()
         # A (re)connect wakes the loop so the inventory row is published at once.
         self.channel.on_connected = self.wake
         self.channel.start()
@@ -197,13 +209,11 @@ class Daemon:
             self.check_trust()
         booted = self.boot.booted_slot()
         log.info("booted slot %s; journal state %s", booted, self.journey.state)
-        data = self.journey.data
         first, self.resumed_before = not self.resumed_before, True
-        if first and self.journey.state == lc.TRIAL and booted == data.get("new_slot"):
-            # Same boot, trial still running: the agent itself died and was restarted.
-            data["agent_restarts"] = data.get("agent_restarts", 0) + 1
-            self.journal.save(self.journey)
-        self.execute(self.journey.resume(booted, self.clock())[1])
+        # This boot's facts settle a trial the board came back to (power loss: resume it;
+        # watchdog or panic: fail it). Only the first resume of this process has news.
+        facts = self._boot_facts() if first else None
+        self.execute(self.journey.resume(booted, self.clock(), facts)[1])
         if self._healthy_boot(booted):
             # The boot script counts every boot down (RAUC style): refill the good slot's
             # attempts, or three ordinary reboots later the board would fall back. A committed
@@ -229,6 +239,17 @@ class Daemon:
             self.report(lc.status_of(self.journey.state),
                         {"job_id": None, "reason": reason, "detail": problem})  # fmt: skip
 
+    def _boot_facts(self):
+        facts = self.system.boot_facts() if hasattr(self.system, "boot_facts") else {}
+        new = self.journey.data.get("new_slot")
+        if new:
+            try:
+                facts["attempts_left"] = self.boot.attempts_left(new)
+            except UpdateError as e:  # evidence only: never let it stop the resume
+                log.warning("attempts left of slot %s unknown: %s", new, e)
+        log.info("boot facts: %s", json.dumps(facts, sort_keys=True))
+        return facts
+
     def _healthy_boot(self, booted):
         state = self.journey.state
         record = self.slots.slot(booted).get("state")
@@ -252,10 +273,17 @@ class Daemon:
         kind = item[0]
         if kind == "wake":
             return
-        if kind == "job":
-            self.offer(item[1])
-        elif kind == "cancel":
-            self.cancel(str(item[1].get("job_id") or item[1].get("id")))
+        if kind in ("job", "cancel"):
+            try:
+                if kind == "job":
+                    self.offer(item[1])
+                else:
+                    self.cancel(str(item[1].get("job_id") or item[1].get("id")))
+            finally:
+                # Saved (or refused, with a status saying why): the broker may forget it now.
+                # A failure to handle it was reported too; redelivery would only repeat it.
+                if len(item) > 2 and item[2] is not None:
+                    item[2]()
         elif item[1] != self.step_id or not self.busy:
             log.info("dropping a %s of an abandoned step", kind)
         elif kind == "result":
@@ -284,7 +312,11 @@ class Daemon:
             job_id = payload.get("id") if isinstance(payload.get("id"), str) else None
             self.report("Idle", {"job_id": job_id, "reason": e.reason, "detail": e.message})
             return
-        booted = self.boot.booted_slot()
+        try:
+            booted = self.boot.booted_slot()
+        except UpdateError as e:  # refused with the reason; the job is acknowledged
+            self.report("Idle", {"job_id": job.id, "reason": e.reason, "detail": e.message})
+            return
         before = self.journey.job
         actions = self.journey.offer(
             job, self.clock(), booted, self.boot.other_slot(booted), self.rng.random()
@@ -365,7 +397,7 @@ class Daemon:
 
     def do_try_slot(self, slot):
         with StateLock(self.cfg.state_dir, "switching to slot %s" % slot):
-            self.boot.try_slot(slot, int(self.cfg.bootloader.get("trial_attempts", 1)))
+            self.boot.try_slot(slot, int(self.cfg.bootloader.get("trial_attempts", TRIAL_ATTEMPTS)))
 
     def do_mark_good(self, slot):
         with StateLock(self.cfg.state_dir, "committing slot %s" % slot):

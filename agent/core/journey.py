@@ -3,7 +3,8 @@
 Invariants: every state change goes through lifecycle.next_state; the journal holds the
 current state before every action that changes the board (install, mark_bad, reboot). Two
 actions run just before the save of the state they lead to, because resuming the previous
-state settles either outcome by the booted slot: try_slot (journal still INSTALLED) and
+state settles either outcome by the booted slot: try_slot (journal still INSTALLED, or
+REBOOTING/TRIAL when a trial the boot env lost is armed again) and
 mark_good (journal still TRIAL: a power cut before the save only reruns the trial). A job
 id is remembered when the job is accepted, in the same journal write, so it is never installed
 twice; a slot that failed or was half written is marked bad before the journey moves on.
@@ -25,15 +26,22 @@ Runs on MicroPython: plain classes, tuples and dicts, no reliance on dict order.
 """
 
 from agent.core import lifecycle as lc
-from agent.core import schedule
+from agent.core import resets, schedule
 from agent.core.errors import BootEnvError
 from agent.core.jobs import JobMemory, job_from_dict
+from agent.core.resets import (  # noqa: F401 - the rollback reasons, as the journey reports them
+    FELL_BACK_IN_TRIAL,
+    NEVER_CAME_UP,
+    USED_UP_BY_POWER_LOSS,
+    USED_UP_BY_RESETS,
+)
 from agent.core.trial import FAILED, PASSED, ROLLBACK, TrialPolicy
 
 RECORD_FORMAT = 1
 DEFAULT_CHECKS = ("alarms", "charging-session", "communication")
-NEVER_CAME_UP = "new slot never came up"
-FELL_BACK_IN_TRIAL = "new slot went down during the trial; the bootloader fell back"
+REPORTED = ("reason", "check", "evidence", "cause")  # why a journey failed, in its final status
+ENV_LOST = "the boot environment lost the trial (new slot has attempts left); trying again"
+ENV_LOSSES = 2  # times a lost trial is tried again before the journey gives up
 
 
 def backoff_s(attempt):
@@ -156,7 +164,8 @@ class Journey:
         if verdict == FAILED:
             pending = (results.get(check) or (None,))[0] is None
             event = lc.WINDOW_EXPIRED if pending else lc.CHECKS_FAILED
-            info = {"reason": "trial failed", "check": check, "evidence": evidence}
+            info = {"reason": "trial failed", "check": check, "evidence": evidence,
+                    "cause": resets.CHECK_FAILED}  # fmt: skip
             return self._after(self._go(event, now, info))
         return self.state, [("wait", started + policy.window_s, "trial")]
 
@@ -164,7 +173,8 @@ class Journey:
         """A finding of the observation period after commit (see trial.Observation)."""
         if self.state != lc.COMMITTED or finding is None:
             return self.state, []
-        info = {"reason": "regression", "check": finding["kind"], "evidence": finding["evidence"]}
+        info = {"reason": "regression", "check": finding["kind"], "evidence": finding["evidence"],
+                "cause": resets.REGRESSION}  # fmt: skip
         if decision == ROLLBACK:
             return self._after(self._go(lc.CHECKS_FAILED, now, info))
         return self.state, [("report", "Committed", self._info(info))]
@@ -177,11 +187,17 @@ class Journey:
 
     # --- after a power cut ---------------------------------------------------------------
 
-    def resume(self, booted_slot, now):
-        """(state, actions) to continue the journey saved before a power cut or reboot."""
+    def resume(self, booted_slot, now, boot=None):
+        """(state, actions) to continue the journey saved before a power cut or reboot.
+
+        boot: the facts of this boot (agent/core/resets.py), {"reset": cause, "id": boot id,
+        "attempts_left": attempts of the new slot}, any of them optional; None when there are
+        none, as when the daemon picks its journey up again after a failed step. They settle a
+        trial the board came back to: a power loss resumes it, a watchdog or panic fails it."""
         saved = self.state
         if saved == lc.IDLE:
             return saved, []
+        reset = self._reset_of(boot)
         new, old = self.data.get("new_slot"), self.data.get("old_slot")
         if saved in (lc.INSTALLED, lc.REBOOTING, lc.TRIAL, lc.ROLLED_BACK, lc.COMMITTED):
             if booted_slot not in (new, old):
@@ -194,11 +210,14 @@ class Journey:
             self.state = lc.REBOOTING
             return self._after(self._go(lc.REBOOTED_INTO_NEW, now))
         if saved in (lc.REBOOTING, lc.TRIAL) and not booted_new:
-            reason = NEVER_CAME_UP if saved == lc.REBOOTING else FELL_BACK_IN_TRIAL
-            return self._after(self._go(lc.REBOOTED_INTO_OLD, now, {"reason": reason}))
+            if self._env_lost(boot):
+                info = {"reason": ENV_LOST, "evidence": {"attempts_left": boot["attempts_left"]}}
+                return self._after(self._go(lc.BOOT_ENV_LOST, now, info))
+            tried = self.data.get("trial_resets") or []
+            info = resets.fallback(saved == lc.REBOOTING, tried, reset)
+            return self._after(self._go(lc.REBOOTED_INTO_OLD, now, info))
         if saved == lc.TRIAL:
-            self.data["results"] = {}  # checks run again; the window counts from the start
-            return self.state, [self._report(), ("flash_components", new), ("run_checks",)]
+            return self._resume_trial(now, reset)
         if saved == lc.ROLLED_BACK:
             if booted_new:  # the switch back had not happened yet
                 return self.state, [("mark_bad", new), ("reboot",)]
@@ -217,6 +236,53 @@ class Journey:
             actions.insert(1, ("mark_bad", new))
         return self.state, actions
 
+    def _reset_of(self, boot):
+        """The reset cause of this boot as the journey sees it (None: no facts given)."""
+        if boot is None:
+            return None
+        boot_id = boot.get("id")
+        same_boot = boot_id is not None and boot_id == self.data.get("boot_id")
+        if boot_id is not None:
+            self.data["boot_id"] = boot_id
+        if boot.get("attempts_left") is not None:
+            self.data["attempts_left"] = boot["attempts_left"]
+        return resets.AGENT_RESTART if same_boot else resets.normalise(boot.get("reset"))
+
+    def _env_lost(self, boot):
+        """Back on the old slot although the new one still has boot attempts: the bootloader
+        did not give up on it, its environment lost the trial (a single-copy env torn by a
+        power cut comes back as defaults). Tried again at most ENV_LOSSES times."""
+        left = (boot or {}).get("attempts_left")
+        if not isinstance(left, int) or left <= 0:
+            return False
+        if self.data.get("env_losses", 0) >= ENV_LOSSES:
+            return False
+        self.data["env_losses"] = self.data.get("env_losses", 0) + 1
+        return True
+
+    def _resume_trial(self, now, reset):
+        """Back on the new slot in TRIAL: an agent restart reruns the checks in the same window;
+        a power loss (or a reset nobody can explain) starts checks and window again, within the
+        bootloader's attempts; a watchdog or panic reset fails the trial at once."""
+        self.data["results"] = {}
+        # MCU images the new slot's release brings are written (again) before any check.
+        checks = [("flash_components", self.data.get("new_slot")), ("run_checks",)]
+        if reset is None or reset == resets.AGENT_RESTART:
+            if reset is None:
+                return self.state, [self._report()] + checks
+            self.data["agent_restarts"] = self.data.get("agent_restarts", 0) + 1
+            return self.state, [("save_journal",), self._report()] + checks
+        seen = list(self.data.get("trial_resets") or []) + [reset]
+        self.data["trial_resets"] = seen
+        evidence = {"reset": reset, "resets": seen, "attempts_left": self.data.get("attempts_left")}
+        if reset in resets.CRASHES:
+            info = {"reason": "new slot reset by %s during the trial" % reset,
+                    "cause": resets.CRASH, "evidence": evidence}  # fmt: skip
+            return self._after(self._go(lc.CRASHED, now, info))
+        why = "a power loss" if reset == resets.POWER_ON else "a reset (%s)" % reset
+        info = {"reason": "trial resumed after %s" % why, "evidence": evidence}
+        return self._after(self._go(lc.POWER_LOST, now, info))
+
     # --- internals -----------------------------------------------------------------------
 
     def _after(self, actions):
@@ -231,16 +297,27 @@ class Journey:
         self.trace.append(new_state)
         self.data["deferred"] = False
         if info:
-            for key in ("reason", "check", "evidence"):
+            for key in REPORTED:
                 self.data[key] = info.get(key)
         if event == lc.REBOOTED_INTO_OLD:
             self.data["fell_back"] = True
         actions = self._enter(new_state, now)
+        if event == lc.BOOT_ENV_LOST:  # InstallRebooting again: say why
+            actions = [self._report(info) if a[0] == "report" else a for a in actions]
         if new_state == lc.SIGNATURE_VERIFIED:
             actions += self._go(lc.DONE, now)
         return actions
 
     def _stay(self, event, now, info):
+        if event == lc.BOOT_ENV_LOST:  # REBOOTING again: arm the new slot, reboot into it
+            new = self.data.get("new_slot")
+            return [("try_slot", new), ("save_journal",), self._report(info), ("reboot",)]
+        if event == lc.POWER_LOST:  # the trial starts over: every check, a whole window
+            self.data["trial_started_at"] = now
+            self.data["results"] = {}
+            new = self.data.get("new_slot")
+            return [("save_journal",), self._report(info), ("flash_components", new),
+                    ("run_checks",)]  # fmt: skip
         if event == lc.SESSION_ACTIVE and not self.data.get("deferred"):
             self.data["deferred"] = True
             return [("save_journal",), self._report({"reason": "charging session active"})]
@@ -312,9 +389,11 @@ class Journey:
     def _report(self, extra=None):
         info = {}
         if lc.is_terminal(self.state) and self.state != lc.COMMITTED:
-            for key in ("reason", "check", "evidence"):
+            for key in REPORTED:
                 if self.data.get(key) is not None:
                     info[key] = self.data[key]
+        if self.state == lc.COMMITTED and self.data.get("trial_resets"):
+            info["resets"] = self.data["trial_resets"]  # the trial was interrupted, and how
         if extra:
             for key in extra:
                 info[key] = extra[key]

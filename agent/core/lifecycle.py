@@ -76,6 +76,9 @@ REBOOTED_INTO_NEW = "rebooted-into-new"
 REBOOTED_INTO_OLD = "rebooted-into-old"
 CHECKS_PASSED = "checks-passed"
 CHECKS_FAILED = "checks-failed"
+POWER_LOST = "power-lost"  # a power loss (or a reset of unknown cause) interrupted the trial
+CRASHED = "crashed"  # a watchdog or panic reset of the new slot interrupted the trial
+BOOT_ENV_LOST = "boot-env-lost"  # back on the old slot, yet the new one has attempts left
 CANCEL = "cancel"
 DONE = "done"  # nothing more to do in this state: move on
 
@@ -96,6 +99,9 @@ EVENTS = (
     REBOOTED_INTO_OLD,
     CHECKS_PASSED,
     CHECKS_FAILED,
+    POWER_LOST,
+    CRASHED,
+    BOOT_ENV_LOST,
     CANCEL,
     DONE,
 )
@@ -129,10 +135,14 @@ TRANSITIONS = (
     (INSTALLED,          SESSION_ACTIVE,    INSTALLED),
     (REBOOTING,          REBOOTED_INTO_NEW, TRIAL),
     (REBOOTING,          REBOOTED_INTO_OLD, ROLLED_BACK),
+    (REBOOTING,          BOOT_ENV_LOST,     REBOOTING),    # try the new slot again (bounded)
     (TRIAL,              CHECKS_PASSED,     COMMITTED),
     (TRIAL,              CHECKS_FAILED,     ROLLED_BACK),
     (TRIAL,              WINDOW_EXPIRED,    ROLLED_BACK),
-    (TRIAL,              REBOOTED_INTO_OLD, ROLLED_BACK),
+    (TRIAL,              REBOOTED_INTO_OLD, ROLLED_BACK),  # attempts used up: bootloader fell back
+    (TRIAL,              POWER_LOST,        TRIAL),        # resume: checks and window start again
+    (TRIAL,              CRASHED,           ROLLED_BACK),  # watchdog/panic: fail at once
+    (TRIAL,              BOOT_ENV_LOST,     REBOOTING),    # e.g. a torn env reset to defaults
     (COMMITTED,          CHECKS_FAILED,     ROLLED_BACK),  # regression while observing
     (COMMITTED,          DONE,              IDLE),
     (ROLLED_BACK,        DONE,              IDLE),
@@ -145,7 +155,9 @@ TRANSITIONS = (
 
 # State saved before a power cut -> state to continue in. REBOOTING and INSTALLED are settled
 # by the booted slot (see journey.resume); INSTALLING restarts after the half-written inactive
-# slot has been marked bad; TRIAL reruns its checks, the window counting from the saved start.
+# slot has been marked bad; TRIAL on the new slot is settled by the reset cause: POWER_LOST
+# (power-on, reboot, unknown) or CRASHED (watchdog, panic); an agent restart within the same
+# boot reruns the checks, the window counting from the saved start.
 RESUME = (
     (IDLE,               IDLE),
     (DOWNLOAD_SCHEDULED, DOWNLOAD_SCHEDULED),
@@ -156,7 +168,7 @@ RESUME = (
     (INSTALLING,         INSTALL_SCHEDULED),   # after mark_bad(inactive slot)
     (INSTALLED,          INSTALLED),           # booted new: TRIAL (try_slot had happened)
     (REBOOTING,          REBOOTING),           # booted new: TRIAL; booted old: ROLLED_BACK
-    (TRIAL,              TRIAL),               # booted old: ROLLED_BACK
+    (TRIAL,              TRIAL),               # booted old: ROLLED_BACK; else by reset cause
     (COMMITTED,          COMMITTED),
     (ROLLED_BACK,        ROLLED_BACK),
     (DOWNLOAD_FAILED,    DOWNLOAD_FAILED),

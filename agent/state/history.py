@@ -64,7 +64,7 @@ class History:
         data = self._load()
         data["last_job"] = {
             "id": job_id, "version": info.get("version"), "result": status,
-            "reason": info.get("reason"), "check": info.get("check"),
+            "reason": info.get("reason"), "check": info.get("check"), "cause": info.get("cause"),
         }  # fmt: skip
         if status == "RolledBack":
             data["rollbacks"] = (data["rollbacks"] + [dict(data["last_job"])])[-MAX_ROLLBACKS:]

@@ -48,10 +48,11 @@ def watchdog_s(board):
     return float(read_board(board).get("watchdog_s", 10))
 
 
-def bootloader_select(board):
-    """Power-on: the RAUC-style selection with attempt counting, saved before booting."""
+def bootloader_select(board, reset=None):
+    """Power-on: the RAUC-style selection with attempt counting, saved before booting; a
+    watchdog or panic `reset` of the slot on trial ends its attempts (boot.cmd.rauc)."""
     try:
-        return uboot_rauc.power_on(boot_env(board), SLOTS)
+        return uboot_rauc.power_on(boot_env(board), SLOTS, reset=reset)
     except BootEnvError:
         return None
 
