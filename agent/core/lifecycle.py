@@ -77,6 +77,7 @@ REBOOTED_INTO_OLD = "rebooted-into-old"
 CHECKS_PASSED = "checks-passed"
 CHECKS_FAILED = "checks-failed"
 CANCEL = "cancel"
+SUPERSEDE = "supersede"  # a new job replaces this one (allowed until the slot switch)
 DONE = "done"  # nothing more to do in this state: move on
 
 EVENTS = (
@@ -97,6 +98,7 @@ EVENTS = (
     CHECKS_PASSED,
     CHECKS_FAILED,
     CANCEL,
+    SUPERSEDE,
     DONE,
 )
 
@@ -106,6 +108,7 @@ TRANSITIONS = (
     (IDLE,               JOB_ACCEPTED,      DOWNLOAD_SCHEDULED),
     (DOWNLOAD_SCHEDULED, TIME_REACHED,      DOWNLOADING),
     (DOWNLOAD_SCHEDULED, WINDOW_EXPIRED,    DOWNLOAD_FAILED),
+    (DOWNLOAD_SCHEDULED, SESSION_ACTIVE,    DOWNLOAD_SCHEDULED),  # job waits for no session
     (DOWNLOAD_SCHEDULED, CANCEL,            CANCELLED),
     (DOWNLOADING,        DOWNLOAD_OK,       DOWNLOADED),
     (DOWNLOADING,        RETRY,             DOWNLOAD_SCHEDULED),
@@ -141,6 +144,14 @@ TRANSITIONS = (
     (INSTALLATION_FAILED, DONE,             IDLE),
     (INSTALL_VERIFICATION_FAILED, DONE,     IDLE),
     (CANCELLED,          DONE,              IDLE),
+    # A new job replaces the running one until the inactive slot is handed to the bootloader.
+    (DOWNLOAD_SCHEDULED, SUPERSEDE,         CANCELLED),
+    (DOWNLOADING,        SUPERSEDE,         CANCELLED),
+    (DOWNLOADED,         SUPERSEDE,         CANCELLED),
+    (SIGNATURE_VERIFIED, SUPERSEDE,         CANCELLED),
+    (INSTALL_SCHEDULED,  SUPERSEDE,         CANCELLED),
+    (INSTALLING,         SUPERSEDE,         CANCELLED),
+    (INSTALLED,          SUPERSEDE,         CANCELLED),
 )
 
 # State saved before a power cut -> state to continue in. REBOOTING and INSTALLED are settled
