@@ -5,6 +5,11 @@ feeds results back as events. One thread owns the journey. Long actions (downloa
 install, checks) run in a worker and post their result to the same queue as MQTT messages,
 so the loop keeps petting the watchdog and answering cancels while they run. Nothing here
 raises out of the loop: a failed action becomes an event with a reason.
+
+Front-ends besides MQTT (EVerest, the local socket API: agent/frontends/ocpp) feed the same
+queue through `submit` and `allow_installation` and see every status through their
+`status(status, info)`; before a reboot the daemon gives them a bounded time to confirm that
+the stack delivered what was reported (`pending()`), so InstallRebooting reaches the CSMS.
 """
 
 import json
@@ -18,17 +23,19 @@ import time
 from agent.checks import TrialContext, load_checks
 from agent.checks.alarms import baseline as alarm_baseline
 from agent.control import steps
+from agent.control.frontends import Frontends, boot_reason
 from agent.control.observation import Observer
 from agent.control.reporting import Reporter
 from agent.core import lifecycle as lc
 from agent.core.errors import Transient, UpdateError
-from agent.core.jobs import parse_job
+from agent.core.jobs import job_from_request, parse_job
 from agent.core.schedule import WAIT_SESSION
 from agent.core.trial import TrialPolicy
 from agent.frontends import channel as ch
 from agent.state.history import History
 from agent.state.journal import Journal
 from agent.state.slotstate import SlotState
+from agent.trust.manufacturer import ManufacturerRoots
 
 log = logging.getLogger("charger-update")
 
@@ -38,14 +45,25 @@ class RebootFailed(Transient):
 
 
 RECOVER_S = 30  # default [system] retry_after_failure_s: pause after a failed step
+SUBMIT_TIMEOUT_S = 10.0  # a front-end's request waits this long for the loop's answer
+
+
+class Abandoned(Transient):
+    """The step's journey moved on (cancelled or superseded): stop writing."""
+
+    reason = "abandoned"
 
 
 class Daemon:
     """cfg: agent Config; boot: BootControl; channel: MqttChannel/FakeChannel; stack: a
     ChargingStack; trust: agent.trust.store.Trust; system: reboot()/pet()/local_offset_s()."""
 
-    def __init__(self, cfg, boot, channel, stack, trust, system, clock=time.time, rng=None):
+    def __init__(self, cfg, boot, channel, stack, trust, system, clock=time.time, rng=None,
+                 frontends=()):  # fmt: skip
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
+        self.frontends = Frontends(frontends)
+        self.roots = ManufacturerRoots.from_config(cfg)
+        self.whole = None  # (job id, (digest, envelope)) of a detached-signature download
         self.trust, self.system, self.clock = trust, system, clock
         self.rng = rng or random.Random()
         trial = cfg.section("trial")
@@ -73,6 +91,9 @@ class Daemon:
         self.rebooting = False
         self.wake_at = 0
         self.journey = None
+        # "FirmwareUpdate" when the agent itself rebooted the board into this boot (the
+        # stack's BootNotification reason); None when this boot has another cause.
+        self.boot_reason = boot_reason(self.journal.path)
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -80,6 +101,7 @@ class Daemon:
         self.channel.subscribe(ch.JOB, lambda t, p: self.events.put(("job", p)))
         self.channel.subscribe(ch.CANCEL, lambda t, p: self.events.put(("cancel", p)))
         self.channel.start()
+        self.frontends.start(self)
         seen_connections = -1
         while not self.stopping.is_set():
             self.system.pet()
@@ -96,6 +118,7 @@ class Daemon:
                 # every reconnect: a broker restarted without persistence lost the retained row.
                 seen_connections = connections
                 self.publish_inventory()
+        self.frontends.stop()
         self.channel.stop()
 
     def step(self):
@@ -192,10 +215,33 @@ class Daemon:
 
     # -- inputs -----------------------------------------------------------------------------
 
+    # -- front-ends (called from their threads) ----------------------------------------------
+
+    def submit(self, request, timeout=SUBMIT_TIMEOUT_S):
+        """A job request from a local front-end, replacing the running job if it may.
+        Returns (answer, detail): "accepted", "accepted-canceled", "rejected" (busy past the
+        slot switch, or a bad request), "ignored" (a job id seen before). The journal holds
+        the job before "accepted" is returned."""
+        reply = queue.Queue()
+        self.events.put(("submit", request, reply))
+        try:
+            return reply.get(timeout=timeout)
+        except queue.Empty:
+            return "rejected", "the agent did not answer within %ss" % timeout
+
+    def allow_installation(self):
+        """The stack allows installing and rebooting (EVerest's allow_firmware_installation)."""
+        self.events.put(("allow",))
+
     def dispatch(self, item):
         kind = item[0]
         if kind == "job":
             self.offer(item[1])
+        elif kind == "submit":
+            item[2].put(self.take_request(item[1]))
+        elif kind == "allow":
+            self.wake_at = 0
+            self.execute(self.journey.allow(self.clock())[1])
         elif kind == "cancel":
             self.cancel(str(item[1].get("job_id") or item[1].get("id")))
         elif item[1] != self.step_id or not self.busy:
@@ -232,6 +278,29 @@ class Daemon:
             self.wake_at = 0  # a wait of the previous journey does not delay this one
         self.execute(actions)
 
+    def take_request(self, request):
+        """(answer, detail) for a front-end's job request; see submit()."""
+        try:
+            job = job_from_request(request, self.cfg.device)
+        except UpdateError as e:
+            return "rejected", e.message
+        booted = self.boot.booted_slot()
+        before, old_state = self.journey.job, self.journey.state
+        actions = self.journey.supersede(
+            job, self.clock(), booted, self.boot.other_slot(booted), self.rng.random()
+        )[1]
+        if self.journey.job is not job:
+            self.execute(actions)
+            refused = [a for a in actions if a[0] in ("reject", "ignore")]
+            answer = "ignored" if refused and refused[0][0] == "ignore" else "rejected"
+            return answer, refused[0][2] if refused else "not taken"
+        cancelled = before is not None and not lc.is_terminal(old_state) and old_state != lc.IDLE
+        if cancelled:
+            self._abandon_step()  # the old job's download or install is moot now
+        self.wake_at = 0
+        self.execute(actions)  # saves the journal before the answer goes out
+        return ("accepted-canceled" if cancelled else "accepted"), job.id
+
     def tick(self):
         state = self.journey.state
         if state == lc.IDLE:
@@ -246,7 +315,10 @@ class Daemon:
             return
         if self.clock() < self.wake_at:
             return
-        active = state in (lc.INSTALL_SCHEDULED, lc.INSTALLED) and self._session_active()
+        waits = state in (lc.INSTALL_SCHEDULED, lc.INSTALLED) or (
+            state == lc.DOWNLOAD_SCHEDULED and self.journey.job.download_waits_for_sessions
+        )
+        active = waits and self._session_active()
         self.execute(self.journey.tick(self.clock(), self.system.local_offset_s(), active)[1])
 
     def observe(self):
@@ -312,8 +384,23 @@ class Daemon:
         self.boot.mark_bad(slot)
         self.slots.mark(slot, "bad")
 
+    def do_block_sessions(self):
+        self._availability(False)
+
+    def do_release_sessions(self):
+        self._availability(True)
+
+    def _availability(self, available):
+        try:
+            reply = self.stack.request("set_availability", available=available)
+            if not reply.get("ok"):
+                log.warning("charging stack refused set_availability %s: %s", available, reply)
+        except UpdateError as e:
+            log.warning("charging stack unreachable for set_availability %s: %s", available, e)
+
     def do_reboot(self):
         self.rebooting = True
+        self.frontends.await_delivery(self.clock, self.system.pet, self.stopping)
         log.info("rebooting")
         self.channel.stop()
         if not self.system.reboot():
@@ -372,22 +459,37 @@ class Daemon:
 
     def _download(self):
         job = self.journey.job
+        if job.signature is not None:
+            event, info, whole = steps.download_whole(job, self.cfg)
+            self.whole = (job.id, whole)
+            return ("result", event, info)
         event, info, envelope = steps.download(job.url, self.cfg)
         self.header = (job.id, envelope)
         return ("result", event, info)
 
     def _verify(self):
         job = self.journey.job
+        if job.signature is not None:
+            whole = self.whole[1] if self.whole and self.whole[0] == job.id else None
+            return ("result",) + steps.verify_whole(job, whole, self.cfg, self.trust,
+                                                    self.roots, self.clock())  # fmt: skip
         envelope = self.header[1] if self.header and self.header[0] == job.id else None
         return ("result",) + steps.verify(envelope, job.url, self.cfg, self.trust, self.clock())
 
     def _install(self):
-        job = self.journey.job
-        progress = steps.StatusProgress(
-            lambda percent: self.report(
-                "Installing", {"job_id": job.id, "version": job.version, "progress": percent}
+        job, step_id = self.journey.job, self.step_id
+
+        def on_step(percent):
+            if step_id != self.step_id:  # superseded: stop writing at the next chunk
+                raise Abandoned("install of job %s abandoned" % job.id)
+            self.report("Installing", {"job_id": job.id, "version": job.version,
+                                       "progress": percent})  # fmt: skip
+
+        progress = steps.StatusProgress(on_step)
+        if job.signature is not None:
+            return ("result",) + steps.install_whole(
+                job, self.cfg, self.boot, self.trust, self.roots, self.clock(), progress
             )
-        )  # fmt: skip
         return ("result",) + steps.install(
             job.url, self.cfg, self.boot, self.trust, self.clock(), progress
         )
@@ -396,7 +498,7 @@ class Daemon:
         data, job = self.journey.data, self.journey.job
         ctx = TrialContext(self.cfg, self.channel, self.stack, data.get("baseline"), self.clock,
                            data.get("trial_started_at"), self._wait,
-                           data.get("agent_restarts", 0))  # fmt: skip
+                           data.get("agent_restarts", 0), self.frontends.csms_links())  # fmt: skip
 
         def reported(name, passed, evidence):
             info = {"job_id": job.id, "version": job.version, "check": name, "passed": passed,
@@ -415,6 +517,7 @@ class Daemon:
 
     def report(self, status, info):
         self.reporter.status(status, info)
+        self.frontends.status(status, info)
 
     def publish_health(self, phase, results, verdict):
         job = self.journey.job

@@ -4,6 +4,13 @@ of the update itself, so the daemon only has to post the result.
 
 Streaming install: `download` fetches and parses the signed header only, `verify` checks
 signatures and device policy, `install` streams the payloads into the inactive slot.
+
+A job with a detached signature (OCPP: signature + signing certificate over the whole file)
+streams the whole file in `download` to hash it, `verify` checks the certificate against the
+firmware-signing roots, the signature over that digest and the bundle's own signed manifest
+(both must pass: the detached signature alone never makes a file installable), and
+`install` hashes again what it streams into the slot and checks the signature over that
+before INSTALL_OK, so the slot handed to the bootloader holds exactly the signed bytes.
 """
 
 import logging
@@ -11,12 +18,20 @@ import logging
 from agent.bundle.reader import open_bundle
 from agent.checks import CheckFailed, load_checks
 from agent.core import lifecycle as lc
-from agent.core.errors import BadSignature, ReadbackMismatch, Rejected, UnknownKey, UpdateError
-from agent.transfer import installer
+from agent.core.errors import (
+    BadSignature,
+    MalformedBundle,
+    ReadbackMismatch,
+    Rejected,
+    UnknownKey,
+    UpdateError,
+)
+from agent.transfer import installer, wholefile
 from agent.transfer.fetch import open_source
+from agent.trust.manufacturer import CertificateProblem
 
 log = logging.getLogger("charger-update")
-SIGNATURE_ERRORS = (BadSignature, UnknownKey)
+SIGNATURE_ERRORS = (BadSignature, UnknownKey, CertificateProblem)
 
 
 def info(error):
@@ -52,6 +67,62 @@ def verify(envelope, url, cfg, trust, now):
 def install(url, cfg, boot, trust, now, progress):
     try:
         installer.install(url, cfg, boot, trust, now=now, progress_factory=progress.start)
+        return lc.INSTALL_OK, {}
+    except SIGNATURE_ERRORS as e:
+        return lc.SIGNATURE_BAD, info(e)
+    except ReadbackMismatch as e:
+        return lc.VERIFY_ERROR, info(e)
+    except UpdateError as e:
+        return lc.INSTALL_ERROR, info(e)
+
+
+def download_whole(job, cfg):
+    """(event, info, (digest, envelope) or None): the whole file, hashed (detached jobs)."""
+    limit = int(cfg.section("ocpp_firmware").get("max_firmware_bytes", wholefile.DEFAULT_MAX_BYTES))
+    try:
+        digest, _, envelope = wholefile.fetch(job.url, cfg.download, limit)
+        return lc.DOWNLOAD_OK, {}, (digest, envelope)
+    except UpdateError as e:
+        return lc.DOWNLOAD_ERROR, info(e), None
+
+
+def verify_whole(job, whole, cfg, trust, roots, now):
+    """Certificate, detached signature over the whole file, then the bundle's manifest;
+    the file is fetched and hashed again when nothing is in memory (after a restart)."""
+    if whole is None:
+        event, problem, whole = download_whole(job, cfg)
+        if whole is None:
+            return lc.SIGNATURE_BAD if not problem["transient"] else event, problem
+    digest, envelope = whole
+    try:
+        roots.verify(digest, job.signature, job.signing_certificate, now)
+        if envelope is None:
+            raise MalformedBundle(
+                "%s is not a charger-update bundle" % job.url,
+                hint="the detached signature alone never makes a file installable: "
+                "publish a signed bundle",
+            )
+        installer.check_envelope(envelope, trust, cfg, now)
+        return lc.SIGNATURE_OK, {}
+    except Rejected as e:
+        return lc.SIGNATURE_BAD, info(e)
+    except UpdateError as e:
+        return lc.DOWNLOAD_ERROR, info(e)
+
+
+def install_whole(job, cfg, boot, trust, roots, now, progress):
+    """install() that hashes every byte it streams and checks the detached signature over
+    them before INSTALL_OK (else SIGNATURE_BAD: the slot stays marked bad)."""
+    sources = []
+
+    def opener(location, settings):
+        sources.append(wholefile.HashingSource(open_source(location, settings)))
+        return sources[-1]
+
+    try:
+        installer.install(job.url, cfg, boot, trust, now=now, progress_factory=progress.start,
+                          source_opener=opener)  # fmt: skip
+        roots.verify(sources[-1].digest(), job.signature, job.signing_certificate, now)
         return lc.INSTALL_OK, {}
     except SIGNATURE_ERRORS as e:
         return lc.SIGNATURE_BAD, info(e)

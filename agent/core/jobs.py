@@ -166,7 +166,9 @@ def _build(doc, device, limits, extended=False):
     }
     if extended:
         kw.update(_extended(doc))
-    version = _text(doc, ("version",), limits, required=True)
+    # A front-end's job may name no version (OCPP has none): any signed version is accepted
+    # and the manifest's is the one reported.
+    version = _text(doc, ("version",), limits, required=not extended)
     return Job(job_id, url, version, **kw)
 
 

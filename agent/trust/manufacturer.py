@@ -91,9 +91,9 @@ class ManufacturerRoots:
 
     @classmethod
     def from_config(cls, cfg):
-        """[ocpp] manufacturer_roots (PEM files, default [trust] manufacturer_root),
+        """[ocpp_firmware] manufacturer_roots (PEM files, default [trust] manufacturer_root),
         manufacturer_crls, rsa_pkcs1v15; installed roots live in STATE/manufacturer-roots."""
-        section = cfg.section("ocpp")
+        section = cfg.section("ocpp_firmware")
         files = section.get("manufacturer_roots")
         if files is None:
             files = [cfg.trust["manufacturer_root"]] if cfg.trust.get("manufacturer_root") else []

@@ -43,3 +43,11 @@ def test_mqtt_wire_never_sets_engine_options():
 def test_bad_engine_options_are_malformed(extra, field):
     with pytest.raises(MalformedJob, match=field):
         job_from_request(dict(BASE, **extra), DEVICE)
+
+
+def test_front_end_job_may_name_no_version():
+    job = job_from_request({"id": "ocpp-1-a", "url": "https://fw.example/x"}, DEVICE)
+    assert job.version is None
+    assert job_from_dict(job.to_dict()) == job
+    with pytest.raises(MalformedJob, match="version"):
+        parse_job(json.dumps({"id": "j", "url": "https://fw.example/x"}).encode(), DEVICE)
