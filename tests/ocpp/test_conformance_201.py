@@ -251,3 +251,51 @@ def test_TC_L_18_missing_signing_certificate_and_signature(station201):
     fw = {"location": c.release()["location"]}
     assert c.update(18, fw) in ("Rejected", "InvalidCertificate")
     assert c.statuses(18) == []
+
+
+def test_trigger_message_firmware_status_is_idle_after_installed(station201):
+    # L01.FR.25/26, F06.FR.16: Idle without requestId when the last status was Installed.
+    from ocpp.v201 import call
+
+    c = station201
+    c.begin()
+    last = c.csms.firmware[-1] if c.csms.firmware else None
+    reply = c.csms.call(
+        c.station, call.TriggerMessage(requested_message="FirmwareStatusNotification")
+    )
+    assert str(reply.status) == "Accepted"
+    triggered = c.csms.wait_for("firmware", lambda e: c.pos(e) >= c.mark, 10)
+    if last is None or last["status"] == "Installed":
+        assert (triggered["status"], triggered["request_id"]) == ("Idle", None)
+    else:
+        assert (triggered["status"], triggered["request_id"]) == (last["status"],
+                                                                  last["request_id"])  # fmt: skip
+
+
+def test_manufacturer_root_rotation_with_201_certificate_messages(station201):
+    import os
+
+    from ocpp.v201 import call
+
+    from agent.trust.manufacturer import hash_data
+    from hil.release import ManufacturerPki
+
+    c = station201
+    workdir = os.path.join(c.rig.dir, "rotation")
+    os.makedirs(workdir, exist_ok=True)
+    new = ManufacturerPki(workdir)
+    get = call.GetInstalledCertificateIds(certificate_type=["ManufacturerRootCertificate"])
+    before = c.csms.call(c.station, get).certificate_hash_data_chain
+    install = call.InstallCertificate(certificate_type="ManufacturerRootCertificate",
+                                      certificate=new.pem(new.root))  # fmt: skip
+    assert str(c.csms.call(c.station, install).status) == "Accepted"
+    after = c.csms.call(c.station, get).certificate_hash_data_chain
+    assert len(after) == len(before) + 1
+    assert {e["certificate_type"] for e in after} == {"ManufacturerRootCertificate"}
+    delete = call.DeleteCertificate(certificate_hash_data=hash_data(new.root))
+    assert str(c.csms.call(c.station, delete).status) == "Accepted"
+    assert len(c.csms.call(c.station, get).certificate_hash_data_chain) == len(before)
+    # The provisioned root is the OEM's: the CSMS cannot delete it.
+    provisioned = before[0]["certificate_hash_data"]
+    delete = call.DeleteCertificate(certificate_hash_data=provisioned)
+    assert str(c.csms.call(c.station, delete).status) == "Failed"
