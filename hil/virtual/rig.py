@@ -36,7 +36,8 @@ class VirtualRig(Harness):
         self.board = None
         self.kit = None
         # "2.0.1" or "1.6": the board's charging stack owns the OCPP connection and drives the
-        # agent through its local API (the reference integration, docs/ocpp.md).
+        # agent through its local API (the reference integration, docs/ocpp.md); "everest":
+        # the agent serves EVerest's system_API on the rig's broker (an EVerest double drives it).
         self.ocpp = ocpp
         self.mfr = None
 
@@ -46,7 +47,7 @@ class VirtualRig(Harness):
         overrides = dict(self.agent_overrides)
         if self.ocpp:
             self.mfr = ManufacturerPki(self.kit.dir)
-            overrides = ocpp_overrides(self.mfr.root_path, overrides)
+            overrides = ocpp_overrides(self.mfr.root_path, overrides, self.ocpp == "everest")
         self.board = provision(
             os.path.join(self.dir, "board"), self.device_id, self.kit, self.factory_version,
             self.broker.port, self.csms.port, trial_window_s=self.trial_window_s,
@@ -114,11 +115,16 @@ class VirtualRig(Harness):
         return SocketStack(os.path.join(self.board.dir, "run", "stack.sock"))
 
 
-def ocpp_overrides(mfr_root, overrides=None):
-    """agent.toml for a board whose stack owns the OCPP connection: the local API, the
-    manufacturer root, and the trial's CSMS check through the stack."""
+def ocpp_overrides(mfr_root, overrides=None, everest=False):
+    """agent.toml for a board whose stack owns the OCPP connection: the local API (or, for
+    EVerest, its system_API on the board's broker), the manufacturer root, and the trial's
+    CSMS check through the stack."""
     out = dict(overrides or {})
-    out["local_api"] = dict({"socket": "run/agent.sock"}, **out.get("local_api", {}))
+    if everest:
+        api = {"module_id": "system_api", "ocpp_module_id": "ocpp", "reboot_grace_s": 2}
+        out["everest"] = dict(api, **out.get("everest", {}))
+    else:
+        out["local_api"] = dict({"socket": "run/agent.sock"}, **out.get("local_api", {}))
     firmware = {"manufacturer_roots": [mfr_root], "reboot_grace_s": 10}
     out["ocpp_firmware"] = dict(firmware, **out.get("ocpp_firmware", {}))
     return out
@@ -159,8 +165,11 @@ def provision(board_dir, device_id, kit, factory_version, mqtt_port, ocpp_port,
         {"local_port": local_mqtt, "host": "127.0.0.1", "port": mqtt_port},
         {"local_port": local_ocpp, "host": "127.0.0.1", "port": ocpp_port},
     ]
+    if "everest" in sections:  # EVerest's broker: here the rig's, through the uplink
+        sections["everest"] = dict({"host": "127.0.0.1", "port": local_mqtt},
+                                   **sections["everest"])  # fmt: skip
     stack = None
-    if stack_ocpp:
+    if stack_ocpp and stack_ocpp != "everest":
         stack = {"ocpp": {"url": sections["ocpp"]["url"], "protocol": stack_ocpp},
                  "agent": {"socket": sections["local_api"]["socket"]}}  # fmt: skip
     layout.create(board_dir, sections, routes, factory, watchdog=watchdog_s, stack=stack)

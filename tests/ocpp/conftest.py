@@ -15,6 +15,8 @@ from hil.virtual.rig import VirtualRig
 FINAL = ("Installed", "InstallationFailed", "InstallVerificationFailed", "InvalidSignature",
          "DownloadFailed")  # fmt: skip
 T = 60
+# These cases are about OCPP, not the alarm check: watch the alarm profile for 1 s, not 3.
+QUICK_TRIAL = {"trial": {"alarms": {"observe_s": 1}}}
 
 
 def iso(offset_s=0):
@@ -122,7 +124,7 @@ def in_order(seen, expected):
 
 def board(tmp_path_factory, protocol):
     rig = VirtualRig(str(tmp_path_factory.mktemp("ocpp-%s" % protocol)), watchdog_s=10.0,
-                     trial_window_s=30, ocpp=protocol)  # fmt: skip
+                     trial_window_s=30, ocpp=protocol, agent_overrides=QUICK_TRIAL)  # fmt: skip
     rig.start()
     try:
         rig.power_on()
