@@ -125,7 +125,7 @@ def ocpp_overrides(mfr_root, overrides=None, everest=False):
         out["everest"] = dict(api, **out.get("everest", {}))
     else:
         out["local_api"] = dict({"socket": "run/agent.sock"}, **out.get("local_api", {}))
-    firmware = {"manufacturer_roots": [mfr_root], "reboot_grace_s": 10}
+    firmware = {"manufacturer_roots": [mfr_root], "reboot_grace_s": 3}
     out["ocpp_firmware"] = dict(firmware, **out.get("ocpp_firmware", {}))
     return out
 
