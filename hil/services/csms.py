@@ -232,6 +232,13 @@ class Csms:
                 )
             return found[0]
 
+    def wait_timeline(self, after, timeout):
+        """The (kind, record) pairs that arrived after the first `after`, waiting up to
+        `timeout` s for at least one (an empty list when none came)."""
+        with self._lock:
+            self._lock.wait_for(lambda: len(self.timeline) > after, timeout)
+            return list(self.timeline[after:])
+
     def position(self, record):
         """Where `record` (one of the lists' entries) came in the order of all messages."""
         with self._lock:
