@@ -66,7 +66,6 @@ class Daemon:
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
         self.frontends = Frontends(frontends)
         self.roots = ManufacturerRoots.from_config(cfg)
-        self.whole = None  # (job id, (digest, envelope)) of a detached-signature download
         self.trust, self.system, self.clock = trust, system, clock
         self.rng = rng or random.Random()
         trial = cfg.section("trial")
@@ -87,7 +86,7 @@ class Daemon:
         self.busy = False  # a long action runs in a worker
         self.step_id = 0  # results of a worker started for an older step are dropped
         self.worker = None
-        self.header = None  # (job id, signed envelope) fetched by the download step
+        self.fetched = None  # (job id, what the download step learned) for the verify step
         self.pending_resume = True  # the journal's journey is picked up inside the loop
         self.recover_s = float(cfg.section("system").get("retry_after_failure_s", RECOVER_S))
         self.resumed_before = False
@@ -492,22 +491,15 @@ class Daemon:
 
     def _download(self):
         job = self.journey.job
-        if job.signature is not None:
-            event, info, whole = steps.download_whole(job, self.cfg)
-            self.whole = (job.id, whole)
-            return ("result", event, info)
-        event, info, envelope = steps.download(job.url, self.cfg)
-        self.header = (job.id, envelope)
+        event, info, learned = steps.fetch(job, self.cfg)
+        self.fetched = (job.id, learned)
         return ("result", event, info)
 
     def _verify(self):
         job = self.journey.job
-        if job.signature is not None:
-            whole = self.whole[1] if self.whole and self.whole[0] == job.id else None
-            return ("result",) + steps.verify_whole(job, whole, self.cfg, self.trust,
-                                                    self.roots, self.clock())  # fmt: skip
-        envelope = self.header[1] if self.header and self.header[0] == job.id else None
-        return ("result",) + steps.verify(envelope, job.url, self.cfg, self.trust, self.clock())
+        learned = self.fetched[1] if self.fetched and self.fetched[0] == job.id else None
+        return ("result",) + steps.check(job, learned, self.cfg, self.trust, self.roots,
+                                         self.clock())  # fmt: skip
 
     def _install(self):
         job, step_id = self.journey.job, self.step_id
@@ -519,13 +511,8 @@ class Daemon:
                                        "progress": percent})  # fmt: skip
 
         progress = steps.StatusProgress(on_step)
-        if job.signature is not None:
-            return ("result",) + steps.install_whole(
-                job, self.cfg, self.boot, self.trust, self.roots, self.clock(), progress
-            )
-        return ("result",) + steps.install(
-            job.url, self.cfg, self.boot, self.trust, self.clock(), progress
-        )
+        return ("result",) + steps.write(job, self.cfg, self.boot, self.trust, self.roots,
+                                         self.clock(), progress)  # fmt: skip
 
     def _run_checks(self):
         data, job = self.journey.data, self.journey.job

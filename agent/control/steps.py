@@ -76,6 +76,28 @@ def install(url, cfg, boot, trust, now, progress):
         return lc.INSTALL_ERROR, info(e)
 
 
+def fetch(job, cfg):
+    """The download step for `job`: (event, info, what verify needs: the signed header, or
+    for a detached-signature job the whole file's digest and header)."""
+    if job.signature is not None:
+        return download_whole(job, cfg)
+    return download(job.url, cfg)
+
+
+def check(job, learned, cfg, trust, roots, now):
+    """The verify step for `job`, given what fetch() learned (None after a restart)."""
+    if job.signature is not None:
+        return verify_whole(job, learned, cfg, trust, roots, now)
+    return verify(learned, job.url, cfg, trust, now)
+
+
+def write(job, cfg, boot, trust, roots, now, progress):
+    """The install step for `job`."""
+    if job.signature is not None:
+        return install_whole(job, cfg, boot, trust, roots, now, progress)
+    return install(job.url, cfg, boot, trust, now, progress)
+
+
 def download_whole(job, cfg):
     """(event, info, (digest, envelope) or None): the whole file, hashed (detached jobs)."""
     limit = int(cfg.section("ocpp_firmware").get("max_firmware_bytes", wholefile.DEFAULT_MAX_BYTES))
