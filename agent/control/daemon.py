@@ -471,6 +471,9 @@ class Daemon:
     def _work(self, fn, failure_event):
         """Run fn in a worker; it posts exactly one result tagged with this step's id. A bug
         in fn becomes `failure_event` (the failure that fits the step), never a dead loop."""
+        if self._worker_alive() and self.worker.name == "install":
+            # An abandoned install stops at its next chunk: never two writers on one slot.
+            self.worker.join(2.0)
         self.step_id += 1
         step_id, self.busy = self.step_id, True
 
@@ -486,7 +489,7 @@ class Daemon:
                     result = ("checks", dict((n, (False, problem)) for n in names))
             self.events.put((result[0], step_id) + tuple(result[1:]))
 
-        self.worker = threading.Thread(target=run, daemon=True)
+        self.worker = threading.Thread(target=run, name=fn.__name__.strip("_"), daemon=True)
         self.worker.start()
 
     def _download(self):
@@ -505,12 +508,14 @@ class Daemon:
         job, step_id = self.journey.job, self.step_id
 
         def on_step(percent):
-            if step_id != self.step_id:  # superseded: stop writing at the next chunk
-                raise Abandoned("install of job %s abandoned" % job.id)
             self.report("Installing", {"job_id": job.id, "version": job.version,
                                        "progress": percent})  # fmt: skip
 
-        progress = steps.StatusProgress(on_step)
+        def check():
+            if step_id != self.step_id:  # superseded: stop writing at this chunk
+                raise Abandoned("install of job %s abandoned" % job.id)
+
+        progress = steps.StatusProgress(on_step, check)
         return ("result",) + steps.write(job, self.cfg, self.boot, self.trust, self.roots,
                                          self.clock(), progress)  # fmt: skip
 

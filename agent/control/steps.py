@@ -181,10 +181,13 @@ def run_checks(ctx, names, reported):
 
 
 class StatusProgress:
-    """Installing progress as a callback every 10 % (the daemon turns it into a status)."""
+    """Installing progress as a callback every 10 % (the daemon turns it into a status).
+    check(), called for every chunk, may raise to stop the write at once (a superseded job:
+    its worker must not go on writing the slot the next job will write)."""
 
-    def __init__(self, on_step):
+    def __init__(self, on_step, check=None):
         self.on_step = on_step
+        self.check = check
         self.total = 1
         self.done_bytes = 0
         self.next_step = 10
@@ -194,6 +197,8 @@ class StatusProgress:
         return self
 
     def update(self, n):
+        if self.check is not None:
+            self.check()
         self.done_bytes += n
         percent = self.done_bytes * 100 // self.total
         if percent >= self.next_step:

@@ -104,12 +104,13 @@ class Conformance:
     def pos(self, record):
         return self.csms.position(record)
 
-    def settled(self, result):
-        """Wait until the MQTT inventory shows the journey ended with `result` (the agent
-        publishes it with the final status): the station is ready for the next case."""
+    def settled(self, request_id, result):
+        """Wait until the MQTT inventory shows the request's journey ended with `result` (the
+        agent publishes it with the final status): the station is ready for the next case."""
+        prefix = "ocpp-%d-" % request_id
         return self.rig.backend.wait_inventory(
             self.station, lambda r: (r.get("last_job") or {}).get("result") == result
-            and (r.get("last_job") or {}).get("id", "").startswith("ocpp-"), T,
+            and (r.get("last_job") or {}).get("id", "").startswith(prefix), T,
         )  # fmt: skip
 
 

@@ -30,7 +30,7 @@ def test_TC_L_01_signed_update_firmware_installation_successful(station16):
     # 1.6 has no boot reason: Installed comes from the new firmware after its accepted boot.
     boot = [b for b in c.boots() if b["station"]["firmware_version"] == version][0]
     assert c.pos(boot) < c.pos(installed)
-    c.settled("Committed")
+    c.settled(1, "Committed")
 
 
 def test_TC_L_05_signed_update_firmware_invalid_certificate(station16):
@@ -53,7 +53,7 @@ def test_TC_L_06_invalid_signature_even_when_the_csms_refuses_security_events(st
         assert c.wait_status(6, FINAL)["status"] == "InvalidSignature"
         c.wait_event("InvalidFirmwareSignature", 10)
         assert c.statuses(6) == ["Downloading", "Downloaded", "InvalidSignature"]
-        c.settled("InvalidSignature")
+        c.settled(6, "InvalidSignature")
     finally:
         c.csms.refuse.discard("SecurityEventNotification")
 

@@ -52,7 +52,7 @@ def test_TC_L_01_secure_firmware_update_installation_successful(station201):
     boot = c.boots()[-1]
     assert unavailable and unavailable[0] < c.pos(boot)
     assert any(s == "Available" and p > c.pos(boot) for p, s in connectors)
-    row = c.settled("Committed")
+    row = c.settled(1, "Committed")
     assert row["booted"] == row["primary"] == "B"
 
 
@@ -69,7 +69,7 @@ def test_TC_L_02_secure_firmware_update_install_scheduled(station201):
                            "Installing"]), seen  # fmt: skip
     assert installing
     installed_after_reboot(c, 2, "1.%d.0" % c.versions)
-    c.settled("Committed")
+    c.settled(2, "Committed")
 
 
 def test_TC_L_03_secure_firmware_update_download_scheduled(station201):
@@ -84,7 +84,7 @@ def test_TC_L_03_secure_firmware_update_download_scheduled(station201):
     seen = c.statuses(3)
     assert in_order(seen, ["DownloadScheduled", "Downloading", "Downloaded", "SignatureVerified",
                            "Installing", "Installed"]), seen  # fmt: skip
-    c.settled("Committed")
+    c.settled(3, "Committed")
 
 
 def test_TC_L_05_secure_firmware_update_invalid_certificate(station201):
@@ -106,7 +106,7 @@ def test_TC_L_06_secure_firmware_update_invalid_signature(station201):
     assert final["status"] == "InvalidSignature"
     c.wait_event("InvalidFirmwareSignature", 10)
     assert c.statuses(6) == ["Downloading", "Downloaded", "InvalidSignature"]
-    row = c.settled("InvalidSignature")
+    row = c.settled(6, "InvalidSignature")
     assert row["booted"] == row["primary"] and len(c.csms.boots) == boots  # untouched
 
 
@@ -123,7 +123,7 @@ def test_TC_L_07_secure_firmware_update_download_failed(station201):
     # retries + 1 attempts, retryInterval apart; DownloadFailed only after the last (L01.FR.30)
     tries = [r["at"] for r in c.rig.images.requests if r["path"] == path]
     assert len(tries) == 2 and tries[1] - tries[0] >= 0.9, tries
-    c.settled("DownloadFailed")
+    c.settled(7, "DownloadFailed")
 
 
 def test_TC_L_08_secure_firmware_update_installation_failed(station201):
@@ -138,7 +138,7 @@ def test_TC_L_08_secure_firmware_update_installation_failed(station201):
                 "InstallRebooting", "InstallationFailed"]  # fmt: skip
     assert in_order(c.statuses(8), expected)
     assert "Installed" not in c.statuses(8)
-    row = c.settled("RolledBack")
+    row = c.settled(8, "RolledBack")
     assert row["booted"] == row["primary"] == old  # the bootloader fell back
 
 
@@ -152,7 +152,7 @@ def test_TC_L_10_secure_firmware_update_accepted_canceled(station201):
     assert in_order(c.statuses(102), ["Downloading", "Downloaded", "SignatureVerified"])
     # From the second request on, every notification refers to it.
     assert c.statuses(101) == ["DownloadScheduled"]
-    c.settled("Committed")
+    c.settled(102, "Committed")
 
 
 def test_TC_L_11_secure_firmware_update_unable_to_cancel(station201):
@@ -165,7 +165,7 @@ def test_TC_L_11_secure_firmware_update_unable_to_cancel(station201):
     assert c.update(112, c.release()) == "Rejected"
     installed_after_reboot(c, 111, version)
     assert c.statuses(112) == []
-    c.settled("Committed")
+    c.settled(111, "Committed")
 
 
 def _transaction(c, token):
@@ -198,7 +198,7 @@ def test_TC_L_13_unable_to_download_with_ongoing_transaction_new_sessions_not_al
                                 and t["event"] == "Ended", 5)  # fmt: skip
         downloading = [e for _, e in c.since("firmware") if e["status"] == "Downloading"][0]
         assert c.pos(ended) < c.pos(downloading)
-        c.settled("Committed")
+        c.settled(13, "Committed")
     finally:
         c.set_variable("InternalCtrlr", "DeferFirmwareDownloadDuringTransaction", "false")
 
@@ -223,7 +223,7 @@ def test_TC_L_15_unable_to_activate_with_ongoing_transaction_new_sessions_not_al
     assert c.pos(ended) < c.pos(reboot)
     unavailable = [e for _, e in c.since("connectors") if e["status"] == "Unavailable"]
     assert unavailable and c.pos(ended) < c.pos(unavailable[0]) < c.pos(reboot)
-    c.settled("Committed")
+    c.settled(15, "Committed")
 
 
 def test_TC_L_16_able_to_update_with_ongoing_transaction(station201):
@@ -242,7 +242,7 @@ def test_TC_L_16_able_to_update_with_ongoing_transaction(station201):
         installed_after_reboot(c, 16, "1.%d.0" % c.versions)
         # New sessions stayed allowed: the connector never went Unavailable.
         assert "Unavailable" not in [e["status"] for _, e in c.since("connectors")]
-        c.settled("Committed")
+        c.settled(16, "Committed")
     finally:
         c.set_variable("ChargingStation", "AllowNewSessionsPendingFirmwareUpdate", "false")
 
@@ -319,7 +319,7 @@ def test_detached_signature_alone_never_makes_a_plain_file_installable(station20
     assert c.update(41, fw) == "Accepted"
     assert c.wait_status(41, FINAL)["status"] == "InvalidSignature"
     assert "Installing" not in c.statuses(41)
-    c.settled("InvalidSignature")
+    c.settled(41, "InvalidSignature")
 
 
 def test_statuses_survive_a_csms_outage_and_the_reboot_in_order(station201):
@@ -341,4 +341,23 @@ def test_statuses_survive_a_csms_outage_and_the_reboot_in_order(station201):
     seen = c.statuses(42)
     assert seen == ["Downloading", "Downloaded", "SignatureVerified", "Installing",
                     "InstallRebooting", "Installed"], seen  # fmt: skip
-    c.settled("Committed")
+    c.settled(42, "Committed")
+
+
+def test_new_request_while_installing_is_accepted_canceled(station201):
+    # L01.FR.24 (TC_L_10 covers a scheduled download): the first update is half way through
+    # writing the slot when the second arrives; the writer stops, the slot is rewritten.
+    c = station201
+    c.begin()
+    rig = c.rig
+    rig.network.rate = 1024 * 1024  # a slow link: the first install takes seconds
+    try:
+        assert c.update(241, c.release(pad_bytes=2 * 1024 * 1024)) == "Accepted"
+        c.wait_status(241, "Installing")
+        assert c.update(242, c.release()) == "AcceptedCanceled"
+    finally:
+        rig.network.rate = 0
+    installed_after_reboot(c, 242, "1.%d.0" % c.versions)
+    assert c.statuses(241)[-1] == "Installing"  # nothing more for the cancelled request
+    row = c.settled(242, "Committed")
+    assert row["slots"][row["booted"]]["version"] == "1.%d.0" % c.versions
