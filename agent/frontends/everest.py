@@ -40,8 +40,7 @@ DEFAULTS = {
 
 class EverestSystem:
     def __init__(self, cfg, channel=None, clock=time.time):
-        options = dict(DEFAULTS)
-        options.update(cfg.section("everest"))
+        options = cfg.options("everest", DEFAULTS)
         self.options = options
         self.clock = clock
         self.base = "%s/system/%s" % (options["api_base"], options["module_id"])

@@ -27,9 +27,9 @@ class LocalApi:
     """[local_api] socket (path), mode (permission bits, default 0o660)."""
 
     def __init__(self, cfg, service=None):
-        options = cfg.section("local_api")
-        self.path = cfg.resolve(options.get("socket", DEFAULT_SOCKET))
-        self.mode = int(options.get("mode", 0o660))
+        options = cfg.options("local_api", {"socket": DEFAULT_SOCKET, "mode": 0o660})
+        self.path = cfg.resolve(options["socket"])
+        self.mode = options["mode"]
         self.service = service or FirmwareService(cfg, "local")
         self.server = None
 

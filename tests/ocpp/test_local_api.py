@@ -203,3 +203,23 @@ def test_client_raises_on_refusal_and_on_absence(api, client, tmp_path):
         client.call("fly")
     with pytest.raises(LocalApiError, match="agent at"):
         LocalClient(str(tmp_path / "nothing.sock")).call("trigger_status")
+
+
+@pytest.mark.parametrize(
+    "section, table, message",
+    [
+        ("ocpp_firmware", {"secure_onyl": False}, "unknown key"),
+        ("ocpp_firmware", {"secure_only": "no"}, "must be bool"),
+        ("local_api", {"mode": "0660"}, "must be int"),
+        ("everest", {"module": "x"}, "unknown key"),
+    ],
+)
+def test_config_typos_are_clear_errors(tmp_path, section, table, message):
+    from agent.commands.run import frontends_from_config
+    from agent.core.errors import ConfigError
+
+    raw = {"device": {"id": "cp-1", "model": "M", "hardware_revision": "r"},
+           "slots": {"A": {"rootfs": "a"}, "B": {"rootfs": "b"}},
+           "bootloader": {"backend": "simulated"}, "local_api": {}, section: table}  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        frontends_from_config(Config(raw, str(tmp_path / "agent.toml")))

@@ -32,6 +32,11 @@ DEFAULTS = {
     "write_during_transactions": True,  # A/B: write the inactive slot while a car charges
     "reboot_grace_s": 30.0,  # bounded wait for the stack to confirm InstallRebooting
     "retries": 3,  # when a request names none ("the station decides")
+    # read by agent/trust/manufacturer.py and agent/control/steps.py:
+    "manufacturer_roots": None,
+    "manufacturer_crls": None,
+    "rsa_pkcs1v15": False,
+    "max_firmware_bytes": 4 << 30,
 }
 
 
@@ -43,8 +48,7 @@ class FirmwareService:
 
     def __init__(self, cfg, name, roots=None, clock=time.time, security_events=True,
                  hold=False, gate_on_boot=True):  # fmt: skip
-        options = dict(DEFAULTS)
-        options.update(cfg.section("ocpp_firmware"))
+        options = cfg.options("ocpp_firmware", DEFAULTS)
         self.options = options
         self.name = name
         self.clock = clock
