@@ -10,6 +10,7 @@ import os
 import sys
 
 from agent.core.errors import ConfigError
+from agent.state import statedir
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,6 +28,7 @@ DOWNLOAD_DEFAULTS = {
     "max_rate": 0,  # bytes per second; 0 means unlimited
     "ca_file": "",  # extra CA bundle for https; system store otherwise
     "chunk_size": 1 << 20,
+    "delta": True,  # format-2 bundles: fetch only the blocks neither slot has (ranges)
 }
 
 
@@ -43,7 +45,9 @@ class Config:
         self.slots = self._slots()
         self.bootloader = self._table("bootloader", required=("backend",))
         self.trust = self._table("trust", required=())
-        self.state_dir = self.resolve(self._table("state", required=()).get("dir", "state"))
+        state = self._table("state", required=()).get("dir", statedir.DEFAULT_DIR)
+        self.state_dir = self.resolve(state)
+        statedir.check_not_on_slot(self.state_dir, self.slots, self.path)
         download = dict(DOWNLOAD_DEFAULTS)
         download.update(self._table("download", required=()))
         self.download = download

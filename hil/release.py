@@ -21,6 +21,10 @@ class ReleaseKit:
     """release_key: sign with this key (a bench whose board already trusts its root);
     without it a fresh root and release key are made and the root is written to DIR."""
 
+    # The firmware image's payload: (name, slot class). A board whose slots hold an `app`
+    # (the MicroPython board) names it in a subclass.
+    PAYLOAD = ("rootfs", "rootfs")
+
     def __init__(self, workdir, model, hardware_revision, release_key=None):
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
@@ -46,7 +50,7 @@ class ReleaseKit:
         out = os.path.join(self.dir, name or "charger-%s.cub" % version)
         create_bundle(
             out,
-            [PayloadSource("rootfs", "rootfs", image, "gzip")] + list(extra),
+            [PayloadSource(self.PAYLOAD[0], self.PAYLOAD[1], image, "gzip")] + list(extra),
             keys or [self.release_key],
             version=version,
             security_version=security_version,

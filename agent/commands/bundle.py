@@ -28,7 +28,9 @@ def register(subparsers):
         "--payload",
         action="append",
         default=[],
-        metavar="NAME:SLOT_CLASS:PATH[:gzip]",
+        metavar="NAME:SLOT_CLASS:PATH[:gzip|:zstd-chunks]",
+        help="zstd-chunks makes a format-2 bundle with a signed chunk index: chargers then "
+        "download only the blocks they do not have (docs/transfer.md)",
     )
     c.add_argument(
         "--mcu",
@@ -78,13 +80,13 @@ def register(subparsers):
 
 def parse_payload_spec(spec):
     compression = "none"
-    for suffix in (":gzip", ":none"):
+    for suffix in (":gzip", ":none", ":zstd-chunks"):
         if spec.endswith(suffix):
             spec, compression = spec[: -len(suffix)], suffix[1:]
     parts = spec.split(":", 2)
     if len(parts) != 3 or not all(parts):
         raise ConfigError(
-            "--payload %r is not NAME:SLOT_CLASS:PATH[:gzip]" % spec,
+            "--payload %r is not NAME:SLOT_CLASS:PATH[:gzip|:zstd-chunks]" % spec,
             hint="e.g. --payload rootfs:rootfs:build/rootfs.ext4:gzip",
         )
     return PayloadSource(parts[0], parts[1], parts[2], compression)

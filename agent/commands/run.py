@@ -32,7 +32,8 @@ def build(cfg):
     stack = SocketStack(cfg.resolve(stack_opts.get("socket", "/run/charger/stack.sock")))
     settings, device_id = settings_from_config(cfg)
     channel = MqttChannel(settings, device_id, online_info={"model": cfg.device["model"]})
-    return Daemon(cfg, boot, channel, stack, Trust.from_config(cfg), System(cfg.section("system")),
+    trust = Trust.from_config(cfg, boot=boot)
+    return Daemon(cfg, boot, channel, stack, trust, System(cfg.section("system")),
                   frontends=frontends_from_config(cfg))  # fmt: skip
 
 

@@ -33,9 +33,11 @@ from agent.core.jobs import job_from_request, parse_job
 from agent.core.schedule import WAIT_SESSION
 from agent.core.trial import TrialPolicy
 from agent.frontends import channel as ch
+from agent.state import statedir
 from agent.state.history import History
 from agent.state.journal import Journal
 from agent.state.slotstate import SlotState
+from agent.state.statedir import StateLock
 from agent.trust.manufacturer import ManufacturerRoots
 
 log = logging.getLogger("charger-update")
@@ -80,8 +82,8 @@ class Daemon:
         channel.on_error = self.on_channel_error
         self.journal = Journal(os.path.join(cfg.state_dir, "journal.json"))
         self.history = History(cfg.state_dir)
-        self.slots = SlotState(cfg.state_dir)
-        self.reporter = Reporter(cfg, channel, boot, self.history, self.slots, clock)
+        self.slots = SlotState(cfg.state_dir, boot)  # floors also in the boot environment
+        self.reporter = Reporter(cfg, channel, boot, self.history, self.slots, clock, trust)
         self.events = queue.Queue()
         self.stopping = threading.Event()
         self.busy = False  # a long action runs in a worker
@@ -168,12 +170,15 @@ class Daemon:
         of that step, go back to the last journal record (what the board really did), say
         why, and try again later: never reboot after a boot switch that did not happen."""
         log.error("step failed: %s (%s)", error.message, error.hint or "will retry")
-        journey = self.journal.load(self.policy)
-        job = journey.job
-        self.report(lc.status_of(journey.state), {
-            "job_id": job.id if job else None, "reason": error.reason,
-            "detail": error.message, "retry_in_s": self.recover_s,
-        })  # fmt: skip
+        try:
+            journey = self.journal.load(self.policy)  # never raises, even on EIO
+            job = journey.job
+            self.report(lc.status_of(journey.state), {
+                "job_id": job.id if job else None, "reason": error.reason,
+                "detail": error.message, "retry_in_s": self.recover_s,
+            })  # fmt: skip
+        except Exception:  # the loop must outlive whatever broke: it would crash-loop
+            log.exception("could not report the failure")
         self._abandon_step()
         self.pending_resume = True
         self.wake_at = self.clock() + self.recover_s
@@ -206,10 +211,12 @@ class Daemon:
     def resume(self):
         """Continue the journal's journey on this boot (at start, and after a failed step)."""
         self.pending_resume = False
-        os.makedirs(self.cfg.state_dir, exist_ok=True)
+        statedir.ensure(self.cfg.state_dir)
         self.journey = self.journal.load(self.policy)
         if self.journal.problem:
             log.error("%s", self.journal.problem[0])
+        if not self.resumed_before:
+            self.check_trust()
         booted = self.boot.booted_slot()
         log.info("booted slot %s; journal state %s", booted, self.journey.state)
         data = self.journey.data
@@ -221,8 +228,28 @@ class Daemon:
         self.execute(self.journey.resume(booted, self.clock())[1])
         if self._healthy_boot(booted):
             # The boot script counts every boot down (RAUC style): refill the good slot's
-            # attempts, or three ordinary reboots later the board would fall back.
-            self.boot.mark_good(booted)
+            # attempts, or three ordinary reboots later the board would fall back. A committed
+            # slot's healthy boot also (re)raises the floor to what it carries.
+            with StateLock(self.cfg.state_dir, "healthy boot of slot %s" % booted):
+                self.boot.mark_good(booted)
+                if self.slots.slot(booted).get("state") == "good":
+                    self.slots.committed(booted)
+                self.slots.raise_floors()  # a store that lost its copy gets it back
+
+    def check_trust(self):
+        """Say loudly, in the log and in a status the backend sees, when the trusted root is
+        older than one this device trusted before (its rotated roots were deleted)."""
+        if self.trust is None:
+            return
+        reason = "root-rollback"
+        try:
+            problem = self.trust.problem()
+        except UpdateError as e:  # the floors themselves are unreadable: say that
+            reason, problem = e.reason, e.message
+        if problem:
+            log.error("TRUST: %s", problem)
+            self.report(lc.status_of(self.journey.state),
+                        {"job_id": None, "reason": reason, "detail": problem})  # fmt: skip
 
     def _healthy_boot(self, booted):
         state = self.journey.state
@@ -282,6 +309,9 @@ class Daemon:
         elif kind == "checks":
             self.busy = False
             self.execute(self.journey.check_results(item[2], self.clock())[1])
+        elif kind == "local-error":
+            self.busy = False
+            raise item[2]  # into run(): recover() reports it and retries from the journal
 
     def cancel(self, job_id):
         before = self.journey.state
@@ -405,15 +435,18 @@ class Daemon:
         self.report("Idle", {"job_id": job_id, "reason": "rejected", "detail": reason})
 
     def do_try_slot(self, slot):
-        self.boot.try_slot(slot, int(self.cfg.bootloader.get("trial_attempts", 1)))
+        with StateLock(self.cfg.state_dir, "switching to slot %s" % slot):
+            self.boot.try_slot(slot, int(self.cfg.bootloader.get("trial_attempts", 1)))
 
     def do_mark_good(self, slot):
-        self.boot.mark_good(slot)
-        self.slots.committed(slot)
+        with StateLock(self.cfg.state_dir, "committing slot %s" % slot):
+            self.boot.mark_good(slot)
+            self.slots.committed(slot)
 
     def do_mark_bad(self, slot):
-        self.boot.mark_bad(slot)
-        self.slots.mark(slot, "bad")
+        with StateLock(self.cfg.state_dir, "marking slot %s bad" % slot):
+            self.boot.mark_bad(slot)
+            self.slots.mark(slot, "bad")
 
     def do_block_sessions(self):
         self._availability(False)
@@ -494,6 +527,8 @@ class Daemon:
         def run():
             try:
                 result = fn()
+            except steps.LOCAL_ERRORS as e:  # the board's state: the loop recovers, retries
+                result = ("local-error", e)
             except Exception as e:  # a bug in an adapter or OEM code must not kill the daemon
                 log.exception("step failed")
                 problem = {"reason": "internal", "detail": repr(e), "problem": repr(e)}
@@ -516,14 +551,14 @@ class Daemon:
         job = self.journey.job
         learned = self.fetched[1] if self.fetched and self.fetched[0] == job.id else None
         return ("result",) + steps.check(job, learned, self.cfg, self.trust, self.roots,
-                                         self.clock())  # fmt: skip
+                                         self.clock(), self.slots)  # fmt: skip
 
     def _install(self):
         job, step_id = self.journey.job, self.step_id
 
-        def on_step(percent):
-            self.report("Installing", {"job_id": job.id, "version": job.version,
-                                       "progress": percent})  # fmt: skip
+        def on_step(percent, sizes=None):
+            info = dict(sizes or {}, job_id=job.id, version=job.version, progress=percent)
+            self.report("Installing", info)
 
         def check():
             if step_id != self.step_id:  # superseded: stop writing at this chunk

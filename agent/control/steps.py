@@ -20,6 +20,8 @@ from agent.checks import CheckFailed, load_checks
 from agent.core import lifecycle as lc
 from agent.core.errors import (
     BadSignature,
+    BootEnvError,
+    ConfigError,
     MalformedBundle,
     ReadbackMismatch,
     Rejected,
@@ -32,6 +34,9 @@ from agent.trust.manufacturer import CertificateProblem
 
 log = logging.getLogger("charger-update")
 SIGNATURE_ERRORS = (BadSignature, UnknownKey, CertificateProblem)
+# The board's own state is unreadable (boot env, slot records, floors): not the bundle's fault.
+# These escape the step; the daemon stops the step and retries it once someone repaired it.
+LOCAL_ERRORS = (BootEnvError, ConfigError)
 
 
 def info(error):
@@ -48,16 +53,19 @@ def download(url, cfg):
         return lc.DOWNLOAD_ERROR, info(e), None
 
 
-def verify(envelope, url, cfg, trust, now):
+def verify(envelope, url, cfg, trust, now, slots=None):
     """Check the downloaded header; fetch it again only when there is none (after a restart
-    the journey resumes at Downloaded with nothing in memory)."""
+    the journey resumes at Downloaded with nothing in memory). slots: the board's SlotState
+    (its floor is the anti-rollback bound)."""
     try:
         if envelope is None:
             with open_source(url, cfg.download) as source:
-                installer.read_manifest(source, trust, cfg, now)
+                installer.read_manifest(source, trust, cfg, now, slots)
         else:
-            installer.check_envelope(envelope, trust, cfg, now)
+            installer.check_envelope(envelope, trust, cfg, now, slots)
         return lc.SIGNATURE_OK, {}
+    except LOCAL_ERRORS:
+        raise
     except Rejected as e:
         return lc.SIGNATURE_BAD, info(e)
     except UpdateError as e:
@@ -68,6 +76,8 @@ def install(url, cfg, boot, trust, now, progress):
     try:
         installer.install(url, cfg, boot, trust, now=now, progress_factory=progress.start)
         return lc.INSTALL_OK, {}
+    except LOCAL_ERRORS:
+        raise
     except SIGNATURE_ERRORS as e:
         return lc.SIGNATURE_BAD, info(e)
     except ReadbackMismatch as e:
@@ -84,11 +94,11 @@ def fetch(job, cfg):
     return download(job.url, cfg)
 
 
-def check(job, learned, cfg, trust, roots, now):
+def check(job, learned, cfg, trust, roots, now, slots=None):
     """The verify step for `job`, given what fetch() learned (None after a restart)."""
     if job.signature is not None:
-        return verify_whole(job, learned, cfg, trust, roots, now)
-    return verify(learned, job.url, cfg, trust, now)
+        return verify_whole(job, learned, cfg, trust, roots, now, slots)
+    return verify(learned, job.url, cfg, trust, now, slots)
 
 
 def write(job, cfg, boot, trust, roots, now, progress):
@@ -108,7 +118,7 @@ def download_whole(job, cfg):
         return lc.DOWNLOAD_ERROR, info(e), None
 
 
-def verify_whole(job, whole, cfg, trust, roots, now):
+def verify_whole(job, whole, cfg, trust, roots, now, slots=None):
     """Certificate, detached signature over the whole file, then the bundle's manifest;
     the file is fetched and hashed again when nothing is in memory (after a restart)."""
     if whole is None:
@@ -124,8 +134,10 @@ def verify_whole(job, whole, cfg, trust, roots, now):
                 hint="the detached signature alone never makes a file installable: "
                 "publish a signed bundle",
             )
-        installer.check_envelope(envelope, trust, cfg, now)
+        installer.check_envelope(envelope, trust, cfg, now, slots)
         return lc.SIGNATURE_OK, {}
+    except LOCAL_ERRORS:
+        raise
     except Rejected as e:
         return lc.SIGNATURE_BAD, info(e)
     except UpdateError as e:
@@ -146,6 +158,8 @@ def install_whole(job, cfg, boot, trust, roots, now, progress):
                           source_opener=opener)  # fmt: skip
         roots.verify(sources[-1].digest(), job.signature, job.signing_certificate, now)
         return lc.INSTALL_OK, {}
+    except LOCAL_ERRORS:
+        raise
     except SIGNATURE_ERRORS as e:
         return lc.SIGNATURE_BAD, info(e)
     except ReadbackMismatch as e:
@@ -182,8 +196,10 @@ def run_checks(ctx, names, reported):
 
 class StatusProgress:
     """Installing progress as a callback every 10 % (the daemon turns it into a status).
-    check(), called for every chunk, may raise to stop the write at once (a superseded job:
-    its worker must not go on writing the slot the next job will write)."""
+    A delta install (format 2) sets `downloaded`; each step then also carries the bytes
+    downloaded so far and the payload size, so operators see the saving. check(), called for
+    every chunk, may raise to stop the write at once (a superseded job: its worker must not go
+    on writing the slot the next job will write)."""
 
     def __init__(self, on_step, check=None):
         self.on_step = on_step
@@ -191,6 +207,7 @@ class StatusProgress:
         self.total = 1
         self.done_bytes = 0
         self.next_step = 10
+        self.downloaded = None  # bytes the delta install fetched so far
 
     def start(self, total, label):
         self.total = max(total, 1)
@@ -203,7 +220,10 @@ class StatusProgress:
         percent = self.done_bytes * 100 // self.total
         if percent >= self.next_step:
             self.next_step = percent // 10 * 10 + 10
-            self.on_step(percent)
+            if self.downloaded is None:
+                self.on_step(percent)
+            else:
+                self.on_step(percent, {"downloaded": self.downloaded, "payload_bytes": self.total})
 
     def done(self):
         pass

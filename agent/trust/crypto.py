@@ -143,6 +143,8 @@ def verify_key(key, sig, data):
             return False  # a root that says ed25519 must not accept an ECDSA key in disguise
     except (ValueError, TypeError, ConfigError):
         return False
+    if public_der(pubkey) != key.public_der:
+        return False  # only the canonical encoding: another one would be a second key id
     return verify(pubkey, sig, data)
 
 

@@ -23,6 +23,7 @@ def config(tmp_path, trial=None):
         "device": {"id": "cp-1", "model": "M", "hardware_revision": "r"},
         "slots": {"A": {"rootfs": "a.img"}, "B": {"rootfs": "b.img"}},
         "bootloader": {"backend": "simulated", "state": "boot.json", "booted": "B"},
+        "state": {"dir": "state"},
         "trial": trial or {},
     }
     (tmp_path / "boot.json").write_text(
@@ -154,7 +155,7 @@ def test_daemon_config_resolves_mqtt_tls_paths_against_the_config_file(tmp_path)
         '[device]\nid = "cp-1"\nmodel = "M"\nhardware_revision = "r"\n'
         '[slots.A]\nrootfs = "a.img"\n[slots.B]\nrootfs = "b.img"\n'
         '[bootloader]\nbackend = "simulated"\nstate = "boot.json"\nbooted = "A"\n'
-        '[trust]\nroot = "root.json"\n'
+        '[trust]\nroot = "root.json"\n[state]\ndir = "state"\n'
         '[mqtt]\nhost = "127.0.0.1"\ntls = { ca_file = "pki/ca.pem", cert_file = "pki/cp.pem", '
         'key_file = "pki/cp.key" }\n'
     )
