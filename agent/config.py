@@ -66,6 +66,23 @@ class Config:
             raise self._error("[%s] must be a table" % name)
         return value
 
+    def options(self, name, defaults):
+        """Section `name` over `defaults`; a key the defaults do not know is a ConfigError
+        (catches typos), and so is a value of another type than its default's."""
+        table = self.section(name)
+        unknown = sorted(set(table) - set(defaults))
+        if unknown:
+            raise self._error("unknown key(s) in [%s]: %s" % (name, ", ".join(unknown)),
+                              hint="known keys: %s" % ", ".join(sorted(defaults)))  # fmt: skip
+        merged = dict(defaults)
+        for key, value in table.items():
+            default = defaults[key]
+            if default is not None and not _same_kind(value, default):
+                raise self._error("[%s] %s must be %s, not %r"
+                                  % (name, key, type(default).__name__, value))  # fmt: skip
+            merged[key] = value
+        return merged
+
     @property
     def slot_names(self):
         return tuple(sorted(self.slots))
@@ -108,6 +125,14 @@ class Config:
                 raise self._error("[slots.%s] must map slot classes to devices" % slot)
             resolved[slot] = dict((cls, self.resolve(dev)) for cls, dev in targets.items())
         return resolved
+
+
+def _same_kind(value, default):
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 def load(path=None):

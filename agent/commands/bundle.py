@@ -69,6 +69,12 @@ def register(subparsers):
     o.add_argument(
         "--mfr-root", help="manufacturer root PEM (default: [trust] manufacturer_root of --config)"
     )
+    o.add_argument(
+        "--rsa-pkcs1v15",
+        action="store_true",
+        help="also accept RSA PKCS#1 v1.5 signatures (what `openssl dgst -sign` makes); "
+        "RSA-PSS and ECDSA are always accepted",
+    )
     o.set_defaults(func=verify_ocpp)
 
 
@@ -238,6 +244,7 @@ def verify_ocpp(args):
         _read_small(args.signature, "signature"),
         _read_small(args.cert, "signing certificate"),
         ocpp.load_roots(root_path),
+        rsa_pkcs1v15=args.rsa_pkcs1v15,
     )
     print("OK %s: sha256 %s, signature and certificate chain verified" % (args.file, digest))
     return 0

@@ -5,6 +5,11 @@ feeds results back as events. One thread owns the journey. Long actions (downloa
 install, checks) run in a worker and post their result to the same queue as MQTT messages,
 so the loop keeps petting the watchdog and answering cancels while they run. Nothing here
 raises out of the loop: a failed action becomes an event with a reason.
+
+Front-ends besides MQTT (EVerest, the local socket API: agent/frontends/ocpp) feed the same
+queue through `submit` and `allow_installation` and see every status through their
+`status(status, info)`; before a reboot the daemon gives them a bounded time to confirm that
+the stack delivered what was reported (`pending()`), so InstallRebooting reaches the CSMS.
 """
 
 import json
@@ -19,11 +24,12 @@ from agent.checks import TrialContext, load_checks
 from agent.checks.alarms import baseline as alarm_baseline
 from agent.control import components as mcu_steps
 from agent.control import steps
+from agent.control.frontends import Frontends, boot_reason
 from agent.control.observation import Observer
 from agent.control.reporting import Reporter
 from agent.core import lifecycle as lc
 from agent.core.errors import Transient, UpdateError
-from agent.core.jobs import parse_job
+from agent.core.jobs import job_from_request, parse_job
 from agent.core.schedule import WAIT_SESSION
 from agent.core.trial import TrialPolicy
 from agent.frontends import channel as ch
@@ -32,6 +38,7 @@ from agent.state.history import History
 from agent.state.journal import Journal
 from agent.state.slotstate import SlotState
 from agent.state.statedir import StateLock
+from agent.trust.manufacturer import ManufacturerRoots
 
 log = logging.getLogger("charger-update")
 
@@ -45,8 +52,15 @@ RECOVER_S = 30  # default [system] retry_after_failure_s: pause after a failed s
 # back. More than one so a power cut during the trial resumes it instead of rolling back a
 # good release; a slot that never brings the agent up still falls back after this many boots.
 TRIAL_ATTEMPTS = 3
+SUBMIT_TIMEOUT_S = 10.0  # a front-end's request waits this long for the loop's answer
 IDLE_WAIT_S = 3600  # nothing due: sleep until an event (or the watchdog) wakes the loop
 MIN_WAIT_S = 0.05  # a due time just passed: look again soon, never spin
+
+
+class Abandoned(Transient):
+    """The step's journey moved on (cancelled or superseded): stop writing."""
+
+    reason = "abandoned"
 
 
 class Daemon:
@@ -54,8 +68,11 @@ class Daemon:
     ChargingStack; trust: agent.trust.store.Trust; system: reboot()/pet()/local_offset_s()
     and watchdog_interval_s (agent/control/system.py)."""
 
-    def __init__(self, cfg, boot, channel, stack, trust, system, clock=time.time, rng=None):
+    def __init__(self, cfg, boot, channel, stack, trust, system, clock=time.time, rng=None,
+                 frontends=()):  # fmt: skip
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
+        self.frontends = Frontends(frontends)
+        self.roots = ManufacturerRoots.from_config(cfg)
         self.trust, self.system, self.clock = trust, system, clock
         self.rng = rng or random.Random()
         trial = cfg.section("trial")
@@ -76,7 +93,7 @@ class Daemon:
         self.busy = False  # a long action runs in a worker
         self.step_id = 0  # results of a worker started for an older step are dropped
         self.worker = None
-        self.header = None  # (job id, signed envelope) fetched by the download step
+        self.fetched = None  # (job id, what the download step learned) for the verify step
         self.pending_resume = True  # the journal's journey is picked up inside the loop
         self.recover_s = float(cfg.section("system").get("retry_after_failure_s", RECOVER_S))
         self.resumed_before = False
@@ -84,6 +101,9 @@ class Daemon:
         self.wake_at = 0
         self.next_pet = 0.0  # time.monotonic() of the next watchdog pet
         self.journey = None
+        # "FirmwareUpdate" when the agent itself rebooted the board into this boot (the
+        # stack's BootNotification reason); None when this boot has another cause.
+        self.boot_reason = boot_reason(self.journal.path)
         self.flash_slot = None  # MCU images to write before the trial checks
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -102,6 +122,7 @@ class Daemon:
         # A (re)connect wakes the loop so the inventory row is published at once.
         self.channel.on_connected = self.wake
         self.channel.start()
+        self.frontends.start(self)
         seen_connections = -1
         while not self.stopping.is_set():
             self._pet_if_due()
@@ -118,6 +139,7 @@ class Daemon:
                 # every reconnect: a broker restarted without persistence lost the retained row.
                 seen_connections = connections
                 self.publish_inventory()
+        self.frontends.stop()
         self.channel.stop()
 
     def step(self):
@@ -269,6 +291,24 @@ class Daemon:
 
     # -- inputs -----------------------------------------------------------------------------
 
+    # -- front-ends (called from their threads) ----------------------------------------------
+
+    def submit(self, request, timeout=SUBMIT_TIMEOUT_S):
+        """A job request from a local front-end, replacing the running job if it may.
+        Returns (answer, detail): "accepted", "accepted-canceled", "rejected" (busy past the
+        slot switch, or a bad request), "ignored" (a job id seen before). The journal holds
+        the job before "accepted" is returned."""
+        reply = queue.Queue()
+        self.events.put(("submit", request, reply))
+        try:
+            return reply.get(timeout=timeout)
+        except queue.Empty:
+            return "rejected", "the agent did not answer within %ss" % timeout
+
+    def allow_installation(self):
+        """The stack allows installing and rebooting (EVerest's allow_firmware_installation)."""
+        self.events.put(("allow",))
+
     def dispatch(self, item):
         kind = item[0]
         if kind == "wake":
@@ -284,6 +324,11 @@ class Daemon:
                 # A failure to handle it was reported too; redelivery would only repeat it.
                 if len(item) > 2 and item[2] is not None:
                     item[2]()
+        elif kind == "submit":
+            item[2].put(self.take_request(item[1]))
+        elif kind == "allow":
+            self.wake_at = 0
+            self.execute(self.journey.allow(self.clock())[1])
         elif item[1] != self.step_id or not self.busy:
             log.info("dropping a %s of an abandoned step", kind)
         elif kind == "result":
@@ -325,6 +370,29 @@ class Daemon:
             self.wake_at = 0  # a wait of the previous journey does not delay this one
         self.execute(actions)
 
+    def take_request(self, request):
+        """(answer, detail) for a front-end's job request; see submit()."""
+        try:
+            job = job_from_request(request, self.cfg.device)
+        except UpdateError as e:
+            return "rejected", e.message
+        booted = self.boot.booted_slot()
+        before, old_state = self.journey.job, self.journey.state
+        actions = self.journey.supersede(
+            job, self.clock(), booted, self.boot.other_slot(booted), self.rng.random()
+        )[1]
+        if self.journey.job is not job:
+            self.execute(actions)
+            refused = [a for a in actions if a[0] in ("reject", "ignore")]
+            answer = "ignored" if refused and refused[0][0] == "ignore" else "rejected"
+            return answer, refused[0][2] if refused else "not taken"
+        cancelled = before is not None and not lc.is_terminal(old_state) and old_state != lc.IDLE
+        if cancelled:
+            self._abandon_step()  # the old job's download or install is moot now
+        self.wake_at = 0
+        self.execute(actions)  # saves the journal before the answer goes out
+        return ("accepted-canceled" if cancelled else "accepted"), job.id
+
     def tick(self):
         state = self.journey.state
         if state == lc.IDLE:
@@ -340,7 +408,10 @@ class Daemon:
             return
         if self.clock() < self.wake_at:
             return
-        active = state in (lc.INSTALL_SCHEDULED, lc.INSTALLED) and self._session_active()
+        waits = state in (lc.INSTALL_SCHEDULED, lc.INSTALLED) or (
+            state == lc.DOWNLOAD_SCHEDULED and self.journey.job.download_waits_for_sessions
+        )
+        active = waits and self._session_active()
         self.execute(self.journey.tick(self.clock(), self.system.local_offset_s(), active)[1])
 
     def observe(self):
@@ -409,8 +480,23 @@ class Daemon:
             self.boot.mark_bad(slot)
             self.slots.mark(slot, "bad")
 
+    def do_block_sessions(self):
+        self._availability(False)
+
+    def do_release_sessions(self):
+        self._availability(True)
+
+    def _availability(self, available):
+        try:
+            reply = self.stack.request("set_availability", available=available)
+            if not reply.get("ok"):
+                log.warning("charging stack refused set_availability %s: %s", available, reply)
+        except UpdateError as e:
+            log.warning("charging stack unreachable for set_availability %s: %s", available, e)
+
     def do_reboot(self):
         self.rebooting = True
+        self.frontends.await_delivery(self.clock, self.system.pet, self.stopping)
         log.info("rebooting")
         self.channel.stop()
         if not self.system.reboot():
@@ -464,6 +550,9 @@ class Daemon:
     def _work(self, fn, failure_event):
         """Run fn in a worker; it posts exactly one result tagged with this step's id. A bug
         in fn becomes `failure_event` (the failure that fits the step), never a dead loop."""
+        if self._worker_alive() and self.worker.name == "install":
+            # An abandoned install stops at its next chunk: never two writers on one slot.
+            self.worker.join(2.0)
         self.step_id += 1
         step_id, self.busy = self.step_id, True
 
@@ -481,39 +570,41 @@ class Daemon:
                     result = ("checks", dict((n, (False, problem)) for n in names))
             self.events.put((result[0], step_id) + tuple(result[1:]))
 
-        self.worker = threading.Thread(target=run, daemon=True)
+        self.worker = threading.Thread(target=run, name=fn.__name__.strip("_"), daemon=True)
         self.worker.start()
 
     def _download(self):
         job = self.journey.job
-        event, info, envelope = steps.download(job.url, self.cfg)
-        self.header = (job.id, envelope)
+        event, info, learned = steps.fetch(job, self.cfg)
+        self.fetched = (job.id, learned)
         return ("result", event, info)
 
     def _verify(self):
         job = self.journey.job
-        envelope = self.header[1] if self.header and self.header[0] == job.id else None
-        return ("result",) + steps.verify(
-            envelope, job.url, self.cfg, self.trust, self.clock(), self.slots
-        )
+        learned = self.fetched[1] if self.fetched and self.fetched[0] == job.id else None
+        return ("result",) + steps.check(job, learned, self.cfg, self.trust, self.roots,
+                                         self.clock(), self.slots)  # fmt: skip
 
     def _install(self):
-        job = self.journey.job
-        progress = steps.StatusProgress(
-            lambda percent, sizes=None: self.report(
-                "Installing",
-                dict(sizes or {}, job_id=job.id, version=job.version, progress=percent),
-            )
-        )  # fmt: skip
-        return ("result",) + steps.install(
-            job.url, self.cfg, self.boot, self.trust, self.clock(), progress
-        )
+        job, step_id = self.journey.job, self.step_id
+
+        def on_step(percent, sizes=None):
+            info = dict(sizes or {}, job_id=job.id, version=job.version, progress=percent)
+            self.report("Installing", info)
+
+        def check():
+            if step_id != self.step_id:  # superseded: stop writing at this chunk
+                raise Abandoned("install of job %s abandoned" % job.id)
+
+        progress = steps.StatusProgress(on_step, check)
+        return ("result",) + steps.write(job, self.cfg, self.boot, self.trust, self.roots,
+                                         self.clock(), progress)  # fmt: skip
 
     def _run_checks(self):
         data, job = self.journey.data, self.journey.job
         ctx = TrialContext(self.cfg, self.channel, self.stack, data.get("baseline"), self.clock,
                            data.get("trial_started_at"), self._wait,
-                           data.get("agent_restarts", 0))  # fmt: skip
+                           data.get("agent_restarts", 0), self.frontends.csms_links())  # fmt: skip
 
         def reported(name, passed, evidence):
             info = {"job_id": job.id, "version": job.version, "check": name, "passed": passed,
@@ -547,6 +638,7 @@ class Daemon:
 
     def report(self, status, info):
         self.reporter.status(status, info)
+        self.frontends.status(status, info)
 
     def publish_health(self, phase, results, verdict):
         job = self.journey.job

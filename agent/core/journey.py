@@ -20,6 +20,8 @@ Actions are tuples the daemon executes in order:
   ("wait", until_epoch, why)         nothing to do before then (or before news)
   ("ignore", job_id, reason)         duplicate/replayed job or stray cancel: log only
   ("reject", job_id, reason)         tell the operator the job was refused
+  ("block_sessions",) ("release_sessions",)   connectors refuse / take new charging
+                                     sessions again (only jobs with block_new_sessions)
 The daemon feeds back result events with `handle` and clock ticks with `tick`.
 
 Runs on MicroPython: plain classes, tuples and dicts, no reliance on dict order.
@@ -42,6 +44,7 @@ DEFAULT_CHECKS = ("alarms", "charging-session", "communication")
 REPORTED = ("reason", "check", "evidence", "cause")  # why a journey failed, in its final status
 ENV_LOST = "the boot environment lost the trial (new slot has attempts left); trying again"
 ENV_LOSSES = 2  # times a lost trial is tried again before the journey gives up
+WAIT_ALLOW = "installation-allowed"  # a hold_until_allowed job waits for allow()
 
 
 def backoff_s(attempt):
@@ -116,6 +119,32 @@ class Journey:
         actions += self._go(lc.JOB_ACCEPTED, now)
         return self.state, actions
 
+    def supersede(self, job, now, booted_slot, inactive_slot, rng_value):
+        """A new job that replaces the running one while its slot switch has not happened
+        (OCPP's AcceptedCanceled); with nothing running it is a plain offer. After the
+        switch the new job is rejected and the running one carries on."""
+        if self.job is None or self.state == lc.IDLE or lc.is_terminal(self.state):
+            return self.offer(job, now, booted_slot, inactive_slot, rng_value)
+        if self.memory.seen(job.id):
+            return self.state, [("ignore", job.id, "duplicate or replayed job id")]
+        if lc.SUPERSEDE not in lc.events_from(self.state):
+            busy = "cannot replace job %s (%s): the slot switch has happened" % (
+                self.job.id,
+                lc.status_of(self.state),
+            )
+            return self.state, [("reject", job.id, busy)]
+        info = {"reason": "cancelled", "evidence": "superseded by job %s" % job.id}
+        actions = self._go(lc.SUPERSEDE, now, info)
+        state, more = self.offer(job, now, booted_slot, inactive_slot, rng_value)
+        return state, actions + more
+
+    def allow(self, now):
+        """The front-end allows installing and rebooting (hold_until_allowed jobs)."""
+        if self.job is None or lc.is_terminal(self.state) or self.data.get("allowed"):
+            return self.state, []
+        self.data["allowed"] = True
+        return self.state, [("save_journal",)]
+
     def cancel(self, job_id, now):
         if self.job is None or self.job.id != job_id or lc.is_terminal(self.state):
             return self.state, [("ignore", job_id, "no such job in progress")]
@@ -133,7 +162,10 @@ class Journey:
         if event in (lc.DOWNLOAD_ERROR, lc.INSTALL_ERROR) and transient:
             if self.data.get("attempts", 0) < self.job.retries:
                 self.data["attempts"] = self.data.get("attempts", 0) + 1
-                self.data["retry_at"] = now + backoff_s(self.data["attempts"])
+                interval = self.job.retry_interval_s
+                if interval is None:
+                    interval = backoff_s(self.data["attempts"])
+                self.data["retry_at"] = now + interval
                 event = lc.RETRY
         return self._after(self._go(event, now, info))
 
@@ -144,7 +176,7 @@ class Journey:
     def tick(self, now, local_offset_s, session_active):
         """Move on when the schedule allows; otherwise a ("wait", until, why) action."""
         if self.state == lc.DOWNLOAD_SCHEDULED:
-            return self._tick_download(now)
+            return self._tick_download(now, session_active)
         if self.state in (lc.INSTALL_SCHEDULED, lc.INSTALLED):
             return self._tick_install(now, local_offset_s, session_active)
         if self.state == lc.TRIAL:
@@ -222,10 +254,11 @@ class Journey:
             if booted_new:  # the switch back had not happened yet
                 return self.state, [("mark_bad", new), ("reboot",)]
             restore = ("restore_components", old)
-            return self.state, [("mark_bad", new), restore, self._report(), ("cleanup",)]
+            tail = [self._report(), ("cleanup",)]
+            return self.state, [("mark_bad", new), restore] + self._release() + tail
         if saved == lc.COMMITTED:
             good = [("confirm_components", new), ("mark_good", new)] if booted_new else []
-            return self.state, good + [self._report()]
+            return self.state, good + self._release() + [self._report()]
         if lc.is_terminal(saved):
             return self.state, self._enter_failure(saved)
         self.state = lc.resume_state(saved)
@@ -267,11 +300,12 @@ class Journey:
         self.data["results"] = {}
         # MCU images the new slot's release brings are written (again) before any check.
         checks = [("flash_components", self.data.get("new_slot")), ("run_checks",)]
+        release = self._release()  # connectors blocked for the install are free again
         if reset is None or reset == resets.AGENT_RESTART:
             if reset is None:
-                return self.state, [self._report()] + checks
+                return self.state, release + [self._report()] + checks
             self.data["agent_restarts"] = self.data.get("agent_restarts", 0) + 1
-            return self.state, [("save_journal",), self._report()] + checks
+            return self.state, release + [("save_journal",), self._report()] + checks
         seen = list(self.data.get("trial_resets") or []) + [reset]
         self.data["trial_resets"] = seen
         evidence = {"reset": reset, "resets": seen, "attempts_left": self.data.get("attempts_left")}
@@ -281,7 +315,8 @@ class Journey:
             return self._after(self._go(lc.CRASHED, now, info))
         why = "a power loss" if reset == resets.POWER_ON else "a reset (%s)" % reset
         info = {"reason": "trial resumed after %s" % why, "evidence": evidence}
-        return self._after(self._go(lc.POWER_LOST, now, info))
+        state, actions = self._after(self._go(lc.POWER_LOST, now, info))
+        return state, release + actions
 
     # --- internals -----------------------------------------------------------------------
 
@@ -320,8 +355,16 @@ class Journey:
                     ("run_checks",)]  # fmt: skip
         if event == lc.SESSION_ACTIVE and not self.data.get("deferred"):
             self.data["deferred"] = True
-            return [("save_journal",), self._report({"reason": "charging session active"})]
+            report = self._report({"reason": "charging session active"})
+            return [("save_journal",)] + self._block() + [report]
         return []
+
+    def _block(self):
+        return [("block_sessions",)] if self.job is not None and self.job.block_new_sessions else []
+
+    def _release(self):
+        job = self.job
+        return [("release_sessions",)] if job is not None and job.block_new_sessions else []
 
     def _enter(self, state, now, resumed=False):
         """The actions on entering `state`, in the order the daemon must run them."""
@@ -340,11 +383,13 @@ class Journey:
             return [report]
         if state == lc.INSTALL_SCHEDULED:
             if self.data.get("retry_at") and not resumed:
-                return [save, ("mark_bad", new), self._report({"reason": self._retry_reason()})]
-            return [save, report]
+                reason = self._report({"reason": self._retry_reason()})
+                return [save, ("mark_bad", new)] + self._block() + [reason]
+            return [save] + self._block() + [report]
         if state == lc.INSTALLING:
             # Invalidate the inactive slot before the first byte is written (as rauc does):
             # it may still be marked good from an older release.
+            self.data["slot_touched"] = True
             return [("record_baseline",), save, ("mark_bad", new), report, ("install", new)]
         if state == lc.INSTALLED:
             return [save, report]
@@ -353,25 +398,29 @@ class Journey:
         if state == lc.TRIAL:
             self.data["trial_started_at"] = now
             self.data["results"] = {}
-            return [save, report, ("flash_components", new), ("run_checks",)]
+            return [save] + self._release() + [report, ("flash_components", new), ("run_checks",)]
         if state == lc.COMMITTED:
             self.data["committed_at"] = now
-            return [("confirm_components", new), ("mark_good", new), save, report, ("cleanup",)]
+            good = [("confirm_components", new), ("mark_good", new), save]
+            return good + self._release() + [report, ("cleanup",)]
         return self._enter_failure(state)
 
     def _enter_failure(self, state):
         new = self.data.get("new_slot")
-        save, report = ("save_journal",), self._report()
+        save, report, release = ("save_journal",), self._report(), self._release()
         if state == lc.ROLLED_BACK:
             if self.data.get("fell_back"):  # the bootloader already switched back
                 restore = ("restore_components", self.data.get("old_slot"))
-                return [save, ("mark_bad", new), restore, report, ("cleanup",)]
+                return [save, ("mark_bad", new), restore] + release + [report, ("cleanup",)]
             # Reported once back on the old slot (resume), by the firmware that is running.
             return [save, ("mark_bad", new), ("reboot",)]
-        if state in (lc.INSTALLATION_FAILED, lc.INSTALL_VERIFICATION_FAILED, lc.INVALID_SIGNATURE):
+        touched = state == lc.CANCELLED and self.data.get("slot_touched")
+        if touched or state in (
+            lc.INSTALLATION_FAILED, lc.INSTALL_VERIFICATION_FAILED, lc.INVALID_SIGNATURE
+        ):  # fmt: skip
             # The inactive slot may hold part of an image: never leave it bootable.
-            return [save, ("mark_bad", new), report, ("cleanup",)]
-        return [save, report, ("cleanup",)]
+            return [save, ("mark_bad", new)] + release + [report, ("cleanup",)]
+        return [save] + release + [report, ("cleanup",)]
 
     def _report_paused_or_scheduled(self, resumed):
         if self.data.get("retry_at") and not resumed:
@@ -417,18 +466,24 @@ class Journey:
             job.checks or self.trial_policy.required_checks,
         )
 
-    def _tick_download(self, now):
+    def _tick_download(self, now, session_active):
         if now < (self.data.get("retry_at") or 0):
             return self.state, [("wait", self.data["retry_at"], "retry")]
         answer = schedule.decide(
             now, 0, self.job, False, self.data.get("rng"), schedule.DOWNLOAD,
             self.data.get("accepted_at") or 0,
         )  # fmt: skip
+        if answer[0] == "go" and session_active and self.job.download_waits_for_sessions:
+            answer = ("wait", now + schedule.SESSION_RECHECK_S, schedule.WAIT_SESSION)
         return self._apply(answer, now)
 
     def _tick_install(self, now, local_offset_s, session_active):
         if self.state == lc.INSTALL_SCHEDULED and now < (self.data.get("retry_at") or 0):
             return self.state, [("wait", self.data["retry_at"], "retry")]
+        # Writing the inactive slot disturbs no session; for such jobs only the reboot waits.
+        writing = self.state == lc.INSTALL_SCHEDULED and self.job.write_during_sessions
+        if writing:
+            session_active = False
         answer = schedule.decide(
             now, local_offset_s, self.job, session_active, self.data.get("rng")
         )
@@ -437,6 +492,9 @@ class Journey:
             answer = ("wait", now + schedule.SESSION_RECHECK_S, schedule.WAIT_SESSION)
             if not session_active:
                 answer = ("go",)
+        held = self.job.hold_until_allowed and not self.data.get("allowed") and not writing
+        if answer[0] == "go" and held:
+            return self.state, [("wait", now + schedule.SESSION_RECHECK_S, WAIT_ALLOW)]
         return self._apply(answer, now)
 
     def _apply(self, answer, now):

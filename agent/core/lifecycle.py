@@ -80,6 +80,7 @@ POWER_LOST = "power-lost"  # a power loss (or a reset of unknown cause) interrup
 CRASHED = "crashed"  # a watchdog or panic reset of the new slot interrupted the trial
 BOOT_ENV_LOST = "boot-env-lost"  # back on the old slot, yet the new one has attempts left
 CANCEL = "cancel"
+SUPERSEDE = "supersede"  # a new job replaces this one (allowed until the slot switch)
 DONE = "done"  # nothing more to do in this state: move on
 
 EVENTS = (
@@ -103,6 +104,7 @@ EVENTS = (
     CRASHED,
     BOOT_ENV_LOST,
     CANCEL,
+    SUPERSEDE,
     DONE,
 )
 
@@ -112,6 +114,7 @@ TRANSITIONS = (
     (IDLE,               JOB_ACCEPTED,      DOWNLOAD_SCHEDULED),
     (DOWNLOAD_SCHEDULED, TIME_REACHED,      DOWNLOADING),
     (DOWNLOAD_SCHEDULED, WINDOW_EXPIRED,    DOWNLOAD_FAILED),
+    (DOWNLOAD_SCHEDULED, SESSION_ACTIVE,    DOWNLOAD_SCHEDULED),  # job waits for no session
     (DOWNLOAD_SCHEDULED, CANCEL,            CANCELLED),
     (DOWNLOADING,        DOWNLOAD_OK,       DOWNLOADED),
     (DOWNLOADING,        RETRY,             DOWNLOAD_SCHEDULED),
@@ -151,6 +154,14 @@ TRANSITIONS = (
     (INSTALLATION_FAILED, DONE,             IDLE),
     (INSTALL_VERIFICATION_FAILED, DONE,     IDLE),
     (CANCELLED,          DONE,              IDLE),
+    # A new job replaces the running one until the inactive slot is handed to the bootloader.
+    (DOWNLOAD_SCHEDULED, SUPERSEDE,         CANCELLED),
+    (DOWNLOADING,        SUPERSEDE,         CANCELLED),
+    (DOWNLOADED,         SUPERSEDE,         CANCELLED),
+    (SIGNATURE_VERIFIED, SUPERSEDE,         CANCELLED),
+    (INSTALL_SCHEDULED,  SUPERSEDE,         CANCELLED),
+    (INSTALLING,         SUPERSEDE,         CANCELLED),
+    (INSTALLED,          SUPERSEDE,         CANCELLED),
 )
 
 # State saved before a power cut -> state to continue in. REBOOTING and INSTALLED are settled

@@ -181,6 +181,11 @@ class ChannelBase:
             self._handlers.append((topic_filter, handler, qos, manual_ack))
         self._transport_subscribe(topic_filter, qos)
 
+    def subscribe_raw(self, topic_filter, handler, qos=1):
+        """handler(topic, payload_bytes) for an absolute filter, without the JSON-object rule:
+        for peers whose payloads are JSON strings, numbers or empty (EVerest's API)."""
+        self.subscribe_filter(topic_filter, _Raw(handler), qos)
+
     def _transport_subscribe(self, topic_filter, qos):
         raise NotImplementedError
 
@@ -191,6 +196,18 @@ class ChannelBase:
         unless a manual_ack handler took it over; a message that cannot be decoded is
         acknowledged at once (a redelivery would be refused the same way)."""
         ack = Ack(ack)
+        with self._lock:
+            raw_handlers = [h for f, h, _, _ in self._handlers
+                            if isinstance(h, _Raw) and topic_matches(f, topic)]  # fmt: skip
+        if raw_handlers:
+            for handler in raw_handlers:
+                try:
+                    handler(topic, bytes(raw))
+                except Exception as exc:  # a handler bug must not kill the network thread
+                    log.exception("handler for %s failed", topic)
+                    self._report(topic, HANDLER_FAILED, "%s: %s" % (type(exc).__name__, exc))
+            ack()
+            return
         try:
             payload = decode_payload(raw, self.settings["max_message_bytes"])
         except MessageError as exc:
@@ -269,6 +286,16 @@ class ChannelBase:
         finally:
             with self._lock:
                 self._pongs.pop(nonce, None)
+
+
+class _Raw:
+    """Marks a handler that takes the payload as bytes (ChannelBase.subscribe_raw)."""
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def __call__(self, topic, raw):
+        return self.handler(topic, raw)
 
 
 class FakeChannel(ChannelBase):

@@ -11,6 +11,7 @@ import os
 import re
 import ssl
 import threading
+import time
 
 CHUNK = 256 * 1024
 
@@ -44,7 +45,7 @@ class FileServer(http.server.ThreadingHTTPServer):
         self.files = files  # url path -> bytes or a filesystem path
         self.ssl_context = ssl_context
         self.faults = Faults()
-        self.requests = []  # dicts: path, range, if_range, status
+        self.requests = []  # dicts: path, range, if_range, at (monotonic), status
         self.body_bytes = 0  # bytes of response bodies sent (what the link carried)
         self.lock = threading.Lock()
         self.thread = None
@@ -107,6 +108,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "path": self.path,
             "range": self.headers.get("Range"),
             "if_range": self.headers.get("If-Range"),
+            "at": time.monotonic(),
         }
         with srv.lock:
             srv.requests.append(record)

@@ -13,7 +13,7 @@ Imports only agent.core and json, so it runs under MicroPython too.
 import json
 
 from agent.core import lifecycle as lc
-from agent.core.jobs import JobMemory, parse_job
+from agent.core.jobs import JobMemory, job_from_request, parse_job
 from agent.core.journey import Journey
 from agent.core.trial import TrialPolicy
 
@@ -128,6 +128,7 @@ class Rig:
         self.reports = []
         self.done = []  # action names in execution order
         self.restarts = 0
+        self.sessions_blocked = False  # block_sessions / release_sessions (front-end jobs)
         self.policy = TrialPolicy(600, ["alarms", "charging-session", "communication"])
         self.journey = Journey(JobMemory(), self.policy)
         self.states = list(self.journey.trace)
@@ -135,18 +136,31 @@ class Rig:
 
     # --- driving ---------------------------------------------------------------------------
 
-    def deliver(self, doc):
+    def deliver(self, doc, replace=False):
+        """An MQTT job; a front-end request (engine options allowed) when `replace` is set
+        or the doc carries them, offered with supersede() when `replace`."""
         self.last_doc = doc
-        job = parse_job(json.dumps(doc).encode(), DEVICE)
+        extended = replace or _extended(doc)
+        if extended:
+            job = job_from_request(doc, DEVICE)
+        else:
+            job = parse_job(json.dumps(doc).encode(), DEVICE)
         slot = self.board.booted
-        result = self.journey.offer(job, self.now, slot, self.board.other(slot), 0.5)
+        offer = self.journey.supersede if replace else self.journey.offer
+        result = offer(job, self.now, slot, self.board.other(slot), 0.5)
         self._take(result)
         return result[1]
 
+    def _reached(self, until):
+        if callable(until):
+            return until(self)
+        return bool(self.journal) and json.loads(self.journal)["state"] == until
+
     def run(self, max_steps=400, until=None):
-        """Execute actions until the journey settles (or the journal says `until`)."""
+        """Execute until the journey settles, or until `until` holds before a step: a
+        callable until(rig), or a state name the journal must hold."""
         for _ in range(max_steps):
-            if until is not None and self.journal and json.loads(self.journal)["state"] == until:
+            if until is not None and self._reached(until):
                 return self
             if not self.queue:
                 if self.journey.state == lc.IDLE or lc.is_terminal(self.journey.state):
@@ -251,6 +265,8 @@ class Rig:
             raise PowerCut("reboot")
         elif name == "record_baseline":
             self.journey.set_baseline({"codes": [], "rate_per_hour": 0.0})
+        elif name in ("block_sessions", "release_sessions"):
+            self.sessions_blocked = name == "block_sessions"
         else:
             self._execute_step(action)
 
@@ -296,7 +312,7 @@ class Rig:
             self._take(self.journey.check_results(self._results(), self.now))
         elif name in ("flash_components", "restore_components"):
             self.board.mcu = action[1]
-        elif name not in ("cleanup", "confirm_components"):
+        elif name not in ("cleanup", "confirm_components", "reject", "ignore"):
             raise AssertionError("unknown action %r" % (action,))
 
     def _results(self):
@@ -314,6 +330,14 @@ class Rig:
         if kind == "session":
             results["charging-session"] = (False, "EV session delivered 0 Wh")
         return results
+
+
+def _extended(doc):
+    for name in ("signature", "retry_interval_s", "hold_until_allowed", "block_new_sessions",
+                 "download_waits_for_sessions", "write_during_sessions"):  # fmt: skip
+        if name in doc:
+            return True
+    return False
 
 
 def job(job_id="job-1", version="2.0", **extra):
