@@ -30,6 +30,11 @@ class Harness:
 
     # A console line the board prints once per boot (scenarios count boots with it).
     boot_banner = r"U-Boot \d"
+    # Requests for the bundle in a good update: the Linux agent asks for the signed header
+    # (one bounded Range request), then streams a format-1 bundle in one request (its
+    # install knows the format from the verified manifest, docs/transfer.md). A board
+    # whose agent fetches otherwise says so here.
+    bundle_requests_per_install = 2
 
     def __init__(self, workdir, device_id, listen="127.0.0.1", ports=None, tls=False,
                  link_rate=0, on_status=None):  # fmt: skip

@@ -597,8 +597,9 @@ class Daemon:
                 raise Abandoned("install of job %s abandoned" % job.id)
 
         progress = steps.StatusProgress(on_step, check)
+        learned = self.fetched[1] if self.fetched and self.fetched[0] == job.id else None
         return ("result",) + steps.write(job, self.cfg, self.boot, self.trust, self.roots,
-                                         self.clock(), progress)  # fmt: skip
+                                         self.clock(), progress, learned)  # fmt: skip
 
     def _run_checks(self):
         data, job = self.journey.data, self.journey.job

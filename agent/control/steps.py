@@ -2,8 +2,10 @@
 journey event its outcome means (agent/core/lifecycle.py) and never raises for a failure
 of the update itself, so the daemon only has to post the result.
 
-Streaming install: `download` fetches and parses the signed header only, `verify` checks
-signatures and device policy, `install` streams the payloads into the inactive slot.
+Streaming install: `download` fetches and parses the signed header only (by a bounded Range
+request, so no payload byte crosses the link for it), `verify` checks signatures and device
+policy, `install` streams the payloads into the inactive slot (format 1, as the manifest
+verified before says, at once; format 2 by ranges, agent/transfer/delta.py).
 
 A job with a detached signature (OCPP: signature + signing certificate over the whole file)
 streams the whole file in `download` to hash it, `verify` checks the certificate against the
@@ -15,7 +17,6 @@ before INSTALL_OK, so the slot handed to the bootloader holds exactly the signed
 
 import logging
 
-from agent.bundle.reader import open_bundle
 from agent.checks import CheckFailed, load_checks
 from agent.core import lifecycle as lc
 from agent.core.errors import (
@@ -28,7 +29,8 @@ from agent.core.errors import (
     UnknownKey,
     UpdateError,
 )
-from agent.transfer import installer, wholefile
+from agent.core.manifest import parse_manifest
+from agent.transfer import delta, installer, wholefile
 from agent.transfer.fetch import open_source
 from agent.trust.manufacturer import CertificateProblem
 
@@ -46,8 +48,7 @@ def info(error):
 def download(url, cfg):
     """(event, info, envelope): the signed header, kept by the daemon for `verify`."""
     try:
-        with open_source(url, cfg.download) as source:
-            _, envelope = open_bundle(source.read)
+        _, envelope = delta.read_envelope(url, cfg.download)
         return lc.DOWNLOAD_OK, {}, envelope
     except UpdateError as e:
         return lc.DOWNLOAD_ERROR, info(e), None
@@ -59,10 +60,8 @@ def verify(envelope, url, cfg, trust, now, slots=None):
     (its floor is the anti-rollback bound)."""
     try:
         if envelope is None:
-            with open_source(url, cfg.download) as source:
-                installer.read_manifest(source, trust, cfg, now, slots)
-        else:
-            installer.check_envelope(envelope, trust, cfg, now, slots)
+            _, envelope = delta.read_envelope(url, cfg.download)
+        installer.check_envelope(envelope, trust, cfg, now, slots)
         return lc.SIGNATURE_OK, {}
     except LOCAL_ERRORS:
         raise
@@ -72,9 +71,12 @@ def verify(envelope, url, cfg, trust, now, slots=None):
         return lc.DOWNLOAD_ERROR, info(e)
 
 
-def install(url, cfg, boot, trust, now, progress):
+def install(url, cfg, boot, trust, now, progress, envelope=None):
+    """envelope: the one the download step read (None after a restart): its manifest's
+    format spares a format-1 install the Range request for the bundle's head."""
     try:
-        installer.install(url, cfg, boot, trust, now=now, progress_factory=progress.start)
+        installer.install(url, cfg, boot, trust, now=now, progress_factory=progress.start,
+                          bundle_format=_format(envelope))  # fmt: skip
         return lc.INSTALL_OK, {}
     except LOCAL_ERRORS:
         raise
@@ -101,11 +103,21 @@ def check(job, learned, cfg, trust, roots, now, slots=None):
     return verify(learned, job.url, cfg, trust, now, slots)
 
 
-def write(job, cfg, boot, trust, roots, now, progress):
-    """The install step for `job`."""
+def write(job, cfg, boot, trust, roots, now, progress, learned=None):
+    """The install step for `job`, given what fetch() learned (None after a restart)."""
     if job.signature is not None:
         return install_whole(job, cfg, boot, trust, roots, now, progress)
-    return install(job.url, cfg, boot, trust, now, progress)
+    return install(job.url, cfg, boot, trust, now, progress, learned)
+
+
+def _format(envelope):
+    """The bundle format the (already verified) manifest in `envelope` names, or None."""
+    if envelope is None:
+        return None
+    try:
+        return parse_manifest(envelope.payload).format
+    except UpdateError:
+        return None
 
 
 def download_whole(job, cfg):

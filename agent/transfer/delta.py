@@ -6,18 +6,20 @@ order: nothing is written before the signatures, the device policy, the bundle's
 length and the room in every slot were checked, the slot is marked not bootable before its
 first byte, and recorded as installed only after every payload was rebuilt block by checked
 block, fsynced and read back with its signed sha256. A format-1 bundle, or a server that
-ignores Range, returns None before anything was written: the caller streams the whole
-bundle as before.
+ignores Range, returns StreamInstead before anything was written: the caller streams the
+whole bundle as before, on from what the first request brought (one request of its own,
+none at all from a server that answered the first with the whole file).
 """
 
 from agent.bundle import chunked
 from agent.bundle import format as fmt
+from agent.bundle.reader import read_exact
 from agent.core.envelope import MANIFEST_TYPE, parse_envelope
 from agent.core.errors import PayloadMismatch, Truncated
 from agent.state.slotstate import SlotState
 from agent.transfer import adaptive
 from agent.transfer import slots as slotio
-from agent.transfer.ranges import RangesUnsupported, open_ranges
+from agent.transfer.ranges import HEAD_BYTES, RangesUnsupported, open_ranges
 
 
 class Head:
@@ -34,22 +36,66 @@ def _read(ranges, start, length):
     return b"".join(data for _, data in ranges.read_ranges([(start, length)]))
 
 
+class _Start:
+    """The bundle's first bytes, grown on demand: the first request brought HEAD_BYTES,
+    `upto(end)` fetches only what is still missing before `end` (in one request)."""
+
+    def __init__(self, ranges):
+        self.ranges = ranges
+        self.data = ranges.read_start(HEAD_BYTES)
+
+    def upto(self, end):
+        if len(self.data) < end:
+            self.data += _read(self.ranges, len(self.data), end - len(self.data))
+        return self.data
+
+    def header(self):
+        header = self.upto(fmt.HEADER_SIZE)[: fmt.HEADER_SIZE]
+        return header, fmt.parse_header(header)
+
+
 def read_head(ranges, check):
-    """The head of a format-2 bundle, or None for format 1. `check(envelope)` returns the
-    manifest if its signatures and this board's policy accept it (or raises)."""
-    header = _read(ranges, 0, fmt.HEADER_SIZE)
-    length = fmt.parse_header(header)
+    """The head of a format-2 bundle, or None for format 1 (`ranges.stream()` then reads it
+    on from where the first request stopped). `check(envelope)` returns the manifest if its
+    signatures and this board's policy accept it (or raises)."""
+    start = _Start(ranges)
+    header, length = start.header()
     if fmt.header_format(header) != 2:
         return None
-    envelope = parse_envelope(_read(ranges, fmt.HEADER_SIZE, length), MANIFEST_TYPE)
+    end = fmt.HEADER_SIZE + length
+    envelope = parse_envelope(start.upto(end)[fmt.HEADER_SIZE : end], MANIFEST_TYPE)
     manifest = check(envelope)
     fmt.check_format(header, manifest)
     _check_size(ranges.total, fmt.bundle_size(length, manifest))
+    head = fmt.HEADER_SIZE + length + fmt.index_bytes(manifest)
+    data = start.upto(head)  # every index in one request
     indexes = {}
     for payload, offset in fmt.index_offsets(length, manifest):
-        stored = _read(ranges, offset, payload.index["size"])
+        stored = data[offset : offset + payload.index["size"]]
         indexes[payload.name] = chunked.read_index(stored, payload)
-    return Head(manifest, envelope, indexes, fmt.HEADER_SIZE + length + fmt.index_bytes(manifest))
+    return Head(manifest, envelope, indexes, head)
+
+
+def read_envelope(location, settings):
+    """(bundle format, envelope), unverified, for the daemon's download step: the header and
+    envelope only (one bounded Range request, two for an envelope longer than HEAD_BYTES),
+    so no payload byte crosses the link; from a server without Range support, the start of
+    its whole-file answer, which is then dropped."""
+    ranges = open_ranges(location, settings)
+    try:
+        try:
+            start = _Start(ranges)
+        except RangesUnsupported:
+            source = ranges.stream()
+            header = read_exact(source.read, fmt.HEADER_SIZE, "header")
+            length = fmt.parse_header(header)
+            raw = read_exact(source.read, length, "signature envelope")
+        else:
+            header, length = start.header()
+            raw = start.upto(fmt.HEADER_SIZE + length)[fmt.HEADER_SIZE :][:length]
+        return fmt.header_format(header), parse_envelope(raw, MANIFEST_TYPE)
+    finally:
+        ranges.close()
 
 
 def _check_size(actual, signed):
@@ -115,26 +161,38 @@ def boot_other(cfg, booted):
     return [s for s in cfg.slots if s != booted][0]
 
 
+class StreamInstead:
+    """A format-1 bundle, or a server without Range support: nothing was written, stream
+    the whole bundle. `source` reads it from its first byte without asking again for what
+    the first request brought (None for a file: open it as a stream)."""
+
+    def __init__(self, source):
+        self.source = source
+
+
 def install(location, cfg, boot, check, progress_factory=None, readback=True, prepare=None,
             finish=None, state=None):  # fmt: skip
-    """Install by ranges; returns (slot, manifest, counters) or None (format 1, or a server
-    without Range support: nothing was written, stream the bundle instead).
+    """Install by ranges; returns (slot, manifest, counters), or StreamInstead.
     prepare(manifest, slot) -> [(payload, SlotTarget)] checks what the installer checks
     before writing (components, space); finish(slot, manifest) runs before the slot is
     recorded as installed. state: the board's SlotState (default: the state dir's)."""
     ranges = open_ranges(location, cfg.download)
+    handed_over = False
     try:
         try:
             head = read_head(ranges, check)
         except RangesUnsupported:
-            return None
+            head = None
         if head is None:
-            return None
+            stream = ranges.stream()
+            handed_over = stream is not None
+            return StreamInstead(stream)
         state = state or SlotState(cfg.state_dir, boot)
         return _install(head, ranges, cfg, boot, progress_factory, readback, prepare, finish,
                         state)  # fmt: skip
     finally:
-        ranges.close()
+        if not handed_over:
+            ranges.close()
 
 
 def _install(head, ranges, cfg, boot, progress_factory, readback, prepare, finish, state):

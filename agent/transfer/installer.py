@@ -63,28 +63,33 @@ def plan(manifest, cfg, slot):
     return steps
 
 
-def install(
-    location, cfg, boot, trust, now=None, progress_factory=None, source_opener=None, readback=True
-):
+def install(location, cfg, boot, trust, now=None, progress_factory=None, source_opener=None,
+            readback=True, bundle_format=None):  # fmt: skip
     """Verify the bundle at `location` and stream it into the slot that is not booted.
 
     boot: a BootControl; trust: agent.trust.store.Trust. Returns Installed(slot, manifest).
     progress_factory(total_bytes, label) -> object with update(n)/done(), or None.
     readback=False skips the read-back check; only the benchmark uses it, to show its cost.
+    bundle_format: what a signed manifest read before said (the daemon's download step);
+    1 streams at once instead of asking for the head by Range first. Only a hint: either
+    way every byte is checked against the manifest this install reads itself.
     """
     slot = boot.other_slot(boot.booted_slot())
     with StateLock(cfg.state_dir, "installing into slot %s" % slot):
-        if source_opener is None and cfg.download.get("delta", True):
+        opener = source_opener or open_source
+        if source_opener is None and cfg.download.get("delta", True) and bundle_format != 1:
             done = _install_by_ranges(location, cfg, boot, trust, now, progress_factory, readback)
-            if done is not None:
+            if isinstance(done, Installed):
                 return done
-        return _install(location, cfg, boot, trust, slot, now, progress_factory,
-                        source_opener or open_source, readback)  # fmt: skip
+            if done.source is not None:  # on from the bytes the first request brought
+                opener = _already_open(done.source)
+        return _install(location, cfg, boot, trust, slot, now, progress_factory, opener,
+                        readback)  # fmt: skip
 
 
 def _install_by_ranges(location, cfg, boot, trust, now, progress_factory, readback):
-    """A format-2 bundle fetched by ranges (agent/transfer/delta.py), or None when the bundle
-    or its server calls for the streamed install."""
+    """A format-2 bundle fetched by ranges (agent/transfer/delta.py), or delta.StreamInstead
+    when the bundle or its server calls for the streamed install."""
     state = SlotState(cfg.state_dir, boot)
     done = delta.install(
         location, cfg, boot, lambda envelope: check_envelope(envelope, trust, cfg, now, state),
@@ -92,11 +97,15 @@ def _install_by_ranges(location, cfg, boot, trust, now, progress_factory, readba
         prepare=lambda manifest, slot: _prepared(manifest, cfg, boot, slot),
         finish=ComponentStore(cfg.state_dir).record_release, state=state,
     )  # fmt: skip
-    if done is None:
-        return None
+    if isinstance(done, delta.StreamInstead):
+        return done
     manifest = done[1]
     state.raise_floors(not_before=max(manifest.created, trust.sync_time()))
     return Installed(*done)
+
+
+def _already_open(source):
+    return lambda _location, _settings: source
 
 
 def _install(location, cfg, boot, trust, slot, now, progress_factory, opener, readback):
