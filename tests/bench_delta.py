@@ -76,10 +76,12 @@ def stamp(path):
 
 def bundle_for(image, key, workdir):
     from agent.bundle.writer import PayloadSource, create_bundle
+    from agent.core import chunkindex
     from tests.bundle.factory import HW, MODEL
 
-    out = os.path.join(delta_images.ROOT, "bundles", "%s-%s.cub" % (
-        os.path.basename(image), stamp(image)))  # fmt: skip
+    tag = chunkindex.MAGIC[:6].decode()  # a new index layout packs again
+    out = os.path.join(delta_images.ROOT, "bundles", "%s-%s-%s.cub" % (
+        os.path.basename(image), stamp(image), tag))  # fmt: skip
     os.makedirs(os.path.dirname(out), exist_ok=True)
 
     def make(tmp):

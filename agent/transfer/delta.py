@@ -110,9 +110,10 @@ def _check_size(actual, signed):
                     hint="the file is incomplete; download or copy it again")  # fmt: skip
 
 
-def plans(head, cfg, booted, steps):
+def plans(head, cfg, booted, steps, ranges):
     """[(payload, target, Plan or None, offset)] for [(payload, target)] (the installer's
-    plan; target None in a dry run): Plan None for a payload without a chunk index."""
+    plan; target None in a dry run): Plan None for a payload without a chunk index. The
+    details of the groups the charger lacks are fetched from `ranges` here."""
     result = []
     offsets = dict((p.name, o) for p, o in fmt.payload_offsets(len(head.envelope.raw),
                                                               head.manifest))  # fmt: skip
@@ -124,7 +125,7 @@ def plans(head, cfg, booted, steps):
                 target = slotio.SlotTarget(cfg.slot_target(boot_other(cfg, booted),
                                                            payload.slot_class))  # fmt: skip
             local = cfg.slot_target(booted, payload.slot_class)
-            plan = adaptive.make_plan(index, offsets[payload.name], local, target.path)
+            plan = adaptive.make_plan(index, offsets[payload.name], local, target.path, ranges)
         result.append((payload, target, plan, offsets[payload.name]))
     return result
 
@@ -140,7 +141,7 @@ def dry_run(location, cfg, boot, check):
         booted = boot.booted_slot()
         rows, fetch = [], 0
         steps = [(p, None) for p in head.manifest.payloads]
-        for payload, _target, plan, _ in plans(head, cfg, booted, steps):
+        for payload, _target, plan, _ in plans(head, cfg, booted, steps, ranges):
             row = {"name": payload.name, "installed_size": payload.installed_size,
                    "stored_size": payload.size}  # fmt: skip
             row.update(plan.summary() if plan else {"fetch_bytes": payload.size})
@@ -208,7 +209,7 @@ def _install(head, ranges, cfg, boot, progress_factory, readback, prepare, finis
     )
     for payload, target in targets:
         slotio.check_space(target, payload.installed_size)
-    steps = plans(head, cfg, booted, targets)
+    steps = plans(head, cfg, booted, targets, ranges)
     boot.mark_bad(slot)
     state.begin_write(slot, manifest.version)
     total = sum(p.installed_size for p in manifest.payloads)

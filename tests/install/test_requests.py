@@ -113,8 +113,9 @@ def test_format2_delta_asks_for_each_byte_once(board, signer, serve):  # noqa: F
     done = install(b, server.url("b.cub"))
     assert b.read_slot("B") == image(new)
     ranges = [r["range"] for r in server.requests]
-    # The head (header, envelope, a small chunk index) came whole with the first request,
-    # then every missing block in one multi-range request.
+    # The head (header, envelope, a small group index) and the block lists of the groups
+    # the charger lacks (at the payload's start) came with the first request, then every
+    # missing block in one multi-range request.
     assert ranges[0] == HEAD and len(ranges) == 2 and "," in ranges[1]
     never_twice(server, os.path.getsize(path))
     assert done.counters["downloaded"] < os.path.getsize(path) / 4
@@ -131,7 +132,9 @@ def test_format2_long_envelope_takes_one_more_request(board, signer, serve, monk
     install(b, server.url("b.cub"))
     assert b.read_slot("B") == new
     ranges = [r["range"] for r in server.requests]
-    assert ranges[0] == "bytes=0-15" and len(ranges) == 4  # head, envelope, index, blocks
+    # the first 16 bytes, the rest of the envelope, the group index, the block lists of the
+    # groups the charger lacks, their blocks
+    assert ranges[0] == "bytes=0-15" and len(ranges) == 5
     never_twice(server, os.path.getsize(path))
 
 
