@@ -158,6 +158,7 @@ def make_board(workdir, base_image, root, delta):
                              "delta": "true" if delta else "false"})  # fmt: skip
     with open(os.path.join(board, "boot-env.json"), "w") as f:
         f.write('{"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"}')
+    shutil.rmtree(os.path.join(board, "state"), ignore_errors=True)  # a fresh board each time
     open(os.path.join(board, "slotB.img"), "wb").close()  # an empty inactive slot
     return os.path.join(board, "agent.toml")
 
