@@ -13,6 +13,7 @@ its block's length (a unit claiming more is refused at that bound, whatever its 
 header says), and an index inflates to at most what its payload's size can need.
 """
 
+import collections
 import concurrent.futures
 import hashlib
 import io
@@ -173,23 +174,33 @@ class Rebuilder:
     def __init__(self, payload, index):
         self.payload = payload
         self.index = index
-        self.history = b""
+        # The last blocks taken, joined into the window only when a unit needs it: most
+        # blocks of a delta install come from a slot and never need it.
+        self.recent = collections.deque(maxlen=-(-index.window // index.block_size) + 1)
         self.digest = hashlib.sha256()
         self.taken = 0
         self.zero = bytes(index.block_size)
 
-    def check(self, i, block):
-        """True if `block` is block i of the image (its id matches the index)."""
-        return len(block) == self.index.block_length(i) and ci.block_id(block) == self.index.ids[i]
+    @property
+    def history(self):
+        window = self.index.window
+        return b"".join(self.recent)[-window:] if window else b""
+
+    def check(self, i, block, bid=None):
+        """True if `block` is block i of the image (its id, or `bid` computed already,
+        matches the index)."""
+        if len(block) != self.index.block_length(i):
+            return False
+        if bid is None:
+            bid = self.index.zero_id if block is self.zero else ci.block_id(block)
+        return bid == self.index.ids[i]
 
     def take(self, i, block):
         """Accept block i (already checked) as the next piece of the image."""
         if i != self.taken:
             raise PayloadMismatch("block %d rebuilt out of order (next is %d)" % (i, self.taken))
         self.digest.update(block)
-        window = self.index.window
-        if window:
-            self.history = (self.history + block)[-window:]
+        self.recent.append(block)
         self.taken += 1
         return block
 

@@ -261,7 +261,11 @@ def test_cli_plan_prints_the_bytes_to_download(board, signer, capsys):
 
 def test_groups_a_slot_holds_are_taken_without_their_block_lists(board, signer):
     old = release(1)
-    new = next_release(old)
+    rng = random.Random(5)
+    inserted = [bytes(rng.getrandbits(8) for _ in range(64)) * (BLOCK // 64) for _ in range(8)]
+    new = old[:20] + inserted + old[20:-8]
+    for i in (3, 40, 41, 90):
+        new[i] = bytes(rng.getrandbits(8) for _ in range(64)) * (BLOCK // 64)
     b = board(signer.root)
     put(b.slot_a, image(old))
     path = signer(image(new))
@@ -269,7 +273,7 @@ def test_groups_a_slot_holds_are_taken_without_their_block_lists(board, signer):
     row = plan["payloads"][0]
     # Changes at blocks 3, 20-27 (inserted), 40, 41, 90: a few groups; the shifted rest is
     # recognised by group ids alone.
-    assert 0 < row["groups_fetched"] <= 6 < row["groups"]
+    assert 0 < row["groups_fetched"] <= 6 < row["groups"], row
     assert row["detail_bytes"] < row["groups_fetched"] * 4 * 16 * 10 + 100
     assert row["blocks"]["remote"] == 12
 
@@ -299,3 +303,33 @@ def test_a_block_the_image_repeats_is_fetched_once(board, signer, served):
     done = run(b, server.url("b.cub"))
     assert b.read_slot("B") == image(new)
     assert (done.counters["remote"], done.counters["repeated"]) == (1, 1)
+
+
+def test_link_dropped_mid_blocks_asks_again_only_for_what_was_cut(
+    board, signer, served, monkeypatch
+):
+    from agent.transfer import adaptive
+
+    old = release(1)
+    new = next_release(old)
+    b = board(signer.root)
+    put(b.slot_a, image(old))
+    server = served(signer(image(new)))
+    real_plan = adaptive.make_plan
+
+    def plan_then_cut(*args):
+        plan = real_plan(*args)
+        server.faults.drop_after, server.faults.drop_times = 700, 1  # the blocks' answer
+        cut.extend(plan.spans)
+        return plan
+
+    cut = []
+    monkeypatch.setattr(adaptive, "make_plan", plan_then_cut)
+    done = run(b, server.url("b.cub"))
+    assert b.read_slot("B") == image(new)
+    assert done.counters["remote"] == 12
+    first, again = server.requests[-2]["range"], server.requests[-1]["range"]
+    assert first == "bytes=" + ",".join("%d-%d" % (s, s + n - 1) for s, n in cut)
+    asked_again = [tuple(int(x) for x in p.split("-")) for p in again[6:].split(",")]
+    assert asked_again[-1][1] == cut[-1][0] + cut[-1][1] - 1  # up to the end of the last
+    assert asked_again[0][0] > cut[0][0]  # but not what arrived before the cut
