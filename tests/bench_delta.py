@@ -197,15 +197,16 @@ def measure_pair(name, base, new, key, root, workdir, repeat, log):
             for n in range(rounds):
                 for delta in (True, False) if n % 2 == 0 else (False, True):
                     make_board(workdir, base, root, delta)
-                    before = server.body_bytes
+                    before, asked = server.body_bytes, len(server.requests)
                     seconds = install_once(url, boards[delta])
                     key_ = (link, delta)
                     times.setdefault(key_, []).append(seconds)
                     if delta:
                         row["adaptive"] = server.body_bytes - before
-                    log("%s %s %s install: %.2f s, %d bytes" % (
+                        row["requests"] = len(server.requests) - asked
+                    log("%s %s %s install: %.2f s, %d bytes in %d requests" % (
                         name, link, "delta" if delta else "full", seconds,
-                        server.body_bytes - before))  # fmt: skip
+                        server.body_bytes - before, len(server.requests) - asked))  # fmt: skip
     finally:
         proxy.stop()
         server.stop()
