@@ -75,7 +75,8 @@ def _gzip_to(src_path, dst_file, chunk_size=CHUNK):
 
 
 def _stage_chunked(source, workdir):
-    """(entry, path of the units, stored chunk index) of a zstd-chunks payload."""
+    """(entry, path of the stored payload: group details, then units; stored top index) of
+    a zstd-chunks payload."""
     tmp = tempfile.NamedTemporaryFile(dir=workdir, suffix=".units", delete=False)
     with tmp:
         index, size, sha, isize, isha = chunked.pack(source.path, tmp)

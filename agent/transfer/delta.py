@@ -44,13 +44,17 @@ class _Start:
         self.ranges = ranges
         self.data = ranges.read_start(HEAD_BYTES)
 
-    def upto(self, end):
+    def upto(self, end, what):
+        total = self.ranges.total
+        if total is not None and end > total:
+            raise Truncated("bundle ends inside the %s: %d of %d bytes" % (what, total, end),
+                            hint="the file is incomplete; download it again")  # fmt: skip
         if len(self.data) < end:
             self.data += _read(self.ranges, len(self.data), end - len(self.data))
         return self.data
 
     def header(self):
-        header = self.upto(fmt.HEADER_SIZE)[: fmt.HEADER_SIZE]
+        header = self.upto(fmt.HEADER_SIZE, "header")[: fmt.HEADER_SIZE]
         return header, fmt.parse_header(header)
 
 
@@ -63,12 +67,13 @@ def read_head(ranges, check):
     if fmt.header_format(header) != 2:
         return None
     end = fmt.HEADER_SIZE + length
-    envelope = parse_envelope(start.upto(end)[fmt.HEADER_SIZE : end], MANIFEST_TYPE)
+    envelope = parse_envelope(start.upto(end, "signature envelope")[fmt.HEADER_SIZE : end],
+                              MANIFEST_TYPE)  # fmt: skip
     manifest = check(envelope)
     fmt.check_format(header, manifest)
     _check_size(ranges.total, fmt.bundle_size(length, manifest))
     head = fmt.HEADER_SIZE + length + fmt.index_bytes(manifest)
-    data = start.upto(head)  # every index in one request
+    data = start.upto(head, "group indexes")  # every index in one request
     indexes = {}
     for payload, offset in fmt.index_offsets(length, manifest):
         stored = data[offset : offset + payload.index["size"]]
@@ -92,7 +97,8 @@ def read_envelope(location, settings):
             raw = read_exact(source.read, length, "signature envelope")
         else:
             header, length = start.header()
-            raw = start.upto(fmt.HEADER_SIZE + length)[fmt.HEADER_SIZE :][:length]
+            end = fmt.HEADER_SIZE + length
+            raw = start.upto(end, "signature envelope")[fmt.HEADER_SIZE : end]
         return fmt.header_format(header), parse_envelope(raw, MANIFEST_TYPE)
     finally:
         ranges.close()

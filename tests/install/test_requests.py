@@ -154,3 +154,20 @@ def test_download_step_fetches_the_signed_header_and_nothing_else(board, tmp_pat
                              progress, envelope)  # fmt: skip
     assert event == steps.lc.INSTALL_OK
     assert [r["range"] for r in server.requests] == [HEAD, None]
+
+
+@pytest.mark.parametrize("keep", [5, 40])
+def test_truncated_bundle_is_refused_not_retried(board, tmp_path, serve, keep):
+    from agent.core.errors import Truncated
+
+    path, root = make_bundle(tmp_path, {"rootfs": b"firmware"})
+    with open(path, "rb") as f:
+        data = f.read(keep)  # inside the header, inside the envelope
+    put(path, data)
+    b = board(root)
+    server = serve(path)
+    event, problem, _ = steps.download(server.url("b.cub"), b.config())
+    assert event == steps.lc.DOWNLOAD_ERROR and problem["reason"] == Truncated.reason
+    assert not problem["transient"] and len(server.requests) == 1
+    with pytest.raises(Truncated):
+        install(b, server.url("b.cub"))
