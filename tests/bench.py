@@ -40,10 +40,11 @@ import tempfile
 import time
 from urllib.parse import urlsplit
 
+from agent.config import DOWNLOAD_DEFAULTS
 from tests import bench_process as bp
 
 MiB = 1 << 20
-CHUNK = MiB
+CHUNK = DOWNLOAD_DEFAULTS["chunk_size"]  # what a charger's install uses
 # Issue 12's targets, as ratios to `dd bs=1M conv=fsync` in the same run: (case, MiB) -> ratio.
 TARGETS = {("install", 1024): 0.85, ("install", 256): 0.7}
 RSS_LIMIT_MIB = 40

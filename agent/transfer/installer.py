@@ -154,13 +154,15 @@ def _write_streamed(source, payload, index, target, progress, readback):
 
 def check_components(manifest, cfg, booted):
     """A release whose MCUs this board lacks, or could not roll back, is refused here."""
-    from agent.components import board_components
-    from agent.control import components as mcu_steps
     from agent.core.components import check_board, mcu_payloads
-    from agent.core.errors import WrongHardware
 
     if not mcu_payloads(manifest):
         return
+    # The MCU drivers are imported only for a release that has MCUs (start-up cost).
+    from agent.components import board_components
+    from agent.control import components as mcu_steps
+    from agent.core.errors import WrongHardware
+
     problem = check_board(manifest, board_components(cfg))
     if problem:
         raise WrongHardware("the release %s" % problem)
