@@ -204,6 +204,13 @@ def test_reset_cause_comes_from_the_command_line_else_the_watchdog_else_unknown(
     assert system.reset_cause() == "unknown"
     cmdline.write_text("charger.reset=gremlins\n")
     assert system.reset_cause() == "unknown"
+    # The script's word wins over the watchdog's; a word it does not know defers to it.
+    status.write_text("32\n")
+    assert system.reset_cause() == "watchdog"
+    cmdline.write_text("charger.reset=\n")  # a script that passed an unset charger_reset
+    assert system.reset_cause() == "watchdog"
+    cmdline.write_text("charger.reset=power-on\n")
+    assert system.reset_cause() == "power-on"
 
 
 # -- an idle agent sleeps until something happens (issue 12) ------------------------------------
