@@ -1,6 +1,7 @@
 """Backend-specific behaviour: the boot-side twins, strict reading, OEM command failures."""
 
 import os
+import subprocess
 
 import pytest
 
@@ -84,6 +85,10 @@ def test_trial_marker_follows_try_good_and_bad(tmp_path, backend):
     assert boot.env.read()["BOOT_TRIAL"] == "B"
     if fw_config:  # what the boot script reads is what the Linux-side tools read too
         assert fw_printenv(fw_config)["BOOT_TRIAL"] == "B"
+    if backend == "grub":  # and GRUB's own tool
+        listed = subprocess.run(["grub-editenv", str(tmp_path / "grubenv"), "list"],
+                                capture_output=True, check=True, text=True).stdout  # fmt: skip
+        assert "BOOT_TRIAL=B" in listed.splitlines() and "BOOT_B_LEFT=3" in listed.splitlines()
     boot.mark_good("A")  # the old slot's healthy boot does not end B's trial
     boot.try_slot("B", 3)
     assert boot.env.read()["BOOT_TRIAL"] == "B"
