@@ -26,7 +26,7 @@ from agent.control.frontends import Frontends, boot_reason
 from agent.control.observation import Observer
 from agent.control.reporting import Reporter
 from agent.core import lifecycle as lc
-from agent.core.errors import Transient, UpdateError
+from agent.core.errors import ConfigError, Transient, UpdateError
 from agent.core.jobs import job_from_request, parse_job
 from agent.core.schedule import WAIT_SESSION
 from agent.core.trial import TrialPolicy
@@ -36,6 +36,7 @@ from agent.state.history import History
 from agent.state.journal import Journal
 from agent.state.slotstate import SlotState
 from agent.state.statedir import StateLock
+from bootloader_iface.booted import check_attempts
 
 log = logging.getLogger("charger-update")
 
@@ -52,6 +53,16 @@ TRIAL_ATTEMPTS = 3
 SUBMIT_TIMEOUT_S = 10.0  # a front-end's request waits this long for the loop's answer
 IDLE_WAIT_S = 3600  # nothing due: sleep until an event (or the watchdog) wakes the loop
 MIN_WAIT_S = 0.05  # a due time just passed: look again soon, never spin
+
+
+def trial_attempts(cfg):
+    """[bootloader] trial_attempts, checked at start: found out only at try_slot, a typo
+    would stop the journey halfway, with the new slot installed and not tried."""
+    try:
+        return check_attempts(cfg.bootloader.get("trial_attempts", TRIAL_ATTEMPTS))
+    except ConfigError as e:
+        raise ConfigError("%s: [bootloader] trial_attempts: %s" % (cfg.path, e.message),
+                          hint=e.hint) from None  # fmt: skip
 
 
 class Abandoned(Transient):
@@ -94,6 +105,7 @@ class Daemon:
             checks.append("components")  # the MCUs are part of every trial (issue 16)
         self.policy = TrialPolicy(int(trial.get("window_s", 600)), checks)
         load_checks(self.policy.required_checks)  # a misnamed check is a config error now
+        self.trial_attempts = trial_attempts(cfg)  # likewise a bad attempt budget
         self.observer = Observer(cfg.section("observation"), stack, clock)
         self.session_poll_s = float(cfg.section("charging_stack").get("poll_s", 10))
         channel.on_error = self.on_channel_error
@@ -489,7 +501,7 @@ class Daemon:
 
     def do_try_slot(self, slot):
         with StateLock(self.cfg.state_dir, "switching to slot %s" % slot):
-            self.boot.try_slot(slot, int(self.cfg.bootloader.get("trial_attempts", TRIAL_ATTEMPTS)))
+            self.boot.try_slot(slot, self.trial_attempts)
 
     def do_mark_good(self, slot):
         with StateLock(self.cfg.state_dir, "committing slot %s" % slot):

@@ -186,6 +186,24 @@ def test_job_and_cancel_are_acknowledged_only_after_the_journal_write(tmp_path):
     assert d.channel.messages("update/status")[-1]["reason"] == "malformed-job"
 
 
+@pytest.mark.parametrize("attempts", [0, 10, "3", 2.5, True])
+def test_bad_trial_attempts_is_a_config_error_at_start(tmp_path, attempts):
+    cfg = config(tmp_path)
+    cfg.bootloader["trial_attempts"] = attempts
+    with pytest.raises(ConfigError, match="trial_attempts"):
+        daemon(cfg)
+
+
+def test_trial_attempts_reach_the_bootloader(tmp_path):
+    cfg = config(tmp_path)
+    assert daemon(cfg).trial_attempts == 3  # the default: a power cut in a trial resumes it
+    cfg.bootloader["trial_attempts"] = 5
+    d = daemon(cfg)
+    d.boot.mark_good("B")
+    d.do_try_slot("A")
+    assert d.boot.attempts_left("A") == 5
+
+
 def test_reset_cause_comes_from_the_command_line_else_the_watchdog_else_unknown(tmp_path):
     from agent.control.system import System as RealSystem
 
@@ -204,6 +222,13 @@ def test_reset_cause_comes_from_the_command_line_else_the_watchdog_else_unknown(
     assert system.reset_cause() == "unknown"
     cmdline.write_text("charger.reset=gremlins\n")
     assert system.reset_cause() == "unknown"
+    # The script's word wins over the watchdog's; a word it does not know defers to it.
+    status.write_text("32\n")
+    assert system.reset_cause() == "watchdog"
+    cmdline.write_text("charger.reset=\n")  # a script that passed an unset charger_reset
+    assert system.reset_cause() == "watchdog"
+    cmdline.write_text("charger.reset=power-on\n")
+    assert system.reset_cause() == "power-on"
 
 
 # -- an idle agent sleeps until something happens (issue 12) ------------------------------------
