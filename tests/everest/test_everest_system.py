@@ -99,3 +99,32 @@ def test_everest_requests_without_a_signature_are_rejected(everest):
     assert double.update_firmware(unsigned) == "Rejected"
     assert double.request("is_reset_allowed", "Soft") is True
     assert double.violations == []
+
+
+def test_everest_garbage_requests_are_refused_and_the_agent_keeps_answering(everest):
+    # What a broken EVerest (or anything else on its broker) might publish: each is refused
+    # with one log line; the agent keeps answering, and nothing reaches the engine.
+    rig, double = everest
+    console = len(rig.console_text())
+    base = double.base + "/e2m/"
+    garbage = [
+        ("update_firmware", b"\xff\xfe not json"),
+        ("update_firmware", b"[" * 60000),  # nested past the parser's recursion limit
+        ("update_firmware", b'{"headers": ["replyTo"], "payload": {}}'),
+        ("update_firmware", b'{"headers": {"replyTo": 42}, "payload": {}}'),
+        ("update_firmware", b'{"headers": {"replyTo": "x"}, "payload": "' + b"a" * 70000 + b'"}'),
+        ("get_boot_reason", b'{"headers": {"replyTo": "everest/#"}}'),  # not a topic to publish
+        ("no_such_operation", b"{}"),
+    ]
+    for operation, raw in garbage:
+        double.channel.publish_raw(base + operation, raw, qos=1, wait_s=5)
+    for bad in ({"request_id": "7", "location": "https://x/y"},
+                {"request_id": 7, "location": 42},
+                {"request_id": 7, "location": "https://x/y", "retry_interval_s": "1"},
+                {"request_id": 7, "location": "https://x/y", "install_timestamp": "soon"},
+                ["not", "an", "object"]):  # fmt: skip
+        assert double.request("update_firmware", bad) == "Rejected"
+    assert double.request("is_reset_allowed", "Soft") is True
+    assert double.request("get_boot_reason") in ("PowerUp", "FirmwareUpdate")
+    assert "Traceback" not in rig.console_text()[console:]
+    assert double.violations == []
