@@ -103,6 +103,11 @@ class FirmwareService:
         if problem is not None:  # a stack's bug (a CSMS's wrong types fail its schema check)
             raise ValueError(problem)
         request_id = req["request_id"]
+        if not req["location"].startswith(("https://", "http://")):
+            # FileTransferProtocols: HTTP(S). Never a path on the station itself (file:).
+            log.warning("request %s refused: location %r is not an http(s) URL",
+                        request_id, req["location"][:80])  # fmt: skip
+            return "Rejected"
         cert, signature = req.get("signing_certificate"), req.get("signature")
         if not cert or not signature:
             if self.options["secure_only"] or cert or signature:
