@@ -110,6 +110,17 @@ def test_TC_L_06_secure_firmware_update_invalid_signature(station201):
     assert row["booted"] == row["primary"] and len(c.csms.boots) == boots  # untouched
 
 
+def test_signature_that_is_not_base64_is_an_invalid_signature(station201):
+    # The schema takes any string up to 800 characters; garbage is a signature that fails.
+    c = station201
+    c.begin()
+    assert c.update(61, dict(c.release(), signature="not base64 at all!!!")) == "Accepted"
+    assert c.wait_status(61, FINAL)["status"] == "InvalidSignature"
+    assert c.wait_event("InvalidFirmwareSignature", 10)["tech_info"] == "bad-signature"
+    assert "InstallVerificationFailed" not in c.statuses(61)
+    c.settled(61, "InvalidSignature")
+
+
 def test_TC_L_07_secure_firmware_update_download_failed(station201):
     c = station201
     c.begin()
@@ -305,7 +316,8 @@ def test_manufacturer_root_rotation_with_201_certificate_messages(station201):
 
 def test_detached_signature_alone_never_makes_a_plain_file_installable(station201):
     # A correctly signed file that is not one of our bundles (no signed manifest: no version,
-    # no compatibility, no anti-rollback) is refused before the slot is touched.
+    # no compatibility, no anti-rollback) is refused before the slot is touched: its
+    # signature verified, the firmware's verification failed (L01.FR.29), no security event.
     c = station201
     c.begin()
     fw = c.release()
@@ -317,9 +329,11 @@ def test_detached_signature_alone_never_makes_a_plain_file_installable(station20
     fw = dict(fw, location=fw["location"].rsplit("/", 1)[0] + "/" + name,
               signature=c.rig.mfr.sign(path))  # fmt: skip
     assert c.update(41, fw) == "Accepted"
-    assert c.wait_status(41, FINAL)["status"] == "InvalidSignature"
-    assert "Installing" not in c.statuses(41)
-    c.settled(41, "InvalidSignature")
+    assert c.wait_status(41, FINAL)["status"] == "InstallVerificationFailed"
+    assert c.statuses(41) == ["Downloading", "Downloaded", "SignatureVerified",
+                              "InstallVerificationFailed"]  # fmt: skip
+    c.settled(41, "InvalidSignature")  # the engine's own word, on MQTT
+    assert [e for _, e in c.since("security_events")] == []
 
 
 def test_statuses_survive_a_csms_outage_and_the_reboot_in_order(station201):
