@@ -111,6 +111,11 @@ class EverestSystem:
         recent = self.clock() < self.published_at + self.reboot_grace_s
         return self.service.pending() or recent
 
+    @property
+    def reports_boot(self):
+        """Only ocpp_consumer_API's boot_notification_response tells of the CSMS's answer."""
+        return self.ocpp_base is not None
+
     def boot_accepted(self, timeout):
         return self.service.boot_accepted(timeout)
 

@@ -26,6 +26,8 @@ MAX_WAIT_S = 30.0
 class LocalApi:
     """[local_api] socket (path), mode (permission bits, default 0o660)."""
 
+    reports_boot = True  # the stack tells its BootNotification result (op boot_notification)
+
     def __init__(self, cfg, service=None):
         options = cfg.options("local_api", {"socket": DEFAULT_SOCKET, "mode": 0o660})
         self.path = cfg.resolve(options["socket"])

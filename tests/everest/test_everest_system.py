@@ -128,3 +128,27 @@ def test_everest_garbage_requests_are_refused_and_the_agent_keeps_answering(ever
     assert double.request("get_boot_reason") in ("PowerUp", "FirmwareUpdate")
     assert "Traceback" not in rig.console_text()[console:]
     assert double.violations == []
+
+
+def test_without_ocpp_consumer_api_the_trial_does_not_wait_for_everest_boot(tmp_path):
+    # Only ocpp_consumer_API's boot_notification_response tells the agent that the CSMS
+    # accepted the boot; without it the trial's communication check must not wait for one
+    # (it would fail every trial) but use its own probe.
+    from agent.config import Config
+    from agent.control.frontends import Frontends
+    from agent.frontends.channel import FakeChannel
+    from agent.frontends.everest import EverestSystem
+    from agent.frontends.local_api import LocalApi
+
+    def config(everest):
+        raw = {"device": {"id": "cp-1", "model": "M", "hardware_revision": "r"},
+               "slots": {"A": {"rootfs": "a"}, "B": {"rootfs": "b"}},
+               "bootloader": {"backend": "simulated"}, "state": {"dir": "state"},
+               "everest": everest, "local_api": {"socket": "agent.sock"}}  # fmt: skip
+        return Config(raw, str(tmp_path / "agent.toml"))
+
+    alone = EverestSystem(config({}), channel=FakeChannel(device_id="cp-1"))
+    assert Frontends([alone]).csms_links() == []
+    told = EverestSystem(config({"ocpp_module_id": "ocpp"}), channel=FakeChannel(device_id="cp-1"))
+    local = LocalApi(config({}))
+    assert Frontends([alone, told, local]).csms_links() == [told, local]
