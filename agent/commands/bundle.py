@@ -1,11 +1,11 @@
 """`charger-update bundle create|verify|inspect`: build, check and look into signed bundles."""
 
+import binascii
 import json
 import sys
 
 from agent import config as config_mod
 from agent.bundle import format as fmt
-from agent.bundle import ocpp
 from agent.bundle.reader import open_bundle, verify_file
 from agent.bundle.writer import PayloadSource, create_bundle
 from agent.commands._args import add_expires
@@ -65,10 +65,13 @@ def register(subparsers):
     )
     o.add_argument("file", help="the firmware file")
     o.add_argument("--signature", required=True, help="file holding the base64 signature")
-    o.add_argument("--cert", required=True, help="PEM signing certificate (+ intermediates)")
+    o.add_argument("--cert", required=True, help="PEM signing certificate (no intermediates)")
     o.add_argument(
-        "--mfr-root", help="manufacturer root PEM (default: [trust] manufacturer_root of --config)"
+        "--mfr-root",
+        help="manufacturer root PEM (default: the roots the agent of --config trusts, "
+        "[ocpp_firmware] manufacturer_roots and those a CSMS installed)",
     )
+    o.add_argument("--crl", action="append", default=[], help="revocation list (PEM or DER)")
     o.add_argument(
         "--rsa-pkcs1v15",
         action="store_true",
@@ -230,21 +233,33 @@ def _read_small(path, what):
 
 
 def verify_ocpp(args):
-    root_path = args.mfr_root
-    if not root_path:
+    """The check the agent runs on an OCPP request (agent/trust/manufacturer.py): the signing
+    certificate issued directly by a manufacturer root, valid, for code signing, not revoked;
+    then the detached signature over the whole file."""
+    from agent.trust.manufacturer import ManufacturerRoots
+
+    if args.mfr_root:
+        roots = ManufacturerRoots(None, [args.mfr_root], args.crl, args.rsa_pkcs1v15)
+    else:
         cfg = config_mod.load(args.config)
-        if not cfg.trust.get("manufacturer_root"):
+        roots = ManufacturerRoots.from_config(cfg)
+        roots.crl_paths += args.crl
+        roots.rsa_pkcs1v15 = roots.rsa_pkcs1v15 or args.rsa_pkcs1v15
+        if not roots.roots():
             raise ConfigError(
                 "no manufacturer root given",
-                hint="pass --mfr-root ROOT.pem or set [trust] manufacturer_root in the config",
+                hint="pass --mfr-root ROOT.pem or set [ocpp_firmware] manufacturer_roots "
+                "(or [trust] manufacturer_root) in the config",
             )
-        root_path = cfg.resolve(cfg.trust["manufacturer_root"])
-    digest = ocpp.verify_firmware(
-        args.file,
+    try:
+        digest = crypto.file_digest(args.file)
+    except OSError as e:
+        raise ConfigError("cannot read %s: %s" % (args.file, e.strerror)) from None
+    roots.verify(
+        digest,
         _read_small(args.signature, "signature"),
         _read_small(args.cert, "signing certificate"),
-        ocpp.load_roots(root_path),
-        rsa_pkcs1v15=args.rsa_pkcs1v15,
     )
+    digest = binascii.hexlify(digest).decode("ascii")
     print("OK %s: sha256 %s, signature and certificate chain verified" % (args.file, digest))
     return 0

@@ -1,8 +1,9 @@
 """OCPP 1.6J with the security whitepaper (edition 3) on the virtual board: the cases where
 the protocol differs from 2.0.1 (SignedUpdateFirmware with its installDateTime, retries and
 retryInterval, SignedFirmwareStatusNotification, no boot reason, ExtendedTriggerMessage, a
-classic UpdateFirmware refused, the 1.6 certificate messages). The engine decisions behind the other cases are the same for both protocols and are
-proven on 2.0.1 (test_conformance_201.py) and against the engine (tests/core)."""
+classic UpdateFirmware refused, the 1.6 certificate messages). The engine decisions behind
+the other cases are the same for both protocols and are proven on 2.0.1
+(test_conformance_201.py) and against the engine (tests/core)."""
 
 import os
 import time
