@@ -1,7 +1,8 @@
 """The local API (agent/frontends/local_api.py) and the OCPP admission behind it
 (agent/frontends/ocpp/service.py), with a stand-in for the daemon: what a stack asks over the
-socket and what it is answered. The daemon's side is in tests/ocpp/test_engine.py and on the
-virtual board (tests/ocpp/test_conformance_201.py)."""
+socket and what it is answered, and what it sends that it should not. The engine's side is in
+tests/core/scenarios_frontend.py, the daemon's in tests/daemon/test_daemon_unit.py, the whole
+on the virtual board (tests/ocpp/test_conformance_201.py)."""
 
 import base64
 import datetime
