@@ -92,6 +92,44 @@ def test_everest_failing_update_ends_installation_failed(everest):
     assert double.violations == []
 
 
+def test_everest_bad_signature_ends_invalid_signature_before_the_slot_is_touched(everest):
+    # Unlike EVerest's Linux_Systemd_Rauc module, the OCPP signature is checked.
+    rig, double = everest
+    before = rig.inventory()
+    fw = dict(rig.ocpp_release("1.2.1", bad_signature=True))
+    assert double.update_firmware(request(rig, 33, fw)) == "Accepted"
+    final = double.wait_status(33, FINAL, timeout=60)
+    assert final[1] == "InvalidSignature", double.statuses
+    assert double.names(33) == ["Downloading", "Downloaded", "InvalidSignature"]
+    row = rig.backend.wait_inventory(rig.device_id, lambda r: (r.get("last_job") or {}).get(
+        "result") == "InvalidSignature", 30)  # fmt: skip
+    assert row["booted"] == before["booted"] and row["primary"] == before["primary"]
+    assert double.violations == []
+
+
+def test_everest_install_timestamp_is_honoured(everest):
+    # Unlike EVerest's Linux_Systemd_Rauc module, install_timestamp holds the installation.
+    rig, double = everest
+    double.auto_allow = True
+    install_at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=3)
+    req = dict(request(rig, 34, rig.ocpp_release("1.2.2")),
+               install_timestamp=install_at.strftime("%Y-%m-%dT%H:%M:%S.000Z"))  # fmt: skip
+    assert double.update_firmware(req) == "Accepted"
+    double.wait_status(34, "InstallScheduled")
+    double.wait_status(34, "Installing")
+    assert datetime.datetime.now(datetime.timezone.utc) >= install_at.replace(microsecond=0)
+    assert double.wait_status(34, FINAL, timeout=90)[1] == "Installed", double.statuses
+    names = double.names(34)
+    assert names.index("SignatureVerified") < names.index("InstallScheduled") < names.index(
+        "Installing")  # fmt: skip
+    def committed(row):
+        job = row.get("last_job") or {}
+        return job.get("result") == "Committed" and job.get("id", "").startswith("ocpp-34-")
+
+    rig.backend.wait_inventory(rig.device_id, committed, 30)
+    assert double.violations == []
+
+
 def test_everest_requests_without_a_signature_are_rejected(everest):
     rig, double = everest
     fw = rig.ocpp_release("1.3.0")
