@@ -53,6 +53,7 @@ RECOVER_S = 30  # default [system] retry_after_failure_s: pause after a failed s
 # good release; a slot that never brings the agent up still falls back after this many boots.
 TRIAL_ATTEMPTS = 3
 SUBMIT_TIMEOUT_S = 10.0  # a front-end's request waits this long for the loop's answer
+BLOCK_GRACE_S = 5.0  # before blocking connectors: time for the stack to send earlier statuses
 IDLE_WAIT_S = 3600  # nothing due: sleep until an event (or the watchdog) wakes the loop
 MIN_WAIT_S = 0.05  # a due time just passed: look again soon, never spin
 
@@ -496,6 +497,9 @@ class Daemon:
             self.slots.mark(slot, "bad")
 
     def do_block_sessions(self):
+        # The stack sends what was reported first (SignatureVerified, DownloadScheduled), so
+        # the CSMS sees the connectors go Unavailable after the status that explains it.
+        self.frontends.await_delivery(self.clock, self.system.pet, self.stopping, BLOCK_GRACE_S)
         self._availability(False)
 
     def do_release_sessions(self):

@@ -53,10 +53,13 @@ class Frontends:
     def pending(self):
         return any(frontend.pending() for frontend in self.items)
 
-    def await_delivery(self, clock, pet, stopping):
+    def await_delivery(self, clock, pet, stopping, limit=None):
         """Before a reboot: let the stack confirm what was reported (InstallRebooting reaching
-        the CSMS), for at most the largest reboot_grace_s; True when nothing is pending."""
+        the CSMS), for at most the largest reboot_grace_s (and `limit`); True when nothing is
+        pending."""
         grace = max([frontend.reboot_grace_s for frontend in self.items] or [0])
+        if limit is not None:
+            grace = min(grace, limit)
         deadline = clock() + grace
         while clock() < deadline and not stopping.is_set():
             if not self.pending():
@@ -64,7 +67,7 @@ class Frontends:
             pet()
             stopping.wait(0.05)
         if self.pending():
-            log.warning("rebooting with statuses the stack has not confirmed within %ss", grace)
+            log.warning("going on with statuses the stack has not confirmed within %ss", grace)
             return False
         return True
 

@@ -51,6 +51,9 @@ def test_TC_L_01_secure_firmware_update_installation_successful(station201):
     unavailable = [p for p, s in connectors if s == "Unavailable"]
     boot = c.boots()[-1]
     assert unavailable and unavailable[0] < c.pos(boot)
+    # ... after the status that explains it (OCTT's order: SignatureVerified, Unavailable).
+    verified = [e for _, e in c.since("firmware") if e["status"] == "SignatureVerified"][0]
+    assert c.pos(verified) < unavailable[0]
     assert any(s == "Available" and p > c.pos(boot) for p, s in connectors)
     row = c.settled(1, "Committed")
     assert row["booted"] == row["primary"] == "B"
@@ -195,13 +198,14 @@ def test_TC_L_13_unable_to_download_with_ongoing_transaction_new_sessions_not_al
     try:
         stack = _transaction(c, "TC-L-13")
         assert c.update(13, c.release()) == "Accepted"
-        c.wait_status(13, "DownloadScheduled")  # busy charging (L01.FR.13)
+        scheduled = c.wait_status(13, "DownloadScheduled")  # busy charging (L01.FR.13)
         with pytest.raises(TimeoutError):  # and it stays so while the car charges
             c.wait_status(13, "Downloading", timeout=1.5)
         stack.request("stop")
         # The connector that became free stays Unavailable (L01.FR.07): no new session.
-        c.csms.wait_for("connectors", lambda e: e["status"] == "Unavailable" and
-                        c.pos(e) >= c.mark, 30)  # fmt: skip
+        unavailable = c.csms.wait_for("connectors", lambda e: e["status"] == "Unavailable"
+                                      and c.pos(e) >= c.mark, 30)  # fmt: skip
+        assert c.pos(scheduled) < c.pos(unavailable)  # the status that explains it first
         refused = stack.request("start", id_tag="TC-L-13-B")
         assert not refused["ok"] and "unavailable" in refused["reason"]
         installed_after_reboot(c, 13, "1.%d.0" % c.versions)
