@@ -340,6 +340,34 @@ def test_detached_signature_alone_never_makes_a_plain_file_installable(station20
     assert [e for _, e in c.since("security_events")] == []
 
 
+def test_file_swapped_between_verify_and_install_is_never_activated(station201):
+    # The install streams the file again; the server now serves another bundle, validly
+    # signed by the release key but not the file the CSMS signed. The bytes written are
+    # hashed and checked against the detached signature before the slot may be tried.
+    c = station201
+    c.begin()
+    row = c.rig.inventory()
+    boots = len(c.csms.boots)
+    fw, other = c.release(), c.release()
+    name = fw["location"].rsplit("/", 1)[1]
+    signed_path = c.rig.images.files[name]
+    assert c.update(51, fw, install=iso(3)) == "Accepted"
+    c.wait_status(51, "InstallScheduled")
+    c.rig.images.files[name] = c.rig.images.files[other["location"].rsplit("/", 1)[1]]
+    try:
+        assert c.wait_status(51, FINAL)["status"] == "InvalidSignature", c.statuses(51)
+        c.wait_event("InvalidFirmwareSignature", 10)
+        assert "Installing" in c.statuses(51) and "InstallRebooting" not in c.statuses(51)
+        after = c.settled(51, "InvalidSignature")
+    finally:
+        c.rig.images.files[name] = signed_path
+    assert (after["booted"], after["primary"]) == (row["booted"], row["primary"])
+    assert after["slots"][row["booted"]]["state"] == "good"
+    other_slot = [s for s in after["slots"] if s != row["booted"]][0]
+    assert after["slots"][other_slot]["state"] == "bad"  # never left bootable
+    assert len(c.csms.boots) == boots
+
+
 def test_statuses_survive_a_csms_outage_and_the_reboot_in_order(station201):
     # A04.FR.02 / L01.FR.01: the CSMS goes away right after accepting the update and comes
     # back only when the new firmware is on trial; every status still arrives, in order,
