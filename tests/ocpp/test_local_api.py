@@ -104,6 +104,29 @@ def test_secure_only_station_rejects_unsigned_request(api, client, pki):
     assert api.daemon.submitted == []
 
 
+def test_non_secure_station_takes_an_unsigned_request_as_l02(tmp_path, pki):
+    # [ocpp_firmware] secure_only = false: OCPP 2.0.1 L02, the trust rests on the bundle's own
+    # signed manifest alone. Half a signature is still refused.
+    raw = {"device": {"id": "cp-1", "model": "M", "hardware_revision": "r"},
+           "slots": {"A": {"rootfs": "a"}, "B": {"rootfs": "b"}},
+           "bootloader": {"backend": "simulated"}, "state": {"dir": "state"},
+           "local_api": {"socket": "run/agent.sock"},
+           "ocpp_firmware": {"secure_only": False}}  # fmt: skip
+    api = LocalApi(Config(raw, str(tmp_path / "agent.toml")))
+    api.start(FakeDaemon())
+    try:
+        client = LocalClient(api.path)
+        assert client.call("update_firmware", request_id=3,
+                           location="https://x/y.cub")["status"] == "Accepted"  # fmt: skip
+        [doc] = api.service.daemon.submitted
+        assert doc["signature"] is None and doc["signing_certificate"] is None
+        half = {"request_id": 4, "location": "https://x/y.cub", "signature": "c2ln"}
+        assert client.call("update_firmware", **half)["status"] == "Rejected"
+        client.close()
+    finally:
+        api.stop()
+
+
 def test_invalid_certificate_is_answered_with_the_security_event(api, client, pki):
     # TC_L_05: the signing certificate is expired.
     now = datetime.datetime.now(UTC)
