@@ -21,6 +21,7 @@ log = logging.getLogger("charger-update")
 MAX_LINE = 64 * 1024
 DEFAULT_SOCKET = "/run/charger-update/agent.sock"
 MAX_WAIT_S = 30.0
+MAX_CLIENTS = 16  # a stack needs two or three (its event pump, a request, a trigger)
 
 
 class LocalApi:
@@ -34,6 +35,7 @@ class LocalApi:
         self.mode = options["mode"]
         self.service = service or FirmwareService(cfg, "local")
         self.server = None
+        self.clients = threading.BoundedSemaphore(MAX_CLIENTS)
 
     # -- the front-end interface (agent/control/frontends.py) --------------------------------
 
@@ -66,6 +68,15 @@ class LocalApi:
                 conn, _ = server.accept()
             except OSError:
                 return  # stop() closed the socket
+            if not self.clients.acquire(blocking=False):
+                # A thread per client: a stack leaking connections must not exhaust memory.
+                log.warning("local API: more than %d clients; refusing one", MAX_CLIENTS)
+                try:
+                    conn.sendall(b'{"error": "too many clients", "ok": false}\n')
+                except OSError:
+                    pass
+                conn.close()
+                continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
@@ -74,6 +85,8 @@ class LocalApi:
                 self.serve_connection(rfile, wfile)
         except OSError as e:
             log.info("local API client went away: %s", e)
+        finally:
+            self.clients.release()
 
     def stop(self):
         server, self.server = self.server, None

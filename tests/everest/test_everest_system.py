@@ -122,6 +122,7 @@ def test_everest_install_timestamp_is_honoured(everest):
     names = double.names(34)
     assert names.index("SignatureVerified") < names.index("InstallScheduled") < names.index(
         "Installing")  # fmt: skip
+
     def committed(row):
         job = row.get("last_job") or {}
         return job.get("result") == "Committed" and job.get("id", "").startswith("ocpp-34-")

@@ -315,6 +315,39 @@ def test_client_disconnecting_mid_line_leaves_the_api_serving(api, caplog, monke
     assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
 
 
+def test_too_many_clients_are_refused_and_the_api_keeps_serving(api):
+    import json
+    import socket
+    import threading
+
+    from agent.frontends.local_api import MAX_CLIENTS
+
+    places, freed = api.clients, threading.Event()
+
+    class Watched:  # the semaphore, telling when a connection gave its place back
+        acquire = places.acquire
+
+        def release(self):
+            places.release()
+            freed.set()
+
+    api.clients = Watched()
+
+    held = [LocalClient(api.path) for _ in range(MAX_CLIENTS)]
+    for c in held:
+        assert c.call("trigger_status")["ok"]  # each holds its connection and a thread
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(api.path)
+        f = s.makefile("rb")
+        assert json.loads(f.readline()) == {"ok": False, "error": "too many clients"}
+        assert f.readline() == b""
+    held.pop().close()
+    assert freed.wait(10)
+    assert LocalClient(api.path).call("trigger_status")["ok"]  # a freed place is taken again
+    for c in held:
+        c.close()
+
+
 def test_client_never_resends_a_request_that_timed_out(tmp_path):
     # The agent may have taken an update it did not answer in time: sending it again would
     # make a second job for the same requestId.
