@@ -22,6 +22,7 @@ MAX_LINE = 64 * 1024
 DEFAULT_SOCKET = "/run/charger-update/agent.sock"
 MAX_WAIT_S = 30.0
 MAX_CLIENTS = 16  # a stack needs two or three (its event pump, a request, a trigger)
+IDLE_TIMEOUT_S = 300.0  # silent this long: closed (the client reconnects when it needs to)
 
 
 class LocalApi:
@@ -36,6 +37,7 @@ class LocalApi:
         self.service = service or FirmwareService(cfg, "local")
         self.server = None
         self.clients = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.idle_timeout_s = IDLE_TIMEOUT_S
 
     # -- the front-end interface (agent/control/frontends.py) --------------------------------
 
@@ -80,6 +82,7 @@ class LocalApi:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
+        conn.settimeout(self.idle_timeout_s)  # a client that holds a place and says nothing
         try:  # closing the files flushes: a client gone mid-reply fails there too
             with conn, conn.makefile("rb") as rfile, conn.makefile("wb") as wfile:
                 self.serve_connection(rfile, wfile)

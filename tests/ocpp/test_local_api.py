@@ -348,6 +348,23 @@ def test_too_many_clients_are_refused_and_the_api_keeps_serving(api):
         c.close()
 
 
+def test_silent_client_is_closed_and_its_client_reconnects(api):
+    import socket
+
+    api.idle_timeout_s = 0.2
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(api.path)
+        s.settimeout(10)
+        assert s.recv(10) == b""  # closed by the agent, not by this test's timeout
+    kept = LocalClient(api.path)
+    assert kept.call("trigger_status")["ok"]
+    kept.sock.settimeout(10)
+    assert kept.sock.recv(1) == b""  # the agent closed the kept connection
+    api.idle_timeout_s = 300
+    assert kept.call("trigger_status")["ok"]  # reopened once, the request sent again
+    kept.close()
+
+
 def test_client_never_resends_a_request_that_timed_out(tmp_path):
     # The agent may have taken an update it did not answer in time: sending it again would
     # make a second job for the same requestId.
