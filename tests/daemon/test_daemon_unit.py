@@ -330,3 +330,32 @@ def test_watchdog_is_petted_at_half_its_timeout_and_caps_the_sleep(tmp_path):
     finally:
         d.stop()
         loop.join(10)
+
+
+def test_front_end_request_is_answered_even_when_replacing_the_job_fails_on_the_slot(tmp_path):
+    """A new OCPP request while an install runs: the journal takes the new job first, then
+    the old slot is marked bad, which needs the state lock. When that fails (the lock held),
+    the stack still gets the answer the journal holds, at once, and the loop recovers."""
+    from agent.core import lifecycle as lc
+    from agent.core.errors import StateBusy
+    from agent.core.jobs import job_from_request
+    from agent.state.statedir import StateLock
+
+    cfg = config(tmp_path)
+    d = daemon(cfg)
+    d.resume()
+    old = job_from_request({"id": "ocpp-1-a", "url": "http://127.0.0.1:9/x.cub"}, cfg.device)
+    d.journey.offer(old, 0, "B", "A", 0.5)
+    d.journey.state = lc.INSTALLING  # the old job writes slot A
+    d.journey.data["slot_touched"] = True
+    answers = []
+    request = {"id": "ocpp-2-b", "url": "http://127.0.0.1:9/y.cub",
+               "retrieve_at": "2099-01-01T00:00:00Z"}  # fmt: skip
+    with StateLock(cfg.state_dir, "someone else writing"):
+        with pytest.raises(StateBusy):
+            d.take_request(request, answers.append)
+    assert answers == [("accepted-canceled", "ocpp-2-b")]
+    assert d.journal.load(d.policy).job.id == "ocpp-2-b"
+    # Nothing runs: a refused request is answered before its actions too.
+    d.take_request({"id": "x", "url": "ftp://nowhere"}, answers.append)
+    assert answers[-1][0] == "rejected"
