@@ -23,6 +23,8 @@ TOP_FIELDS = TOP_FIELDS + ("payloads", "components")
 PAYLOAD_FIELDS = ("name", "slot_class", "size", "sha256", "compression")
 PAYLOAD_FIELDS = PAYLOAD_FIELDS + ("installed_size", "installed_sha256")
 PAYLOAD_FIELDS = PAYLOAD_FIELDS + ("type", "component", "mcu")  # agent/core/components.py
+PAYLOAD_FIELDS = PAYLOAD_FIELDS + ("window_bits",)  # gzip only: the deflate window, 2**bits
+WINDOW_BITS = 15  # a gzip payload that names no window may use zlib's largest (32 KiB)
 
 
 def _bad(field, what):
@@ -30,6 +32,8 @@ def _bad(field, what):
 
 
 class Payload:
+    window_bits = WINDOW_BITS  # gzip: the inflater needs a 2**window_bits byte window
+
     def __init__(self, name, slot_class, size, sha256, compression, installed_size, installed_sha):
         self.name = name
         self.slot_class = slot_class
@@ -46,6 +50,8 @@ class Payload:
             extra = {"type": self.type, "mcu": dict(self.mcu)}
         if self.component != self.slot_class:
             extra["component"] = self.component
+        if self.window_bits != WINDOW_BITS:
+            extra["window_bits"] = self.window_bits
         return dict(
             extra,
             **{
@@ -187,6 +193,10 @@ def _payload(entry, i):
         isha = _sha(entry, "installed_sha256", where)
     payload = Payload(name, slot_class, size, sha, compression, isize, isha)
     payload.type, payload.component, payload.mcu = kind, component, mcu
+    if "window_bits" in entry:
+        if compression != "gzip":
+            raise _bad(where + "window_bits", "belongs only to gzip payloads")
+        payload.window_bits = _int(entry, "window_bits", 9, 15, where)
     return payload
 
 

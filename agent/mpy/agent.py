@@ -4,6 +4,10 @@ MQTT, executes the journey's actions in order and feeds results back as events. 
 (download, verify, install, checks) run inline but poll MQTT between blocks, so keep-alives,
 cancels and status acknowledgements keep flowing; a cancel abandons the running step.
 
+Each long step is a phase (agent/mpy/phase.py): the code it needs (HTTP and the installer,
+the verifiers, the trial checks) is imported when it starts and dropped when it ends, so the
+heap between jobs holds only the loop, the journey, MQTT and the board's state.
+
 Invariant: every decision is the journey's; a failure of a step becomes the event that fits it
 (with the error's reason), never an exception out of the loop; nothing is reported before the
 journal saved the state it belongs to.
@@ -13,19 +17,26 @@ import json
 import time
 
 from agent.core import lifecycle as lc
-from agent.core.errors import BadSignature, ReadbackMismatch, Rejected, UnknownKey, UpdateError
+from agent.core.errors import UpdateError
 from agent.core.jobs import parse_job
 from agent.core.trial import TrialPolicy
-from agent.mpy import checks, installer
-from agent.mpy.channel import CANCEL, HEALTH, INVENTORY, JOB, PONG, STATUS
+from agent.mpy import phase as phases
+from agent.mpy.channel import CANCEL, INVENTORY, JOB, PONG, STATUS
 from agent.mpy.jsonout import dumps
+from agent.mpy.phase import Phase
 from agent.mpy.store import Board, Journal
 
-SIGNATURE_ERRORS = (BadSignature, UnknownKey)
+CHECKS = ("communication", "charging-session", "alarms")  # agent/mpy/checks.py
 
 
 class Abandoned(Exception):
     """The step's journey moved on (cancel): its result belongs to nobody."""
+
+
+def _steps():
+    from agent.mpy import steps  # imported inside the step's phase, dropped after it
+
+    return steps
 
 
 def _info(error):
@@ -41,15 +52,17 @@ class Agent:
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
         self.trust, self.system = trust, system
         self.device = cfg["device"]
+        if cfg.get("log_heap"):  # heap figures on the console at each phase and journal save
+            phases.LOG = print
         trial = cfg.get("trial", {})
         self.policy = TrialPolicy(int(trial.get("window_s", 600)),
-                                  trial.get("checks", list(checks.CHECKS)))  # fmt: skip
+                                  trial.get("checks", list(CHECKS)))  # fmt: skip
         state_dir = cfg.get("state_dir", "data")
         self.journal = Journal(state_dir + "/journal.json", after_save)
         self.board = Board(state_dir)
         self.events = []
         self.step = 0
-        self.envelope = None
+        self.envelope = None  # the raw signed header of the job's bundle (bytes)
         self.wake_at = 0
         self.running = True
         self.rng = rng or _urandom_float
@@ -68,6 +81,7 @@ class Agent:
         if unsent:  # the last final status was never acknowledged: send it again
             self.channel.publish(STATUS, unsent, on_ack=self.board.final_delivered)
         self.publish_inventory()
+        self.log_heap("started")
 
     def run(self):
         self.start()
@@ -160,6 +174,11 @@ class Agent:
 
     def do_save_journal(self):
         self.journal.save(self.journey)
+        self.log_heap("saved " + self.journey.state)
+
+    def log_heap(self, where):
+        if phases.LOG is not None:
+            phases.LOG("heap %s: used %d free %d" % ((where,) + phases.heap()))
 
     def do_report(self, status, info):
         if status not in lc.FINAL_STATUSES:
@@ -198,41 +217,57 @@ class Agent:
         self.running = False
         self.system.reboot()
 
+    # This board installs one app payload and refuses bundles carrying MCU images
+    # (installer.app_payload), so the MCU steps of the journey have nothing to do here.
+    def do_flash_components(self, slot):
+        pass
+
+    def do_confirm_components(self, slot):
+        pass
+
+    def do_restore_components(self, slot):
+        pass
+
     def do_cleanup(self):
         self.envelope = None
 
     def do_record_baseline(self):
         try:
-            self.journey.set_baseline(checks.baseline(self.stack))
+            with self.phase("baseline"):
+                self.journey.set_baseline(_steps().baseline(self.stack))
         except Exception as e:
             print("no alarm baseline (%r); the trial compares with an empty one" % e)
             self.journey.set_baseline({"codes": [], "rate_per_hour": 0.0})
 
     def do_download(self):
-        self._run_step(self._download, lc.DOWNLOAD_ERROR)
+        self._run_step("download", lc.DOWNLOAD_ERROR)
 
     def do_verify(self):
-        self._run_step(self._verify, lc.DOWNLOAD_ERROR)
+        # Downloaded has no failure edge but a bad signature (steps.verify retries the rest).
+        self._run_step("verify", lc.SIGNATURE_BAD)
 
     def do_install(self, slot):
-        self._run_step(lambda: self._install(slot), lc.INSTALL_ERROR)
+        self._run_step("install", lc.INSTALL_ERROR, slot)
 
     def do_run_checks(self):
         step = self.step
         try:
-            results = self._run_checks(step)
+            with self.phase("trial"):
+                results = _steps().run_checks(self, step)
         except Abandoned:
             return
         self.execute(self.journey.check_results(results, time.time())[1])
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _run_step(self, fn, failure):
-        """Run a long step inline; its result event is queued for the loop (no recursion)."""
+    def _run_step(self, name, failure, *args):
+        """Run the long step steps.NAME inline, in its phase; its result event is queued for
+        the loop (no recursion)."""
         self.step += 1
         step = self.step
         try:
-            event, info = fn()
+            with self.phase(name):
+                event, info = getattr(_steps(), name)(self, *args)
         except Abandoned:
             return
         except UpdateError as e:
@@ -247,7 +282,8 @@ class Agent:
             event, info = failure, {"reason": "internal", "detail": repr(e)}
         self.events.append((step, event, info))
 
-    def _poller(self):
+    def poller(self):
+        """poll() for a step's I/O loops: MQTT keeps flowing; Abandoned after a cancel."""
         step = self.step
 
         def poll():
@@ -257,80 +293,21 @@ class Agent:
 
         return poll
 
-    def _download(self):
-        job = self.journey.job
-        self.envelope = installer.fetch_header(job.url, self._timeout(), self._poller())
-        return lc.DOWNLOAD_OK, {}
+    def wait(self, seconds, step):
+        """Sleep `seconds` while polling MQTT; Abandoned when the journey moved on."""
+        end = time.time() + seconds
+        while True:
+            self.channel.poll()
+            if self.step != step:
+                raise Abandoned()
+            if time.time() >= end:
+                return True
+            time.sleep(0.01)
 
-    def _verify(self):
-        job = self.journey.job
-        try:
-            if self.envelope is None:  # resumed at Downloaded: fetch the header again
-                self.envelope = installer.fetch_header(job.url, self._timeout(), self._poller())
-            self.trust.verify(self.envelope, self.device, self.board.floor(), time.time())
-        except Rejected as e:
-            return lc.SIGNATURE_BAD, _info(e)
-        return lc.SIGNATURE_OK, {}
+    def phase(self, name):
+        return Phase(name)
 
-    def _install(self, slot):
-        job = self.journey.job
-        self.board.set_slot(slot, {"state": "writing", "incoming": job.version})
-        marks = [10]
-
-        def progress(done, total):
-            percent = done * 100 // max(total, 1)
-            if percent >= marks[0]:
-                marks[0] = percent // 10 * 10 + 10
-                self.report("Installing", {"job_id": job.id, "version": job.version,
-                                           "progress": percent})  # fmt: skip
-
-        try:
-            manifest = installer.install(
-                job.url, self.trust, self.device, self.board.floor(), time.time(),
-                self.boot.partition(slot), self.cfg.get("slot_class", "app"), self._timeout(),
-                progress, self._poller(),
-            )  # fmt: skip
-        except SIGNATURE_ERRORS as e:
-            return lc.SIGNATURE_BAD, _info(e)
-        except ReadbackMismatch as e:
-            return lc.VERIFY_ERROR, _info(e)
-        self.board.set_slot(slot, {"state": "installed", "version": manifest.version,
-                                   "security_version": manifest.security_version})  # fmt: skip
-        return lc.INSTALL_OK, {}
-
-    def _run_checks(self, step):
-        job = self.journey.job
-        data = self.journey.data
-
-        def wait(seconds):
-            end = time.time() + seconds
-            while True:
-                self.channel.poll()
-                if self.step != step:
-                    raise Abandoned()
-                if time.time() >= end:
-                    return True
-                time.sleep(0.01)
-
-        ctx = checks.Context(self.cfg.get("trial", {}), self.channel, self.stack,
-                             data.get("baseline"), wait)  # fmt: skip
-
-        def reported(name, passed, evidence):
-            self.report("TrialRunning", {"job_id": job.id, "version": job.version,
-                                         "check": name, "passed": passed,
-                                         "evidence": evidence})  # fmt: skip
-
-        results = checks.run(self.journey.policy().required_checks, ctx, reported)
-        verdict = "pass" if all(r[0] for r in results.values()) else "fail"
-        self.channel.publish(HEALTH, {
-            "job_id": job.id, "phase": "trial", "slot": data.get("new_slot"), "verdict": verdict,
-            "checks": [{"name": n, "passed": bool(r[0]), "evidence": r[1]}
-                       for n, r in results.items()],
-            "ts": int(time.time()),
-        })  # fmt: skip
-        return results
-
-    def _timeout(self):
+    def timeout(self):
         return float(self.cfg.get("download", {}).get("timeout_s", 10))
 
     # -- reporting --------------------------------------------------------------------------

@@ -118,5 +118,5 @@ def verify(public, signature, message):
         h = sha512(r_bytes + public + bytes(message)).digest()
         k = int.from_bytes(h, "little") % L
         return _encode(_double_mul(s, _B, k, _neg(a))) == r_bytes
-    except (ValueError, TypeError, MemoryError):
+    except (ValueError, TypeError):  # a MemoryError is no verdict: it propagates
         return False

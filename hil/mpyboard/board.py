@@ -13,9 +13,10 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 
-from hil.mpyboard import deps, flash
+from hil.mpyboard import flash, romfs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -25,6 +26,7 @@ class MpyBoard:
         self.dir = os.path.abspath(board_dir)
         self.flash_dir = os.path.join(self.dir, "flash")
         self.heap = heap
+        self.romfs = romfs.build()  # the code the app runs, precompiled, outside the heap
         self.log_path = os.path.join(self.dir, "console.log")
         self.proc = None
         self.powered = False
@@ -85,10 +87,11 @@ class MpyBoard:
         return bootloader.boot()
 
     def _app(self, descriptor):
-        env = dict(os.environ, MICROPYPATH=deps.micropath(HERE), ESP32EMU_FLASH=self.flash_dir,
-                   MPYBOARD_DIR=self.dir, MPYBOARD_APP=json.dumps(descriptor))  # fmt: skip
-        cmd = [deps.micropython_bin(), "-X", "heapsize=%s" % self.heap,
-               os.path.join(HERE, "firmware.py")]  # fmt: skip
+        env = dict(os.environ, ESP32EMU_FLASH=self.flash_dir, MPYBOARD_DIR=self.dir,
+                   MPYBOARD_APP=json.dumps(descriptor))  # fmt: skip
+        env.pop("MICROPYPATH", None)  # code comes from the ROMFS image only
+        cmd = [sys.executable, os.path.join(HERE, "romboot.py"), self.romfs,
+               "-X", "heapsize=%s" % self.heap, os.path.join(HERE, "boot.py")]  # fmt: skip
         with self.lock:
             if not self.powered:
                 return None

@@ -11,18 +11,32 @@ only clear bits, so a write to a block that was not erased corrupts it, as on th
 Invariant: set_boot() and mark_app_valid_cancel_rollback() change otadata only through the rules
 in otadata.py (ESP-IDF's), and set_boot() refuses an image that does not validate, as
 esp_ota_set_boot_partition does. Runs on MicroPython and CPython.
+
+Heap: on the chip all of this is C and takes none of the app's heap. On MicroPython the
+emulation imports its helpers (otadata.py, appimage.py) per call and forgets them after it
+(_off_heap), so what stays on the app's heap is this module alone.
 """
 
 import json
 import os
-
-import appimage
-import otadata
+import sys
 
 FLASH_DIR = os.getenv("ESP32EMU_FLASH") or "flash"
 SUBTYPE_OTA_0 = 0x10
 SUBTYPE_DATA_OTA = 0x00
 ERASED = 0xFF
+
+
+def _rules():
+    import otadata
+
+    return otadata
+
+
+def _off_heap():
+    if sys.implementation.name == "micropython":
+        for name in ("otadata", "appimage"):
+            sys.modules.pop(name, None)
 
 
 def _table():
@@ -46,6 +60,7 @@ class Partition:
             id = _running_label()
         elif id == Partition.BOOT:
             id = _boot_label()
+            _off_heap()
         rows = [r for r in _table() if r[0] == id]
         if not rows:
             raise ValueError("partition not found")
@@ -122,26 +137,36 @@ class Partition:
         """esp_ota_get_next_update_partition(self): the next OTA app slot after this one."""
         apps = _ota_apps()
         if not apps:
-            raise OSError(-otadata.ESP_ERR_NOT_FOUND)
+            raise OSError(-_rules().ESP_ERR_NOT_FOUND)
         labels = [p.label for p in apps]
         if self.label in labels:
             return apps[(labels.index(self.label) + 1) % len(apps)]
         return apps[0]
 
     def set_boot(self):
-        if self.type != Partition.TYPE_APP or self.subtype < SUBTYPE_OTA_0:
-            raise OSError(-otadata.ESP_ERR_INVALID_ARG)
-        if appimage.validate(self._read, self.size) is None:
-            raise OSError(-otadata.ESP_ERR_OTA_VALIDATE_FAILED)
-        entries = read_otadata()
-        sector, entry = otadata.set_boot(entries, self.subtype - SUBTYPE_OTA_0, len(_ota_apps()))
-        write_entry(sector, entry)
+        import appimage
+
+        otadata = _rules()
+        try:
+            if self.type != Partition.TYPE_APP or self.subtype < SUBTYPE_OTA_0:
+                raise OSError(-otadata.ESP_ERR_INVALID_ARG)
+            if appimage.validate(self._read, self.size) is None:
+                raise OSError(-otadata.ESP_ERR_OTA_VALIDATE_FAILED)
+            entries = read_otadata()
+            slot = self.subtype - SUBTYPE_OTA_0
+            sector, entry = otadata.set_boot(entries, slot, len(_ota_apps()))
+            write_entry(sector, entry)
+        finally:
+            _off_heap()
 
     @classmethod
     def mark_app_valid_cancel_rollback(cls):
-        change = otadata.mark_valid(read_otadata(), len(_ota_apps()))
-        if change is not None:
-            write_entry(change[0], change[1])
+        try:
+            change = _rules().mark_valid(read_otadata(), len(_ota_apps()))
+            if change is not None:
+                write_entry(change[0], change[1])
+        finally:
+            _off_heap()
 
 
 def _ota_apps():
@@ -152,11 +177,12 @@ def _ota_apps():
 def _otadata_partition():
     found = Partition.find(Partition.TYPE_DATA, SUBTYPE_DATA_OTA)
     if not found:
-        raise OSError(-otadata.ESP_ERR_NOT_FOUND)
+        raise OSError(-_rules().ESP_ERR_NOT_FOUND)
     return found[0]
 
 
 def read_otadata():
+    otadata = _rules()
     part = _otadata_partition()
     return [
         otadata.Entry.unpack(part._read(i * otadata.SECTOR, otadata.ENTRY_SIZE)) for i in (0, 1)
@@ -165,6 +191,7 @@ def read_otadata():
 
 def write_entry(sector, entry):
     """Erase the sector, then write the entry: the order esp_ota_ops.c uses."""
+    otadata = _rules()
     part = _otadata_partition()
     part._erase(sector * otadata.SECTOR, otadata.SECTOR)
     part._write(sector * otadata.SECTOR, entry.pack())
@@ -172,6 +199,7 @@ def write_entry(sector, entry):
 
 def _boot_label():
     """esp_ota_get_boot_partition: what the bootloader would pick from otadata now."""
+    otadata = _rules()
     apps = _ota_apps()
     entries = read_otadata()
     if (entries[0].invalid() and entries[1].invalid()) or not apps:
