@@ -30,6 +30,11 @@ class Harness:
 
     # A console line the board prints once per boot (scenarios count boots with it).
     boot_banner = r"U-Boot \d"
+    # The requests the board's agent makes for the bundle of a good update, in order, as
+    # their Range headers (None: the whole file). The Linux agent: the signed header, a
+    # 12-byte probe for the bundle format (format 2 installs by ranges, docs/transfer.md),
+    # then the streaming install. Another agent on another board says its own.
+    bundle_requests = (None, "bytes=0-11", None)
 
     def __init__(self, workdir, device_id, listen="127.0.0.1", ports=None, tls=False,
                  link_rate=0, on_status=None):  # fmt: skip
@@ -61,7 +66,8 @@ class Harness:
             self.pki = Pki(os.path.join(self.dir, "pki"))
         self.broker = Mosquitto(os.path.join(self.dir, "broker"), port=self.ports["mqtt"] or None,
                                 pki=self.pki, host=self.listen).start()  # fmt: skip
-        self.csms = Csms(port=self.ports["ocpp"] or None, host=self.listen).start()
+        self.csms = Csms(port=self.ports["ocpp"] or None, host=self.listen,
+                         subprotocols=("ocpp2.0.1", "ocpp1.6")).start()  # fmt: skip
         self.images = FileServer({}, host="127.0.0.1").start()
         # Downloads cross a fault proxy: scenarios slow the link down or cut it.
         self.network = FaultProxy("127.0.0.1", self.images.server_address[1], self.link_rate,

@@ -8,25 +8,38 @@ Each long step is a phase (agent/mpy/phase.py): the code it needs (HTTP and the 
 the verifiers, the trial checks) is imported when it starts and dropped when it ends, so the
 heap between jobs holds only the loop, the journey, MQTT and the board's state.
 
+Each boot hands the journey its facts (agent/core/resets.py): the SoC's reset cause
+(agent/mpy/ota.py maps machine.reset_cause()) and the boot attempts the new slot has left.
+ESP-IDF's bootloader gives an unconfirmed image one boot, so the attempts are the agent's: it
+counts how often it armed the new slot (set_boot) for this install, and a watchdog reset leaves
+none. A power loss during the trial thus brings the old slot back with attempts left, and the
+journey arms the new slot again instead of rolling back (docs/micropython.md).
+
 Invariant: every decision is the journey's; a failure of a step becomes the event that fits it
-(with the error's reason), never an exception out of the loop; nothing is reported before the
-journal saved the state it belongs to.
+(with the error's reason), never an exception out of the loop: an action that fails outright
+(a MemoryError, a flash error) is reported and the journey resumed from the journal later, as
+the Linux daemon's recover() does; nothing is reported before the journal saved the state it
+belongs to.
 """
 
 import json
 import time
 
 from agent.core import lifecycle as lc
+from agent.core import resets
 from agent.core.errors import UpdateError
 from agent.core.jobs import parse_job
 from agent.core.trial import TrialPolicy
 from agent.mpy import phase as phases
 from agent.mpy.channel import CANCEL, INVENTORY, JOB, PONG, STATUS
 from agent.mpy.jsonout import dumps
+from agent.mpy.ota import reset_word
 from agent.mpy.phase import Phase
 from agent.mpy.store import Board, Journal
 
 CHECKS = ("communication", "charging-session", "alarms")  # agent/mpy/checks.py
+TRIAL_ATTEMPTS = 3  # boots of the new slot per install, as the Linux agent's default
+RECOVER_S = 10  # after an action failed outright: resume from the journal this much later
 
 
 class Abandoned(Exception):
@@ -39,8 +52,18 @@ def _steps():
     return steps
 
 
-def _info(error):
-    return {"reason": error.reason, "detail": error.message, "transient": bool(error.retry)}
+def _step_failure(error):
+    """The info of a failed step's event: an UpdateError's reason; a MemoryError (a heap too
+    fragmented for a buffer) is transient, retried after a collection; anything else is a
+    bug, reported as internal."""
+    if isinstance(error, UpdateError):
+        return {"reason": error.reason, "detail": error.message, "transient": bool(error.retry)}
+    if isinstance(error, MemoryError):
+        import gc
+
+        gc.collect()
+        return {"reason": "no-memory", "detail": "heap exhausted", "transient": True}
+    return {"reason": "internal", "detail": repr(error)}
 
 
 class Agent:
@@ -64,6 +87,7 @@ class Agent:
         self.step = 0
         self.envelope = None  # the raw signed header of the job's bundle (bytes)
         self.wake_at = 0
+        self.resume_at = None  # set after an action failed outright (recover)
         self.running = True
         self.rng = rng or _urandom_float
         channel.on_error = self.on_channel_error
@@ -76,10 +100,15 @@ class Agent:
         self.channel.subscribe(CANCEL, self.on_cancel)
         self.channel.subscribe(PONG, self.channel.on_pong)
         self.channel.poll()
-        self.resume()
+        # The last final status of an earlier boot was never acknowledged: send it again,
+        # before resume() may run a whole trial and record a new one.
         unsent = self.board.history().get("final")
-        if unsent:  # the last final status was never acknowledged: send it again
+        if unsent:
             self.channel.publish(STATUS, unsent, on_ack=self.board.final_delivered)
+        try:
+            self.resume(first=True)
+        except Exception as e:  # never a crash loop: report, and resume again later
+            self.recover(e)
         self.publish_inventory()
         self.log_heap("started")
 
@@ -87,7 +116,10 @@ class Agent:
         self.start()
         seen = self.channel.connections
         while self.running:
-            self.turn()
+            try:
+                self.turn()
+            except Exception as e:
+                self.recover(e)
             if self.channel.connections != seen:  # a new connection: republish the row
                 seen = self.channel.connections
                 self.publish_inventory()
@@ -95,19 +127,69 @@ class Agent:
 
     def turn(self):
         self.channel.poll()
+        if self.resume_at is not None:
+            if time.time() >= self.resume_at:
+                self.resume_at = None
+                self.resume()  # no news about the boot: only the journal's state
+            return
         while self.events:
             event = self.events.pop(0)
             if event[0] == self.step:
                 self.execute(self.journey.handle(event[1], time.time(), event[2])[1])
         self.tick()
 
-    def resume(self):
+    def recover(self, error):
+        """An action failed outright: abandon the step, say so with the journal's state, and
+        resume from the journal (what the board really did) RECOVER_S later."""
+        import gc
+
+        self.step += 1
+        self.events = []
+        gc.collect()
+        reason = "no-memory" if isinstance(error, MemoryError) else getattr(error, "reason",
+                                                                           "internal")  # fmt: skip
+        detail = getattr(error, "message", None) or repr(error)
+        print("step failed: %s (%s); resuming from the journal in %ds" % (reason, detail,
+                                                                         RECOVER_S))  # fmt: skip
+        self.resume_at = time.time() + RECOVER_S
+        try:
+            journey = self.journal.load(self.policy)
+            job = journey.job
+            self.report(lc.status_of(journey.state), {
+                "job_id": job.id if job else None, "reason": reason, "detail": detail,
+                "retry_in_s": RECOVER_S,
+            })  # fmt: skip
+        except Exception as e:  # the loop must outlive whatever broke
+            print("could not report the failure: %r" % e)
+
+    def boot_facts(self):
+        """This boot's facts for the journey: the SoC's reset cause, and the boot attempts
+        the new slot has left (those this install did not arm it for yet; none after a
+        watchdog reset)."""
+        try:
+            reset = reset_word(self.system.reset_cause())
+        except Exception as e:  # a platform without the call: the cause is unknown
+            print("reset cause unknown (%r)" % e)
+            reset = resets.UNKNOWN
+        facts = {"reset": reset}
+        new = self.journey.data.get("new_slot")
+        if new:
+            attempts = int(self.cfg.get("trial", {}).get("attempts", TRIAL_ATTEMPTS))
+            armed = self.board.slots()["slots"].get(new, {}).get("armed", 0)
+            facts["attempts_left"] = 0 if reset in resets.CRASHES else max(0, attempts - armed)
+        print("boot facts: %s" % dumps(facts))
+        return facts
+
+    def resume(self, first=False):
+        """Continue the journal's journey: at start (with this boot's facts), and after a
+        failed action (without: nothing new about the boot)."""
         self.journey = self.journal.load(self.policy)
         if self.journal.problem:
             print(self.journal.problem)
         booted = self.boot.booted_slot()
         print("booted slot %s; journal state %s" % (booted, self.journey.state))
-        self.execute(self.journey.resume(booted, time.time())[1])
+        facts = self.boot_facts() if first else None
+        self.execute(self.journey.resume(booted, time.time(), facts)[1])
         state = self.journey.state
         if state in (lc.IDLE, lc.COMMITTED) or (
             lc.is_terminal(state) and booted != self.journey.data.get("new_slot")
@@ -199,6 +281,7 @@ class Agent:
         self.report("Idle", {"job_id": job_id, "reason": "rejected", "detail": reason})
 
     def do_try_slot(self, slot):
+        self.board.armed(slot)  # counted before: a cut after set_boot still used an attempt
         self.boot.try_slot(slot)
 
     def do_mark_good(self, slot):
@@ -217,8 +300,8 @@ class Agent:
         self.running = False
         self.system.reboot()
 
-    # This board installs one app payload and refuses bundles carrying MCU images
-    # (installer.app_payload), so the MCU steps of the journey have nothing to do here.
+    # A wallbox on MicroPython carries no separate MCU components: nothing to flash, confirm
+    # or restore around its trial (agent/core/journey.py still names the steps).
     def do_flash_components(self, slot):
         pass
 
@@ -243,8 +326,8 @@ class Agent:
         self._run_step("download", lc.DOWNLOAD_ERROR)
 
     def do_verify(self):
-        # Downloaded has no failure edge but a bad signature (steps.verify retries the rest).
-        self._run_step("verify", lc.SIGNATURE_BAD)
+        # Downloaded has no failure edge but a bad signature: anything else recovers.
+        self._run_step("verify", None)
 
     def do_install(self, slot):
         self._run_step("install", lc.INSTALL_ERROR, slot)
@@ -262,7 +345,8 @@ class Agent:
 
     def _run_step(self, name, failure, *args):
         """Run the long step steps.NAME inline, in its phase; its result event is queued for
-        the loop (no recursion)."""
+        the loop (no recursion). A failure becomes the `failure` event, or, where the state
+        has no failure edge (failure None), a recover()."""
         self.step += 1
         step = self.step
         try:
@@ -270,16 +354,11 @@ class Agent:
                 event, info = getattr(_steps(), name)(self, *args)
         except Abandoned:
             return
-        except UpdateError as e:
-            event, info = failure, _info(e)
-        except MemoryError:  # the heap was too fragmented for a buffer: retried after a GC
-            import gc
-
-            gc.collect()
-            event, info = failure, {"reason": "no-memory", "detail": "heap exhausted",
-                                    "transient": True}  # fmt: skip
         except Exception as e:  # a bug must not kill the agent: the step fails
-            event, info = failure, {"reason": "internal", "detail": repr(e)}
+            if failure is None:
+                self.recover(e)
+                return
+            event, info = failure, _step_failure(e)
         self.events.append((step, event, info))
 
     def poller(self):

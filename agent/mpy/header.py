@@ -1,22 +1,21 @@
 """The bundle's signed header on the board: fetch it (12 bytes + envelope, bounded), verify
 it with the board's trust store, and plan the one `app` payload it promises.
 
-check() is the first half of an install (agent/mpy/installer.py is the second): it keeps only
-plain facts about the payload and the sha256 of the header bytes, which bind the write to
-exactly the bytes verified here. It runs in its own phase, so the verifiers never share the
-heap with the inflater.
+check() is the first half of an install (agent/mpy/installer.py is the second): it verifies
+the header just read from the bundle's stream and keeps only plain facts about the payload;
+the payload then streams on from the same connection, so the bytes written are the bytes
+that follow the verified header. check() runs in its own phase, so the verifiers never share
+the heap with the inflater.
 
 Invariant: nothing past the envelope is read; the facts are plain values (no manifest objects).
 """
-
-import binascii
-import hashlib
 
 from agent.core.envelope import MAX_ENVELOPE
 from agent.core.errors import MalformedBundle, NoSpace, Rejected
 
 HEADER = 12
 MAGIC = b"CUBNDL1\n"
+MAGIC2 = b"CUBNDL2\n"  # agent/bundle/format.py: format 2 carries chunk indexes
 
 
 class WindowTooLarge(Rejected):
@@ -25,13 +24,14 @@ class WindowTooLarge(Rejected):
     reason = "window-too-large"
 
 
-def _hex(h):
-    return binascii.hexlify(h.digest()).decode()
-
-
 def read_envelope(source):
     """The raw signature envelope at the start of the bundle (checked framing, not parsed)."""
     head = source.read_exact(HEADER, "header")
+    if head[:8] == MAGIC2:
+        raise MalformedBundle(
+            "bundle format 2 (chunk-indexed, for delta installs) is not installable here",
+            "sign this board's releases as format 1 (docs/micropython.md)",
+        )
     if head[:8] != MAGIC:
         raise MalformedBundle("not a charger-update bundle (bad magic)")
     length = int.from_bytes(head[8:12], "big")
@@ -91,16 +91,16 @@ def plan(manifest, slot_class, partition_size, max_window_bits):
     }  # fmt: skip
 
 
-def check(url, trust, device, floor, now, partition_size, options, poll=None):
-    """First half of an install: fetch and verify the signed header now and plan the payload;
-    returns plan()'s facts plus the header's size and sha256, which bind installer.write() to
-    exactly these verified bytes."""
-    raw = fetch_header(url, options.get("timeout_s", 10), poll)
-    facts = plan(verify(trust, raw, device, floor, now), options.get("slot_class", "app"),
-                 partition_size, options.get("max_window_bits", 15))  # fmt: skip
-    head = MAGIC + len(raw).to_bytes(4, "big")  # what read_envelope() accepted
-    digest = hashlib.sha256(head)
-    digest.update(raw)
-    facts["header_size"] = HEADER + len(raw)
-    facts["header_sha256"] = _hex(digest)
-    return facts
+def open_bundle(url, timeout_s=10, poll=None):
+    """A Download of the bundle at `url`, bounded to the header until the signed manifest
+    says how many payload bytes follow (install() raises the bound)."""
+    from agent.mpy.http import Download
+
+    return Download(url, HEADER + MAX_ENVELOPE, timeout_s, on_wait=poll)
+
+
+def check(trust, raw, device, floor, now, partition_size, options):
+    """The install's first half: verify the raw envelope just read from the bundle's stream
+    and plan its payload; plan()'s facts (plain values)."""
+    return plan(verify(trust, raw, device, floor, now), options.get("slot_class", "app"),
+                partition_size, options.get("max_window_bits", 15))  # fmt: skip

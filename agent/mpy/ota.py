@@ -9,14 +9,32 @@ maps onto ESP-IDF's app rollback (CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE):
                   bootloader can never pick it; the running slot: if still on trial nothing
                   (the reset that follows makes the bootloader abort it, and the old slot
                   stays VALID throughout), if it was confirmed set_boot(the other).
+Any reset of an unconfirmed image (a power cut too) makes the bootloader abort it; the agent
+arms it again when the journey says so (agent/mpy/agent.py counts the attempts).
 
 Invariant: set_boot() is only ever called for a slot whose image was written, checked and read
 back in full; a failure of the esp32 API raises BootEnvError, never a guess.
 """
 
+from agent.core import resets
 from agent.core.errors import BootEnvError
 
 BLOCK = 4096
+
+# machine.reset_cause() on MicroPython's esp32 port (values from its machine stubs) in the
+# journey's words. The port reports esp_restart() and a panic alike as HARD_RESET, and
+# SOFT_RESET is a restart of the VM within the same boot: neither says whether a release is at
+# fault, so both are "unknown" (the trial resumes, within the attempts), never guessed.
+PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
+
+
+def reset_word(cause):
+    """The agent/core/resets.py cause of machine.reset_cause() `cause`."""
+    if cause == PWRON_RESET:  # power on and brown-out
+        return resets.POWER_ON
+    if cause == WDT_RESET:  # interrupt, task and RTC watchdogs
+        return resets.WATCHDOG
+    return resets.UNKNOWN
 
 
 def _esp32():

@@ -14,11 +14,10 @@ dicts, strings and numbers only), so dropping the phase's modules frees them.
 import time
 
 from agent.core import lifecycle as lc
-from agent.core.errors import BadSignature, ReadbackMismatch, Rejected, UnknownKey, UpdateError
+from agent.core.errors import BadSignature, ReadbackMismatch, Rejected, UnknownKey
 from agent.mpy.channel import HEALTH
 
 SIGNATURE_ERRORS = (BadSignature, UnknownKey)
-VERIFY_ATTEMPTS = 3
 
 
 def _info(error):
@@ -33,31 +32,21 @@ def download(agent):
     return lc.DOWNLOAD_OK, {}
 
 
-def _verify_once(agent):
+def verify(agent):
+    """SIGNATURE_OK, or SIGNATURE_BAD for a rejected header; anything else (the network
+    while fetching the header again, the heap) raises: Downloaded has no other failure edge,
+    so the agent recovers and verifies again later."""
     from agent.mpy import header
 
     job = agent.journey.job
     if agent.envelope is None:  # resumed at Downloaded: fetch the header again
         agent.envelope = header.fetch_header(job.url, agent.timeout(), agent.poller())
-    header.verify(agent.trust, agent.envelope, agent.device, agent.board.floor(), time.time())
-
-
-def verify(agent):
-    """Downloaded has no failure edge but a bad signature: a transient failure (the network
-    while fetching the header again, a fragmented heap) is tried again within the step."""
-    step = agent.step
-    for attempt in range(VERIFY_ATTEMPTS):
-        try:
-            _verify_once(agent)
-            return lc.SIGNATURE_OK, {}
-        except Rejected as e:
-            return lc.SIGNATURE_BAD, _info(e)
-        except (UpdateError, MemoryError) as e:
-            if attempt == VERIFY_ATTEMPTS - 1:
-                raise
-            print("verify attempt %d failed (%r); again in %ds" % (attempt + 1, e, 2**attempt))
-            agent.wait(2**attempt, step)
-    return lc.SIGNATURE_BAD, {"reason": "internal", "detail": "no verify attempt"}
+    try:
+        header.verify(agent.trust, agent.envelope, agent.device, agent.board.floor(),
+                      time.time())  # fmt: skip
+    except Rejected as e:
+        return lc.SIGNATURE_BAD, _info(e)
+    return lc.SIGNATURE_OK, {}
 
 
 def _progress(agent, job):
@@ -73,38 +62,34 @@ def _progress(agent, job):
     return progress
 
 
-def _check(agent, slot, options):
+def install(agent, slot):
+    """One connection: read the signed header, verify it again (its own phase), then stream
+    the payload that follows into the slot (another phase)."""
     from agent.mpy import header
 
-    job = agent.journey.job
-    size = agent.boot.partition(slot).info()[3]
-    return header.check(job.url, agent.trust, agent.device, agent.board.floor(),
-                           time.time(), size, options, agent.poller())  # fmt: skip
-
-
-def _write(agent, slot, facts, options):
-    from agent.mpy import installer
-
-    job = agent.journey.job
-    installer.write(job.url, facts, agent.boot.partition(slot), options,
-                    _progress(agent, job), agent.poller())  # fmt: skip
-
-
-def install(agent, slot):
-    """Verify the header again (its own phase), then stream the payload (another phase)."""
     job = agent.journey.job
     agent.board.set_slot(slot, {"state": "writing", "incoming": job.version})
     options = dict(agent.cfg.get("install", {}), timeout_s=agent.timeout(),
                    slot_class=agent.cfg.get("slot_class", "app"))  # fmt: skip
+    partition = agent.boot.partition(slot)
+    source = header.open_bundle(job.url, agent.timeout(), agent.poller())
     try:
+        raw = header.read_envelope(source)
         with agent.phase("install-check"):
-            facts = _check(agent, slot, options)
+            facts = header.check(agent.trust, raw, agent.device, agent.board.floor(),
+                                 time.time(), partition.info()[3], options)  # fmt: skip
+        raw = None
         with agent.phase("install-write"):
-            _write(agent, slot, facts, options)
+            from agent.mpy import installer
+
+            installer.write(source, facts, partition, options, _progress(agent, job),
+                            agent.poller())  # fmt: skip
     except SIGNATURE_ERRORS as e:
         return lc.SIGNATURE_BAD, _info(e)
     except ReadbackMismatch as e:
         return lc.VERIFY_ERROR, _info(e)
+    finally:
+        source.close()
     agent.board.set_slot(slot, {"state": "installed", "version": facts["version"],
                                 "security_version": facts["security_version"]})  # fmt: skip
     return lc.INSTALL_OK, {}

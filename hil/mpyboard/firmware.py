@@ -65,6 +65,10 @@ class System:
     def local_offset_s(self):
         return 0
 
+    def reset_cause(self):
+        """machine.reset_cause() of the emulated chip (set by hil/mpyboard/board.py)."""
+        return int(os.getenv("MPYBOARD_RESET") or 0)
+
 
 def _counted_save(n, state):
     """after_save hook: the board-wide save counter and the planned power cut."""

@@ -26,23 +26,13 @@ CHUNK_BYTES = 1024
 class AppKit(ReleaseKit):
     """ReleaseKit whose bundles carry the image as the board's `app` payload."""
 
+    PAYLOAD = ("app", "app")
     window_bits = 15
 
-    def bundle_image(self, image, version, security_version=1, keys=None, name=None, extra=()):
-        import time
+    def image_payload(self, image):
+        from agent.bundle.writer import PayloadSource
 
-        from agent.bundle.writer import PayloadSource, create_bundle
-
-        out = os.path.join(self.dir, name or "charger-%s.cub" % version)
-        create_bundle(
-            out, [PayloadSource("app", "app", image, "gzip", window_bits=self.window_bits)]
-            + list(extra),
-            keys or [self.release_key],
-            version=version, security_version=security_version,
-            compatible=[{"model": self.model, "hardware_revisions": [self.hardware_revision]}],
-            expires=int(time.time()) + 30 * 86400,
-        )  # fmt: skip
-        return out
+        return PayloadSource("app", "app", image, "gzip", window_bits=self.window_bits)
 
 
 def build_image(path, version, defects=(), pad_bytes=0):
@@ -58,6 +48,10 @@ def build_image(path, version, defects=(), pad_bytes=0):
 
 class MpyRig(Harness):
     boot_banner = r"\[rom\] booting ota_"
+    # The signed header (download and verify), then one stream for the install: the header
+    # again, verified again, and the payload from the same connection (no format probe:
+    # this board installs format 1 only).
+    bundle_requests = (None, None)
 
     def __init__(self, workdir, device_id="mpy-0001", trial_window_s=30, heap="96K",
                  factory_version="1.0.0", link_rate=0, on_status=None, window_bits=WINDOW_BITS,
