@@ -70,7 +70,7 @@ $(MICROPYTHON):
 	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq nodejs npm; }
 	npm install --no-save --prefix .cache/micropython @micropython/micropython-webassembly-pyscript@1.27.0
 
-# micropython-lib's umqtt for agent/mpy: pip fetches it into .cache (hil/mpyboard/deps.py).
+# umqtt for agent/mpy: its pinned PyPI source archive, read with tarfile (hil/mpyboard/deps.py).
 UMQTT := .cache/micropython-lib/umqtt/simple2.py
 $(UMQTT): | venv
 	$(BIN)/python -m hil.mpyboard.deps

@@ -2,13 +2,16 @@
 it with the board's trust store, and plan the one `app` payload it promises.
 
 check() is the first half of an install (agent/mpy/installer.py is the second): it verifies
-the header just read from the bundle's stream and keeps only plain facts about the payload;
-the payload then streams on from the same connection, so the bytes written are the bytes
-that follow the verified header. check() runs in its own phase, so the verifiers never share
-the heap with the inflater.
+the header again (the bytes the verify step fetched, kept in RAM, or fetched anew after a
+reboot) and keeps only plain facts about the payload and the sha256 of the header bytes,
+which bind the write to exactly the bytes verified here. It runs in its own phase with no
+connection open, so the verifiers never share the heap with the download or the inflater.
 
 Invariant: nothing past the envelope is read; the facts are plain values (no manifest objects).
 """
+
+import binascii
+import hashlib
 
 from agent.core.envelope import MAX_ENVELOPE
 from agent.core.errors import MalformedBundle, NoSpace, Rejected
@@ -91,16 +94,14 @@ def plan(manifest, slot_class, partition_size, max_window_bits):
     }  # fmt: skip
 
 
-def open_bundle(url, timeout_s=10, poll=None):
-    """A Download of the bundle at `url`, bounded to the header until the signed manifest
-    says how many payload bytes follow (install() raises the bound)."""
-    from agent.mpy.http import Download
-
-    return Download(url, HEADER + MAX_ENVELOPE, timeout_s, on_wait=poll)
-
-
 def check(trust, raw, device, floor, now, partition_size, options):
-    """The install's first half: verify the raw envelope just read from the bundle's stream
-    and plan its payload; plan()'s facts (plain values)."""
-    return plan(verify(trust, raw, device, floor, now), options.get("slot_class", "app"),
-                partition_size, options.get("max_window_bits", 15))  # fmt: skip
+    """The install's first half: verify the raw envelope `raw` again and plan its payload;
+    plan()'s facts plus the header's size and sha256, which bind installer.write() to
+    exactly these verified bytes."""
+    facts = plan(verify(trust, raw, device, floor, now), options.get("slot_class", "app"),
+                 partition_size, options.get("max_window_bits", 15))  # fmt: skip
+    digest = hashlib.sha256(MAGIC + len(raw).to_bytes(4, "big"))  # what read_envelope() took
+    digest.update(raw)
+    facts["header_size"] = HEADER + len(raw)
+    facts["header_sha256"] = binascii.hexlify(digest.digest()).decode()
+    return facts

@@ -1,12 +1,12 @@
 """Write a verified update into the inactive OTA partition, streaming.
 
-The second half of an install (agent/mpy/header.py's check() is the first, in its own phase,
-so the verifiers and the inflater never share the heap): write() goes on reading the same
-connection after the verified header and streams the payload through SHA-256 (stored
-bytes), `deflate` (gzip payloads, with the window the manifest signed), SHA-256 again
-(installed bytes) and chunk-sized writes into the partition (each 4 KiB flash block erased
-before its first chunk). Finally the partition is read back and hashed. Only then does the
-caller set_boot it.
+The second half of an install (agent/mpy/header.py's check() is the first, in its own phase
+and with no connection open, so the verifiers and the inflater never share the heap):
+write() streams the bundle, checks that its header hashes to exactly what check() verified,
+then streams the payload through SHA-256 (stored bytes), `deflate` (gzip payloads, with the
+window the manifest signed), SHA-256 again (installed bytes) and chunk-sized writes into the
+partition (each 4 KiB flash block erased before its first chunk). Finally the partition is
+read back and hashed. Only then does the caller set_boot it.
 
 Heap: one chunk buffer (`chunk_bytes`, 4096 by default, 1024 on a small board), the inflate
 window (2**window_bits) and uzlib's state; a payload whose window exceeds `max_window_bits` is
@@ -32,14 +32,32 @@ def _hex(h):
     return binascii.hexlify(h.digest()).decode()
 
 
-def write(source, facts, partition, options, progress=None, poll=None):
-    """Second half: stream the payload that follows the verified header on `source` (an
-    agent.mpy.http.Download positioned after the envelope) into `partition`, never reading
-    past its signed size, then read the partition back."""
+def write(url, facts, partition, options, progress=None, poll=None):
+    """Second half: stream the bundle at `url` into `partition`, after checking that it starts
+    with the very header check() verified (PayloadMismatch otherwise)."""
+    from agent.mpy.http import Download
+
     chunk = _chunk_size(options.get("chunk_bytes", BLOCK))
-    source.limit = source.pos + facts["size"]  # the hard bound: the signed size
-    _write(source, facts, partition, chunk, progress, poll)
-    _read_back(partition, facts, chunk)
+    size = facts["header_size"]
+    # The hard bound: the verified header and the signed payload size, nothing more.
+    source = Download(url, size + facts["size"], options.get("timeout_s", 10), on_wait=poll)
+    try:
+        buf = bytearray(chunk)
+        digest = hashlib.sha256()
+        left = size
+        while left:
+            got = source.readinto(memoryview(buf)[: min(chunk, left)])
+            if not got:
+                raise PayloadMismatch("the bundle ends inside the header it had when verified")
+            digest.update(memoryview(buf)[:got])
+            left -= got
+        buf = None
+        if _hex(digest) != facts["header_sha256"]:
+            raise PayloadMismatch("the bundle's signed header changed since it was verified")
+        _write(source, facts, partition, chunk, progress, poll)
+        _read_back(partition, facts, chunk)
+    finally:
+        source.close()
 
 
 def _chunk_size(n):

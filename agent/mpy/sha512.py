@@ -45,13 +45,16 @@ def _rotr(x, n):
     return ((x >> n) | (x << (64 - n))) & _M
 
 
-def _compress(h, block):
-    w = [int.from_bytes(block[i : i + 8], "big") for i in range(0, 128, 8)]
+def _compress(h, block, w):
+    """One 128-byte block (a memoryview) into the state `h` (a list, updated in place), with
+    `w` a reused 80-entry schedule: no list grows and no block is copied."""
+    for t in range(16):
+        w[t] = int.from_bytes(block[8 * t : 8 * t + 8], "big")
     for t in range(16, 80):
         x, y = w[t - 15], w[t - 2]
         s0 = _rotr(x, 1) ^ _rotr(x, 8) ^ (x >> 7)
         s1 = _rotr(y, 19) ^ _rotr(y, 61) ^ (y >> 6)
-        w.append((w[t - 16] + s0 + w[t - 7] + s1) & _M)
+        w[t] = (w[t - 16] + s0 + w[t - 7] + s1) & _M
     a, b, c, d, e, f, g, hh = h
     for t in range(80):
         k = unpack_from(">Q", _K, 8 * t)[0]
@@ -60,32 +63,43 @@ def _compress(h, block):
         t2 = (_rotr(a, 28) ^ _rotr(a, 34) ^ _rotr(a, 39)) + ((a & b) ^ (a & c) ^ (b & c))
         hh, g, f, e = g, f, e, (d + t1) & _M
         d, c, b, a = c, b, a, (t1 + t2) & _M
-    return [(x + y) & _M for x, y in zip(h, (a, b, c, d, e, f, g, hh))]
+    for i, x in enumerate((a, b, c, d, e, f, g, hh)):
+        h[i] = (h[i] + x) & _M
 
 
 class sha512:
-    """hashlib-style: update(data) any number of times, then digest()."""
+    """hashlib-style: update(data) any number of times, then digest(). Input is consumed
+    through one 128-byte buffer (a small board's heap never holds a copy of the message)."""
 
     def __init__(self, data=b""):
         self._h = list(_H0)
-        self._buf = b""
+        self._w = [0] * 80
+        self._buf = bytearray(128)
+        self._fill = 0
         self._len = 0
         if data:
             self.update(data)
 
     def update(self, data):
-        data = bytes(data)
-        self._len += len(data)
-        buf = self._buf + data
-        n = len(buf) - len(buf) % 128
-        for i in range(0, n, 128):
-            self._h = _compress(self._h, buf[i : i + 128])
-        self._buf = buf[n:]
+        view = memoryview(data)
+        self._len += len(view)
+        pos = 0
+        while pos < len(view):
+            n = min(128 - self._fill, len(view) - pos)
+            if self._fill == 0 and n == 128:  # a whole block straight from the input
+                _compress(self._h, view[pos : pos + 128], self._w)
+            else:
+                self._buf[self._fill : self._fill + n] = view[pos : pos + n]
+                self._fill += n
+                if self._fill == 128:
+                    _compress(self._h, memoryview(self._buf), self._w)
+                    self._fill = 0
+            pos += n
 
     def digest(self):
+        h, buf, fill = list(self._h), bytearray(self._buf), self._fill
         pad = b"\x80" + b"\x00" * ((111 - self._len) % 128) + (self._len * 8).to_bytes(16, "big")
-        h = list(self._h)
-        buf = self._buf + pad
-        for i in range(0, len(buf), 128):
-            h = _compress(h, buf[i : i + 128])
+        tail = bytes(buf[:fill]) + pad
+        for i in range(0, len(tail), 128):
+            _compress(h, memoryview(tail)[i : i + 128], self._w)
         return b"".join(x.to_bytes(8, "big") for x in h)

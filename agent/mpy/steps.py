@@ -38,11 +38,8 @@ def verify(agent):
     so the agent recovers and verifies again later."""
     from agent.mpy import header
 
-    job = agent.journey.job
-    if agent.envelope is None:  # resumed at Downloaded: fetch the header again
-        agent.envelope = header.fetch_header(job.url, agent.timeout(), agent.poller())
     try:
-        header.verify(agent.trust, agent.envelope, agent.device, agent.board.floor(),
+        header.verify(agent.trust, _header(agent), agent.device, agent.board.floor(),
                       time.time())  # fmt: skip
     except Rejected as e:
         return lc.SIGNATURE_BAD, _info(e)
@@ -62,34 +59,40 @@ def _progress(agent, job):
     return progress
 
 
-def install(agent, slot):
-    """One connection: read the signed header, verify it again (its own phase), then stream
-    the payload that follows into the slot (another phase)."""
+def _header(agent):
+    """The raw signed header of the job's bundle: the one the verify step fetched (kept in
+    RAM), or fetched again (after a reboot between verify and install)."""
     from agent.mpy import header
 
+    if agent.envelope is None:
+        agent.envelope = header.fetch_header(agent.journey.job.url, agent.timeout(),
+                                             agent.poller())  # fmt: skip
+    return agent.envelope
+
+
+def install(agent, slot):
+    """Verify the header again (its own phase, no connection open), then stream the bundle
+    into the slot, its header checked against the verified bytes (another phase)."""
     job = agent.journey.job
     agent.board.set_slot(slot, {"state": "writing", "incoming": job.version})
     options = dict(agent.cfg.get("install", {}), timeout_s=agent.timeout(),
                    slot_class=agent.cfg.get("slot_class", "app"))  # fmt: skip
     partition = agent.boot.partition(slot)
-    source = header.open_bundle(job.url, agent.timeout(), agent.poller())
     try:
-        raw = header.read_envelope(source)
         with agent.phase("install-check"):
-            facts = header.check(agent.trust, raw, agent.device, agent.board.floor(),
+            from agent.mpy import header
+
+            facts = header.check(agent.trust, _header(agent), agent.device, agent.board.floor(),
                                  time.time(), partition.info()[3], options)  # fmt: skip
-        raw = None
         with agent.phase("install-write"):
             from agent.mpy import installer
 
-            installer.write(source, facts, partition, options, _progress(agent, job),
+            installer.write(job.url, facts, partition, options, _progress(agent, job),
                             agent.poller())  # fmt: skip
     except SIGNATURE_ERRORS as e:
         return lc.SIGNATURE_BAD, _info(e)
     except ReadbackMismatch as e:
         return lc.VERIFY_ERROR, _info(e)
-    finally:
-        source.close()
     agent.board.set_slot(slot, {"state": "installed", "version": facts["version"],
                                 "security_version": facts["security_version"]})  # fmt: skip
     return lc.INSTALL_OK, {}
