@@ -220,6 +220,7 @@ class Agent:
         if self.journey.state != before:
             self.step += 1  # a download still running is moot now
             self.wake_at = 0
+            self.resume_at = None  # so is a resume after a failed step: the journal has this
         self.execute(actions)
 
     def on_channel_error(self, suffix, reason, detail):

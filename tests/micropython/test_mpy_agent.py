@@ -2,8 +2,9 @@
 MicroPython board (hil/mpyboard): a live mosquitto, the project's HTTP server, ESP-IDF's OTA
 rules on flash files, a reset that ends the process and boots what the bootloader picks.
 
-The heap is bounded with -X heapsize=HEAP (docs/micropython.md: the smallest heap that
-completes an update when the code is compiled at boot; most of it holds code objects).
+The heap is bounded with -X heapsize=HEAP, a little above the smallest heap that completed an
+update here (121K on x86-64, code precompiled in the board's ROMFS image; `make bench` finds
+it again). 96K does not fit on this 64-bit port: docs/micropython.md says by how much and why.
 """
 
 import os
@@ -16,7 +17,8 @@ from hil.mpyboard import flash
 from hil.mpyboard.rig import MpyRig
 from hil.scenarios import test_catalogue as catalogue
 
-HEAP = "512K"  # 320K completed an update once here, 288K never; 384K failed now and then
+HEAP = "128K"
+TOO_SMALL = "108K"  # the board idles and takes jobs, but cannot verify a signature in it
 T = 60
 
 
@@ -81,6 +83,42 @@ def test_tampered_payload_is_refused_before_set_boot(rig):
     assert len(re.findall(rig.boot_banner, rig.console_text())) == 1  # never rebooted
     row = catalogue.settled_row(rig, job["id"])
     assert row["slots"]["ota_1"]["attempts_left"] == 0
+
+
+def test_a_window_larger_than_the_board_holds_is_refused_before_writing(tmp_path, micropython):
+    r = MpyRig(str(tmp_path / "rig"), heap=HEAP, window_bits=15)  # zlib's default: 32 KiB
+    r.start()
+    try:
+        r.power_on()
+        r.start_row = r.wait_online(30)
+        job, final = run_job(r, "1.1.0")
+        assert final["status"] == "InstallationFailed", final
+        assert final["reason"] == "window-too-large", final
+        assert otadata(r)[1][0] == 0xFFFFFFFF  # set_boot never ran
+        assert len(re.findall(r.boot_banner, r.console_text())) == 1
+    finally:
+        r.close()
+
+
+def test_a_heap_too_small_to_verify_fails_safe_and_stays_cancellable(tmp_path, micropython):
+    r = MpyRig(str(tmp_path / "rig"), heap=TOO_SMALL)
+    r.start()
+    try:
+        r.power_on()
+        r.start_row = r.wait_online(30)
+        job = r.push_job("1.1.0", r.release("1.1.0"))
+        short = r.backend.wait_status(r.device_id, lambda s: s.get("reason") == "no-memory", T)
+        assert short["status"] == "Downloaded" and short["retry_in_s"] > 0  # tried again later
+        r.backend.cancel_job(r.device_id, job["id"])
+        r.backend.wait_status(r.device_id, lambda s: s.get("reason") == "cancelled", T)
+        names = [s["status"] for s in r.statuses(job["id"])]
+        assert "InvalidSignature" not in names and "Installing" not in names, names
+        assert len(re.findall(r.boot_banner, r.console_text())) == 1  # never reset
+        assert otadata(r)[1][0] == 0xFFFFFFFF
+        row = r.backend.wait_inventory(r.device_id, lambda row: row["booted"] == "ota_0", T)
+        assert row["slots"]["ota_0"]["version"] == "1.0.0"
+    finally:
+        r.close()
 
 
 # Journal saves of a good update, in order: accepted (DownloadScheduled), Downloading,
