@@ -105,8 +105,9 @@ def test_garbage_is_malformed(data):
 
 
 def gz(**over):
-    return dict({"name": "app", "slot_class": "app", "size": 10, "sha256": SHA,
-                 "compression": "gzip", "installed_size": 20, "installed_sha256": SHA}, **over)  # fmt: skip
+    entry = {"name": "app", "slot_class": "app", "size": 10, "sha256": SHA}
+    entry.update(compression="gzip", installed_size=20, installed_sha256=SHA)
+    return dict(entry, **over)
 
 
 def test_a_gzip_payload_names_its_deflate_window_for_small_boards():
