@@ -87,9 +87,10 @@ soak: venv sysdeps qemu-deps
 	$(BIN)/python -m hil.soak --journeys $(SOAK_JOURNEYS) --seed $(SOAK_SEED)
 	$(BIN)/python -m hil.soak_qemu --journeys $(SOAK_QEMU_JOURNEYS) --seed $(SOAK_SEED)
 
-bench: venv sysdeps
+bench: venv sysdeps $(UMQTT)
 	$(BIN)/python -m tests.bench
 	$(BIN)/python -m tests.bench_mcu
+	$(BIN)/python -m tests.bench_mpy
 
 # Delta downloads against xdelta3, zchunk and casync on ext4 images built from debootstrap
 # trees (cached under .cache/bench-delta; the mirror is the machine's own apt source).

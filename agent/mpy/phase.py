@@ -32,16 +32,33 @@ class Phase:
         self.before = set(sys.modules)
         if self.log is not None:
             self.log("phase %s: start, heap used %d free %d" % ((self.name,) + heap()))
+        self.started = _ms()
         return self
 
     def __exit__(self, *exc):
+        took = _since(self.started)
         drop([name for name in sys.modules if name not in self.before])
         self.before = None
         if self.log is not None:
-            self.log("phase %s: end, heap used %d free %d" % ((self.name,) + heap()))
+            self.log("phase %s: end after %d ms, heap used %d free %d"
+                     % ((self.name, took) + heap()))  # fmt: skip
         else:
             gc.collect()
         return False
+
+
+def _ms():
+    import time
+
+    ticks = getattr(time, "ticks_ms", None)  # MicroPython; CPython runs these modules in tests
+    return ticks() if ticks is not None else int(time.time() * 1000)
+
+
+def _since(start):
+    import time
+
+    diff = getattr(time, "ticks_diff", None)  # ticks wrap around on a board
+    return diff(_ms(), start) if diff is not None else _ms() - start
 
 
 def drop(names):
