@@ -7,8 +7,8 @@ before the agent starts), no-backend (the network never reaches the broker), ref
 (the charging stack refuses to start a session), alarm-storm (a ground-fault alarm every
 second). A reset is the end of this process: the board controller runs the bootloader again.
 
-Power-cut tests: with MPYBOARD_DIR/cut_at holding N, the N-th journal save of the board's
-life prints "POWER CUT" and blocks; the controller then pulls the plug.
+Power-cut tests: with MPYBOARD_DIR/cut_at holding N (or N,M,...), the N-th journal save of the
+board's life prints "POWER CUT" and blocks; the controller then pulls the plug.
 """
 
 import json
@@ -82,10 +82,10 @@ def _counted_save(n, state):
         f.write(str(count))
     try:
         with open(BOARD + "/cut_at") as f:
-            cut = int(f.read())
+            cuts = [int(n) for n in f.read().split(",")]
     except (OSError, ValueError):
         return
-    if cut == count:
+    if count in cuts:
         print("POWER CUT at save %d (%s)" % (count, state))
         while True:
             time.sleep(1)

@@ -124,7 +124,8 @@ def test_a_heap_too_small_to_verify_fails_safe_and_stays_cancellable(tmp_path, m
 # Journal saves of a good update, in order: accepted (DownloadScheduled), Downloading,
 # Downloaded, InstallScheduled, Installing, Installed, Rebooting | new slot: Trial, Committed,
 # Idle. A cut at the Trial save lands before mark_app_valid_cancel_rollback: ESP-IDF's
-# bootloader aborts the unconfirmed image at the next boot, so that journey rolls back.
+# bootloader aborts the unconfirmed image at the next boot, and the agent, back on the old
+# slot after a power-on reset with attempts left, arms the new slot again: it commits too.
 CUTS = [(n, "Committed") for n in range(1, 11)]
 
 
@@ -155,9 +156,36 @@ def test_catalogue_bad_signature(rig):
 
 def test_catalogue_crash_on_boot(rig):
     catalogue.test_crash_looping_firmware_falls_back_by_boot_counting(rig)
+    # ESP-IDF's bootloader aborts it after each panic; the agent arms it again while the
+    # attempts last (a panic is HARD_RESET, a cause it cannot tell from esp_restart())
+    assert len(re.findall(r"\[rom\] booting ota_1", rig.console_text())) == 3
 
 
 @pytest.mark.parametrize("defect, check", [("no-backend", "communication"),
                                            ("alarm-storm", "alarms")])  # fmt: skip
 def test_catalogue_failed_trial(rig, defect, check):
     catalogue.test_broken_path_rolls_back(rig, defect, check)
+
+
+def test_power_cut_during_the_trial_resumes_it_on_the_new_slot(rig):
+    with open(os.path.join(rig.board.dir, "cut_at"), "w") as f:
+        f.write("8")  # the Trial save: the new image runs, unconfirmed
+    job, final = run_job(rig, "1.1.0")
+    assert final["status"] == "Committed" and final["resets"] == ["power-on"], final
+    again = [s for s in rig.statuses(job["id"]) if s["status"] == "InstallRebooting"][1:]
+    assert [s["evidence"]["reset"] for s in again] == ["power-on"]  # armed once more, and why
+    # set_boot again after the abort: ESP-IDF counts from the valid entry (seq 1), so seq 2
+    # is written over the aborted one, and is VALID after the trial
+    assert otadata(rig) == [(1, 2), (2, 2)]
+    assert catalogue.settled_row(rig, job["id"])["booted"] == "ota_1"
+
+
+def test_power_losses_that_use_up_the_attempts_roll_back_as_power_loss(rig):
+    with open(os.path.join(rig.board.dir, "cut_at"), "w") as f:
+        f.write("8,10,12")  # every Trial save of the three boots the new slot gets
+    job, final = run_job(rig, "1.1.0")
+    assert final["status"] == "RolledBack", final
+    assert final["cause"] == "power-loss"  # not the release's fault: a fleet does not halt
+    booted_new = re.findall(r"\[rom\] booting ota_1", rig.console_text())
+    assert len(booted_new) == 3  # trial_attempts
+    assert catalogue.settled_row(rig, job["id"])["booted"] == "ota_0"
