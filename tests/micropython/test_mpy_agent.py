@@ -143,11 +143,35 @@ def test_power_cut_at_every_journal_step_resumes(rig, cut, expected):
     rig.board.wait_line("[rom] power off", T, anywhere=True)
 
 
+def test_a_dropped_connection_mid_install_resumes_with_range(tmp_path, micropython):
+    r = MpyRig(str(tmp_path / "rig"), heap=HEAP, link_rate=512 * 1024)
+    r.start()
+    try:
+        r.power_on()
+        r.start_row = r.wait_online(30)
+        url = r.release("1.1.0", pad_bytes=1536 * 1024)  # half random: about 0.8 MB stored
+        job = r.push_job("1.1.0", url)
+        r.wait_status(job["id"], "Installing", T)
+        r.network.cut_after(256 * 1024)
+        assert r.network.wait_cut(T)
+        final = r.wait_status(job["id"], FINAL_STATUSES, T)
+        assert final["status"] == "Committed", final
+        ranges = [q for q in r.images.requests if q["range"]]
+        assert ranges and ranges[0]["if_range"], r.images.requests  # resumed, not restarted
+    finally:
+        r.close()
+
+
 # The scenario catalogue (hil/scenarios) against the MicroPython board.
 
 
 def test_catalogue_good_update(rig):
     catalogue.test_good_update_commits(rig)
+
+
+def test_catalogue_power_cut_after_installed(rig):
+    # On this board the "env write" is set_boot's otadata sector write, right after Installed.
+    catalogue.test_power_cut_during_environment_write(rig)
 
 
 def test_catalogue_bad_signature(rig):
