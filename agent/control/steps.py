@@ -74,7 +74,11 @@ def verify(envelope, url, cfg, trust, now, slots=None):
 
 def install(url, cfg, boot, trust, now, progress):
     try:
-        installer.install(url, cfg, boot, trust, now=now, progress_factory=progress.start)
+        done = installer.install(url, cfg, boot, trust, now=now, progress_factory=progress.start)
+        unread = installer.without_readback(done.manifest, cfg)
+        if unread:  # the config's choice, said where the operator reads the install's log
+            log.warning("slot %s: %s written without read-back ([readback] in %s)",
+                        done.slot, ", ".join(unread), cfg.path)  # fmt: skip
         return lc.INSTALL_OK, {}
     except LOCAL_ERRORS:
         raise
@@ -127,7 +131,10 @@ def verify_whole(job, whole, cfg, trust, roots, now, slots=None):
             return lc.SIGNATURE_BAD if not problem["transient"] else event, problem
     digest, envelope = whole
     try:
-        roots.verify(digest, job.signature, job.signing_certificate, now)
+        try:
+            roots.verify(digest, job.signature, job.signing_certificate, now)
+        except MalformedBundle as e:  # a signature that is not base64: an invalid signature
+            raise BadSignature(e.message, hint=e.hint) from None
         if envelope is None:
             raise MalformedBundle(
                 "%s is not a charger-update bundle" % job.url,

@@ -9,7 +9,8 @@ the verifiers, the trial checks) is imported when it starts and dropped when it 
 heap between jobs holds only the loop, the journey, MQTT and the board's state.
 
 Each boot hands the journey its facts (agent/core/resets.py): the SoC's reset cause
-(agent/mpy/ota.py maps machine.reset_cause()) and the boot attempts the new slot has left.
+(system.boot_facts(), on an ESP32 esp32_boot_facts(machine)) and the boot attempts the new
+slot has left.
 ESP-IDF's bootloader gives an unconfirmed image one boot, so the attempts are the agent's: it
 counts how often it armed the new slot (set_boot) for this install, and a watchdog reset leaves
 none. A power loss during the trial thus brings the old slot back with attempts left, and the
@@ -33,13 +34,25 @@ from agent.core.trial import TrialPolicy
 from agent.mpy import phase as phases
 from agent.mpy.channel import CANCEL, INVENTORY, JOB, PONG, STATUS
 from agent.mpy.jsonout import dumps
-from agent.mpy.ota import reset_word
 from agent.mpy.phase import Phase
 from agent.mpy.store import Board, Journal
 
 CHECKS = ("communication", "charging-session", "alarms")  # agent/mpy/checks.py
 TRIAL_ATTEMPTS = 3  # boots of the new slot per install, as the Linux agent's default
 RECOVER_S = 10  # after an action failed outright: resume from the journal this much later
+
+
+def esp32_boot_facts(machine):
+    """Journey.resume's boot facts from MicroPython's machine.reset_cause() on an ESP32: only
+    a power-on (or brown-out) and a watchdog name a cause. MicroPython's esp32 port reports
+    esp_restart() and a panic alike as HARD_RESET, and SOFT_RESET is a restart of the VM in
+    the same boot: they stay "unknown" rather than a guess (agent/core/resets.py)."""
+    cause = machine.reset_cause()
+    if cause == machine.PWRON_RESET:
+        return {"reset": "power-on"}
+    if cause == machine.WDT_RESET:
+        return {"reset": "watchdog"}
+    return {"reset": "unknown"}
 
 
 class Abandoned(Exception):
@@ -69,7 +82,8 @@ def _step_failure(error):
 class Agent:
     """cfg: the board's agent.json (dict); boot: agent.mpy.ota.OtaBoot; channel: Channel;
     stack: the charging firmware's callback object; trust: agent.mpy.trust.Trust;
-    system: reboot() and local_offset_s()."""
+    system: reboot(), local_offset_s() and boot_facts() (esp32_boot_facts(machine); without
+    it every reset is of unknown cause)."""
 
     def __init__(self, cfg, boot, channel, stack, trust, system, after_save=None, rng=None):
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
@@ -167,11 +181,11 @@ class Agent:
         the new slot has left (those this install did not arm it for yet; none after a
         watchdog reset)."""
         try:
-            reset = reset_word(self.system.reset_cause())
+            facts = dict(self.system.boot_facts())  # a real board: esp32_boot_facts(machine)
         except Exception as e:  # a platform without the call: the cause is unknown
             print("reset cause unknown (%r)" % e)
-            reset = resets.UNKNOWN
-        facts = {"reset": reset}
+            facts = {}
+        reset = facts["reset"] = resets.normalise(facts.get("reset"))
         new = self.journey.data.get("new_slot")
         if new:
             attempts = int(self.cfg.get("trial", {}).get("attempts", TRIAL_ATTEMPTS))

@@ -16,25 +16,9 @@ Invariant: set_boot() is only ever called for a slot whose image was written, ch
 back in full; a failure of the esp32 API raises BootEnvError, never a guess.
 """
 
-from agent.core import resets
 from agent.core.errors import BootEnvError
 
 BLOCK = 4096
-
-# machine.reset_cause() on MicroPython's esp32 port (values from its machine stubs) in the
-# journey's words. The port reports esp_restart() and a panic alike as HARD_RESET, and
-# SOFT_RESET is a restart of the VM within the same boot: neither says whether a release is at
-# fault, so both are "unknown" (the trial resumes, within the attempts), never guessed.
-PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
-
-
-def reset_word(cause):
-    """The agent/core/resets.py cause of machine.reset_cause() `cause`."""
-    if cause == PWRON_RESET:  # power on and brown-out
-        return resets.POWER_ON
-    if cause == WDT_RESET:  # interrupt, task and RTC watchdogs
-        return resets.WATCHDOG
-    return resets.UNKNOWN
 
 
 def _esp32():

@@ -65,8 +65,22 @@ class System:
     def local_offset_s(self):
         return 0
 
-    def reset_cause(self):
-        """machine.reset_cause() of the emulated chip (set by hil/mpyboard/board.py)."""
+    def boot_facts(self):
+        """What a real board's main.py returns: esp32_boot_facts(machine). Here the board
+        controller plays the chip's reset register (MPYBOARD_RESET: machine.reset_cause()'s
+        code, hil/mpyboard/board.py)."""
+        from agent.mpy.agent import esp32_boot_facts
+
+        return esp32_boot_facts(Machine)
+
+
+class Machine:
+    """The part of MicroPython's esp32 `machine` the agent reads (values from its stubs)."""
+
+    PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
+
+    @staticmethod
+    def reset_cause():
         return int(os.getenv("MPYBOARD_RESET") or 0)
 
 
