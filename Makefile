@@ -70,7 +70,7 @@ $(MICROPYTHON):
 	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq nodejs npm; }
 	npm install --no-save --prefix .cache/micropython @micropython/micropython-webassembly-pyscript@1.27.0
 
-# micropython-lib's umqtt for agent/mpy: pip fetches it into .cache (hil/mpyboard/deps.py).
+# umqtt for agent/mpy: its pinned PyPI source archive, read with tarfile (hil/mpyboard/deps.py).
 UMQTT := .cache/micropython-lib/umqtt/simple2.py
 $(UMQTT): | venv
 	$(BIN)/python -m hil.mpyboard.deps
@@ -87,9 +87,10 @@ soak: venv sysdeps qemu-deps
 	$(BIN)/python -m hil.soak --journeys $(SOAK_JOURNEYS) --seed $(SOAK_SEED)
 	$(BIN)/python -m hil.soak_qemu --journeys $(SOAK_QEMU_JOURNEYS) --seed $(SOAK_SEED)
 
-bench: venv sysdeps
+bench: venv sysdeps $(UMQTT)
 	$(BIN)/python -m tests.bench
 	$(BIN)/python -m tests.bench_mcu
+	$(BIN)/python -m tests.bench_mpy
 
 # Delta downloads against xdelta3, zchunk and casync on ext4 images built from debootstrap
 # trees (cached under .cache/bench-delta; the mirror is the machine's own apt source).

@@ -30,6 +30,11 @@ class Harness:
 
     # A console line the board prints once per boot (scenarios count boots with it).
     boot_banner = r"U-Boot \d"
+    # The requests the board's agent makes for the bundle of a good update, in order, as
+    # their Range headers (None: the whole file). The Linux agent: the signed header, a
+    # 12-byte probe for the bundle format (format 2 installs by ranges, docs/transfer.md),
+    # then the streaming install. Another agent on another board says its own.
+    bundle_requests = (None, "bytes=0-11", None)
 
     def __init__(self, workdir, device_id, listen="127.0.0.1", ports=None, tls=False,
                  link_rate=0, on_status=None):  # fmt: skip

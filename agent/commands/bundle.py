@@ -40,6 +40,14 @@ def register(subparsers):
         "(protocols: stm32-rom, mcuboot-smp; docs/components.md)",
     )
     c.add_argument(
+        "--window-bits",
+        type=int,
+        metavar="9..15",
+        help="deflate window of the :gzip payloads, 2**N bytes (default 15, 32 KiB); signed "
+        "into the manifest. A board needs that much free RAM to inflate: a MicroPython board "
+        "with a small heap refuses a window larger than it holds (docs/micropython.md)",
+    )
+    c.add_argument(
         "--component",
         action="append",
         default=[],
@@ -130,6 +138,19 @@ def parse_components(specs, manifest_payloads, version):
     return found
 
 
+def _set_window_bits(sources, bits):
+    if bits is None:
+        return
+    if not 9 <= bits <= 15:
+        raise ConfigError("--window-bits %d is out of range" % bits, hint="give 9..15")
+    gzipped = [s for s in sources if s.compression == "gzip"]
+    if not gzipped:
+        raise ConfigError("--window-bits applies to :gzip payloads and none was given",
+                          hint="e.g. --payload app:app:build/app.bin:gzip")  # fmt: skip
+    for source in gzipped:
+        source.window_bits = bits
+
+
 def create(args):
     from agent.bundle.writer import create_bundle
     from agent.trust import crypto
@@ -138,6 +159,7 @@ def create(args):
     sources = [parse_payload_spec(s) for s in args.payload] + [parse_mcu_spec(s) for s in args.mcu]
     if not sources:
         raise ConfigError("a bundle needs at least one --payload or --mcu")
+    _set_window_bits(sources, args.window_bits)
     manifest = create_bundle(
         args.out,
         sources,

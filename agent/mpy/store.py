@@ -120,6 +120,14 @@ class Board:
         data["slots"][name] = record
         self._save_slots(data)
 
+    def armed(self, name):
+        """The slot is handed to the bootloader for one more boot attempt of this install
+        (set_slot() at the install starts the count again)."""
+        data = self.slots()
+        record = data["slots"].setdefault(name, {})
+        record["armed"] = record.get("armed", 0) + 1
+        self._save_slots(data)
+
     def mark(self, name, state):
         data = self.slots()
         data["slots"].setdefault(name, {})["state"] = state
