@@ -89,6 +89,17 @@ def test_plan_restore_resets_an_unconfirmed_mcuboot_image_and_reflashes_the_rest
     assert comp.plan_restore(kept, dict(kept), kinds, {}) == []
 
 
+def test_plan_restore_after_a_power_cut_in_a_rollback():
+    kept = {"meter": "1.0.0"}
+    kinds = {"meter": comp.REVERT_BY_RESET}
+    # The cut came after `image test` of the old image: MCUboot swapped it in on trial.
+    assert comp.plan_restore(kept, {"meter": "1.0.0"}, kinds, {"meter": False}) == [
+        ("meter", "confirm")]  # fmt: skip
+    # A hung application on trial does not answer: a reset gets MCUboot to revert it.
+    assert comp.plan_restore(kept, {"meter": None}, kinds, {"meter": False}) == [
+        ("meter", "reset")]  # fmt: skip
+
+
 def test_bundle_create_and_inspect_carry_an_mcu_image(tmp_path):
     from agent.trust import crypto
 
