@@ -122,6 +122,19 @@ def check_board(manifest, board):
     return None
 
 
+def check_uncarried(components, carried, kept):
+    """A release may name an MCU's version without carrying its image only if that is the
+    version the MCU keeps; returns the problem as a string (None when fine).
+    components: the manifest's {name: version}; carried: names it has a payload for; kept:
+    {name: version} of the MCUs in the booted slot's release."""
+    for name in sorted(components):
+        if name in carried or name not in kept or kept[name] == components[name]:
+            continue
+        return "names MCU %s %s without carrying its image; this charger's %s runs %s" % (
+            name, components[name], name, kept[name])  # fmt: skip
+    return None
+
+
 def plan_flash(targets, running):
     """Components to write: targets {name: version}, running {name: version or None}
     (None: the MCU did not answer, e.g. a torn write left it without an application)."""

@@ -128,3 +128,12 @@ def test_bundle_create_and_inspect_carry_an_mcu_image(tmp_path):
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 20 and "Traceback" not in bad.stderr
     assert "NAME:MCU_ID:PROTOCOL:ADDRESS:VERSION:PATH" in bad.stderr
+
+
+def test_check_uncarried_allows_only_the_version_the_mcu_keeps():
+    kept = {"safety": "1.0.0"}
+    assert comp.check_uncarried({"rootfs": "1.1.0"}, set(), kept) is None
+    assert comp.check_uncarried({"safety": "1.0.0"}, set(), kept) is None
+    assert comp.check_uncarried({"safety": "2.0.0"}, {"safety"}, kept) is None  # carried
+    assert comp.check_uncarried({"meter": "9.0.0"}, set(), kept) is None  # not on this board
+    assert "runs 1.0.0" in comp.check_uncarried({"safety": "3.0.0"}, set(), kept)
