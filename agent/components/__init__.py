@@ -14,6 +14,10 @@ rollback restores) are agent/core/components.py's; this package only does the I/
         def write(self, image, address, version, progress) # flash, start, wait running
         def confirm(self)                                  # make the running image stay
         def reset(self)                                    # restart the MCU
+        tick                                 # set by the agent: call it while waiting
+
+`tick()` tells the agent it is still alive (it pets the watchdog): an adapter calls it
+between attempts and while it polls, so no wait of its own outlasts the board's watchdog.
 """
 
 import importlib
@@ -53,8 +57,8 @@ def _entry_points():
     return dict((ep.name, ep.value) for ep in group)
 
 
-def adapter(mcu_id, cfg, stack=None):
-    """The protocol adapter for MCU `mcu_id` of this board."""
+def adapter(mcu_id, cfg, stack=None, tick=None):
+    """The protocol adapter for MCU `mcu_id` of this board; tick() is called while it waits."""
     table = board_components(cfg).get(mcu_id)
     if table is None:
         raise ConfigError("%s: no [components.%s] table" % (cfg.path, mcu_id))
@@ -68,14 +72,22 @@ def adapter(mcu_id, cfg, stack=None):
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise ConfigError("MCU %s: protocol %s cannot be loaded: %s" % (mcu_id, spec, e)) from None
-    return cls(mcu_id, table, stack, cfg)
+    found = cls(mcu_id, table, stack, cfg)
+    found.tick = tick or _alive
+    return found
 
 
-def wait_version(ask, version, timeout, clock=time.monotonic, wait=time.sleep):
+def _alive():
+    pass
+
+
+def wait_version(ask, version, timeout, tick=None, clock=time.monotonic, wait=time.sleep):
     """Ask until the MCU reports `version` (it needs a moment to start); the last answer."""
     deadline = clock() + timeout
     seen = None
     while True:
+        if tick:
+            tick()
         try:
             seen = ask()
         except Transient:
@@ -107,6 +119,7 @@ class Stm32Component:
 
     revert = REVERT_BY_REFLASH
     authoritative = False
+    tick = staticmethod(_alive)
 
     def __init__(self, mcu_id, table, stack, cfg):
         self.id, self.table, self.stack = mcu_id, table, stack
@@ -142,7 +155,7 @@ class Stm32Component:
         finally:
             port.close()
         timeout = float(self.table.get("start_timeout_s", 10))
-        seen = wait_version(lambda: self.running()[0], version, timeout)
+        seen = wait_version(lambda: self.running()[0], version, timeout, self.tick)
         if seen != version:
             raise ComponentError("MCU %s was written but answers %r, not version %s"
                                  % (self.id, seen, version))  # fmt: skip
@@ -180,6 +193,14 @@ class McubootComponent:
                            retries=int(table.get("retries", 2)),
                            boot_timeout=float(table.get("start_timeout_s", 10)))  # fmt: skip
         _line(mcu_id, table, "nreset", object(), cfg)  # a bad spec fails now, not at a reset
+
+    @property
+    def tick(self):
+        return self.smp.tick
+
+    @tick.setter
+    def tick(self, fn):
+        self.smp.tick = fn  # called between SMP attempts and while waiting for a boot
 
     def running(self):
         from agent.components.mcuboot import McubootError

@@ -75,6 +75,7 @@ class Mcuboot:
                  clock=time.monotonic):  # fmt: skip
         self.port, self.baudrate, self.timeout = port, baudrate, timeout
         self.retries, self.boot_timeout, self.clock = retries, boot_timeout, clock
+        self.tick = None  # the agent's sign of life, between attempts and while waiting
 
     # -- one SMP session per call ------------------------------------------------------------
 
@@ -94,6 +95,8 @@ class Mcuboot:
 
         last = None
         for _ in range(self.retries + 1):
+            if self.tick:
+                self.tick()
             try:
                 return asyncio.run(run())
             except McubootError:
@@ -175,6 +178,8 @@ class Mcuboot:
         deadline = self.clock() + self.boot_timeout
         seen = None
         while self.clock() < deadline:
+            if self.tick:
+                self.tick()
             try:
                 seen = self.running()
             except McubootError:

@@ -29,8 +29,14 @@ def _image(store, slot, name, mcu):
     return image
 
 
-def _adapters(cfg, mcus, stack):
-    return dict((n, adapter(m["id"], cfg, stack)) for n, m in mcus.items())
+def _tick(progress):
+    """progress(phase, done, total) as the adapters' sign of life: phase "wait"."""
+    return (lambda: progress("wait", 0, 0)) if progress else None
+
+
+def _adapters(cfg, mcus, stack, progress):
+    tick = _tick(progress)
+    return dict((n, adapter(m["id"], cfg, stack, tick)) for n, m in mcus.items())
 
 
 def _running(store, adapters):
@@ -60,7 +66,7 @@ def flash(cfg, slot, stack, progress=None):
     """Write every MCU image of `slot`'s release the MCU does not already run: evidence."""
     store = ComponentStore(cfg.state_dir)
     mcus = store.release(slot)["mcus"]
-    adapters = _adapters(cfg, mcus, stack)
+    adapters = _adapters(cfg, mcus, stack, progress)
     seen = _running(store, adapters)
     targets = dict((n, m["version"]) for n, m in mcus.items())
     todo = core.plan_flash(targets, dict((n, seen[n][0]) for n in targets))
@@ -81,12 +87,12 @@ def flash(cfg, slot, stack, progress=None):
     return evidence
 
 
-def confirm(cfg, slot, stack):
+def confirm(cfg, slot, stack, progress=None):
     """The commit: every MCU keeps the image it runs (MCUboot: image confirm), which must be
     the release's (an MCU that reverted since the checks must not confirm the old one)."""
     store = ComponentStore(cfg.state_dir)
     for name, mcu in sorted(store.release(slot)["mcus"].items()):
-        a = adapter(mcu["id"], cfg, stack)
+        a = adapter(mcu["id"], cfg, stack, _tick(progress))
         if getattr(a, "authoritative", False):
             seen = a.running()[0]
             if seen != mcu["version"]:
@@ -97,10 +103,12 @@ def confirm(cfg, slot, stack):
 
 
 def restore(cfg, slot, stack, progress=None):
-    """The rollback: bring every MCU back to the release of `slot` (the old one)."""
+    """The rollback: bring every MCU back to the release of `slot` (the old one).
+    progress(phase, done, total) is called as bytes move and (phase "wait") while an MCU is
+    waited for: the daemon pets the watchdog with it, this runs on its loop thread."""
     store = ComponentStore(cfg.state_dir)
     mcus = store.release(slot)["mcus"]
-    adapters = _adapters(cfg, mcus, stack)
+    adapters = _adapters(cfg, mcus, stack, progress)
     seen = _running(store, adapters)
     kept = dict((n, m["version"]) for n, m in mcus.items())
     kinds = dict((n, a.revert) for n, a in adapters.items())
@@ -122,7 +130,7 @@ def _restore_one(store, slot, name, mcu, a, how, progress):
         return "confirmed %s" % version
     if how == core.REVERT_BY_RESET:
         a.reset()  # MCUboot swaps the unconfirmed image back by itself
-        seen = wait_version(lambda: a.running()[0], version, 15)
+        seen = wait_version(lambda: a.running()[0], version, 15, a.tick)
         if seen == version:
             store.set_running(name, version, True)
             return "reverted to %s" % version
