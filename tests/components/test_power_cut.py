@@ -274,3 +274,14 @@ def test_power_cut_in_a_rollback_write_ends_on_the_old_release(board_of, kind, w
     cut_then(board, board.roll_back, where, holds)
     board.roll_back()  # the old slot boots again and the rollback goes on
     ends_on(board, "1.0.0")
+
+
+@pytest.mark.parametrize("where", [("before", "reset"), ("after", "reset"), ("record", "1.0.0")])
+def test_power_cut_in_a_rollback_by_mcuboots_revert_ends_on_the_old_release(board_of, where):
+    board = board_of("mcuboot")
+    mcu_steps.flash(board.cfg, "B", None)  # the trial wrote it; a check then failed
+    assert board.holds() == ("2.0.0", False)
+    cut_then(board, board.roll_back, where, OLD)  # any reset reverts the unconfirmed image
+    board.roll_back()
+    ends_on(board, "1.0.0")
+    assert not [e for e in board.mcu.events if e[0] == "upload-start"][1:]  # never uploaded
