@@ -562,7 +562,7 @@ class Daemon:
         self.flash_slot = slot  # written by the checks' worker, before the checks run
 
     def do_confirm_components(self, slot):
-        _mcu_steps().confirm(self.cfg, slot, self.stack)
+        _mcu_steps().confirm(self.cfg, slot, self.stack, lambda *a: self.system.pet())
 
     def do_restore_components(self, slot):
         # On the loop thread: RolledBack is reported only once the MCUs match the old release.

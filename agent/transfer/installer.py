@@ -98,7 +98,9 @@ def _install_by_ranges(location, cfg, boot, trust, now, progress_factory, readba
         location, cfg, boot, lambda envelope: check_envelope(envelope, trust, cfg, now, state),
         progress_factory, readback,
         prepare=lambda manifest, slot: _prepared(manifest, cfg, boot, slot),
-        finish=ComponentStore(cfg.state_dir).record_release, state=state,
+        finish=lambda slot, manifest: ComponentStore(cfg.state_dir).record_release(
+            slot, manifest, boot.booted_slot()),
+        state=state,
     )  # fmt: skip
     if done is None:
         return None
@@ -134,7 +136,7 @@ def _install(location, cfg, boot, trust, slot, now, progress_factory, opener, re
         source.expect_end()
         if progress:
             progress.done()
-    ComponentStore(cfg.state_dir).record_release(slot, manifest)
+    ComponentStore(cfg.state_dir).record_release(slot, manifest, boot.booted_slot())
     state.installed(slot, manifest)
     # A signed, installed manifest says the time is at least its `created` (freeze attack);
     # so does the last time sync.
@@ -161,15 +163,24 @@ def _write_streamed(source, payload, index, target, progress, readback):
 
 
 def check_components(manifest, cfg, booted):
-    """A release whose MCUs this board lacks, or could not roll back, is refused here."""
-    from agent.core.components import check_board, mcu_payloads
+    """A release whose MCUs this board lacks, or could not roll back, or that names an MCU
+    version it does not carry and the MCU does not run, is refused here."""
+    from agent.core.components import check_board, check_uncarried, mcu_payloads
+    from agent.core.errors import WrongHardware
 
+    if cfg.section("components"):
+        kept = ComponentStore(cfg.state_dir).release(booted)["mcus"]
+        carried = set(p.component for p in mcu_payloads(manifest))
+        problem = check_uncarried(manifest.components, carried,
+                                  dict((n, m["version"]) for n, m in kept.items()))  # fmt: skip
+        if problem:
+            raise WrongHardware("the release %s" % problem,
+                                hint="carry the MCU's image in the release")  # fmt: skip
     if not mcu_payloads(manifest):
         return
     # The MCU drivers are imported only for a release that has MCUs (start-up cost).
     from agent.components import board_components
     from agent.control import components as mcu_steps
-    from agent.core.errors import WrongHardware
 
     problem = check_board(manifest, board_components(cfg))
     if problem:
