@@ -99,9 +99,9 @@ def extract(data, dest):
 
 def ensure_umqtt(cache=CACHE):
     """The directory holding umqtt/ (checked against PINNED); fetched if missing."""
-    if _complete(cache):
-        return cache
     archive = os.path.join(cache, SDIST)
+    if _complete(cache) and os.path.exists(archive):  # a cache from before the archive: refetch
+        return cache
     if os.path.exists(archive) and _sha(archive) == SDIST_SHA256:
         with open(archive, "rb") as f:
             data = f.read()
