@@ -8,6 +8,7 @@ after every change), and every status carries a sequence number that never repea
 import json
 import logging
 
+from agent.core import messages
 from agent.core.errors import UpdateError
 from agent.frontends import channel as ch
 
@@ -29,8 +30,8 @@ class Reporter:
         """Never raises: a report that cannot be made is logged, the update goes on."""
         try:
             with self.history.lock:  # seq order == publish order
-                message = dict(info)
-                message.update(status=status, seq=self.history.next_seq(), ts=int(self.clock()))
+                seq = self.history.next_seq()
+                message = messages.status_message(status, info, seq, self.clock())
                 log.info("status %s %s", status, json.dumps(info, sort_keys=True, default=str))
                 self._publish(ch.STATUS, message)
         except Exception:
@@ -38,11 +39,8 @@ class Reporter:
 
     def health(self, job_id, slot, phase, results, verdict):
         """One message per trial or observation round (docs/mqtt-api.md, health)."""
-        checks = [{"name": n, "passed": bool(r[0]), "evidence": r[1]} for n, r in results.items()]
-        message = {
-            "job_id": job_id, "phase": phase, "verdict": verdict, "slot": slot,
-            "checks": checks, "ts": int(self.clock()),
-        }  # fmt: skip
+        checks = [(n, r[0], r[1]) for n, r in results.items()]
+        message = messages.health_message(job_id, slot, phase, checks, verdict, self.clock())
         self._publish(ch.HEALTH, message)
 
     def inventory(self):
@@ -55,18 +53,7 @@ class Reporter:
 
     def inventory_row(self):
         """The operator's update-matrix row for this charger."""
-        boot = self.boot.status()
-        slots = self.slots.load()["slots"]
-        device = self.cfg.device
-        return {
-            "device_id": device["id"], "model": device["model"],
-            "hardware_revision": device["hardware_revision"],
-            "group": device.get("group", ""), "site_type": device.get("site_type", ""),
-            "backend": boot["backend"], "booted": boot["booted"], "primary": boot["primary"],
-            "slots": dict((s, {"version": slots.get(s, {}).get("version"),
-                               "state": slots.get(s, {}).get("state"),
-                               "attempts_left": boot["slots"][s]["attempts_left"]})
-                          for s in boot["slots"]),
-            "last_job": self.history.last_job(), "rollbacks": self.history.rollbacks(),
-            "ts": int(self.clock()),
-        }  # fmt: skip
+        return messages.inventory_message(
+            self.cfg.device, self.boot.status(), self.slots.load()["slots"],
+            self.history.last_job(), self.history.rollbacks(), self.clock(),
+        )  # fmt: skip
