@@ -1,0 +1,212 @@
+"""Pure rollout decisions: who is targeted, the pilot, the waves, and when to halt.
+
+Invariant: no I/O and no clock; the same inventory, spec and release always give the same
+plan (order comes from a hash of rollout name and device id, not from dict or row order).
+The pilot covers every matrix cell the rollout touches with at most one charger per site, or
+the plan names the cells it could not cover; a charger that rolled back from the release's
+version is never planned.
+"""
+
+import hashlib
+
+from fleet.spec import wave_size
+
+PILOT = 0
+
+
+def cohort_of(row):
+    """The halt unit: model x hardware revision x from-version."""
+    return "%s/%s/%s" % (row["model"], row["hardware_revision"], row["version"] or "?")
+
+
+def cell_of(row):
+    """A matrix cell: model x hardware revision x version x group x site type."""
+    return "%s/%s/%s/%s/%s" % (
+        row["model"],
+        row["hardware_revision"],
+        row["version"] or "?",
+        row["group"] or "-",
+        row["site_type"] or "-",
+    )
+
+
+def _order(name, device):
+    return hashlib.sha256(("%s\0%s" % (name, device)).encode()).hexdigest()
+
+
+def compatible(release, row):
+    for c in release["compatible"]:
+        if c["model"] == row["model"] and row["hardware_revision"] in c["hardware_revisions"]:
+            return True
+    return False
+
+
+def _matches(t, row):
+    def ok(values, value):
+        return not values or value in values
+
+    return (
+        ok(t["models"], row["model"])
+        and ok(t["hardware_revisions"], row["hardware_revision"])
+        and ok(t["groups"], row["group"])
+        and ok(t["site_types"], row["site_type"])
+        and ok(t["versions"], row["version"])
+        and ok(t["devices"], row["device_id"])
+        and row["device_id"] not in t["exclude"]
+    )
+
+
+def eligibility(spec, release, row):
+    """None if the charger should get the release, else why not (None for a filter miss
+    too, with `False` meaning "not part of this rollout at all")."""
+    if not _matches(spec["target"], row):
+        return False
+    if row["version"] == release["version"]:
+        return False  # already there
+    if release["version"] in row["rollbacks"]:
+        return "rolled back from %s before: never offered again" % release["version"]
+    if not compatible(release, row):
+        return "release is not for %s rev %s" % (row["model"], row["hardware_revision"])
+    return None
+
+
+def select(inventory, spec, release):
+    """([target rows], [(device, cohort, site, why)])."""
+    chosen, skipped = [], []
+    for row in inventory:
+        why = eligibility(spec, release, row)
+        if why is None:
+            chosen.append(row)
+        elif why is not False:
+            skipped.append((row["device_id"], cohort_of(row), row["site"], why))
+    return chosen, sorted(skipped)
+
+
+def pick_pilot(rows, spec):
+    """(pilot rows, blocked [(cell, why)]): at least k per cell where the cell's sites allow,
+    at most one charger per site; cells with the fewest sites choose first."""
+    k, name = spec["pilot"]["per_cell"], spec["name"]
+    excluded = set(spec["pilot"]["exclude_cells"])
+    cells = {}
+    for row in rows:
+        cells.setdefault(cell_of(row), []).append(row)
+    used_sites, pilot, blocked = set(), [], []
+
+    def fewest_sites(cell):
+        return (len({r["site"] for r in cells[cell]}), cell)
+
+    for cell in sorted(cells, key=fewest_sites):
+        if cell in excluded:
+            continue
+        got = 0
+        for row in sorted(cells[cell], key=lambda r: _order(name, r["device_id"])):
+            if got >= k:
+                break
+            site = row["site"] or "device:" + row["device_id"]  # no site: its own
+            if site in used_sites:
+                continue
+            used_sites.add(site)
+            pilot.append(row)
+            got += 1
+        if got == 0:
+            blocked.append(
+                (
+                    cell,
+                    "no pilot charger: every site of this cell already has one "
+                    "(exclude the cell by name in [pilot] exclude_cells)",
+                )
+            )
+    return pilot, blocked
+
+
+def build_plan(inventory, spec, release):
+    """{"waves": [[rows] (0 = pilot), ...], "blocked", "skipped", "cells"}."""
+    rows, skipped = select(inventory, spec, release)
+    pilot, blocked = pick_pilot(rows, spec)
+    in_pilot = {r["device_id"] for r in pilot}
+    rest = sorted(
+        (r for r in rows if r["device_id"] not in in_pilot),
+        key=lambda r: _order(spec["name"], r["device_id"]),
+    )
+    waves, total, i = [pilot], len(rest), 0
+    for n, size in enumerate(spec["waves"]["sizes"]):
+        last = n == len(spec["waves"]["sizes"]) - 1
+        count = total - i if last else wave_size(size, total)
+        waves.append(rest[i : i + count])
+        i += count
+    if i < total:
+        waves[-1] += rest[i:]
+    return {
+        "waves": waves,
+        "blocked": blocked,
+        "skipped": skipped,
+        "cells": sorted({cell_of(r) for r in rows}),
+    }
+
+
+# --- halt rules --------------------------------------------------------------------------------
+
+
+def tally(targets, failed_states, finished_states):
+    """{cohort: [failed, finished, [failed device ids]]} plus the fleet under key None."""
+    out = {None: [0, 0, []]}
+    for t in targets:
+        c = out.setdefault(t["cohort"], [0, 0, []])
+        for key in (t["cohort"], None):
+            if t["state"] in failed_states:
+                out[key][0] += 1
+                out[key][2].append(t["device_id"])
+            if t["state"] in finished_states:
+                out[key][1] += 1
+        del c
+    return out
+
+
+def crossed(failed, finished, limit, rate, min_sample):
+    """The rule that fires, or None: an absolute count, or a rate after a minimum sample."""
+    if failed >= limit:
+        return "count", "%d failed (limit %d)" % (failed, limit)
+    if finished >= min_sample and finished and failed / finished > rate:
+        return "rate", "%d of %d finished failed (%.1f%% > %.1f%%, after at least %d)" % (
+            failed,
+            finished,
+            100.0 * failed / finished,
+            100.0 * rate,
+            min_sample,
+        )
+    return None
+
+
+def halts(counts, spec, wave, halted_cohorts):
+    """New halts [{scope, cohort, check, evidence, devices}] for `counts` from tally()."""
+    h = spec["halt"]
+    limit = h["pilot_failures"] if wave <= PILOT else h["wave_failures"]
+    found = []
+    for cohort in sorted(c for c in counts if c is not None):
+        if cohort in halted_cohorts:
+            continue
+        failed, finished, devices = counts[cohort]
+        rule = crossed(failed, finished, limit, h["rate"], h["min_sample"])
+        if rule:
+            found.append(
+                {
+                    "scope": "cohort",
+                    "cohort": cohort,
+                    "check": rule[0],
+                    "evidence": rule[1],
+                    "devices": sorted(devices)[:50],
+                }
+            )
+    failed, finished, devices = counts[None]
+    rule = crossed(failed, finished, h["fleet_failures"], h["rate"], h["min_sample"])
+    if rule and None not in halted_cohorts:
+        found.append(
+            {
+                "scope": "fleet",
+                "cohort": None,
+                "check": rule[0],
+                "evidence": rule[1],
+                "devices": sorted(devices)[:50],
+            }
+        )
+    return found

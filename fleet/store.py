@@ -1,0 +1,254 @@
+"""What the controller writes and reads: the event log, the device logs, the inventory.
+
+Invariant: every decision is appended to `events` and applied to the projection in the same
+transaction; every status is stored once per (device, seq) however often the broker delivers
+it (QoS 1 is at least once), and only after the transaction commits does the controller
+acknowledge the MQTT message. The inventory keeps the newest row per charger by its `ts`.
+"""
+
+import json
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from agent.core import messages as m
+from fleet import projection as pj
+from fleet.errors import NotFound
+from fleet.schema import events, health, inventory, rollouts, statuses, targets
+
+CHUNK = 500  # rows per IN (...) query
+
+
+class Store:
+    def __init__(self, engine):
+        self.engine = engine
+        self._insert = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+
+    # -- events --------------------------------------------------------------------------------
+
+    def append(self, conn, now, rollout, kind, actor, device_id=None, data=None):
+        data = data or {}
+        text = json.dumps(data, sort_keys=True)
+        row = {
+            "ts": now,
+            "rollout": rollout,
+            "kind": kind,
+            "actor": actor,
+            "device_id": device_id,
+            "data": text,
+        }
+        ev_id = conn.execute(events.insert().values(**row)).inserted_primary_key[0]
+        pj.apply_event(conn, dict(row, id=ev_id, data=data))
+        return ev_id
+
+    def record(self, now, rollout, kind, actor, device_id=None, data=None):
+        with self.engine.begin() as conn:
+            return self.append(conn, now, rollout, kind, actor, device_id, data)
+
+    def events(self, rollout=None, kinds=None):
+        q = sa.select(events).order_by(events.c.id)
+        if rollout is not None:
+            q = q.where(events.c.rollout == rollout)
+        if kinds:
+            q = q.where(events.c.kind.in_(kinds))
+        with self.engine.connect() as conn:
+            return [dict(r, data=json.loads(r["data"])) for r in conn.execute(q).mappings()]
+
+    # -- ingest --------------------------------------------------------------------------------
+
+    def ingest(self, batch, now):
+        """batch: [(suffix, device_id, payload dict)] straight from the broker. Returns the
+        number of messages that broke the contract (logged by the caller, never raised)."""
+        inv, online, sts, hls, bad = {}, {}, [], [], 0
+        for suffix, device, payload in batch:
+            try:
+                if suffix == m.INVENTORY:
+                    row = m.parse_inventory(payload)
+                    if row["device_id"] == device:
+                        prev = inv.get(device)
+                        if prev is None or row["ts"] >= prev["ts"]:
+                            inv[device] = row
+                elif suffix == m.ONLINE:
+                    online[device] = m.parse_online(payload)["online"]
+                elif suffix == m.STATUS:
+                    sts.append((device, m.parse_status(payload)))
+                elif suffix == m.HEALTH:
+                    hls.append((device, m.parse_health(payload)))
+            except m.MessageInvalid:
+                bad += 1
+        with self.engine.begin() as conn:
+            if inv:
+                self._upsert_inventory(conn, list(inv.values()), now)
+            for device, value in online.items():
+                conn.execute(
+                    inventory.update().where(inventory.c.device_id == device).values(online=value)
+                )
+            if sts:
+                self._statuses(conn, sts, now)
+            if hls:
+                self._health(conn, hls, now)
+        return bad
+
+    def _upsert_inventory(self, conn, rows, now):
+        values = [
+            {
+                "device_id": r["device_id"],
+                "model": r["model"],
+                "hardware_revision": r["hardware_revision"],
+                "version": r["version"],
+                "grp": r["group"],
+                "site": r["site"],
+                "site_type": r["site_type"],
+                "components": json.dumps(r["components"], sort_keys=True),
+                "last_result": r["last_result"],
+                "last_version": r["last_version"],
+                "rollbacks": json.dumps(r["rollbacks"]),
+                "online": None,
+                "ts": r["ts"],
+                "seen": now,
+            }
+            for r in rows
+        ]
+        for i in range(0, len(values), CHUNK):
+            stmt = self._insert(inventory).values(values[i : i + CHUNK])
+            cols = [c.name for c in inventory.columns if c.name not in ("device_id", "online")]
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["device_id"],
+                set_={c: stmt.excluded[c] for c in cols},
+                where=stmt.excluded.ts >= inventory.c.ts,
+            )
+            conn.execute(stmt)
+
+    def _statuses(self, conn, sts, now):
+        rows = [
+            {
+                "device_id": d,
+                "seq": s["seq"],
+                "job_id": s["job_id"],
+                "status": s["status"],
+                "reason": s["reason"],
+                "check_name": s["check"],
+                "version": s["version"],
+                "ts": s["ts"],
+                "received": now,
+            }
+            for d, s in sts
+        ]
+        for i in range(0, len(rows), CHUNK):
+            stmt = self._insert(statuses).values(rows[i : i + CHUNK])
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=["device_id", "seq"]))
+        by_job = self._targets_by_job(conn, {s["job_id"] for _, s in sts if s["job_id"]})
+        changed = {}
+        for device, st in sorted(sts, key=lambda x: (x[0], x[1]["seq"])):
+            target = by_job.get(st["job_id"])
+            if target is None or target["device_id"] != device:
+                continue  # not ours, or a charger speaking for another's job
+            values = pj.status_effect(target, st, now)
+            if values:
+                target.update(values)
+                changed[st["job_id"]] = target
+        self._write_targets(conn, changed.values())
+
+    def _health(self, conn, hls, now):
+        rows = [
+            {
+                "device_id": d,
+                "job_id": h["job_id"],
+                "phase": h["phase"],
+                "ts": h["ts"] or 0,
+                "verdict": h["verdict"],
+                "failed": json.dumps(h["failed"]),
+                "received": now,
+            }
+            for d, h in hls
+        ]
+        for i in range(0, len(rows), CHUNK):
+            stmt = self._insert(health).values(rows[i : i + CHUNK])
+            conn.execute(stmt.on_conflict_do_nothing())
+        by_job = self._targets_by_job(conn, {h["job_id"] for _, h in hls})
+        changed = {}
+        for device, h in hls:
+            target = by_job.get(h["job_id"])
+            if target is not None and target["device_id"] == device:
+                values = pj.health_effect(target, h)
+                if values:
+                    target.update(values)
+                    changed[h["job_id"]] = target
+        self._write_targets(conn, changed.values())
+
+    def _targets_by_job(self, conn, job_ids):
+        found, ids = {}, sorted(job_ids)
+        for i in range(0, len(ids), CHUNK):
+            q = sa.select(targets).where(targets.c.job_id.in_(ids[i : i + CHUNK]))
+            for row in conn.execute(q).mappings():
+                found[row["job_id"]] = dict(row)
+        return found
+
+    def _write_targets(self, conn, rows):
+        rows = list(rows)
+        if not rows:
+            return
+        cols = ("state", "phase_since", "last_seq", "committed_at", "result", "reason")
+        stmt = (
+            targets.update()
+            .where(targets.c.rollout == sa.bindparam("b_rollout"))
+            .where(targets.c.device_id == sa.bindparam("b_device"))
+            .values({c: sa.bindparam("v_" + c) for c in cols})
+        )
+        params = [
+            dict(
+                {"b_rollout": r["rollout"], "b_device": r["device_id"]},
+                **{"v_" + c: r[c] for c in cols},
+            )
+            for r in rows
+        ]
+        conn.execute(stmt, params)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def rollout(self, name, conn=None):
+        q = sa.select(rollouts).where(rollouts.c.name == name)
+        if conn is None:
+            with self.engine.connect() as c:
+                row = c.execute(q).mappings().first()
+        else:
+            row = conn.execute(q).mappings().first()
+        if row is None:
+            raise NotFound("no rollout named %r" % name, hint="see `charger-fleet rollout list`")
+        return _decode_rollout(row)
+
+    def rollouts(self, states=None):
+        q = sa.select(rollouts).order_by(rollouts.c.created)
+        if states:
+            q = q.where(rollouts.c.state.in_(states))
+        with self.engine.connect() as conn:
+            return [_decode_rollout(r) for r in conn.execute(q).mappings()]
+
+    def targets(self, rollout, conn=None):
+        q = sa.select(targets).where(targets.c.rollout == rollout)
+        if conn is None:
+            with self.engine.connect() as c:
+                return [dict(r) for r in c.execute(q).mappings()]
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+    def inventory(self, conn=None):
+        q = sa.select(inventory)
+        if conn is None:
+            with self.engine.connect() as c:
+                return [_decode_inventory(r) for r in c.execute(q).mappings()]
+        return [_decode_inventory(r) for r in conn.execute(q).mappings()]
+
+
+def _decode_rollout(row):
+    out = dict(row)
+    for key in ("spec", "release", "halts", "approvals"):
+        out[key] = json.loads(out[key])
+    return out
+
+
+def _decode_inventory(row):
+    out = dict(row)
+    out["group"] = out.pop("grp")
+    out["components"] = json.loads(out["components"])
+    out["rollbacks"] = json.loads(out["rollbacks"])
+    return out
