@@ -1,0 +1,485 @@
+"""charger-fleet: roll a signed release out to a fleet of chargers (pilot, waves, halts) and
+report the update matrix. Speaks only the agent's MQTT API (docs/mqtt-api.md).
+
+Exit codes: 0 ok, 1 error, 2 bad rollout/sites file or arguments, 3 no such rollout,
+4 blocked (pilot coverage, state, gate), 75 database/broker/server unreachable (retry).
+"""
+
+import argparse
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+
+from agent.core import messages as m
+from fleet import matrix as mx
+from fleet import planner
+from fleet import projection as pj
+from fleet.errors import Blocked, FleetError, SpecError
+
+EXAMPLES = """examples:
+  charger-fleet --mqtt 127.0.0.1:1883 matrix --html matrix.html
+  charger-fleet rollout plan ac22-1.1.0.toml
+  charger-fleet rollout start ac22-1.1.0.toml
+  charger-fleet --mqtt 127.0.0.1:1883 serve          # the controller; run several on PostgreSQL
+  charger-fleet rollout status ac22-1.1.0
+  charger-fleet rollout approve ac22-1.1.0 --by alice --why "pilot looks clean"
+  charger-fleet --db postgresql://fleet@db/fleet matrix --csv > matrix.csv
+"""
+
+
+def _mqtt_settings(args):
+    host, _, port = (
+        args.mqtt or os.environ.get("CHARGER_FLEET_MQTT") or "127.0.0.1:1883"
+    ).rpartition(":")
+    if not host or not port.isdigit():
+        raise SpecError("--mqtt must be HOST:PORT, not %r" % args.mqtt)
+    s = {"host": host, "port": int(port)}
+    if args.ca_file or args.cert_file:
+        s["tls"] = {"ca_file": args.ca_file, "cert_file": args.cert_file, "key_file": args.key_file}
+    return s
+
+
+def _store(args):
+    from fleet.db import open_db
+    from fleet.store import Store
+
+    return Store(open_db(args.db))
+
+
+def sync_inventory(store, settings, prefix, quiet_s=1.0, limit_s=60.0):
+    """Read every retained inventory and online row from the broker into the database."""
+    from fleet.transport import Connection
+
+    inbox = queue.Queue()
+    conn = Connection(
+        settings,
+        "charger-fleet-sync-%s" % os.urandom(4).hex(),
+        lambda t, p, mid, q: inbox.put((t, p)),
+        session_expiry_s=0,
+    )
+    for suffix in (m.INVENTORY, m.ONLINE):
+        conn.subscribe(m.device_filter(prefix, suffix))
+    conn.start()
+    batch, deadline = [], time.monotonic() + limit_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                batch.append(inbox.get(timeout=quiet_s))
+            except queue.Empty:
+                break
+    finally:
+        conn.stop()
+    import json
+
+    rows = []
+    for topic, payload in batch:
+        device, suffix = m.split_topic(prefix, topic)
+        try:
+            doc = json.loads(payload) if payload else None
+        except ValueError:
+            continue
+        if device and isinstance(doc, dict):
+            rows.append((suffix, device, doc))
+    store.ingest(rows, time.time())
+    return len(rows)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_matrix(args, out):
+    store = _store(args)
+    if args.mqtt:
+        sync_inventory(store, _mqtt_settings(args), args.prefix)
+    rollout = store.rollout(args.rollout) if args.rollout else _latest(store)
+    targets = store.targets(rollout["name"]) if rollout else []
+    rows = mx.build(store.inventory(), targets, rollout)
+    if args.html:
+        with open(args.html, "w") as f:
+            f.write(
+                mx.to_html(
+                    rows, "Update matrix%s" % (" - rollout " + rollout["name"] if rollout else "")
+                )
+            )
+        out.write("HTML matrix written to %s (%d cells)\n" % (args.html, len(rows)))
+        return 0
+    fmt = "csv" if args.csv else "json" if args.json else "table"
+    out.write(mx.RENDER[fmt](rows))
+    return 0
+
+
+def _latest(store):
+    rows = store.rollouts()
+    return rows[-1] if rows else None
+
+
+def _plan(args, store):
+    from fleet.release import read_release
+    from fleet.spec import load_rollout, load_sites
+
+    spec = load_rollout(args.file)
+    release = read_release(spec["release"], spec["trust_root"])
+    if args.mqtt:
+        sync_inventory(store, _mqtt_settings(args), args.prefix)
+    sites = load_sites(spec["schedule"]["sites"]) if spec["schedule"]["sites"] else None
+    plan = planner.build_plan(store.inventory(), spec, release)
+    return spec, release, sites, plan
+
+
+def _print_plan(out, spec, release, sites, plan):
+    from fleet.windows import install_slot
+
+    now = time.time()
+    out.write(
+        "rollout %s: release %s (security version %d, %d bytes), %s\n"
+        % (
+            spec["name"],
+            release["version"],
+            release["security_version"],
+            release["bytes"],
+            "SECURITY FAST TRACK" if spec["security"] else "normal track",
+        )
+    )
+    out.write(
+        "compatible: %s\n"
+        % "; ".join(
+            "%s rev %s" % (c["model"], ",".join(c["hardware_revisions"]))
+            for c in release["compatible"]
+        )
+    )
+    total_bytes = total_cost = 0
+    for i, wave in enumerate(plan["waves"]):
+        site_ids = sorted({r["site"] for r in wave})
+        cellular = sum(
+            1
+            for r in wave
+            if sites and sites["sites"].get(r["site"], {}).get("uplink") == "cellular"
+        )
+        nbytes = release["bytes"] * len(wave)
+        cost = release["bytes"] * cellular / 1e6 * spec["cost"]["per_mb"]
+        total_bytes, total_cost = total_bytes + nbytes, total_cost + cost
+        windows = sorted(
+            {
+                (
+                    lambda s: (
+                        "%s-%s" % (s["window"]["start"], s["window"]["end"])
+                        if s["window"]
+                        else "any time"
+                    )
+                )(install_slot(site, sites, now, 0))
+                for site in site_ids[:200]
+            }
+        )
+        out.write(
+            "%-7s %6d chargers %5d sites  %10.1f MB  cellular %d: %.2f %s  windows %s\n"
+            % (
+                "pilot" if i == 0 else "wave %d" % i,
+                len(wave),
+                len(site_ids),
+                nbytes / 1e6,
+                cellular,
+                cost,
+                spec["cost"]["currency"],
+                ", ".join(windows[:6]) or "-",
+            )
+        )
+    out.write(
+        "total   %6d chargers  %10.1f MB  cellular cost %.2f %s\n"
+        % (
+            sum(len(w) for w in plan["waves"]),
+            total_bytes / 1e6,
+            total_cost,
+            spec["cost"]["currency"],
+        )
+    )
+    out.write(
+        "pilot covers %d of %d matrix cells\n"
+        % (len(plan["cells"]) - len(plan["blocked"]), len(plan["cells"]))
+    )
+    for cell, why in plan["blocked"]:
+        out.write("BLOCKED cell %s: %s\n" % (cell, why))
+    reasons = {}
+    for _, _, _, why in plan["skipped"]:
+        reasons[why] = reasons.get(why, 0) + 1
+    for why, n in sorted(reasons.items()):
+        out.write("skipped %d: %s\n" % (n, why))
+
+
+def cmd_plan(args, out):
+    store = _store(args)
+    spec, release, sites, plan = _plan(args, store)
+    _print_plan(out, spec, release, sites, plan)
+    return 4 if plan["blocked"] else 0
+
+
+def cmd_start(args, out):
+    store = _store(args)
+    spec, release, sites, plan = _plan(args, store)
+    _print_plan(out, spec, release, sites, plan)
+    if plan["blocked"]:
+        raise Blocked(
+            "%d matrix cell(s) have no pilot charger: %s"
+            % (len(plan["blocked"]), ", ".join(c for c, _ in plan["blocked"][:5])),
+            hint="exclude them by name in [pilot] exclude_cells, or widen the target",
+        )
+    if any(r["name"] == spec["name"] for r in store.rollouts()):
+        raise Blocked(
+            "a rollout named %r exists already" % spec["name"],
+            hint="give the new rollout another name",
+        )
+    rows = [
+        (r["device_id"], w, planner.cohort_of(r), r["site"])
+        for w, wave in enumerate(plan["waves"])
+        for r in wave
+    ]
+    data = {
+        "spec": spec,
+        "release": release,
+        "waves": len(plan["waves"]),
+        "plan": rows,
+        "skipped": plan["skipped"],
+        "approve_start": spec["approval"]["start"],
+    }
+    store.record(time.time(), spec["name"], "created", args.by, None, data)
+    state = "waiting for `approve`" if spec["approval"]["start"] else "running"
+    out.write(
+        "rollout %s created (%s); `charger-fleet serve` carries it out\n" % (spec["name"], state)
+    )
+    return 0
+
+
+def cmd_status(args, out):
+    store = _store(args)
+    names = [args.name] if args.name else [r["name"] for r in store.rollouts()]
+    while True:
+        for name in names:
+            out.write(status_text(store, name))
+        if not args.watch:
+            return 0
+        out.flush()
+        time.sleep(args.watch)  # a terminal refresh, not a synchronisation
+
+
+def status_text(store, name):
+    r = store.rollout(name)
+    targets = store.targets(name)
+    lines = [
+        "rollout %s  release %s  state %s  wave %s/%d%s"
+        % (
+            name,
+            r["release"]["version"],
+            r["state"],
+            "-" if r["wave"] < 0 else r["wave"],
+            r["waves"] - 1,
+            "  NEEDS APPROVAL: %s" % r["needs_approval"] if r["needs_approval"] else "",
+        )
+    ]
+    for w in range(r["waves"]):
+        group = [t for t in targets if t["wave"] == w]
+        counts = {}
+        for t in group:
+            counts[t["state"]] = counts.get(t["state"], 0) + 1
+        text = ", ".join("%s %d" % (k, counts[k]) for k in sorted(counts)) or "empty"
+        lines.append("  %-7s %5d  %s" % ("pilot" if w == 0 else "wave %d" % w, len(group), text))
+    skipped = [t for t in targets if t["wave"] < 0]
+    if skipped:
+        lines.append(
+            "  skipped %d (never offered: rolled back before, incompatible)" % len(skipped)
+        )
+    for h in r["halts"]:
+        lines.append(
+            "  HALT %s %s: %s; chargers %s"
+            % (
+                "fleet-wide" if h["scope"] == "fleet" else "cohort " + h["cohort"],
+                h["check"],
+                h["evidence"],
+                ", ".join(h["devices"][:8]),
+            )
+        )
+    failed = [t for t in targets if t["state"] == pj.FAILED][:10]
+    for t in failed:
+        lines.append("  failed %s (%s): %s" % (t["device_id"], t["cohort"], t["reason"]))
+    return "\n".join(lines) + "\n"
+
+
+def cmd_control(args, out):
+    store = _store(args)
+    r = store.rollout(args.name)
+    now, kind, data = time.time(), args.command, {"why": args.why}
+    if r["state"] in (pj.ABORTED, pj.DONE):
+        raise Blocked("rollout %s is %s" % (args.name, r["state"]))
+    if kind == "approve":
+        gate = args.gate or r["needs_approval"]
+        if not gate:
+            raise Blocked("rollout %s waits for no approval" % args.name)
+        kind, data["gate"] = "approved", gate
+    elif kind == "pause":
+        kind = "paused"
+    elif kind == "resume":
+        kind, data["cohort"] = "resumed", args.cohort
+    elif kind == "abort":
+        kind = "aborted"
+    store.record(now, args.name, kind, args.by, None, data)
+    out.write("%s: %s by %s\n" % (args.name, kind, args.by))
+    return 0
+
+
+def cmd_events(args, out):
+    import json
+
+    for e in _store(args).events(args.name):
+        out.write(
+            "%d %s %-16s %-10s %s %s\n"
+            % (
+                e["id"],
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e["ts"])),
+                e["kind"],
+                e["actor"],
+                e["device_id"] or "-",
+                json.dumps(e["data"], sort_keys=True)[:300],
+            )
+        )
+    return 0
+
+
+def cmd_list(args, out):
+    for r in _store(args).rollouts():
+        out.write("%-30s %-18s %s\n" % (r["name"], r["state"], r["release"]["version"]))
+    return 0
+
+
+def cmd_rebuild(args, out):
+    store = _store(args)
+    with store.engine.begin() as conn:
+        pj.rebuild(conn)
+    out.write("projection rebuilt from the event log\n")
+    return 0
+
+
+def cmd_serve(args, out):
+    from fleet.controller import Controller
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    store = _store(args)
+    stop = threading.Event()
+
+    def say(text):
+        out.write("%s %s\n" % (time.strftime("%H:%M:%S"), text))
+        out.flush()
+
+    ctl = Controller(
+        store,
+        _mqtt_settings(args),
+        args.prefix,
+        client_id=args.client_id,
+        tick_s=args.tick,
+        say=say,
+    )
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    say(
+        "serving %s via %s (client %s)"
+        % (store.engine.url.render_as_string(True), args.mqtt or "127.0.0.1:1883", ctl.client_id)
+    )
+    try:
+        ctl.run(stop)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        prog="charger-fleet",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--db",
+        help="SQLite file or postgresql:// URL (default $CHARGER_FLEET_DB or ./charger-fleet.db)",
+    )
+    p.add_argument(
+        "--mqtt",
+        help="broker HOST:PORT (default $CHARGER_FLEET_MQTT or "
+        "127.0.0.1:1883); matrix and plan read the retained rows from it when given",
+    )
+    p.add_argument("--prefix", default=m.DEFAULT_PREFIX, help="topic prefix (default chargers)")
+    p.add_argument("--ca-file", default="")
+    p.add_argument("--cert-file", default="", help="the backend's client certificate")
+    p.add_argument("--key-file", default="")
+    p.add_argument(
+        "--by",
+        default=os.environ.get("USER", "operator"),
+        help="who decides (recorded in the event log)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    mat = sub.add_parser("matrix", help="the update matrix")
+    mat.add_argument("--rollout", help="show this rollout's progress (default: the latest)")
+    g = mat.add_mutually_exclusive_group()
+    g.add_argument("--csv", action="store_true")
+    g.add_argument("--json", action="store_true")
+    g.add_argument("--html", metavar="FILE", help="write a self-contained HTML page")
+    mat.set_defaults(run=cmd_matrix)
+    ro = sub.add_parser("rollout", help="plan, start and steer rollouts").add_subparsers(
+        dest="command", required=True
+    )
+    for name, fn, text in (
+        ("plan", cmd_plan, "dry run: waves, sites, windows, bytes, cost"),
+        ("start", cmd_start, "create the rollout (serve carries it out)"),
+    ):
+        c = ro.add_parser(name, help=text)
+        c.add_argument("file", help="the rollout file (TOML, see docs/fleet.md)")
+        c.set_defaults(run=fn)
+    st = ro.add_parser("status", help="progress per wave, halts and failures")
+    st.add_argument("name", nargs="?")
+    st.add_argument("--watch", type=float, metavar="S", help="refresh every S seconds")
+    st.set_defaults(run=cmd_status)
+    for name, text in (
+        ("pause", "release no new jobs"),
+        ("resume", "go on (after a halt: --cohort to lift one cohort's halt)"),
+        ("approve", "pass the gate the rollout waits at"),
+        ("abort", "cancel every job not yet installing"),
+    ):
+        c = ro.add_parser(name, help=text)
+        c.add_argument("name")
+        c.add_argument("--why", default="", help="recorded with the decision")
+        c.add_argument("--cohort", help="resume: the halted cohort to release")
+        c.add_argument("--gate", help="approve: the gate (default: the one it waits at)")
+        c.set_defaults(run=cmd_control)
+    ev = ro.add_parser("events", help="the audit log of a rollout")
+    ev.add_argument("name")
+    ev.set_defaults(run=cmd_events)
+    ro.add_parser("list", help="all rollouts").set_defaults(run=cmd_list)
+    sv = sub.add_parser("serve", help="the controller: ingest statuses, advance rollouts")
+    sv.add_argument(
+        "--client-id",
+        help="MQTT client id; keep it across restarts so the broker "
+        "keeps the statuses that arrive while it is down",
+    )
+    sv.add_argument("--tick", type=float, default=1.0, help="seconds between planning rounds")
+    sv.set_defaults(run=cmd_serve)
+    sub.add_parser("rebuild", help="rebuild the projection from the event log").set_defaults(
+        run=cmd_rebuild
+    )
+    return p
+
+
+def main(argv=None, out=None):
+    out = out or sys.stdout
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args, out)
+    except FleetError as e:
+        sys.stderr.write("charger-fleet: %s\n" % e)
+        return e.exit_code
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Rollout and sites files for the fleet tests, and a running simulated fleet."""
+
+import contextlib
+import io
+import os
+
+import tomli_w
+
+from fleet import cli
+from fleet.simulator import Simulator, make_fleet
+
+FAST = {
+    "download_s": 0.05,
+    "install_s": 0.05,
+    "reboot_s": 0.05,
+    "trial_s": 0.05,
+    "regress_after_s": 0.1,
+    "session_s": 1.0,
+    "slow_download_s": 2.0,
+}
+
+
+def write_sites(path, sites, peaks=None):
+    """sites: [(id, type, tz)]; peaks: {type: ["HH:MM-HH:MM"]}."""
+    doc = {
+        "site_types": {t: {"peak": list((peaks or {}).get(t, []))} for t in {s[1] for s in sites}},
+        "sites": {
+            sid: {"type": t, "tz": tz, "uplink": "cellular" if i % 2 else "wired"}
+            for i, (sid, t, tz) in enumerate(sites)
+        },
+    }
+    with open(path, "wb") as f:
+        tomli_w.dump(doc, f)
+    return path
+
+
+def write_rollout(path, name, release, root, sites=None, **sections):
+    doc = {
+        "name": name,
+        "release": release,
+        "trust_root": root,
+        "pilot": {"per_cell": 1, "soak": 0.5},
+        "waves": {"sizes": ["50%", "rest"], "soak": 0.5},
+        "approval": {"start": False, "above_share": 1.0},
+        "timeouts": {"download": 30, "install": 30, "reboot": 30, "trial": 30},
+        "schedule": {"jitter": 0, "site_share": 0.25},
+        "cost": {"per_mb": 0.1},
+    }
+    if sites:
+        doc["schedule"]["sites"] = sites
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            doc.setdefault(key, {}).update(value)
+        else:
+            doc[key] = value
+    with open(path, "wb") as f:
+        tomli_w.dump(doc, f)
+    return path
+
+
+def run_cli(*argv):
+    out = io.StringIO()
+    code = cli.main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+@contextlib.contextmanager
+def sim_fleet(broker, n, models, sites, profile_of=None, per_connection=500, timing=None):
+    chargers = make_fleet(n, models, sites, profile_of, prefix_id="sim%s" % os.urandom(2).hex())
+    sim = Simulator(
+        broker.settings(),
+        chargers,
+        per_connection=per_connection,
+        timing=dict(FAST, **(timing or {})),
+    )
+    sim.start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+        # Retained rows would leak into the next test on this module's broker.
+        from fleet.transport import Connection
+
+        c = Connection(
+            broker.settings(), "cleaner-%s" % os.urandom(3).hex(), session_expiry_s=0
+        ).start()
+        from agent.core import messages as m
+
+        for ch in chargers:
+            for suffix in m.RETAINED:
+                c.publish(m.topic("chargers", ch.id, suffix), b"", retain=True)
+        c.stop()
