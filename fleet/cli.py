@@ -386,7 +386,7 @@ def cmd_serve(args, out):
         % (store.engine.url.render_as_string(True), args.mqtt or "127.0.0.1:1883", ctl.client_id)
     )
     try:
-        ctl.run(stop)
+        ctl.run(stop, leave=args.leave)
     except KeyboardInterrupt:
         pass
     return 0

@@ -10,7 +10,6 @@ of the planner lock decides; every process ingests.
 
 import json
 import logging
-import os
 import queue
 import socket
 import time
@@ -47,7 +46,9 @@ class Controller:
     ):
         self.store, self.prefix, self.clock, self.tick_s = store, prefix, clock, tick_s
         self.say = say or (lambda text: log.info("%s", text))
-        self.client_id = client_id or "charger-fleet-%s-%d" % (socket.gethostname(), os.getpid())
+        # Stable across restarts, so the broker keeps this controller's session (and the
+        # statuses that arrive while it is down) for it; several on one host need --client-id.
+        self.client_id = client_id or "charger-fleet-%s" % socket.gethostname()
         self.inbox = queue.Queue()
         self.conn = Connection(mqtt, self.client_id, self._on_message, manual_ack=True)
         for suffix in SHARED:
@@ -64,7 +65,7 @@ class Controller:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def run(self, stop, ready=None):
+    def run(self, stop, ready=None, leave=False):
         self.conn.start()
         if ready is not None:
             ready.set()
@@ -77,7 +78,7 @@ class Controller:
                     next_tick = time.monotonic() + self.tick_s
         finally:
             self.lock.release()
-            self.conn.stop()
+            self.conn.stop(leave)
 
     def drain(self, timeout, limit=5000):
         try:

@@ -98,8 +98,14 @@ class Connection:
                 lambda: self.connected.is_set() and not self._pending_subs, timeout
             )
 
-    def stop(self):
-        self.client.disconnect()
+    def stop(self, leave=False):
+        """Disconnect. leave=True also ends the broker session: a controller that is gone
+        for good must leave, or the broker keeps handing it its share of the statuses."""
+        props = None
+        if leave:
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
         self.client.loop_stop()
         self.connected.clear()
 

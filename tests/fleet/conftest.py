@@ -167,7 +167,11 @@ class RunningController:
         self.ctl = Controller(store, settings, **kw)
         self.stop = threading.Event()
         ready = threading.Event()
-        self.thread = threading.Thread(target=self.ctl.run, args=(self.stop, ready), daemon=True)
+        # leave=True: a test's controller is gone for good; its session must not keep taking
+        # a share of the next test's statuses.
+        self.thread = threading.Thread(
+            target=self.ctl.run, args=(self.stop, ready, True), daemon=True
+        )
         self.thread.start()
         assert ready.wait(20), "controller did not connect"
 
@@ -196,7 +200,7 @@ def open_store(url):
     return Store(open_db(url))
 
 
-def wait_until(predicate, timeout, what, poll=0.1):
+def wait_until(predicate, timeout, what, poll=0.1, explain=None):
     """Poll a database-backed condition (no event crosses the database)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -204,5 +208,6 @@ def wait_until(predicate, timeout, what, poll=0.1):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+            more = "\n" + explain() if explain else ""
+            raise AssertionError("timed out after %ss waiting for %s%s" % (timeout, what, more))
         time.sleep(poll)

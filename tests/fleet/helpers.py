@@ -86,7 +86,11 @@ def sim_fleet(broker, n, models, sites, profile_of=None, per_connection=500, tim
         ).start()
         from agent.core import messages as m
 
-        for ch in chargers:
-            for suffix in m.RETAINED:
-                c.publish(m.topic("chargers", ch.id, suffix), b"", retain=True)
+        infos = [
+            c.publish(m.topic("chargers", ch.id, suffix), b"", retain=True)
+            for ch in chargers
+            for suffix in m.RETAINED
+        ]
+        for info in infos:
+            info.wait_for_publish(10)
         c.stop()

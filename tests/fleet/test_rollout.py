@@ -1,11 +1,8 @@
 """End-to-end rollouts: live mosquitto, a real database, simulated chargers speaking the
 agent's MQTT API, and `charger-fleet` as an operator runs it."""
 
-import os
-
-import pytest
-
 from fleet import projection as pj
+from fleet.cli import status_text
 from tests.fleet.conftest import make_release, open_store, serve_release, wait_until
 from tests.fleet.helpers import run_cli, sim_fleet, write_rollout, write_sites
 
@@ -30,7 +27,12 @@ def test_good_release_walks_pilot_waves_done(tmp_path, broker, kit, images, db_u
         assert "pilot covers 6 of 6 matrix cells" in out
         code, out = run_cli("--db", db_url, "rollout", "start", spec)
         assert code == 0, out
-        wait_until(lambda: store.rollout("good-110")["state"] == pj.DONE, 60, "rollout done")
+        wait_until(
+            lambda: store.rollout("good-110")["state"] == pj.DONE,
+            60,
+            "rollout done",
+            explain=lambda: status_text(store, "good-110"),
+        )
         del ctl
         targets = store.targets("good-110")
         assert {t["state"] for t in targets} == {pj.SUCCEEDED}
