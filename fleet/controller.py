@@ -20,6 +20,7 @@ from agent.core import messages as m
 from fleet import planner
 from fleet import projection as pj
 from fleet.db import PlannerLock
+from fleet.schema import inventory as inv_t
 from fleet.schema import targets as tt
 from fleet.spec import load_sites
 from fleet.transport import Connection
@@ -58,6 +59,7 @@ class Controller:
         self.lock = PlannerLock(store.engine)
         self.sites_cache = {}
         self.resent = False
+        self._joiners_seen = -1
         self.ingested = 0
 
     def _on_message(self, topic, payload, mid, qos):
@@ -145,39 +147,42 @@ class Controller:
     def step(self, rollout, now):
         """Timeouts, soaks, halts, cancels, joiners, waves and jobs of one rollout; returns
         ([(device, job)], [(device, job_id)]) to publish after the commit."""
-        name, spec = rollout["name"], rollout["spec"]
-        store = self.store
+        name, store = rollout["name"], self.store
         with store.engine.begin() as conn:
-            targets = store.targets(name, conn)
-            self._timeouts(conn, rollout, targets, now)
-            self._soaks(conn, rollout, targets, now)
+            halted = self.gates(conn, rollout, now)
             rollout = store.rollout(name, conn)
-            halted = self._halts(conn, rollout, targets, now)
-            cancels = self._cancels(conn, rollout, targets, halted, now)
+            cancels = self._cancels(conn, rollout, halted, now)
             jobs = []
             if rollout["state"] == pj.RUNNING and not rollout["needs_approval"]:
-                self._joiners(conn, rollout, targets, now)
-                targets = store.targets(name, conn)
-                self._waves(conn, rollout, targets, halted, now)
+                if self.joiners_due:
+                    self._joiners(conn, rollout, now)
+                self._waves(conn, rollout, halted, now)
                 rollout = store.rollout(name, conn)
                 if not rollout["needs_approval"]:
-                    jobs = self._jobs(conn, rollout, targets, halted, now)
-            self._maybe_done(conn, rollout, store.targets(name, conn), halted, now)
-        del spec
+                    jobs = self._jobs(conn, rollout, halted, now)
+            self._maybe_done(conn, rollout, halted, now)
         return jobs, cancels
 
-    def _timeouts(self, conn, rollout, targets, now):
-        to = rollout["spec"]["timeouts"]
+    def gates(self, conn, rollout, now):
+        """Every rule over every target: phase timeouts, finished soaks, halt rules.
+        Returns the halted cohorts (None: the whole fleet)."""
+        self._timeouts(conn, rollout, now)
+        self._soaks(conn, rollout, now)
+        return self._halts(conn, store_rollout(self.store, rollout["name"], conn), now)
+
+    def _timeouts(self, conn, rollout, now):
+        to, name = rollout["spec"]["timeouts"], rollout["name"]
         jitter = rollout["spec"]["schedule"]["jitter"]
-        for t in targets:
-            state, since = t["state"], t["phase_since"]
-            if state not in pj.IN_FLIGHT or since is None:
-                continue
+        shortest = min(to["download"] + jitter, to["install"], to["reboot"], to["trial"])
+        q = sa.select(tt.c.device_id, tt.c.state, tt.c.phase_since, tt.c.install_at).where(
+            tt.c.rollout == name, tt.c.state.in_(pj.IN_FLIGHT), tt.c.phase_since < now - shortest
+        )
+        for device, state, since, install_at in conn.execute(q).all():
             if state in (pj.SENT, pj.DOWNLOAD):
                 phase, limit, start = "download", to["download"] + jitter, since
             elif state == pj.INSTALL:
                 phase, limit = "install", to["install"] + jitter
-                start = max(since, t["install_at"] or 0)
+                start = max(since, install_at or 0)
             elif state == pj.REBOOT:
                 phase, limit, start = "reboot", to["reboot"], since
             else:
@@ -191,13 +196,12 @@ class Controller:
                 self.store.append(
                     conn,
                     now,
-                    rollout["name"],
+                    name,
                     "target-failed",
                     ACTOR,
-                    t["device_id"],
+                    device,
                     {"result": "Timeout", "why": why},
                 )
-                t["state"] = pj.FAILED
 
     def _soak_s(self, rollout, wave):
         spec = rollout["spec"]
@@ -205,56 +209,73 @@ class Controller:
             return spec["fast_track"]["pilot_soak" if wave == 0 else "soak"]
         return spec["pilot"]["soak"] if wave == 0 else spec["waves"]["soak"]
 
-    def _soaks(self, conn, rollout, targets, now):
-        for t in targets:
-            if t["state"] == pj.SOAKING and now - t["committed_at"] >= self._soak_s(
-                rollout, t["wave"]
-            ):
+    def _soaks(self, conn, rollout, now):
+        shortest = min(self._soak_s(rollout, 0), self._soak_s(rollout, 1))
+        q = sa.select(tt.c.device_id, tt.c.wave, tt.c.committed_at).where(
+            tt.c.rollout == rollout["name"],
+            tt.c.state == pj.SOAKING,
+            tt.c.committed_at <= now - shortest,
+        )
+        for device, wave, committed in conn.execute(q).all():
+            if now - committed >= self._soak_s(rollout, wave):
                 self.store.append(
                     conn,
                     now,
                     rollout["name"],
                     "target-succeeded",
                     ACTOR,
-                    t["device_id"],
+                    device,
                     {"why": "committed and soaked"},
                 )
-                t["state"] = pj.SUCCEEDED
 
-    def _halts(self, conn, rollout, targets, now):
-        """Halted cohorts (None: the whole fleet) after evaluating the rules."""
+    def _halts(self, conn, rollout, now):
         halted = {h["cohort"] for h in rollout["halts"]}
         if rollout["state"] == pj.ABORTED:
             return halted | {None}
-        counts = planner.tally(targets, (pj.FAILED,), (pj.FAILED, pj.SUCCEEDED))
-        for h in planner.halts(counts, rollout["spec"], rollout["wave"], halted):
+        q = sa.select(tt.c.cohort, tt.c.state, sa.func.count()).where(
+            tt.c.rollout == rollout["name"], tt.c.state.in_((pj.FAILED, pj.SUCCEEDED))
+        )
+        counts = {None: [0, 0, []]}
+        for cohort, state, n in conn.execute(q.group_by(tt.c.cohort, tt.c.state)).all():
+            for key in (cohort, None):
+                c = counts.setdefault(key, [0, 0, []])
+                c[0] += n if state == pj.FAILED else 0
+                c[1] += n
+        found = planner.halts(counts, rollout["spec"], rollout["wave"], halted)
+        for h in found:
+            fq = sa.select(tt.c.device_id).where(
+                tt.c.rollout == rollout["name"], tt.c.state == pj.FAILED
+            )
+            if h["cohort"] is not None:
+                fq = fq.where(tt.c.cohort == h["cohort"])
+            h["devices"] = [d for (d,) in conn.execute(fq.order_by(tt.c.device_id).limit(50))]
             self.store.append(conn, now, rollout["name"], "halted", ACTOR, None, h)
             halted.add(h["cohort"])
             self.say(
-                "HALT %s %s: %s (%s: %s); chargers %s"
+                "HALT %s %s: %s rule, %s; chargers %s"
                 % (
                     rollout["name"],
                     "fleet-wide" if h["scope"] == "fleet" else "cohort " + h["cohort"],
                     h["check"],
-                    "rule",
                     h["evidence"],
                     ", ".join(h["devices"][:10]),
                 )
             )
         return halted
 
-    def _cancels(self, conn, rollout, targets, halted, now):
-        stop_all = None in halted or rollout["state"] == pj.ABORTED
-        todo = [
-            t
-            for t in targets
-            if t["state"] in pj.BEFORE_INSTALL
-            and not t["cancel_sent"]
-            and (stop_all or t["cohort"] in halted)
-        ]
+    def _cancels(self, conn, rollout, halted, now):
+        if not halted:
+            return []
+        q = sa.select(tt.c.device_id, tt.c.job_id).where(
+            tt.c.rollout == rollout["name"],
+            tt.c.state.in_(pj.BEFORE_INSTALL),
+            tt.c.cancel_sent.is_(False),
+        )
+        if None not in halted:
+            q = q.where(tt.c.cohort.in_([c for c in halted if c is not None]))
+        todo = conn.execute(q.order_by(tt.c.device_id)).all()
         if not todo:
             return []
-        devices = sorted(t["device_id"] for t in todo)
         self.store.append(
             conn,
             now,
@@ -262,12 +283,25 @@ class Controller:
             "cancel-sent",
             ACTOR,
             None,
-            {"devices": devices, "why": "halted or aborted"},
+            {"devices": [d for d, _ in todo], "why": "halted or aborted"},
         )
-        return [(t["device_id"], t["job_id"]) for t in todo]
+        return [(d, j) for d, j in todo]
 
-    def _joiners(self, conn, rollout, targets, now):
-        known = {t["device_id"] for t in targets}
+    @property
+    def joiners_due(self):
+        changed = self.store.inventory_changes
+        if changed != self._joiners_seen:
+            self._joiners_seen = changed
+            return True
+        return False
+
+    def _joiners(self, conn, rollout, now):
+        known = {
+            d
+            for (d,) in conn.execute(
+                sa.select(tt.c.device_id).where(tt.c.rollout == rollout["name"])
+            )
+        }
         wave = max(rollout["wave"], 1)
         for row in self.store.inventory(conn):
             if row["device_id"] in known:
@@ -283,47 +317,44 @@ class Controller:
                     conn, now, rollout["name"], "target-added", ACTOR, row["device_id"], data
                 )
 
-    def _waves(self, conn, rollout, targets, halted, now):
+    def _count(self, conn, *where):
+        return conn.execute(sa.select(sa.func.count()).select_from(tt).where(*where)).scalar()
+
+    def _waves(self, conn, rollout, halted, now):
         name, wave = rollout["name"], rollout["wave"]
         if None in halted:
             return
         if wave >= 0:
-            held = [
-                t
-                for t in targets
-                if t["wave"] <= wave
-                and t["wave"] >= 0
-                and t["state"] not in pj.FINAL
-                and not (t["state"] == pj.PLANNED and t["cohort"] in halted)
-            ]
-            if held or wave + 1 >= rollout["waves"]:
+            if wave + 1 >= rollout["waves"]:
+                return
+            open_ = sa.and_(tt.c.state.not_in(pj.FINAL), tt.c.wave >= 0, tt.c.wave <= wave)
+            held = sa.and_(
+                tt.c.state == pj.PLANNED,
+                tt.c.cohort.in_([c for c in halted if c is not None] or [""]),
+            )
+            if self._count(conn, tt.c.rollout == name, open_, sa.not_(held)):
                 return
         nxt = wave + 1
         if halted and rollout["spec"]["halt"]["other_cohorts"] == "approval":
             gate = "after-halt-%d" % nxt
             if gate not in rollout["approvals"]:
-                self._need(conn, rollout, gate, now)
-                return
-        fleet = max(1, len(self.store.inventory(conn)))
-        upto = sum(1 for t in targets if 0 <= t["wave"] <= nxt)
+                return self._need(conn, rollout, gate, now)
+        fleet = max(1, conn.execute(sa.select(sa.func.count()).select_from(inv_t)).scalar())
+        upto = self._count(conn, tt.c.rollout == name, tt.c.wave >= 0, tt.c.wave <= nxt)
         gate = "wave-%d" % nxt
         if (
             nxt > 0
             and upto / fleet > rollout["spec"]["approval"]["above_share"]
             and gate not in rollout["approvals"]
         ):
-            self._need(conn, rollout, gate, now)
-            return
+            return self._need(conn, rollout, gate, now)
+        size = self._count(conn, tt.c.rollout == name, tt.c.wave == nxt)
         self.store.append(
-            conn,
-            now,
-            name,
-            "wave-released",
-            ACTOR,
-            None,
-            {"wave": nxt, "chargers": sum(1 for t in targets if t["wave"] == nxt)},
+            conn, now, name, "wave-released", ACTOR, None, {"wave": nxt, "chargers": size}
         )
-        self.say("%s: wave %d released" % (name, nxt))
+        self.say(
+            "%s: %s released (%d chargers)" % (name, "pilot" if nxt == 0 else "wave %d" % nxt, size)
+        )
 
     def _need(self, conn, rollout, gate, now):
         if rollout["needs_approval"] != gate:
@@ -335,15 +366,6 @@ class Controller:
                 % (rollout["name"], rollout["name"], gate)
             )
 
-    def _site_load(self, conn):
-        sizes, busy = {}, {}
-        for row in self.store.inventory(conn):
-            sizes[row["site"]] = sizes.get(row["site"], 0) + 1
-        q = sa.select(tt.c.site, sa.func.count()).where(tt.c.state.in_(pj.IN_FLIGHT))
-        for site, n in conn.execute(q.group_by(tt.c.site)):
-            busy[site] = n
-        return sizes, busy
-
     def _sites(self, spec):
         path = spec["schedule"]["sites"]
         if not path:
@@ -352,46 +374,58 @@ class Controller:
             self.sites_cache[path] = load_sites(path)
         return self.sites_cache[path]
 
-    def _jobs(self, conn, rollout, targets, halted, now):
+    def _jobs(self, conn, rollout, halted, now):
         spec, release, name = rollout["spec"], rollout["release"], rollout["name"]
-        ready = [
-            t
-            for t in targets
-            if t["state"] == pj.PLANNED
-            and 0 <= t["wave"] <= rollout["wave"]
-            and t["cohort"] not in halted
-        ]
+        q = sa.select(tt.c.device_id, tt.c.site, tt.c.wave).where(
+            tt.c.rollout == name,
+            tt.c.state == pj.PLANNED,
+            tt.c.wave >= 0,
+            tt.c.wave <= rollout["wave"],
+        )
+        if halted:
+            q = q.where(tt.c.cohort.not_in([c for c in halted if c is not None]))
+        ready = conn.execute(q.order_by(tt.c.wave, tt.c.device_id)).all()
         if not ready:
             return []
-        sizes, busy = self._site_load(conn)
-        inv = {r["device_id"]: r for r in self.store.inventory(conn)}
-        sites = self._sites(spec)
-        share, out = spec["schedule"]["site_share"], []
-        for t in sorted(ready, key=lambda t: (t["wave"], t["device_id"])):
-            row = inv.get(t["device_id"])
+        sizes = dict(
+            conn.execute(sa.select(inv_t.c.site, sa.func.count()).group_by(inv_t.c.site)).all()
+        )
+        busy = dict(
+            conn.execute(
+                sa.select(tt.c.site, sa.func.count())
+                .where(tt.c.state.in_(pj.IN_FLIGHT))
+                .group_by(tt.c.site)
+            ).all()
+        )
+        share, picked = spec["schedule"]["site_share"], []
+        for device, site, _ in ready:
+            cap = max(1, int(share * sizes.get(site, 1)))
+            if busy.get(site, 0) < cap:
+                busy[site] = busy.get(site, 0) + 1
+                picked.append((device, site))
+        inv = self.store.inventory_of(conn, [d for d, _ in picked])
+        sites, out = self._sites(spec), []
+        for device, site in picked:
+            row = inv.get(device)
             why = (
                 "no longer in the inventory"
                 if row is None
                 else planner.eligibility(spec, release, row)
             )
-            if why:
+            if why is not None:
                 self.store.append(
                     conn,
                     now,
                     name,
                     "target-skipped",
                     ACTOR,
-                    t["device_id"],
+                    device,
                     {"why": why or "no longer matches the target filter"},
                 )
                 continue
-            site = t["site"]
-            cap = max(1, int(share * sizes.get(site, 1)))
-            if site and busy.get(site, 0) >= cap:
-                continue
             slot = install_slot(site, sites, now, spec["schedule"]["jitter"])
             job = m.job_message(
-                "%s:%s" % (name, t["device_id"]),
+                "%s:%s" % (name, device),
                 release["url"],
                 release["version"],
                 models=[row["model"]],
@@ -406,17 +440,24 @@ class Controller:
                 name,
                 "job-sent",
                 ACTOR,
-                t["device_id"],
-                {"job_id": job["job_id"], "install_at": slot["install_at"], "job": job},
+                device,
+                {
+                    "job_id": job["job_id"],
+                    "install_at": slot["install_at"],
+                    "site": site,
+                    "job": job,
+                },
             )
-            busy[site] = busy.get(site, 0) + 1
-            out.append((t["device_id"], job))
+            out.append((device, job))
         return out
 
-    def _maybe_done(self, conn, rollout, targets, halted, now):
+    def _maybe_done(self, conn, rollout, halted, now):
         if rollout["state"] != pj.RUNNING or rollout["wave"] + 1 < rollout["waves"]:
             return
-        if all(t["state"] in pj.FINAL or t["cohort"] in halted for t in targets):
+        q = [tt.c.rollout == rollout["name"], tt.c.state.not_in(pj.FINAL)]
+        if halted:
+            q.append(tt.c.cohort.not_in([c for c in halted if c is not None] or [""]))
+        if not self._count(conn, *q):
             self.store.append(
                 conn,
                 now,
@@ -427,3 +468,7 @@ class Controller:
                 {"why": "every wave released and finished"},
             )
             self.say("%s: done" % rollout["name"])
+
+
+def store_rollout(store, name, conn):
+    return store.rollout(name, conn)

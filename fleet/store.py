@@ -23,6 +23,7 @@ class Store:
     def __init__(self, engine):
         self.engine = engine
         self._insert = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+        self.inventory_changes = 0  # rows upserted so far (the controller looks for joiners)
 
     # -- events --------------------------------------------------------------------------------
 
@@ -79,6 +80,7 @@ class Store:
         with self.engine.begin() as conn:
             if inv:
                 self._upsert_inventory(conn, list(inv.values()), now)
+                self.inventory_changes += len(inv)
             for device, value in online.items():
                 conn.execute(
                     inventory.update().where(inventory.c.device_id == device).values(online=value)
@@ -237,6 +239,14 @@ class Store:
             with self.engine.connect() as c:
                 return [_decode_inventory(r) for r in c.execute(q).mappings()]
         return [_decode_inventory(r) for r in conn.execute(q).mappings()]
+
+    def inventory_of(self, conn, devices):
+        out, ids = {}, sorted(devices)
+        for i in range(0, len(ids), CHUNK):
+            q = sa.select(inventory).where(inventory.c.device_id.in_(ids[i : i + CHUNK]))
+            for row in conn.execute(q).mappings():
+                out[row["device_id"]] = _decode_inventory(row)
+        return out
 
 
 def _decode_rollout(row):
