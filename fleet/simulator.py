@@ -10,7 +10,8 @@ topics of its chargers and publishes on their topics, so the broker sees every c
 topics and payloads without one socket per charger. The one thing a shared connection cannot
 carry is a per-charger last will: a charger going offline publishes its offline row itself.
 
-Profiles: good; fail-trial:CHECK (rolls back, reason "trial failed"); regress (regression while
+Profiles (combine with "+", e.g. "slow-link+fail-trial:alarms"): good; fail-trial:CHECK
+(rolls back, reason "trial failed"); regress (regression while
 soaking); silent-after-reboot; offline; charging (a session defers the install); slow-link;
 power-loss (rolls back after losing its boot attempts to power cuts: not the release's fault).
 """
@@ -64,7 +65,8 @@ class SimCharger:
     ):
         self.id, self.model, self.hw = device_id, model, hardware_revision
         self.version, self.site, self.site_type, self.group = version, site, site_type, group
-        self.profile = profile
+        self.profile = profile  # one profile, or several joined by "+"
+        self.traits = set(profile.split("+"))
         self.local_offset_s = local_offset_s
         self.seq = 0
         self.rollbacks = []
@@ -140,7 +142,7 @@ class Simulator:
         now = self.clock()
         for c in self.chargers.values():
             self._publish(c, m.INVENTORY, c.inventory(now), retain=True)
-            online = c.profile != "offline"
+            online = "offline" not in c.traits
             self._publish(c, m.ONLINE, m.online_message(c.id, online, now, c.version), True)
         return self
 
@@ -213,7 +215,7 @@ class Simulator:
     # -- the journey ---------------------------------------------------------------------------
 
     def _do_job(self, c, raw):
-        if c.profile == "offline":
+        if "offline" in c.traits:
             return
         try:
             job = agent_jobs.parse_job(raw, {"model": c.model})
@@ -235,7 +237,7 @@ class Simulator:
             )
         c.job, c.stage, c.rng = job, "download", self.rng.random()
         c.accepted = self.clock()
-        if c.profile == "charging":
+        if "charging" in c.traits:
             c.session_until = self.clock() + self.timing["session_s"]
         self._status(c, m.DOWNLOAD_SCHEDULED)
         self._do_tick(c, job.id)
@@ -247,7 +249,7 @@ class Simulator:
             return
         if c.job is None or c.job.id != job_id:
             return
-        if c.stage in ("download", "install-wait"):
+        if c.stage in ("download", "downloading", "install-wait"):
             c.job, c.stage = None, None
             c.seq += 1
             msg = m.status_message(
@@ -275,7 +277,7 @@ class Simulator:
                 return self._at(d[1], c.id, "tick", job_id)
             c.stage = "downloading"
             self._status(c, m.DOWNLOADING)
-            slow = c.profile == "slow-link"
+            slow = "slow-link" in c.traits
             return self._at(
                 now + self.timing["slow_download_s" if slow else "download_s"],
                 c.id,
@@ -309,15 +311,18 @@ class Simulator:
         self._status(c, m.INSTALLED)
         self._status(c, m.INSTALL_REBOOTING)
         c.stage = "rebooting"
-        if c.profile == "silent-after-reboot":
+        if "silent-after-reboot" in c.traits:
             return  # the new slot never talks again (and the old one never comes back)
         self._at(self.clock() + self.timing["reboot_s"], c.id, "trial", job_id)
 
     def _do_trial(self, c, job_id):
         c.stage = "trial"
-        if c.profile == "power-loss":
+        if "power-loss" in c.traits:
             return self._end(c, m.ROLLED_BACK, reason=m.REASON_POWER_LOSS)
-        failing = c.profile[len("fail-trial:") :] if c.profile.startswith("fail-trial:") else ""
+        failing = ""
+        for trait in c.traits:
+            if trait.startswith("fail-trial:"):
+                failing = trait[len("fail-trial:") :]
         results = []
         for check in CHECKS:
             passed = check != failing
@@ -337,7 +342,7 @@ class Simulator:
         self._end(c, m.COMMITTED)
         c.version = version
         self._publish(c, m.INVENTORY, c.inventory(self.clock()), retain=True)
-        if c.profile == "regress":
+        if "regress" in c.traits:
             self._at(
                 self.clock() + self.timing["regress_after_s"], c.id, "regress", job_id, version
             )

@@ -81,10 +81,13 @@ class Store:
             if inv:
                 self._upsert_inventory(conn, list(inv.values()), now)
                 self.inventory_changes += len(inv)
-            for device, value in online.items():
-                conn.execute(
-                    inventory.update().where(inventory.c.device_id == device).values(online=value)
+            if online:
+                stmt = (
+                    inventory.update()
+                    .where(inventory.c.device_id == sa.bindparam("b_device"))
+                    .values(online=sa.bindparam("v_online"))
                 )
+                conn.execute(stmt, [{"b_device": d, "v_online": v} for d, v in online.items()])
             if sts:
                 self._statuses(conn, sts, now)
             if hls:
@@ -111,15 +114,16 @@ class Store:
             }
             for r in rows
         ]
-        for i in range(0, len(values), CHUNK):
-            stmt = self._insert(inventory).values(values[i : i + CHUNK])
-            cols = [c.name for c in inventory.columns if c.name not in ("device_id", "online")]
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["device_id"],
-                set_={c: stmt.excluded[c] for c in cols},
-                where=stmt.excluded.ts >= inventory.c.ts,
-            )
-            conn.execute(stmt)
+        # One statement, many parameter sets: compiled once and cached (a multi-row VALUES
+        # would be compiled anew for every batch size).
+        stmt = self._insert(inventory)
+        cols = [c.name for c in inventory.columns if c.name not in ("device_id", "online")]
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["device_id"],
+            set_={c: stmt.excluded[c] for c in cols},
+            where=stmt.excluded.ts >= inventory.c.ts,
+        )
+        conn.execute(stmt, values)
 
     def _statuses(self, conn, sts, now):
         rows = [
@@ -136,9 +140,8 @@ class Store:
             }
             for d, s in sts
         ]
-        for i in range(0, len(rows), CHUNK):
-            stmt = self._insert(statuses).values(rows[i : i + CHUNK])
-            conn.execute(stmt.on_conflict_do_nothing(index_elements=["device_id", "seq"]))
+        stmt = self._insert(statuses).on_conflict_do_nothing(index_elements=["device_id", "seq"])
+        conn.execute(stmt, rows)
         by_job = self._targets_by_job(conn, {s["job_id"] for _, s in sts if s["job_id"]})
         changed = {}
         for device, st in sorted(sts, key=lambda x: (x[0], x[1]["seq"])):
@@ -164,9 +167,7 @@ class Store:
             }
             for d, h in hls
         ]
-        for i in range(0, len(rows), CHUNK):
-            stmt = self._insert(health).values(rows[i : i + CHUNK])
-            conn.execute(stmt.on_conflict_do_nothing())
+        conn.execute(self._insert(health).on_conflict_do_nothing(), rows)
         by_job = self._targets_by_job(conn, {h["job_id"] for _, h in hls})
         changed = {}
         for device, h in hls:

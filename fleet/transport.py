@@ -74,6 +74,10 @@ class Connection:
     def start(self, timeout=15.0):
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = int(self.session_expiry_s)
+        # Without it mosquitto keeps 20 messages in flight to us and queues at most 1000
+        # more (max_queued_messages), dropping the rest: a retained inventory of thousands
+        # of chargers would arrive cut short.
+        props.ReceiveMaximum = 65535
         s = self.settings
         try:
             self.client.connect_async(

@@ -24,6 +24,9 @@ from hil.services.httpserver import FileServer
 from hil.services.mosquitto import Mosquitto, free_port
 
 PG_ENV = "CHARGER_FLEET_PG"
+# What docs/fleet.md asks of a fleet's broker: no cap on the queue of a subscriber that is
+# slow or away (mosquitto drops beyond 1000 by default), no cap on messages in flight.
+BROKER_CONFIG = ["max_queued_messages 0", "max_inflight_messages 0"]
 
 
 def _reachable(host, port):
@@ -119,7 +122,7 @@ def db_url(request, tmp_path):
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = Mosquitto(str(tmp_path_factory.mktemp("broker"))).start()
+    b = Mosquitto(str(tmp_path_factory.mktemp("broker")), extra_config=BROKER_CONFIG).start()
     yield b
     b.stop()
 

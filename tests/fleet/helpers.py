@@ -94,3 +94,45 @@ def sim_fleet(broker, n, models, sites, profile_of=None, per_connection=500, tim
         for info in infos:
             info.wait_for_publish(10)
         c.stop()
+
+
+class Observer:
+    """Sees every job and cancel the controller publishes, with its arrival time: the
+    audit a test checks against the event log."""
+
+    def __init__(self, broker):
+        import json
+        import threading
+        import time
+
+        from agent.core import messages as m
+        from fleet.transport import Connection
+
+        self.seen = []  # (arrival, suffix, device, job_id)
+        self._lock = threading.Lock()
+
+        def on_message(topic, payload, mid, qos):
+            device, suffix = m.split_topic("chargers", topic)
+            try:
+                job_id = json.loads(payload).get("job_id")
+            except ValueError:
+                job_id = None
+            with self._lock:
+                self.seen.append((time.time(), suffix, device, job_id))
+
+        self.conn = Connection(
+            broker.settings(), "observer-%s" % os.urandom(3).hex(), on_message, session_expiry_s=0
+        )
+        for suffix in (m.JOB, m.CANCEL):
+            self.conn.subscribe(m.device_filter("chargers", suffix))
+        self.conn.start()
+
+    def of(self, suffix):
+        from agent.core import messages as m
+
+        wanted = {"job": m.JOB, "cancel": m.CANCEL}[suffix]
+        with self._lock:
+            return [s for s in self.seen if s[1] == wanted]
+
+    def close(self):
+        self.conn.stop()
