@@ -1,8 +1,6 @@
 """Halts: a bad release stops in the pilot, fast, and publishes nothing after; a silent
 charger fails at its phase timeout; a rolled-back version is never offered again."""
 
-import pytest
-
 from agent.core import messages as m
 from fleet import projection as pj
 from fleet.cli import status_text
