@@ -197,7 +197,12 @@ def halts(counts, spec, wave, halted_cohorts):
                     "devices": sorted(devices)[:50],
                 }
             )
-    failed, finished, devices = counts[None]
+    # A cohort's halt already contains its failures; the fleet-wide rule watches the cohorts
+    # still running (failures spread thinly over many cohorts).
+    stopped = set(halted_cohorts) | {f["cohort"] for f in found}
+    failed = sum(v[0] for c, v in counts.items() if c is not None and c not in stopped)
+    finished = sum(v[1] for c, v in counts.items() if c is not None and c not in stopped)
+    devices = [d for c, v in counts.items() if c is not None and c not in stopped for d in v[2]]
     rule = crossed(failed, finished, h["fleet_failures"], h["rate"], h["min_sample"])
     if rule and None not in halted_cohorts:
         found.append(

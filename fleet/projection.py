@@ -134,36 +134,28 @@ def _wave_released(conn, ev, data):
     _set_rollout(conn, ev["rollout"], ev["ts"], wave=data["wave"], wave_released_at=ev["ts"])
 
 
-def _job_sent(conn, ev, data):
-    _set_target(
-        conn,
-        ev["rollout"],
-        ev["device_id"],
-        state=SENT,
-        job_id=data["job_id"],
-        sent_at=ev["ts"],
-        phase_since=ev["ts"],
-        install_at=data.get("install_at"),
-    )
+def target_event_effect(ev):
+    """The values a target-level event sets (live and in rebuild)."""
+    data = ev["data"]
+    if ev["kind"] == "job-sent":
+        return {
+            "state": SENT,
+            "job_id": data["job_id"],
+            "sent_at": ev["ts"],
+            "phase_since": ev["ts"],
+            "install_at": data.get("install_at"),
+        }
+    state = {"target-skipped": SKIPPED, "target-failed": FAILED, "target-succeeded": SUCCEEDED}
+    return {"state": state[ev["kind"]], "result": data.get("result"), "reason": data.get("why")}
+
+
+def _target_event(conn, ev, data):
+    _set_target(conn, ev["rollout"], ev["device_id"], **target_event_effect(ev))
 
 
 def _target_added(conn, ev, data):
     row = _target_row(ev["rollout"], ev["device_id"], data["wave"], data["cohort"], data["site"])
     conn.execute(targets.insert().values(**row))
-
-
-def _final(state):
-    def handler(conn, ev, data):
-        _set_target(
-            conn,
-            ev["rollout"],
-            ev["device_id"],
-            state=state,
-            result=data.get("result"),
-            reason=data.get("why"),
-        )
-
-    return handler
 
 
 def _halted(conn, ev, data):
@@ -204,11 +196,11 @@ _EVENTS = {
     "approved": _approved,
     "needs-approval": _needs_approval,
     "wave-released": _wave_released,
-    "job-sent": _job_sent,
+    "job-sent": _target_event,
     "target-added": _target_added,
-    "target-skipped": _final(SKIPPED),
-    "target-failed": _final(FAILED),
-    "target-succeeded": _final(SUCCEEDED),
+    "target-skipped": _target_event,
+    "target-failed": _target_event,
+    "target-succeeded": _target_event,
     "halted": _halted,
     "cancel-sent": _cancel_sent,
     "paused": _state(PAUSED),
@@ -266,31 +258,53 @@ def health_effect(target, h):
     return {"state": FAILED, "result": "Regression", "reason": "regression: %s" % failed}
 
 
+TARGET_KINDS = ("job-sent", "target-failed", "target-succeeded", "target-skipped")
+
+
 def rebuild(conn):
-    """Drop the projection and fold it again from the logs."""
+    """Drop the projection and fold it again from the logs: rollout-level events in log
+    order, then each target's own events, statuses and health rounds in the order the
+    controller saw them (by time; at equal times a device's message first, as the controller
+    ingests before it decides)."""
     conn.execute(targets.delete())
     conn.execute(rollouts.delete())
+    happenings, job_of = {}, {}
     for row in conn.execute(sa.select(events).order_by(events.c.id)).mappings():
-        ev = dict(row)
-        ev["data"] = json.loads(ev["data"])
-        apply_event(conn, ev)
-    sent = conn.execute(sa.select(targets).where(targets.c.job_id.is_not(None))).mappings().all()
-    for target in sent:
-        target = dict(target)
-        q = sa.select(statuses).where(statuses.c.job_id == target["job_id"])
-        for st in conn.execute(q.order_by(statuses.c.seq)).mappings():
+        ev = dict(row, data=json.loads(row["data"]))
+        if ev["kind"] in TARGET_KINDS:
+            key = (ev["rollout"], ev["device_id"])
+            happenings.setdefault(key, []).append((ev["ts"], 1, ev["id"], "event", ev))
+            if ev["kind"] == "job-sent":
+                job_of[ev["data"]["job_id"]] = key
+        else:
+            apply_event(conn, ev)
+    for st in conn.execute(sa.select(statuses)).mappings():
+        key = job_of.get(st["job_id"])
+        if key is not None and key[1] == st["device_id"]:
             st = dict(st, check=st["check_name"], detail=None)
-            values = status_effect(target, st, st["received"])
-            if values:
-                target.update(values)
-        hq = sa.select(health).where(health.c.job_id == target["job_id"])
-        for h in conn.execute(hq.order_by(health.c.received)).mappings():
-            values = health_effect(target, dict(h, failed=json.loads(h["failed"])))
+            happenings[key].append((st["received"], 0, st["seq"], "status", st))
+    for h in conn.execute(sa.select(health)).mappings():
+        key = job_of.get(h["job_id"])
+        if key is not None and key[1] == h["device_id"]:
+            h = dict(h, failed=json.loads(h["failed"]))
+            happenings[key].append((h["received"], 0, h["ts"], "health", h))
+    rows = {
+        (r["rollout"], r["device_id"]): dict(r) for r in conn.execute(sa.select(targets)).mappings()
+    }
+    for key, items in happenings.items():
+        target = rows[key]
+        for when, _, _, kind, item in sorted(items, key=lambda x: x[:3]):
+            if kind == "event":
+                values = target_event_effect(item)
+            elif kind == "status":
+                values = status_effect(target, item, when)
+            else:
+                values = health_effect(target, item)
             if values:
                 target.update(values)
         _set_target(
             conn,
-            target["rollout"],
-            target["device_id"],
+            key[0],
+            key[1],
             **{k: v for k, v in target.items() if k not in ("rollout", "device_id")},
         )

@@ -65,8 +65,11 @@ def run_cli(*argv):
 
 
 @contextlib.contextmanager
-def sim_fleet(broker, n, models, sites, profile_of=None, per_connection=500, timing=None):
-    chargers = make_fleet(n, models, sites, profile_of, prefix_id="sim%s" % os.urandom(2).hex())
+def sim_fleet(
+    broker, n, models, sites, profile_of=None, per_connection=500, timing=None, prefix_id=None
+):
+    prefix_id = prefix_id or "sim%s" % os.urandom(2).hex()
+    chargers = make_fleet(n, models, sites, profile_of, prefix_id=prefix_id)
     sim = Simulator(
         broker.settings(),
         chargers,
