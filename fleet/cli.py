@@ -363,6 +363,7 @@ def cmd_serve(args, out):
     from fleet.controller import Controller
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     store = _store(args)
     stop = threading.Event()
 
@@ -458,8 +459,13 @@ def parser():
     sv = sub.add_parser("serve", help="the controller: ingest statuses, advance rollouts")
     sv.add_argument(
         "--client-id",
-        help="MQTT client id; keep it across restarts so the broker "
-        "keeps the statuses that arrive while it is down",
+        help="MQTT client id (default charger-fleet-HOSTNAME); keep it across restarts so "
+        "the broker keeps the statuses that arrive while it is down; one per serve process",
+    )
+    sv.add_argument(
+        "--leave",
+        action="store_true",
+        help="on exit, end the broker session (this controller is retired for good)",
     )
     sv.add_argument("--tick", type=float, default=1.0, help="seconds between planning rounds")
     sv.set_defaults(run=cmd_serve)

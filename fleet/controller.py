@@ -61,6 +61,7 @@ class Controller:
         self.resent = False
         self._joiners_seen = -1
         self.ingested = 0
+        self.counts = {}  # suffix -> messages ingested
 
     def _on_message(self, topic, payload, mid, qos):
         self.inbox.put((topic, payload, mid, qos))
@@ -81,6 +82,10 @@ class Controller:
         finally:
             self.lock.release()
             self.conn.stop(leave)
+            self.say(
+                "ingested %s"
+                % ", ".join("%d %s" % (n, suffix) for suffix, n in sorted(self.counts.items()))
+            )
 
     def drain(self, timeout, limit=5000):
         try:
@@ -104,6 +109,7 @@ class Controller:
                 continue
             if isinstance(doc, dict):
                 decoded.append((suffix, device, doc))
+                self.counts[suffix] = self.counts.get(suffix, 0) + 1
         bad = self.store.ingest(decoded, self.clock())
         if bad:
             log.warning("%d message(s) broke the MQTT contract and were dropped", bad)

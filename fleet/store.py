@@ -183,6 +183,10 @@ class Store:
         found, ids = {}, sorted(job_ids)
         for i in range(0, len(ids), CHUNK):
             q = sa.select(targets).where(targets.c.job_id.in_(ids[i : i + CHUNK]))
+            if self.engine.dialect.name == "postgresql":
+                # Several controllers ingest at once: lock the rows (in one order, so two
+                # never deadlock) so neither overwrites the other's newer status.
+                q = q.order_by(targets.c.job_id).with_for_update()
             for row in conn.execute(q).mappings():
                 found[row["job_id"]] = dict(row)
         return found

@@ -1,0 +1,191 @@
+"""Crash safety and scale-out: `charger-fleet serve` processes killed with SIGKILL mid-wave
+and restarted lose no status and send no charger a second job; two serve processes on one
+PostgreSQL share the status stream (MQTT 5 shared subscription) with one planner."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+
+from fleet import projection as pj
+from fleet.cli import status_text
+from fleet.schema import events, statuses
+from tests.fleet.conftest import make_release, open_store, serve_release, wait_until
+from tests.fleet.helpers import Observer, run_cli, sim_fleet, write_rollout, write_sites
+
+MODELS = [("AC22", "C"), ("AC22", "D")]
+TYPES = ("workplace", "depot", "public")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def serve(db, broker, client_id, log):
+    cmd = [
+        sys.executable,
+        "-m",
+        "fleet.cli",
+        "--db",
+        db,
+        "--mqtt",
+        "127.0.0.1:%d" % broker.port,
+        "serve",
+        "--client-id",
+        client_id,
+        "--tick",
+        "0.2",
+    ]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(proc, leave_session_of=None):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def _events_of(store, kind):
+    with store.engine.connect() as c:
+        return c.execute(
+            sa.select(sa.func.count()).select_from(events).where(events.c.kind == kind)
+        ).scalar()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_kill_9_mid_wave_loses_and_duplicates_nothing(
+    tmp_path, broker, kit, images, backend, request
+):
+    db = str(tmp_path / "fleet.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
+    url = serve_release(images, make_release(kit, "5.0.0"))
+    sites = [("site-%02d" % i, TYPES[i % 3]) for i in range(12)]
+    sites_file = write_sites(str(tmp_path / "sites.toml"), [(s, t, "UTC") for s, t in sites])
+    spec = write_rollout(
+        str(tmp_path / "r.toml"),
+        "crash",
+        url,
+        kit.root_path,
+        sites_file,
+        waves={"sizes": ["30%", "rest"], "soak": 0.3},
+        pilot={"per_cell": 1, "soak": 0.3},
+    )
+    store = open_store(db)
+    log = open(str(tmp_path / "serve.log"), "ab")
+    client_id = "crash-%s" % os.urandom(3).hex()
+    observer = Observer(broker)
+    procs = []
+    try:
+        with sim_fleet(
+            broker,
+            96,
+            MODELS,
+            sites,
+            timing={"download_s": 0.4, "install_s": 0.4, "reboot_s": 0.4, "trial_s": 0.4},
+        ) as sim:
+            procs.append(serve(db, broker, client_id, log))
+            wait_until(lambda: len(store.inventory()) == 96, 30, "inventory")
+            assert run_cli("--db", db, "rollout", "start", spec)[0] == 0
+            for kill in range(3):  # three kill -9s at different points of the rollout
+                wait_until(
+                    lambda n=kill: _events_of(store, "job-sent") >= 6 + 25 * n,
+                    60,
+                    "jobs going out",
+                    explain=lambda: status_text(store, "crash"),
+                )
+                procs[-1].kill()  # SIGKILL: no clean shutdown, no DISCONNECT
+                procs[-1].wait()
+                # Statuses keep coming while it is dead; the broker keeps them for its session.
+                wait_until(
+                    lambda: sum(c.seq for c in sim.chargers.values()) > _statuses_stored(store) + 5,
+                    20,
+                    "statuses while the controller is down",
+                )
+                procs.append(serve(db, broker, client_id, log))
+            wait_until(
+                lambda: store.rollout("crash")["state"] == pj.DONE,
+                90,
+                "done",
+                explain=lambda: status_text(store, "crash"),
+            )
+            stop(procs[-1])
+            # No charger got a second job: one job id per charger, everywhere.
+            for c in sim.chargers.values():
+                assert len(c.jobs) == 1, (c.id, c.jobs)
+            seen = {}
+            for _, _, device, job_id in observer.of("job"):
+                seen.setdefault(device, set()).add(job_id)
+            assert all(len(ids) == 1 for ids in seen.values()) and len(seen) == 96
+            # No status was lost: every seq each charger sent is stored, exactly once.
+            with store.engine.connect() as conn:
+                rows = conn.execute(sa.select(statuses.c.device_id, statuses.c.seq)).all()
+            stored = {}
+            for device, seq in rows:
+                stored.setdefault(device, set()).add(seq)
+            for c in sim.chargers.values():
+                assert stored.get(c.id) == set(range(1, c.seq + 1)), c.id
+            assert {t["state"] for t in store.targets("crash")} == {pj.SUCCEEDED}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        _leave(broker, client_id)
+        observer.close()
+        log.close()
+
+
+def _statuses_stored(store):
+    with store.engine.connect() as c:
+        return c.execute(sa.select(sa.func.count()).select_from(statuses)).scalar()
+
+
+def _leave(broker, client_id):
+    """End the killed controller's broker session (it would keep its share of statuses)."""
+    from fleet.transport import Connection
+
+    Connection(broker.settings(), client_id).start().stop(leave=True)
+
+
+def test_two_controllers_share_statuses_one_plans(tmp_path, broker, kit, images, pg_url):
+    url = serve_release(images, make_release(kit, "5.1.0"))
+    sites = [("site-%02d" % i, TYPES[i % 3]) for i in range(12)]
+    spec = write_rollout(
+        str(tmp_path / "r.toml"),
+        "pair",
+        url,
+        kit.root_path,
+        waves={"sizes": ["rest"], "soak": 0.2},
+        pilot={"soak": 0.2},
+    )
+    store = open_store(pg_url)
+    log = open(str(tmp_path / "serve.log"), "ab")
+    ids = ["pair-a-%s" % os.urandom(2).hex(), "pair-b-%s" % os.urandom(2).hex()]
+    procs = []
+    try:
+        with sim_fleet(broker, 48, MODELS, sites) as sim:
+            procs = [serve(pg_url, broker, i, log) for i in ids]
+            wait_until(lambda: len(store.inventory()) == 48, 30, "inventory")
+            assert run_cli("--db", pg_url, "rollout", "start", spec)[0] == 0
+            wait_until(
+                lambda: store.rollout("pair")["state"] == pj.DONE,
+                60,
+                "done",
+                explain=lambda: status_text(store, "pair"),
+            )
+            assert all(len(c.jobs) == 1 for c in sim.chargers.values())
+            with store.engine.connect() as conn:
+                n = conn.execute(sa.select(sa.func.count()).select_from(statuses)).scalar()
+            assert n == sum(c.seq for c in sim.chargers.values())
+    finally:
+        for p in procs:
+            stop(p)
+        for i in ids:
+            _leave(broker, i)
+        log.close()
+    text = open(str(tmp_path / "serve.log")).read()
+    # One planner announced the decisions; both ingested a share of the statuses.
+    assert text.count("pair: done") == 1, text
+    shares = [int(x) for x in re.findall(r"ingested .*?(\d+) update/status", text)]
+    assert len(shares) == 2 and all(n > 0 for n in shares), text
+    assert sum(shares) >= n
