@@ -75,7 +75,8 @@ class Controller:
         next_tick = 0.0
         try:
             while not stop.is_set():
-                self.drain(timeout=max(0.0, min(self.tick_s, next_tick - time.monotonic())))
+                # At most half a second, so a stop request is noticed promptly.
+                self.drain(timeout=max(0.0, min(0.5, next_tick - time.monotonic())))
                 if time.monotonic() >= next_tick:
                     self.tick()
                     next_tick = time.monotonic() + self.tick_s
@@ -87,15 +88,18 @@ class Controller:
                 % ", ".join("%d %s" % (n, suffix) for suffix, n in sorted(self.counts.items()))
             )
 
-    def drain(self, timeout, limit=5000):
+    def drain(self, timeout, limit=5000, linger_s=0.05):
+        """Ingest what arrived: one transaction per batch. After the first message it waits
+        up to linger_s for more, so a steady stream is written in large batches (a commit
+        per message would cap ingest at a few hundred per second)."""
         try:
             first = self.inbox.get(timeout=timeout)
         except queue.Empty:
             return 0
-        batch = [first]
+        batch, until = [first], time.monotonic() + linger_s
         while len(batch) < limit:
             try:
-                batch.append(self.inbox.get_nowait())
+                batch.append(self.inbox.get(timeout=max(0.0, until - time.monotonic())))
             except queue.Empty:
                 break
         decoded = []

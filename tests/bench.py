@@ -378,6 +378,12 @@ def parse_args(argv):
     p.add_argument("--sizes", help="comma-separated MiB (default 256,1024)")
     p.add_argument("--repeat", type=int, help="rounds per case, median taken (default 5)")
     p.add_argument("--dir", help="where to put payloads and the slot (default: a temp dir)")
+    p.add_argument(
+        "--fleet-chargers",
+        type=int,
+        help="fleet section size (default 100000, "
+        "--quick 1000; 0 skips it; see tests/bench_fleet.py)",
+    )
     p.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
     p.add_argument("--source", help=argparse.SUPPRESS)
     p.add_argument("--target", help=argparse.SUPPRESS)
@@ -410,6 +416,13 @@ def main(argv=None):
     if busy is not None:
         print("CPUs busy before the run: %.0f%% of %d" % (100 * busy, os.cpu_count() or 0))
     print(verdict(rows, hash_rate, busy=busy is not None and busy > BUSY_SHARE))
+    fleet = (
+        args.fleet_chargers if args.fleet_chargers is not None else (1000 if args.quick else 100000)
+    )
+    if fleet:
+        from tests import bench_fleet
+
+        bench_fleet.run(fleet, 1 if args.quick else 3, busy)
     return 0
 
 
