@@ -91,6 +91,15 @@ def pick_pilot(rows, spec):
     for row in rows:
         cells.setdefault(cell_of(row), []).append(row)
     used_sites, pilot, blocked = set(), [], []
+    # Chargers the operator names (a bench, the lab's own) go first, still one per site.
+    include = set(spec["pilot"].get("include", []))
+    got_in = {}
+    for row in sorted(rows, key=lambda r: r["device_id"]):
+        site = row["site"] or "device:" + row["device_id"]
+        if row["device_id"] in include and site not in used_sites:
+            used_sites.add(site)
+            pilot.append(row)
+            got_in[cell_of(row)] = got_in.get(cell_of(row), 0) + 1
 
     def fewest_sites(cell):
         return (len({r["site"] for r in cells[cell]}), cell)
@@ -98,10 +107,12 @@ def pick_pilot(rows, spec):
     for cell in sorted(cells, key=fewest_sites):
         if cell in excluded:
             continue
-        got = 0
+        got = got_in.get(cell, 0)
         for row in sorted(cells[cell], key=lambda r: _order(name, r["device_id"])):
             if got >= k:
                 break
+            if row["device_id"] in include:
+                continue
             site = row["site"] or "device:" + row["device_id"]  # no site: its own
             if site in used_sites:
                 continue

@@ -107,6 +107,7 @@ class Simulator:
         timing=None,
         clock=time.time,
         seed=1,
+        profile_for=None,
     ):
         self.settings, self.prefix, self.clock = settings, prefix, clock
         self.timing = dict(TIMING, **(timing or {}))
@@ -132,6 +133,9 @@ class Simulator:
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="fleet-sim", daemon=True)
         self.published = 0
+        # profile_for(charger, job) -> profile for this job (a release that fails on one
+        # revision only); default: the charger's own profile.
+        self.profile_for = profile_for
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -236,8 +240,12 @@ class Simulator:
                 detail="another job is in progress",
             )
         c.job, c.stage, c.rng = job, "download", self.rng.random()
+        if self.profile_for is not None:
+            c.jt = set(self.profile_for(c, job).split("+"))
+        else:
+            c.jt = c.traits
         c.accepted = self.clock()
-        if "charging" in c.traits:
+        if "charging" in c.jt:
             c.session_until = self.clock() + self.timing["session_s"]
         self._status(c, m.DOWNLOAD_SCHEDULED)
         self._do_tick(c, job.id)
@@ -277,7 +285,7 @@ class Simulator:
                 return self._at(d[1], c.id, "tick", job_id)
             c.stage = "downloading"
             self._status(c, m.DOWNLOADING)
-            slow = "slow-link" in c.traits
+            slow = "slow-link" in c.jt
             return self._at(
                 now + self.timing["slow_download_s" if slow else "download_s"],
                 c.id,
@@ -311,16 +319,16 @@ class Simulator:
         self._status(c, m.INSTALLED)
         self._status(c, m.INSTALL_REBOOTING)
         c.stage = "rebooting"
-        if "silent-after-reboot" in c.traits:
+        if "silent-after-reboot" in c.jt:
             return  # the new slot never talks again (and the old one never comes back)
         self._at(self.clock() + self.timing["reboot_s"], c.id, "trial", job_id)
 
     def _do_trial(self, c, job_id):
         c.stage = "trial"
-        if "power-loss" in c.traits:
+        if "power-loss" in c.jt:
             return self._end(c, m.ROLLED_BACK, reason=m.REASON_POWER_LOSS)
         failing = ""
-        for trait in c.traits:
+        for trait in c.jt:
             if trait.startswith("fail-trial:"):
                 failing = trait[len("fail-trial:") :]
         results = []
@@ -342,7 +350,7 @@ class Simulator:
         self._end(c, m.COMMITTED)
         c.version = version
         self._publish(c, m.INVENTORY, c.inventory(self.clock()), retain=True)
-        if "regress" in c.traits:
+        if "regress" in c.jt:
             self._at(
                 self.clock() + self.timing["regress_after_s"], c.id, "regress", job_id, version
             )

@@ -31,7 +31,7 @@ DEFAULTS = {
         "devices": [],
         "exclude": [],
     },
-    "pilot": {"per_cell": 2, "exclude_cells": [], "soak": 86400},
+    "pilot": {"per_cell": 2, "exclude_cells": [], "include": [], "soak": 86400},
     "waves": {"sizes": ["10%", "30%", "rest"], "soak": 21600},
     "fast_track": {"soak": 3600, "pilot_soak": 3600},
     "approval": {"start": False, "above_share": 0.10},
