@@ -102,12 +102,13 @@ def publish_main(host, port, n):
         session_expiry_s=0,
         max_inflight=5000,
     ).start()
-    infos = [
-        conn.publish(m.topic("chargers", device(i), m.STATUS), m.encode(status_of(i)))
-        for i in range(n)
-    ]
-    for info in infos:
-        info.wait_for_publish(120)
+    for start in range(0, n, 20000):  # paho has 65535 message ids: wait per chunk
+        infos = [
+            conn.publish(m.topic("chargers", device(i), m.STATUS), m.encode(status_of(i)))
+            for i in range(start, min(n, start + 20000))
+        ]
+        for info in infos:
+            info.wait_for_publish(120)
     conn.stop()
 
 
