@@ -10,7 +10,7 @@ APT_TOOLS := fw_printenv:libubootenv-tool mkenvimage:u-boot-tools grub-editenv:g
              grub-emu:grub-emu mke2fs:e2fsprogs \
              mosquitto:mosquitto
 
-.PHONY: all venv sysdeps qemu-deps test demo bench lint clean
+.PHONY: all venv sysdeps qemu-deps test demo demo-fleet bench lint clean
 # MicroPython 1.27 (WebAssembly port, run by Node.js) for the agent/core scenario tests.
 MICROPYTHON := .cache/micropython/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs
 
@@ -79,6 +79,10 @@ bench: venv sysdeps
 
 demo: venv sysdeps
 	$(BIN)/python -m hil.demo
+
+# The fleet: 3 virtual boards + 500 simulated chargers, a bad and a good rollout (docs/fleet.md).
+demo-fleet: venv sysdeps
+	$(BIN)/python -m hil.fleet_demo
 
 lint: venv
 	$(BIN)/ruff check .

@@ -84,20 +84,26 @@ def select(inventory, spec, release):
 
 def pick_pilot(rows, spec):
     """(pilot rows, blocked [(cell, why)]): at least k per cell where the cell's sites allow,
-    at most one charger per site; cells with the fewest sites choose first."""
+    at most `per_site` chargers per site (default one); cells with the fewest sites choose
+    first."""
     k, name = spec["pilot"]["per_cell"], spec["name"]
     excluded = set(spec["pilot"]["exclude_cells"])
     cells = {}
     for row in rows:
         cells.setdefault(cell_of(row), []).append(row)
-    used_sites, pilot, blocked = set(), [], []
+    per_site = spec["pilot"].get("per_site", 1)
+    used, pilot, blocked = {}, [], []
+
+    def full(site):
+        return used.get(site, 0) >= per_site
+
     # Chargers the operator names (a bench, the lab's own) go first, still one per site.
     include = set(spec["pilot"].get("include", []))
     got_in = {}
     for row in sorted(rows, key=lambda r: r["device_id"]):
         site = row["site"] or "device:" + row["device_id"]
-        if row["device_id"] in include and site not in used_sites:
-            used_sites.add(site)
+        if row["device_id"] in include and not full(site):
+            used[site] = used.get(site, 0) + 1
             pilot.append(row)
             got_in[cell_of(row)] = got_in.get(cell_of(row), 0) + 1
 
@@ -114,9 +120,9 @@ def pick_pilot(rows, spec):
             if row["device_id"] in include:
                 continue
             site = row["site"] or "device:" + row["device_id"]  # no site: its own
-            if site in used_sites:
+            if full(site):
                 continue
-            used_sites.add(site)
+            used[site] = used.get(site, 0) + 1
             pilot.append(row)
             got += 1
         if got == 0:

@@ -31,7 +31,7 @@ DEFAULTS = {
         "devices": [],
         "exclude": [],
     },
-    "pilot": {"per_cell": 2, "exclude_cells": [], "include": [], "soak": 86400},
+    "pilot": {"per_cell": 2, "per_site": 1, "exclude_cells": [], "include": [], "soak": 86400},
     "waves": {"sizes": ["10%", "30%", "rest"], "soak": 21600},
     "fast_track": {"soak": 3600, "pilot_soak": 3600},
     "approval": {"start": False, "above_share": 0.10},
@@ -146,6 +146,7 @@ def load_rollout(path):
 def _check_numbers(path, spec):
     checks = (
         ("pilot", "per_cell", 1, 1000),
+        ("pilot", "per_site", 1, 1000),
         ("halt", "pilot_failures", 1, 10**6),
         ("halt", "wave_failures", 1, 10**6),
         ("halt", "fleet_failures", 1, 10**6),

@@ -89,7 +89,8 @@ def write_files(workdir, name, url, root, boards, soak):
         "name": name,
         "release": url,
         "trust_root": root,
-        "pilot": {"per_cell": 2, "soak": soak, "include": boards},
+        # Three sites for up to nine cells: three pilot chargers per site (the default is one).
+        "pilot": {"per_cell": 1, "per_site": 3, "soak": soak, "include": boards},
         "waves": {"sizes": ["20%", "rest"], "soak": soak / 2},
         "approval": {"start": False, "above_share": 1.0},
         "halt": {"pilot_failures": 1, "wave_failures": 5, "fleet_failures": 25},
@@ -279,7 +280,7 @@ def main(argv=None):
         for b in boards:
             b.close()
         images.shutdown()
-        for p in parts:
+        for p in reversed(parts):
             p.stop()
 
 
