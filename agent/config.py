@@ -10,6 +10,7 @@ import os
 import sys
 
 from agent.core.errors import ConfigError
+from agent.state import statedir
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,6 +28,7 @@ DOWNLOAD_DEFAULTS = {
     "max_rate": 0,  # bytes per second; 0 means unlimited
     "ca_file": "",  # extra CA bundle for https; system store otherwise
     "chunk_size": 1 << 20,
+    "delta": True,  # format-2 bundles: fetch only the blocks neither slot has (ranges)
 }
 
 
@@ -43,7 +45,9 @@ class Config:
         self.slots = self._slots()
         self.bootloader = self._table("bootloader", required=("backend",))
         self.trust = self._table("trust", required=())
-        self.state_dir = self.resolve(self._table("state", required=()).get("dir", "state"))
+        state = self._table("state", required=()).get("dir", statedir.DEFAULT_DIR)
+        self.state_dir = self.resolve(state)
+        statedir.check_not_on_slot(self.state_dir, self.slots, self.path)
         download = dict(DOWNLOAD_DEFAULTS)
         download.update(self._table("download", required=()))
         self.download = download
@@ -61,6 +65,23 @@ class Config:
         if not isinstance(value, dict):
             raise self._error("[%s] must be a table" % name)
         return value
+
+    def options(self, name, defaults):
+        """Section `name` over `defaults`; a key the defaults do not know is a ConfigError
+        (catches typos), and so is a value of another type than its default's."""
+        table = self.section(name)
+        unknown = sorted(set(table) - set(defaults))
+        if unknown:
+            raise self._error("unknown key(s) in [%s]: %s" % (name, ", ".join(unknown)),
+                              hint="known keys: %s" % ", ".join(sorted(defaults)))  # fmt: skip
+        merged = dict(defaults)
+        for key, value in table.items():
+            default = defaults[key]
+            if default is not None and not _same_kind(value, default):
+                raise self._error("[%s] %s must be %s, not %r"
+                                  % (name, key, type(default).__name__, value))  # fmt: skip
+            merged[key] = value
+        return merged
 
     @property
     def slot_names(self):
@@ -104,6 +125,14 @@ class Config:
                 raise self._error("[slots.%s] must map slot classes to devices" % slot)
             resolved[slot] = dict((cls, self.resolve(dev)) for cls, dev in targets.items())
         return resolved
+
+
+def _same_kind(value, default):
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 def load(path=None):

@@ -46,6 +46,7 @@ class Controller:
         say=None,
     ):
         self.store, self.prefix, self.clock, self.tick_s = store, prefix, clock, tick_s
+        self.share = share
         self.say = say or (lambda text: log.info("%s", text))
         # Stable across restarts, so the broker keeps this controller's session (and the
         # statuses that arrive while it is down) for it; several on one host need --client-id.
@@ -70,6 +71,7 @@ class Controller:
 
     def run(self, stop, ready=None, leave=False):
         self.conn.start()
+        self.say("subscribed as %s (shared group %s)" % (self.client_id, self.share))
         if ready is not None:
             ready.set()
         next_tick = 0.0
@@ -242,20 +244,20 @@ class Controller:
         halted = {h["cohort"] for h in rollout["halts"]}
         if rollout["state"] == pj.ABORTED:
             return halted | {None}
+        finished = (pj.FAILED, pj.SUCCEEDED, pj.UNEXPLAINED)
         q = sa.select(tt.c.cohort, tt.c.state, sa.func.count()).where(
-            tt.c.rollout == rollout["name"], tt.c.state.in_((pj.FAILED, pj.SUCCEEDED))
+            tt.c.rollout == rollout["name"], tt.c.state.in_(finished)
         )
-        counts = {None: [0, 0, []]}
+        counts = {}
         for cohort, state, n in conn.execute(q.group_by(tt.c.cohort, tt.c.state)).all():
-            for key in (cohort, None):
-                c = counts.setdefault(key, [0, 0, []])
-                c[0] += n if state == pj.FAILED else 0
-                c[1] += n
+            c = counts.setdefault(cohort, {"failed": 0, "finished": 0, "unexplained": 0})
+            c["failed"] += n if state == pj.FAILED else 0
+            c["unexplained"] += n if state == pj.UNEXPLAINED else 0
+            c["finished"] += n
         found = planner.halts(counts, rollout["spec"], rollout["wave"], halted)
         for h in found:
-            fq = sa.select(tt.c.device_id).where(
-                tt.c.rollout == rollout["name"], tt.c.state == pj.FAILED
-            )
+            bad = pj.UNEXPLAINED if h["check"] == "unexplained-resets" else pj.FAILED
+            fq = sa.select(tt.c.device_id).where(tt.c.rollout == rollout["name"], tt.c.state == bad)
             if h["cohort"] is not None:
                 fq = fq.where(tt.c.cohort == h["cohort"])
             h["devices"] = [d for (d,) in conn.execute(fq.order_by(tt.c.device_id).limit(50))]

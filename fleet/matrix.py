@@ -14,7 +14,8 @@ from fleet import projection as pj
 
 KEY = ("model", "hardware_revision", "version", "group", "site_type")
 RESULTS = ("Committed", "RolledBack", "failed", "none")
-PROGRESS = ("queued", "in_flight", "soaking", "succeeded", "failed", "cancelled", "skipped")
+PROGRESS = ("queued", "in_flight", "soaking", "succeeded", "failed", "unexplained", "excused",
+            "cancelled", "skipped")  # fmt: skip
 _PROGRESS_OF = {
     pj.PLANNED: "queued",
     pj.SOAKING: "soaking",
@@ -22,7 +23,8 @@ _PROGRESS_OF = {
     pj.FAILED: "failed",
     pj.CANCELLED: "cancelled",
     pj.SKIPPED: "skipped",
-    pj.EXCUSED: "cancelled",
+    pj.EXCUSED: "excused",  # rolled back by power cuts: not the release's fault
+    pj.UNEXPLAINED: "unexplained",  # rolled back after resets of unknown cause
 }
 
 
@@ -67,9 +69,10 @@ def build(inventory, targets=(), rollout=None):
             cell["failed"] += 1
         else:
             cell["none"] += 1
-        if r["rollbacks"]:
+        power_loss = r.get("power_loss_rollbacks") or []
+        if r["rollbacks"] or power_loss:
             cell["rollbacks"] += 1
-            for v in r["rollbacks"]:
+            for v in list(r["rollbacks"]) + ["%s (power-loss)" % v for v in power_loss]:
                 if v not in cell["rolled_back_from"]:
                     cell["rolled_back_from"].append(v)
         t = by_device.get(r["device_id"])
@@ -117,6 +120,7 @@ SHORT = {
     "in_flight": "flying",
     "succeeded": "ok",
     "cancelled": "cancel",
+    "unexplained": "unexpl",
 }
 
 

@@ -65,6 +65,12 @@ def eligibility(spec, release, row):
         return False  # already there
     if release["version"] in row["rollbacks"]:
         return "rolled back from %s before: never offered again" % release["version"]
+    floor = row.get("security_floor")
+    if floor is not None and release["security_version"] < floor:
+        return "security version %d is below the charger's anti-rollback floor %d" % (
+            release["security_version"],
+            floor,
+        )
     if not compatible(release, row):
         return "release is not for %s rev %s" % (row["model"], row["hardware_revision"])
     return None
@@ -164,21 +170,6 @@ def build_plan(inventory, spec, release):
 # --- halt rules --------------------------------------------------------------------------------
 
 
-def tally(targets, failed_states, finished_states):
-    """{cohort: [failed, finished, [failed device ids]]} plus the fleet under key None."""
-    out = {None: [0, 0, []]}
-    for t in targets:
-        c = out.setdefault(t["cohort"], [0, 0, []])
-        for key in (t["cohort"], None):
-            if t["state"] in failed_states:
-                out[key][0] += 1
-                out[key][2].append(t["device_id"])
-            if t["state"] in finished_states:
-                out[key][1] += 1
-        del c
-    return out
-
-
 def crossed(failed, finished, limit, rate, min_sample):
     """The rule that fires, or None: an absolute count, or a rate after a minimum sample."""
     if failed >= limit:
@@ -194,41 +185,41 @@ def crossed(failed, finished, limit, rate, min_sample):
     return None
 
 
+def unexplained(count, limit):
+    """Rollbacks by resets the boards cannot explain: a halt once several report them."""
+    if count >= limit:
+        return "unexplained-resets", "%d rolled back after resets of unknown cause (limit %d)" % (
+            count,
+            limit,
+        )
+    return None
+
+
 def halts(counts, spec, wave, halted_cohorts):
-    """New halts [{scope, cohort, check, evidence, devices}] for `counts` from tally()."""
+    """New halts [{scope, cohort, check, evidence}] for counts {cohort: {"failed",
+    "finished", "unexplained"}} (a cohort's finished chargers include its failed and
+    unexplained ones; power-loss rollbacks are in none of them)."""
     h = spec["halt"]
     limit = h["pilot_failures"] if wave <= PILOT else h["wave_failures"]
     found = []
-    for cohort in sorted(c for c in counts if c is not None):
+    for cohort in sorted(counts):
         if cohort in halted_cohorts:
             continue
-        failed, finished, devices = counts[cohort]
-        rule = crossed(failed, finished, limit, h["rate"], h["min_sample"])
+        c = counts[cohort]
+        rule = crossed(c["failed"], c["finished"], limit, h["rate"], h["min_sample"])
+        rule = rule or unexplained(c["unexplained"], h["unexplained_failures"])
         if rule:
             found.append(
-                {
-                    "scope": "cohort",
-                    "cohort": cohort,
-                    "check": rule[0],
-                    "evidence": rule[1],
-                    "devices": sorted(devices)[:50],
-                }
+                {"scope": "cohort", "cohort": cohort, "check": rule[0], "evidence": rule[1]}
             )
     # A cohort's halt already contains its failures; the fleet-wide rule watches the cohorts
     # still running (failures spread thinly over many cohorts).
     stopped = set(halted_cohorts) | {f["cohort"] for f in found}
-    failed = sum(v[0] for c, v in counts.items() if c is not None and c not in stopped)
-    finished = sum(v[1] for c, v in counts.items() if c is not None and c not in stopped)
-    devices = [d for c, v in counts.items() if c is not None and c not in stopped for d in v[2]]
+    running = [c for cohort, c in counts.items() if cohort not in stopped]
+    failed = sum(c["failed"] for c in running)
+    finished = sum(c["finished"] for c in running)
     rule = crossed(failed, finished, h["fleet_failures"], h["rate"], h["min_sample"])
+    rule = rule or unexplained(sum(c["unexplained"] for c in running), h["fleet_failures"])
     if rule and None not in halted_cohorts:
-        found.append(
-            {
-                "scope": "fleet",
-                "cohort": None,
-                "check": rule[0],
-                "evidence": rule[1],
-                "devices": sorted(devices)[:50],
-            }
-        )
+        found.append({"scope": "fleet", "cohort": None, "check": rule[0], "evidence": rule[1]})
     return found

@@ -45,6 +45,7 @@ statuses = Table(
     Column("status", String(40), nullable=False),
     Column("reason", Text, nullable=True),
     Column("check_name", String(64), nullable=True),
+    Column("cause", String(40), nullable=True),  # RolledBack: whom it blames (0002)
     Column("version", String(64), nullable=True),
     Column("ts", BigInteger, nullable=True),
     Column("received", Float, nullable=False),
@@ -79,6 +80,8 @@ inventory = Table(
     Column("last_result", String(40), nullable=True),
     Column("last_version", String(64), nullable=True),
     Column("rollbacks", Text, nullable=False),
+    Column("power_loss_rollbacks", Text, nullable=False, server_default="[]"),  # 0002
+    Column("security_floor", BigInteger, nullable=True),  # 0002
     Column("online", Boolean, nullable=True),
     Column("ts", BigInteger, nullable=False),
     Column("seen", Float, nullable=False),

@@ -11,9 +11,11 @@ topics and payloads without one socket per charger. The one thing a shared conne
 carry is a per-charger last will: a charger going offline publishes its offline row itself.
 
 Profiles (combine with "+", e.g. "slow-link+fail-trial:alarms"): good; fail-trial:CHECK
-(rolls back, reason "trial failed"); regress (regression while
-soaking); silent-after-reboot; offline; charging (a session defers the install); slow-link;
-power-loss (rolls back after losing its boot attempts to power cuts: not the release's fault).
+(rolls back, cause check-failed); crash (the new slot resets by watchdog in its trial, cause
+crash); regress (regression while soaking); silent-after-reboot; offline; charging (a session
+defers the install); slow-link; power-loss (power cuts use up the trial's boot attempts, cause
+power-loss: not the release's fault); unexplained-resets (resets the board cannot explain,
+cause unexplained-resets).
 """
 
 import heapq
@@ -46,6 +48,8 @@ PROFILES = (
     "charging",
     "slow-link",
     "power-loss",
+    "unexplained-resets",
+    "crash",
 )
 CHECKS = ("communication", "charging-session", "alarms")
 
@@ -326,7 +330,16 @@ class Simulator:
     def _do_trial(self, c, job_id):
         c.stage = "trial"
         if "power-loss" in c.jt:
-            return self._end(c, m.ROLLED_BACK, reason=m.REASON_POWER_LOSS)
+            evidence = {"resets": ["power-on", "power-on", "power-on"]}
+            return self._end(c, m.ROLLED_BACK, reason=m.REASON_POWER_LOSS,
+                             cause=m.CAUSE_POWER_LOSS, evidence=evidence)  # fmt: skip
+        if "unexplained-resets" in c.jt:
+            evidence = {"resets": ["unknown", "unknown", "unknown"]}
+            return self._end(c, m.ROLLED_BACK, reason=m.REASON_UNEXPLAINED,
+                             cause=m.CAUSE_UNEXPLAINED, evidence=evidence)  # fmt: skip
+        if "crash" in c.jt:
+            return self._end(c, m.ROLLED_BACK, reason=m.REASON_FELL_BACK, cause=m.CAUSE_CRASH,
+                             evidence={"resets": ["watchdog"]})  # fmt: skip
         failing = ""
         for trait in c.jt:
             if trait.startswith("fail-trial:"):
@@ -345,7 +358,8 @@ class Simulator:
 
     def _do_verdict(self, c, job_id, failing):
         if failing:
-            return self._end(c, m.ROLLED_BACK, reason=m.REASON_TRIAL_FAILED, check=failing)
+            return self._end(c, m.ROLLED_BACK, reason=m.REASON_TRIAL_FAILED, check=failing,
+                             cause=m.CAUSE_CHECK_FAILED)  # fmt: skip
         version = c.job.version
         self._end(c, m.COMMITTED)
         c.version = version
@@ -372,6 +386,7 @@ class Simulator:
             "result": status,
             "reason": info.get("reason"),
             "check": info.get("check"),
+            "cause": info.get("cause"),
         }
         if status == m.ROLLED_BACK:
             c.rollbacks.append(dict(c.last_job))

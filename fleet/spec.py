@@ -41,6 +41,7 @@ DEFAULTS = {
         "fleet_failures": 10,
         "rate": 0.05,
         "min_sample": 20,
+        "unexplained_failures": 3,
         "other_cohorts": "approval",
     },
     "timeouts": {"download": 21600, "install": 3600, "reboot": 900, "trial": 3600},
@@ -151,6 +152,7 @@ def _check_numbers(path, spec):
         ("halt", "wave_failures", 1, 10**6),
         ("halt", "fleet_failures", 1, 10**6),
         ("halt", "min_sample", 1, 10**7),
+        ("halt", "unexplained_failures", 1, 10**6),
         ("schedule", "retries", 0, 20),
     )
     for section, key, lo, hi in checks:

@@ -108,6 +108,8 @@ class Store:
                 "last_result": r["last_result"],
                 "last_version": r["last_version"],
                 "rollbacks": json.dumps(r["rollbacks"]),
+                "power_loss_rollbacks": json.dumps(r["power_loss_rollbacks"]),
+                "security_floor": r["security_floor"],
                 "online": None,
                 "ts": r["ts"],
                 "seen": now,
@@ -134,6 +136,7 @@ class Store:
                 "status": s["status"],
                 "reason": s["reason"],
                 "check_name": s["check"],
+                "cause": s["cause"],
                 "version": s["version"],
                 "ts": s["ts"],
                 "received": now,
@@ -266,4 +269,5 @@ def _decode_inventory(row):
     out["group"] = out.pop("grp")
     out["components"] = json.loads(out["components"])
     out["rollbacks"] = json.loads(out["rollbacks"])
+    out["power_loss_rollbacks"] = json.loads(out["power_loss_rollbacks"])
     return out

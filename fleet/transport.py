@@ -105,13 +105,13 @@ class Connection:
     def stop(self, leave=False):
         """Disconnect. leave=True also ends the broker session: a controller that is gone
         for good must leave, or the broker keeps handing it its share of the statuses."""
-        props = None
-        if leave:
-            props = Properties(PacketTypes.DISCONNECT)
-            props.SessionExpiryInterval = 0
-        self.client.disconnect(properties=props)
+        self.client.disconnect()
+        with self._acked:  # on_disconnect runs once the DISCONNECT is written
+            self._acked.wait_for(lambda: not self.connected.is_set(), 5.0)
         self.client.loop_stop()
         self.connected.clear()
+        if leave:
+            forget_session(self.settings, self.client_id)
 
     def publish(self, topic, payload, qos=1, retain=False):
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -150,6 +150,7 @@ class Connection:
         self.connected.clear()
         with self._acked:
             self._pending_subs.clear()
+            self._acked.notify_all()
 
     def _on_message(self, client, userdata, msg):
         try:
@@ -157,3 +158,42 @@ class Connection:
                 self.on_message(msg.topic, msg.payload, msg.mid, msg.qos)
         except Exception:
             log.exception("message handler failed on %s", msg.topic)
+
+
+def forget_session(settings, client_id, timeout=15.0):
+    """End the broker session of `client_id` for certain: connect with a clean start (the
+    broker drops the old session, its queue and its share of the subscriptions at once) and
+    a session expiry of 0 (the new one ends with the connection). A DISCONNECT carrying
+    expiry 0 is not enough: seen here, one sent while the broker floods a resumed session
+    with queued messages can be lost, and the session then lives on."""
+    done = threading.Event()
+    c = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv5,
+    )
+    if settings.get("username"):
+        c.username_pw_set(settings["username"], settings.get("password") or None)
+    tls = settings.get("tls")
+    if tls:
+        c.tls_set(
+            ca_certs=tls.get("ca_file") or None,
+            certfile=tls.get("cert_file") or None,
+            keyfile=tls.get("key_file") or None,
+        )
+    c.on_connect = lambda client, userdata, flags, rc, props: done.set()
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    try:
+        c.connect(settings["host"], int(settings["port"]), 30, clean_start=True, properties=props)
+    except (OSError, ValueError) as e:
+        raise Unavailable(
+            "cannot reach MQTT broker to end session %s: %s" % (client_id, e)
+        ) from None
+    c.loop_start()
+    try:
+        if not done.wait(timeout):
+            raise Unavailable("MQTT broker did not answer; session %s may live on" % client_id)
+    finally:
+        c.disconnect()
+        c.loop_stop()

@@ -14,11 +14,12 @@ import tempfile
 import time
 import zlib
 
+from agent.bundle import chunked
 from agent.bundle import format as fmt
 from agent.core import timefmt
 from agent.core.envelope import MANIFEST_TYPE, Envelope
 from agent.core.errors import ConfigError
-from agent.core.manifest import FORMAT, parse_manifest
+from agent.core.manifest import CHUNKED, FORMAT, FORMAT_CHUNKED, parse_manifest
 from agent.state.atomic import fsync_dir
 from agent.trust import crypto
 
@@ -26,13 +27,19 @@ CHUNK = 1 << 20
 
 
 class PayloadSource:
-    """One payload to pack: a name, its slot class, the file, and 'none' or 'gzip'."""
+    """One payload to pack: a name, its slot class, the file, and 'none', 'gzip' or
+    'zstd-chunks' (format 2: a chunk index for delta installs, agent/bundle/chunked.py); an
+    MCU image has no slot class but `mcu` = {id, protocol, address, version}
+    (docs/components.md).
+    """
 
-    def __init__(self, name, slot_class, path, compression="none"):
+    def __init__(self, name, slot_class, path, compression="none", component=None, mcu=None):
         self.name = name
         self.slot_class = slot_class
         self.path = path
         self.compression = compression
+        self.component = component
+        self.mcu = mcu
 
 
 def _hash_file(path, chunk_size=CHUNK):
@@ -67,10 +74,36 @@ def _gzip_to(src_path, dst_file, chunk_size=CHUNK):
     return size + len(out), h.hexdigest()
 
 
+def _stage_chunked(source, workdir):
+    """(entry, path of the units, stored chunk index) of a zstd-chunks payload."""
+    tmp = tempfile.NamedTemporaryFile(dir=workdir, suffix=".units", delete=False)
+    with tmp:
+        index, size, sha, isize, isha = chunked.pack(source.path, tmp)
+    entry = {"name": source.name, "slot_class": source.slot_class, "compression": CHUNKED}
+    entry.update(size=size, sha256=sha, installed_size=isize, installed_sha256=isha)
+    entry["index"] = {"size": len(index), "sha256": hashlib.sha256(index).hexdigest()}
+    if source.component:
+        entry["component"] = source.component
+    return entry, tmp.name, index
+
+
 def _stage(source, workdir):
-    """(payload manifest entry, path of the bytes to copy into the bundle)."""
+    """(payload manifest entry, path of the bytes to copy into the bundle, chunk index)."""
+    if source.compression == CHUNKED:
+        return _stage_chunked(source, workdir)
+    entry, path = _stage_plain(source, workdir)
+    return entry, path, None
+
+
+def _stage_plain(source, workdir):
     isize, isha = _hash_file(source.path)
-    entry = {"name": source.name, "slot_class": source.slot_class, "compression": "none"}
+    entry = {"name": source.name, "compression": "none"}
+    if source.mcu is not None:
+        entry.update(type="mcu", mcu=dict(source.mcu))
+    else:
+        entry["slot_class"] = source.slot_class
+    if source.component:
+        entry["component"] = source.component
     if source.compression == "none":
         entry.update(size=isize, sha256=isha, installed_size=isize, installed_sha256=isha)
         return entry, source.path
@@ -112,6 +145,7 @@ def create_bundle(
     compatible,
     expires,
     created=None,
+    components=None,
 ):
     """Write a signed bundle to out_path and return its Manifest.
 
@@ -124,30 +158,35 @@ def create_bundle(
     try:
         for source in payloads:
             staged.append(_stage(source, workdir))
+        indexes = [index for _, _, index in staged if index is not None]
         fields = {
-            "format": FORMAT,
+            "format": FORMAT_CHUNKED if indexes else FORMAT,
             "version": version,
             "security_version": security_version,
             "created": timefmt.format(created),
             "expires": timefmt.format(int(expires)),
             "compatible": compatible,
-            "payloads": [entry for entry, _ in staged],
+            "payloads": [entry for entry, _, _ in staged],
         }
+        if components:
+            fields["components"] = dict(components)
         raw = manifest_bytes(fields)
         manifest = parse_manifest(raw)  # refuse to sign what a device would refuse to read
         envelope = sign_envelope(MANIFEST_TYPE, raw, keys).encode()
         tmp = out_path + ".tmp"
         with open(tmp, "wb") as out:
-            out.write(fmt.encode_header(envelope))
+            out.write(fmt.encode_header(envelope, fmt.MAGIC2 if indexes else fmt.MAGIC))
             out.write(envelope)
-            for _, path in staged:
+            for index in indexes:
+                out.write(index)
+            for _, path, _ in staged:
                 _copy(path, out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, out_path)
         fsync_dir(workdir)
     finally:
-        for source, (_, path) in zip(payloads, staged):
+        for source, (_, path, _) in zip(payloads, staged):
             if path != source.path:
                 os.unlink(path)
     return manifest

@@ -27,8 +27,25 @@ def register(subparsers):
     c.add_argument(
         "--payload",
         action="append",
-        required=True,
-        metavar="NAME:SLOT_CLASS:PATH[:gzip]",
+        default=[],
+        metavar="NAME:SLOT_CLASS:PATH[:gzip|:zstd-chunks]",
+        help="zstd-chunks makes a format-2 bundle with a signed chunk index: chargers then "
+        "download only the blocks they do not have (docs/transfer.md)",
+    )
+    c.add_argument(
+        "--mcu",
+        action="append",
+        default=[],
+        metavar="NAME:MCU_ID:PROTOCOL:ADDRESS:VERSION:PATH",
+        help="an MCU image, e.g. safety-fw:safety:stm32-rom:0x08000000:2.1.0:safety.bin "
+        "(protocols: stm32-rom, mcuboot-smp; docs/components.md)",
+    )
+    c.add_argument(
+        "--component",
+        action="append",
+        default=[],
+        metavar="NAME=VERSION",
+        help="a component version that belongs to this release without a payload in it",
     )
     c.add_argument("-o", "--out", required=True)
     c.set_defaults(func=create)
@@ -52,33 +69,75 @@ def register(subparsers):
     o.add_argument(
         "--mfr-root", help="manufacturer root PEM (default: [trust] manufacturer_root of --config)"
     )
+    o.add_argument(
+        "--rsa-pkcs1v15",
+        action="store_true",
+        help="also accept RSA PKCS#1 v1.5 signatures (what `openssl dgst -sign` makes); "
+        "RSA-PSS and ECDSA are always accepted",
+    )
     o.set_defaults(func=verify_ocpp)
 
 
 def parse_payload_spec(spec):
     compression = "none"
-    for suffix in (":gzip", ":none"):
+    for suffix in (":gzip", ":none", ":zstd-chunks"):
         if spec.endswith(suffix):
             spec, compression = spec[: -len(suffix)], suffix[1:]
     parts = spec.split(":", 2)
     if len(parts) != 3 or not all(parts):
         raise ConfigError(
-            "--payload %r is not NAME:SLOT_CLASS:PATH[:gzip]" % spec,
+            "--payload %r is not NAME:SLOT_CLASS:PATH[:gzip|:zstd-chunks]" % spec,
             hint="e.g. --payload rootfs:rootfs:build/rootfs.ext4:gzip",
         )
     return PayloadSource(parts[0], parts[1], parts[2], compression)
 
 
+def parse_mcu_spec(spec):
+    parts = spec.split(":", 5)
+    try:
+        if len(parts) != 6 or not all(parts):
+            raise ValueError
+        address = int(parts[3], 0)
+    except ValueError:
+        raise ConfigError(
+            "--mcu %r is not NAME:MCU_ID:PROTOCOL:ADDRESS:VERSION:PATH" % spec,
+            hint="e.g. --mcu safety-fw:safety:stm32-rom:0x08000000:2.1.0:build/safety.bin",
+        ) from None
+    mcu = {"id": parts[1], "protocol": parts[2], "address": address, "version": parts[4]}
+    return PayloadSource(parts[0], None, parts[5], "none", component=parts[1], mcu=mcu)
+
+
+def parse_components(specs, manifest_payloads, version):
+    found = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name or not value:
+            raise ConfigError("--component %r is not NAME=VERSION" % spec)
+        found[name] = value
+    if not found:
+        return None
+    for p in manifest_payloads:  # the payloads' own components belong to it as well
+        if p.mcu is not None:
+            found.setdefault(p.component or p.mcu["id"], p.mcu["version"])
+        else:
+            found.setdefault(p.component or p.slot_class, version)
+    return found
+
+
 def create(args):
     compatible = [{"model": m, "hardware_revisions": list(args.hw_rev)} for m in args.model]
+    sources = [parse_payload_spec(s) for s in args.payload] + [parse_mcu_spec(s) for s in args.mcu]
+    if not sources:
+        raise ConfigError("a bundle needs at least one --payload or --mcu")
     manifest = create_bundle(
         args.out,
-        [parse_payload_spec(s) for s in args.payload],
+        sources,
         [crypto.load_private(k) for k in args.key],
         version=args.bundle_version,
         security_version=args.security_version,
         compatible=compatible,
         expires=args.expires,
+        components=parse_components(args.component, sources, args.bundle_version),
     )
     print(
         "wrote %s: version %s, security version %d, %d payload(s), %d bytes of payload"
@@ -145,10 +204,18 @@ def inspect(args):
     for c in m["compatible"]:
         print("fits %s revisions %s" % (c["model"], ", ".join(c["hardware_revisions"])))
     for p in m["payloads"]:
+        if p.get("type") == "mcu":
+            mcu = p["mcu"]
+            target = "MCU %s (%s at 0x%08x, version %s)" % (
+                mcu["id"], mcu["protocol"], mcu["address"], mcu["version"])  # fmt: skip
+        else:
+            target = p["slot_class"]
         print(
             "payload %s -> %s: %d bytes at %d, %s, sha256 %s"
-            % (p["name"], p["slot_class"], p["size"], p["offset"], p["compression"], p["sha256"])
+            % (p["name"], target, p["size"], p["offset"], p["compression"], p["sha256"])
         )
+    print("components %s" % ", ".join(
+        "%s %s" % (n, v) for n, v in sorted(m["components"].items())))  # fmt: skip
     for keyid in doc["signatures"]:
         print("signed by %s" % keyid)
     return 0
@@ -177,6 +244,7 @@ def verify_ocpp(args):
         _read_small(args.signature, "signature"),
         _read_small(args.cert, "signing certificate"),
         ocpp.load_roots(root_path),
+        rsa_pkcs1v15=args.rsa_pkcs1v15,
     )
     print("OK %s: sha256 %s, signature and certificate chain verified" % (args.file, digest))
     return 0

@@ -5,6 +5,11 @@ feeds results back as events. One thread owns the journey. Long actions (downloa
 install, checks) run in a worker and post their result to the same queue as MQTT messages,
 so the loop keeps petting the watchdog and answering cancels while they run. Nothing here
 raises out of the loop: a failed action becomes an event with a reason.
+
+Front-ends besides MQTT (EVerest, the local socket API: agent/frontends/ocpp) feed the same
+queue through `submit` and `allow_installation` and see every status through their
+`status(status, info)`; before a reboot the daemon gives them a bounded time to confirm that
+the stack delivered what was reported (`pending()`), so InstallRebooting reaches the CSMS.
 """
 
 import json
@@ -17,18 +22,23 @@ import time
 
 from agent.checks import TrialContext, load_checks
 from agent.checks.alarms import baseline as alarm_baseline
+from agent.control import components as mcu_steps
 from agent.control import steps
+from agent.control.frontends import Frontends, boot_reason
 from agent.control.observation import Observer
 from agent.control.reporting import Reporter
 from agent.core import lifecycle as lc
 from agent.core.errors import Transient, UpdateError
-from agent.core.jobs import parse_job
+from agent.core.jobs import job_from_request, parse_job
 from agent.core.schedule import WAIT_SESSION
 from agent.core.trial import TrialPolicy
 from agent.frontends import channel as ch
+from agent.state import statedir
 from agent.state.history import History
 from agent.state.journal import Journal
 from agent.state.slotstate import SlotState
+from agent.state.statedir import StateLock
+from agent.trust.manufacturer import ManufacturerRoots
 
 log = logging.getLogger("charger-update")
 
@@ -38,51 +48,84 @@ class RebootFailed(Transient):
 
 
 RECOVER_S = 30  # default [system] retry_after_failure_s: pause after a failed step
+# Default [bootloader] trial_attempts: boots the new slot gets before the bootloader falls
+# back. More than one so a power cut during the trial resumes it instead of rolling back a
+# good release; a slot that never brings the agent up still falls back after this many boots.
+TRIAL_ATTEMPTS = 3
+SUBMIT_TIMEOUT_S = 10.0  # a front-end's request waits this long for the loop's answer
+IDLE_WAIT_S = 3600  # nothing due: sleep until an event (or the watchdog) wakes the loop
+MIN_WAIT_S = 0.05  # a due time just passed: look again soon, never spin
+
+
+class Abandoned(Transient):
+    """The step's journey moved on (cancelled or superseded): stop writing."""
+
+    reason = "abandoned"
 
 
 class Daemon:
     """cfg: agent Config; boot: BootControl; channel: MqttChannel/FakeChannel; stack: a
-    ChargingStack; trust: agent.trust.store.Trust; system: reboot()/pet()/local_offset_s()."""
+    ChargingStack; trust: agent.trust.store.Trust; system: reboot()/pet()/local_offset_s()
+    and watchdog_interval_s (agent/control/system.py)."""
 
-    def __init__(self, cfg, boot, channel, stack, trust, system, clock=time.time, rng=None):
+    def __init__(self, cfg, boot, channel, stack, trust, system, clock=time.time, rng=None,
+                 frontends=()):  # fmt: skip
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
+        self.frontends = Frontends(frontends)
+        self.roots = ManufacturerRoots.from_config(cfg)
         self.trust, self.system, self.clock = trust, system, clock
         self.rng = rng or random.Random()
         trial = cfg.section("trial")
-        self.policy = TrialPolicy(
-            int(trial.get("window_s", 600)),
-            trial.get("checks", ["communication", "charging-session", "alarms"]),
-        )
+        checks = list(trial.get("checks", ["communication", "charging-session", "alarms"]))
+        if cfg.section("components") and "components" not in checks:
+            checks.append("components")  # the MCUs are part of every trial (issue 16)
+        self.policy = TrialPolicy(int(trial.get("window_s", 600)), checks)
         load_checks(self.policy.required_checks)  # a misnamed check is a config error now
         self.observer = Observer(cfg.section("observation"), stack, clock)
         self.session_poll_s = float(cfg.section("charging_stack").get("poll_s", 10))
         channel.on_error = self.on_channel_error
         self.journal = Journal(os.path.join(cfg.state_dir, "journal.json"))
         self.history = History(cfg.state_dir)
-        self.slots = SlotState(cfg.state_dir)
-        self.reporter = Reporter(cfg, channel, boot, self.history, self.slots, clock)
+        self.slots = SlotState(cfg.state_dir, boot)  # floors also in the boot environment
+        self.reporter = Reporter(cfg, channel, boot, self.history, self.slots, clock, trust)
         self.events = queue.Queue()
         self.stopping = threading.Event()
         self.busy = False  # a long action runs in a worker
         self.step_id = 0  # results of a worker started for an older step are dropped
         self.worker = None
-        self.header = None  # (job id, signed envelope) fetched by the download step
+        self.fetched = None  # (job id, what the download step learned) for the verify step
         self.pending_resume = True  # the journal's journey is picked up inside the loop
         self.recover_s = float(cfg.section("system").get("retry_after_failure_s", RECOVER_S))
         self.resumed_before = False
         self.rebooting = False
         self.wake_at = 0
+        self.next_pet = 0.0  # time.monotonic() of the next watchdog pet
         self.journey = None
+        # "FirmwareUpdate" when the agent itself rebooted the board into this boot (the
+        # stack's BootNotification reason); None when this boot has another cause.
+        self.boot_reason = boot_reason(self.journal.path)
+        self.flash_slot = None  # MCU images to write before the trial checks
 
     # -- life cycle -----------------------------------------------------------------------------
 
+    def subscribe(self):
+        """Jobs and cancels are acknowledged to the broker only once handled, i.e. after the
+        journal write that remembers them: a power cut before that gets them redelivered."""
+        for kind, suffix in (("job", ch.JOB), ("cancel", ch.CANCEL)):
+            self.channel.subscribe(
+                suffix, lambda t, p, ack, kind=kind: self.events.put((kind, p, ack)),
+                manual_ack=True,
+            )  # fmt: skip
+
     def run(self):
-        self.channel.subscribe(ch.JOB, lambda t, p: self.events.put(("job", p)))
-        self.channel.subscribe(ch.CANCEL, lambda t, p: self.events.put(("cancel", p)))
+        self.subscribe()
+        # A (re)connect wakes the loop so the inventory row is published at once.
+        self.channel.on_connected = self.wake
         self.channel.start()
+        self.frontends.start(self)
         seen_connections = -1
         while not self.stopping.is_set():
-            self.system.pet()
+            self._pet_if_due()
             try:
                 self.step()
             except UpdateError as e:
@@ -96,13 +139,16 @@ class Daemon:
                 # every reconnect: a broker restarted without persistence lost the retained row.
                 seen_connections = connections
                 self.publish_inventory()
+        self.frontends.stop()
         self.channel.stop()
 
     def step(self):
         """One turn of the loop: resume when due, else one event and one tick."""
         if self.pending_resume:
             # Never resume next to a worker of the abandoned step (e.g. still writing a slot).
-            if self.clock() >= self.wake_at and not self._worker_alive():
+            if self._worker_alive():
+                self.worker.join(self._timeout())
+            elif self.clock() >= self.wake_at:
                 self.resume()
             else:
                 self.stopping.wait(self._timeout())
@@ -125,18 +171,26 @@ class Daemon:
 
     def stop(self):
         self.stopping.set()
+        self.wake()
+
+    def wake(self):
+        """Make the loop look again now (it otherwise sleeps until its next due time)."""
+        self.events.put(("wake",))
 
     def recover(self, error):
         """An action failed outright (e.g. the boot env became unreadable). Abandon the rest
         of that step, go back to the last journal record (what the board really did), say
         why, and try again later: never reboot after a boot switch that did not happen."""
         log.error("step failed: %s (%s)", error.message, error.hint or "will retry")
-        journey = self.journal.load(self.policy)
-        job = journey.job
-        self.report(lc.status_of(journey.state), {
-            "job_id": job.id if job else None, "reason": error.reason,
-            "detail": error.message, "retry_in_s": self.recover_s,
-        })  # fmt: skip
+        try:
+            journey = self.journal.load(self.policy)  # never raises, even on EIO
+            job = journey.job
+            self.report(lc.status_of(journey.state), {
+                "job_id": job.id if job else None, "reason": error.reason,
+                "detail": error.message, "retry_in_s": self.recover_s,
+            })  # fmt: skip
+        except Exception:  # the loop must outlive whatever broke: it would crash-loop
+            log.exception("could not report the failure")
         self._abandon_step()
         self.pending_resume = True
         self.wake_at = self.clock() + self.recover_s
@@ -150,28 +204,73 @@ class Daemon:
         return self.worker is not None and self.worker.is_alive()
 
     def _timeout(self):
-        return min(max(self.wake_at - self.clock(), 0.05), 1.0)
+        """How long the loop may sleep: until the journey's next due time or the next
+        watchdog pet. Everything else (a job, a cancel, a worker's result, a reconnect, stop)
+        arrives on the queue and wakes it at once, so an idle agent costs no CPU."""
+        now = self.clock()
+        due = self.wake_at if self.wake_at > now else now + IDLE_WAIT_S
+        if self.system.watchdog_interval_s is not None:
+            due = min(due, now + self.next_pet - time.monotonic())
+        return max(due - now, MIN_WAIT_S)
+
+    def _pet_if_due(self):
+        """Pet the watchdog from this loop (never from a worker), at its own interval."""
+        interval = self.system.watchdog_interval_s
+        if interval is not None and time.monotonic() >= self.next_pet:
+            self.system.pet()
+            self.next_pet = time.monotonic() + interval
 
     def resume(self):
         """Continue the journal's journey on this boot (at start, and after a failed step)."""
         self.pending_resume = False
-        os.makedirs(self.cfg.state_dir, exist_ok=True)
+        statedir.ensure(self.cfg.state_dir)
         self.journey = self.journal.load(self.policy)
         if self.journal.problem:
             log.error("%s", self.journal.problem[0])
+        if not self.resumed_before:
+            self.check_trust()
         booted = self.boot.booted_slot()
         log.info("booted slot %s; journal state %s", booted, self.journey.state)
-        data = self.journey.data
         first, self.resumed_before = not self.resumed_before, True
-        if first and self.journey.state == lc.TRIAL and booted == data.get("new_slot"):
-            # Same boot, trial still running: the agent itself died and was restarted.
-            data["agent_restarts"] = data.get("agent_restarts", 0) + 1
-            self.journal.save(self.journey)
-        self.execute(self.journey.resume(booted, self.clock())[1])
+        # This boot's facts settle a trial the board came back to (power loss: resume it;
+        # watchdog or panic: fail it). Only the first resume of this process has news.
+        facts = self._boot_facts() if first else None
+        self.execute(self.journey.resume(booted, self.clock(), facts)[1])
         if self._healthy_boot(booted):
             # The boot script counts every boot down (RAUC style): refill the good slot's
-            # attempts, or three ordinary reboots later the board would fall back.
-            self.boot.mark_good(booted)
+            # attempts, or three ordinary reboots later the board would fall back. A committed
+            # slot's healthy boot also (re)raises the floor to what it carries.
+            with StateLock(self.cfg.state_dir, "healthy boot of slot %s" % booted):
+                self.boot.mark_good(booted)
+                if self.slots.slot(booted).get("state") == "good":
+                    self.slots.committed(booted)
+                self.slots.raise_floors()  # a store that lost its copy gets it back
+
+    def check_trust(self):
+        """Say loudly, in the log and in a status the backend sees, when the trusted root is
+        older than one this device trusted before (its rotated roots were deleted)."""
+        if self.trust is None:
+            return
+        reason = "root-rollback"
+        try:
+            problem = self.trust.problem()
+        except UpdateError as e:  # the floors themselves are unreadable: say that
+            reason, problem = e.reason, e.message
+        if problem:
+            log.error("TRUST: %s", problem)
+            self.report(lc.status_of(self.journey.state),
+                        {"job_id": None, "reason": reason, "detail": problem})  # fmt: skip
+
+    def _boot_facts(self):
+        facts = self.system.boot_facts() if hasattr(self.system, "boot_facts") else {}
+        new = self.journey.data.get("new_slot")
+        if new:
+            try:
+                facts["attempts_left"] = self.boot.attempts_left(new)
+            except UpdateError as e:  # evidence only: never let it stop the resume
+                log.warning("attempts left of slot %s unknown: %s", new, e)
+        log.info("boot facts: %s", json.dumps(facts, sort_keys=True))
+        return facts
 
     def _healthy_boot(self, booted):
         state = self.journey.state
@@ -192,12 +291,44 @@ class Daemon:
 
     # -- inputs -----------------------------------------------------------------------------
 
+    # -- front-ends (called from their threads) ----------------------------------------------
+
+    def submit(self, request, timeout=SUBMIT_TIMEOUT_S):
+        """A job request from a local front-end, replacing the running job if it may.
+        Returns (answer, detail): "accepted", "accepted-canceled", "rejected" (busy past the
+        slot switch, or a bad request), "ignored" (a job id seen before). The journal holds
+        the job before "accepted" is returned."""
+        reply = queue.Queue()
+        self.events.put(("submit", request, reply))
+        try:
+            return reply.get(timeout=timeout)
+        except queue.Empty:
+            return "rejected", "the agent did not answer within %ss" % timeout
+
+    def allow_installation(self):
+        """The stack allows installing and rebooting (EVerest's allow_firmware_installation)."""
+        self.events.put(("allow",))
+
     def dispatch(self, item):
         kind = item[0]
-        if kind == "job":
-            self.offer(item[1])
-        elif kind == "cancel":
-            self.cancel(str(item[1].get("job_id") or item[1].get("id")))
+        if kind == "wake":
+            return
+        if kind in ("job", "cancel"):
+            try:
+                if kind == "job":
+                    self.offer(item[1])
+                else:
+                    self.cancel(str(item[1].get("job_id") or item[1].get("id")))
+            finally:
+                # Saved (or refused, with a status saying why): the broker may forget it now.
+                # A failure to handle it was reported too; redelivery would only repeat it.
+                if len(item) > 2 and item[2] is not None:
+                    item[2]()
+        elif kind == "submit":
+            item[2].put(self.take_request(item[1]))
+        elif kind == "allow":
+            self.wake_at = 0
+            self.execute(self.journey.allow(self.clock())[1])
         elif item[1] != self.step_id or not self.busy:
             log.info("dropping a %s of an abandoned step", kind)
         elif kind == "result":
@@ -206,6 +337,9 @@ class Daemon:
         elif kind == "checks":
             self.busy = False
             self.execute(self.journey.check_results(item[2], self.clock())[1])
+        elif kind == "local-error":
+            self.busy = False
+            raise item[2]  # into run(): recover() reports it and retries from the journal
 
     def cancel(self, job_id):
         before = self.journey.state
@@ -223,7 +357,11 @@ class Daemon:
             job_id = payload.get("id") if isinstance(payload.get("id"), str) else None
             self.report("Idle", {"job_id": job_id, "reason": e.reason, "detail": e.message})
             return
-        booted = self.boot.booted_slot()
+        try:
+            booted = self.boot.booted_slot()
+        except UpdateError as e:  # refused with the reason; the job is acknowledged
+            self.report("Idle", {"job_id": job.id, "reason": e.reason, "detail": e.message})
+            return
         before = self.journey.job
         actions = self.journey.offer(
             job, self.clock(), booted, self.boot.other_slot(booted), self.rng.random()
@@ -232,6 +370,29 @@ class Daemon:
             self.wake_at = 0  # a wait of the previous journey does not delay this one
         self.execute(actions)
 
+    def take_request(self, request):
+        """(answer, detail) for a front-end's job request; see submit()."""
+        try:
+            job = job_from_request(request, self.cfg.device)
+        except UpdateError as e:
+            return "rejected", e.message
+        booted = self.boot.booted_slot()
+        before, old_state = self.journey.job, self.journey.state
+        actions = self.journey.supersede(
+            job, self.clock(), booted, self.boot.other_slot(booted), self.rng.random()
+        )[1]
+        if self.journey.job is not job:
+            self.execute(actions)
+            refused = [a for a in actions if a[0] in ("reject", "ignore")]
+            answer = "ignored" if refused and refused[0][0] == "ignore" else "rejected"
+            return answer, refused[0][2] if refused else "not taken"
+        cancelled = before is not None and not lc.is_terminal(old_state) and old_state != lc.IDLE
+        if cancelled:
+            self._abandon_step()  # the old job's download or install is moot now
+        self.wake_at = 0
+        self.execute(actions)  # saves the journal before the answer goes out
+        return ("accepted-canceled" if cancelled else "accepted"), job.id
+
     def tick(self):
         state = self.journey.state
         if state == lc.IDLE:
@@ -239,6 +400,7 @@ class Daemon:
         if state == lc.COMMITTED and self.observer.active(self.journey):
             if self.observer.due():
                 self.observe()
+            self.wake_at = self.observer.next_review(self.journey)
             return
         if lc.is_terminal(state):
             self.wake_at = 0
@@ -246,7 +408,10 @@ class Daemon:
             return
         if self.clock() < self.wake_at:
             return
-        active = state in (lc.INSTALL_SCHEDULED, lc.INSTALLED) and self._session_active()
+        waits = state in (lc.INSTALL_SCHEDULED, lc.INSTALLED) or (
+            state == lc.DOWNLOAD_SCHEDULED and self.journey.job.download_waits_for_sessions
+        )
+        active = waits and self._session_active()
         self.execute(self.journey.tick(self.clock(), self.system.local_offset_s(), active)[1])
 
     def observe(self):
@@ -302,18 +467,36 @@ class Daemon:
         self.report("Idle", {"job_id": job_id, "reason": "rejected", "detail": reason})
 
     def do_try_slot(self, slot):
-        self.boot.try_slot(slot, int(self.cfg.bootloader.get("trial_attempts", 1)))
+        with StateLock(self.cfg.state_dir, "switching to slot %s" % slot):
+            self.boot.try_slot(slot, int(self.cfg.bootloader.get("trial_attempts", TRIAL_ATTEMPTS)))
 
     def do_mark_good(self, slot):
-        self.boot.mark_good(slot)
-        self.slots.committed(slot)
+        with StateLock(self.cfg.state_dir, "committing slot %s" % slot):
+            self.boot.mark_good(slot)
+            self.slots.committed(slot)
 
     def do_mark_bad(self, slot):
-        self.boot.mark_bad(slot)
-        self.slots.mark(slot, "bad")
+        with StateLock(self.cfg.state_dir, "marking slot %s bad" % slot):
+            self.boot.mark_bad(slot)
+            self.slots.mark(slot, "bad")
+
+    def do_block_sessions(self):
+        self._availability(False)
+
+    def do_release_sessions(self):
+        self._availability(True)
+
+    def _availability(self, available):
+        try:
+            reply = self.stack.request("set_availability", available=available)
+            if not reply.get("ok"):
+                log.warning("charging stack refused set_availability %s: %s", available, reply)
+        except UpdateError as e:
+            log.warning("charging stack unreachable for set_availability %s: %s", available, e)
 
     def do_reboot(self):
         self.rebooting = True
+        self.frontends.await_delivery(self.clock, self.system.pet, self.stopping)
         log.info("rebooting")
         self.channel.stop()
         if not self.system.reboot():
@@ -322,6 +505,18 @@ class Daemon:
             self.channel.start()
             raise RebootFailed("the reboot command failed",
                                hint="check [system] reboot_command")  # fmt: skip
+
+    def do_flash_components(self, slot):
+        self.flash_slot = slot  # written by the checks' worker, before the checks run
+
+    def do_confirm_components(self, slot):
+        mcu_steps.confirm(self.cfg, slot, self.stack)
+
+    def do_restore_components(self, slot):
+        # On the loop thread: RolledBack is reported only once the MCUs match the old release.
+        done = mcu_steps.restore(self.cfg, slot, self.stack, lambda *a: self.system.pet())
+        if done:
+            log.info("MCUs back to slot %s's release: %s", slot, done)
 
     def do_cleanup(self):
         pass  # streaming installs keep no download cache
@@ -345,6 +540,9 @@ class Daemon:
         self._work(self._install, lc.INSTALL_ERROR)
 
     def do_run_checks(self):
+        # The loop wakes when the window ends, even while a check hangs (see step()).
+        data = self.journey.data
+        self.wake_at = data["trial_started_at"] + self.journey.policy().window_s
         self._work(self._run_checks, lc.CHECKS_FAILED)
 
     # -- workers (run off the loop thread; post exactly one result) ------------------------------
@@ -352,12 +550,17 @@ class Daemon:
     def _work(self, fn, failure_event):
         """Run fn in a worker; it posts exactly one result tagged with this step's id. A bug
         in fn becomes `failure_event` (the failure that fits the step), never a dead loop."""
+        if self._worker_alive() and self.worker.name == "install":
+            # An abandoned install stops at its next chunk: never two writers on one slot.
+            self.worker.join(2.0)
         self.step_id += 1
         step_id, self.busy = self.step_id, True
 
         def run():
             try:
                 result = fn()
+            except steps.LOCAL_ERRORS as e:  # the board's state: the loop recovers, retries
+                result = ("local-error", e)
             except Exception as e:  # a bug in an adapter or OEM code must not kill the daemon
                 log.exception("step failed")
                 problem = {"reason": "internal", "detail": repr(e), "problem": repr(e)}
@@ -367,46 +570,66 @@ class Daemon:
                     result = ("checks", dict((n, (False, problem)) for n in names))
             self.events.put((result[0], step_id) + tuple(result[1:]))
 
-        self.worker = threading.Thread(target=run, daemon=True)
+        self.worker = threading.Thread(target=run, name=fn.__name__.strip("_"), daemon=True)
         self.worker.start()
 
     def _download(self):
         job = self.journey.job
-        event, info, envelope = steps.download(job.url, self.cfg)
-        self.header = (job.id, envelope)
+        event, info, learned = steps.fetch(job, self.cfg)
+        self.fetched = (job.id, learned)
         return ("result", event, info)
 
     def _verify(self):
         job = self.journey.job
-        envelope = self.header[1] if self.header and self.header[0] == job.id else None
-        return ("result",) + steps.verify(envelope, job.url, self.cfg, self.trust, self.clock())
+        learned = self.fetched[1] if self.fetched and self.fetched[0] == job.id else None
+        return ("result",) + steps.check(job, learned, self.cfg, self.trust, self.roots,
+                                         self.clock(), self.slots)  # fmt: skip
 
     def _install(self):
-        job = self.journey.job
-        progress = steps.StatusProgress(
-            lambda percent: self.report(
-                "Installing", {"job_id": job.id, "version": job.version, "progress": percent}
-            )
-        )  # fmt: skip
-        return ("result",) + steps.install(
-            job.url, self.cfg, self.boot, self.trust, self.clock(), progress
-        )
+        job, step_id = self.journey.job, self.step_id
+
+        def on_step(percent, sizes=None):
+            info = dict(sizes or {}, job_id=job.id, version=job.version, progress=percent)
+            self.report("Installing", info)
+
+        def check():
+            if step_id != self.step_id:  # superseded: stop writing at this chunk
+                raise Abandoned("install of job %s abandoned" % job.id)
+
+        progress = steps.StatusProgress(on_step, check)
+        return ("result",) + steps.write(job, self.cfg, self.boot, self.trust, self.roots,
+                                         self.clock(), progress)  # fmt: skip
 
     def _run_checks(self):
         data, job = self.journey.data, self.journey.job
         ctx = TrialContext(self.cfg, self.channel, self.stack, data.get("baseline"), self.clock,
                            data.get("trial_started_at"), self._wait,
-                           data.get("agent_restarts", 0))  # fmt: skip
+                           data.get("agent_restarts", 0), self.frontends.csms_links())  # fmt: skip
 
         def reported(name, passed, evidence):
             info = {"job_id": job.id, "version": job.version, "check": name, "passed": passed,
                     "evidence": evidence}  # fmt: skip
             self.report("TrialRunning", info)
 
-        results = steps.run_checks(ctx, self.journey.policy().required_checks, reported)
+        ctx.slot = data.get("new_slot")
+        ctx.components = self._flash_components(reported)
+        names = self.journey.policy().required_checks
+        if ctx.components.get("problem"):
+            names = [n for n in names if n == "components"] or names  # the rest cannot pass
+        results = steps.run_checks(ctx, names, reported)
         verdict = "pass" if all(r[0] for r in results.values()) else "fail"
         self.publish_health("trial", results, verdict)
         return ("checks", results)
+
+    def _flash_components(self, reported):
+        slot, self.flash_slot = self.flash_slot, None
+        if slot is None:
+            return {}
+        try:
+            return mcu_steps.flash(self.cfg, slot, self.stack, lambda *a: self.system.pet())
+        except UpdateError as e:
+            log.error("MCU write failed: %s", e)
+            return {"problem": "MCU write failed: %s" % e.message, "reason": e.reason}
 
     def _wait(self, seconds):
         return not self.stopping.wait(seconds)
@@ -415,6 +638,7 @@ class Daemon:
 
     def report(self, status, info):
         self.reporter.status(status, info)
+        self.frontends.status(status, info)
 
     def publish_health(self, phase, results, verdict):
         job = self.journey.job

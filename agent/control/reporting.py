@@ -16,9 +16,10 @@ log = logging.getLogger("charger-update")
 
 
 class Reporter:
-    def __init__(self, cfg, channel, boot, history, slots, clock):
+    def __init__(self, cfg, channel, boot, history, slots, clock, trust=None):
         self.cfg, self.channel, self.boot = cfg, channel, boot
         self.history, self.slots, self.clock = history, slots, clock
+        self.trust = trust
 
     def _publish(self, suffix, message, retain=False):
         try:
@@ -51,9 +52,36 @@ class Reporter:
             return
         self._publish(ch.INVENTORY, row, retain=True)
 
+    def components(self, booted, slots):
+        """component -> running version: the booted slot's release, each MCU as the agent
+        last wrote or confirmed it (None while a write is unfinished)."""
+        from agent.state.components import ComponentStore
+
+        store = ComponentStore(self.cfg.state_dir)
+        found = dict(store.release(booted)["components"])
+        if not found:
+            found["rootfs"] = slots.get(booted, {}).get("version")
+        for name, record in store.running().items():
+            found[name] = record.get("version")
+        return found
+
     def inventory_row(self):
         """The operator's update-matrix row for this charger."""
+        boot = self.boot.status()
+        slots = self.slots.load()["slots"]
         return messages.inventory_message(
-            self.cfg.device, self.boot.status(), self.slots.load()["slots"],
-            self.history.last_job(), self.history.rollbacks(), self.clock(),
+            self.cfg.device, boot, slots, self.history.last_job(), self.history.rollbacks(),
+            self.clock(), components=self.components(boot["booted"], slots),
+            trust=self.trust_row(),
         )  # fmt: skip
+
+    def trust_row(self):
+        """Root in use, newest root seen, anti-rollback floor, and what is wrong (or None)."""
+        row = {"security_floor": None}
+        try:
+            if self.trust is not None:
+                row.update(self.trust.status())
+            row["security_floor"] = self.slots.security_floor()
+        except UpdateError as e:  # a damaged store is itself what the backend must see
+            row["problem"] = e.message
+        return row

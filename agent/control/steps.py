@@ -4,6 +4,13 @@ of the update itself, so the daemon only has to post the result.
 
 Streaming install: `download` fetches and parses the signed header only, `verify` checks
 signatures and device policy, `install` streams the payloads into the inactive slot.
+
+A job with a detached signature (OCPP: signature + signing certificate over the whole file)
+streams the whole file in `download` to hash it, `verify` checks the certificate against the
+firmware-signing roots, the signature over that digest and the bundle's own signed manifest
+(both must pass: the detached signature alone never makes a file installable), and
+`install` hashes again what it streams into the slot and checks the signature over that
+before INSTALL_OK, so the slot handed to the bootloader holds exactly the signed bytes.
 """
 
 import logging
@@ -11,12 +18,25 @@ import logging
 from agent.bundle.reader import open_bundle
 from agent.checks import CheckFailed, load_checks
 from agent.core import lifecycle as lc
-from agent.core.errors import BadSignature, ReadbackMismatch, Rejected, UnknownKey, UpdateError
-from agent.transfer import installer
+from agent.core.errors import (
+    BadSignature,
+    BootEnvError,
+    ConfigError,
+    MalformedBundle,
+    ReadbackMismatch,
+    Rejected,
+    UnknownKey,
+    UpdateError,
+)
+from agent.transfer import installer, wholefile
 from agent.transfer.fetch import open_source
+from agent.trust.manufacturer import CertificateProblem
 
 log = logging.getLogger("charger-update")
-SIGNATURE_ERRORS = (BadSignature, UnknownKey)
+SIGNATURE_ERRORS = (BadSignature, UnknownKey, CertificateProblem)
+# The board's own state is unreadable (boot env, slot records, floors): not the bundle's fault.
+# These escape the step; the daemon stops the step and retries it once someone repaired it.
+LOCAL_ERRORS = (BootEnvError, ConfigError)
 
 
 def info(error):
@@ -33,16 +53,19 @@ def download(url, cfg):
         return lc.DOWNLOAD_ERROR, info(e), None
 
 
-def verify(envelope, url, cfg, trust, now):
+def verify(envelope, url, cfg, trust, now, slots=None):
     """Check the downloaded header; fetch it again only when there is none (after a restart
-    the journey resumes at Downloaded with nothing in memory)."""
+    the journey resumes at Downloaded with nothing in memory). slots: the board's SlotState
+    (its floor is the anti-rollback bound)."""
     try:
         if envelope is None:
             with open_source(url, cfg.download) as source:
-                installer.read_manifest(source, trust, cfg, now)
+                installer.read_manifest(source, trust, cfg, now, slots)
         else:
-            installer.check_envelope(envelope, trust, cfg, now)
+            installer.check_envelope(envelope, trust, cfg, now, slots)
         return lc.SIGNATURE_OK, {}
+    except LOCAL_ERRORS:
+        raise
     except Rejected as e:
         return lc.SIGNATURE_BAD, info(e)
     except UpdateError as e:
@@ -53,6 +76,90 @@ def install(url, cfg, boot, trust, now, progress):
     try:
         installer.install(url, cfg, boot, trust, now=now, progress_factory=progress.start)
         return lc.INSTALL_OK, {}
+    except LOCAL_ERRORS:
+        raise
+    except SIGNATURE_ERRORS as e:
+        return lc.SIGNATURE_BAD, info(e)
+    except ReadbackMismatch as e:
+        return lc.VERIFY_ERROR, info(e)
+    except UpdateError as e:
+        return lc.INSTALL_ERROR, info(e)
+
+
+def fetch(job, cfg):
+    """The download step for `job`: (event, info, what verify needs: the signed header, or
+    for a detached-signature job the whole file's digest and header)."""
+    if job.signature is not None:
+        return download_whole(job, cfg)
+    return download(job.url, cfg)
+
+
+def check(job, learned, cfg, trust, roots, now, slots=None):
+    """The verify step for `job`, given what fetch() learned (None after a restart)."""
+    if job.signature is not None:
+        return verify_whole(job, learned, cfg, trust, roots, now, slots)
+    return verify(learned, job.url, cfg, trust, now, slots)
+
+
+def write(job, cfg, boot, trust, roots, now, progress):
+    """The install step for `job`."""
+    if job.signature is not None:
+        return install_whole(job, cfg, boot, trust, roots, now, progress)
+    return install(job.url, cfg, boot, trust, now, progress)
+
+
+def download_whole(job, cfg):
+    """(event, info, (digest, envelope) or None): the whole file, hashed (detached jobs)."""
+    limit = int(cfg.section("ocpp_firmware").get("max_firmware_bytes", wholefile.DEFAULT_MAX_BYTES))
+    try:
+        digest, _, envelope = wholefile.fetch(job.url, cfg.download, limit)
+        return lc.DOWNLOAD_OK, {}, (digest, envelope)
+    except UpdateError as e:
+        return lc.DOWNLOAD_ERROR, info(e), None
+
+
+def verify_whole(job, whole, cfg, trust, roots, now, slots=None):
+    """Certificate, detached signature over the whole file, then the bundle's manifest;
+    the file is fetched and hashed again when nothing is in memory (after a restart)."""
+    if whole is None:
+        event, problem, whole = download_whole(job, cfg)
+        if whole is None:
+            return lc.SIGNATURE_BAD if not problem["transient"] else event, problem
+    digest, envelope = whole
+    try:
+        roots.verify(digest, job.signature, job.signing_certificate, now)
+        if envelope is None:
+            raise MalformedBundle(
+                "%s is not a charger-update bundle" % job.url,
+                hint="the detached signature alone never makes a file installable: "
+                "publish a signed bundle",
+            )
+        installer.check_envelope(envelope, trust, cfg, now, slots)
+        return lc.SIGNATURE_OK, {}
+    except LOCAL_ERRORS:
+        raise
+    except Rejected as e:
+        return lc.SIGNATURE_BAD, info(e)
+    except UpdateError as e:
+        return lc.DOWNLOAD_ERROR, info(e)
+
+
+def install_whole(job, cfg, boot, trust, roots, now, progress):
+    """install() that hashes every byte it streams and checks the detached signature over
+    them before INSTALL_OK (else SIGNATURE_BAD: the slot stays marked bad)."""
+    sources = []
+
+    def opener(location, settings):
+        sources.append(wholefile.HashingSource(open_source(location, settings)))
+        return sources[-1]
+
+    try:
+        installer.install(job.url, cfg, boot, trust, now=now, progress_factory=progress.start,
+                          source_opener=opener)  # fmt: skip
+        roots.verify(sources[-1].digest(), job.signature, job.signing_certificate, now)
+        return lc.INSTALL_OK, {}
+    except LOCAL_ERRORS:
+        raise
     except SIGNATURE_ERRORS as e:
         return lc.SIGNATURE_BAD, info(e)
     except ReadbackMismatch as e:
@@ -88,24 +195,35 @@ def run_checks(ctx, names, reported):
 
 
 class StatusProgress:
-    """Installing progress as a callback every 10 % (the daemon turns it into a status)."""
+    """Installing progress as a callback every 10 % (the daemon turns it into a status).
+    A delta install (format 2) sets `downloaded`; each step then also carries the bytes
+    downloaded so far and the payload size, so operators see the saving. check(), called for
+    every chunk, may raise to stop the write at once (a superseded job: its worker must not go
+    on writing the slot the next job will write)."""
 
-    def __init__(self, on_step):
+    def __init__(self, on_step, check=None):
         self.on_step = on_step
+        self.check = check
         self.total = 1
         self.done_bytes = 0
         self.next_step = 10
+        self.downloaded = None  # bytes the delta install fetched so far
 
     def start(self, total, label):
         self.total = max(total, 1)
         return self
 
     def update(self, n):
+        if self.check is not None:
+            self.check()
         self.done_bytes += n
         percent = self.done_bytes * 100 // self.total
         if percent >= self.next_step:
             self.next_step = percent // 10 * 10 + 10
-            self.on_step(percent)
+            if self.downloaded is None:
+                self.on_step(percent)
+            else:
+                self.on_step(percent, {"downloaded": self.downloaded, "payload_bytes": self.total})
 
     def done(self):
         pass

@@ -10,7 +10,7 @@ Runs on MicroPython: json only, %-formatting, no reliance on dict order.
 
 import json
 
-from agent.core import jobs
+from agent.core import jobs, resets
 
 # --- topics: suffixes below {prefix}/{device_id}/ ----------------------------------------------
 JOB = "update/job"
@@ -118,28 +118,51 @@ REASON_MALFORMED_JOB = "malformed-job"
 REASON_WRONG_MODEL = "wrong-model"
 REASON_SESSION = "charging session active"
 
-# Rollback reasons (docs/mqtt-api.md, status). Whether a RolledBack counts against the release
-# is decided here and nowhere else: a failed trial check, a regression while observing and a
-# new slot that never came up or fell over (a crash loop) are the release's fault; running out
-# of boot attempts because the power kept failing is the site's, not the firmware's.
+# Why a RolledBack happened: the agent's `cause` (agent/core/resets.py, docs/mqtt-api.md
+# "rollback causes"). Whom a rollback blames is decided here and nowhere else: a failed check,
+# a regression and a crash are the release's fault; power cuts that used up the boot attempts
+# are the site's; resets the board cannot explain are unclear (they count once several
+# chargers of a cohort report them).
+CAUSE_CHECK_FAILED = resets.CHECK_FAILED
+CAUSE_REGRESSION = resets.REGRESSION
+CAUSE_CRASH = resets.CRASH
+CAUSE_POWER_LOSS = resets.POWER_LOSS
+CAUSE_UNEXPLAINED = resets.UNEXPLAINED
+BLAME_RELEASE = "release"
+BLAME_SITE = "site"
+BLAME_UNCLEAR = "unclear"
+_BLAME = ((CAUSE_CHECK_FAILED, BLAME_RELEASE), (CAUSE_REGRESSION, BLAME_RELEASE),
+          (CAUSE_CRASH, BLAME_RELEASE), (CAUSE_POWER_LOSS, BLAME_SITE),
+          (CAUSE_UNEXPLAINED, BLAME_UNCLEAR))  # fmt: skip
+
+# Rollback reasons (docs/mqtt-api.md, status); an agent from before `cause` is judged by these.
 REASON_TRIAL_FAILED = "trial failed"
 REASON_REGRESSION = "regression"
-REASON_NEVER_CAME_UP = "new slot never came up"
-REASON_FELL_BACK = "new slot went down during the trial; the bootloader fell back"
-REASON_CRASH_LOOP = "crash-loop"
-REASON_POWER_LOSS = "power-loss"  # boot attempts used up by power cuts, not by the firmware
-_NOT_THE_RELEASE = (REASON_POWER_LOSS, "attempts-exhausted-power-loss", "power cut")
+REASON_NEVER_CAME_UP = resets.NEVER_CAME_UP
+REASON_FELL_BACK = resets.FELL_BACK_IN_TRIAL
+REASON_POWER_LOSS = resets.USED_UP_BY_POWER_LOSS
+REASON_UNEXPLAINED = resets.USED_UP_BY_RESETS
 
 
-def rollback_counts(reason):
-    """True when a RolledBack with this reason counts as a failure of the release. Unknown
-    reasons count: an operator would rather halt on a surprise than roll it further."""
-    if not isinstance(reason, str):
-        return True
-    for mark in _NOT_THE_RELEASE:
-        if reason == mark or reason.startswith(mark + ":"):
-            return False
-    return True
+def rollback_blame(cause, reason=None):
+    """BLAME_RELEASE, BLAME_SITE or BLAME_UNCLEAR for a RolledBack with this cause (or, from
+    an agent that sends none, this reason). Unknown causes blame the release: an operator would
+    rather halt on a surprise than roll it further."""
+    if isinstance(cause, str):
+        for name, blame in _BLAME:
+            if cause == name:
+                return blame
+        return BLAME_RELEASE
+    if reason == REASON_POWER_LOSS:
+        return BLAME_SITE
+    if reason == REASON_UNEXPLAINED:
+        return BLAME_UNCLEAR
+    return BLAME_RELEASE
+
+
+def rollback_counts(reason, cause=None):
+    """True when a RolledBack counts as a failure of the release on its own."""
+    return rollback_blame(cause, reason) == BLAME_RELEASE
 
 
 def phase_of(status):
@@ -149,9 +172,9 @@ def phase_of(status):
     return PHASE_DONE
 
 
-def is_failure(status, reason=None):
+def is_failure(status, reason=None, cause=None):
     if status == ROLLED_BACK:
-        return rollback_counts(reason)
+        return rollback_counts(reason, cause)
     return status in FAILURE_STATUSES
 
 
@@ -195,10 +218,12 @@ def health_message(job_id, slot, phase, checks, verdict, ts):
     }  # fmt: skip
 
 
-def inventory_message(device, boot, slots, last_job, rollbacks, ts, extra=None):
+def inventory_message(device, boot, slots, last_job, rollbacks, ts, components=None, trust=None):
     """The update-matrix row. device: [device] of the config (id, model, hardware_revision,
     group, site, site_type); boot: {backend, booted, primary, slots {S: {attempts_left}}};
-    slots: {S: {version, state}}; extra: further fields (e.g. components)."""
+    slots: {S: {version, state}}; last_job and rollbacks [{id, version, result, reason,
+    check, cause}] from the history; components {name: version}; trust: what the charger
+    trusts (docs/mqtt-api.md, inventory). Rows without components or trust leave them out."""
     row = {
         "device_id": device["id"], "model": device["model"],
         "hardware_revision": device["hardware_revision"],
@@ -214,8 +239,10 @@ def inventory_message(device, boot, slots, last_job, rollbacks, ts, extra=None):
             "state": info.get("state"),
             "attempts_left": boot["slots"][s]["attempts_left"],
         }
-    for key in extra or {}:
-        row[key] = extra[key]
+    if components is not None:
+        row["components"] = components
+    if trust is not None:
+        row["trust"] = trust
     return row
 
 
@@ -252,17 +279,24 @@ def _int(doc, name, required=False):
 
 
 def parse_status(doc):
-    """-> {job_id, seq, status, version, reason, check, detail, progress, ts}."""
+    """-> {job_id, seq, status, version, reason, check, cause, detail, progress, downloaded,
+    payload_bytes, resets [reset causes], ts}; fields a status does not carry are None
+    (resets: [])."""
     status = _str(doc, "status", True)
     if status not in STATUS_NAMES:
         raise MessageInvalid("status", "is not a status name: %r" % status[:40])
     out = {"status": status, "job_id": _str(doc, "job_id"), "seq": _int(doc, "seq", True)}
     for name in ("version", "reason", "check"):
         out[name] = _str(doc, name)
+    out["cause"] = _str(doc, "cause", limit=40)
     detail = doc.get("detail")
     out["detail"] = detail[:512] if isinstance(detail, str) else None
-    out["progress"] = _int(doc, "progress")
-    out["ts"] = _int(doc, "ts")
+    for name in ("progress", "downloaded", "payload_bytes", "ts"):
+        out[name] = _int(doc, name)
+    seen = doc.get("resets") or []
+    if not isinstance(seen, list):
+        raise MessageInvalid("resets", "must be a list of reset causes")
+    out["resets"] = [r for r in seen[:64] if isinstance(r, str) and len(r) <= 40]
     return out
 
 
@@ -295,7 +329,12 @@ def _running_version(doc):
 def parse_inventory(doc):
     """-> {device_id, model, hardware_revision, version (of the booted slot), group, site,
     site_type, components {name: version}, last_result, last_version, rollbacks [version],
-    ts}. components is empty unless the row carries a mapping (multi-component bundles)."""
+    power_loss_rollbacks [version], security_floor, ts}.
+
+    rollbacks: versions the charger rolled back from for the release's fault or for reasons
+    unclear (never offer them again); power_loss_rollbacks: versions power cuts rolled back
+    (the release is not to blame: they may be offered again). components is empty unless the
+    row carries a mapping; security_floor is None unless the row carries `trust`."""
     out = {"device_id": _str(doc, "device_id", True), "model": _str(doc, "model", True)}
     out["hardware_revision"] = _str(doc, "hardware_revision", True)
     for name in ("group", "site", "site_type"):
@@ -308,15 +347,22 @@ def parse_inventory(doc):
             value = components[name]
             if isinstance(value, dict):
                 value = value.get("version")
-            if isinstance(name, str) and isinstance(value, str):
-                out["components"][name] = value
+            if isinstance(name, str) and (value is None or isinstance(value, str)):
+                out["components"][name] = value  # None: an MCU write is unfinished
     last = doc.get("last_job")
     out["last_result"] = last.get("result") if isinstance(last, dict) else None
     out["last_version"] = last.get("version") if isinstance(last, dict) else None
+    out["rollbacks"], out["power_loss_rollbacks"] = [], []
     rollbacks = doc.get("rollbacks") or []
-    out["rollbacks"] = [
-        r["version"] for r in rollbacks if isinstance(r, dict) and isinstance(r.get("version"), str)
-    ] if isinstance(rollbacks, list) else []  # fmt: skip
+    for r in rollbacks if isinstance(rollbacks, list) else []:
+        if isinstance(r, dict) and isinstance(r.get("version"), str):
+            site = rollback_blame(r.get("cause"), r.get("reason")) == BLAME_SITE
+            out["power_loss_rollbacks" if site else "rollbacks"].append(r["version"])
+    trust = doc.get("trust")
+    floor = trust.get("security_floor") if isinstance(trust, dict) else None
+    out["security_floor"] = (
+        floor if isinstance(floor, int) and not isinstance(floor, bool) else None
+    )
     out["ts"] = _int(doc, "ts") or 0
     return out
 

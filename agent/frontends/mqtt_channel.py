@@ -27,6 +27,21 @@ from agent.frontends.channel import ONLINE, ChannelBase, encode_payload
 log = logging.getLogger(__name__)
 
 
+class _Client(paho.Client):
+    """paho's client, except that its network thread waits in select() for up to a quarter
+    of the keepalive instead of paho's fixed 1 s, so an idle agent wakes a few times a
+    minute. Nothing waits longer because of it: a publish from another thread wakes select
+    through paho's socket pair, and a quarter keepalive still sends every PINGREQ well
+    before the broker's 1.5 x keepalive grace runs out."""
+
+    select_timeout_s = 1.0
+
+    def loop_forever(self, timeout=None, retry_first_connection=False):
+        if timeout is None:
+            timeout = self.select_timeout_s
+        return paho.Client.loop_forever(self, timeout, retry_first_connection)
+
+
 class MqttChannel(ChannelBase):
     """One MQTT connection for one identity (a device, or the backend with device_id
     "backend" and will=False).
@@ -97,12 +112,16 @@ class MqttChannel(ChannelBase):
     def _make_client(self):
         s = self.settings
         v5 = s["protocol"] == "5"
-        client = paho.Client(
+        client = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else False,
+            # Every message is acknowledged by _dispatch: at once, or by a manual_ack handler
+            # once it has saved what the message asked for (channel.ChannelBase.subscribe).
+            manual_ack=True,
         )
+        client.select_timeout_s = max(1.0, int(s["keepalive"]) / 4.0)
         if s["username"]:
             client.username_pw_set(s["username"], s["password"] or None)
         if s["tls"]:
@@ -285,7 +304,7 @@ class MqttChannel(ChannelBase):
                 self._attempted.set()
                 return
             with self._lock:
-                filters = [(f, q) for f, _, q in self._handlers]
+                filters = [(h[0], h[2]) for h in self._handlers]
             for topic_filter, qos in filters:
                 self._send_subscribe(client, topic_filter, qos)
             if self.will and self.device_id:
@@ -296,6 +315,8 @@ class MqttChannel(ChannelBase):
                 self._connected.set()
                 self._cond.notify_all()
             self._attempted.set()
+            if self.on_connected is not None:
+                self.on_connected()
         except Exception:
             log.exception("on_connect failed")
 
@@ -346,7 +367,8 @@ class MqttChannel(ChannelBase):
             pass
 
     def _on_message(self, client, userdata, message):
+        mid, qos = message.mid, message.qos
         try:
-            self._dispatch(message.topic, message.payload)
+            self._dispatch(message.topic, message.payload, lambda: client.ack(mid, qos))
         except Exception:  # _dispatch already guards; belt and braces for paho's thread
             log.exception("dispatch failed")

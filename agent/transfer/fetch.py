@@ -195,7 +195,7 @@ class FileSource(Source):
 
 
 class HttpSource(Source):
-    def __init__(self, url, settings, clock, sleep, rng, progress):
+    def __init__(self, url, settings, clock, sleep, rng, progress, open_now=True):
         Source.__init__(self, url, settings, clock, sleep, progress)
         self.url = url
         self.rng = rng
@@ -211,7 +211,8 @@ class HttpSource(Source):
         self._ssl = None
         if urlsplit(url).scheme == "https":
             self._ssl = ssl.create_default_context(cafile=settings.get("ca_file") or None)
-        self._open()  # fail early: bad URL, unknown CA, 404 show up before any payload work
+        if open_now:  # fail early: bad URL, unknown CA, 404 show up before any payload work
+            self._open()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -295,7 +296,8 @@ class HttpSource(Source):
             return
         raise NetworkError("too many redirects from %s" % self.url)
 
-    def _request(self, url):
+    def _request(self, url, headers=None):
+        """GET url on a new connection; `headers` replaces the resume headers (ranges.py)."""
         self._drop()
         parts = urlsplit(url)
         if parts.scheme == "https":
@@ -307,8 +309,11 @@ class HttpSource(Source):
         else:
             conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
         self._conn = conn
+        extra = headers
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-        if self.pos:
+        if extra is not None:
+            headers.update(extra)
+        elif self.pos:
             headers["Range"] = "bytes=%d-" % self.pos
             if self.validator:
                 headers["If-Range"] = self.validator

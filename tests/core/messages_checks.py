@@ -33,18 +33,27 @@ def roundtrip(msg):
 
 
 def check_inventory_row_round_trips_with_site():
-    rollbacks = [{"id": "j0", "version": "1.0.5", "result": "RolledBack"}]
+    rollbacks = [{"id": "j0", "version": "1.0.5", "result": "RolledBack", "cause": "crash"},
+                 {"id": "j2", "version": "1.0.6", "result": "RolledBack",
+                  "reason": m.REASON_POWER_LOSS, "cause": m.CAUSE_POWER_LOSS}]  # fmt: skip
     last = {"id": "j1", "version": "1.1.0", "result": "Committed"}
     row = m.inventory_message(DEVICE, BOOT, SLOTS, last, rollbacks, 100)
+    check_equal("components" in row or "trust" in row, False, "left out when not given")
     got = m.parse_inventory(roundtrip(row))
     check_equal(got["site"], "depot-7", "site")
     check_equal(got["version"], "1.1.0", "running version is the booted slot's")
-    check_equal(got["rollbacks"], ["1.0.5"], "rolled-back versions")
+    check_equal(got["rollbacks"], ["1.0.5"], "rolled-back versions (the release's fault)")
+    check_equal(got["power_loss_rollbacks"], ["1.0.6"], "rolled back by power cuts")
     check_equal(got["last_result"], "Committed", "last result")
     check_equal(got["components"], {}, "no components on a single-payload row")
-    row["components"] = {"rootfs": "1.1.0", "mcu-power": {"version": "4.2"}}
+    check_equal(got["security_floor"], None, "no trust row")
+    components = {"rootfs": "1.1.0", "mcu-power": {"version": "4.2"}, "mcu-meter": None}
+    row = m.inventory_message(DEVICE, BOOT, SLOTS, last, [], 100, components=components,
+                              trust={"security_floor": 7, "problem": None})  # fmt: skip
     got = m.parse_inventory(roundtrip(row))
-    check_equal(got["components"], {"rootfs": "1.1.0", "mcu-power": "4.2"}, "components")
+    check_equal(got["components"], {"rootfs": "1.1.0", "mcu-power": "4.2", "mcu-meter": None},
+                "components (None while an MCU write is unfinished)")  # fmt: skip
+    check_equal(got["security_floor"], 7, "anti-rollback floor from the trust row")
 
 
 def check_status_round_trips_and_orders_by_seq():
@@ -55,13 +64,46 @@ def check_status_round_trips_and_orders_by_seq():
     check_equal(m.is_failure(got["status"], got["reason"]), True, "a failed trial fails")
 
 
-def check_rollback_reasons_map_to_halting_or_not():
+def check_rollback_causes_blame_the_release_or_not():
+    for cause in (m.CAUSE_CHECK_FAILED, m.CAUSE_REGRESSION, m.CAUSE_CRASH, "something new"):
+        check_equal(m.is_failure(m.ROLLED_BACK, "x", cause), True, "halts on %r" % cause)
+        check_equal(m.rollback_blame(cause), m.BLAME_RELEASE, "blame of %r" % cause)
+    check_equal(m.is_failure(m.ROLLED_BACK, m.REASON_TRIAL_FAILED, m.CAUSE_POWER_LOSS), False,
+                "the cause decides, not the reason")  # fmt: skip
+    check_equal(m.rollback_blame(m.CAUSE_POWER_LOSS), m.BLAME_SITE, "power loss")
+    check_equal(m.rollback_blame(m.CAUSE_UNEXPLAINED), m.BLAME_UNCLEAR, "unexplained resets")
+    check_equal(m.is_failure(m.ROLLED_BACK, None, m.CAUSE_UNEXPLAINED), False,
+                "unexplained resets do not count on their own")  # fmt: skip
+    # An agent from before `cause`: judged by its reason.
     for reason in (m.REASON_TRIAL_FAILED, m.REASON_REGRESSION, m.REASON_NEVER_CAME_UP,
-                   m.REASON_FELL_BACK, m.REASON_CRASH_LOOP, "something new", None):  # fmt: skip
+                   m.REASON_FELL_BACK, "something new", None):  # fmt: skip
         check_equal(m.is_failure(m.ROLLED_BACK, reason), True, "halts on %r" % reason)
-    check_equal(m.is_failure(m.ROLLED_BACK, m.REASON_POWER_LOSS), False, "power loss")
+    check_equal(m.rollback_blame(None, m.REASON_POWER_LOSS), m.BLAME_SITE, "old power loss")
+    check_equal(m.rollback_blame(None, m.REASON_UNEXPLAINED), m.BLAME_UNCLEAR, "old resets")
     check_equal(m.is_failure(m.COMMITTED), False, "committed")
     check_equal(m.is_failure(m.DOWNLOAD_FAILED), True, "download failed")
+
+
+def check_status_carries_cause_resets_and_bytes():
+    info = {
+        "job_id": "j",
+        "version": "2",
+        "reason": m.REASON_POWER_LOSS,
+        "cause": m.CAUSE_POWER_LOSS,
+        "evidence": {"resets": ["power-on", "power-on"]},
+    }
+    got = m.parse_status(roundtrip(m.status_message(m.ROLLED_BACK, info, 3, 5)))
+    check_equal(got["cause"], "power-loss", "cause")
+    got = m.parse_status(roundtrip(m.status_message(m.COMMITTED, {"job_id": "j",
+                         "resets": ["power-on"]}, 4, 6)))  # fmt: skip
+    check_equal(got["resets"], ["power-on"], "resets on Committed")
+    check_equal(got["cause"], None, "no cause on Committed")
+    info = {"job_id": "j", "progress": 40, "downloaded": 1200, "payload_bytes": 4096}
+    got = m.parse_status(roundtrip(m.status_message(m.INSTALLING, info, 5, 7)))
+    check_equal((got["downloaded"], got["payload_bytes"], got["progress"]), (1200, 4096, 40),
+                "delta install bytes")  # fmt: skip
+    expect_invalid(m.parse_status, {"status": "Committed", "seq": 1, "resets": "power-on"})
+    expect_invalid(m.parse_status, {"status": "Installing", "seq": 1, "downloaded": -5})
 
 
 def check_job_builder_refuses_what_the_agent_would_refuse():
@@ -98,7 +140,8 @@ def check_topics_split_back_into_device_and_suffix():
 CHECKS = [
     check_inventory_row_round_trips_with_site,
     check_status_round_trips_and_orders_by_seq,
-    check_rollback_reasons_map_to_halting_or_not,
+    check_rollback_causes_blame_the_release_or_not,
+    check_status_carries_cause_resets_and_bytes,
     check_job_builder_refuses_what_the_agent_would_refuse,
     check_hostile_payloads_raise_message_invalid_only,
     check_topics_split_back_into_device_and_suffix,

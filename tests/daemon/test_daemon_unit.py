@@ -23,6 +23,7 @@ def config(tmp_path, trial=None):
         "device": {"id": "cp-1", "model": "M", "hardware_revision": "r"},
         "slots": {"A": {"rootfs": "a.img"}, "B": {"rootfs": "b.img"}},
         "bootloader": {"backend": "simulated", "state": "boot.json", "booted": "B"},
+        "state": {"dir": "state"},
         "trial": trial or {},
     }
     (tmp_path / "boot.json").write_text(
@@ -32,6 +33,8 @@ def config(tmp_path, trial=None):
 
 
 class System:
+    watchdog_interval_s = None
+
     def reboot(self):
         return True
 
@@ -152,9 +155,153 @@ def test_daemon_config_resolves_mqtt_tls_paths_against_the_config_file(tmp_path)
         '[device]\nid = "cp-1"\nmodel = "M"\nhardware_revision = "r"\n'
         '[slots.A]\nrootfs = "a.img"\n[slots.B]\nrootfs = "b.img"\n'
         '[bootloader]\nbackend = "simulated"\nstate = "boot.json"\nbooted = "A"\n'
-        '[trust]\nroot = "root.json"\n'
+        '[trust]\nroot = "root.json"\n[state]\ndir = "state"\n'
         '[mqtt]\nhost = "127.0.0.1"\ntls = { ca_file = "pki/ca.pem", cert_file = "pki/cp.pem", '
         'key_file = "pki/cp.key" }\n'
     )
     d = build(config_mod.load(str(tmp_path / "agent.toml")))
     assert d.channel.settings["tls"]["ca_file"] == str(tmp_path / "pki" / "ca.pem")
+
+
+def test_job_and_cancel_are_acknowledged_only_after_the_journal_write(tmp_path):
+    d = daemon(config(tmp_path))
+    d.subscribe()
+    d.resume()
+    saved_at_ack = []
+
+    def deliver(suffix, payload):
+        ack = d.channel.inject(suffix, payload)
+        assert not ack.done  # the broker still holds it while it waits in the queue
+        kind, payload, send = d.events.get_nowait()
+        d.dispatch((kind, payload, lambda: (saved_at_ack.append(d.journal.load()), send())))
+        assert ack.done
+
+    job = {"id": "j-1", "url": "http://127.0.0.1:9/x.cub", "version": "2",
+           "retrieve_at": "2099-01-01T00:00:00Z"}  # fmt: skip
+    deliver("update/job", job)
+    assert saved_at_ack[0].job.id == "j-1"
+    deliver("update/cancel", {"job_id": "j-1"})
+    assert saved_at_ack[1].state == "cancelled"
+    deliver("update/job", {"id": "bad"})  # refused: acknowledged all the same, with a status
+    assert d.channel.messages("update/status")[-1]["reason"] == "malformed-job"
+
+
+def test_reset_cause_comes_from_the_command_line_else_the_watchdog_else_unknown(tmp_path):
+    from agent.control.system import System as RealSystem
+
+    cmdline, status, boot_id = tmp_path / "cmdline", tmp_path / "bootstatus", tmp_path / "id"
+    system = RealSystem({"cmdline": "cmdline", "watchdog_bootstatus": "bootstatus",
+                         "boot_id_file": "id"}, lambda p: str(tmp_path / p))  # fmt: skip
+    cmdline.write_text("console=ttyS0 charger.slot=B charger.reset=POR\n")
+    boot_id.write_text("6c1f\n")
+    assert system.boot_facts() == {"reset": "power-on", "id": "6c1f"}
+    cmdline.write_text("console=ttyS0 androidboot.bootreason=kernel_panic\n")
+    assert system.reset_cause() == "panic"
+    cmdline.write_text("console=ttyS0 charger.slot=B\n")
+    status.write_text("32\n")  # WDIOF_CARDRESET: the watchdog reset the board
+    assert system.reset_cause() == "watchdog"
+    status.write_text("0\n")  # not the watchdog, but nothing says what else: never a guess
+    assert system.reset_cause() == "unknown"
+    cmdline.write_text("charger.reset=gremlins\n")
+    assert system.reset_cause() == "unknown"
+
+
+# -- an idle agent sleeps until something happens (issue 12) ------------------------------------
+
+
+class WatchedChannel(FakeChannel):
+    """A FakeChannel that can drop and regain its broker, and lets a test wait for a topic."""
+
+    def __init__(self, **kw):
+        FakeChannel.__init__(self, **kw)
+        self.connections = 0
+        self.published_event = threading.Condition()
+
+    def start(self):
+        FakeChannel.start(self)
+        self.reconnect()
+
+    def reconnect(self):
+        self.connections += 1
+        if self.on_connected is not None:
+            self.on_connected()
+
+    def publish_to(self, topic, payload, qos=1, retain=False):
+        with self.published_event:
+            FakeChannel.publish_to(self, topic, payload, qos, retain)
+            self.published_event.notify_all()
+
+    def wait_for(self, suffix, count, timeout=10):
+        with self.published_event:
+            return self.published_event.wait_for(
+                lambda: len(self.messages(suffix)) >= count, timeout
+            )
+
+
+def running(tmp_path, system=None):
+    cfg = config(tmp_path)
+    SlotState(cfg.state_dir).set_good("B", "1.0.0")
+    d = Daemon(cfg, open_from_config(cfg), WatchedChannel(device_id="cp-1"), FakeStack(), None,
+               system or System())  # fmt: skip
+    loop = threading.Thread(target=d.run, daemon=True)
+    loop.start()
+    assert d.channel.wait_for("update/inventory", 1), "the loop never published its inventory"
+    return d, loop
+
+
+def test_idle_loop_sleeps_until_an_event_instead_of_polling(tmp_path):
+    d, loop = running(tmp_path)
+    try:
+        # Nothing due, no watchdog: the loop would sleep for as long as nothing happens.
+        assert d._timeout() >= 600
+        d.wake_at = d.clock() + 2.0  # a journey's wait: the loop wakes right then
+        assert 1.0 < d._timeout() <= 2.0
+    finally:
+        d.stop()
+        loop.join(10)
+
+
+def test_stop_wakes_an_idle_loop_at_once(tmp_path):
+    d, loop = running(tmp_path)
+    d.stop()
+    loop.join(5)  # the loop sleeps for an hour when idle: only the wake-up can end it this soon
+    assert not loop.is_alive()
+
+
+def test_reconnect_republishes_the_inventory_without_polling(tmp_path):
+    d, loop = running(tmp_path)
+    try:
+        d.channel.reconnect()  # a broker restarted without persistence lost the retained row
+        assert d.channel.wait_for("update/inventory", 2), "no inventory after the reconnect"
+    finally:
+        d.stop()
+        loop.join(10)
+
+
+def test_watchdog_is_petted_at_half_its_timeout_and_caps_the_sleep(tmp_path):
+    from agent.control.system import watchdog_interval_s
+
+    assert watchdog_interval_s({"WATCHDOG_USEC": "10000000"}) == 5.0
+    assert watchdog_interval_s({}) is None
+    assert watchdog_interval_s({"WATCHDOG_USEC": "junk"}) is None
+    # systemd names the watched process: another one's watchdog is not ours to pet.
+    assert watchdog_interval_s({"WATCHDOG_USEC": "10000000", "WATCHDOG_PID": "1"}, pid=42) is None
+
+    class Watched(System):
+        watchdog_interval_s = 0.2
+
+        def __init__(self):
+            self.pets = threading.Semaphore(0)
+
+        def pet(self):
+            self.pets.release()
+
+    system = Watched()
+    d, loop = running(tmp_path, system)
+    try:
+        assert d._timeout() <= 0.2
+        for _ in range(3):  # an idle loop keeps petting on its own, with nothing else to do
+            assert system.pets.acquire(timeout=5)
+    finally:
+        d.stop()
+        loop.join(10)

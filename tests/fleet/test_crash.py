@@ -7,13 +7,16 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import sqlalchemy as sa
 
 from fleet import projection as pj
 from fleet.cli import status_text
+from fleet.controller import SHARE
 from fleet.schema import events, statuses
+from fleet.transport import Connection, forget_session
 from tests.fleet.conftest import make_release, open_store, serve_release, wait_until
 from tests.fleet.helpers import Observer, run_cli, sim_fleet, write_rollout, write_sites
 
@@ -22,7 +25,7 @@ TYPES = ("workplace", "depot", "public")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def serve(db, broker, client_id, log):
+def serve(db, broker, client_id, log, *extra):
     cmd = [
         sys.executable,
         "-m",
@@ -36,6 +39,7 @@ def serve(db, broker, client_id, log):
         client_id,
         "--tick",
         "0.2",
+        *extra,
     ]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
@@ -142,9 +146,53 @@ def _statuses_stored(store):
 
 def _leave(broker, client_id):
     """End the killed controller's broker session (it would keep its share of statuses)."""
-    from fleet.transport import Connection
+    forget_session(broker.settings(), client_id)
 
-    Connection(broker.settings(), client_id).start().stop(leave=True)
+
+def test_a_controller_that_leaves_takes_no_share_of_statuses_after(tmp_path, broker):
+    """Leaving after a kill -9, twice: `serve --leave` and Connection.stop(leave=True) right
+    after the connect, each while the broker floods the resumed session with the statuses
+    that queued meanwhile. Afterwards the one controller left gets every status; none go to
+    a dead session. (A DISCONNECT with session expiry 0 alone lost this race here.)"""
+    db, log_path = str(tmp_path / "f.db"), str(tmp_path / "serve.log")
+    log = open(log_path, "ab")
+    ids = ["leaver-%s" % os.urandom(3).hex() for _ in range(2)]
+    pub = Connection(broker.settings(), "pub-%s" % os.urandom(3).hex(), session_expiry_s=0).start()
+    got, everything = [], threading.Event()
+
+    def on_status(topic, payload, mid, qos):
+        got.append(topic)
+        if len(got) >= 40:
+            everything.set()
+
+    def up(n):
+        wait_until(lambda: open(log_path).read().count("subscribed") == n, 30, "serve up")
+
+    live = Connection(broker.settings(), "live-%s" % os.urandom(3).hex(), on_status)
+    live.subscribe("$share/%s/chargers/+/update/status" % SHARE)
+    try:
+        for n, client_id in enumerate(ids):
+            first = serve(db, broker, client_id, log)
+            up(2 * n + 1)
+            first.kill()
+            first.wait()
+            for i in range(300):  # queued for the dead session (its share of the group)
+                pub.publish("chargers/q-%03d/update/status" % i, b'{"status":"Idle","seq":1}')
+            if n == 0:
+                again = serve(db, broker, client_id, log, "--leave")
+                up(2 * n + 2)
+                stop(again)
+            else:
+                Connection(broker.settings(), client_id).start().stop(leave=True)
+                up(2 * n + 1)
+        live.start()
+        for i in range(40):
+            pub.publish("chargers/n-%03d/update/status" % i, b'{"status":"Idle","seq":1}')
+        assert everything.wait(30), "the live controller got %d of 40 statuses" % len(got)
+    finally:
+        live.stop(leave=True)
+        pub.stop()
+        log.close()
 
 
 def test_two_controllers_share_statuses_one_plans(tmp_path, broker, kit, images, pg_url):

@@ -87,7 +87,8 @@ def test_off_peak_windows_never_start_in_a_peak():
             )
 
 
-def _row(i, model="AC22", hw="C", version="1.0.0", site=None, site_type="depot", rollbacks=()):
+def _row(i, model="AC22", hw="C", version="1.0.0", site=None, site_type="depot", rollbacks=(),
+         power_loss=(), floor=None):  # fmt: skip
     return {
         "device_id": "cp-%03d" % i,
         "model": model,
@@ -97,6 +98,8 @@ def _row(i, model="AC22", hw="C", version="1.0.0", site=None, site_type="depot",
         "site": site or "s%d" % i,
         "site_type": site_type,
         "rollbacks": list(rollbacks),
+        "power_loss_rollbacks": list(power_loss),
+        "security_floor": floor,
         "components": {},
         "online": True,
         "last_result": None,
@@ -122,9 +125,14 @@ SPEC = {
         "fleet_failures": 10,
         "rate": 0.05,
         "min_sample": 20,
+        "unexplained_failures": 3,
     },
 }
-RELEASE = {"version": "2.0.0", "compatible": [{"model": "AC22", "hardware_revisions": ["C"]}]}
+RELEASE = {
+    "version": "2.0.0",
+    "security_version": 3,
+    "compatible": [{"model": "AC22", "hardware_revisions": ["C"]}],
+}
 
 
 def test_pilot_covers_every_cell_one_per_site_or_says_which_cannot():
@@ -153,10 +161,37 @@ def test_halt_rules_count_and_rate_after_minimum_sample():
     assert planner.crossed(0, 100, 1, 0.05, 20) is None
     assert planner.crossed(2, 19, 3, 0.05, 20) is None  # rate needs the sample first
     assert planner.crossed(2, 20, 3, 0.05, 20)[0] == "rate"
-    counts = {None: [0, 0, []], "A": [1, 5, ["x"]], "B": [0, 30, []]}
+
+    def c(failed, finished, unexplained=0):
+        return {"failed": failed, "finished": finished, "unexplained": unexplained}
+
+    counts = {"A": c(1, 5), "B": c(0, 30)}
     found = planner.halts(counts, SPEC, 0, set())
     assert [(h["scope"], h["cohort"]) for h in found] == [("cohort", "A")]
     assert planner.halts(counts, SPEC, 1, set()) == []  # a wave allows 3
+
+
+def test_unexplained_resets_halt_a_cohort_only_once_several_report_them():
+    def c(failed, finished, unexplained=0):
+        return {"failed": failed, "finished": finished, "unexplained": unexplained}
+
+    # Two boards that cannot tell a power cut from a crash: not yet a halt, even in the pilot.
+    assert planner.halts({"A": c(0, 2, 2)}, SPEC, 0, set()) == []
+    found = planner.halts({"A": c(0, 3, 3), "B": c(0, 3)}, SPEC, 1, set())
+    assert [(h["cohort"], h["check"]) for h in found] == [("A", "unexplained-resets")]
+    assert "3 rolled back after resets of unknown cause" in found[0]["evidence"]
+    # Spread thinly over many cohorts: the fleet-wide limit.
+    many = {"C%d" % i: c(0, 5, 1) for i in range(10)}
+    found = planner.halts(many, SPEC, 1, set())
+    assert [(h["scope"], h["check"]) for h in found] == [("fleet", "unexplained-resets")]
+
+
+def test_power_loss_rollback_may_be_offered_again_a_floor_above_the_release_not():
+    assert planner.eligibility(SPEC, RELEASE, _row(1, power_loss=["2.0.0"])) is None
+    assert "never offered again" in planner.eligibility(SPEC, RELEASE, _row(1, rollbacks=["2.0.0"]))
+    why = planner.eligibility(SPEC, RELEASE, _row(1, floor=4))
+    assert "below the charger's anti-rollback floor 4" in why
+    assert planner.eligibility(SPEC, RELEASE, _row(1, floor=3)) is None
 
 
 def test_matrix_reconciles_with_the_inventory_and_shows_components():

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from charger_fw import ocpp_client, uplink
+from charger_fw import bridge, ocpp_client, uplink
 from charger_fw import stack as stack_mod
 
 try:
@@ -44,7 +44,8 @@ def main():
     stop = threading.Event()
     start_uplink(board, defects)
     ocpp = start_ocpp(board, fw["version"])
-    stack = stack_mod.ChargingStack(defects, pilot_path=os.path.join(board, "ev", "cp"), ocpp=ocpp)
+    stack = stack_mod.ChargingStack(defects, pilot_path=os.path.join(board, "ev", "cp"), ocpp=ocpp,
+                                    mcu_port=safety_mcu_port(board))  # fmt: skip
     stack_mod.serve(stack, os.path.join(run, "stack.sock"))
     if "alarm-storm" in defects:
         stack.start_alarm_storm(stop)
@@ -69,14 +70,35 @@ def main():
     return 0
 
 
-def start_ocpp(board, version):
-    """The station's OCPP connection, to the CSMS the board's config names (via the uplink)."""
+def safety_mcu_port(board):
+    """The safety MCU's UART, as the board's config names it (None: a board without one)."""
     with open(os.path.join(board, "agent.toml"), "rb") as f:
         config = tomllib.load(f)
+    return config.get("components", {}).get("safety", {}).get("port")
+
+
+def start_ocpp(board, version):
+    """The station's OCPP connection, to the CSMS the board's config names (via the uplink).
+    With BOARD/stack.toml the stack owns the connection in the protocol it names and drives
+    the update agent through its local API (the reference integration, docs/ocpp.md);
+    without it, a plain 2.0.1 client next to the agent."""
+    with open(os.path.join(board, "agent.toml"), "rb") as f:
+        config = tomllib.load(f)
+    device = config["device"]
+    path = os.path.join(board, "stack.toml")
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            stack = tomllib.load(f)
+        ocpp = stack["ocpp"]
+        socket_path = os.path.join(board, stack["agent"]["socket"])
+        return ocpp_client.OcppClient(
+            ocpp["url"], device["id"], device["model"], version, log,
+            protocol=ocpp.get("protocol", "2.0.1"), bridge=bridge.Bridge(socket_path, log),
+            variables=stack.get("variables"),
+        ).start()  # fmt: skip
     url = config.get("ocpp", {}).get("url")
     if not url:
         return None
-    device = config["device"]
     return ocpp_client.OcppClient(url, device["id"], device["model"], version, log).start()
 
 

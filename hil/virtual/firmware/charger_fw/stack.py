@@ -14,8 +14,9 @@ import time
 
 
 class ChargingStack:
-    def __init__(self, defects=(), clock=time.time, pilot_path=None, ocpp=None):
+    def __init__(self, defects=(), clock=time.time, pilot_path=None, ocpp=None, mcu_port=None):
         self.defects = set(defects)
+        self.mcu_port = mcu_port  # the safety MCU's UART: the contactor goes through it
         self.ocpp = ocpp  # the station's OCPP client: sessions become TransactionEvents
         self.pilot_path = pilot_path  # the CP state the EV (simulator) presents
         self.clock = clock
@@ -25,6 +26,9 @@ class ChargingStack:
         self.sessions_failed = 0  # starts the charger refused (not "no vehicle")
         self.alarms = []  # [{"code", "ts"}]
         self._storm = None
+        # False while a firmware update holds the connector (OCPP L01.FR.07): a running
+        # session goes on, no new one starts, and a connector that becomes free stays so.
+        self.available = True
 
     # -- what an EV driver and the CSMS do ---------------------------------------------------
 
@@ -39,6 +43,8 @@ class ChargingStack:
                 return {"ok": False, "reason": "connector lock failed"}
             if self.session:
                 return {"ok": False, "reason": "session already active"}
+            if not self.available:
+                return {"ok": False, "reason": "connector unavailable: firmware update pending"}
             cp = self.pilot()
             if cp not in ("B", "C", "D"):
                 return {"ok": False, "reason": "no vehicle connected (CP state %s)" % cp}
@@ -49,10 +55,16 @@ class ChargingStack:
             if "faults-under-load" in self.defects and self.sessions_done >= 1 and not self._storm:
                 # Passes the trial's one self-test session, then trips under real use.
                 self._start_storm(threading.Event(), 0.05)
+            closed = self.mcu("CONTACTOR ON")
+            if closed is not None and not closed.startswith("OK"):
+                self.sessions_failed += 1
+                self._raise_alarm("ContactorFailure")
+                return {"ok": False, "reason": "safety MCU: %s" % closed}
             self.session = {"id_tag": id_tag, "started": self.clock(), "energy_wh": 0,
                             "tx": "tx-%d" % (self.sessions_done + 1)}  # fmt: skip
             if self.ocpp:
                 self.ocpp.transaction("Started", self.session["tx"], id_tag, 0)
+                self.ocpp.connector_changed("Occupied")
             return {"ok": True}
 
     def pilot(self):
@@ -78,11 +90,22 @@ class ChargingStack:
             if not self.session:
                 return {"ok": False, "reason": "no session"}
             session, self.session = self.session, None
+            self.mcu("CONTACTOR OFF")
             energy = session["energy_wh"]
             self.sessions_done += 1
             if self.ocpp:
                 self.ocpp.transaction("Ended", session["tx"], session["id_tag"], energy)
+                self.ocpp.connector_changed("Available" if self.available else "Unavailable")
             return {"ok": True, "energy_wh": energy}
+
+    def set_availability(self, available):
+        """The update agent blocks (False) or releases (True) the connector."""
+        with self.lock:
+            changed = self.available != bool(available)
+            self.available = bool(available)
+            if changed and not self.session and self.ocpp:
+                self.ocpp.connector_changed("Available" if self.available else "Unavailable")
+            return {"ok": True, "available": self.available}
 
     def status(self):
         with self.lock:
@@ -95,8 +118,31 @@ class ChargingStack:
                     "failed": self.sessions_failed,
                 },
                 "sessions_done": self.sessions_done,
+                "available": self.available,
                 "alarms": list(self.alarms[-200:]),
             }
+
+    def mcu(self, line):
+        """One command to the safety MCU's application; its reply, "ERR ..." when it does not
+        answer or is busy (being flashed: the agent holds the port), None without an MCU."""
+        if not self.mcu_port:
+            return None
+        import serial
+
+        try:
+            with serial.Serial(self.mcu_port, 115200, timeout=1.0, exclusive=True) as port:
+                port.reset_input_buffer()
+                port.write(line.encode() + b"\n")
+                reply = port.readline().decode("ascii", "replace").strip()
+        except (OSError, serial.SerialException) as e:
+            return "ERR MCU port busy or gone (%s)" % e
+        return reply or "ERR no answer from the safety MCU"
+
+    def component(self, name):
+        reply = self.mcu("VERSION")
+        if reply and reply.startswith("VERSION "):
+            return {"ok": True, "name": name, "version": reply.split(" ", 1)[1]}
+        return {"ok": False, "name": name, "reason": reply or "no MCU"}
 
     # -- faults ---------------------------------------------------------------------------------
 
@@ -130,6 +176,10 @@ class ChargingStack:
             return self.stop()
         if cmd == "status":
             return self.status()
+        if cmd == "set_availability":
+            return self.set_availability(request.get("available", True))
+        if cmd == "component":
+            return self.component(request.get("name"))
         return {"ok": False, "reason": "unknown command %r" % cmd}
 
 
