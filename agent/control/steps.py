@@ -74,7 +74,11 @@ def verify(envelope, url, cfg, trust, now, slots=None):
 
 def install(url, cfg, boot, trust, now, progress):
     try:
-        installer.install(url, cfg, boot, trust, now=now, progress_factory=progress.start)
+        done = installer.install(url, cfg, boot, trust, now=now, progress_factory=progress.start)
+        unread = installer.without_readback(done.manifest, cfg)
+        if unread:  # the config's choice, said where the operator reads the install's log
+            log.warning("slot %s: %s written without read-back ([readback] in %s)",
+                        done.slot, ", ".join(unread), cfg.path)  # fmt: skip
         return lc.INSTALL_OK, {}
     except LOCAL_ERRORS:
         raise

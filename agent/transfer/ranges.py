@@ -14,7 +14,6 @@ import os
 import random
 import time
 from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from agent.config import DOWNLOAD_DEFAULTS
 from agent.core.errors import NetworkError
@@ -261,6 +260,9 @@ def open_ranges(location, settings=None, clock=None, sleep=None, rng=None):
         return HttpRanges(location, merged, clock or time.monotonic, sleep or time.sleep,
                           rng or random.Random())  # fmt: skip
     if scheme == "file":
+        # urllib.request only for file: URLs: it is slow to import.
+        from urllib.request import url2pathname
+
         location = url2pathname(urlsplit(location).path)
     try:
         return FileRanges(location)
