@@ -208,6 +208,63 @@ def test_never_reoffers_a_version_a_charger_rolled_back_from(
         observer.close()
 
 
+def test_rollback_cause_decides_the_halt_power_loss_is_not_the_release(
+    tmp_path, broker, kit, images, controller
+):
+    """Rev C's chargers lose power through their trials (RolledBack, cause power-loss): not
+    the release's fault, no halt, waves go on, and a later plan offers 2.5.0 to them again.
+    Rev D's boards roll back after resets they cannot explain (cause unexplained-resets):
+    one or two would not halt, the pilot's three do ([halt] unexplained_failures = 3)."""
+    db = str(tmp_path / "fleet.db")
+    url = serve_release(images, make_release(kit, "2.5.0"))
+    spec = write_rollout(
+        str(tmp_path / "r.toml"), "causes", url, kit.root_path, halt={"other_cohorts": "continue"}
+    )
+    store = open_store(db)
+
+    def profile(i, model, hw):
+        return "power-loss" if hw == "C" else "unexplained-resets"
+
+    with sim_fleet(broker, 36, MODELS, _sites(9), profile, prefix_id="cause") as sim:
+        controller(store, broker.settings())
+        wait_until(lambda: len(store.inventory()) == 36, 20, "inventory")
+        assert run_cli("--db", db, "rollout", "start", spec)[0] == 0
+        wait_until(
+            lambda: store.rollout("causes")["state"] == pj.DONE,
+            60,
+            "done",
+            explain=lambda: status_text(store, "causes"),
+        )
+        r = store.rollout("causes")
+        assert [(h["cohort"], h["check"]) for h in r["halts"]] == [
+            ("AC22/D/1.0.0", "unexplained-resets")
+        ], r["halts"]
+        assert "3 rolled back after resets of unknown cause" in r["halts"][0]["evidence"]
+        states = {}
+        for t in store.targets("causes"):
+            states.setdefault((t["cohort"][5], t["state"]), []).append(t)
+        assert sorted(states) == [("C", pj.EXCUSED), ("D", pj.PLANNED), ("D", pj.UNEXPLAINED)]
+        assert len(states[("C", pj.EXCUSED)]) == 18  # every wave ran: nothing halted rev C
+        assert "power-loss" in states[("C", pj.EXCUSED)][0]["reason"]
+        assert all(c.jobs for c in sim.chargers.values() if c.hw == "C")
+        assert len([c for c in sim.chargers.values() if c.hw == "D" and c.jobs]) == 3
+        wait_until(
+            lambda: sum(1 for x in store.inventory() if x["power_loss_rollbacks"]) == 18,
+            20,
+            "the inventory knows the power-loss rollbacks",
+        )
+        code, out = run_cli("--db", db, "matrix", "--json")
+        rows = __import__("json").loads(out)
+        c_rows = [x for x in rows if x["hardware_revision"] == "C"]
+        assert sum(x["excused"] for x in c_rows) == 18
+        assert all(x["rolled_back_from"] == ["2.5.0 (power-loss)"] for x in c_rows)
+        # A second rollout of the same release: rev C may have it again, rev D's three not.
+        again = write_rollout(str(tmp_path / "again.toml"), "causes-2", url, kit.root_path)
+        code, out = run_cli("--db", db, "rollout", "plan", again)
+        assert code == 0 and "skipped 3: rolled back from 2.5.0 before" in out, out
+        assert "36 chargers" not in out and "33 chargers" in out, out
+
+
 def _fake_now(tz, hhmm_ss):
     """Epoch seconds of today's HH:MM:SS in tz (the simulated fleet and controller run on a
     shifted clock so a window boundary is seconds away)."""
