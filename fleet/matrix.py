@@ -91,10 +91,19 @@ def columns(rows):
         + extra
         + ["chargers", "online"]
         + list(RESULTS)
-        + ["rollbacks", "target"]
+        + ["rollbacks", "rolled_back_from", "target"]
         + list(PROGRESS)
         + ["halted"]
     )
+
+
+def _text(row, col):
+    value = row[col]
+    if col == "halted":
+        return "HALT" if value else ""
+    if isinstance(value, list):
+        return ",".join(value) or "-"
+    return str(value)
 
 
 def to_json(rows):
@@ -107,7 +116,7 @@ def to_csv(rows):
     cols = columns(rows)
     w.writerow(cols)
     for r in rows:
-        w.writerow([r[c] for c in cols])
+        w.writerow([_text(r, c) for c in cols])
     return out.getvalue()
 
 
@@ -121,13 +130,14 @@ SHORT = {
     "succeeded": "ok",
     "cancelled": "cancel",
     "unexplained": "unexpl",
+    "rolled_back_from": "rolled back from",
 }
 
 
 def to_table(rows):
     cols = columns(rows)
     head = [SHORT.get(c, c) for c in cols]
-    cells = [[("HALT" if r[c] else "") if c == "halted" else str(r[c]) for c in cols] for r in rows]
+    cells = [[_text(r, c) for c in cols] for r in rows]
     widths = [max([len(h)] + [len(x[i]) for x in cells]) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(x, widths)) for x in cells]
@@ -168,10 +178,7 @@ def to_html(rows, title="Update matrix"):
             for k, c in COLOURS.items()
             if r[k]
         )
-        cells = "".join(
-            "<td>%s</td>" % esc(("HALTED" if r[c] else "") if c == "halted" else str(r[c]))
-            for c in cols
-        )
+        cells = "".join("<td>%s</td>" % esc(_text(r, c)) for c in cols)
         out.append(
             "<tr class='%s'>%s<td><div class='bar'>%s</div></td></tr>"
             % ("halt" if r["halted"] else "", cells, bar)

@@ -98,7 +98,11 @@ class SimCharger:
             "slots": {"A": {"attempts_left": 3}, "B": {"attempts_left": 3}},
         }
         slots = {"A": {"version": self.version, "state": "good"}, "B": {"version": None}}
-        return m.inventory_message(device, boot, slots, self.last_job, list(self.rollbacks), now)
+        # A charger without MCUs reports its one component, the root file system.
+        return m.inventory_message(
+            device, boot, slots, self.last_job, list(self.rollbacks), now,
+            components={"rootfs": self.version},
+        )  # fmt: skip
 
 
 class Simulator:

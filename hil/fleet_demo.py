@@ -136,7 +136,7 @@ def start_boards(workdir, kit, broker, csms, n=3):
                 "trial": {"window_s": 60},
             },
         )
-        board.power_on()
+        board.power_input(1, True)  # the supply line: the board and its safety MCU
         ev = EvSim(board.ev.port)
         ev.set_cp("B")  # a test vehicle is plugged in for the session check
         boards.append(board)

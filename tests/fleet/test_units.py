@@ -205,6 +205,13 @@ def test_matrix_reconciles_with_the_inventory_and_shows_components():
     assert "components" in mx.columns(cells)
     assert "50 chargers in" in mx.to_table(cells)
     assert mx.to_csv(cells).count("\n") == len(cells) + 1
+    # The versions chargers rolled back from, in every rendering (a power cut marked as such).
+    rows[1]["power_loss_rollbacks"] = ["1.6.0"]
+    cells = mx.build(rows)
+    assert sum(c["rollbacks"] for c in cells) == 9
+    table, text = mx.to_table(cells), mx.to_csv(cells)
+    assert "rolled back from" in table.splitlines()[0] and "1.5.0" in table
+    assert "1.6.0 (power-loss)" in text and "1.6.0 (power-loss)" in mx.to_html(cells)
     page = mx.to_html(cells)
     assert page.startswith("<!doctype html>") and "class='bar'" in page
     assert json.loads(mx.to_json(cells))[0]["model"] == "AC22"
