@@ -291,7 +291,11 @@ def status_text(store, name):
         )
     for h in r["halts"]:
         lines.append(
-            "  HALT %s %s: %s; chargers %s"
+            (
+                "  halt lifted %s %s: %s; chargers %s"
+                if h.get("lifted")
+                else "  HALT %s %s: %s; chargers %s"
+            )
             % (
                 "fleet-wide" if h["scope"] == "fleet" else "cohort " + h["cohort"],
                 h["check"],
@@ -320,6 +324,17 @@ def cmd_control(args, out):
         kind = "paused"
     elif kind == "resume":
         kind, data["cohort"] = "resumed", args.cohort
+        halted = [h["cohort"] for h in pj.active_halts(r)]
+        if args.cohort is not None and args.cohort not in halted:
+            raise Blocked(
+                "cohort %s of %s is not halted" % (args.cohort, args.name),
+                hint="halted: %s" % (", ".join(c or "fleet-wide" for c in halted) or "none"),
+            )
+        # What the operator has seen: the halt rules count only failures after this.
+        with store.engine.connect() as conn:
+            counts = pj.tally(conn, args.name)
+        fleet = {k: sum(c[k] for c in counts.values()) for k in planner.KINDS}
+        data["acknowledged"] = dict(counts, **{pj.FLEET: fleet})
     elif kind == "abort":
         kind = "aborted"
     store.record(now, args.name, kind, args.by, None, data)

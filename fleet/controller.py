@@ -241,20 +241,12 @@ class Controller:
                 )
 
     def _halts(self, conn, rollout, now):
-        halted = {h["cohort"] for h in rollout["halts"]}
+        halted = {h["cohort"] for h in pj.active_halts(rollout)}
         if rollout["state"] == pj.ABORTED:
             return halted | {None}
-        finished = (pj.FAILED, pj.SUCCEEDED, pj.UNEXPLAINED)
-        q = sa.select(tt.c.cohort, tt.c.state, sa.func.count()).where(
-            tt.c.rollout == rollout["name"], tt.c.state.in_(finished)
-        )
-        counts = {}
-        for cohort, state, n in conn.execute(q.group_by(tt.c.cohort, tt.c.state)).all():
-            c = counts.setdefault(cohort, {"failed": 0, "finished": 0, "unexplained": 0})
-            c["failed"] += n if state == pj.FAILED else 0
-            c["unexplained"] += n if state == pj.UNEXPLAINED else 0
-            c["finished"] += n
-        found = planner.halts(counts, rollout["spec"], rollout["wave"], halted)
+        counts = pj.tally(conn, rollout["name"])
+        seen = pj.acknowledged(rollout)
+        found = planner.halts(counts, rollout["spec"], rollout["wave"], halted, seen)
         for h in found:
             bad = pj.UNEXPLAINED if h["check"] == "unexplained-resets" else pj.FAILED
             fq = sa.select(tt.c.device_id).where(tt.c.rollout == rollout["name"], tt.c.state == bad)

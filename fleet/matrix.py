@@ -39,7 +39,7 @@ def build(inventory, targets=(), rollout=None):
     progress..., halted}] sorted by key."""
     multi = any(len(r["components"]) > 1 for r in inventory)
     by_device = {t["device_id"]: t for t in targets}
-    halted = {h["cohort"] for h in (rollout or {}).get("halts", [])}
+    halted = {h["cohort"] for h in pj.active_halts(rollout)} if rollout else set()
     target_version = (rollout or {}).get("release", {}).get("version")
     cells = {}
     for r in inventory:

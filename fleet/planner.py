@@ -195,17 +195,26 @@ def unexplained(count, limit):
     return None
 
 
-def halts(counts, spec, wave, halted_cohorts):
+def _since(count, seen):
+    return {k: max(0, count[k] - (seen or {}).get(k, 0)) for k in KINDS}
+
+
+KINDS = ("failed", "finished", "unexplained")
+
+
+def halts(counts, spec, wave, halted_cohorts, acknowledged=None):
     """New halts [{scope, cohort, check, evidence}] for counts {cohort: {"failed",
     "finished", "unexplained"}} (a cohort's finished chargers include its failed and
-    unexplained ones; power-loss rollbacks are in none of them)."""
-    h = spec["halt"]
+    unexplained ones; power-loss rollbacks are in none of them). acknowledged: the counts
+    at which an operator lifted a cohort's (None: the fleet's) halt; only what came after
+    counts again."""
+    h, seen = spec["halt"], acknowledged or {}
     limit = h["pilot_failures"] if wave <= PILOT else h["wave_failures"]
     found = []
     for cohort in sorted(counts):
         if cohort in halted_cohorts:
             continue
-        c = counts[cohort]
+        c = _since(counts[cohort], seen.get(cohort))
         rule = crossed(c["failed"], c["finished"], limit, h["rate"], h["min_sample"])
         rule = rule or unexplained(c["unexplained"], h["unexplained_failures"])
         if rule:
@@ -216,10 +225,11 @@ def halts(counts, spec, wave, halted_cohorts):
     # still running (failures spread thinly over many cohorts).
     stopped = set(halted_cohorts) | {f["cohort"] for f in found}
     running = [c for cohort, c in counts.items() if cohort not in stopped]
-    failed = sum(c["failed"] for c in running)
-    finished = sum(c["finished"] for c in running)
-    rule = crossed(failed, finished, h["fleet_failures"], h["rate"], h["min_sample"])
-    rule = rule or unexplained(sum(c["unexplained"] for c in running), h["fleet_failures"])
+    total = _since({k: sum(c[k] for c in running) for k in KINDS}, seen.get(None))
+    rule = crossed(
+        total["failed"], total["finished"], h["fleet_failures"], h["rate"], h["min_sample"]
+    )
+    rule = rule or unexplained(total["unexplained"], h["fleet_failures"])
     if rule and None not in halted_cohorts:
         found.append({"scope": "fleet", "cohort": None, "check": rule[0], "evidence": rule[1]})
     return found

@@ -186,12 +186,47 @@ def _state(state):
 
 
 def _resumed(conn, ev, data):
+    """Lift the halt of one cohort (or every halt): it stays in the list, marked lifted, with
+    the counts the operator saw when lifting it, so only failures after it count again."""
     row = _rollout(conn, ev["rollout"])
-    cohort = data.get("cohort")
-    halts = [
-        h for h in json.loads(row["halts"]) if cohort is not None and h.get("cohort") != cohort
-    ]
+    cohort, seen = data.get("cohort"), data.get("acknowledged") or {}
+    halts = json.loads(row["halts"])
+    for h in halts:
+        if not h.get("lifted") and (cohort is None or h.get("cohort") == cohort):
+            h["lifted"] = ev["ts"]
+            h["acknowledged"] = seen.get(h.get("cohort") or FLEET) or {}
     _set_rollout(conn, ev["rollout"], ev["ts"], state=RUNNING, halts=_j(halts))
+
+
+FLEET = "*"  # the key of fleet-wide counts
+
+
+def active_halts(rollout):
+    return [h for h in rollout["halts"] if not h.get("lifted")]
+
+
+def acknowledged(rollout):
+    """{cohort (None: fleet-wide): {"failed", "finished", "unexplained"}} already weighed by
+    an operator who lifted a halt; the halt rules count what comes after."""
+    out = {}
+    for h in rollout["halts"]:
+        if h.get("lifted"):
+            out[h.get("cohort")] = h.get("acknowledged") or {}
+    return out
+
+
+def tally(conn, name):
+    """{cohort: {"failed", "finished", "unexplained"}} of a rollout's finished targets."""
+    q = sa.select(targets.c.cohort, targets.c.state, sa.func.count()).where(
+        targets.c.rollout == name, targets.c.state.in_((FAILED, SUCCEEDED, UNEXPLAINED))
+    )
+    counts = {}
+    for cohort, state, n in conn.execute(q.group_by(targets.c.cohort, targets.c.state)).all():
+        c = counts.setdefault(cohort, {"failed": 0, "finished": 0, "unexplained": 0})
+        c["failed"] += n if state == FAILED else 0
+        c["unexplained"] += n if state == UNEXPLAINED else 0
+        c["finished"] += n
+    return counts
 
 
 _EVENTS = {

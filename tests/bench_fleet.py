@@ -29,6 +29,7 @@ from fleet import projection as pj
 from fleet.controller import Controller
 from fleet.db import open_db
 from fleet.schema import statuses, targets
+from fleet.spec import DEFAULTS
 from fleet.store import Store
 from hil.services.mosquitto import Mosquitto
 
@@ -85,6 +86,7 @@ def status_of(i):
                 "version": "2.0.0",
                 "reason": m.REASON_TRIAL_FAILED,
                 "check": "alarms",
+                "cause": m.CAUSE_CHECK_FAILED,
             },
             1,
             0,
@@ -153,14 +155,8 @@ def bench_db(url, n, repeat, broker, out):
             "security": False,
             "timeouts": {"download": 3600, "install": 3600, "reboot": 900, "trial": 3600},
             "schedule": {"jitter": 0, "sites": None, "site_share": 0.25, "retries": 3},
-            "halt": {
-                "pilot_failures": 1,
-                "wave_failures": 3,
-                "fleet_failures": 10**6,
-                "rate": 0.5,
-                "min_sample": 20,
-                "other_cohorts": "approval",
-            },
+            # The defaults, but a 2% failure rate halts nothing: every gate runs every round.
+            "halt": dict(DEFAULTS["halt"], fleet_failures=10**6, rate=0.5),
             "approval": {"start": False, "above_share": 1.0},
             "pilot": {"per_cell": 2, "exclude_cells": [], "soak": 60},
             "waves": {"sizes": ["10%", "rest"], "soak": 60},
@@ -344,11 +340,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tests.bench_fleet", description=__doc__)
     p.add_argument("--chargers", type=int, default=100000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="1,000 chargers, one round (smoke)")
     p.add_argument("--publish", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.publish:
         publish_main("127.0.0.1", int(args.publish[0]), int(args.publish[1]))
         return 0
+    if args.quick:
+        args.chargers, args.repeat = 1000, 1
     run(args.chargers, args.repeat)
     return 0
 

@@ -321,3 +321,61 @@ def test_gates_fast_track_joiners_pause_and_abort(tmp_path, kit):
     assert ("approved", "alice") in kinds and ("aborted", "bob") in kinds
     code, out = run_cli("--db", db, "rollout", "events", "gated")
     assert code == 0 and "cancel-sent" in out and "needs-approval" in out
+
+
+def test_resume_lifts_a_cohort_halt_and_counts_only_later_failures(tmp_path, kit):
+    """The pilot's one failure halts the cohort; the operator looks, resumes it, and the rules
+    count anew from there: the same failure does not halt it again at the next tick, the
+    wave's own failures do once they reach the wave's limit. The lifted halt survives a
+    rebuild of the projection."""
+    db = str(tmp_path / "f.db")
+    release = make_release(kit, "7.1.0", revisions=("C",))
+    spec = write_rollout(
+        str(tmp_path / "r.toml"),
+        "again",
+        "file:" + release,
+        kit.root_path,
+        pilot={"per_cell": 2, "soak": 60},
+        waves={"sizes": ["50%", "rest"], "soak": 60},
+        halt={"pilot_failures": 1, "wave_failures": 2, "other_cohorts": "continue"},
+    )
+    store = open_store(db)
+    clock = Clock(T0)
+    _seed(store, 40, clock())
+    assert run_cli("--db", db, "rollout", "start", spec)[0] == 0
+    ctl = _controller(store, clock)
+
+    def step():
+        return ctl.step(store.rollout("again"), clock())
+
+    pilot, _ = step()
+    assert len(pilot) == 4
+    clock.t += 5
+    bad = pilot[0][0]
+    _report(store, "again", bad, m.ROLLED_BACK, 1, clock(), reason=m.REASON_TRIAL_FAILED,
+            check="alarms", cause=m.CAUSE_CHECK_FAILED)  # fmt: skip
+    _commit_all(store, "again", clock(), pilot[1:])
+    clock.t += 61
+    assert step() == ([], [])
+    assert [h["cohort"] for h in store.rollout("again")["halts"]] == ["AC22/C/1.0.0"]
+    code, _ = run_cli("--db", db, "rollout", "resume", "again", "--cohort", "AC22/D/1.0.0")
+    assert code == 4  # not halted: refused, nothing recorded
+    assert run_cli("--db", db, "rollout", "resume", "again", "--cohort", "AC22/C/1.0.0")[0] == 0
+    clock.t += 1
+    wave1, _ = step()
+    assert wave1 and len(store.rollout("again")["halts"]) == 1  # no second halt for the same
+    code, out = run_cli("--db", db, "rollout", "status", "again")
+    assert "halt lifted cohort AC22/C/1.0.0" in out and "HALT" not in out, out
+    before = store.rollout("again")["halts"]
+    assert run_cli("--db", db, "rebuild")[0] == 0
+    assert store.rollout("again")["halts"] == before
+    clock.t += 5
+    _report(store, "again", wave1[0][0], m.INSTALLATION_FAILED, 1, clock(), reason="no-space")
+    clock.t += 1
+    step()
+    assert all(h.get("lifted") for h in store.rollout("again")["halts"])  # 1 of 2 allowed
+    _report(store, "again", wave1[1][0], m.INSTALLATION_FAILED, 1, clock(), reason="no-space")
+    clock.t += 1
+    step()
+    halts = store.rollout("again")["halts"]
+    assert len(halts) == 2 and not halts[1].get("lifted") and "2 failed" in halts[1]["evidence"]
