@@ -84,11 +84,13 @@ class Controller:
                     next_tick = time.monotonic() + self.tick_s
         finally:
             self.lock.release()
-            self.conn.stop(leave)
-            self.say(
-                "ingested %s"
-                % ", ".join("%d %s" % (n, suffix) for suffix, n in sorted(self.counts.items()))
-            )
+            try:
+                self.conn.stop(leave)  # leaving needs the broker: Unavailable if it is away
+            finally:
+                self.say(
+                    "ingested %s"
+                    % ", ".join("%d %s" % (n, suffix) for suffix, n in sorted(self.counts.items()))
+                )
 
     def drain(self, timeout, limit=5000, linger_s=0.05):
         """Ingest what arrived: one transaction per batch. After the first message it waits

@@ -167,7 +167,7 @@ def main(argv=None):
     pings = BackendSim(broker.settings()).start()  # answers the agents' comm-check pings
     kit = ReleaseKit(os.path.join(workdir, "releases"), MODEL, HW)
     parts = [broker, csms, pings]
-    boards, drivers, sim, stop = [], [], None, threading.Event()
+    boards, drivers, sim, stop, serving = [], [], None, threading.Event(), None
     try:
         boards, drivers = start_boards(workdir, kit, broker, csms)
         say(
@@ -205,7 +205,8 @@ def main(argv=None):
             tick_s=0.5,
             say=lambda t: say("controller: " + t),
         )
-        threading.Thread(target=ctl.run, args=(stop, None, True), daemon=True).start()
+        serving = threading.Thread(target=ctl.run, args=(stop, None, True), daemon=True)
+        serving.start()
         wait(lambda: len(store.inventory()) >= args.chargers + 3, 120, "the inventory")
         say(
             "inventory: %d chargers; the update matrix before any rollout:"
@@ -273,6 +274,8 @@ def main(argv=None):
         return 0
     finally:
         stop.set()
+        if serving is not None:
+            serving.join(30)  # it leaves its broker session: before the broker stops
         if sim is not None:
             sim.stop()
         for d in drivers:

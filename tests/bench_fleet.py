@@ -155,7 +155,8 @@ def bench_db(url, n, repeat, broker, out):
             "security": False,
             "timeouts": {"download": 3600, "install": 3600, "reboot": 900, "trial": 3600},
             "schedule": {"jitter": 0, "sites": None, "site_share": 0.25, "retries": 3},
-            # The defaults, but a 2% failure rate halts nothing: every gate runs every round.
+            # The defaults (every 50th charger fails: the cohorts it falls in halt in each
+            # round, rolled back after it), but no fleet-wide halt.
             "halt": dict(DEFAULTS["halt"], fleet_failures=10**6, rate=0.5),
             "approval": {"start": False, "above_share": 1.0},
             "pilot": {"per_cell": 2, "exclude_cells": [], "soak": 60},
