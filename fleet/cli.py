@@ -10,6 +10,7 @@ import logging
 import os
 import queue
 import sys
+import textwrap
 import threading
 import time
 
@@ -26,6 +27,7 @@ EXAMPLES = """examples:
   charger-fleet --mqtt 127.0.0.1:1883 serve          # the controller; run several on PostgreSQL
   charger-fleet rollout status ac22-1.1.0
   charger-fleet rollout approve ac22-1.1.0 --by alice --why "pilot looks clean"
+  charger-fleet rollout resume ac22-1.1.0 --cohort AC22/rev-b/1.0.0 --why "E42 was the bench"
   charger-fleet --db postgresql://fleet@db/fleet matrix --csv > matrix.csv
 """
 
@@ -39,7 +41,14 @@ def _mqtt_settings(args):
     s = {"host": host, "port": int(port)}
     if args.ca_file or args.cert_file:
         s["tls"] = {"ca_file": args.ca_file, "cert_file": args.cert_file, "key_file": args.key_file}
+    if args.mqtt_user:
+        s["username"] = args.mqtt_user
+        s["password"] = os.environ.get("CHARGER_FLEET_MQTT_PASSWORD", "")
     return s
+
+
+def _broker_given(args):
+    return bool(args.mqtt or os.environ.get("CHARGER_FLEET_MQTT"))
 
 
 def _store(args):
@@ -92,7 +101,7 @@ def sync_inventory(store, settings, prefix, quiet_s=1.0, limit_s=60.0):
 
 def cmd_matrix(args, out):
     store = _store(args)
-    if args.mqtt:
+    if _broker_given(args):
         sync_inventory(store, _mqtt_settings(args), args.prefix)
     rollout = store.rollout(args.rollout) if args.rollout else _latest(store)
     targets = store.targets(rollout["name"]) if rollout else []
@@ -122,7 +131,7 @@ def _plan(args, store):
 
     spec = load_rollout(args.file)
     release = read_release(spec["release"], spec["trust_root"])
-    if args.mqtt:
+    if _broker_given(args):
         sync_inventory(store, _mqtt_settings(args), args.prefix)
     sites = load_sites(spec["schedule"]["sites"]) if spec["schedule"]["sites"] else None
     plan = planner.build_plan(store.inventory(), spec, release)
@@ -408,70 +417,169 @@ def cmd_serve(args, out):
     return 0
 
 
+CONTROL = {
+    "pause": (
+        "stop releasing jobs and waves",
+        "Jobs already sent run on; halt rules, timeouts and soaks keep being evaluated. "
+        "`resume` goes on.",
+    ),
+    "resume": (
+        "go on after a pause or lift a halt",
+        "Without --cohort every halt is lifted, with it only that cohort's. A lifted halt "
+        "stays in the log with the counts seen when it was lifted; the rules count only "
+        "failures after it. Targets cancelled by the halt stay cancelled (plan a new "
+        "rollout for them). Exit 4 if --cohort is not halted.",
+    ),
+    "approve": (
+        "pass the approval gate the rollout waits at",
+        "Gates: start ([approval] start), wave-N (a wave that takes the rollout above "
+        "[approval] above_share of the fleet), after-halt-N (the next wave after a halt when "
+        '[halt] other_cohorts = "approval"). Exit 4 if it waits for none.',
+    ),
+    "abort": (
+        "stop for good: cancel every job not yet installing",
+        "Chargers already installing finish their journey (the agent no longer honours a "
+        "cancel then); their results are still recorded. Exit 4 if already aborted or done.",
+    ),
+}
+COMMON = """Common options (--db, --mqtt, --by, --prefix) may also follow the command."""
+
+
+def _common(p, suppress):
+    """The options every command takes, before or after its name."""
+    d = argparse.SUPPRESS if suppress else None
+    p.add_argument(
+        "--db",
+        default=d,
+        help="SQLite file or postgresql://USER@HOST/DB (default $CHARGER_FLEET_DB or "
+        "./charger-fleet.db); created and migrated on first use",
+    )
+    p.add_argument(
+        "--mqtt",
+        default=d,
+        help="broker HOST:PORT (default $CHARGER_FLEET_MQTT or 127.0.0.1:1883); `matrix` "
+        "and `rollout plan|start` read the retained inventory from it when one is given",
+    )
+    p.add_argument(
+        "--by",
+        default=d if suppress else os.environ.get("USER", "operator"),
+        help="who decides, recorded in the event log (default $USER)",
+    )
+    p.add_argument(
+        "--prefix",
+        default=d if suppress else m.DEFAULT_PREFIX,
+        help="MQTT topic prefix of the chargers (default chargers)",
+    )
+
+
 def parser():
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common, suppress=True)
+
+    def command(sub, name, help_text, description=None, **kw):
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=textwrap.fill(description or help_text, 88) + "\n\n" + COMMON,
+            parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kw,
+        )
+
     p = argparse.ArgumentParser(
         prog="charger-fleet",
         description=__doc__,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _common(p, suppress=False)
+    p.add_argument("--ca-file", default="", help="CA of the broker's TLS certificate")
+    p.add_argument("--cert-file", default="", help="the backend's client certificate (TLS)")
+    p.add_argument("--key-file", default="", help="its private key")
     p.add_argument(
-        "--db",
-        help="SQLite file or postgresql:// URL (default $CHARGER_FLEET_DB or ./charger-fleet.db)",
+        "--mqtt-user", default="", help="broker user name (password: $CHARGER_FLEET_MQTT_PASSWORD)"
     )
-    p.add_argument(
-        "--mqtt",
-        help="broker HOST:PORT (default $CHARGER_FLEET_MQTT or "
-        "127.0.0.1:1883); matrix and plan read the retained rows from it when given",
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    mat = command(
+        sub,
+        "matrix",
+        "the update matrix",
+        "The update matrix: one row per model x hardware revision x version x group x site "
+        "type (x components when chargers report several), with chargers online, last "
+        "results, rollbacks and the versions rolled back from, and a rollout's progress "
+        "(queued, in flight, soaking, succeeded, failed, unexplained, excused, cancelled, "
+        "skipped; HALT marks a halted cohort).",
     )
-    p.add_argument("--prefix", default=m.DEFAULT_PREFIX, help="topic prefix (default chargers)")
-    p.add_argument("--ca-file", default="")
-    p.add_argument("--cert-file", default="", help="the backend's client certificate")
-    p.add_argument("--key-file", default="")
-    p.add_argument(
-        "--by",
-        default=os.environ.get("USER", "operator"),
-        help="who decides (recorded in the event log)",
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-    mat = sub.add_parser("matrix", help="the update matrix")
     mat.add_argument("--rollout", help="show this rollout's progress (default: the latest)")
     g = mat.add_mutually_exclusive_group()
-    g.add_argument("--csv", action="store_true")
-    g.add_argument("--json", action="store_true")
+    g.add_argument("--csv", action="store_true", help="CSV on stdout")
+    g.add_argument("--json", action="store_true", help="JSON on stdout (every field)")
     g.add_argument("--html", metavar="FILE", help="write a self-contained HTML page")
     mat.set_defaults(run=cmd_matrix)
-    ro = sub.add_parser("rollout", help="plan, start and steer rollouts").add_subparsers(
-        dest="command", required=True
-    )
-    for name, fn, text in (
-        ("plan", cmd_plan, "dry run: waves, sites, windows, bytes, cost"),
-        ("start", cmd_start, "create the rollout (serve carries it out)"),
+    rollout = command(sub, "rollout", "plan, start and steer rollouts")
+    ro = rollout.add_subparsers(dest="command", required=True, metavar="ACTION")
+    for name, fn, text, more in (
+        (
+            "plan",
+            cmd_plan,
+            "dry run: waves, sites, windows, bytes, cost",
+            "Reads the release's signed header (HTTP Range, verified against trust_root), "
+            "selects the targets and prints per wave: chargers, sites, install windows, "
+            "bytes to download and the cellular cost. Exit 4 when a matrix cell has no pilot "
+            "charger (the cells are named).",
+        ),
+        (
+            "start",
+            cmd_start,
+            "create the rollout; `serve` carries it out",
+            "Plans as `plan` does and records the rollout (state running, or "
+            "awaiting-approval with [approval] start). Exit 4 when a cell has no pilot "
+            "charger or the name is taken.",
+        ),
     ):
-        c = ro.add_parser(name, help=text)
+        c = command(ro, name, text, more)
         c.add_argument("file", help="the rollout file (TOML, see docs/fleet.md)")
         c.set_defaults(run=fn)
-    st = ro.add_parser("status", help="progress per wave, halts and failures")
-    st.add_argument("name", nargs="?")
+    st = command(
+        ro,
+        "status",
+        "progress per wave, halts and failures",
+        "Per wave: targets by state; every halt with cohort, rule, evidence and chargers; "
+        "the first failures with their reasons.",
+    )
+    st.add_argument("name", nargs="?", help="a rollout (default: every rollout)")
     st.add_argument("--watch", type=float, metavar="S", help="refresh every S seconds")
     st.set_defaults(run=cmd_status)
-    for name, text in (
-        ("pause", "release no new jobs"),
-        ("resume", "go on (after a halt: --cohort to lift one cohort's halt)"),
-        ("approve", "pass the gate the rollout waits at"),
-        ("abort", "cancel every job not yet installing"),
-    ):
-        c = ro.add_parser(name, help=text)
-        c.add_argument("name")
+    for name, (text, more) in CONTROL.items():
+        c = command(ro, name, text, text + ". " + more)
+        c.add_argument("name", help="the rollout")
         c.add_argument("--why", default="", help="recorded with the decision")
-        c.add_argument("--cohort", help="resume: the halted cohort to release")
-        c.add_argument("--gate", help="approve: the gate (default: the one it waits at)")
-        c.set_defaults(run=cmd_control)
-    ev = ro.add_parser("events", help="the audit log of a rollout")
-    ev.add_argument("name")
+        if name == "resume":
+            c.add_argument("--cohort", help="MODEL/HW/FROM-VERSION: lift only this halt")
+        if name == "approve":
+            c.add_argument("--gate", help="the gate (default: the one it waits at)")
+        c.set_defaults(run=cmd_control, cohort=None, gate=None)
+    ev = command(
+        ro,
+        "events",
+        "the audit log of a rollout",
+        "Every decision in order: id, time (UTC), kind, actor, charger, data.",
+    )
+    ev.add_argument("name", help="the rollout")
     ev.set_defaults(run=cmd_events)
-    ro.add_parser("list", help="all rollouts").set_defaults(run=cmd_list)
-    sv = sub.add_parser("serve", help="the controller: ingest statuses, advance rollouts")
+    command(ro, "list", "every rollout with its state").set_defaults(run=cmd_list)
+    sv = command(
+        sub,
+        "serve",
+        "the controller: ingest statuses, advance rollouts",
+        "The long-running controller. It subscribes to every charger's inventory and online "
+        "rows and, through the MQTT 5 shared subscription $share/charger-fleet/..., to "
+        "statuses and health; commits them before acknowledging them; and, while it holds "
+        "the planner lock, advances the rollouts once per --tick. Safe to kill at any "
+        "moment and restart with the same --client-id. Several on one PostgreSQL share "
+        "the statuses, one plans. The broker must keep sessions and queues unbounded "
+        "(docs/fleet.md). Stops on SIGTERM or Ctrl-C.",
+    )
     sv.add_argument(
         "--client-id",
         help="MQTT client id (default charger-fleet-HOSTNAME); keep it across restarts so "
@@ -482,11 +590,17 @@ def parser():
         action="store_true",
         help="on exit, end the broker session (this controller is retired for good)",
     )
-    sv.add_argument("--tick", type=float, default=1.0, help="seconds between planning rounds")
-    sv.set_defaults(run=cmd_serve)
-    sub.add_parser("rebuild", help="rebuild the projection from the event log").set_defaults(
-        run=cmd_rebuild
+    sv.add_argument(
+        "--tick", type=float, default=1.0, help="seconds between planning rounds (default 1)"
     )
+    sv.set_defaults(run=cmd_serve)
+    command(
+        sub,
+        "rebuild",
+        "rebuild the projection from the event log",
+        "Drops the rollouts and targets tables and folds them again from the event log and "
+        "the stored statuses and health rounds. Stop `serve` first.",
+    ).set_defaults(run=cmd_rebuild)
     return p
 
 

@@ -60,6 +60,37 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path, capsys):
     assert "not reachable" in capsys.readouterr().err
 
 
+def test_every_help_answers_what_an_operator_asks(capsys):
+    """--help of the program and of every command: what it does, its exit codes, and the
+    common options accepted after the command's name too."""
+    from fleet.cli import parser
+
+    asks = {
+        (): ["Exit codes", "75", "rollout approve", "--mqtt-user"],
+        ("matrix",): ["--html", "rolled back from", "excused"],
+        ("rollout", "plan"): ["signed header", "Exit 4", "cellular cost"],
+        ("rollout", "start"): ["awaiting-approval", "Exit 4"],
+        ("rollout", "status"): ["--watch", "evidence"],
+        ("rollout", "pause"): ["resume"],
+        ("rollout", "resume"): ["--cohort", "only failures after it"],
+        ("rollout", "approve"): ["wave-N", "after-halt-N", "--gate"],
+        ("rollout", "abort"): ["installing"],
+        ("rollout", "events"): ["actor"],
+        ("rollout", "list"): ["state"],
+        ("serve",): ["--client-id", "--leave", "$share", "kill", "docs/fleet.md"],
+        ("rebuild",): ["Stop `serve` first"],
+    }
+    for argv, words in asks.items():
+        with pytest.raises(SystemExit) as e:
+            parser().parse_args(list(argv) + ["--help"])
+        text = capsys.readouterr().out
+        assert e.value.code == 0
+        for word in words:
+            assert word in text, (argv, word, text)
+        if argv:
+            assert "--db" in text and "--by" in text, argv
+
+
 def test_off_peak_windows_never_start_in_a_peak():
     assert sorted(off_peak([(7 * 60, 10 * 60), (16 * 60, 19 * 60)])) == [(600, 960), (1140, 420)]
     assert off_peak([(22 * 60, 6 * 60)]) == [(360, 1320)]
@@ -314,7 +345,7 @@ def test_gates_fast_track_joiners_pause_and_abort(tmp_path, kit):
     jobs, _ = step()
     assert 0 < len(jobs) <= 10  # wave 2 released, at most one per site (cap)
     assert len({int(d[-3:]) % 10 for d, _ in jobs}) == len(jobs)
-    assert run_cli("--db", db, "--by", "bob", "rollout", "abort", "gated", "--why", "test")[0] == 0
+    assert run_cli("rollout", "abort", "gated", "--db", db, "--by", "bob", "--why", "test")[0] == 0
     _, cancels = step()
     assert sorted(d for d, _ in cancels) == sorted(d for d, _ in jobs)
     kinds = [(e["kind"], e["actor"]) for e in store.events("gated")]
