@@ -18,7 +18,7 @@ from agent.core import messages as m
 from fleet import matrix as mx
 from fleet import planner
 from fleet import projection as pj
-from fleet.errors import Blocked, FleetError, SpecError
+from fleet.errors import Blocked, FleetError, SpecError, Unavailable
 
 EXAMPLES = """examples:
   charger-fleet --mqtt 127.0.0.1:1883 matrix --html matrix.html
@@ -410,10 +410,19 @@ def cmd_serve(args, out):
         "serving %s via %s (client %s)"
         % (store.engine.url.render_as_string(True), args.mqtt or "127.0.0.1:1883", ctl.client_id)
     )
+    import sqlalchemy as sa
+
     try:
         ctl.run(stop, leave=args.leave)
     except KeyboardInterrupt:
         pass
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
+        # What was received but not committed is not acknowledged either: the broker hands
+        # it to the restarted controller (as after a kill -9).
+        raise Unavailable(
+            "database lost: %s" % str(getattr(e, "orig", e)).strip().splitlines()[0],
+            hint="exiting; restart `serve` (systemd Restart=on-failure) once it is back",
+        ) from None
     return 0
 
 

@@ -237,3 +237,32 @@ def test_two_controllers_share_statuses_one_plans(tmp_path, broker, kit, images,
     shares = [int(x) for x in re.findall(r"ingested .*?(\d+) update/status", text)]
     assert len(shares) == 2 and all(n > 0 for n in shares), text
     assert sum(shares) >= n
+
+
+def test_serve_exits_75_with_one_line_when_its_database_goes(tmp_path, broker, pg_server):
+    """The PostgreSQL database disappears under a running controller: it exits 75 (retry)
+    with one line naming the problem and no traceback; what it had not committed it had not
+    acknowledged either."""
+    name = "charger_fleet_gone_%s" % os.urandom(4).hex()
+    admin = sa.create_engine(
+        pg_server.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as c:
+        c.execute(sa.text('CREATE DATABASE "%s"' % name))
+    db = "%s/%s" % (pg_server.rsplit("/", 1)[0], name)
+    log_path = str(tmp_path / "serve.log")
+    with open(log_path, "ab") as log:
+        proc = serve(db, broker, "gone-%s" % os.urandom(3).hex(), log, "--leave")
+        try:
+            wait_until(lambda: "subscribed" in open(log_path).read(), 30, "serve up")
+            with admin.connect() as c:
+                c.execute(sa.text('DROP DATABASE "%s" WITH (FORCE)' % name))
+            assert proc.wait(60) == 75
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            admin.dispose()
+    text = open(log_path).read()
+    assert "Traceback" not in text, text
+    assert re.search(r"^charger-fleet: database lost: .*\(exiting; restart", text, re.M), text
