@@ -161,6 +161,61 @@ def test_silent_charger_fails_after_its_phase_timeout(tmp_path, broker, kit, ima
         assert 2 <= failed["ts"] - rebooting <= 2 + 60
 
 
+def test_soak_regression_fails_offline_is_silent_a_session_only_defers(
+    tmp_path, broker, kit, images, controller
+):
+    """Committed is not success: a charger whose observation finds a regression during its
+    soak fails. A charger that never answers (offline) fails at its download timeout. A
+    charger with a session at install time defers (the agent's rule) and still succeeds."""
+    db = str(tmp_path / "fleet.db")
+    url = serve_release(images, make_release(kit, "2.3.0"))
+    spec = write_rollout(
+        str(tmp_path / "r.toml"),
+        "soak",
+        url,
+        kit.root_path,
+        pilot={"soak": 1.5},
+        waves={"sizes": ["rest"], "soak": 1.5},
+        timeouts={"download": 3},
+        halt={"pilot_failures": 5, "wave_failures": 5, "other_cohorts": "continue"},
+    )
+    store = open_store(db)
+    odd = {0: "regress", 1: "offline", 2: "charging"}
+
+    def profile(i, model, hw):
+        return odd.get(i, "good")
+
+    with sim_fleet(broker, 12, MODELS, _sites(6), profile, prefix_id="soak") as sim:
+        controller(store, broker.settings())
+        wait_until(lambda: len(store.inventory()) == 12, 20, "inventory")
+        assert run_cli("--db", db, "rollout", "start", spec)[0] == 0
+        wait_until(
+            lambda: store.rollout("soak")["state"] == pj.DONE,
+            60,
+            "done",
+            explain=lambda: status_text(store, "soak"),
+        )
+        by_profile = {sim.chargers[t["device_id"]].profile: t for t in store.targets("soak")}
+        regress = by_profile["regress"]
+        assert regress["state"] == pj.FAILED and regress["result"] == "Regression", regress
+        assert regress["committed_at"] is not None and "regression: alarms" in regress["reason"]
+        offline = by_profile["offline"]
+        assert offline["state"] == pj.FAILED and offline["result"] == "Timeout"
+        assert "download phase" in offline["reason"], offline["reason"]
+        charging = by_profile["charging"]
+        assert charging["state"] == pj.SUCCEEDED
+        with store.engine.connect() as c:
+            deferred = c.execute(
+                sa.select(statuses.c.reason).where(
+                    statuses.c.device_id == charging["device_id"],
+                    statuses.c.status == m.INSTALL_SCHEDULED,
+                )
+            ).all()
+        assert (m.REASON_SESSION,) in deferred
+        states = sorted(t["state"] for t in store.targets("soak"))
+        assert states == [pj.FAILED] * 2 + [pj.SUCCEEDED] * 10
+
+
 def test_never_reoffers_a_version_a_charger_rolled_back_from(
     tmp_path, broker, kit, images, controller
 ):
