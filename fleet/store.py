@@ -6,6 +6,8 @@ it (QoS 1 is at least once), and only after the transaction commits does the con
 acknowledge the MQTT message. The inventory keeps the newest row per charger by its `ts`.
 """
 
+import contextlib
+import gc
 import json
 
 import sqlalchemy as sa
@@ -190,8 +192,8 @@ class Store:
                 # Several controllers ingest at once: lock the rows (in one order, so two
                 # never deadlock) so neither overwrites the other's newer status.
                 q = q.order_by(targets.c.job_id).with_for_update()
-            for row in conn.execute(q).mappings():
-                found[row["job_id"]] = dict(row)
+            for row in _dicts(conn.execute(q)):
+                found[row["job_id"]] = row
         return found
 
     def _write_targets(self, conn, rows):
@@ -238,23 +240,37 @@ class Store:
         q = sa.select(targets).where(targets.c.rollout == rollout)
         if conn is None:
             with self.engine.connect() as c:
-                return [dict(r) for r in c.execute(q).mappings()]
-        return [dict(r) for r in conn.execute(q).mappings()]
+                return _dicts(c.execute(q))
+        return _dicts(conn.execute(q))
 
     def inventory(self, conn=None):
         q = sa.select(inventory)
         if conn is None:
             with self.engine.connect() as c:
-                return [_decode_inventory(r) for r in c.execute(q).mappings()]
-        return [_decode_inventory(r) for r in conn.execute(q).mappings()]
+                return _inventory_rows(c.execute(q))
+        return _inventory_rows(conn.execute(q))
 
     def inventory_of(self, conn, devices):
         out, ids = {}, sorted(devices)
         for i in range(0, len(ids), CHUNK):
             q = sa.select(inventory).where(inventory.c.device_id.in_(ids[i : i + CHUNK]))
-            for row in conn.execute(q).mappings():
-                out[row["device_id"]] = _decode_inventory(row)
+            for row in _inventory_rows(conn.execute(q)):
+                out[row["device_id"]] = row
         return out
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """Pause the cyclic garbage collector while a large result becomes dicts: they hold no
+    cycles, and with 100,000 rows its repeated passes over the growing heap took three
+    quarters of the time here (2.5-7.7 s against 0.8 s for the inventory)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _decode_rollout(row):
@@ -264,10 +280,21 @@ def _decode_rollout(row):
     return out
 
 
-def _decode_inventory(row):
-    out = dict(row)
-    out["group"] = out.pop("grp")
-    out["components"] = json.loads(out["components"])
-    out["rollbacks"] = json.loads(out["rollbacks"])
-    out["power_loss_rollbacks"] = json.loads(out["power_loss_rollbacks"])
-    return out
+def _dicts(result):
+    """Rows as plain dicts, the column names looked up once (dict(RowMapping) builds its
+    key view anew for every row)."""
+    cols = list(result.keys())
+    with _no_gc():
+        return [dict(zip(cols, row)) for row in result.all()]  # fetchall: one driver call
+
+
+def _inventory_rows(result):
+    rows = _dicts(result)
+    with _no_gc():
+        for out in rows:
+            out["group"] = out.pop("grp")
+            for key in ("components", "rollbacks", "power_loss_rollbacks"):
+                text = out[key]
+                # Most rows hold empty ones: skip the JSON parser for them.
+                out[key] = [] if text == "[]" else {} if text == "{}" else json.loads(text)
+    return rows
