@@ -428,7 +428,8 @@ class Agent:
         return {
             "device_id": d["id"], "model": d["model"],
             "hardware_revision": d["hardware_revision"], "group": d.get("group", ""),
-            "site_type": d.get("site_type", ""), "backend": self.boot.name,
+            "site": d.get("site", ""), "site_type": d.get("site_type", ""),
+            "backend": self.boot.name,
             "booted": self.boot.booted_slot(), "primary": self.boot.primary_slot(),
             "slots": rows, "last_job": history.get("last_job"),
             "rollbacks": history.get("rollbacks", []), "ts": int(time.time()),

@@ -94,7 +94,8 @@ class Board:
         data = self.history()
         data["final"] = message
         row = {"id": job_id, "version": info.get("version"), "result": status,
-               "reason": info.get("reason"), "check": info.get("check")}  # fmt: skip
+               "reason": info.get("reason"), "check": info.get("check"),
+               "cause": info.get("cause")}  # fmt: skip
         data["last_job"] = row
         if status == "RolledBack":
             data["rollbacks"] = (data.get("rollbacks", []) + [row])[-MAX_ROLLBACKS:]

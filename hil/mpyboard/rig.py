@@ -105,7 +105,7 @@ def provision(board_dir, device_id, kit, factory_version, mqtt_port, trial_windo
     shutil.copyfile(kit.root_path, os.path.join(board_dir, "root.json"))
     cfg = {
         "device": {"id": device_id, "model": kit.model, "hardware_revision": kit.hardware_revision,
-                   "group": "pilot", "site_type": "home-ac"},
+                   "group": "pilot", "site": "home-7", "site_type": "home-ac"},
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "prefix": "chargers", "keepalive": 30,
                  "reconnect_max_s": 2},
         "trust": {"root": "root.json"},

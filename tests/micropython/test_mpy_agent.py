@@ -12,6 +12,7 @@ import re
 
 import pytest
 
+from agent.core import messages
 from agent.core.lifecycle import FINAL_STATUSES
 from hil.mpyboard import flash
 from hil.mpyboard.rig import MpyRig
@@ -66,6 +67,11 @@ def test_failed_trial_rolls_back_after_the_reset(rig):
     assert row["booted"] == row["primary"] == "ota_0"
     # The bootloader aborted the unconfirmed image; the old one never left VALID.
     assert sorted(otadata(rig)) == [(1, 2), (2, 4)]
+    # What a fleet controller reads back (agent/core/messages.py): the site it plans by, and
+    # a rollback that blames the release, so 1.1.0 is never offered to this board again.
+    inv = messages.parse_inventory(row)
+    assert (inv["site"], inv["site_type"], inv["version"]) == ("home-7", "home-ac", "1.0.0")
+    assert inv["rollbacks"] == ["1.1.0"] and row["rollbacks"][-1]["cause"] == "check-failed"
 
 
 def test_tampered_payload_is_refused_before_set_boot(rig):
