@@ -1,17 +1,16 @@
-"""`charger-update bundle create|verify|inspect`: build, check and look into signed bundles."""
+"""`charger-update bundle create|verify|inspect`: build, check and look into signed bundles.
 
+The bundle, crypto and trust modules are imported inside the commands, not at the top: every
+`charger-update` run, `--help` included, registers this module (start-up cost, issue 12).
+"""
+
+import binascii
 import json
 import sys
 
 from agent import config as config_mod
-from agent.bundle import format as fmt
-from agent.bundle import ocpp
-from agent.bundle.reader import open_bundle, verify_file
-from agent.bundle.writer import PayloadSource, create_bundle
 from agent.commands._args import add_expires
 from agent.core.errors import ConfigError
-from agent.trust import crypto
-from agent.trust.store import Trust
 
 
 def register(subparsers):
@@ -41,6 +40,14 @@ def register(subparsers):
         "(protocols: stm32-rom, mcuboot-smp; docs/components.md)",
     )
     c.add_argument(
+        "--window-bits",
+        type=int,
+        metavar="9..15",
+        help="deflate window of the :gzip payloads, 2**N bytes (default 15, 32 KiB); signed "
+        "into the manifest. A board needs that much free RAM to inflate: a MicroPython board "
+        "with a small heap refuses a window larger than it holds (docs/micropython.md)",
+    )
+    c.add_argument(
         "--component",
         action="append",
         default=[],
@@ -65,10 +72,13 @@ def register(subparsers):
     )
     o.add_argument("file", help="the firmware file")
     o.add_argument("--signature", required=True, help="file holding the base64 signature")
-    o.add_argument("--cert", required=True, help="PEM signing certificate (+ intermediates)")
+    o.add_argument("--cert", required=True, help="PEM signing certificate (no intermediates)")
     o.add_argument(
-        "--mfr-root", help="manufacturer root PEM (default: [trust] manufacturer_root of --config)"
+        "--mfr-root",
+        help="manufacturer root PEM (default: the roots the agent of --config trusts, "
+        "[ocpp_firmware] manufacturer_roots and those a CSMS installed)",
     )
+    o.add_argument("--crl", action="append", default=[], help="revocation list (PEM or DER)")
     o.add_argument(
         "--rsa-pkcs1v15",
         action="store_true",
@@ -79,6 +89,8 @@ def register(subparsers):
 
 
 def parse_payload_spec(spec):
+    from agent.bundle.writer import PayloadSource
+
     compression = "none"
     for suffix in (":gzip", ":none", ":zstd-chunks"):
         if spec.endswith(suffix):
@@ -93,6 +105,8 @@ def parse_payload_spec(spec):
 
 
 def parse_mcu_spec(spec):
+    from agent.bundle.writer import PayloadSource
+
     parts = spec.split(":", 5)
     try:
         if len(parts) != 6 or not all(parts):
@@ -124,11 +138,28 @@ def parse_components(specs, manifest_payloads, version):
     return found
 
 
+def _set_window_bits(sources, bits):
+    if bits is None:
+        return
+    if not 9 <= bits <= 15:
+        raise ConfigError("--window-bits %d is out of range" % bits, hint="give 9..15")
+    gzipped = [s for s in sources if s.compression == "gzip"]
+    if not gzipped:
+        raise ConfigError("--window-bits applies to :gzip payloads and none was given",
+                          hint="e.g. --payload app:app:build/app.bin:gzip")  # fmt: skip
+    for source in gzipped:
+        source.window_bits = bits
+
+
 def create(args):
+    from agent.bundle.writer import create_bundle
+    from agent.trust import crypto
+
     compatible = [{"model": m, "hardware_revisions": list(args.hw_rev)} for m in args.model]
     sources = [parse_payload_spec(s) for s in args.payload] + [parse_mcu_spec(s) for s in args.mcu]
     if not sources:
         raise ConfigError("a bundle needs at least one --payload or --mcu")
+    _set_window_bits(sources, args.window_bits)
     manifest = create_bundle(
         args.out,
         sources,
@@ -153,6 +184,9 @@ def create(args):
 
 
 def verify(args):
+    from agent.bundle.reader import verify_file
+    from agent.trust.store import Trust
+
     if args.root:
         trust = Trust(args.root)
     else:
@@ -170,6 +204,9 @@ def verify(args):
 
 def describe(path):
     """Everything in the bundle's head, UNVERIFIED, as a JSON-ready dict."""
+    from agent.bundle import format as fmt
+    from agent.bundle.reader import open_bundle
+
     with open(path, "rb") as f:
         manifest, envelope = open_bundle(f.read)
     length = len(envelope.raw)
@@ -230,21 +267,34 @@ def _read_small(path, what):
 
 
 def verify_ocpp(args):
-    root_path = args.mfr_root
-    if not root_path:
+    """The check the agent runs on an OCPP request (agent/trust/manufacturer.py): the signing
+    certificate issued directly by a manufacturer root, valid, for code signing, not revoked;
+    then the detached signature over the whole file."""
+    from agent.trust import crypto
+    from agent.trust.manufacturer import ManufacturerRoots
+
+    if args.mfr_root:
+        roots = ManufacturerRoots(None, [args.mfr_root], args.crl, args.rsa_pkcs1v15)
+    else:
         cfg = config_mod.load(args.config)
-        if not cfg.trust.get("manufacturer_root"):
+        roots = ManufacturerRoots.from_config(cfg)
+        roots.crl_paths += args.crl
+        roots.rsa_pkcs1v15 = roots.rsa_pkcs1v15 or args.rsa_pkcs1v15
+        if not roots.roots():
             raise ConfigError(
                 "no manufacturer root given",
-                hint="pass --mfr-root ROOT.pem or set [trust] manufacturer_root in the config",
+                hint="pass --mfr-root ROOT.pem or set [ocpp_firmware] manufacturer_roots "
+                "(or [trust] manufacturer_root) in the config",
             )
-        root_path = cfg.resolve(cfg.trust["manufacturer_root"])
-    digest = ocpp.verify_firmware(
-        args.file,
+    try:
+        digest = crypto.file_digest(args.file)
+    except OSError as e:
+        raise ConfigError("cannot read %s: %s" % (args.file, e.strerror)) from None
+    roots.verify(
+        digest,
         _read_small(args.signature, "signature"),
         _read_small(args.cert, "signing certificate"),
-        ocpp.load_roots(root_path),
-        rsa_pkcs1v15=args.rsa_pkcs1v15,
     )
+    digest = binascii.hexlify(digest).decode("ascii")
     print("OK %s: sha256 %s, signature and certificate chain verified" % (args.file, digest))
     return 0

@@ -1,16 +1,18 @@
 """`charger-update keygen`: make a signing key pair (NAME.key 0600, NAME.pub), print its id."""
 
-from agent.trust import crypto
+from agent.core.keyring import KEYTYPES
 
 
 def register(subparsers):
     p = subparsers.add_parser("keygen", help="generate a signing key pair")
-    p.add_argument("--type", choices=crypto.KEYTYPES, default="ed25519", dest="keytype")
+    p.add_argument("--type", choices=KEYTYPES, default="ed25519", dest="keytype")
     p.add_argument("--out", required=True, metavar="NAME", help="writes NAME.key and NAME.pub")
     p.set_defaults(func=run)
 
 
 def run(args):
+    from agent.trust import crypto  # here, not at the top: --help must not import cryptography
+
     key = crypto.generate(args.keytype)
     try:
         keyid = crypto.save_keypair(key, args.out)

@@ -22,13 +22,11 @@ import time
 
 from agent.checks import TrialContext, load_checks
 from agent.checks.alarms import baseline as alarm_baseline
-from agent.control import components as mcu_steps
-from agent.control import steps
 from agent.control.frontends import Frontends, boot_reason
 from agent.control.observation import Observer
 from agent.control.reporting import Reporter
 from agent.core import lifecycle as lc
-from agent.core.errors import Transient, UpdateError
+from agent.core.errors import ConfigError, Transient, UpdateError
 from agent.core.jobs import job_from_request, parse_job
 from agent.core.schedule import WAIT_SESSION
 from agent.core.trial import TrialPolicy
@@ -38,7 +36,7 @@ from agent.state.history import History
 from agent.state.journal import Journal
 from agent.state.slotstate import SlotState
 from agent.state.statedir import StateLock
-from agent.trust.manufacturer import ManufacturerRoots
+from bootloader_iface.booted import check_attempts
 
 log = logging.getLogger("charger-update")
 
@@ -53,14 +51,41 @@ RECOVER_S = 30  # default [system] retry_after_failure_s: pause after a failed s
 # good release; a slot that never brings the agent up still falls back after this many boots.
 TRIAL_ATTEMPTS = 3
 SUBMIT_TIMEOUT_S = 10.0  # a front-end's request waits this long for the loop's answer
+BLOCK_GRACE_S = 5.0  # before blocking connectors: time for the stack to send earlier statuses
 IDLE_WAIT_S = 3600  # nothing due: sleep until an event (or the watchdog) wakes the loop
 MIN_WAIT_S = 0.05  # a due time just passed: look again soon, never spin
+
+
+def trial_attempts(cfg):
+    """[bootloader] trial_attempts, checked at start: found out only at try_slot, a typo
+    would stop the journey halfway, with the new slot installed and not tried."""
+    try:
+        return check_attempts(cfg.bootloader.get("trial_attempts", TRIAL_ATTEMPTS))
+    except ConfigError as e:
+        raise ConfigError("%s: [bootloader] trial_attempts: %s" % (cfg.path, e.message),
+                          hint=e.hint) from None  # fmt: skip
 
 
 class Abandoned(Transient):
     """The step's journey moved on (cancelled or superseded): stop writing."""
 
     reason = "abandoned"
+
+
+def _steps():
+    """agent.control.steps, imported at the first job, not at start: the bundle, transfer and
+    X.509 code behind it is most of the agent's memory, and an idle charger needs none of it
+    (docs/transfer.md, idle figures)."""
+    from agent.control import steps
+
+    return steps
+
+
+def _mcu_steps():
+    """agent.control.components, imported when a release has MCUs (same reason as _steps)."""
+    from agent.control import components
+
+    return components
 
 
 class Daemon:
@@ -72,7 +97,7 @@ class Daemon:
                  frontends=()):  # fmt: skip
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
         self.frontends = Frontends(frontends)
-        self.roots = ManufacturerRoots.from_config(cfg)
+        self._roots = None  # OCPP firmware-signing roots, loaded at the first job that needs them
         self.trust, self.system, self.clock = trust, system, clock
         self.rng = rng or random.Random()
         trial = cfg.section("trial")
@@ -81,6 +106,7 @@ class Daemon:
             checks.append("components")  # the MCUs are part of every trial (issue 16)
         self.policy = TrialPolicy(int(trial.get("window_s", 600)), checks)
         load_checks(self.policy.required_checks)  # a misnamed check is a config error now
+        self.trial_attempts = trial_attempts(cfg)  # likewise a bad attempt budget
         self.observer = Observer(cfg.section("observation"), stack, clock)
         self.session_poll_s = float(cfg.section("charging_stack").get("poll_s", 10))
         channel.on_error = self.on_channel_error
@@ -107,6 +133,14 @@ class Daemon:
         self.flash_slot = None  # MCU images to write before the trial checks
 
     # -- life cycle -----------------------------------------------------------------------------
+
+    @property
+    def roots(self):
+        if self._roots is None:
+            from agent.trust.manufacturer import ManufacturerRoots
+
+            self._roots = ManufacturerRoots.from_config(self.cfg)
+        return self._roots
 
     def subscribe(self):
         """Jobs and cancels are acknowledged to the broker only once handled, i.e. after the
@@ -325,7 +359,7 @@ class Daemon:
                 if len(item) > 2 and item[2] is not None:
                     item[2]()
         elif kind == "submit":
-            item[2].put(self.take_request(item[1]))
+            self.take_request(item[1], item[2].put)
         elif kind == "allow":
             self.wake_at = 0
             self.execute(self.journey.allow(self.clock())[1])
@@ -370,28 +404,43 @@ class Daemon:
             self.wake_at = 0  # a wait of the previous journey does not delay this one
         self.execute(actions)
 
-    def take_request(self, request):
-        """(answer, detail) for a front-end's job request; see submit()."""
+    def take_request(self, request, answer):
+        """answer((answer, detail)) for a front-end's job request, exactly once; see submit()."""
         try:
             job = job_from_request(request, self.cfg.device)
         except UpdateError as e:
-            return "rejected", e.message
+            return answer(("rejected", e.message))
         booted = self.boot.booted_slot()
         before, old_state = self.journey.job, self.journey.state
         actions = self.journey.supersede(
             job, self.clock(), booted, self.boot.other_slot(booted), self.rng.random()
         )[1]
         if self.journey.job is not job:
-            self.execute(actions)
             refused = [a for a in actions if a[0] in ("reject", "ignore")]
-            answer = "ignored" if refused and refused[0][0] == "ignore" else "rejected"
-            return answer, refused[0][2] if refused else "not taken"
+            kind = "ignored" if refused and refused[0][0] == "ignore" else "rejected"
+            answer((kind, refused[0][2] if refused else "not taken"))
+            return self.execute(actions)
         cancelled = before is not None and not lc.is_terminal(old_state) and old_state != lc.IDLE
         if cancelled:
             self._abandon_step()  # the old job's download or install is moot now
+            self._await_abandoned_install()
         self.wake_at = 0
-        self.execute(actions)  # saves the journal before the answer goes out
-        return ("accepted-canceled" if cancelled else "accepted"), job.id
+        taken = ("accepted-canceled" if cancelled else "accepted"), job.id
+        try:
+            self.execute(actions)  # saves the journal before the answer goes out
+        except Exception:
+            # A later action failed (e.g. the slot's state busy); the loop recovers from the
+            # journal. The stack is told what the journal holds, never left to time out.
+            held = self.journal.load(self.policy).job
+            answer(taken if held is not None and held.id == job.id else ("rejected", "failed"))
+            raise
+        answer(taken)
+
+    def _await_abandoned_install(self):
+        """An abandoned install stops at its next chunk and lets go of the state lock; the
+        new job's first action (marking that slot bad) needs it. Bounded: the stack waits."""
+        if self._worker_alive() and self.worker.name == "install":
+            self.worker.join(SUBMIT_TIMEOUT_S / 2)
 
     def tick(self):
         state = self.journey.state
@@ -468,7 +517,7 @@ class Daemon:
 
     def do_try_slot(self, slot):
         with StateLock(self.cfg.state_dir, "switching to slot %s" % slot):
-            self.boot.try_slot(slot, int(self.cfg.bootloader.get("trial_attempts", TRIAL_ATTEMPTS)))
+            self.boot.try_slot(slot, self.trial_attempts)
 
     def do_mark_good(self, slot):
         with StateLock(self.cfg.state_dir, "committing slot %s" % slot):
@@ -481,6 +530,9 @@ class Daemon:
             self.slots.mark(slot, "bad")
 
     def do_block_sessions(self):
+        # The stack sends what was reported first (SignatureVerified, DownloadScheduled), so
+        # the CSMS sees the connectors go Unavailable after the status that explains it.
+        self.frontends.await_delivery(self.clock, self.system.pet, self.stopping, BLOCK_GRACE_S)
         self._availability(False)
 
     def do_release_sessions(self):
@@ -510,11 +562,11 @@ class Daemon:
         self.flash_slot = slot  # written by the checks' worker, before the checks run
 
     def do_confirm_components(self, slot):
-        mcu_steps.confirm(self.cfg, slot, self.stack)
+        _mcu_steps().confirm(self.cfg, slot, self.stack, lambda *a: self.system.pet())
 
     def do_restore_components(self, slot):
         # On the loop thread: RolledBack is reported only once the MCUs match the old release.
-        done = mcu_steps.restore(self.cfg, slot, self.stack, lambda *a: self.system.pet())
+        done = _mcu_steps().restore(self.cfg, slot, self.stack, lambda *a: self.system.pet())
         if done:
             log.info("MCUs back to slot %s's release: %s", slot, done)
 
@@ -559,7 +611,7 @@ class Daemon:
         def run():
             try:
                 result = fn()
-            except steps.LOCAL_ERRORS as e:  # the board's state: the loop recovers, retries
+            except _steps().LOCAL_ERRORS as e:  # the board's state: the loop recovers, retries
                 result = ("local-error", e)
             except Exception as e:  # a bug in an adapter or OEM code must not kill the daemon
                 log.exception("step failed")
@@ -575,14 +627,14 @@ class Daemon:
 
     def _download(self):
         job = self.journey.job
-        event, info, learned = steps.fetch(job, self.cfg)
+        event, info, learned = _steps().fetch(job, self.cfg)
         self.fetched = (job.id, learned)
         return ("result", event, info)
 
     def _verify(self):
         job = self.journey.job
         learned = self.fetched[1] if self.fetched and self.fetched[0] == job.id else None
-        return ("result",) + steps.check(job, learned, self.cfg, self.trust, self.roots,
+        return ("result",) + _steps().check(job, learned, self.cfg, self.trust, self.roots,
                                          self.clock(), self.slots)  # fmt: skip
 
     def _install(self):
@@ -596,10 +648,10 @@ class Daemon:
             if step_id != self.step_id:  # superseded: stop writing at this chunk
                 raise Abandoned("install of job %s abandoned" % job.id)
 
-        progress = steps.StatusProgress(on_step, check)
+        progress = _steps().StatusProgress(on_step, check)
         learned = self.fetched[1] if self.fetched and self.fetched[0] == job.id else None
-        return ("result",) + steps.write(job, self.cfg, self.boot, self.trust, self.roots,
-                                         self.clock(), progress, learned)  # fmt: skip
+        return ("result",) + _steps().write(job, self.cfg, self.boot, self.trust, self.roots,
+                                            self.clock(), progress, learned)  # fmt: skip
 
     def _run_checks(self):
         data, job = self.journey.data, self.journey.job
@@ -617,7 +669,7 @@ class Daemon:
         names = self.journey.policy().required_checks
         if ctx.components.get("problem"):
             names = [n for n in names if n == "components"] or names  # the rest cannot pass
-        results = steps.run_checks(ctx, names, reported)
+        results = _steps().run_checks(ctx, names, reported)
         verdict = "pass" if all(r[0] for r in results.values()) else "fail"
         self.publish_health("trial", results, verdict)
         return ("checks", results)
@@ -627,7 +679,7 @@ class Daemon:
         if slot is None:
             return {}
         try:
-            return mcu_steps.flash(self.cfg, slot, self.stack, lambda *a: self.system.pet())
+            return _mcu_steps().flash(self.cfg, slot, self.stack, lambda *a: self.system.pet())
         except UpdateError as e:
             log.error("MCU write failed: %s", e)
             return {"problem": "MCU write failed: %s" % e.message, "reason": e.reason}

@@ -75,8 +75,12 @@ def install(url, cfg, boot, trust, now, progress, envelope=None):
     """envelope: the one the download step read (None after a restart): its manifest's
     format spares a format-1 install the Range request for the bundle's head."""
     try:
-        installer.install(url, cfg, boot, trust, now=now, progress_factory=progress.start,
-                          bundle_format=_format(envelope))  # fmt: skip
+        done = installer.install(url, cfg, boot, trust, now=now, progress_factory=progress.start,
+                                 bundle_format=_format(envelope))  # fmt: skip
+        unread = installer.without_readback(done.manifest, cfg)
+        if unread:  # the config's choice, said where the operator reads the install's log
+            log.warning("slot %s: %s written without read-back ([readback] in %s)",
+                        done.slot, ", ".join(unread), cfg.path)  # fmt: skip
         return lc.INSTALL_OK, {}
     except LOCAL_ERRORS:
         raise
@@ -139,7 +143,10 @@ def verify_whole(job, whole, cfg, trust, roots, now, slots=None):
             return lc.SIGNATURE_BAD if not problem["transient"] else event, problem
     digest, envelope = whole
     try:
-        roots.verify(digest, job.signature, job.signing_certificate, now)
+        try:
+            roots.verify(digest, job.signature, job.signing_certificate, now)
+        except MalformedBundle as e:  # a signature that is not base64: an invalid signature
+            raise BadSignature(e.message, hint=e.hint) from None
         if envelope is None:
             raise MalformedBundle(
                 "%s is not a charger-update bundle" % job.url,

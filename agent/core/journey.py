@@ -243,7 +243,11 @@ class Journey:
             return self._after(self._go(lc.REBOOTED_INTO_NEW, now))
         if saved in (lc.REBOOTING, lc.TRIAL) and not booted_new:
             if self._env_lost(boot):
-                info = {"reason": ENV_LOST, "evidence": {"attempts_left": boot["attempts_left"]}}
+                evidence = {"attempts_left": boot["attempts_left"], "reset": reset}
+                if saved == lc.TRIAL:  # a reset the trial rides out (ESP-IDF: every reset)
+                    tried = self.data.get("trial_resets") or []
+                    self.data["trial_resets"] = list(tried) + [reset]
+                info = {"reason": ENV_LOST, "evidence": evidence}
                 return self._after(self._go(lc.BOOT_ENV_LOST, now, info))
             tried = self.data.get("trial_resets") or []
             info = resets.fallback(saved == lc.REBOOTING, tried, reset)
@@ -356,7 +360,7 @@ class Journey:
         if event == lc.SESSION_ACTIVE and not self.data.get("deferred"):
             self.data["deferred"] = True
             report = self._report({"reason": "charging session active"})
-            return [("save_journal",)] + self._block() + [report]
+            return [("save_journal",), report] + self._block()
         return []
 
     def _block(self):
@@ -382,10 +386,11 @@ class Journey:
         if state == lc.SIGNATURE_VERIFIED:
             return [report]
         if state == lc.INSTALL_SCHEDULED:
+            # The status first, then the connectors: the CSMS learns why they went away.
             if self.data.get("retry_at") and not resumed:
                 reason = self._report({"reason": self._retry_reason()})
-                return [save, ("mark_bad", new)] + self._block() + [reason]
-            return [save] + self._block() + [report]
+                return [save, ("mark_bad", new), reason] + self._block()
+            return [save, report] + self._block()
         if state == lc.INSTALLING:
             # Invalidate the inactive slot before the first byte is written (as rauc does):
             # it may still be marked good from an older release.

@@ -25,6 +25,7 @@ from agent.frontends.channel import merged_settings
 from agent.frontends.ocpp.service import FirmwareService
 
 log = logging.getLogger("charger-update")
+MAX_REQUEST_BYTES = 64 * 1024  # a FirmwareUpdateRequest with its certificate is under 16 KiB
 
 DEFAULTS = {
     "host": "127.0.0.1",  # EVerest's MQTT broker (mosquitto on the charger)
@@ -110,6 +111,11 @@ class EverestSystem:
         recent = self.clock() < self.published_at + self.reboot_grace_s
         return self.service.pending() or recent
 
+    @property
+    def reports_boot(self):
+        """Only ocpp_consumer_API's boot_notification_response tells of the CSMS's answer."""
+        return self.ocpp_base is not None
+
     def boot_accepted(self, timeout):
         return self.service.boot_accepted(timeout)
 
@@ -168,14 +174,21 @@ class EverestSystem:
         if handler is None:
             log.info("EVerest %s not handled", operation)
             return
+        if len(raw) > MAX_REQUEST_BYTES:
+            log.warning("EVerest %s: %d bytes, more than a request has", operation, len(raw))
+            return
         try:
             message = json.loads(raw.decode("utf-8")) if raw else {}
-        except (UnicodeError, ValueError):
+        except (UnicodeError, ValueError, RecursionError):
             log.warning("EVerest %s: payload is not JSON", operation)
             return
         if not isinstance(message, dict) or not ({"headers", "payload"} & set(message)):
             message = {"payload": message}  # e2m/reset carries its ResetRequest bare
-        reply_to = (message.get("headers") or {}).get("replyTo")
+        headers = message.get("headers")
+        reply_to = headers.get("replyTo") if isinstance(headers, dict) else None
+        if reply_to is not None and not _publishable(reply_to):
+            log.warning("EVerest %s: headers.replyTo is not a topic: %r", operation, reply_to)
+            return
         # Off paho's network thread: an update request waits for the engine's answer.
         worker = threading.Thread(
             target=self._answer, daemon=True, args=(handler, message.get("payload"), reply_to)
@@ -191,18 +204,20 @@ class EverestSystem:
         if reply_to and value is not None:
             try:
                 self._publish(reply_to, value)
-            except UpdateError as e:
+            except (UpdateError, ValueError) as e:  # ValueError: paho refused the topic
                 log.warning("reply to %s not published: %s", reply_to, e)
 
     def _on_boot_response(self, topic, raw):
         try:
+            if len(raw) > MAX_REQUEST_BYTES:
+                raise ValueError("oversized")
             response = json.loads(raw.decode("utf-8"))
             self.service.boot_notification(
                 str(response["status"]),
                 interval=response.get("interval"),
                 csms_time=response.get("current_time"),
             )
-        except (UnicodeError, ValueError, KeyError, TypeError):
+        except (UnicodeError, ValueError, KeyError, TypeError, RecursionError):
             log.warning("EVerest boot_notification_response malformed: %r", raw[:200])
 
     # -- the operations -----------------------------------------------------------------------
@@ -215,20 +230,23 @@ class EverestSystem:
         retries = None
         if isinstance(attempts, int) and not isinstance(attempts, bool):
             retries = max(attempts - 1, 0)  # EVerest passes OCPP retries + 1
-        return self.service.update_firmware(
-            {
-                "request_id": request.get("request_id"),
-                "location": request.get("location"),
-                "retrieve_at": request.get("retrieve_timestamp"),
-                "install_at": request.get("install_timestamp"),
-                "retries": retries,
-                "retry_interval_s": request.get("retry_interval_s"),
-                "signing_certificate": request.get("signing_certificate"),
-                "signature": request.get("signature"),
-                # libocpp makes the EVSEs unavailable itself and then allows the installation.
-                "allow_new_sessions": True,
-            }
-        )
+        fields = {
+            "request_id": request.get("request_id"),
+            "location": request.get("location"),
+            "retrieve_at": request.get("retrieve_timestamp"),
+            "install_at": request.get("install_timestamp"),
+            "retries": retries,
+            "retry_interval_s": request.get("retry_interval_s"),
+            "signing_certificate": request.get("signing_certificate"),
+            "signature": request.get("signature"),
+            # libocpp makes the EVSEs unavailable itself and then allows the installation.
+            "allow_new_sessions": True,
+        }
+        try:
+            return self.service.update_firmware(fields)
+        except ValueError as e:  # EVerest's schema was not followed: say so, answer
+            log.warning("EVerest update_firmware refused: %s", e)
+            return "Rejected"
 
     def boot_reason(self, _payload):
         return self.service.boot_reason() or self.options["default_boot_reason"]
@@ -241,6 +259,13 @@ class EverestSystem:
         log.info("EVerest asks for a reset (%s)", payload)
         if self.daemon is not None:
             self.daemon.system.reboot()
+
+
+def _publishable(topic):
+    """An MQTT topic one may publish to: no wildcards, no NUL, within MQTT's length."""
+    if not isinstance(topic, str) or not 0 < len(topic.encode("utf-8", "replace")) <= 65535:
+        return False
+    return not any(c in topic for c in "+#\x00")
 
 
 def _request_id(value):

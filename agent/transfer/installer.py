@@ -57,10 +57,18 @@ def plan(manifest, cfg, slot):
             store.prepare(slot)
             target = slotio.SlotTarget(store.image_path(slot, payload.component))
         else:
-            target = slotio.SlotTarget(cfg.slot_target(slot, payload.slot_class))
+            target = slotio.SlotTarget(cfg.slot_target(slot, payload.slot_class),
+                                       readback=cfg.reads_back(payload.slot_class))  # fmt: skip
         slotio.check_space(target, payload.installed_size)
         steps.append((payload, target))
     return steps
+
+
+def without_readback(manifest, cfg):
+    """The slot classes of `manifest` that [readback] has written without the read-back, so
+    every report of the install can say so."""
+    return sorted(set(p.slot_class for p in manifest.payloads
+                      if p.mcu is None and not cfg.reads_back(p.slot_class)))  # fmt: skip
 
 
 def install(location, cfg, boot, trust, now=None, progress_factory=None, source_opener=None,
@@ -95,7 +103,9 @@ def _install_by_ranges(location, cfg, boot, trust, now, progress_factory, readba
         location, cfg, boot, lambda envelope: check_envelope(envelope, trust, cfg, now, state),
         progress_factory, readback,
         prepare=lambda manifest, slot: _prepared(manifest, cfg, boot, slot),
-        finish=ComponentStore(cfg.state_dir).record_release, state=state,
+        finish=lambda slot, manifest: ComponentStore(cfg.state_dir).record_release(
+            slot, manifest, boot.booted_slot()),
+        state=state,
     )  # fmt: skip
     if isinstance(done, delta.StreamInstead):
         return done
@@ -135,7 +145,7 @@ def _install(location, cfg, boot, trust, slot, now, progress_factory, opener, re
         source.expect_end()
         if progress:
             progress.done()
-    ComponentStore(cfg.state_dir).record_release(slot, manifest)
+    ComponentStore(cfg.state_dir).record_release(slot, manifest, boot.booted_slot())
     state.installed(slot, manifest)
     # A signed, installed manifest says the time is at least its `created` (freeze attack);
     # so does the last time sync.
@@ -162,14 +172,25 @@ def _write_streamed(source, payload, index, target, progress, readback):
 
 
 def check_components(manifest, cfg, booted):
-    """A release whose MCUs this board lacks, or could not roll back, is refused here."""
-    from agent.components import board_components
-    from agent.control import components as mcu_steps
-    from agent.core.components import check_board, mcu_payloads
+    """A release whose MCUs this board lacks, or could not roll back, or that names an MCU
+    version it does not carry and the MCU does not run, is refused here."""
+    from agent.core.components import check_board, check_uncarried, mcu_payloads
     from agent.core.errors import WrongHardware
 
+    if cfg.section("components"):
+        kept = ComponentStore(cfg.state_dir).release(booted)["mcus"]
+        carried = set(p.component for p in mcu_payloads(manifest))
+        problem = check_uncarried(manifest.components, carried,
+                                  dict((n, m["version"]) for n, m in kept.items()))  # fmt: skip
+        if problem:
+            raise WrongHardware("the release %s" % problem,
+                                hint="carry the MCU's image in the release")  # fmt: skip
     if not mcu_payloads(manifest):
         return
+    # The MCU drivers are imported only for a release that has MCUs (start-up cost).
+    from agent.components import board_components
+    from agent.control import components as mcu_steps
+
     problem = check_board(manifest, board_components(cfg))
     if problem:
         raise WrongHardware("the release %s" % problem)

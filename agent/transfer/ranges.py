@@ -19,7 +19,6 @@ import os
 import random
 import time
 from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from agent.config import DOWNLOAD_DEFAULTS
 from agent.core.errors import ConfigError, NetworkError
@@ -345,6 +344,9 @@ def open_ranges(location, settings=None, clock=None, sleep=None, rng=None):
         if urlsplit(location).netloc not in ("", "localhost"):
             raise ConfigError("file:// URL with a remote host is not supported: %s" % location,
                               hint="use file:///path or an http(s):// URL")  # fmt: skip
+        # urllib.request only for file: URLs: it is slow to import.
+        from urllib.request import url2pathname
+
         location = url2pathname(urlsplit(location).path)
     elif scheme:
         raise ConfigError(

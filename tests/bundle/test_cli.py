@@ -113,6 +113,7 @@ def test_bad_payload_spec_is_a_config_error(work):
 
 def test_verify_ocpp_command(work, capsys):
     from agent.bundle import ocpp
+    from agent.trust.manufacturer import CertificateProblem
     from tests.bundle.pki import Pki, pem
 
     pki, rogue = Pki(), Pki()
@@ -124,9 +125,16 @@ def test_verify_ocpp_command(work, capsys):
     base = ["bundle", "verify-ocpp", "fw.bin", "--signature", "fw.sig", "--cert", "signer.pem"]
     assert main(base + ["--mfr-root", "mfr.pem"]) == 0
     assert "OK fw.bin" in capsys.readouterr().out
-    assert main(base + ["--mfr-root", "rogue.pem"]) == UnknownKey.exit_code
+    # The agent's own check: not issued by this root, or with an intermediate, is refused.
+    assert main(base + ["--mfr-root", "rogue.pem"]) == CertificateProblem.exit_code == 30
+    (work / "chain.pem").write_bytes(pki.signing_cert_pem + pem(pki.root))
+    chain = ["bundle", "verify-ocpp", "fw.bin", "--signature", "fw.sig", "--cert", "chain.pem"]
+    assert main(chain + ["--mfr-root", "mfr.pem"]) == 30
+    assert "intermediates" in capsys.readouterr().err
     (work / "fw.bin").write_bytes(os.urandom(5000))
     assert main(base + ["--mfr-root", "mfr.pem"]) == BadSignature.exit_code
+    assert main(["bundle", "verify-ocpp", "nothing.bin", "--signature", "fw.sig", "--cert",
+                 "signer.pem", "--mfr-root", "mfr.pem"]) == 20  # fmt: skip
 
 
 def test_root_show_json(work, capsys):
@@ -135,3 +143,14 @@ def test_root_show_json(work, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["version"] == 1 and doc["roles"]["release"]["threshold"] == 1
     assert doc["status"].startswith("self-signed")
+
+
+def test_window_bits_are_signed_into_the_manifest_and_the_payload_inflates(work, capsys):
+    assert create(extra=("--window-bits", "12")) == 0
+    assert main(["bundle", "verify", "b.cub", "--root", "root.json",
+                 "--model", "ACME", "--hw-rev", "rev-b"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["bundle", "inspect", "b.cub", "--json"]) == 0
+    payloads = json.loads(capsys.readouterr().out)["manifest"]["payloads"]
+    assert [p.get("window_bits") for p in payloads] == [12, None]  # gzip only
+    assert create(out="c.cub", extra=("--window-bits", "16")) == 20  # ConfigError
