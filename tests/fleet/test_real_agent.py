@@ -68,7 +68,11 @@ def test_a_real_boards_failed_trial_halts_its_cohort(tmp_path, broker, images, c
                 "the board's rollback in its inventory row",
             )[0]  # fmt: skip
             assert (row["site"], row["site_type"], row["version"]) == (site, site_type, "1.0.0")
-            assert set(row["components"]) == {"rootfs", "safety"}
+            assert set(row["components"]) == {
+                "rootfs",
+                "safety",
+                "meter",
+            }  # the virtual board's MCUs
             with store.engine.connect() as c:
                 causes = c.execute(
                     statuses.select().where(
