@@ -27,6 +27,18 @@ DOWNLOAD_DEFAULTS = {
     "max_rate": 0,  # bytes per second; 0 means unlimited
     "ca_file": "",  # extra CA bundle for https; system store otherwise
     "chunk_size": 1 << 20,
+    "max_time_s": 6 * 3600.0,  # a whole transfer (one source opened); 0 means unbounded
+    "file_dir": "",  # file: job URLs may name regular files under it; "" turns them off
+}
+# [download] keys that are numbers: (smallest allowed, largest allowed).
+DOWNLOAD_NUMBERS = {
+    "timeout_s": (0.001, 86400),
+    "retries": (0, 1000),
+    "backoff_s": (0, 86400),
+    "backoff_max_s": (0, 86400),
+    "max_rate": (0, 1 << 40),
+    "chunk_size": (4096, 1 << 30),
+    "max_time_s": (0, 30 * 86400),
 }
 
 
@@ -44,9 +56,7 @@ class Config:
         self.bootloader = self._table("bootloader", required=("backend",))
         self.trust = self._table("trust", required=())
         self.state_dir = self.resolve(self._table("state", required=()).get("dir", "state"))
-        download = dict(DOWNLOAD_DEFAULTS)
-        download.update(self._table("download", required=()))
-        self.download = download
+        self.download = self._download()
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -91,6 +101,27 @@ class Config:
             )
         return dict(table)
 
+    def _download(self):
+        download = dict(DOWNLOAD_DEFAULTS)
+        download.update(self._table("download", required=()))
+        for key, (low, high) in DOWNLOAD_NUMBERS.items():
+            value = download[key]
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not low <= value <= high:  # NaN fails the range too
+                raise self._error(
+                    "[download] %s must be a number from %s to %s, not %r"
+                    % (key, low, high, value),
+                    hint="e.g. %s = %r" % (key, DOWNLOAD_DEFAULTS[key]),
+                )
+        if not isinstance(download["chunk_size"], int):
+            raise self._error("[download] chunk_size must be a whole number of bytes")
+        for key in ("ca_file", "file_dir"):
+            if not isinstance(download[key], str):
+                raise self._error("[download] %s must be a path string" % key)
+        if download["file_dir"]:
+            download["file_dir"] = self.resolve(download["file_dir"])
+        return download
+
     def _slots(self):
         slots = self.section("slots")
         if len(slots) < 2:
@@ -116,7 +147,7 @@ def load(path=None):
             "config file %s does not exist" % path,
             hint="pass --config PATH or set %s" % ENV_VAR,
         ) from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError("%s is not valid TOML: %s" % (path, e)) from None
     except OSError as e:
         raise ConfigError("cannot read config %s: %s" % (path, e.strerror)) from None

@@ -15,20 +15,21 @@ import random
 import threading
 import time
 
-from agent.checks import TrialContext, load_checks
+from agent.checks import TrialContext, job_check_names, load_checks
 from agent.checks.alarms import baseline as alarm_baseline
 from agent.control import steps
 from agent.control.observation import Observer
 from agent.control.reporting import Reporter
 from agent.core import lifecycle as lc
 from agent.core.errors import Transient, UpdateError
-from agent.core.jobs import parse_job
+from agent.core.jobs import job_id_of, parse_job
 from agent.core.schedule import WAIT_SESSION
 from agent.core.trial import TrialPolicy
 from agent.frontends import channel as ch
 from agent.state.history import History
 from agent.state.journal import Journal
 from agent.state.slotstate import SlotState
+from agent.transfer.fetch import Stopper
 
 log = logging.getLogger("charger-update")
 
@@ -54,6 +55,7 @@ class Daemon:
             trial.get("checks", ["communication", "charging-session", "alarms"]),
         )
         load_checks(self.policy.required_checks)  # a misnamed check is a config error now
+        self.job_checks = job_check_names(self.policy.required_checks)
         self.observer = Observer(cfg.section("observation"), stack, clock)
         self.session_poll_s = float(cfg.section("charging_stack").get("poll_s", 10))
         channel.on_error = self.on_channel_error
@@ -66,6 +68,7 @@ class Daemon:
         self.busy = False  # a long action runs in a worker
         self.step_id = 0  # results of a worker started for an older step are dropped
         self.worker = None
+        self.stopper = Stopper()  # stops the transfers of the step running in the worker
         self.header = None  # (job id, signed envelope) fetched by the download step
         self.pending_resume = True  # the journal's journey is picked up inside the loop
         self.recover_s = float(cfg.section("system").get("retry_after_failure_s", RECOVER_S))
@@ -96,6 +99,7 @@ class Daemon:
                 # every reconnect: a broker restarted without persistence lost the retained row.
                 seen_connections = connections
                 self.publish_inventory()
+        self.stopper.stop(steps.StepAbandoned("the agent is stopping"))
         self.channel.stop()
 
     def step(self):
@@ -122,6 +126,8 @@ class Daemon:
             self.tick()
             if self.journey.state != lc.TRIAL:
                 self._abandon_step()
+        else:
+            self._enforce_deadline()
 
     def stop(self):
         self.stopping.set()
@@ -142,9 +148,22 @@ class Daemon:
         self.wake_at = self.clock() + self.recover_s
 
     def _abandon_step(self):
-        """Whatever a running worker reports from now on belongs to no step: drop it."""
+        """Whatever a running worker reports from now on belongs to no step: drop it, and
+        stop its transfer (socket shut, back-off cut) so the worker thread ends too."""
         self.step_id += 1
         self.busy = False
+        self.stopper.stop(steps.StepAbandoned("the step was abandoned"))
+
+    def _enforce_deadline(self):
+        """A job's deadline bounds its transfer too: a download or install still running
+        when it passes is stopped, and the worker reports the failure."""
+        job, state = self.journey.job, self.journey.state
+        if job is None or job.deadline is None or self.clock() < job.deadline:
+            return
+        if state in (lc.DOWNLOADING, lc.DOWNLOADED, lc.INSTALLING):
+            self.stopper.stop(steps.DeadlinePassed(
+                "job %s: its deadline passed while %s" % (job.id, lc.status_of(state))
+            ))  # fmt: skip
 
     def _worker_alive(self):
         return self.worker is not None and self.worker.is_alive()
@@ -218,10 +237,10 @@ class Daemon:
     def offer(self, payload):
         raw = json.dumps(payload).encode()
         try:
-            job = parse_job(raw, self.cfg.device)
+            job = parse_job(raw, self.cfg.device, checks=self.job_checks)
         except UpdateError as e:
-            job_id = payload.get("id") if isinstance(payload.get("id"), str) else None
-            self.report("Idle", {"job_id": job_id, "reason": e.reason, "detail": e.message})
+            info = {"job_id": job_id_of(payload), "reason": e.reason, "detail": e.message}
+            self.report("Idle", info)
             return
         booted = self.boot.booted_slot()
         before = self.journey.job
@@ -354,10 +373,11 @@ class Daemon:
         in fn becomes `failure_event` (the failure that fits the step), never a dead loop."""
         self.step_id += 1
         step_id, self.busy = self.step_id, True
+        stopper = self.stopper = Stopper()
 
         def run():
             try:
-                result = fn()
+                result = fn(stopper)
             except Exception as e:  # a bug in an adapter or OEM code must not kill the daemon
                 log.exception("step failed")
                 problem = {"reason": "internal", "detail": repr(e), "problem": repr(e)}
@@ -370,18 +390,20 @@ class Daemon:
         self.worker = threading.Thread(target=run, daemon=True)
         self.worker.start()
 
-    def _download(self):
+    def _download(self, stopper):
         job = self.journey.job
-        event, info, envelope = steps.download(job.url, self.cfg)
+        event, info, envelope = steps.download(job.url, self.cfg, stopper)
         self.header = (job.id, envelope)
         return ("result", event, info)
 
-    def _verify(self):
+    def _verify(self, stopper):
         job = self.journey.job
         envelope = self.header[1] if self.header and self.header[0] == job.id else None
-        return ("result",) + steps.verify(envelope, job.url, self.cfg, self.trust, self.clock())
+        return ("result",) + steps.verify(
+            envelope, job.url, self.cfg, self.trust, self.clock(), job.version, stopper
+        )
 
-    def _install(self):
+    def _install(self, stopper):
         job = self.journey.job
         progress = steps.StatusProgress(
             lambda percent: self.report(
@@ -389,10 +411,10 @@ class Daemon:
             )
         )  # fmt: skip
         return ("result",) + steps.install(
-            job.url, self.cfg, self.boot, self.trust, self.clock(), progress
+            job.url, self.cfg, self.boot, self.trust, self.clock(), progress, job.version, stopper
         )
 
-    def _run_checks(self):
+    def _run_checks(self, stopper):
         data, job = self.journey.data, self.journey.job
         ctx = TrialContext(self.cfg, self.channel, self.stack, data.get("baseline"), self.clock,
                            data.get("trial_started_at"), self._wait,
@@ -403,7 +425,8 @@ class Daemon:
                     "evidence": evidence}  # fmt: skip
             self.report("TrialRunning", info)
 
-        results = steps.run_checks(ctx, self.journey.policy().required_checks, reported)
+        names = self.journey.policy().required_checks
+        results = steps.run_checks(ctx, names, reported, self.policy.required_checks)
         verdict = "pass" if all(r[0] for r in results.values()) else "fail"
         self.publish_health("trial", results, verdict)
         return ("checks", results)

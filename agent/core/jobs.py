@@ -12,6 +12,7 @@ import json
 from agent.core.errors import MalformedJob, WrongModel
 from agent.core.timefmt import days_from_civil
 
+ID_KEYS = ("id", "job_id", "requestId")
 DEFAULT_LIMITS = {
     "max_job_bytes": 8192,
     "max_retries": 20,
@@ -62,11 +63,12 @@ def job_from_dict(d):
     return _build(d, None, DEFAULT_LIMITS)
 
 
-def parse_job(raw, device, limits=None):
+def parse_job(raw, device, limits=None, checks=None):
     """A Job from the message bytes `raw`, for `device` ({"model": ...}).
 
     MalformedJob for anything oversized, not JSON, or with a bad field; WrongModel when the
-    job names models and the device's is not among them."""
+    job names models and the device's is not among them. `checks`: the trial check names a
+    job may add (configured or registered on this charger); any other name is MalformedJob."""
     limits = _limits(limits)
     if not isinstance(raw, (bytes, bytearray)):
         raise MalformedJob("job message must be bytes")
@@ -80,7 +82,21 @@ def parse_job(raw, device, limits=None):
         raise MalformedJob("job message is not UTF-8 JSON")
     if not isinstance(doc, dict):
         raise MalformedJob("job message must be a JSON object")
-    return _build(doc, device, limits)
+    return _build(doc, device, limits, checks)
+
+
+def job_id_of(doc):
+    """The id a job message carries under any of its documented keys, or None: a refusal
+    still names the job it refuses."""
+    if not isinstance(doc, dict):
+        return None
+    for name in ID_KEYS:
+        value = doc.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and name == "requestId":
+            return str(value)
+        if isinstance(value, str) and 0 < len(value) <= DEFAULT_LIMITS["max_text"]:
+            return value
+    return None
 
 
 _UNDECODABLE = object()
@@ -105,8 +121,8 @@ def _limits(limits):
     return merged
 
 
-def _build(doc, device, limits):
-    job_id = _text(doc, ("id", "job_id", "requestId"), limits, required=True)
+def _build(doc, device, limits, checks=None):
+    job_id = _text(doc, ID_KEYS, limits, required=True)
     url = _text(doc, ("url", "location"), limits, required=True)
     if not (url.startswith("http://") or url.startswith("https://") or url.startswith("file:")):
         raise MalformedJob("field 'url' must be an http(s):// or file: URL")
@@ -124,7 +140,7 @@ def _build(doc, device, limits):
         "jitter_s": _int(doc, "jitter_s", 0, 0, limits["max_jitter_s"]),
         "retries": _int(doc, "retries", 3, 0, limits["max_retries"]),
         "trial_window_s": _int(doc, "trial_window_s", None, 1, limits["max_trial_window_s"]),
-        "checks": _checks(doc.get("checks"), limits),
+        "checks": _checks(doc.get("checks"), checks),
         "models": models,
     }
     version = _text(doc, ("version",), limits, required=True)
@@ -176,7 +192,7 @@ def _models(doc, limits):
     return value
 
 
-def _checks(value, limits):
+def _checks(value, allowed):
     if value is None:
         return None
     if not isinstance(value, list) or len(value) > 32:
@@ -184,6 +200,13 @@ def _checks(value, limits):
     for name in value:
         if not isinstance(name, str) or not name or len(name) > 64:
             raise MalformedJob("field 'checks' must hold check names (1-64 characters)")
+        # A job adds checks the charger already has; it never names code to import.
+        if allowed is not None and name not in allowed:
+            raise MalformedJob(
+                "field 'checks' names %r, which is neither configured nor registered on this "
+                "charger" % name,
+                "a job may add only the checks listed in [trial] checks or registered",
+            )
     return value
 
 

@@ -115,7 +115,7 @@ class Journey:
     def handle(self, event, now, info=None):
         """A result event from an action (DOWNLOAD_OK, INSTALL_ERROR, ...).
 
-        info: {"reason": str, "transient": bool, "check": str, "evidence": str}. A transient
+        info: {"reason", "detail": str, "transient": bool, "check", "evidence"}. A transient
         download or install error with retries left becomes RETRY."""
         info = info or {}
         transient = info.get("transient") and self.job is not None
@@ -227,7 +227,7 @@ class Journey:
         self.trace.append(new_state)
         self.data["deferred"] = False
         if info:
-            for key in ("reason", "check", "evidence"):
+            for key in ("reason", "detail", "check", "evidence"):
                 self.data[key] = info.get(key)
         if event == lc.REBOOTED_INTO_OLD:
             self.data["fell_back"] = True
@@ -307,7 +307,7 @@ class Journey:
     def _report(self, extra=None):
         info = {}
         if lc.is_terminal(self.state) and self.state != lc.COMMITTED:
-            for key in ("reason", "check", "evidence"):
+            for key in ("reason", "detail", "check", "evidence"):
                 if self.data.get(key) is not None:
                     info[key] = self.data[key]
         if extra:
@@ -321,17 +321,21 @@ class Journey:
         return info
 
     def policy(self):
-        """The trial policy for the current job (its own checks/window, or the default)."""
+        """The trial policy for the current job: the configured checks plus the job's own,
+        its window or the configured one."""
         return self._policy()
 
     def _policy(self):
         job = self.job
         if job is None or (job.checks is None and job.trial_window_s is None):
             return self.trial_policy
-        return TrialPolicy(
-            job.trial_window_s or self.trial_policy.window_s,
-            job.checks or self.trial_policy.required_checks,
-        )
+        # A job's checks add to the configured ones, never replace them: a job must not be
+        # able to switch off the OEM's checks and turn a failing trial into a commit.
+        checks = list(self.trial_policy.required_checks)
+        for name in job.checks or ():
+            if name not in checks:
+                checks.append(name)
+        return TrialPolicy(job.trial_window_s or self.trial_policy.window_s, checks)
 
     def _tick_download(self, now):
         if now < (self.data.get("retry_at") or 0):

@@ -10,6 +10,7 @@ so a failure anywhere here leaves the booted slot primary and the boot order as 
 
 from agent.bundle import format as fmt
 from agent.bundle.reader import open_bundle
+from agent.core.errors import VersionMismatch
 from agent.state.slotstate import SlotState
 from agent.transfer import slots as slotio
 from agent.transfer.fetch import open_source
@@ -37,6 +38,18 @@ def check_envelope(envelope, trust, cfg, now=None):
     )
 
 
+def check_version(manifest, expected):
+    """The signed manifest must carry the version a job announced (None: no job): a status
+    saying "Committed 9.9.9" for a 1.1.0 bundle would mislead every operator after it."""
+    if expected is not None and manifest.version != expected:
+        raise VersionMismatch(
+            "the job announces version %r but the signed bundle is version %s"
+            % (expected, manifest.version),
+            hint="fix the job's version or its URL",
+        )
+    return manifest
+
+
 def plan(manifest, cfg, slot):
     """(payload, SlotTarget) pairs for `slot`; every target must exist and have room."""
     steps = []
@@ -48,19 +61,22 @@ def plan(manifest, cfg, slot):
 
 
 def install(
-    location, cfg, boot, trust, now=None, progress_factory=None, source_opener=None, readback=True
-):
+    location, cfg, boot, trust, now=None, progress_factory=None, source_opener=None, readback=True,
+    version=None,
+):  # fmt: skip
     """Verify the bundle at `location` and stream it into the slot that is not booted.
 
     boot: a BootControl; trust: agent.trust.store.Trust. Returns Installed(slot, manifest).
     progress_factory(total_bytes, label) -> object with update(n)/done(), or None.
     readback=False skips the read-back check; only the benchmark uses it, to show its cost.
+    version: the version a job announced; the signed one must equal it.
     """
     opener = source_opener or open_source
     slot = boot.other_slot(boot.booted_slot())
     state = SlotState(cfg.state_dir)
     with opener(location, cfg.download) as source:
         manifest, envelope = read_manifest(source, trust, cfg, now)
+        check_version(manifest, version)
         steps = plan(manifest, cfg, slot)
         # Endless-data bound: nothing past the signed length of the whole bundle.
         source.set_limit(fmt.bundle_size(len(envelope.raw), manifest))

@@ -30,6 +30,9 @@ class Faults:
         self.endless = False  # no Content-Length, data never ends
         self.declare_length = None  # Content-Length to announce instead of the real one
         self.redirects = {}  # url path -> Location to answer with 302
+        self.trickle_s = None  # send the body one byte per this many seconds, until `release`
+        self.trickling = threading.Event()  # set when a trickled body starts
+        self.hung_up = threading.Event()  # set when a client hangs up on a trickled body
 
 
 class FileServer(http.server.ThreadingHTTPServer):
@@ -152,6 +155,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _send_body(self, body, start, size):
         srv = self.server
+        if srv.faults.trickle_s is not None:
+            return self._trickle(body, start, size)
         budget = None
         if srv.faults.drop_after is not None and srv.take("drop_times"):
             budget = ("drop", srv.faults.drop_after)
@@ -180,6 +185,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if budget is not None and budget[0] == "stall" and pos < size:
             self.wfile.flush()
             srv.faults.release.wait(30)
+        self.close_connection = True
+
+    def _trickle(self, body, start, size):
+        """A server that keeps the connection alive with a byte now and then (slowloris in
+        reverse): per-read timeouts never fire, only an overall bound stops the client."""
+        faults = self.server.faults
+        faults.trickling.set()
+        try:
+            with _opener(body) as f:
+                for pos in range(start, size):
+                    self.wfile.write(f(pos, 1))
+                    self.wfile.flush()
+                    if faults.release.wait(faults.trickle_s):
+                        break
+        except OSError:
+            faults.hung_up.set()
         self.close_connection = True
 
     def _send_endless(self, record):

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core.errors import MalformedJob, WrongModel
-from agent.core.jobs import JobMemory, job_from_dict, parse_job, rfc3339_to_epoch
+from agent.core.jobs import JobMemory, job_from_dict, job_id_of, parse_job, rfc3339_to_epoch
 
 DEVICE = {"model": "acme-ac22"}
 
@@ -43,6 +43,34 @@ def test_full_job_parses_every_field():
 def test_job_survives_the_journal_round_trip():
     job = parse_job(raw(window={"start": "01:00", "end": "02:00"}, not_before=5), DEVICE)
     assert job_from_dict(json.loads(json.dumps(job.to_dict()))) == job
+
+
+CONFIGURED = ["alarms", "charging-session", "communication", "acme.checks:Contactor"]
+
+
+@pytest.mark.parametrize("name", ["os:abort", "sched:scheduler", "acme.checks:Other", "nope"])
+def test_job_check_not_configured_is_malformed_job(name):
+    """A job names code to import, or a check the charger does not have: refused, by name."""
+    with pytest.raises(MalformedJob, match="names '%s'" % name):
+        parse_job(raw(checks=["communication", name]), DEVICE, checks=CONFIGURED)
+
+
+def test_job_may_name_configured_checks_even_code_the_config_loads():
+    job = parse_job(raw(checks=["acme.checks:Contactor", "alarms"]), DEVICE, checks=CONFIGURED)
+    assert job.checks == ["acme.checks:Contactor", "alarms"]
+
+
+def test_job_check_name_with_terminal_escapes_is_quoted_in_the_refusal():
+    with pytest.raises(MalformedJob) as e:
+        parse_job(raw(checks=["\x1b[2Jx"]), DEVICE, checks=CONFIGURED)
+    assert "\x1b" not in e.value.message and "\\x1b[2Jx" in e.value.message
+
+
+@pytest.mark.parametrize("key", ["id", "job_id", "requestId"])
+def test_malformed_job_keeps_the_id_under_every_documented_key(key):
+    assert job_id_of({key: "J-ftp", "url": "ftp://x/b"}) == "J-ftp"
+    assert job_id_of({key: 7}) == ("7" if key == "requestId" else None)
+    assert job_id_of({key: ""}) is None and job_id_of([key]) is None
 
 
 def test_oversized_job_is_rejected_before_parsing():
