@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from agent import __version__
+from agent.commands._text import printable
 from agent.core.errors import UpdateError
 
 # Order is the order of `charger-update --help`.
@@ -87,9 +88,10 @@ def main(argv=None):
     try:
         return args.func(args) or 0
     except UpdateError as e:
-        print("charger-update: error: %s" % e.message, file=sys.stderr)
+        # Messages quote bundles, roots and servers: never let them drive the terminal.
+        print("charger-update: error: %s" % printable(e.message), file=sys.stderr)
         if e.hint:
-            print("  hint: %s" % e.hint, file=sys.stderr)
+            print("  hint: %s" % printable(e.hint), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("charger-update: interrupted", file=sys.stderr)

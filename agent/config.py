@@ -134,6 +134,18 @@ class Config:
             if not isinstance(targets, dict) or not targets:
                 raise self._error("[slots.%s] must map slot classes to devices" % slot)
             resolved[slot] = dict((cls, self.resolve(dev)) for cls, dev in targets.items())
+        seen = {}
+        for slot in sorted(resolved):
+            for cls, target in sorted(resolved[slot].items()):
+                path = os.path.normpath(target)
+                if path in seen:
+                    raise self._error(
+                        "[slots.%s] %s and [slots.%s] %s are the same target %s"
+                        % (seen[path] + (slot, cls, path)),
+                        hint="every slot needs its own device or file, or an install would "
+                        "overwrite the running one",
+                    )
+                seen[path] = (slot, cls)
         return resolved
 
 

@@ -137,14 +137,19 @@ def create_bundle(
         manifest = parse_manifest(raw)  # refuse to sign what a device would refuse to read
         envelope = sign_envelope(MANIFEST_TYPE, raw, keys).encode()
         tmp = out_path + ".tmp"
-        with open(tmp, "wb") as out:
-            out.write(fmt.encode_header(envelope))
-            out.write(envelope)
-            for _, path in staged:
-                _copy(path, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, out_path)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(fmt.encode_header(envelope))
+                out.write(envelope)
+                for _, path in staged:
+                    _copy(path, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, out_path)
+        except BaseException:
+            if os.path.isfile(tmp):
+                os.unlink(tmp)  # never leave a half-written bundle behind
+            raise
         fsync_dir(workdir)
     finally:
         for source, (_, path) in zip(payloads, staged):

@@ -1,6 +1,8 @@
 """`charger-update bundle create|verify|inspect`: build, check and look into signed bundles."""
 
 import json
+import os
+import stat
 import sys
 
 from agent import config as config_mod
@@ -8,8 +10,9 @@ from agent.bundle import format as fmt
 from agent.bundle import ocpp
 from agent.bundle.reader import open_bundle, verify_file
 from agent.bundle.writer import PayloadSource, create_bundle
-from agent.commands._args import add_expires
-from agent.core.errors import ConfigError
+from agent.commands._args import add_expires, check_output, read_input
+from agent.commands._text import printable
+from agent.core.errors import BadSource, ConfigError
 from agent.trust import crypto
 from agent.trust.store import Trust
 
@@ -71,15 +74,19 @@ def parse_payload_spec(spec):
 
 def create(args):
     compatible = [{"model": m, "hardware_revisions": list(args.hw_rev)} for m in args.model]
-    manifest = create_bundle(
-        args.out,
-        [parse_payload_spec(s) for s in args.payload],
-        [crypto.load_private(k) for k in args.key],
-        version=args.bundle_version,
-        security_version=args.security_version,
-        compatible=compatible,
-        expires=args.expires,
-    )
+    check_output(args.out)
+    try:
+        manifest = create_bundle(
+            args.out,
+            [parse_payload_spec(s) for s in args.payload],
+            [crypto.load_private(k) for k in args.key],
+            version=args.bundle_version,
+            security_version=args.security_version,
+            compatible=compatible,
+            expires=args.expires,
+        )
+    except OSError as e:
+        raise ConfigError("cannot write %s: %s" % (args.out, e.strerror or e)) from None
     print(
         "wrote %s: version %s, security version %d, %d payload(s), %d bytes of payload"
         % (
@@ -101,16 +108,32 @@ def verify(args):
     device = None
     if args.model or args.hw_rev:
         device = {"model": args.model, "hardware_revision": args.hw_rev}
+    check_bundle_file(args.file)
     manifest = verify_file(args.file, trust, device, args.installed_security_version)
     print(
-        "OK %s: version %s, security version %d, signed by the trusted root version %d"
-        % (args.file, manifest.version, manifest.security_version, trust.root.version)
+        printable(
+            "OK %s: version %s, security version %d, signed by the trusted root version %d"
+            % (args.file, manifest.version, manifest.security_version, trust.root.version)
+        )
     )
     return 0
 
 
+def check_bundle_file(path):
+    """BadSource (one line, exit 24) unless `path` is a readable regular file."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadSource("bundle %s is not a regular file" % path, hint="give a bundle file")
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise BadSource("cannot open bundle %s: %s" % (path, e.strerror or e)) from None
+
+
 def describe(path):
     """Everything in the bundle's head, UNVERIFIED, as a JSON-ready dict."""
+    check_bundle_file(path)
     with open(path, "rb") as f:
         manifest, envelope = open_bundle(f.read)
     length = len(envelope.raw)
@@ -136,30 +159,23 @@ def inspect(args):
         print()
         return 0
     m = doc["manifest"]
-    print(
+    lines = [
         "%s: %s bundle, envelope %d bytes (NOT verified)"
-        % (args.file, doc["magic"], doc["envelope_length"])
-    )
-    print("version %s  security version %d" % (m["version"], m["security_version"]))
-    print("created %s  expires %s" % (m["created"], m["expires"]))
+        % (args.file, doc["magic"], doc["envelope_length"]),
+        "version %s  security version %d" % (m["version"], m["security_version"]),
+        "created %s  expires %s" % (m["created"], m["expires"]),
+    ]
     for c in m["compatible"]:
-        print("fits %s revisions %s" % (c["model"], ", ".join(c["hardware_revisions"])))
+        lines.append("fits %s revisions %s" % (c["model"], ", ".join(c["hardware_revisions"])))
     for p in m["payloads"]:
-        print(
+        lines.append(
             "payload %s -> %s: %d bytes at %d, %s, sha256 %s"
             % (p["name"], p["slot_class"], p["size"], p["offset"], p["compression"], p["sha256"])
         )
-    for keyid in doc["signatures"]:
-        print("signed by %s" % keyid)
+    lines += ["signed by %s" % keyid for keyid in doc["signatures"]]
+    for line in lines:  # unverified content: printed inert (agent/commands/_text.py)
+        print(printable(line))
     return 0
-
-
-def _read_small(path, what):
-    try:
-        with open(path, "rb") as f:
-            return f.read(1 << 20)
-    except OSError as e:
-        raise ConfigError("cannot read %s %s: %s" % (what, path, e.strerror)) from None
 
 
 def verify_ocpp(args):
@@ -174,8 +190,8 @@ def verify_ocpp(args):
         root_path = cfg.resolve(cfg.trust["manufacturer_root"])
     digest = ocpp.verify_firmware(
         args.file,
-        _read_small(args.signature, "signature"),
-        _read_small(args.cert, "signing certificate"),
+        read_input(args.signature, "signature"),
+        read_input(args.cert, "signing certificate"),
         ocpp.load_roots(root_path),
     )
     print("OK %s: sha256 %s, signature and certificate chain verified" % (args.file, digest))

@@ -12,6 +12,7 @@ from agent.bundle import format as fmt
 from agent.bundle.reader import open_bundle
 from agent.core.errors import VersionMismatch
 from agent.state.slotstate import SlotState
+from agent.transfer import guard
 from agent.transfer import slots as slotio
 from agent.transfer.fetch import open_source
 
@@ -73,6 +74,7 @@ def install(
     """
     opener = source_opener or open_source
     slot = boot.other_slot(boot.booted_slot())
+    guard.check_writable(cfg, slot)  # never the running system, whatever the config says
     state = SlotState(cfg.state_dir)
     with opener(location, cfg.download) as source:
         manifest, envelope = read_manifest(source, trust, cfg, now)
