@@ -10,7 +10,7 @@ APT_TOOLS := fw_printenv:libubootenv-tool mkenvimage:u-boot-tools grub-editenv:g
              grub-emu:grub-emu mke2fs:e2fsprogs \
              mosquitto:mosquitto
 
-.PHONY: all venv sysdeps qemu-deps test demo bench lint clean
+.PHONY: all venv sysdeps qemu-deps test demo bench fuzz lint clean
 # MicroPython 1.27 (WebAssembly port, run by Node.js) for the agent/core scenario tests.
 MICROPYTHON := .cache/micropython/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs
 
@@ -75,6 +75,12 @@ test: venv sysdeps qemu-deps $(MICROPYTHON)
 
 bench: venv sysdeps
 	$(BIN)/python -m tests.bench
+
+# Every parser fuzzed for FUZZ_SECONDS in all (make test runs a short bounded pass); inputs
+# that break one are saved under tests/fuzz/corpus/<target>/ (docs/security.md, Fuzzing).
+FUZZ_SECONDS ?= 600
+fuzz: venv sysdeps
+	$(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
 
 demo: venv sysdeps
 	$(BIN)/python -m hil.demo
