@@ -39,11 +39,14 @@ class RebootFailed(Transient):
 
 
 RECOVER_S = 30  # default [system] retry_after_failure_s: pause after a failed step
+IDLE_WAIT_S = 3600  # nothing due: sleep until an event (or the watchdog) wakes the loop
+MIN_WAIT_S = 0.05  # a due time just passed: look again soon, never spin
 
 
 class Daemon:
     """cfg: agent Config; boot: BootControl; channel: MqttChannel/FakeChannel; stack: a
-    ChargingStack; trust: agent.trust.store.Trust; system: reboot()/pet()/local_offset_s()."""
+    ChargingStack; trust: agent.trust.store.Trust; system: reboot()/pet()/local_offset_s()
+    and watchdog_interval_s (agent/control/system.py)."""
 
     def __init__(self, cfg, boot, channel, stack, trust, system, clock=time.time, rng=None):
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
@@ -75,6 +78,7 @@ class Daemon:
         self.resumed_before = False
         self.rebooting = False
         self.wake_at = 0
+        self.next_pet = 0.0  # time.monotonic() of the next watchdog pet
         self.journey = None
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -82,10 +86,12 @@ class Daemon:
     def run(self):
         self.channel.subscribe(ch.JOB, lambda t, p: self.events.put(("job", p)))
         self.channel.subscribe(ch.CANCEL, lambda t, p: self.events.put(("cancel", p)))
+        # A (re)connect wakes the loop so the inventory row is published at once.
+        self.channel.on_connected = self.wake
         self.channel.start()
         seen_connections = -1
         while not self.stopping.is_set():
-            self.system.pet()
+            self._pet_if_due()
             try:
                 self.step()
             except UpdateError as e:
@@ -106,7 +112,9 @@ class Daemon:
         """One turn of the loop: resume when due, else one event and one tick."""
         if self.pending_resume:
             # Never resume next to a worker of the abandoned step (e.g. still writing a slot).
-            if self.clock() >= self.wake_at and not self._worker_alive():
+            if self._worker_alive():
+                self.worker.join(self._timeout())
+            elif self.clock() >= self.wake_at:
                 self.resume()
             else:
                 self.stopping.wait(self._timeout())
@@ -131,6 +139,11 @@ class Daemon:
 
     def stop(self):
         self.stopping.set()
+        self.wake()
+
+    def wake(self):
+        """Make the loop look again now (it otherwise sleeps until its next due time)."""
+        self.events.put(("wake",))
 
     def recover(self, error):
         """An action failed outright (e.g. the boot env became unreadable). Abandon the rest
@@ -154,13 +167,21 @@ class Daemon:
         self.busy = False
         self.stopper.stop(steps.StepAbandoned("the step was abandoned"))
 
+    def _transfer_deadline(self):
+        """The job's deadline while its download, verify or install runs in a worker."""
+        journey = self.journey
+        if not self.busy or journey is None or journey.job is None:
+            return None
+        if journey.state not in (lc.DOWNLOADING, lc.DOWNLOADED, lc.INSTALLING):
+            return None
+        return journey.job.deadline
+
     def _enforce_deadline(self):
         """A job's deadline bounds its transfer too: a download or install still running
         when it passes is stopped, and the worker reports the failure."""
-        job, state = self.journey.job, self.journey.state
-        if job is None or job.deadline is None or self.clock() < job.deadline:
-            return
-        if state in (lc.DOWNLOADING, lc.DOWNLOADED, lc.INSTALLING):
+        deadline = self._transfer_deadline()
+        if deadline is not None and self.clock() >= deadline:
+            job, state = self.journey.job, self.journey.state
             self.stopper.stop(steps.DeadlinePassed(
                 "job %s: its deadline passed while %s" % (job.id, lc.status_of(state))
             ))  # fmt: skip
@@ -169,7 +190,24 @@ class Daemon:
         return self.worker is not None and self.worker.is_alive()
 
     def _timeout(self):
-        return min(max(self.wake_at - self.clock(), 0.05), 1.0)
+        """How long the loop may sleep: until the journey's next due time or the next
+        watchdog pet. Everything else (a job, a cancel, a worker's result, a reconnect, stop)
+        arrives on the queue and wakes it at once, so an idle agent costs no CPU."""
+        now = self.clock()
+        due = self.wake_at if self.wake_at > now else now + IDLE_WAIT_S
+        deadline = self._transfer_deadline()
+        if deadline is not None and deadline > now:
+            due = min(due, deadline)  # wake to stop a transfer the deadline ends
+        if self.system.watchdog_interval_s is not None:
+            due = min(due, now + self.next_pet - time.monotonic())
+        return max(due - now, MIN_WAIT_S)
+
+    def _pet_if_due(self):
+        """Pet the watchdog from this loop (never from a worker), at its own interval."""
+        interval = self.system.watchdog_interval_s
+        if interval is not None and time.monotonic() >= self.next_pet:
+            self.system.pet()
+            self.next_pet = time.monotonic() + interval
 
     def resume(self):
         """Continue the journal's journey on this boot (at start, and after a failed step)."""
@@ -213,6 +251,8 @@ class Daemon:
 
     def dispatch(self, item):
         kind = item[0]
+        if kind == "wake":
+            return
         if kind == "job":
             self.offer(item[1])
         elif kind == "cancel":
@@ -258,6 +298,7 @@ class Daemon:
         if state == lc.COMMITTED and self.observer.active(self.journey):
             if self.observer.due():
                 self.observe()
+            self.wake_at = self.observer.next_review(self.journey)
             return
         if lc.is_terminal(state):
             self.wake_at = 0
@@ -364,6 +405,9 @@ class Daemon:
         self._work(self._install, lc.INSTALL_ERROR)
 
     def do_run_checks(self):
+        # The loop wakes when the window ends, even while a check hangs (see step()).
+        data = self.journey.data
+        self.wake_at = data["trial_started_at"] + self.journey.policy().window_s
         self._work(self._run_checks, lc.CHECKS_FAILED)
 
     # -- workers (run off the loop thread; post exactly one result) ------------------------------

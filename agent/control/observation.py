@@ -37,6 +37,13 @@ class Observer:
     def due(self):
         return self.last_review is None or self.clock() >= self.last_review + self.interval_s
 
+    def next_review(self, journey):
+        """When the next review is due, or the period ends if that comes first."""
+        end = journey.data["committed_at"] + self.policy.period_s
+        if self.last_review is None:
+            return self.clock()
+        return min(self.last_review + self.interval_s, end)
+
     def review(self, journey, previous_slot_intact):
         """(finding or None, decision) for the alarms since the last review."""
         now = self.clock()

@@ -29,12 +29,27 @@ def sd_notify(message, env=os.environ):
     return True
 
 
+def watchdog_interval_s(env=os.environ, pid=None):
+    """How often to pet systemd's watchdog: half of $WATCHDOG_USEC (as sd_watchdog_enabled
+    advises), or None when no watchdog watches this process ($WATCHDOG_PID names another)."""
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    owner = env.get("WATCHDOG_PID")
+    if usec <= 0 or (owner and owner != str(pid if pid is not None else os.getpid())):
+        return None
+    return usec / 2e6
+
+
 class System:
     """[system] reboot_command (default "systemctl reboot"), utc_offset_s (default: the
-    host's local time zone)."""
+    host's local time zone). `watchdog_interval_s`: how often the daemon's loop must pet
+    the watchdog (None: no watchdog, the loop may sleep until something happens)."""
 
-    def __init__(self, options):
+    def __init__(self, options, env=os.environ):
         self.options = options
+        self.watchdog_interval_s = watchdog_interval_s(env)
         command = options.get("reboot_command", "systemctl reboot")
         self.reboot_command = shlex.split(command) if isinstance(command, str) else list(command)
         if not self.reboot_command:

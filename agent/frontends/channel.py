@@ -131,6 +131,7 @@ class ChannelBase:
         self.prefix = self.settings["prefix"]
         self.on_message = on_message  # fallback for messages no handler claims
         self.on_error = on_error
+        self.on_connected = None  # called (no arguments) after every successful (re)connect
         self._handlers = []  # [(filter, handler, qos)]
         self._lock = threading.Lock()
         self._pongs = {}  # nonce -> threading.Event, for ping_backend

@@ -79,6 +79,8 @@ def boot_once(board, console, notify):
         f.write("console=ttyS0 charger.slot=%s\n" % slot)
     env = dict(os.environ, PYTHONPATH=rootfs, BOARD_DIR=board, CHARGER_SLOT=slot)
     env["NOTIFY_SOCKET"] = notify.getsockname()
+    # As systemd's WatchdogSec= does: tells the agent how often it must pet.
+    env["WATCHDOG_USEC"] = str(int(layout.watchdog_s(board) * 1e6))
     proc = subprocess.Popen(
         [sys.executable, "-m", "charger_fw.init"],
         cwd=rootfs,

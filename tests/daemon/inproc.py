@@ -54,6 +54,8 @@ class WatchedChannel(FakeChannel):
 class Reboots:
     """The System port: reboot() only records that the agent asked for one."""
 
+    watchdog_interval_s = None  # no watchdog to pet
+
     def __init__(self):
         self.rebooted = threading.Event()
 

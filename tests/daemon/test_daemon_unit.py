@@ -32,6 +32,8 @@ def config(tmp_path, trial=None):
 
 
 class System:
+    watchdog_interval_s = None
+
     def reboot(self):
         return True
 
@@ -158,3 +160,104 @@ def test_daemon_config_resolves_mqtt_tls_paths_against_the_config_file(tmp_path)
     )
     d = build(config_mod.load(str(tmp_path / "agent.toml")))
     assert d.channel.settings["tls"]["ca_file"] == str(tmp_path / "pki" / "ca.pem")
+
+
+# -- an idle agent sleeps until something happens (issue 12) ------------------------------------
+
+
+class WatchedChannel(FakeChannel):
+    """A FakeChannel that can drop and regain its broker, and lets a test wait for a topic."""
+
+    def __init__(self, **kw):
+        FakeChannel.__init__(self, **kw)
+        self.connections = 0
+        self.published_event = threading.Condition()
+
+    def start(self):
+        FakeChannel.start(self)
+        self.reconnect()
+
+    def reconnect(self):
+        self.connections += 1
+        if self.on_connected is not None:
+            self.on_connected()
+
+    def publish_to(self, topic, payload, qos=1, retain=False):
+        with self.published_event:
+            FakeChannel.publish_to(self, topic, payload, qos, retain)
+            self.published_event.notify_all()
+
+    def wait_for(self, suffix, count, timeout=10):
+        with self.published_event:
+            return self.published_event.wait_for(
+                lambda: len(self.messages(suffix)) >= count, timeout
+            )
+
+
+def running(tmp_path, system=None):
+    cfg = config(tmp_path)
+    SlotState(cfg.state_dir).set_good("B", "1.0.0")
+    d = Daemon(cfg, open_from_config(cfg), WatchedChannel(device_id="cp-1"), FakeStack(), None,
+               system or System())  # fmt: skip
+    loop = threading.Thread(target=d.run, daemon=True)
+    loop.start()
+    assert d.channel.wait_for("update/inventory", 1), "the loop never published its inventory"
+    return d, loop
+
+
+def test_idle_loop_sleeps_until_an_event_instead_of_polling(tmp_path):
+    d, loop = running(tmp_path)
+    try:
+        # Nothing due, no watchdog: the loop would sleep for as long as nothing happens.
+        assert d._timeout() >= 600
+        d.wake_at = d.clock() + 2.0  # a journey's wait: the loop wakes right then
+        assert 1.0 < d._timeout() <= 2.0
+    finally:
+        d.stop()
+        loop.join(10)
+
+
+def test_stop_wakes_an_idle_loop_at_once(tmp_path):
+    d, loop = running(tmp_path)
+    d.stop()
+    loop.join(5)  # the loop sleeps for an hour when idle: only the wake-up can end it this soon
+    assert not loop.is_alive()
+
+
+def test_reconnect_republishes_the_inventory_without_polling(tmp_path):
+    d, loop = running(tmp_path)
+    try:
+        d.channel.reconnect()  # a broker restarted without persistence lost the retained row
+        assert d.channel.wait_for("update/inventory", 2), "no inventory after the reconnect"
+    finally:
+        d.stop()
+        loop.join(10)
+
+
+def test_watchdog_is_petted_at_half_its_timeout_and_caps_the_sleep(tmp_path):
+    from agent.control.system import watchdog_interval_s
+
+    assert watchdog_interval_s({"WATCHDOG_USEC": "10000000"}) == 5.0
+    assert watchdog_interval_s({}) is None
+    assert watchdog_interval_s({"WATCHDOG_USEC": "junk"}) is None
+    # systemd names the watched process: another one's watchdog is not ours to pet.
+    assert watchdog_interval_s({"WATCHDOG_USEC": "10000000", "WATCHDOG_PID": "1"}, pid=42) is None
+
+    class Watched(System):
+        watchdog_interval_s = 0.2
+
+        def __init__(self):
+            self.pets = threading.Semaphore(0)
+
+        def pet(self):
+            self.pets.release()
+
+    system = Watched()
+    d, loop = running(tmp_path, system)
+    try:
+        assert d._timeout() <= 0.2
+        for _ in range(3):  # an idle loop keeps petting on its own, with nothing else to do
+            assert system.pets.acquire(timeout=5)
+    finally:
+        d.stop()
+        loop.join(10)
