@@ -146,3 +146,38 @@ def _assert_worker_gone(board, release):
     worker.join(10)
     assert not worker.is_alive(), "the download worker lived on"
     assert release.faults.hung_up.wait(10), "the download's socket stayed open"
+
+
+def test_file_job_under_file_dir_installs_and_a_missing_one_is_not_retried(boards, release):
+    """file: job URLs work for bundles dropped into [download] file_dir; one that is not
+    there fails at once as bad-source (review #24: it used to be retried as transient)."""
+    import os
+    import shutil
+
+    board = boards(download={"file_dir": "drop", "retries": 0})
+    os.makedirs(os.path.join(board.dir, "drop"))
+    shutil.copy(release.bundle, os.path.join(board.dir, "drop", "b.cub"))
+    board.start()
+    url = "file://%s/drop/b.cub" % board.dir
+    board.channel.inject("update/job", {"job_id": "f1", "url": url, "version": "1.1.0"})
+    assert board.system.rebooted.wait(30), "the file: job never got to the reboot"
+    board.reboot()
+    board.channel.wait_status(lambda m: m["status"] == "Committed")
+    board.channel.inject("update/job", {"job_id": "f2", "url": url + ".gone", "version": "1.2.0"})
+    final = board.channel.wait_status(lambda m: m["job_id"] == "f2" and m["status"] in
+                                      lc.FINAL_STATUSES + ("DownloadPaused",))  # fmt: skip
+    assert (final["status"], final["reason"]) == ("DownloadFailed", "bad-source")
+
+
+def test_file_job_outside_file_dir_is_refused_the_same_whether_it_exists(boards, release):
+    board = boards(download={"file_dir": "drop"}).start()
+    details = []
+    for i, path in enumerate(("/etc/passwd", "/etc/no-such-file-here")):
+        job_id = "x%d" % i
+        board.channel.inject("update/job", {"job_id": job_id, "url": "file://" + path,
+                                            "version": "1.1.0"})  # fmt: skip
+        final = board.channel.wait_status(lambda m, j=job_id: m["job_id"] == j and
+                                          m["status"] in lc.FINAL_STATUSES)  # fmt: skip
+        assert (final["status"], final["reason"]) == ("DownloadFailed", "bad-source")
+        details.append(final["detail"].replace(path, "PATH"))
+    assert details[0] == details[1]
