@@ -29,7 +29,6 @@ import stat
 import threading
 import time
 from urllib.parse import urljoin, urlsplit
-from urllib.request import url2pathname
 
 from agent.config import DOWNLOAD_DEFAULTS
 from agent.core.errors import BadSource, NetworkError, PayloadMismatch, Truncated
@@ -591,6 +590,8 @@ def open_job_source(url, settings=None, stopper=None, **kw):
 
 
 def _file_url_path(location):
+    from urllib.request import url2pathname  # heavy import, only for file: URLs
+
     parts = urlsplit(location)
     if parts.netloc not in ("", "localhost"):
         raise BadSource(  # a wrong location never starts working: do not retry it
