@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Real tools the tests use for format interop and as live peers; installed when missing.
 APT_TOOLS := fw_printenv:libubootenv-tool mkenvimage:u-boot-tools grub-editenv:grub-common \
              grub-emu:grub-emu mke2fs:e2fsprogs \
-             mosquitto:mosquitto
+             mosquitto:mosquitto stm32flash:stm32flash
 
 .PHONY: all venv sysdeps qemu-deps test demo bench fuzz lint clean
 # MicroPython 1.27 (WebAssembly port, run by Node.js) for the agent/core scenario tests.
@@ -70,11 +70,17 @@ $(MICROPYTHON):
 	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq nodejs npm; }
 	npm install --no-save --prefix .cache/micropython @micropython/micropython-webassembly-pyscript@1.27.0
 
-test: venv sysdeps qemu-deps $(MICROPYTHON)
+# micropython-lib's umqtt for agent/mpy: pip fetches it into .cache (hil/mpyboard/deps.py).
+UMQTT := .cache/micropython-lib/umqtt/simple2.py
+$(UMQTT): | venv
+	$(BIN)/python -m hil.mpyboard.deps
+
+test: venv sysdeps qemu-deps $(MICROPYTHON) $(UMQTT)
 	$(BIN)/pytest
 
 bench: venv sysdeps
 	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tests.bench_mcu
 
 # Every parser fuzzed for FUZZ_SECONDS in all (make test runs a short bounded pass); inputs
 # that break one are saved under tests/fuzz/corpus/<target>/ (docs/security.md, Fuzzing).

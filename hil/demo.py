@@ -44,12 +44,13 @@ def show_status(device, status):
     say("  %s  %-18s %s%s" % (device, status.get("status"), status.get("version") or "", extra))
 
 
-def journey(rig, report, version, defects, expect, timeout):
+def journey(rig, report, version, defects, expect, timeout, mcu=None):
     say(
-        "building and signing firmware %s%s"
-        % (version, " (defect: %s)" % ", ".join(defects) if defects else "")
-    )
-    url = rig.release(version, defects)
+        "building and signing firmware %s%s%s"
+        % (version, " (defect: %s)" % ", ".join(defects) if defects else "",
+           " with safety-MCU firmware %s" % mcu[0] if mcu else "")
+    )  # fmt: skip
+    url = rig.release(version, defects, mcu=mcu)
     job = rig.push_job(version, url)
     say("job %s pushed: %s" % (job["id"], url))
     final = rig.wait_status(
@@ -64,6 +65,8 @@ def journey(rig, report, version, defects, expect, timeout):
     problem = evidence.get("problem", "") if isinstance(evidence, dict) else evidence
     why = " (%s: %s)" % (final["check"], problem) if final.get("check") else ""
     say("=> %s %s%s" % (version, final["status"], why))
+    if mcu:
+        say("safety MCU (STM32, ROM bootloader over UART) now runs %s" % rig.mcu_version())
     return final
 
 
@@ -93,9 +96,11 @@ def main(argv=None):
         rig.wait_online(30)
         say("charger online; relay, console and EV simulator driven over pyserial")
         say("EV simulator: %s" % (rig.evsim.status(),))
-        journey(rig, report, "1.1.0", (), "Committed", args.timeout)
+        say("safety MCU runs %s from the factory" % rig.mcu_version())
+        journey(rig, report, "1.1.0", (), "Committed", args.timeout, mcu=("2.0.0", ()))
         boots_before = len(rig.csms.boots)
-        journey(rig, report, "1.2.0", ("refuse-session",), "RolledBack", args.timeout)
+        journey(rig, report, "1.2.0", ("refuse-session",), "RolledBack", args.timeout,
+                mcu=("2.1.0", ()))  # fmt: skip
         row = rig.backend.wait_inventory(
             rig.device_id, lambda r: (r.get("last_job") or {}).get("result") == "RolledBack", 30
         )

@@ -119,13 +119,26 @@ class Harness:
         """A firmware image file for this board with the given defects."""
         raise NotImplementedError
 
+    def build_mcu_image(self, version, defects):
+        """A safety-MCU firmware file with the given defects (rigs with such an MCU)."""
+        raise NotImplementedError("this rig has no safety MCU to build firmware for")
+
     def release(self, version, defects=(), security_version=1, signed_by_stranger=False,
-                pad_bytes=0):  # fmt: skip
+                pad_bytes=0, mcu=None):  # fmt: skip
         """Build and sign a release; returns the URL the board downloads it from (through the
-        fault proxy). `signed_by_stranger`: signed by a key the board does not trust."""
+        fault proxy). `signed_by_stranger`: signed by a key the board does not trust.
+        `mcu`: (version, defects) of a safety-MCU image the release carries too."""
         image = self.build_image(version, defects, pad_bytes)
         keys = [crypto.generate("ed25519")] if signed_by_stranger else None
-        path = self.kit.bundle_image(image, version, security_version, keys=keys)
+        extra = []
+        if mcu is not None:
+            from agent.bundle.writer import PayloadSource
+
+            info = {"id": "safety", "protocol": "stm32-rom", "address": 0x08000000,
+                    "version": mcu[0]}  # fmt: skip
+            path = self.build_mcu_image(mcu[0], tuple(mcu[1]))
+            extra.append(PayloadSource("safety-fw", None, path, component="safety", mcu=info))
+        path = self.kit.bundle_image(image, version, security_version, keys=keys, extra=extra)
         name = os.path.basename(path)
         self.images.files[name] = path
         return "http://%s:%d/%s" % (self.listen, self.network.server.getsockname()[1], name)

@@ -40,12 +40,13 @@ class ReleaseKit:
         with open(self.root_path, "wb") as f:
             f.write(sign_envelope(ROOT_TYPE, raw, [self.root_key]).encode())
 
-    def bundle_image(self, image, version, security_version=1, keys=None, name=None):
-        """Sign any board's firmware image file into DIR/NAME; returns the path."""
+    def bundle_image(self, image, version, security_version=1, keys=None, name=None, extra=()):
+        """Sign any board's firmware image file into DIR/NAME (plus `extra` PayloadSources,
+        e.g. MCU images); returns the path."""
         out = os.path.join(self.dir, name or "charger-%s.cub" % version)
         create_bundle(
             out,
-            [PayloadSource("rootfs", "rootfs", image, "gzip")],
+            [PayloadSource("rootfs", "rootfs", image, "gzip")] + list(extra),
             keys or [self.release_key],
             version=version,
             security_version=security_version,

@@ -50,6 +50,7 @@ class Rig:
         self.power = self._power()
         self.evsim = self._evsim()
         self.network = self._network()
+        self.mcu = self._mcu()
 
     # -- opening drivers ----------------------------------------------------------------------
 
@@ -77,6 +78,21 @@ class Rig:
         from hil.drivers.evsim import EvSim
 
         return EvSim(self.evsim.url, baudrate=self.evsim.baudrate)
+
+    def open_mcu(self):
+        """The MCU's bootloader driver (docs/components.md), or None without [mcu]."""
+        if not self.mcu.url:
+            return None
+        if self.mcu.protocol == "mcuboot-smp":
+            from agent.components.mcuboot import Mcuboot
+
+            return Mcuboot(self.mcu.url, self.mcu.baudrate)
+        from agent.components.lines import parse_line
+        from agent.components.stm32 import Stm32Rom, open_port
+
+        port = open_port(self.mcu.url, self.mcu.baudrate)
+        return Stm32Rom(port, parse_line(self.mcu.boot0, port, "[mcu] boot0"),
+                        parse_line(self.mcu.nreset, port, "[mcu] nreset"))  # fmt: skip
 
     # -- validation ---------------------------------------------------------------------------
 
@@ -169,6 +185,29 @@ class Rig:
         raw = dict(table)
         raw["kind"] = self._kind("network", table, NETWORK_KINDS, "none")
         return Section(raw)
+
+
+MCU_PROTOCOLS = ("stm32-rom", "mcuboot-smp")
+
+
+def _mcu_check(rig, table):
+    raw = dict(table)
+    raw["url"] = rig._str(table, "url", "", where="[mcu]")
+    raw["id"] = rig._str(table, "id", "safety", where="[mcu]")
+    raw["protocol"] = rig._str(table, "protocol", "stm32-rom", where="[mcu]")
+    if raw["protocol"] not in MCU_PROTOCOLS:
+        raise rig._error("[mcu] protocol = %r is not known" % raw["protocol"],
+                         hint="use one of: %s" % ", ".join(MCU_PROTOCOLS))  # fmt: skip
+    raw["baudrate"] = rig._int(table, "baudrate", DEFAULT_BAUDRATE, "[mcu]", low=1)
+    raw["boot0"] = rig._str(table, "boot0", "", where="[mcu]")
+    raw["nreset"] = rig._str(table, "nreset", "", where="[mcu]")
+    if "mcu" in rig.raw and not raw["url"] and rig.board.kind == "bench":
+        raise rig._error("[mcu] url is required for a bench board",
+                         hint='e.g. url = "/dev/ttyUSB3"')  # fmt: skip
+    return Section(raw)
+
+
+Rig._mcu = lambda self: _mcu_check(self, self._table("mcu", required=False))
 
 
 def load(path):

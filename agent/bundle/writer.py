@@ -26,13 +26,17 @@ CHUNK = 1 << 20
 
 
 class PayloadSource:
-    """One payload to pack: a name, its slot class, the file, and 'none' or 'gzip'."""
+    """One payload to pack: a name, its slot class, the file, and 'none' or 'gzip'; an MCU
+    image has no slot class but `mcu` = {id, protocol, address, version} (docs/components.md).
+    """
 
-    def __init__(self, name, slot_class, path, compression="none"):
+    def __init__(self, name, slot_class, path, compression="none", component=None, mcu=None):
         self.name = name
         self.slot_class = slot_class
         self.path = path
         self.compression = compression
+        self.component = component
+        self.mcu = mcu
 
 
 def _hash_file(path, chunk_size=CHUNK):
@@ -70,7 +74,13 @@ def _gzip_to(src_path, dst_file, chunk_size=CHUNK):
 def _stage(source, workdir):
     """(payload manifest entry, path of the bytes to copy into the bundle)."""
     isize, isha = _hash_file(source.path)
-    entry = {"name": source.name, "slot_class": source.slot_class, "compression": "none"}
+    entry = {"name": source.name, "compression": "none"}
+    if source.mcu is not None:
+        entry.update(type="mcu", mcu=dict(source.mcu))
+    else:
+        entry["slot_class"] = source.slot_class
+    if source.component:
+        entry["component"] = source.component
     if source.compression == "none":
         entry.update(size=isize, sha256=isha, installed_size=isize, installed_sha256=isha)
         return entry, source.path
@@ -112,6 +122,7 @@ def create_bundle(
     compatible,
     expires,
     created=None,
+    components=None,
 ):
     """Write a signed bundle to out_path and return its Manifest.
 
@@ -133,6 +144,8 @@ def create_bundle(
             "compatible": compatible,
             "payloads": [entry for entry, _ in staged],
         }
+        if components:
+            fields["components"] = dict(components)
         raw = manifest_bytes(fields)
         manifest = parse_manifest(raw)  # refuse to sign what a device would refuse to read
         envelope = sign_envelope(MANIFEST_TYPE, raw, keys).encode()

@@ -18,6 +18,7 @@ BUILTIN = {
     "communication": "agent.checks.communication:Communication",
     "charging-session": "agent.checks.session:ChargingSession",
     "alarms": "agent.checks.alarms:Alarms",
+    "components": "agent.checks.components:Components",
 }
 
 

@@ -30,8 +30,23 @@ def register(subparsers):
     c.add_argument(
         "--payload",
         action="append",
-        required=True,
+        default=[],
         metavar="NAME:SLOT_CLASS:PATH[:gzip]",
+    )
+    c.add_argument(
+        "--mcu",
+        action="append",
+        default=[],
+        metavar="NAME:MCU_ID:PROTOCOL:ADDRESS:VERSION:PATH",
+        help="an MCU image, e.g. safety-fw:safety:stm32-rom:0x08000000:2.1.0:safety.bin "
+        "(protocols: stm32-rom, mcuboot-smp; docs/components.md)",
+    )
+    c.add_argument(
+        "--component",
+        action="append",
+        default=[],
+        metavar="NAME=VERSION",
+        help="a component version that belongs to this release without a payload in it",
     )
     c.add_argument("-o", "--out", required=True)
     c.set_defaults(func=create)
@@ -72,18 +87,54 @@ def parse_payload_spec(spec):
     return PayloadSource(parts[0], parts[1], parts[2], compression)
 
 
+def parse_mcu_spec(spec):
+    parts = spec.split(":", 5)
+    try:
+        if len(parts) != 6 or not all(parts):
+            raise ValueError
+        address = int(parts[3], 0)
+    except ValueError:
+        raise ConfigError(
+            "--mcu %r is not NAME:MCU_ID:PROTOCOL:ADDRESS:VERSION:PATH" % spec,
+            hint="e.g. --mcu safety-fw:safety:stm32-rom:0x08000000:2.1.0:build/safety.bin",
+        ) from None
+    mcu = {"id": parts[1], "protocol": parts[2], "address": address, "version": parts[4]}
+    return PayloadSource(parts[0], None, parts[5], "none", component=parts[1], mcu=mcu)
+
+
+def parse_components(specs, manifest_payloads, version):
+    found = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name or not value:
+            raise ConfigError("--component %r is not NAME=VERSION" % spec)
+        found[name] = value
+    if not found:
+        return None
+    for p in manifest_payloads:  # the payloads' own components belong to it as well
+        if p.mcu is not None:
+            found.setdefault(p.component or p.mcu["id"], p.mcu["version"])
+        else:
+            found.setdefault(p.component or p.slot_class, version)
+    return found
+
+
 def create(args):
     compatible = [{"model": m, "hardware_revisions": list(args.hw_rev)} for m in args.model]
+    sources = [parse_payload_spec(s) for s in args.payload] + [parse_mcu_spec(s) for s in args.mcu]
+    if not sources:
+        raise ConfigError("a bundle needs at least one --payload or --mcu")
     check_output(args.out)
     try:
         manifest = create_bundle(
             args.out,
-            [parse_payload_spec(s) for s in args.payload],
+            sources,
             [crypto.load_private(k) for k in args.key],
             version=args.bundle_version,
             security_version=args.security_version,
             compatible=compatible,
             expires=args.expires,
+            components=parse_components(args.component, sources, args.bundle_version),
         )
     except OSError as e:
         raise ConfigError("cannot write %s: %s" % (args.out, e.strerror or e)) from None
@@ -168,10 +219,18 @@ def inspect(args):
     for c in m["compatible"]:
         lines.append("fits %s revisions %s" % (c["model"], ", ".join(c["hardware_revisions"])))
     for p in m["payloads"]:
+        if p.get("type") == "mcu":
+            mcu = p["mcu"]
+            target = "MCU %s (%s at 0x%08x, version %s)" % (
+                mcu["id"], mcu["protocol"], mcu["address"], mcu["version"])  # fmt: skip
+        else:
+            target = p["slot_class"]
         lines.append(
             "payload %s -> %s: %d bytes at %d, %s, sha256 %s"
-            % (p["name"], p["slot_class"], p["size"], p["offset"], p["compression"], p["sha256"])
+            % (p["name"], target, p["size"], p["offset"], p["compression"], p["sha256"])
         )
+    lines.append("components %s" % ", ".join(
+        "%s %s" % (n, v) for n, v in sorted(m["components"].items())))  # fmt: skip
     lines += ["signed by %s" % keyid for keyid in doc["signatures"]]
     for line in lines:  # unverified content: printed inert (agent/commands/_text.py)
         print(printable(line))

@@ -17,6 +17,7 @@ import time
 
 from agent.checks import TrialContext, job_check_names, load_checks
 from agent.checks.alarms import baseline as alarm_baseline
+from agent.control import components as mcu_steps
 from agent.control import steps
 from agent.control.observation import Observer
 from agent.control.reporting import Reporter
@@ -53,10 +54,10 @@ class Daemon:
         self.trust, self.system, self.clock = trust, system, clock
         self.rng = rng or random.Random()
         trial = cfg.section("trial")
-        self.policy = TrialPolicy(
-            int(trial.get("window_s", 600)),
-            trial.get("checks", ["communication", "charging-session", "alarms"]),
-        )
+        checks = list(trial.get("checks", ["communication", "charging-session", "alarms"]))
+        if cfg.section("components") and "components" not in checks:
+            checks.append("components")  # the MCUs are part of every trial (issue 16)
+        self.policy = TrialPolicy(int(trial.get("window_s", 600)), checks)
         load_checks(self.policy.required_checks)  # a misnamed check is a config error now
         self.job_checks = job_check_names(self.policy.required_checks)
         self.observer = Observer(cfg.section("observation"), stack, clock)
@@ -80,6 +81,7 @@ class Daemon:
         self.wake_at = 0
         self.next_pet = 0.0  # time.monotonic() of the next watchdog pet
         self.journey = None
+        self.flash_slot = None  # MCU images to write before the trial checks
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -383,6 +385,18 @@ class Daemon:
             raise RebootFailed("the reboot command failed",
                                hint="check [system] reboot_command")  # fmt: skip
 
+    def do_flash_components(self, slot):
+        self.flash_slot = slot  # written by the checks' worker, before the checks run
+
+    def do_confirm_components(self, slot):
+        mcu_steps.confirm(self.cfg, slot, self.stack)
+
+    def do_restore_components(self, slot):
+        # On the loop thread: RolledBack is reported only once the MCUs match the old release.
+        done = mcu_steps.restore(self.cfg, slot, self.stack, lambda *a: self.system.pet())
+        if done:
+            log.info("MCUs back to slot %s's release: %s", slot, done)
+
     def do_cleanup(self):
         pass  # streaming installs keep no download cache
 
@@ -469,11 +483,25 @@ class Daemon:
                     "evidence": evidence}  # fmt: skip
             self.report("TrialRunning", info)
 
+        ctx.slot = data.get("new_slot")
+        ctx.components = self._flash_components(reported)
         names = self.journey.policy().required_checks
+        if ctx.components.get("problem"):
+            names = [n for n in names if n == "components"] or names  # the rest cannot pass
         results = steps.run_checks(ctx, names, reported, self.policy.required_checks)
         verdict = "pass" if all(r[0] for r in results.values()) else "fail"
         self.publish_health("trial", results, verdict)
         return ("checks", results)
+
+    def _flash_components(self, reported):
+        slot, self.flash_slot = self.flash_slot, None
+        if slot is None:
+            return {}
+        try:
+            return mcu_steps.flash(self.cfg, slot, self.stack, lambda *a: self.system.pet())
+        except UpdateError as e:
+            log.error("MCU write failed: %s", e)
+            return {"problem": "MCU write failed: %s" % e.message, "reason": e.reason}
 
     def _wait(self, seconds):
         return not self.stopping.wait(seconds)

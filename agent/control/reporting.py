@@ -53,6 +53,19 @@ class Reporter:
             return
         self._publish(ch.INVENTORY, row, retain=True)
 
+    def components(self, booted, slots):
+        """component -> running version: the booted slot's release, each MCU as the agent
+        last wrote or confirmed it (None while a write is unfinished)."""
+        from agent.state.components import ComponentStore
+
+        store = ComponentStore(self.cfg.state_dir)
+        found = dict(store.release(booted)["components"])
+        if not found:
+            found["rootfs"] = slots.get(booted, {}).get("version")
+        for name, record in store.running().items():
+            found[name] = record.get("version")
+        return found
+
     def inventory_row(self):
         """The operator's update-matrix row for this charger."""
         boot = self.boot.status()
@@ -67,6 +80,7 @@ class Reporter:
                                "state": slots.get(s, {}).get("state"),
                                "attempts_left": boot["slots"][s]["attempts_left"]})
                           for s in boot["slots"]),
+            "components": self.components(boot["booted"], slots),
             "last_job": self.history.last_job(), "rollbacks": self.history.rollbacks(),
             "ts": int(self.clock()),
         }  # fmt: skip

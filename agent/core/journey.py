@@ -13,6 +13,9 @@ Actions are tuples the daemon executes in order:
   ("report", status, info)           publish a status (info: job_id, version, reason, ...)
   ("download",) ("verify",) ("install", slot) ("run_checks",) ("record_baseline",)
   ("try_slot", slot) ("mark_good", slot) ("mark_bad", slot) ("reboot",) ("cleanup",)
+  ("flash_components", slot)         write slot's MCU images before its trial checks
+  ("confirm_components", slot)       the commit: every MCU keeps what it runs
+  ("restore_components", slot)       the rollback: every MCU back to slot's release
   ("wait", until_epoch, why)         nothing to do before then (or before news)
   ("ignore", job_id, reason)         duplicate/replayed job or stray cancel: log only
   ("reject", job_id, reason)         tell the operator the job was refused
@@ -195,13 +198,14 @@ class Journey:
             return self._after(self._go(lc.REBOOTED_INTO_OLD, now, {"reason": reason}))
         if saved == lc.TRIAL:
             self.data["results"] = {}  # checks run again; the window counts from the start
-            return self.state, [self._report(), ("run_checks",)]
+            return self.state, [self._report(), ("flash_components", new), ("run_checks",)]
         if saved == lc.ROLLED_BACK:
             if booted_new:  # the switch back had not happened yet
                 return self.state, [("mark_bad", new), ("reboot",)]
-            return self.state, [("mark_bad", new), self._report(), ("cleanup",)]
+            restore = ("restore_components", old)
+            return self.state, [("mark_bad", new), restore, self._report(), ("cleanup",)]
         if saved == lc.COMMITTED:
-            good = [("mark_good", new)] if booted_new else []
+            good = [("confirm_components", new), ("mark_good", new)] if booted_new else []
             return self.state, good + [self._report()]
         if lc.is_terminal(saved):
             return self.state, self._enter_failure(saved)
@@ -272,10 +276,10 @@ class Journey:
         if state == lc.TRIAL:
             self.data["trial_started_at"] = now
             self.data["results"] = {}
-            return [save, report, ("run_checks",)]
+            return [save, report, ("flash_components", new), ("run_checks",)]
         if state == lc.COMMITTED:
             self.data["committed_at"] = now
-            return [("mark_good", new), save, report, ("cleanup",)]
+            return [("confirm_components", new), ("mark_good", new), save, report, ("cleanup",)]
         return self._enter_failure(state)
 
     def _enter_failure(self, state):
@@ -283,7 +287,8 @@ class Journey:
         save, report = ("save_journal",), self._report()
         if state == lc.ROLLED_BACK:
             if self.data.get("fell_back"):  # the bootloader already switched back
-                return [save, ("mark_bad", new), report, ("cleanup",)]
+                restore = ("restore_components", self.data.get("old_slot"))
+                return [save, ("mark_bad", new), restore, report, ("cleanup",)]
             # Reported once back on the old slot (resume), by the firmware that is running.
             return [save, ("mark_bad", new), ("reboot",)]
         if state in (lc.INSTALLATION_FAILED, lc.INSTALL_VERIFICATION_FAILED, lc.INVALID_SIGNATURE):

@@ -8,7 +8,7 @@ a verifier must check the bytes a signer saw). Pure: no I/O, runs on MicroPython
 
 import json
 
-from agent.core import semver, timefmt
+from agent.core import components, semver, timefmt
 from agent.core.errors import MalformedBundle
 
 FORMAT = 1
@@ -19,9 +19,10 @@ COMPRESSIONS = ("none", "gzip")
 _HEX = "0123456789abcdef"
 
 TOP_FIELDS = ("format", "version", "security_version", "created", "expires", "compatible")
-TOP_FIELDS = TOP_FIELDS + ("payloads",)
+TOP_FIELDS = TOP_FIELDS + ("payloads", "components")
 PAYLOAD_FIELDS = ("name", "slot_class", "size", "sha256", "compression")
 PAYLOAD_FIELDS = PAYLOAD_FIELDS + ("installed_size", "installed_sha256")
+PAYLOAD_FIELDS = PAYLOAD_FIELDS + ("type", "component", "mcu")  # agent/core/components.py
 
 
 def _bad(field, what):
@@ -37,17 +38,26 @@ class Payload:
         self.compression = compression
         self.installed_size = installed_size  # bytes after decompression (== size if none)
         self.installed_sha256 = installed_sha
+        self.type, self.component, self.mcu = components.SLOT, slot_class, None
 
     def to_dict(self):
-        return {
-            "name": self.name,
-            "slot_class": self.slot_class,
-            "size": self.size,
-            "sha256": self.sha256,
-            "compression": self.compression,
-            "installed_size": self.installed_size,
-            "installed_sha256": self.installed_sha256,
-        }
+        extra = {}
+        if self.type != components.SLOT:
+            extra = {"type": self.type, "mcu": dict(self.mcu)}
+        if self.component != self.slot_class:
+            extra["component"] = self.component
+        return dict(
+            extra,
+            **{
+                "name": self.name,
+                "slot_class": self.slot_class,
+                "size": self.size,
+                "sha256": self.sha256,
+                "compression": self.compression,
+                "installed_size": self.installed_size,
+                "installed_sha256": self.installed_sha256,
+            },
+        )
 
 
 class Manifest:
@@ -60,6 +70,9 @@ class Manifest:
         self.expires = fields["expires"]
         self.compatible = fields["compatible"]
         self.payloads = payloads
+        self.components = components.release_components(
+            fields.get("components"), payloads, self.version
+        )
 
     @property
     def payload_bytes(self):
@@ -84,6 +97,7 @@ class Manifest:
                 for c in self.compatible
             ],
             "payloads": [p.to_dict() for p in self.payloads],
+            "components": dict(self.components),
         }
 
 
@@ -155,7 +169,8 @@ def _payload(entry, i):
         raise _bad("payloads[%d]" % i, "must be an object")
     _only(entry, PAYLOAD_FIELDS, where)
     name = _name(entry, "name", where)
-    slot_class = _name(entry, "slot_class", where)
+    kind, component, mcu = components.payload_fields(entry, where)
+    slot_class = _name(entry, "slot_class", where) if kind == components.SLOT else None
     size = _int(entry, "size", 0, MAX_PAYLOAD_SIZE, where)
     sha = _sha(entry, "sha256", where)
     compression = entry.get("compression", "none")
@@ -170,7 +185,9 @@ def _payload(entry, i):
     else:
         isize = _int(entry, "installed_size", 0, MAX_PAYLOAD_SIZE, where)
         isha = _sha(entry, "installed_sha256", where)
-    return Payload(name, slot_class, size, sha, compression, isize, isha)
+    payload = Payload(name, slot_class, size, sha, compression, isize, isha)
+    payload.type, payload.component, payload.mcu = kind, component, mcu
+    return payload
 
 
 def _payloads(value):
@@ -224,6 +241,7 @@ def parse_manifest(raw):
         "created": _time(obj, "created"),
         "expires": _time(obj, "expires"),
         "compatible": _compatible(obj.get("compatible")),
+        "components": obj.get("components"),
     }
     if fields["expires"] <= fields["created"]:
         raise _bad("expires", "must be later than created")

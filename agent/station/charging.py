@@ -31,6 +31,9 @@ class ChargingStack:
         return None
 
     def request(self, cmd, **fields):
+        """Commands: authorize, start, meter, stop, status; and, on a charger with MCUs,
+        {"cmd": "component", "name": ID} -> {"ok": bool, "version": str} (the MCU's
+        application answers through the stack, which owns its protocol)."""
         raise NotImplementedError
 
 

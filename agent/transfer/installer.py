@@ -11,6 +11,7 @@ so a failure anywhere here leaves the booted slot primary and the boot order as 
 from agent.bundle import format as fmt
 from agent.bundle.reader import open_bundle
 from agent.core.errors import VersionMismatch
+from agent.state.components import ComponentStore
 from agent.state.slotstate import SlotState
 from agent.transfer import guard
 from agent.transfer import slots as slotio
@@ -54,8 +55,13 @@ def check_version(manifest, expected):
 def plan(manifest, cfg, slot):
     """(payload, SlotTarget) pairs for `slot`; every target must exist and have room."""
     steps = []
+    store = ComponentStore(cfg.state_dir)
     for payload in manifest.payloads:
-        target = slotio.SlotTarget(cfg.slot_target(slot, payload.slot_class))
+        if payload.mcu is not None:  # kept with the slot, written to the MCU in its trial
+            store.prepare(slot)
+            target = slotio.SlotTarget(store.image_path(slot, payload.component))
+        else:
+            target = slotio.SlotTarget(cfg.slot_target(slot, payload.slot_class))
         slotio.check_space(target, payload.installed_size)
         steps.append((payload, target))
     return steps
@@ -79,6 +85,7 @@ def install(
     with opener(location, cfg.download) as source:
         manifest, envelope = read_manifest(source, trust, cfg, now)
         check_version(manifest, version)
+        check_components(manifest, cfg, boot.booted_slot())
         steps = plan(manifest, cfg, slot)
         # Endless-data bound: nothing past the signed length of the whole bundle.
         source.set_limit(fmt.bundle_size(len(envelope.raw), manifest))
@@ -97,5 +104,21 @@ def install(
         source.expect_end()
         if progress:
             progress.done()
+    ComponentStore(cfg.state_dir).record_release(slot, manifest)
     state.installed(slot, manifest)
     return Installed(slot, manifest)
+
+
+def check_components(manifest, cfg, booted):
+    """A release whose MCUs this board lacks, or could not roll back, is refused here."""
+    from agent.components import board_components
+    from agent.control import components as mcu_steps
+    from agent.core.components import check_board, mcu_payloads
+    from agent.core.errors import WrongHardware
+
+    if not mcu_payloads(manifest):
+        return
+    problem = check_board(manifest, board_components(cfg))
+    if problem:
+        raise WrongHardware("the release %s" % problem)
+    mcu_steps.check_kept(cfg, manifest, booted)

@@ -14,6 +14,7 @@ import threading
 import tty
 
 from hil.drivers.sim_devices import EvSimDevice, RelaySim
+from hil.emulators.stm32_rom import Stm32Rom
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,6 +34,14 @@ class VirtualBoard:
         # the same pyserial drivers as on a real bench (hil/drivers).
         self.relay = RelaySim(channels=1, on_change=self.power_input)
         self.ev = BoardEvSim(os.path.join(ev_dir, "cp"))
+        # The safety MCU (an STM32 with its ROM bootloader) on its own UART, BOOT0 and NRST
+        # wired to the controller's GPIOs (FIFOs here); its flash survives power cuts.
+        os.makedirs(os.path.join(self.dir, "flash"), exist_ok=True)
+        lines, flash = (
+            os.path.join(self.dir, "mcu-lines"),
+            os.path.join(self.dir, "flash", "mcu.bin"),
+        )
+        self.mcu = Stm32Rom(lines_dir=lines, flash_path=flash).start()
 
     @property
     def is_on(self):
@@ -74,7 +83,8 @@ class VirtualBoard:
         self.proc = None
 
     def power_input(self, channel, on):
-        """Wired to the relay simulator: the supply line of the board."""
+        """Wired to the relay simulator: the supply line of the board (and its MCU)."""
+        self.mcu.power(on)
         (self.power_on if on else self.power_off)()
         with self.switched:
             self.switches += 1
@@ -84,6 +94,7 @@ class VirtualBoard:
         self.power_off()
         self.relay.close()
         self.ev.close()
+        self.mcu.close()
         for fd in (self.master, self.slave):
             try:
                 os.close(fd)

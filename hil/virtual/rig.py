@@ -5,8 +5,12 @@ so the catalogue exercises the same code paths as on a real bench; on top, the v
 offers what a bench cannot: its flash files (for torn-write scenarios) and a factory reset.
 """
 
+import hashlib
+import json
 import os
 import sys
+
+import tomli_w
 
 from agent.state.slotstate import SlotState
 from bootloader_iface.uboot_env import encode_copy
@@ -16,6 +20,11 @@ from hil.services.mosquitto import free_port
 from hil.virtual import layout
 from hil.virtual.board import VirtualBoard
 from hil.virtual.image import build_image
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
 
 MODEL = "ACME-AC22"
 HW = "rev-b"
@@ -52,6 +61,22 @@ class VirtualRig(Harness):
     def build_image(self, version, defects, pad_bytes):
         path = os.path.join(self.kit.dir, "firmware-%s.tar" % version)
         return build_image(path, version, defects, pad_bytes)
+
+    def build_mcu_image(self, version, defects, size=None):
+        """The safety MCU's firmware (hil/emulators/mcu_image.py) for a release."""
+        from hil.emulators import mcu_image
+
+        path = os.path.join(self.kit.dir, "safety-%s-%s.bin" % (version, "-".join(defects)))
+        with open(path, "wb") as f:
+            f.write(mcu_image.build(version, defects, size=size or MCU_IMAGE_SIZE))
+        return path
+
+    def mcu_version(self):
+        """What the safety MCU's flash holds (None: nothing that would boot)."""
+        from hil.emulators import mcu_image
+
+        info = mcu_image.parse(self.board.mcu.flash)
+        return info["version"] if info else None
 
     # The virtual board's relay acts at once; wait for it so a cut is really a cut.
 
@@ -123,4 +148,43 @@ def provision(board_dir, device_id, kit, factory_version, mqtt_port, ocpp_port,
     ]
     layout.create(board_dir, sections, routes, factory, watchdog=watchdog_s)
     SlotState(os.path.join(board_dir, "data")).set_good("A", factory_version, 1)
-    return VirtualBoard(board_dir)
+    board = VirtualBoard(board_dir)
+    install_safety_mcu(board, factory_version)
+    return board
+
+
+MCU_ID, MCU_PROTOCOL, MCU_ADDRESS = "safety", "stm32-rom", 0x08000000
+MCU_IMAGE_SIZE = 16 * 1024
+FACTORY_MCU_VERSION = "1.0.0"
+
+
+def install_safety_mcu(board, factory_version):
+    """The factory: the safety MCU runs its first firmware, the agent config names its port
+    and GPIO lines, and the image is kept with slot A (what a rollback writes back)."""
+    from hil.emulators import mcu_image
+
+    image = mcu_image.build(FACTORY_MCU_VERSION, size=MCU_IMAGE_SIZE)
+    board.mcu.flash[: len(image)] = image
+    with open(board.mcu.flash_path, "wb") as f:
+        f.write(bytes(board.mcu.flash))
+    config = os.path.join(board.dir, "agent.toml")
+    with open(config, "rb") as f:
+        sections = tomllib.load(f)
+    sections["components"] = {MCU_ID: {
+        "protocol": MCU_PROTOCOL, "port": board.mcu.port, "boot0": "gpio:mcu-lines/boot0",
+        "nreset": "gpio:mcu-lines/nrst", "start_timeout_s": 5}}  # fmt: skip
+    with open(config, "w") as f:
+        f.write(tomli_w.dumps(sections))
+    store = os.path.join(board.dir, "data", "components")
+    os.makedirs(os.path.join(store, "A"))
+    with open(os.path.join(store, "A", "%s.img" % MCU_ID), "wb") as f:
+        f.write(image)
+    mcu = {"id": MCU_ID, "protocol": MCU_PROTOCOL, "address": MCU_ADDRESS,
+           "version": FACTORY_MCU_VERSION, "sha256": hashlib.sha256(image).hexdigest()}  # fmt: skip
+    for name, data in (
+        ("A.json", {"components": {"rootfs": factory_version, MCU_ID: FACTORY_MCU_VERSION},
+                    "mcus": {MCU_ID: mcu}}),
+        ("running.json", {MCU_ID: {"version": FACTORY_MCU_VERSION, "confirmed": True}}),
+    ):  # fmt: skip
+        with open(os.path.join(store, name), "w") as f:
+            json.dump(data, f)

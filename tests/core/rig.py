@@ -35,6 +35,7 @@ class Board:
         self.left = 0
         self.booted = "A"
         self.boots = 0
+        self.mcu = "A"  # whose release the MCUs run (slot A's at the factory)
 
     def other(self, slot):
         return "B" if slot == "A" else "A"
@@ -232,7 +233,9 @@ class Rig:
                 self._feed(lc.INSTALL_ERROR, {"reason": "no-space"})
         elif name == "run_checks":
             self._take(self.journey.check_results(self._results(), self.now))
-        elif name != "cleanup":
+        elif name in ("flash_components", "restore_components"):
+            self.board.mcu = action[1]
+        elif name not in ("cleanup", "confirm_components"):
             raise AssertionError("unknown action %r" % (action,))
 
     def _results(self):
@@ -270,3 +273,5 @@ def check_board(rig, booted, primary, good_b):
         (booted, primary, good_b),
         "board (booted, primary, slot B good)",
     )
+    # Components move with the slot: the MCUs run the release of the slot that runs.
+    check_equal(rig.board.mcu, booted, "release the MCUs run")

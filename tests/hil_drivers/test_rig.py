@@ -82,3 +82,29 @@ def test_open_console_uses_the_url_the_board_gives(tmp_path):
     with loaded.open_console(url="loop://") as console:
         console.send_line("hello")
         assert console.expect("hello", timeout=5)
+
+
+def test_bench_rig_names_the_mcu_port_and_lines(tmp_path):
+    """[mcu] of a rig file: the MCU's UART and BOOT0/NRST; the driver it opens enters the
+    (emulated) ROM bootloader through those lines."""
+    from hil import rig as rig_mod
+    from hil.emulators.stm32_rom import PID, Stm32Rom
+
+    example = rig_mod.load(os.path.join(os.path.dirname(rig_mod.__file__), "rigs",
+                                        "bench-example.toml"))  # fmt: skip
+    assert (example.mcu.protocol, example.mcu.boot0, example.mcu.nreset) == (
+        "stm32-rom", "rts", "!dtr")  # fmt: skip
+    with Stm32Rom(lines_dir=str(tmp_path / "lines")) as chip:
+        path = tmp_path / "rig.toml"
+        path.write_text('[board]\nkind = "virtual"\n[mcu]\nurl = "%s"\nboot0 = "gpio:%s"\n'
+                        'nreset = "gpio:%s"\n' % (chip.port, tmp_path / "lines" / "boot0",
+                                                   tmp_path / "lines" / "nrst"))  # fmt: skip
+        rom = rig_mod.load(str(path)).open_mcu()
+        rom.delay = lambda s: None
+        rom.enter()
+        assert rom.get_id() == PID
+        rom.port.close()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[board]\nkind = "virtual"\n[mcu]\nprotocol = "jtag"\n')
+    with pytest.raises(ConfigError, match="protocol"):
+        rig_mod.load(str(bad))

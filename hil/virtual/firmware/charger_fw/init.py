@@ -44,7 +44,8 @@ def main():
     stop = threading.Event()
     start_uplink(board, defects)
     ocpp = start_ocpp(board, fw["version"])
-    stack = stack_mod.ChargingStack(defects, pilot_path=os.path.join(board, "ev", "cp"), ocpp=ocpp)
+    stack = stack_mod.ChargingStack(defects, pilot_path=os.path.join(board, "ev", "cp"), ocpp=ocpp,
+                                    mcu_port=safety_mcu_port(board))  # fmt: skip
     stack_mod.serve(stack, os.path.join(run, "stack.sock"))
     if "alarm-storm" in defects:
         stack.start_alarm_storm(stop)
@@ -67,6 +68,13 @@ def main():
     except subprocess.TimeoutExpired:
         agent.kill()
     return 0
+
+
+def safety_mcu_port(board):
+    """The safety MCU's UART, as the board's config names it (None: a board without one)."""
+    with open(os.path.join(board, "agent.toml"), "rb") as f:
+        config = tomllib.load(f)
+    return config.get("components", {}).get("safety", {}).get("port")
 
 
 def start_ocpp(board, version):

@@ -14,8 +14,9 @@ import time
 
 
 class ChargingStack:
-    def __init__(self, defects=(), clock=time.time, pilot_path=None, ocpp=None):
+    def __init__(self, defects=(), clock=time.time, pilot_path=None, ocpp=None, mcu_port=None):
         self.defects = set(defects)
+        self.mcu_port = mcu_port  # the safety MCU's UART: the contactor goes through it
         self.ocpp = ocpp  # the station's OCPP client: sessions become TransactionEvents
         self.pilot_path = pilot_path  # the CP state the EV (simulator) presents
         self.clock = clock
@@ -49,6 +50,11 @@ class ChargingStack:
             if "faults-under-load" in self.defects and self.sessions_done >= 1 and not self._storm:
                 # Passes the trial's one self-test session, then trips under real use.
                 self._start_storm(threading.Event(), 0.05)
+            closed = self.mcu("CONTACTOR ON")
+            if closed is not None and not closed.startswith("OK"):
+                self.sessions_failed += 1
+                self._raise_alarm("ContactorFailure")
+                return {"ok": False, "reason": "safety MCU: %s" % closed}
             self.session = {"id_tag": id_tag, "started": self.clock(), "energy_wh": 0,
                             "tx": "tx-%d" % (self.sessions_done + 1)}  # fmt: skip
             if self.ocpp:
@@ -78,6 +84,7 @@ class ChargingStack:
             if not self.session:
                 return {"ok": False, "reason": "no session"}
             session, self.session = self.session, None
+            self.mcu("CONTACTOR OFF")
             energy = session["energy_wh"]
             self.sessions_done += 1
             if self.ocpp:
@@ -97,6 +104,28 @@ class ChargingStack:
                 "sessions_done": self.sessions_done,
                 "alarms": list(self.alarms[-200:]),
             }
+
+    def mcu(self, line):
+        """One command to the safety MCU's application; its reply, "ERR ..." when it does not
+        answer or is busy (being flashed: the agent holds the port), None without an MCU."""
+        if not self.mcu_port:
+            return None
+        import serial
+
+        try:
+            with serial.Serial(self.mcu_port, 115200, timeout=1.0, exclusive=True) as port:
+                port.reset_input_buffer()
+                port.write(line.encode() + b"\n")
+                reply = port.readline().decode("ascii", "replace").strip()
+        except (OSError, serial.SerialException) as e:
+            return "ERR MCU port busy or gone (%s)" % e
+        return reply or "ERR no answer from the safety MCU"
+
+    def component(self, name):
+        reply = self.mcu("VERSION")
+        if reply and reply.startswith("VERSION "):
+            return {"ok": True, "name": name, "version": reply.split(" ", 1)[1]}
+        return {"ok": False, "name": name, "reason": reply or "no MCU"}
 
     # -- faults ---------------------------------------------------------------------------------
 
@@ -130,6 +159,8 @@ class ChargingStack:
             return self.stop()
         if cmd == "status":
             return self.status()
+        if cmd == "component":
+            return self.component(request.get("name"))
         return {"ok": False, "reason": "unknown command %r" % cmd}
 
 

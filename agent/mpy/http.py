@@ -1,0 +1,161 @@
+"""A streaming HTTP/1.1 download for the board: Range resume, a hard length bound, small buffers.
+
+`Download(url, limit).read(n)` hands out the body in order, never more than `limit` bytes in
+all. When the connection drops mid-body it reconnects and asks for the rest with
+`Range: bytes=POS-` and `If-Range: ETAG`, up to `retries` times; a server that ignores the
+range is skipped forward, one whose resource changed (ETag differs) is an error.
+
+Invariant: a transport failure raises NetworkError (transient, retried by the journey), a
+response that breaks the protocol or the bound raises Truncated or MalformedBundle (rejected).
+"""
+
+import socket
+
+from agent.core.errors import MalformedBundle, NetworkError, Truncated
+
+MAX_HEADER_LINES = 64
+MAX_LINE = 1024
+
+
+def split_url(url):
+    if url.startswith("https://"):
+        scheme, rest, port = "https", url[8:], 443
+    elif url.startswith("http://"):
+        scheme, rest, port = "http", url[7:], 80
+    else:
+        raise MalformedBundle("unsupported URL scheme in %r" % url[:40])
+    host, _, path = rest.partition("/")
+    if ":" in host:
+        host, p = host.rsplit(":", 1)
+        if not p.isdigit():
+            raise MalformedBundle("bad port in URL %r" % url[:80])
+        port = int(p)
+    return scheme, host, port, "/" + path
+
+
+class Download:
+    def __init__(self, url, limit, timeout_s=10, retries=5, on_wait=None):
+        self.scheme, self.host, self.port, self.path = split_url(url)
+        self.limit = limit
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.on_wait = on_wait  # called between attempts (the agent polls MQTT there)
+        self.pos = 0
+        self.total = None
+        self.etag = None
+        self.sock = None
+        self.resumes = 0
+        self._skip = 0
+
+    # -- connection ---------------------------------------------------------------------
+
+    def _connect(self):
+        addr = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]
+        sock = socket.socket()
+        sock.settimeout(self.timeout_s)
+        sock.connect(addr)
+        if self.scheme == "https":
+            import ssl
+
+            sock = ssl.wrap_socket(sock, server_hostname=self.host)
+        lines = ["GET %s HTTP/1.1" % self.path, "Host: %s" % self.host,
+                 "User-Agent: charger-update-mpy", "Connection: close"]  # fmt: skip
+        if self.pos:
+            lines.append("Range: bytes=%d-" % self.pos)
+            if self.etag:
+                lines.append("If-Range: %s" % self.etag)
+        sock.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        status, headers = self._head(sock)
+        self._accept(status, headers)
+        self.sock = sock
+
+    def _head(self, sock):
+        line = sock.readline()
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise NetworkError("no HTTP status line from %s" % self.host)
+        headers = {}
+        for _ in range(MAX_HEADER_LINES):
+            line = sock.readline()
+            if len(line) > MAX_LINE:
+                raise MalformedBundle("HTTP header line longer than %d bytes" % MAX_LINE)
+            if line in (b"\r\n", b"\n", b""):
+                return int(parts[1]), headers
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        raise MalformedBundle("more than %d HTTP header lines" % MAX_HEADER_LINES)
+
+    def _accept(self, status, headers):
+        if status >= 500 or status == 429:
+            raise NetworkError("server answered %d" % status)
+        if status not in (200, 206):
+            raise MalformedBundle("server answered %d for %s" % (status, self.path))
+        length = headers.get("content-length", "")
+        if not length.isdigit():
+            raise MalformedBundle("response has no Content-Length")
+        etag = headers.get("etag")
+        if status == 206:
+            start = headers.get("content-range", "")[6:].split("-", 1)[0]
+            if not start.isdigit() or int(start) != self.pos:
+                raise MalformedBundle("Content-Range does not start at %d" % self.pos)
+            if self.etag and etag and etag != self.etag:
+                raise MalformedBundle("the file changed on the server during the download")
+            total = self.pos + int(length)
+        else:
+            total = int(length)
+            self._skip = self.pos  # range ignored: the body starts at 0 again
+        if self.total is not None and total != self.total:
+            raise MalformedBundle("the file changed size on the server during the download")
+        self.total, self.etag = total, etag or self.etag
+
+    # -- reading ------------------------------------------------------------------------
+
+    def read(self, n):
+        """Up to n bytes (b"" at the end); never past `limit`."""
+        n = min(n, self.limit - self.pos)
+        if n <= 0:
+            return b""
+        for attempt in range(self.retries + 1):
+            try:
+                if self.sock is None:
+                    self._skip = 0
+                    self._connect()
+                    while self._skip:
+                        self._skip -= len(self._recv(min(self._skip, 4096)))
+                if self.total is not None and self.pos >= self.total:
+                    return b""
+                data = self._recv(n)
+                self.pos += len(data)
+                return data
+            except OSError as e:
+                self.close()
+                if attempt == self.retries:
+                    raise NetworkError("download from %s failed: %s" % (self.host, e))
+                self.resumes += 1
+                if self.on_wait is not None:
+                    self.on_wait()
+        return b""
+
+    def _recv(self, n):
+        data = self.sock.read(n)
+        if not data:
+            raise OSError(104, "connection closed after %d bytes" % self.pos)
+        return data
+
+    def read_exact(self, n, what):
+        parts, got = [], 0
+        while got < n:
+            block = self.read(min(n - got, 4096))
+            if not block:
+                raise Truncated("bundle ends inside the %s: %d of %d bytes" % (what, got, n))
+            parts.append(block)
+            got += len(block)
+        return b"".join(parts)
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None

@@ -1,0 +1,116 @@
+"""The emulated board's application (runs under the MicroPython unix port): the charging
+firmware's part that matters to updates, and the agent.
+
+The emulated bootloader hands over the image descriptor it validated (MPYBOARD_APP); its
+`defects` make the broken builds the scenario catalogue must catch: crash-on-boot (panics
+before the agent starts), no-backend (the network never reaches the broker), refuse-session
+(the charging stack refuses to start a session), alarm-storm (a ground-fault alarm every
+second). A reset is the end of this process: the board controller runs the bootloader again.
+
+Power-cut tests: with MPYBOARD_DIR/cut_at holding N, the N-th journal save of the board's
+life prints "POWER CUT" and blocks; the controller then pulls the plug.
+"""
+
+import json
+import os
+import sys
+import time
+
+BOARD = os.getenv("MPYBOARD_DIR") or "."
+APP = json.loads(os.getenv("MPYBOARD_APP") or "{}")
+DEFECTS = APP.get("defects", [])
+
+
+class SimStack:
+    """The charging firmware's callback object the agent's checks use."""
+
+    def __init__(self, defects):
+        self.defects = defects
+        self.booted = time.time()
+        self.active = False
+        self.energy = 0
+
+    def session_active(self):
+        return self.active
+
+    def alarms(self):
+        if "alarm-storm" not in self.defects:
+            return []
+        now = time.time()
+        count = min(20, int(now - self.booted))
+        return [{"code": "GroundFailure", "ts": now - i} for i in range(count)]
+
+    def request(self, cmd, **fields):
+        if cmd == "authorize":
+            return {"ok": True}
+        if cmd == "start":
+            if "refuse-session" in self.defects:
+                return {"ok": False, "reason": "connector lock failed"}
+            self.active, self.energy = True, 0
+            return {"ok": True}
+        if cmd == "meter":
+            self.energy += 125
+            return {"ok": self.active, "energy_wh": self.energy}
+        if cmd == "stop":
+            self.active = False
+            return {"ok": True, "energy_wh": self.energy}
+        return {"ok": False, "reason": "unknown command"}
+
+
+class System:
+    def reboot(self):
+        print("[fw] machine.reset()")
+        sys.exit(0)  # the controller treats the end of the process as a reset
+
+    def local_offset_s(self):
+        return 0
+
+
+def _counted_save(n, state):
+    """after_save hook: the board-wide save counter and the planned power cut."""
+    path = BOARD + "/saves"
+    try:
+        with open(path) as f:
+            count = int(f.read()) + 1
+    except (OSError, ValueError):
+        count = 1
+    with open(path, "w") as f:
+        f.write(str(count))
+    try:
+        with open(BOARD + "/cut_at") as f:
+            cut = int(f.read())
+    except (OSError, ValueError):
+        return
+    if cut == count:
+        print("POWER CUT at save %d (%s)" % (count, state))
+        while True:
+            time.sleep(1)
+
+
+def main():
+    import gc
+
+    print("[fw] charger firmware %s (defects: %s)" % (APP.get("version"), DEFECTS or "none"))
+    if "crash-on-boot" in DEFECTS:
+        print("[fw] panic: cannot mount data partition")
+        sys.exit(3)
+    from agent.mpy.agent import Agent, load_config
+    from agent.mpy.channel import Channel
+    from agent.mpy.ota import OtaBoot
+    from agent.mpy.trust import Trust
+
+    os.chdir(BOARD)
+    cfg = load_config("agent.json")
+    cfg["firmware_version"] = APP.get("version")
+    if "no-backend" in DEFECTS:
+        print("[fw] uplink down")
+        cfg["mqtt"]["port"] = 9  # discard: nothing listens, the broker is out of reach
+    trust = Trust(cfg["trust"]["root"], cfg.get("state_dir", "data") + "/trusted-root.json")
+    channel = Channel(cfg["mqtt"], cfg["device"]["id"])
+    agent = Agent(cfg, OtaBoot(), channel, SimStack(DEFECTS), trust, System(), _counted_save)
+    gc.collect()
+    print("[fw] agent up, heap used %d free %d" % (gc.mem_alloc(), gc.mem_free()))
+    agent.run()
+
+
+main()

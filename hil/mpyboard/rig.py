@@ -1,0 +1,116 @@
+"""The MicroPython rig: the backend on loopback (hil/harness.py) and one virtual MicroPython
+board, so the scenario catalogue runs against the agent's MicroPython runtime too.
+
+Releases are signed with the same kit as every rig (hil/release.py), as a bundle with one
+gzip `app` payload: the board's emulated app image (appimage.py) with its defects.
+"""
+
+import json
+import os
+import shutil
+
+from hil.harness import Harness
+from hil.mpyboard import flash
+from hil.mpyboard.board import MpyBoard
+from hil.release import ReleaseKit
+
+MODEL = "ACME-AC11-MPY"
+HW = "esp32-rev3"
+DEFECTS = ("crash-on-boot", "no-backend", "refuse-session", "alarm-storm")
+
+
+class AppKit(ReleaseKit):
+    """ReleaseKit whose bundles carry the image as the board's `app` payload."""
+
+    def bundle_image(self, image, version, security_version=1, keys=None, name=None):
+        import time
+
+        from agent.bundle.writer import PayloadSource, create_bundle
+
+        out = os.path.join(self.dir, name or "charger-%s.cub" % version)
+        create_bundle(
+            out, [PayloadSource("app", "app", image, "gzip")], keys or [self.release_key],
+            version=version, security_version=security_version,
+            compatible=[{"model": self.model, "hardware_revisions": [self.hardware_revision]}],
+            expires=int(time.time()) + 30 * 86400,
+        )  # fmt: skip
+        return out
+
+
+def build_image(path, version, defects=(), pad_bytes=0):
+    unknown = [d for d in defects if d not in DEFECTS]
+    if unknown:
+        raise ValueError("unknown defect(s) %s; known: %s" % (unknown, ", ".join(DEFECTS)))
+    _, _, _, appimage = flash.modules(os.path.dirname(path))
+    body = os.urandom(pad_bytes // 2) + b"\x00" * (pad_bytes - pad_bytes // 2)
+    with open(path, "wb") as f:
+        f.write(appimage.build({"version": version, "defects": list(defects)}, body))
+    return path
+
+
+class MpyRig(Harness):
+    boot_banner = r"\[rom\] booting ota_"
+
+    def __init__(self, workdir, device_id="mpy-0001", trial_window_s=30, heap="96K",
+                 factory_version="1.0.0", link_rate=0, on_status=None):  # fmt: skip
+        Harness.__init__(self, workdir, device_id, link_rate=link_rate, on_status=on_status)
+        self.trial_window_s = trial_window_s
+        self.heap = heap
+        self.factory_version = factory_version
+        self.board = None
+        self.kit = None
+
+    def start_board(self):
+        self.kit = AppKit(os.path.join(self.dir, "releases"), MODEL, HW)
+        self.board = provision(os.path.join(self.dir, "board"), self.device_id, self.kit,
+                               self.factory_version, self.broker.port, self.trial_window_s,
+                               self.heap)  # fmt: skip
+
+    def parts(self):
+        return (self.board,) + Harness.parts(self)
+
+    def build_image(self, version, defects, pad_bytes):
+        return build_image(os.path.join(self.kit.dir, "app-%s.bin" % version), version,
+                           defects, pad_bytes)  # fmt: skip
+
+    def power_on(self):
+        self.board.power_on()
+
+    def power_cut(self):
+        self.board.power_off()
+
+    def power_cut_during_env_write(self):
+        self.power_cut()
+
+    def console_text(self):
+        return self.board.text() if self.board else ""
+
+
+def provision(board_dir, device_id, kit, factory_version, mqtt_port, trial_window_s=30,
+              heap="96K"):  # fmt: skip
+    """A factory-fresh board: erased otadata, `factory_version` in ota_0, the kit's root."""
+    os.makedirs(os.path.join(board_dir, "data"), exist_ok=True)
+    factory = build_image(os.path.join(board_dir, "factory.bin"), factory_version)
+    with open(factory, "rb") as f:
+        flash.create(os.path.join(board_dir, "flash"), f.read())
+    shutil.copyfile(kit.root_path, os.path.join(board_dir, "root.json"))
+    cfg = {
+        "device": {"id": device_id, "model": kit.model, "hardware_revision": kit.hardware_revision,
+                   "group": "pilot", "site_type": "home-ac"},
+        "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "prefix": "chargers", "keepalive": 30,
+                 "reconnect_max_s": 2},
+        "trust": {"root": "root.json"},
+        "state_dir": "data",
+        "slot_class": "app",
+        "trial": {"window_s": trial_window_s,
+                  "checks": ["communication", "charging-session", "alarms"],
+                  "alarms": {"observe_s": 2}, "communication": {"timeout_s": 5}},
+        "download": {"timeout_s": 10},
+    }  # fmt: skip
+    with open(os.path.join(board_dir, "agent.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    slots = {"slots": {"ota_0": {"state": "good", "version": factory_version,
+                                 "security_version": 1}}, "security_version": 1}  # fmt: skip
+    with open(os.path.join(board_dir, "data", "slots.json"), "w") as f:
+        json.dump(slots, f)
+    return MpyBoard(board_dir, heap)
