@@ -14,7 +14,7 @@ import time
 
 from agent.core import lifecycle as lc
 from agent.core.errors import BadSignature, ReadbackMismatch, Rejected, UnknownKey, UpdateError
-from agent.core.jobs import parse_job
+from agent.core.jobs import check_version, job_id_of, parse_job
 from agent.core.trial import TrialPolicy
 from agent.mpy import checks, installer
 from agent.mpy.channel import CANCEL, HEALTH, INVENTORY, JOB, PONG, STATUS
@@ -44,6 +44,8 @@ class Agent:
         trial = cfg.get("trial", {})
         self.policy = TrialPolicy(int(trial.get("window_s", 600)),
                                   trial.get("checks", list(checks.CHECKS)))  # fmt: skip
+        # A job may add checks this board has; anything else is refused as malformed-job.
+        self.job_checks = sorted(set(self.policy.required_checks) | set(checks.FUNCTIONS))
         state_dir = cfg.get("state_dir", "data")
         self.journal = Journal(state_dir + "/journal.json", after_save)
         self.board = Board(state_dir)
@@ -104,10 +106,10 @@ class Agent:
 
     def on_job(self, payload):
         try:
-            job = parse_job(dumps(payload).encode(), self.device)
+            job = parse_job(dumps(payload).encode(), self.device, checks=self.job_checks)
         except UpdateError as e:
-            job_id = payload.get("id") if isinstance(payload.get("id"), str) else None
-            self.report("Idle", {"job_id": job_id, "reason": e.reason, "detail": e.message})
+            info = {"job_id": job_id_of(payload), "reason": e.reason, "detail": e.message}
+            self.report("Idle", info)
             return
         booted = self.boot.booted_slot()
         before = self.journey.job
@@ -267,7 +269,9 @@ class Agent:
         try:
             if self.envelope is None:  # resumed at Downloaded: fetch the header again
                 self.envelope = installer.fetch_header(job.url, self._timeout(), self._poller())
-            self.trust.verify(self.envelope, self.device, self.board.floor(), time.time())
+            manifest = self.trust.verify(self.envelope, self.device, self.board.floor(),
+                                         time.time())  # fmt: skip
+            check_version(job.version, manifest.version)
         except Rejected as e:
             return lc.SIGNATURE_BAD, _info(e)
         return lc.SIGNATURE_OK, {}
@@ -288,7 +292,7 @@ class Agent:
             manifest = installer.install(
                 job.url, self.trust, self.device, self.board.floor(), time.time(),
                 self.boot.partition(slot), self.cfg.get("slot_class", "app"), self._timeout(),
-                progress, self._poller(),
+                progress, self._poller(), job.version,
             )  # fmt: skip
         except SIGNATURE_ERRORS as e:
             return lc.SIGNATURE_BAD, _info(e)

@@ -16,6 +16,7 @@ import io
 
 from agent.core.envelope import MANIFEST_TYPE, MAX_ENVELOPE, parse_envelope
 from agent.core.errors import MalformedBundle, NoSpace, PayloadMismatch, ReadbackMismatch
+from agent.core.jobs import check_version
 from agent.mpy.http import Download
 
 HEADER = 12
@@ -87,12 +88,14 @@ class _Tap(io.IOBase):
 
 
 def install(url, trust, device, floor, now, partition, slot_class, timeout_s=10,
-            progress=None, poll=None):  # fmt: skip
-    """Stream the bundle at `url` into `partition`; returns the verified manifest."""
+            progress=None, poll=None, version=None):  # fmt: skip
+    """Stream the bundle at `url` into `partition`; returns the verified manifest. `version`:
+    the job's, which the signed one must equal before anything is written."""
     source = Download(url, HEADER + MAX_ENVELOPE, timeout_s, on_wait=poll)
     try:
         envelope = read_envelope(source)
         manifest = trust.verify(envelope, device, floor, now)
+        check_version(version, manifest.version)
         payload = app_payload(manifest, slot_class)
         source.limit = source.pos + payload.size  # the hard bound: the signed size
         if payload.installed_size > partition.info()[3]:

@@ -10,7 +10,7 @@ so a failure anywhere here leaves the booted slot primary and the boot order as 
 
 from agent.bundle import format as fmt
 from agent.bundle.reader import open_bundle
-from agent.core.errors import VersionMismatch
+from agent.core import jobs
 from agent.state.components import ComponentStore
 from agent.state.slotstate import SlotState
 from agent.transfer import guard
@@ -41,14 +41,8 @@ def check_envelope(envelope, trust, cfg, now=None):
 
 
 def check_version(manifest, expected):
-    """The signed manifest must carry the version a job announced (None: no job): a status
-    saying "Committed 9.9.9" for a 1.1.0 bundle would mislead every operator after it."""
-    if expected is not None and manifest.version != expected:
-        raise VersionMismatch(
-            "the job announces version %r but the signed bundle is version %s"
-            % (expected, manifest.version),
-            hint="fix the job's version or its URL",
-        )
+    """The signed manifest must carry the version a job announced (None: no job)."""
+    jobs.check_version(expected, manifest.version)
     return manifest
 
 
