@@ -24,13 +24,14 @@ COMMAND_MODULES = (
 )
 
 EPILOG = """\
-exit codes: 0 ok, 1 other failure, 2 usage, 10 bad signature, 11 unknown key, 12 expired,
-13 downgrade, 14 wrong model, 15 wrong hardware revision, 16 payload hash/length mismatch,
-17 truncated, 18 not enough space, 19 malformed bundle, 20 config or local file error,
-21 boot env error, 22 read-back mismatch, 23 malformed job, 24 bad source (bundle file
+exit codes: 0 ok, 1 other failure, 2 usage, 10 bad signature, 11 unknown key, 12 expired
+(or created too far ahead of this device's time), 13 downgrade (or trusted root rolled back),
+14 wrong model, 15 wrong hardware revision, 16 payload hash/length mismatch, 17 truncated,
+18 not enough space, 19 malformed bundle, 20 config or local file error (also damaged state
+files), 21 boot env error, 22 read-back mismatch, 23 malformed job, 24 bad source (bundle file
 missing, a directory or not a regular file; a URL a job may not use), 25 version mismatch,
-75 temporary failure (network, broker: retry later), 130 interrupted.
-See docs/ for the bundle format, config file, MQTT API and docs/security.md.
+75 temporary failure (network, broker, state dir locked by another process: retry later),
+130 interrupted. See docs/ for the bundle format, config file, MQTT API and docs/security.md.
 """
 
 

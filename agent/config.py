@@ -10,6 +10,7 @@ import os
 import sys
 
 from agent.core.errors import ConfigError
+from agent.state import statedir
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,6 +30,7 @@ DOWNLOAD_DEFAULTS = {
     "chunk_size": 1 << 20,
     "max_time_s": 6 * 3600.0,  # a whole transfer (one source opened); 0 means unbounded
     "file_dir": "",  # file: job URLs may name regular files under it; "" turns them off
+    "delta": True,  # format-2 bundles: fetch only the blocks neither slot has (ranges)
 }
 # [download] keys that are numbers: (smallest allowed, largest allowed).
 DOWNLOAD_NUMBERS = {
@@ -55,7 +57,9 @@ class Config:
         self.slots = self._slots()
         self.bootloader = self._table("bootloader", required=("backend",))
         self.trust = self._table("trust", required=())
-        self.state_dir = self.resolve(self._table("state", required=()).get("dir", "state"))
+        state = self._table("state", required=()).get("dir", statedir.DEFAULT_DIR)
+        self.state_dir = self.resolve(state)
+        statedir.check_not_on_slot(self.state_dir, self.slots, self.path)
         self.download = self._download()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -71,6 +75,23 @@ class Config:
         if not isinstance(value, dict):
             raise self._error("[%s] must be a table" % name)
         return value
+
+    def options(self, name, defaults):
+        """Section `name` over `defaults`; a key the defaults do not know is a ConfigError
+        (catches typos), and so is a value of another type than its default's."""
+        table = self.section(name)
+        unknown = sorted(set(table) - set(defaults))
+        if unknown:
+            raise self._error("unknown key(s) in [%s]: %s" % (name, ", ".join(unknown)),
+                              hint="known keys: %s" % ", ".join(sorted(defaults)))  # fmt: skip
+        merged = dict(defaults)
+        for key, value in table.items():
+            default = defaults[key]
+            if default is not None and not _same_kind(value, default):
+                raise self._error("[%s] %s must be %s, not %r"
+                                  % (name, key, type(default).__name__, value))  # fmt: skip
+            merged[key] = value
+        return merged
 
     @property
     def slot_names(self):
@@ -118,6 +139,8 @@ class Config:
         for key in ("ca_file", "file_dir"):
             if not isinstance(download[key], str):
                 raise self._error("[download] %s must be a path string" % key)
+        if not isinstance(download["delta"], bool):
+            raise self._error("[download] delta must be true or false")
         if download["file_dir"]:
             download["file_dir"] = self.resolve(download["file_dir"])
         return download
@@ -147,6 +170,14 @@ class Config:
                     )
                 seen[path] = (slot, cls)
         return resolved
+
+
+def _same_kind(value, default):
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 def load(path=None):

@@ -1,8 +1,11 @@
 """`charger-update boot status | mark-good [SLOT] | mark-bad SLOT | try SLOT [--attempts N]`.
 
-Invariant: every action goes through the configured backend's contract (one env write each);
-status reads only, and shows the booted slot as unknown rather than guessing when the kernel
-command line does not name one.
+Invariant: every action goes through the configured backend's contract (one env write each)
+under the state dir's lock; status reads only, and shows the booted slot as unknown rather
+than guessing when the kernel command line does not name one. mark-good is a commit like a
+passed trial: it raises the anti-rollback floor to the slot's security version. mark-bad is
+refused when no other slot holds an installed system with boot attempts left (the board would
+boot an empty slot), as `try` refuses a slot with nothing to fall back to.
 """
 
 import json
@@ -11,7 +14,11 @@ import os
 from agent import config as agent_config
 from agent.core.errors import BootEnvError
 from agent.state.atomic import read_json
+from agent.state.slotstate import SlotState
+from agent.state.statedir import StateLock
 from bootloader_iface import open_from_config
+
+INSTALLED = ("installed", "good")  # slot record states that hold a whole, verified system
 
 
 def register(subparsers):
@@ -97,23 +104,57 @@ def cmd_status(args):
 
 
 def cmd_mark_good(args):
-    _, boot = _open(args)
+    cfg, boot = _open(args)
     slot = args.slot or boot.booted_slot()
-    boot.mark_good(slot)
-    print("slot %s marked good; primary is now %s" % (slot, boot.primary_slot()))
+    with StateLock(cfg.state_dir, "boot mark-good %s" % slot):
+        boot.mark_good(slot)
+        floor = SlotState(cfg.state_dir, boot).committed(slot)
+    print(
+        "slot %s marked good; primary is now %s; anti-rollback floor %d"
+        % (slot, boot.primary_slot(), floor)
+    )
     return 0
 
 
+def check_fallback(cfg, boot, slot):
+    """BootEnvError unless a slot other than `slot` is booted, or holds an installed system and
+    has boot attempts left: marking `slot` bad would otherwise boot a slot with nothing in it."""
+    records = SlotState(cfg.state_dir).load()["slots"]
+    try:
+        booted = boot.booted_slot()
+    except BootEnvError:
+        booted = None
+    others = [s for s in boot.slots if s != slot]
+    for other in others:
+        if other == booted:
+            return  # it runs: the boot script falls back to it even with its counter spent
+        if records.get(other, {}).get("state") in INSTALLED and boot.attempts_left(other) > 0:
+            return
+    raise BootEnvError(
+        "no other slot holds an installed system with boot attempts left to fall back to "
+        "from %s (%s: %s)"
+        % (slot, ", ".join(others), ", ".join(
+            "%s, %d attempts" % (records.get(o, {}).get("state") or "never installed",
+                                 boot.attempts_left(o)) for o in others)),
+        hint="install a bundle into the other slot first (`charger-update install`); if it "
+        "does hold a working system, `charger-update boot try %s` boots it once" % others[0],
+    )  # fmt: skip
+
+
 def cmd_mark_bad(args):
-    _, boot = _open(args)
-    boot.mark_bad(args.slot)
+    cfg, boot = _open(args)
+    with StateLock(cfg.state_dir, "boot mark-bad %s" % args.slot):
+        check_fallback(cfg, boot, args.slot)
+        boot.mark_bad(args.slot)
+        SlotState(cfg.state_dir).mark(args.slot, "bad")
     print("slot %s marked bad; primary is now %s" % (args.slot, boot.primary_slot()))
     return 0
 
 
 def cmd_try(args):
-    _, boot = _open(args)
-    boot.try_slot(args.slot, attempts=args.attempts)
+    cfg, boot = _open(args)
+    with StateLock(cfg.state_dir, "boot try %s" % args.slot):
+        boot.try_slot(args.slot, attempts=args.attempts)
     print(
         "slot %s will be tried next (%d attempt(s)); it falls back to %s unless marked good"
         % (args.slot, args.attempts, boot.other_slot(args.slot))

@@ -8,15 +8,19 @@ value can never become shell syntax.
 options["commands"] keys: try ("fw-ab try {slot} {attempts}"), mark_good, mark_bad (all
 required); primary and attempts_left (print a slot / a number on stdout); booted (optional:
 /proc/cmdline charger.slot= is used otherwise). options["timeout_s"] bounds each (default 30).
+Optional read_floors (prints CHARGER_SECURITY_FLOOR=N lines, see contract.FLOOR_VARS) and
+write_floors ("... {security_version} {root_version} {not_before}") keep the device's floors
+in the OEM's store; without them the floors live in the state dir only.
 """
 
 import shlex
 import subprocess
 
+from agent.core import floors as floors_core
 from agent.core.errors import BootEnvError, ConfigError
 from bootloader_iface import BACKENDS
 from bootloader_iface.booted import booted_from_cmdline, check_attempts, check_slot
-from bootloader_iface.contract import BootControl
+from bootloader_iface.contract import FLOOR_VARS, BootControl
 
 REQUIRED = ("try", "mark_good", "mark_bad", "primary", "attempts_left")
 
@@ -77,6 +81,22 @@ class CommandControl(BootControl):
 
     def mark_bad(self, slot):
         self._run("mark_bad", slot=check_slot(slot, self.slots))
+
+    def read_floors(self):
+        if not self.commands.get("read_floors"):
+            return None
+        values = {}
+        for line in self._run("read_floors").splitlines():
+            name, _, value = line.strip().partition("=")
+            values[name] = value
+        texts = dict((field, values.get(var)) for field, var in FLOOR_VARS)
+        return floors_core.parse_text(texts, "boot command read_floors", BootEnvError)
+
+    def write_floors(self, floors):
+        if not self.commands.get("write_floors"):
+            return False
+        self._run("write_floors", **dict((f, str(int(floors[f]))) for f in floors_core.FIELDS))
+        return True
 
 
 BACKENDS[CommandControl.name] = CommandControl

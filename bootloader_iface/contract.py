@@ -7,7 +7,20 @@ cannot read its state raises BootEnvError and never guesses.
 
 Slots are named by the agent's config (usually "A" and "B"). A plain class raising
 NotImplementedError (no abc) so the shape also works on MicroPython.
+
+Beside the slot variables, a backend with an environment keeps the device's floors
+(agent/core/floors.py) in FLOOR_VARS: a copy an edit of the data partition cannot lower.
 """
+
+from agent.core import floors as floors_core
+from agent.core.errors import BootEnvError
+
+# floor field -> boot environment variable (read_floors / write_floors)
+FLOOR_VARS = (
+    ("security_version", "CHARGER_SECURITY_FLOOR"),
+    ("root_version", "CHARGER_ROOT_FLOOR"),
+    ("not_before", "CHARGER_TIME_FLOOR"),
+)
 
 
 class BootControl:
@@ -55,6 +68,32 @@ class BootControl:
                 for s in self.slots
             ),
         }
+
+    # -- the device's floors (a second store beside STATE/floors.json) --
+
+    def floor_env(self):
+        """The key=value store (read() -> dict, write(changes, deletions)) that keeps the
+        floor variables, or None when this backend keeps none."""
+        return getattr(self, "env", None)
+
+    def read_floors(self):
+        """{field: int} from the boot environment (a missing variable is 0), or None when
+        this backend keeps no floors. BootEnvError if a value is not a number."""
+        env = self.floor_env()
+        if env is None:
+            return None
+        values = env.read()
+        texts = dict((field, values.get(var)) for field, var in FLOOR_VARS)
+        return floors_core.parse_text(texts, "%s floor" % self.name, BootEnvError)
+
+    def write_floors(self, floors):
+        """Store `floors` (already merged upwards by the caller) in one env write; False when
+        this backend keeps no floors."""
+        env = self.floor_env()
+        if env is None:
+            return False
+        env.write(dict((var, str(int(floors[field]))) for field, var in FLOOR_VARS), ())
+        return True
 
     def other_slot(self, slot):
         """The slot that is not `slot` (A/B pairs)."""

@@ -79,9 +79,10 @@ class SimulatedControl(OrderLeftControl):
             raise BootEnvError("%s names unknown slot %r" % (self.booted_file, slot))
         return slot
 
-    def power_on(self, max_resets=3):
-        """Run the boot ROM once: pick and count down a slot, save, record it as booted."""
-        slot = power_on(self.env, self.slots, self.max_attempts, max_resets)
+    def power_on(self, max_resets=3, reset=None):
+        """Run the boot ROM once: pick and count down a slot, save, record it as booted.
+        reset: why the board reset (see uboot_rauc.boot_select)."""
+        slot = power_on(self.env, self.slots, self.max_attempts, max_resets, reset)
         write_atomic(self.booted_file, slot.encode() + b"\n")
         return slot
 

@@ -23,7 +23,7 @@ import struct
 import time
 
 from agent.core.errors import BootEnvError, Transient
-from agent.state.atomic import fsync_dir
+from agent.state.atomic import create_temp, fsync_dir
 
 DEFAULT_CONFIG = "/etc/fw_env.config"
 # fw_setenv (libubootenv) holds flock(LOCK_EX) on this file around its read-modify-write;
@@ -357,8 +357,8 @@ class FileIO:
 
     def replace_region(self, device, offset, data):
         """Write a copy of the whole file with `data` at `offset`, fsync, rename over it."""
-        tmp = "%s.tmp-%d" % (device, os.getpid())
-        with open(device, "rb") as src, open(tmp, "wb") as dst:
+        fd, tmp = create_temp(device)  # O_EXCL|O_NOFOLLOW: never a planted file or link
+        with os.fdopen(fd, "wb") as dst, open(device, "rb") as src:
             while True:
                 chunk = src.read(1 << 20)
                 if not chunk:

@@ -5,6 +5,12 @@ twin of scripts/boot.cmd.rauc) agree on one meaning of the variables: at power-o
 slot in BOOT_ORDER with attempts left is booted and its counter decremented; when none has any,
 all counters are reset to the default and the board resets. Every change is one env write.
 
+BOOT_TRIAL names the slot on trial (try_slot sets it, mark_good/mark_bad of that slot clear
+it). Where the board knows why it reset (the SoC's reset cause, handed to the script as
+charger_reset), a watchdog or panic reset while the trial slot is first in BOOT_ORDER takes
+its remaining attempts away at once: a hung or crashing release falls back after one boot,
+while a power loss leaves its attempts for the trial to resume.
+
 The same scheme drives GRUB (grub.py) and the simulated board (simulated.py): only the store
 behind `self.env` (read() -> dict, write(changes, deletions)) differs.
 """
@@ -16,7 +22,9 @@ from bootloader_iface.contract import BootControl
 from bootloader_iface.uboot_env import DEFAULT_CONFIG, UBootEnv
 
 ORDER = "BOOT_ORDER"
+TRIAL = "BOOT_TRIAL"
 DEFAULT_ATTEMPTS = 3  # what the sample scripts set when a counter is missing or all are spent
+CRASH_RESETS = ("watchdog", "panic")  # charger_reset words that blame the slot that ran
 
 
 def left_var(slot):
@@ -29,11 +37,12 @@ def _lenient_int(text):
     return int(text) if text.isdigit() else 0
 
 
-def boot_select(env, slots=("A", "B"), default_attempts=DEFAULT_ATTEMPTS):
+def boot_select(env, slots=("A", "B"), default_attempts=DEFAULT_ATTEMPTS, reset=None):
     """What boot.cmd.rauc (and the grub.cfg fragment) do at power-on, as a pure function.
 
-    Returns (slot, new_env): `slot` is booted and new_env must be saved first; slot None means
-    no slot had attempts left, all counters were reset and the board resets (call again).
+    reset: why the board reset (charger_reset in the script; None when it cannot tell, as
+    on GRUB). Returns (slot, new_env): `slot` is booted and new_env must be saved first; slot
+    None means no slot had attempts left, all counters were reset and the board resets.
     """
     env = dict(env)
     if not env.get(ORDER):
@@ -41,6 +50,9 @@ def boot_select(env, slots=("A", "B"), default_attempts=DEFAULT_ATTEMPTS):
     for slot in slots:
         if not env.get(left_var(slot)):
             env[left_var(slot)] = str(default_attempts)
+    trial = env.get(TRIAL)
+    if reset in CRASH_RESETS and trial in slots and env[ORDER].split()[:1] == [trial]:
+        env[left_var(trial)] = "0"  # the slot on trial ran and crashed: no more attempts
     for slot in env[ORDER].split():
         if slot in slots and _lenient_int(env.get(left_var(slot))) > 0:
             env[left_var(slot)] = str(_lenient_int(env[left_var(slot)]) - 1)
@@ -50,14 +62,14 @@ def boot_select(env, slots=("A", "B"), default_attempts=DEFAULT_ATTEMPTS):
     return None, env
 
 
-def power_on(env, slots=("A", "B"), default_attempts=DEFAULT_ATTEMPTS, max_resets=3):
+def power_on(env, slots=("A", "B"), default_attempts=DEFAULT_ATTEMPTS, max_resets=3, reset=None):
     """A boot ROM over any store (UBootEnv, GrubEnv, JsonEnv): select, save, return the slot.
 
     Saves before returning, as the script's saveenv runs before the kernel: a power cut after
     this call has used up the attempt. Follows the reset path at most `max_resets` times.
     """
     for _ in range(max_resets):
-        slot, new = boot_select(env.read(), slots, default_attempts)
+        slot, new = boot_select(env.read(), slots, default_attempts, reset)
         env.write(new, ())
         if slot is not None:
             return slot
@@ -118,10 +130,14 @@ class OrderLeftControl(BootControl):
 
     # -- changing it: each method is exactly one env write --
 
-    def _write(self, order, changes):
+    def _write(self, order, changes, ended_trial=None):
+        """One env write; ended_trial: the slot whose trial this ends (BOOT_TRIAL cleared)."""
         changes = dict(changes)
         changes[ORDER] = " ".join(order)
-        self.env.write(changes, ())
+        deletions = ()
+        if ended_trial is not None and self.env.read().get(TRIAL) == ended_trial:
+            deletions = (TRIAL,)
+        self.env.write(changes, deletions)
 
     def try_slot(self, slot, attempts=1):
         check_slot(slot, self.slots)
@@ -132,19 +148,19 @@ class OrderLeftControl(BootControl):
                 "no other slot has boot attempts left to fall back to from %s" % slot,
                 hint="mark the running slot good first (`charger-update boot mark-good`)",
             )
-        self._write([slot] + [s for s in order if s != slot], {left_var(slot): str(attempts)})
+        changes = {left_var(slot): str(attempts), TRIAL: slot}
+        self._write([slot] + [s for s in order if s != slot], changes)
 
     def mark_good(self, slot):
         check_slot(slot, self.slots)
         order, _ = self._state()
-        self._write(
-            [slot] + [s for s in order if s != slot], {left_var(slot): str(self.max_attempts)}
-        )
+        changes = {left_var(slot): str(self.max_attempts)}
+        self._write([slot] + [s for s in order if s != slot], changes, ended_trial=slot)
 
     def mark_bad(self, slot):
         check_slot(slot, self.slots)
         order, _ = self._state()
-        self._write([s for s in order if s != slot] + [slot], {left_var(slot): "0"})
+        self._write([s for s in order if s != slot] + [slot], {left_var(slot): "0"}, slot)
 
 
 class UBootRaucControl(OrderLeftControl):

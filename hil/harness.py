@@ -61,7 +61,8 @@ class Harness:
             self.pki = Pki(os.path.join(self.dir, "pki"))
         self.broker = Mosquitto(os.path.join(self.dir, "broker"), port=self.ports["mqtt"] or None,
                                 pki=self.pki, host=self.listen).start()  # fmt: skip
-        self.csms = Csms(port=self.ports["ocpp"] or None, host=self.listen).start()
+        self.csms = Csms(port=self.ports["ocpp"] or None, host=self.listen,
+                         subprotocols=("ocpp2.0.1", "ocpp1.6")).start()  # fmt: skip
         self.images = FileServer({}, host="127.0.0.1").start()
         # Downloads cross a fault proxy: scenarios slow the link down or cut it.
         self.network = FaultProxy("127.0.0.1", self.images.server_address[1], self.link_rate,

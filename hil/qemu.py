@@ -73,11 +73,14 @@ def board_env(arch="qemu_arm64", **overrides):
 
 
 class QemuUBoot:
-    def __init__(self, workdir, env=None, env_image=None, arch="qemu_arm64", memory_mb=512):
+    def __init__(self, workdir, env=None, env_image=None, arch="qemu_arm64", memory_mb=512,
+                 disks=()):  # fmt: skip
         """Create flash0/flash1 in `workdir`. The env comes from `env` (a complete dict,
         written with fw_setenv), `env_image` (a file copied to offset 0 of flash1), or
-        neither (blank: U-Boot uses its built-in default env)."""
+        neither (blank: U-Boot uses its built-in default env). `disks`: raw image files
+        attached as virtio disks (U-Boot's `virtio 0`, `virtio 1`, ...)."""
         self.workdir = os.path.abspath(workdir)
+        self.disks = list(disks)
         self.arch = arch
         self.memory_mb = memory_mb
         self.flash0 = os.path.join(self.workdir, "flash0.img")
@@ -191,6 +194,8 @@ class QemuUBoot:
             cmd += ["-audio", "none"]
         for index, image in ((0, self.flash0), (1, self.flash1)):
             cmd += ["-drive", "if=pflash,format=raw,index=%d,file=%s" % (index, image)]
+        for disk in self.disks:
+            cmd += ["-drive", "if=virtio,format=raw,file=%s" % disk]
         chardev = "socket,id=con0,host=127.0.0.1,port=%d,server=on,wait=on" % self.port
         return cmd + ["-chardev", chardev, "-serial", "chardev:con0"]
 

@@ -89,6 +89,8 @@ state = "boot-env.json"
 booted = "A"
 [trust]
 root = "root.json"
+[state]
+dir = "state"
 [download]
 chunk_size = %(chunk)d
 """

@@ -32,7 +32,7 @@ def test_good_config_resolves_relative_paths_against_its_own_directory(tmp_path)
     assert cfg.slot_names == ("A", "B")
     assert cfg.slot_target("A", "rootfs") == str(tmp_path / "slots/a.img")
     assert cfg.slot_target("B", "rootfs") == "/dev/mmcblk0p3"
-    assert cfg.state_dir == str(tmp_path / "state")
+    assert cfg.state_dir == "/var/lib/charger-update"  # the persistent data path, not a slot
     assert cfg.download["retries"] == config.DOWNLOAD_DEFAULTS["retries"]
 
 

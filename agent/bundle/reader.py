@@ -8,6 +8,7 @@ at the first payload byte. verify_file() additionally checks every payload's len
 
 import hashlib
 
+from agent.bundle import chunked
 from agent.bundle import format as fmt
 from agent.core.envelope import MANIFEST_TYPE, parse_envelope
 from agent.core.errors import MalformedBundle, PayloadMismatch, Truncated
@@ -44,11 +45,26 @@ def open_bundle(read_fn, trust=None, now=None, device=None, installed_security_v
     Trust.verify). Without `trust` the manifest is UNVERIFIED: for inspection only.
     The stream is left at the first byte of the first payload.
     """
-    length = fmt.parse_header(read_exact(read_fn, fmt.HEADER_SIZE, "header"))
+    header = read_exact(read_fn, fmt.HEADER_SIZE, "header")
+    length = fmt.parse_header(header)
     envelope = parse_envelope(read_exact(read_fn, length, "signature envelope"), MANIFEST_TYPE)
     if trust is not None:
-        return trust.verify(envelope, device, installed_security_version, now=now), envelope
-    return parse_manifest(envelope.payload), envelope
+        manifest = trust.verify(envelope, device, installed_security_version, now=now)
+    else:
+        manifest = parse_manifest(envelope.payload)
+    fmt.check_format(header, manifest)
+    return manifest, envelope
+
+
+def read_indexes(read_fn, manifest):
+    """Format 2: read the chunk-index section (the stream is right after the envelope) ->
+    {payload name: ChunkIndex}, each checked against its signed size and sha256."""
+    indexes = {}
+    for payload in manifest.payloads:
+        if payload.index is not None:
+            stored = read_exact(read_fn, payload.index["size"], "chunk index")
+            indexes[payload.name] = chunked.read_index(stored, payload)
+    return indexes
 
 
 def check_payload(read_fn, payload, chunk_size=CHUNK):
@@ -76,8 +92,16 @@ def verify_file(path, trust, device=None, installed_security_version=None, now=N
     """
     with open(path, "rb") as f:
         manifest, _ = open_bundle(f.read, trust, now, device, installed_security_version)
+        indexes = read_indexes(f.read, manifest)
         for payload in manifest.payloads:
-            check_payload(f.read, payload)
+            if payload.name in indexes:
+                units = chunked.stream_blocks(
+                    lambda n: read_exact(f.read, n, "payload"), payload, indexes[payload.name]
+                )
+                for _ in units:
+                    pass
+            else:
+                check_payload(f.read, payload)
         if f.read(1):
             raise MalformedBundle("bundle has data after its last payload")
     return manifest

@@ -14,11 +14,12 @@ import tempfile
 import time
 import zlib
 
+from agent.bundle import chunked
 from agent.bundle import format as fmt
 from agent.core import timefmt
 from agent.core.envelope import MANIFEST_TYPE, Envelope
 from agent.core.errors import ConfigError
-from agent.core.manifest import FORMAT, parse_manifest
+from agent.core.manifest import CHUNKED, FORMAT, FORMAT_CHUNKED, parse_manifest
 from agent.state.atomic import fsync_dir
 from agent.trust import crypto
 
@@ -26,8 +27,10 @@ CHUNK = 1 << 20
 
 
 class PayloadSource:
-    """One payload to pack: a name, its slot class, the file, and 'none' or 'gzip'; an MCU
-    image has no slot class but `mcu` = {id, protocol, address, version} (docs/components.md).
+    """One payload to pack: a name, its slot class, the file, and 'none', 'gzip' or
+    'zstd-chunks' (format 2: a chunk index for delta installs, agent/bundle/chunked.py); an
+    MCU image has no slot class but `mcu` = {id, protocol, address, version}
+    (docs/components.md).
     """
 
     def __init__(self, name, slot_class, path, compression="none", component=None, mcu=None):
@@ -71,8 +74,28 @@ def _gzip_to(src_path, dst_file, chunk_size=CHUNK):
     return size + len(out), h.hexdigest()
 
 
+def _stage_chunked(source, workdir):
+    """(entry, path of the units, stored chunk index) of a zstd-chunks payload."""
+    tmp = tempfile.NamedTemporaryFile(dir=workdir, suffix=".units", delete=False)
+    with tmp:
+        index, size, sha, isize, isha = chunked.pack(source.path, tmp)
+    entry = {"name": source.name, "slot_class": source.slot_class, "compression": CHUNKED}
+    entry.update(size=size, sha256=sha, installed_size=isize, installed_sha256=isha)
+    entry["index"] = {"size": len(index), "sha256": hashlib.sha256(index).hexdigest()}
+    if source.component:
+        entry["component"] = source.component
+    return entry, tmp.name, index
+
+
 def _stage(source, workdir):
-    """(payload manifest entry, path of the bytes to copy into the bundle)."""
+    """(payload manifest entry, path of the bytes to copy into the bundle, chunk index)."""
+    if source.compression == CHUNKED:
+        return _stage_chunked(source, workdir)
+    entry, path = _stage_plain(source, workdir)
+    return entry, path, None
+
+
+def _stage_plain(source, workdir):
     isize, isha = _hash_file(source.path)
     entry = {"name": source.name, "compression": "none"}
     if source.mcu is not None:
@@ -135,14 +158,15 @@ def create_bundle(
     try:
         for source in payloads:
             staged.append(_stage(source, workdir))
+        indexes = [index for _, _, index in staged if index is not None]
         fields = {
-            "format": FORMAT,
+            "format": FORMAT_CHUNKED if indexes else FORMAT,
             "version": version,
             "security_version": security_version,
             "created": timefmt.format(created),
             "expires": timefmt.format(int(expires)),
             "compatible": compatible,
-            "payloads": [entry for entry, _ in staged],
+            "payloads": [entry for entry, _, _ in staged],
         }
         if components:
             fields["components"] = dict(components)
@@ -152,9 +176,11 @@ def create_bundle(
         tmp = out_path + ".tmp"
         try:
             with open(tmp, "wb") as out:
-                out.write(fmt.encode_header(envelope))
+                out.write(fmt.encode_header(envelope, fmt.MAGIC2 if indexes else fmt.MAGIC))
                 out.write(envelope)
-                for _, path in staged:
+                for index in indexes:
+                    out.write(index)
+                for _, path, _ in staged:
                     _copy(path, out)
                 out.flush()
                 os.fsync(out.fileno())
@@ -165,7 +191,7 @@ def create_bundle(
             raise
         fsync_dir(workdir)
     finally:
-        for source, (_, path) in zip(payloads, staged):
+        for source, (_, path, _) in zip(payloads, staged):
             if path != source.path:
                 os.unlink(path)
     return manifest

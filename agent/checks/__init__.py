@@ -29,9 +29,11 @@ class CheckFailed(Exception):
 
 
 class TrialContext:
-    """What checks may use: cfg (agent Config), channel, stack, baseline, clock, wait."""
+    """What checks may use: cfg (agent Config), channel, stack, baseline, clock, wait,
+    csms_links."""
 
-    def __init__(self, cfg, channel, stack, baseline, clock, trial_started_at, wait, restarts=0):
+    def __init__(self, cfg, channel, stack, baseline, clock, trial_started_at, wait, restarts=0,
+                 csms_links=()):  # fmt: skip
         self.cfg = cfg
         self.channel = channel
         self.stack = stack
@@ -42,6 +44,9 @@ class TrialContext:
         self.wait = wait
         # How often the agent itself was restarted during this trial (a crash loop signal).
         self.restarts = restarts
+        # Front-ends whose stack owns the CSMS connection: boot_accepted(timeout) -> evidence
+        # that the CSMS accepted this boot's BootNotification (agent/frontends/ocpp).
+        self.csms_links = list(csms_links)
 
     def options(self, name):
         """The [trial.<name>] table of the config."""

@@ -1,5 +1,11 @@
-"""Communication path: the MQTT backend answers a round trip, and (if configured) the OCPP
-CSMS accepts a BootNotification with reason FirmwareUpdate and answers a Heartbeat.
+"""Communication path: the MQTT backend answers a round trip, and the CSMS accepted this boot.
+
+The CSMS half comes, in this order of preference (`[trial.communication] ocpp = "auto"`):
+from the stack that owns the OCPP connection, through its front-end ("BootNotification
+accepted after this boot", agent/frontends/ocpp), or from the agent's own probe (a second
+OCPP connection: BootNotification with reason FirmwareUpdate and a Heartbeat), for stations
+whose CSMS allows one. "stack", "probe" or "off" pick one; `mqtt = false` skips the MQTT half
+(a charger driven only by OCPP).
 
 A backend that is briefly away (broker restart, mobile link flapping) is not the new
 firmware's fault: each probe is retried until `retry_for_s` (default: half the trial window)
@@ -22,15 +28,25 @@ class Communication:
         timeout = float(opts.get("timeout_s", 5))
         window = float(ctx.cfg.section("trial").get("window_s", 600))
         deadline = ctx.clock() + float(opts.get("retry_for_s", window / 2))
-        evidence = {
-            "mqtt": retry(ctx, deadline, "MQTT backend", lambda: ctx.channel.ping_backend(timeout))
-        }
-        from agent.station.ocpp_probe import probe, probe_args_from_config
+        evidence = {}
+        if opts.get("mqtt", True):
+            ping = lambda: ctx.channel.ping_backend(timeout)  # noqa: E731
+            evidence["mqtt"] = retry(ctx, deadline, "MQTT backend", ping)
+        how = opts.get("ocpp", "auto")
+        links = getattr(ctx, "csms_links", [])
+        if how == "stack" or (how == "auto" and links):
+            if not links:
+                raise CheckFailed("[trial.communication] ocpp = \"stack\" but no front-end "
+                                  "reports the stack's BootNotification")  # fmt: skip
+            evidence["ocpp"] = retry(ctx, deadline, "CSMS (through the stack)",
+                                     lambda: links[0].boot_accepted(timeout))  # fmt: skip
+        elif how in ("probe", "auto"):
+            from agent.station.ocpp_probe import probe, probe_args_from_config
 
-        args = probe_args_from_config(ctx.cfg)  # None: no CSMS configured, skip that half
-        if args is not None:
-            args["timeout"] = timeout  # the check's per-probe bound
-            evidence["ocpp"] = retry(ctx, deadline, "OCPP CSMS", lambda: probe(**args))
+            args = probe_args_from_config(ctx.cfg)  # None: no CSMS configured, skip that half
+            if args is not None:
+                args["timeout"] = timeout  # the check's per-probe bound
+                evidence["ocpp"] = retry(ctx, deadline, "OCPP CSMS", lambda: probe(**args))
         return evidence
 
 

@@ -31,7 +31,9 @@ def register(subparsers):
         "--payload",
         action="append",
         default=[],
-        metavar="NAME:SLOT_CLASS:PATH[:gzip]",
+        metavar="NAME:SLOT_CLASS:PATH[:gzip|:zstd-chunks]",
+        help="zstd-chunks makes a format-2 bundle with a signed chunk index: chargers then "
+        "download only the blocks they do not have (docs/transfer.md)",
     )
     c.add_argument(
         "--mcu",
@@ -70,18 +72,24 @@ def register(subparsers):
     o.add_argument(
         "--mfr-root", help="manufacturer root PEM (default: [trust] manufacturer_root of --config)"
     )
+    o.add_argument(
+        "--rsa-pkcs1v15",
+        action="store_true",
+        help="also accept RSA PKCS#1 v1.5 signatures (what `openssl dgst -sign` makes); "
+        "RSA-PSS and ECDSA are always accepted",
+    )
     o.set_defaults(func=verify_ocpp)
 
 
 def parse_payload_spec(spec):
     compression = "none"
-    for suffix in (":gzip", ":none"):
+    for suffix in (":gzip", ":none", ":zstd-chunks"):
         if spec.endswith(suffix):
             spec, compression = spec[: -len(suffix)], suffix[1:]
     parts = spec.split(":", 2)
     if len(parts) != 3 or not all(parts):
         raise ConfigError(
-            "--payload %r is not NAME:SLOT_CLASS:PATH[:gzip]" % spec,
+            "--payload %r is not NAME:SLOT_CLASS:PATH[:gzip|:zstd-chunks]" % spec,
             hint="e.g. --payload rootfs:rootfs:build/rootfs.ext4:gzip",
         )
     return PayloadSource(parts[0], parts[1], parts[2], compression)
@@ -252,6 +260,7 @@ def verify_ocpp(args):
         read_input(args.signature, "signature"),
         read_input(args.cert, "signing certificate"),
         ocpp.load_roots(root_path),
+        rsa_pkcs1v15=args.rsa_pkcs1v15,
     )
     print("OK %s: sha256 %s, signature and certificate chain verified" % (args.file, digest))
     return 0

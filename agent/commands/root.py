@@ -7,6 +7,7 @@ its own; devices apply it with `root update`.
 
 import json
 import sys
+import time
 
 from agent import config as config_mod
 from agent.bundle.writer import sign_envelope
@@ -51,9 +52,12 @@ def _key_entry(key):
     return {"keytype": crypto.keytype_of(key), "public": b64encode(crypto.public_der(key))}
 
 
-def root_fields(root_keys, release_keys, root_threshold, release_threshold, version, expires):
+def root_fields(
+    root_keys, release_keys, root_threshold, release_threshold, version, expires, created=None
+):
+    """The root's JSON fields; `created` (epoch s, optional) becomes a device's floor of time."""
     keys = dict((crypto.keyid(k), _key_entry(k)) for k in list(root_keys) + list(release_keys))
-    return {
+    fields = {
         "type": "root",
         "version": version,
         "expires": timefmt.format(expires),
@@ -66,6 +70,9 @@ def root_fields(root_keys, release_keys, root_threshold, release_threshold, vers
             },
         },
     }
+    if created is not None:
+        fields["created"] = timefmt.format(created)
+    return fields
 
 
 def create(args):
@@ -78,6 +85,7 @@ def create(args):
         args.release_threshold,
         args.root_version,
         args.expires,
+        created=int(time.time()),
     )
     raw = json.dumps(fields, indent=1, sort_keys=True).encode() + b"\n"
     keyring.parse_root(raw)  # refuse to write a root a device would refuse
@@ -118,7 +126,9 @@ def show(args):
         json.dump(doc, sys.stdout, indent=1, sort_keys=True)
         print()
         return 0
-    lines = ["root version %d, expires %s" % (root.version, timefmt.format(root.expires))]
+    created = " created %s," % timefmt.format(root.created) if root.created else ""
+    expires = timefmt.format(root.expires)
+    lines = ["root version %d,%s expires %s" % (root.version, created, expires)]
     for name in keyring.ROLES:
         role = root.role(name)
         lines.append("role %s: %d of %d" % (name, role.threshold, len(role.keyids)))
@@ -132,8 +142,14 @@ def show(args):
 
 
 def update(args):
-    trust = Trust.from_config(config_mod.load(args.config))
+    from agent.state.statedir import StateLock
+    from bootloader_iface import open_from_config
+
+    cfg = config_mod.load(args.config)
     raws = [read_input(path, "root") for path in args.files]
-    root = trust.update_root(raws)
+    with StateLock(cfg.state_dir, "root update"):
+        # The boot environment keeps the newest root version seen (the root floor).
+        trust = Trust.from_config(cfg, boot=open_from_config(cfg))
+        root = trust.update_root(raws)
     print("trusted root is now version %d" % root.version)
     return 0

@@ -33,7 +33,28 @@ def build(cfg):
     stack = SocketStack(cfg.resolve(stack_opts.get("socket", "/run/charger/stack.sock")))
     settings, device_id = settings_from_config(cfg)
     channel = MqttChannel(settings, device_id, online_info={"model": cfg.device["model"]})
-    return Daemon(cfg, boot, channel, stack, Trust.from_config(cfg), System(cfg.section("system")))
+    system_opts = dict(cfg.section("system"))
+    if cfg.bootloader.get("cmdline"):  # where the booted slot is read, the reset cause too
+        system_opts.setdefault("cmdline", cfg.bootloader["cmdline"])
+    system = System(system_opts, cfg.resolve)
+    trust = Trust.from_config(cfg, boot=boot)
+    return Daemon(cfg, boot, channel, stack, trust, system,
+                  frontends=frontends_from_config(cfg))  # fmt: skip
+
+
+def frontends_from_config(cfg):
+    """The front-ends next to MQTT the config names: [local_api] (an OEM's own stack over a
+    Unix socket), [everest] (EVerest's system_API over MQTT); docs/ocpp.md."""
+    frontends = []
+    if cfg.raw.get("local_api") is not None:
+        from agent.frontends.local_api import LocalApi
+
+        frontends.append(LocalApi(cfg))
+    if cfg.raw.get("everest") is not None:
+        from agent.frontends.everest import EverestSystem
+
+        frontends.append(EverestSystem(cfg))
+    return frontends
 
 
 class InertFormatter(logging.Formatter):

@@ -5,6 +5,11 @@ feeds results back as events. One thread owns the journey. Long actions (downloa
 install, checks) run in a worker and post their result to the same queue as MQTT messages,
 so the loop keeps petting the watchdog and answering cancels while they run. Nothing here
 raises out of the loop: a failed action becomes an event with a reason.
+
+Front-ends besides MQTT (EVerest, the local socket API: agent/frontends/ocpp) feed the same
+queue through `submit` and `allow_installation` and see every status through their
+`status(status, info)`; before a reboot the daemon gives them a bounded time to confirm that
+the stack delivered what was reported (`pending()`), so InstallRebooting reaches the CSMS.
 """
 
 import json
@@ -19,18 +24,22 @@ from agent.checks import TrialContext, job_check_names, load_checks
 from agent.checks.alarms import baseline as alarm_baseline
 from agent.control import components as mcu_steps
 from agent.control import steps
+from agent.control.frontends import Frontends, boot_reason
 from agent.control.observation import Observer
 from agent.control.reporting import Reporter
 from agent.core import lifecycle as lc
 from agent.core.errors import Transient, UpdateError
-from agent.core.jobs import job_id_of, parse_job
+from agent.core.jobs import job_from_request, job_id_of, parse_job
 from agent.core.schedule import WAIT_SESSION
 from agent.core.trial import TrialPolicy
 from agent.frontends import channel as ch
+from agent.state import statedir
 from agent.state.history import History
 from agent.state.journal import Journal
 from agent.state.slotstate import SlotState
+from agent.state.statedir import StateLock
 from agent.transfer.fetch import Stopper
+from agent.trust.manufacturer import ManufacturerRoots
 
 log = logging.getLogger("charger-update")
 
@@ -40,8 +49,19 @@ class RebootFailed(Transient):
 
 
 RECOVER_S = 30  # default [system] retry_after_failure_s: pause after a failed step
+# Default [bootloader] trial_attempts: boots the new slot gets before the bootloader falls
+# back. More than one so a power cut during the trial resumes it instead of rolling back a
+# good release; a slot that never brings the agent up still falls back after this many boots.
+TRIAL_ATTEMPTS = 3
+SUBMIT_TIMEOUT_S = 10.0  # a front-end's request waits this long for the loop's answer
 IDLE_WAIT_S = 3600  # nothing due: sleep until an event (or the watchdog) wakes the loop
 MIN_WAIT_S = 0.05  # a due time just passed: look again soon, never spin
+
+
+class Abandoned(Transient):
+    """The step's journey moved on (cancelled or superseded): stop writing."""
+
+    reason = "abandoned"
 
 
 class Daemon:
@@ -49,8 +69,11 @@ class Daemon:
     ChargingStack; trust: agent.trust.store.Trust; system: reboot()/pet()/local_offset_s()
     and watchdog_interval_s (agent/control/system.py)."""
 
-    def __init__(self, cfg, boot, channel, stack, trust, system, clock=time.time, rng=None):
+    def __init__(self, cfg, boot, channel, stack, trust, system, clock=time.time, rng=None,
+                 frontends=()):  # fmt: skip
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
+        self.frontends = Frontends(frontends)
+        self.roots = ManufacturerRoots.from_config(cfg)
         self.trust, self.system, self.clock = trust, system, clock
         self.rng = rng or random.Random()
         trial = cfg.section("trial")
@@ -65,15 +88,15 @@ class Daemon:
         channel.on_error = self.on_channel_error
         self.journal = Journal(os.path.join(cfg.state_dir, "journal.json"))
         self.history = History(cfg.state_dir)
-        self.slots = SlotState(cfg.state_dir)
-        self.reporter = Reporter(cfg, channel, boot, self.history, self.slots, clock)
+        self.slots = SlotState(cfg.state_dir, boot)  # floors also in the boot environment
+        self.reporter = Reporter(cfg, channel, boot, self.history, self.slots, clock, trust)
         self.events = queue.Queue()
         self.stopping = threading.Event()
         self.busy = False  # a long action runs in a worker
         self.step_id = 0  # results of a worker started for an older step are dropped
         self.worker = None
         self.stopper = Stopper()  # stops the transfers of the step running in the worker
-        self.header = None  # (job id, signed envelope) fetched by the download step
+        self.fetched = None  # (job id, what the download step learned) for the verify step
         self.pending_resume = True  # the journal's journey is picked up inside the loop
         self.recover_s = float(cfg.section("system").get("retry_after_failure_s", RECOVER_S))
         self.resumed_before = False
@@ -81,16 +104,28 @@ class Daemon:
         self.wake_at = 0
         self.next_pet = 0.0  # time.monotonic() of the next watchdog pet
         self.journey = None
+        # "FirmwareUpdate" when the agent itself rebooted the board into this boot (the
+        # stack's BootNotification reason); None when this boot has another cause.
+        self.boot_reason = boot_reason(self.journal.path)
         self.flash_slot = None  # MCU images to write before the trial checks
 
     # -- life cycle -----------------------------------------------------------------------------
 
+    def subscribe(self):
+        """Jobs and cancels are acknowledged to the broker only once handled, i.e. after the
+        journal write that remembers them: a power cut before that gets them redelivered."""
+        for kind, suffix in (("job", ch.JOB), ("cancel", ch.CANCEL)):
+            self.channel.subscribe(
+                suffix, lambda t, p, ack, kind=kind: self.events.put((kind, p, ack)),
+                manual_ack=True,
+            )  # fmt: skip
+
     def run(self):
-        self.channel.subscribe(ch.JOB, lambda t, p: self.events.put(("job", p)))
-        self.channel.subscribe(ch.CANCEL, lambda t, p: self.events.put(("cancel", p)))
+        self.subscribe()
         # A (re)connect wakes the loop so the inventory row is published at once.
         self.channel.on_connected = self.wake
         self.channel.start()
+        self.frontends.start(self)
         seen_connections = -1
         while not self.stopping.is_set():
             self._pet_if_due()
@@ -108,6 +143,7 @@ class Daemon:
                 seen_connections = connections
                 self.publish_inventory()
         self.stopper.stop(steps.StepAbandoned("the agent is stopping"))
+        self.frontends.stop()
         self.channel.stop()
 
     def step(self):
@@ -152,12 +188,15 @@ class Daemon:
         of that step, go back to the last journal record (what the board really did), say
         why, and try again later: never reboot after a boot switch that did not happen."""
         log.error("step failed: %s (%s)", error.message, error.hint or "will retry")
-        journey = self.journal.load(self.policy)
-        job = journey.job
-        self.report(lc.status_of(journey.state), {
-            "job_id": job.id if job else None, "reason": error.reason,
-            "detail": error.message, "retry_in_s": self.recover_s,
-        })  # fmt: skip
+        try:
+            journey = self.journal.load(self.policy)  # never raises, even on EIO
+            job = journey.job
+            self.report(lc.status_of(journey.state), {
+                "job_id": job.id if job else None, "reason": error.reason,
+                "detail": error.message, "retry_in_s": self.recover_s,
+            })  # fmt: skip
+        except Exception:  # the loop must outlive whatever broke: it would crash-loop
+            log.exception("could not report the failure")
         self._abandon_step()
         self.pending_resume = True
         self.wake_at = self.clock() + self.recover_s
@@ -214,23 +253,54 @@ class Daemon:
     def resume(self):
         """Continue the journal's journey on this boot (at start, and after a failed step)."""
         self.pending_resume = False
-        os.makedirs(self.cfg.state_dir, exist_ok=True)
+        statedir.ensure(self.cfg.state_dir)
         self.journey = self.journal.load(self.policy)
         if self.journal.problem:
             log.error("%s", self.journal.problem[0])
+        if not self.resumed_before:
+            self.check_trust()
         booted = self.boot.booted_slot()
         log.info("booted slot %s; journal state %s", booted, self.journey.state)
-        data = self.journey.data
         first, self.resumed_before = not self.resumed_before, True
-        if first and self.journey.state == lc.TRIAL and booted == data.get("new_slot"):
-            # Same boot, trial still running: the agent itself died and was restarted.
-            data["agent_restarts"] = data.get("agent_restarts", 0) + 1
-            self.journal.save(self.journey)
-        self.execute(self.journey.resume(booted, self.clock())[1])
+        # This boot's facts settle a trial the board came back to (power loss: resume it;
+        # watchdog or panic: fail it). Only the first resume of this process has news.
+        facts = self._boot_facts() if first else None
+        self.execute(self.journey.resume(booted, self.clock(), facts)[1])
         if self._healthy_boot(booted):
             # The boot script counts every boot down (RAUC style): refill the good slot's
-            # attempts, or three ordinary reboots later the board would fall back.
-            self.boot.mark_good(booted)
+            # attempts, or three ordinary reboots later the board would fall back. A committed
+            # slot's healthy boot also (re)raises the floor to what it carries.
+            with StateLock(self.cfg.state_dir, "healthy boot of slot %s" % booted):
+                self.boot.mark_good(booted)
+                if self.slots.slot(booted).get("state") == "good":
+                    self.slots.committed(booted)
+                self.slots.raise_floors()  # a store that lost its copy gets it back
+
+    def check_trust(self):
+        """Say loudly, in the log and in a status the backend sees, when the trusted root is
+        older than one this device trusted before (its rotated roots were deleted)."""
+        if self.trust is None:
+            return
+        reason = "root-rollback"
+        try:
+            problem = self.trust.problem()
+        except UpdateError as e:  # the floors themselves are unreadable: say that
+            reason, problem = e.reason, e.message
+        if problem:
+            log.error("TRUST: %s", problem)
+            self.report(lc.status_of(self.journey.state),
+                        {"job_id": None, "reason": reason, "detail": problem})  # fmt: skip
+
+    def _boot_facts(self):
+        facts = self.system.boot_facts() if hasattr(self.system, "boot_facts") else {}
+        new = self.journey.data.get("new_slot")
+        if new:
+            try:
+                facts["attempts_left"] = self.boot.attempts_left(new)
+            except UpdateError as e:  # evidence only: never let it stop the resume
+                log.warning("attempts left of slot %s unknown: %s", new, e)
+        log.info("boot facts: %s", json.dumps(facts, sort_keys=True))
+        return facts
 
     def _healthy_boot(self, booted):
         state = self.journey.state
@@ -251,14 +321,44 @@ class Daemon:
 
     # -- inputs -----------------------------------------------------------------------------
 
+    # -- front-ends (called from their threads) ----------------------------------------------
+
+    def submit(self, request, timeout=SUBMIT_TIMEOUT_S):
+        """A job request from a local front-end, replacing the running job if it may.
+        Returns (answer, detail): "accepted", "accepted-canceled", "rejected" (busy past the
+        slot switch, or a bad request), "ignored" (a job id seen before). The journal holds
+        the job before "accepted" is returned."""
+        reply = queue.Queue()
+        self.events.put(("submit", request, reply))
+        try:
+            return reply.get(timeout=timeout)
+        except queue.Empty:
+            return "rejected", "the agent did not answer within %ss" % timeout
+
+    def allow_installation(self):
+        """The stack allows installing and rebooting (EVerest's allow_firmware_installation)."""
+        self.events.put(("allow",))
+
     def dispatch(self, item):
         kind = item[0]
         if kind == "wake":
             return
-        if kind == "job":
-            self.offer(item[1])
-        elif kind == "cancel":
-            self.cancel(str(item[1].get("job_id") or item[1].get("id")))
+        if kind in ("job", "cancel"):
+            try:
+                if kind == "job":
+                    self.offer(item[1])
+                else:
+                    self.cancel(str(item[1].get("job_id") or item[1].get("id")))
+            finally:
+                # Saved (or refused, with a status saying why): the broker may forget it now.
+                # A failure to handle it was reported too; redelivery would only repeat it.
+                if len(item) > 2 and item[2] is not None:
+                    item[2]()
+        elif kind == "submit":
+            item[2].put(self.take_request(item[1]))
+        elif kind == "allow":
+            self.wake_at = 0
+            self.execute(self.journey.allow(self.clock())[1])
         elif item[1] != self.step_id or not self.busy:
             log.info("dropping a %s of an abandoned step", kind)
         elif kind == "result":
@@ -267,6 +367,9 @@ class Daemon:
         elif kind == "checks":
             self.busy = False
             self.execute(self.journey.check_results(item[2], self.clock())[1])
+        elif kind == "local-error":
+            self.busy = False
+            raise item[2]  # into run(): recover() reports it and retries from the journal
 
     def cancel(self, job_id):
         before = self.journey.state
@@ -284,7 +387,11 @@ class Daemon:
             info = {"job_id": job_id_of(payload), "reason": e.reason, "detail": e.message}
             self.report("Idle", info)
             return
-        booted = self.boot.booted_slot()
+        try:
+            booted = self.boot.booted_slot()
+        except UpdateError as e:  # refused with the reason; the job is acknowledged
+            self.report("Idle", {"job_id": job.id, "reason": e.reason, "detail": e.message})
+            return
         before = self.journey.job
         actions = self.journey.offer(
             job, self.clock(), booted, self.boot.other_slot(booted), self.rng.random()
@@ -292,6 +399,29 @@ class Daemon:
         if self.journey.job is not before:
             self.wake_at = 0  # a wait of the previous journey does not delay this one
         self.execute(actions)
+
+    def take_request(self, request):
+        """(answer, detail) for a front-end's job request; see submit()."""
+        try:
+            job = job_from_request(request, self.cfg.device, checks=self.job_checks)
+            booted = self.boot.booted_slot()
+        except UpdateError as e:
+            return "rejected", e.message
+        before, old_state = self.journey.job, self.journey.state
+        actions = self.journey.supersede(
+            job, self.clock(), booted, self.boot.other_slot(booted), self.rng.random()
+        )[1]
+        if self.journey.job is not job:
+            self.execute(actions)
+            refused = [a for a in actions if a[0] in ("reject", "ignore")]
+            answer = "ignored" if refused and refused[0][0] == "ignore" else "rejected"
+            return answer, refused[0][2] if refused else "not taken"
+        cancelled = before is not None and not lc.is_terminal(old_state) and old_state != lc.IDLE
+        if cancelled:
+            self._abandon_step()  # the old job's download or install is moot now
+        self.wake_at = 0
+        self.execute(actions)  # saves the journal before the answer goes out
+        return ("accepted-canceled" if cancelled else "accepted"), job.id
 
     def tick(self):
         state = self.journey.state
@@ -308,7 +438,10 @@ class Daemon:
             return
         if self.clock() < self.wake_at:
             return
-        active = state in (lc.INSTALL_SCHEDULED, lc.INSTALLED) and self._session_active()
+        waits = state in (lc.INSTALL_SCHEDULED, lc.INSTALLED) or (
+            state == lc.DOWNLOAD_SCHEDULED and self.journey.job.download_waits_for_sessions
+        )
+        active = waits and self._session_active()
         self.execute(self.journey.tick(self.clock(), self.system.local_offset_s(), active)[1])
 
     def observe(self):
@@ -364,18 +497,36 @@ class Daemon:
         self.report("Idle", {"job_id": job_id, "reason": "rejected", "detail": reason})
 
     def do_try_slot(self, slot):
-        self.boot.try_slot(slot, int(self.cfg.bootloader.get("trial_attempts", 1)))
+        with StateLock(self.cfg.state_dir, "switching to slot %s" % slot):
+            self.boot.try_slot(slot, int(self.cfg.bootloader.get("trial_attempts", TRIAL_ATTEMPTS)))
 
     def do_mark_good(self, slot):
-        self.boot.mark_good(slot)
-        self.slots.committed(slot)
+        with StateLock(self.cfg.state_dir, "committing slot %s" % slot):
+            self.boot.mark_good(slot)
+            self.slots.committed(slot)
 
     def do_mark_bad(self, slot):
-        self.boot.mark_bad(slot)
-        self.slots.mark(slot, "bad")
+        with StateLock(self.cfg.state_dir, "marking slot %s bad" % slot):
+            self.boot.mark_bad(slot)
+            self.slots.mark(slot, "bad")
+
+    def do_block_sessions(self):
+        self._availability(False)
+
+    def do_release_sessions(self):
+        self._availability(True)
+
+    def _availability(self, available):
+        try:
+            reply = self.stack.request("set_availability", available=available)
+            if not reply.get("ok"):
+                log.warning("charging stack refused set_availability %s: %s", available, reply)
+        except UpdateError as e:
+            log.warning("charging stack unreachable for set_availability %s: %s", available, e)
 
     def do_reboot(self):
         self.rebooting = True
+        self.frontends.await_delivery(self.clock, self.system.pet, self.stopping)
         log.info("rebooting")
         self.channel.stop()
         if not self.system.reboot():
@@ -429,6 +580,9 @@ class Daemon:
     def _work(self, fn, failure_event):
         """Run fn in a worker; it posts exactly one result tagged with this step's id. A bug
         in fn becomes `failure_event` (the failure that fits the step), never a dead loop."""
+        if self._worker_alive() and self.worker.name == "install":
+            # An abandoned install stops at its next chunk: never two writers on one slot.
+            self.worker.join(2.0)
         self.step_id += 1
         step_id, self.busy = self.step_id, True
         stopper = self.stopper = Stopper()
@@ -436,6 +590,8 @@ class Daemon:
         def run():
             try:
                 result = fn(stopper)
+            except steps.LOCAL_ERRORS as e:  # the board's state: the loop recovers, retries
+                result = ("local-error", e)
             except Exception as e:  # a bug in an adapter or OEM code must not kill the daemon
                 log.exception("step failed")
                 problem = {"reason": "internal", "detail": repr(e), "problem": repr(e)}
@@ -445,38 +601,41 @@ class Daemon:
                     result = ("checks", dict((n, (False, problem)) for n in names))
             self.events.put((result[0], step_id) + tuple(result[1:]))
 
-        self.worker = threading.Thread(target=run, daemon=True)
+        self.worker = threading.Thread(target=run, name=fn.__name__.strip("_"), daemon=True)
         self.worker.start()
 
     def _download(self, stopper):
         job = self.journey.job
-        event, info, envelope = steps.download(job.url, self.cfg, stopper)
-        self.header = (job.id, envelope)
+        event, info, learned = steps.fetch(job, self.cfg, stopper)
+        self.fetched = (job.id, learned)
         return ("result", event, info)
 
     def _verify(self, stopper):
         job = self.journey.job
-        envelope = self.header[1] if self.header and self.header[0] == job.id else None
-        return ("result",) + steps.verify(
-            envelope, job.url, self.cfg, self.trust, self.clock(), job.version, stopper
-        )
+        learned = self.fetched[1] if self.fetched and self.fetched[0] == job.id else None
+        return ("result",) + steps.check(job, learned, self.cfg, self.trust, self.roots,
+                                         self.clock(), self.slots, stopper)  # fmt: skip
 
     def _install(self, stopper):
-        job = self.journey.job
-        progress = steps.StatusProgress(
-            lambda percent: self.report(
-                "Installing", {"job_id": job.id, "version": job.version, "progress": percent}
-            )
-        )  # fmt: skip
-        return ("result",) + steps.install(
-            job.url, self.cfg, self.boot, self.trust, self.clock(), progress, job.version, stopper
-        )
+        job, step_id = self.journey.job, self.step_id
+
+        def on_step(percent, sizes=None):
+            info = dict(sizes or {}, job_id=job.id, version=job.version, progress=percent)
+            self.report("Installing", info)
+
+        def check():
+            if step_id != self.step_id:  # superseded: stop writing at this chunk
+                raise Abandoned("install of job %s abandoned" % job.id)
+
+        progress = steps.StatusProgress(on_step, check)
+        return ("result",) + steps.write(job, self.cfg, self.boot, self.trust, self.roots,
+                                         self.clock(), progress, stopper)  # fmt: skip
 
     def _run_checks(self, stopper):
         data, job = self.journey.data, self.journey.job
         ctx = TrialContext(self.cfg, self.channel, self.stack, data.get("baseline"), self.clock,
                            data.get("trial_started_at"), self._wait,
-                           data.get("agent_restarts", 0))  # fmt: skip
+                           data.get("agent_restarts", 0), self.frontends.csms_links())  # fmt: skip
 
         def reported(name, passed, evidence):
             info = {"job_id": job.id, "version": job.version, "check": name, "passed": passed,
@@ -510,6 +669,7 @@ class Daemon:
 
     def report(self, status, info):
         self.reporter.status(status, info)
+        self.frontends.status(status, info)
 
     def publish_health(self, phase, results, verdict):
         job = self.journey.job

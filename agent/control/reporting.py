@@ -15,9 +15,10 @@ log = logging.getLogger("charger-update")
 
 
 class Reporter:
-    def __init__(self, cfg, channel, boot, history, slots, clock):
+    def __init__(self, cfg, channel, boot, history, slots, clock, trust=None):
         self.cfg, self.channel, self.boot = cfg, channel, boot
         self.history, self.slots, self.clock = history, slots, clock
+        self.trust = trust
 
     def _publish(self, suffix, message, retain=False):
         try:
@@ -82,5 +83,16 @@ class Reporter:
                           for s in boot["slots"]),
             "components": self.components(boot["booted"], slots),
             "last_job": self.history.last_job(), "rollbacks": self.history.rollbacks(),
-            "ts": int(self.clock()),
+            "trust": self.trust_row(), "ts": int(self.clock()),
         }  # fmt: skip
+
+    def trust_row(self):
+        """Root in use, newest root seen, anti-rollback floor, and what is wrong (or None)."""
+        row = {"security_floor": None}
+        try:
+            if self.trust is not None:
+                row.update(self.trust.status())
+            row["security_floor"] = self.slots.security_floor()
+        except UpdateError as e:  # a damaged store is itself what the backend must see
+            row["problem"] = e.message
+        return row

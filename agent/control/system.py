@@ -1,8 +1,10 @@
-"""The operating-system edge: reboot, watchdog and local time.
+"""The operating-system edge: reboot, watchdog, local time, and why this boot happened.
 
 Invariant: the watchdog is petted only from the daemon's loop (never from a helper thread),
 so a hung agent really stops petting and the board's watchdog resets it; after too many
-resets the bootloader's attempt counter brings back the good slot.
+resets the bootloader's attempt counter brings back the good slot. The reset cause is only
+ever what the platform says (kernel command line, watchdog bootstatus); without a word from
+it the cause is "unknown", never guessed.
 """
 
 import os
@@ -11,7 +13,14 @@ import socket
 import subprocess
 import time
 
+from agent.core import resets
 from agent.core.errors import ConfigError
+
+CMDLINE = "/proc/cmdline"
+RESET_KEY = "charger.reset"  # the boot script puts the SoC's reset cause here
+BOOTSTATUS = "/sys/class/watchdog/watchdog0/bootstatus"
+WDIOF_CARDRESET = 0x0020  # linux/watchdog.h: the watchdog reset the board last time
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
 def sd_notify(message, env=os.environ):
@@ -29,6 +38,25 @@ def sd_notify(message, env=os.environ):
     return True
 
 
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def reset_from_cmdline(text):
+    """The cause named by charger.reset= (or androidboot.bootreason=) on a kernel command
+    line; None when neither is there."""
+    found = None
+    for word in (text or "").split():
+        key, sep, value = word.partition("=")
+        if sep and key in (RESET_KEY, "androidboot.bootreason"):
+            found = value
+    return None if found is None else resets.normalise(found)
+
+
 def watchdog_interval_s(env=os.environ, pid=None):
     """How often to pet systemd's watchdog: half of $WATCHDOG_USEC (as sd_watchdog_enabled
     advises), or None when no watchdog watches this process ($WATCHDOG_PID names another)."""
@@ -44,11 +72,15 @@ def watchdog_interval_s(env=os.environ, pid=None):
 
 class System:
     """[system] reboot_command (default "systemctl reboot"), utc_offset_s (default: the
-    host's local time zone). `watchdog_interval_s`: how often the daemon's loop must pet
-    the watchdog (None: no watchdog, the loop may sleep until something happens)."""
+    host's local time zone), and where this boot's facts come from: cmdline (default
+    /proc/cmdline), watchdog_bootstatus (default the first watchdog's), boot_id_file
+    (default /proc/sys/kernel/random/boot_id). `resolve` makes relative paths absolute.
+    `watchdog_interval_s`: how often the daemon's loop must pet the watchdog (None: no
+    watchdog, the loop may sleep until something happens)."""
 
-    def __init__(self, options, env=os.environ):
+    def __init__(self, options, resolve=None, env=os.environ):
         self.options = options
+        self.resolve = resolve or (lambda path: path)
         self.watchdog_interval_s = watchdog_interval_s(env)
         command = options.get("reboot_command", "systemctl reboot")
         self.reboot_command = shlex.split(command) if isinstance(command, str) else list(command)
@@ -67,6 +99,26 @@ class System:
 
     def ready(self):
         sd_notify("READY=1")
+
+    def reset_cause(self):
+        """Why the board started this boot (agent/core/resets.py): the boot script's
+        charger.reset= on the kernel command line, else a watchdog bootstatus that says the
+        watchdog fired, else "unknown"."""
+        cmdline = _read(self.resolve(self.options.get("cmdline", CMDLINE)))
+        cause = reset_from_cmdline(cmdline)
+        if cause is not None:
+            return cause
+        status = _read(self.resolve(self.options.get("watchdog_bootstatus", BOOTSTATUS)))
+        if status and status.isdigit() and int(status) & WDIOF_CARDRESET:
+            return resets.WATCHDOG
+        return resets.UNKNOWN
+
+    def boot_facts(self):
+        """{"reset", "id"} of this boot, as Journey.resume takes them."""
+        return {
+            "reset": self.reset_cause(),
+            "id": _read(self.resolve(self.options.get("boot_id_file", BOOT_ID))),
+        }
 
     def local_offset_s(self):
         if "utc_offset_s" in self.options:

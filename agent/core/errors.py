@@ -58,9 +58,23 @@ class Expired(Rejected):
     exit_code = 12
 
 
+class NotYetValid(Expired):
+    """Signed with a `created` time too far ahead of this device's "now" (a signer's clock, or
+    this device's RTC, is wrong): refused rather than trusted as a new floor of time."""
+
+    reason = "not-yet-valid"
+
+
 class Downgrade(Rejected):
     reason = "downgrade"
     exit_code = 13
+
+
+class RootRolledBack(Downgrade):
+    """The device's trusted root is older than the newest root it has trusted before (its
+    rotated roots were deleted or replaced): keys those roots revoked must stay revoked."""
+
+    reason = "root-rollback"
 
 
 class WrongModel(Rejected):
@@ -149,3 +163,9 @@ class NetworkError(Transient):
 
 class BrokerUnavailable(Transient):
     reason = "broker"
+
+
+class StateBusy(Transient):
+    """Another process holds the state dir's lock (an install, a boot change): try later."""
+
+    reason = "busy"

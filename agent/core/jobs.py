@@ -3,6 +3,9 @@
 `parse_job` turns raw message bytes into a `Job` or raises MalformedJob / WrongModel with the
 field at fault; it never lets another exception escape, whatever the bytes. `JobMemory`
 remembers a bounded list of recent job ids so a replayed or redelivered job is ignored.
+`job_from_request` builds a job for a local front-end (EVerest, the local socket API): the
+same fields plus the engine options only a front-end may set (EXTENDED); the MQTT wire never
+reaches them.
 
 Runs on MicroPython: json only, times parsed here (no datetime), no reliance on dict order.
 """
@@ -39,6 +42,8 @@ class Job:
         self.checks = kw.get("checks")
         self.trial_window_s = kw.get("trial_window_s")
         self.models = kw.get("models")
+        for name in EXTENDED:
+            setattr(self, name, kw.get(name, EXTENDED[name]))
 
     def to_dict(self):
         d = {"id": self.id, "url": self.url, "version": self.version}
@@ -49,6 +54,9 @@ class Job:
         d["models"] = self.models
         if self.window is not None:
             d["window"] = {"start": _hhmm(self.window[0]), "end": _hhmm(self.window[1])}
+        for name in EXTENDED:
+            if getattr(self, name) != EXTENDED[name]:  # MQTT jobs' records stay as they were
+                d[name] = getattr(self, name)
         return d
 
     def __eq__(self, other):
@@ -58,9 +66,38 @@ class Job:
         return "Job(%r, %r)" % (self.id, self.version)
 
 
+# Engine options a local front-end sets on a job (never read from the MQTT wire), with their
+# defaults. signature/signing_certificate: a detached signature (base64) over the whole file
+# at `url`, and the PEM certificate whose key made it (checked against the firmware-signing
+# roots). retry_interval_s: fixed spacing of retries instead of the backoff. hold_until_allowed:
+# install and reboot wait for `Journey.allow` (EVerest's allow_firmware_installation).
+# block_new_sessions: connectors refuse new sessions from the install phase to the end.
+# download_waits_for_sessions: no download while a car charges. write_during_sessions: the
+# inactive slot may be written while a car charges; only the reboot waits.
+EXTENDED = {
+    "signature": None,
+    "signing_certificate": None,
+    "retry_interval_s": None,
+    "hold_until_allowed": False,
+    "block_new_sessions": False,
+    "download_waits_for_sessions": False,
+    "write_during_sessions": False,
+}
+MAX_SIGNATURE = 2048  # base64; OCPP allows 800, an RSA-4096 signature takes 684
+MAX_CERTIFICATE = 8192  # PEM; OCPP allows 5500
+
+
 def job_from_dict(d):
     """Rebuild a Job from `Job.to_dict()` (the journal), re-validating every field."""
-    return _build(d, None, DEFAULT_LIMITS)
+    return _build(d, None, DEFAULT_LIMITS, True)
+
+
+def job_from_request(doc, device, limits=None, checks=None):
+    """A Job from a local front-end's request dict: MalformedJob / WrongModel as parse_job
+    (`checks` as there), and the EXTENDED engine options are read too."""
+    if not isinstance(doc, dict):
+        raise MalformedJob("job request must be an object")
+    return _build(doc, device, _limits(limits), True, checks)
 
 
 def parse_job(raw, device, limits=None, checks=None):
@@ -82,7 +119,7 @@ def parse_job(raw, device, limits=None, checks=None):
         raise MalformedJob("job message is not UTF-8 JSON")
     if not isinstance(doc, dict):
         raise MalformedJob("job message must be a JSON object")
-    return _build(doc, device, limits, checks)
+    return _build(doc, device, limits, False, checks)
 
 
 def job_id_of(doc):
@@ -132,7 +169,7 @@ def _limits(limits):
     return merged
 
 
-def _build(doc, device, limits, checks=None):
+def _build(doc, device, limits, extended=False, checks=None):
     job_id = _text(doc, ID_KEYS, limits, required=True)
     url = _text(doc, ("url", "location"), limits, required=True)
     if not (url.startswith("http://") or url.startswith("https://") or url.startswith("file:")):
@@ -154,8 +191,31 @@ def _build(doc, device, limits, checks=None):
         "checks": _checks(doc.get("checks"), checks),
         "models": models,
     }
-    version = _text(doc, ("version",), limits, required=True)
+    if extended:
+        kw.update(_extended(doc))
+    # A front-end's job may name no version (OCPP has none): any signed version is accepted
+    # and the manifest's is the one reported.
+    version = _text(doc, ("version",), limits, required=not extended)
     return Job(job_id, url, version, **kw)
+
+
+def _extended(doc):
+    kw = {}
+    for name, bound in (("signature", MAX_SIGNATURE), ("signing_certificate", MAX_CERTIFICATE)):
+        value = doc.get(name)
+        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= bound):
+            raise MalformedJob("field '%s' must be a string of 1 to %d characters" % (name, bound))
+        kw[name] = value
+    if (kw["signature"] is None) != (kw["signing_certificate"] is None):
+        raise MalformedJob("fields 'signature' and 'signing_certificate' come together")
+    kw["retry_interval_s"] = _int(doc, "retry_interval_s", None, 0, 86400)
+    for name in ("hold_until_allowed", "block_new_sessions", "download_waits_for_sessions",
+                 "write_during_sessions"):  # fmt: skip
+        value = doc.get(name, False)
+        if not isinstance(value, bool):
+            raise MalformedJob("field '%s' must be true or false" % name)
+        kw[name] = value
+    return kw
 
 
 def _first(doc, names):

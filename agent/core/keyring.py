@@ -2,8 +2,10 @@
 
 Invariant: a Root is trusted only if it is the provisioned root that verifies under its own
 root role, or it is version N+1 signed by a threshold of root N's root keys AND of its own.
-Revocation is a key no longer listed. Signatures are checked over the envelope's PAE bytes with
-an injected verify_fn(key, sig, data) -> bool, so this module stays pure (MicroPython too).
+Revocation is a key no longer listed. A key is listed only in its one canonical encoding, so
+distinct key ids are distinct keys and k of n means k keys. Signatures are checked over the
+envelope's PAE bytes with an injected verify_fn(key, sig, data) -> bool, so this module stays
+pure (MicroPython too).
 """
 
 import binascii
@@ -19,9 +21,28 @@ KEYTYPES = ("ed25519", "ecdsa-p256")
 MAX_KEYS = 64
 
 
+# The one DER SubjectPublicKeyInfo a key of each type may be listed as: a fixed prefix (the
+# algorithm and curve, and the bit string's header) and the key itself, for P-256 always the
+# uncompressed point (04 || X || Y). One key, one encoding, so one key id: a root cannot list a
+# key twice (say as a compressed and an uncompressed point) to meet a threshold with it alone.
+CANONICAL_SPKI = {
+    "ed25519": (binascii.unhexlify("302a300506032b6570032100"), 32),
+    "ecdsa-p256": (
+        binascii.unhexlify("3059301306072a8648ce3d020106082a8648ce3d03010703420004"),
+        64,
+    ),
+}
+
+
 def keyid_of(public_der):
     """The key id: sha256 hex of the DER SubjectPublicKeyInfo."""
     return binascii.hexlify(hashlib.sha256(public_der).digest()).decode("ascii")
+
+
+def is_canonical(keytype, public_der):
+    """True if public_der is the canonical SPKI encoding for a key of `keytype`."""
+    prefix, size = CANONICAL_SPKI[keytype]
+    return len(public_der) == len(prefix) + size and public_der[: len(prefix)] == prefix
 
 
 class Key:
@@ -40,12 +61,13 @@ class Role:
 
 
 class Root:
-    def __init__(self, raw, version, expires, keys, roles):
+    def __init__(self, raw, version, expires, keys, roles, created=0):
         self.raw = raw
         self.version = version
         self.expires = expires
         self.keys = keys
         self.roles = roles
+        self.created = created  # epoch s; 0 when the root does not say (older roots)
 
     def role(self, name):
         return self.roles[name]
@@ -64,6 +86,12 @@ def _key(keyid, entry):
         der = binascii.a2b_base64(public.encode("ascii"))
     except (AttributeError, ValueError, UnicodeError):
         raise _bad(where + ".public", "must be base64 DER SubjectPublicKeyInfo")
+    if not is_canonical(entry["keytype"], der):
+        raise _bad(
+            where + ".public",
+            "is not the canonical DER SubjectPublicKeyInfo of an %s key (P-256: uncompressed "
+            "point)" % entry["keytype"],
+        )
     if keyid_of(der) != keyid:
         raise _bad(where, "key id is not the sha256 of its public key")
     return Key(keyid, entry["keytype"], der)
@@ -101,6 +129,14 @@ def parse_root(raw):
         expires = timefmt.parse(obj.get("expires"))
     except ValueError as e:
         raise _bad("expires", "is not a UTC timestamp (%s)" % e)
+    created = 0
+    if obj.get("created") is not None:  # optional: a floor of time for the device
+        try:
+            created = timefmt.parse(obj.get("created"))
+        except ValueError as e:
+            raise _bad("created", "is not a UTC timestamp (%s)" % e)
+        if created >= expires:
+            raise _bad("expires", "must be later than created")
     entries = obj.get("keys")
     if not isinstance(entries, dict) or not entries or len(entries) > MAX_KEYS:
         raise _bad("keys", "must map 1..%d key ids to keys" % MAX_KEYS)
@@ -108,9 +144,8 @@ def parse_root(raw):
     roles = obj.get("roles")
     if not isinstance(roles, dict):
         raise _bad("roles", "must be an object")
-    return Root(
-        bytes(raw), version, expires, keys, dict((n, _role(n, roles.get(n), keys)) for n in ROLES)
-    )
+    roles = dict((n, _role(n, roles.get(n), keys)) for n in ROLES)
+    return Root(bytes(raw), version, expires, keys, roles, created)
 
 
 def verify_threshold(signed_bytes, signatures, role, verify_fn):

@@ -76,7 +76,11 @@ REBOOTED_INTO_NEW = "rebooted-into-new"
 REBOOTED_INTO_OLD = "rebooted-into-old"
 CHECKS_PASSED = "checks-passed"
 CHECKS_FAILED = "checks-failed"
+POWER_LOST = "power-lost"  # a power loss (or a reset of unknown cause) interrupted the trial
+CRASHED = "crashed"  # a watchdog or panic reset of the new slot interrupted the trial
+BOOT_ENV_LOST = "boot-env-lost"  # back on the old slot, yet the new one has attempts left
 CANCEL = "cancel"
+SUPERSEDE = "supersede"  # a new job replaces this one (allowed until the slot switch)
 DONE = "done"  # nothing more to do in this state: move on
 
 EVENTS = (
@@ -96,7 +100,11 @@ EVENTS = (
     REBOOTED_INTO_OLD,
     CHECKS_PASSED,
     CHECKS_FAILED,
+    POWER_LOST,
+    CRASHED,
+    BOOT_ENV_LOST,
     CANCEL,
+    SUPERSEDE,
     DONE,
 )
 
@@ -106,6 +114,7 @@ TRANSITIONS = (
     (IDLE,               JOB_ACCEPTED,      DOWNLOAD_SCHEDULED),
     (DOWNLOAD_SCHEDULED, TIME_REACHED,      DOWNLOADING),
     (DOWNLOAD_SCHEDULED, WINDOW_EXPIRED,    DOWNLOAD_FAILED),
+    (DOWNLOAD_SCHEDULED, SESSION_ACTIVE,    DOWNLOAD_SCHEDULED),  # job waits for no session
     (DOWNLOAD_SCHEDULED, CANCEL,            CANCELLED),
     (DOWNLOADING,        DOWNLOAD_OK,       DOWNLOADED),
     (DOWNLOADING,        RETRY,             DOWNLOAD_SCHEDULED),
@@ -129,10 +138,14 @@ TRANSITIONS = (
     (INSTALLED,          SESSION_ACTIVE,    INSTALLED),
     (REBOOTING,          REBOOTED_INTO_NEW, TRIAL),
     (REBOOTING,          REBOOTED_INTO_OLD, ROLLED_BACK),
+    (REBOOTING,          BOOT_ENV_LOST,     REBOOTING),    # try the new slot again (bounded)
     (TRIAL,              CHECKS_PASSED,     COMMITTED),
     (TRIAL,              CHECKS_FAILED,     ROLLED_BACK),
     (TRIAL,              WINDOW_EXPIRED,    ROLLED_BACK),
-    (TRIAL,              REBOOTED_INTO_OLD, ROLLED_BACK),
+    (TRIAL,              REBOOTED_INTO_OLD, ROLLED_BACK),  # attempts used up: bootloader fell back
+    (TRIAL,              POWER_LOST,        TRIAL),        # resume: checks and window start again
+    (TRIAL,              CRASHED,           ROLLED_BACK),  # watchdog/panic: fail at once
+    (TRIAL,              BOOT_ENV_LOST,     REBOOTING),    # e.g. a torn env reset to defaults
     (COMMITTED,          CHECKS_FAILED,     ROLLED_BACK),  # regression while observing
     (COMMITTED,          DONE,              IDLE),
     (ROLLED_BACK,        DONE,              IDLE),
@@ -141,11 +154,21 @@ TRANSITIONS = (
     (INSTALLATION_FAILED, DONE,             IDLE),
     (INSTALL_VERIFICATION_FAILED, DONE,     IDLE),
     (CANCELLED,          DONE,              IDLE),
+    # A new job replaces the running one until the inactive slot is handed to the bootloader.
+    (DOWNLOAD_SCHEDULED, SUPERSEDE,         CANCELLED),
+    (DOWNLOADING,        SUPERSEDE,         CANCELLED),
+    (DOWNLOADED,         SUPERSEDE,         CANCELLED),
+    (SIGNATURE_VERIFIED, SUPERSEDE,         CANCELLED),
+    (INSTALL_SCHEDULED,  SUPERSEDE,         CANCELLED),
+    (INSTALLING,         SUPERSEDE,         CANCELLED),
+    (INSTALLED,          SUPERSEDE,         CANCELLED),
 )
 
 # State saved before a power cut -> state to continue in. REBOOTING and INSTALLED are settled
 # by the booted slot (see journey.resume); INSTALLING restarts after the half-written inactive
-# slot has been marked bad; TRIAL reruns its checks, the window counting from the saved start.
+# slot has been marked bad; TRIAL on the new slot is settled by the reset cause: POWER_LOST
+# (power-on, reboot, unknown) or CRASHED (watchdog, panic); an agent restart within the same
+# boot reruns the checks, the window counting from the saved start.
 RESUME = (
     (IDLE,               IDLE),
     (DOWNLOAD_SCHEDULED, DOWNLOAD_SCHEDULED),
@@ -156,7 +179,7 @@ RESUME = (
     (INSTALLING,         INSTALL_SCHEDULED),   # after mark_bad(inactive slot)
     (INSTALLED,          INSTALLED),           # booted new: TRIAL (try_slot had happened)
     (REBOOTING,          REBOOTING),           # booted new: TRIAL; booted old: ROLLED_BACK
-    (TRIAL,              TRIAL),               # booted old: ROLLED_BACK
+    (TRIAL,              TRIAL),               # booted old: ROLLED_BACK; else by reset cause
     (COMMITTED,          COMMITTED),
     (ROLLED_BACK,        ROLLED_BACK),
     (DOWNLOAD_FAILED,    DOWNLOAD_FAILED),

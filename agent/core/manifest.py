@@ -12,10 +12,14 @@ from agent.core import components, semver, timefmt
 from agent.core.errors import MalformedBundle
 
 FORMAT = 1
+FORMAT_CHUNKED = 2  # payloads may carry a signed chunk index (agent/core/chunkindex.py)
+FORMATS = (FORMAT, FORMAT_CHUNKED)
 MAX_MANIFEST = 64 * 1024  # bytes; a manifest is a few hundred bytes, this bounds the parser
 MAX_PAYLOADS = 32
 MAX_PAYLOAD_SIZE = 1 << 40  # 1 TiB: larger than any slot, small enough to be a sane bound
-COMPRESSIONS = ("none", "gzip")
+COMPRESSIONS = ("none", "gzip", "zstd-chunks")
+CHUNKED = "zstd-chunks"  # format 2: the stored payload is one unit per indexed block
+MAX_INDEX = 64 << 20  # bytes of a stored chunk index; a 1 GiB image needs about 2 MiB
 _HEX = "0123456789abcdef"
 
 TOP_FIELDS = ("format", "version", "security_version", "created", "expires", "compatible")
@@ -23,6 +27,7 @@ TOP_FIELDS = TOP_FIELDS + ("payloads", "components")
 PAYLOAD_FIELDS = ("name", "slot_class", "size", "sha256", "compression")
 PAYLOAD_FIELDS = PAYLOAD_FIELDS + ("installed_size", "installed_sha256")
 PAYLOAD_FIELDS = PAYLOAD_FIELDS + ("type", "component", "mcu")  # agent/core/components.py
+CHUNK_FIELDS = ("index",)  # format 2 only
 
 
 def _bad(field, what):
@@ -30,6 +35,8 @@ def _bad(field, what):
 
 
 class Payload:
+    index = None  # format 2: {"size": bytes, "sha256": hex} of the stored chunk index
+
     def __init__(self, name, slot_class, size, sha256, compression, installed_size, installed_sha):
         self.name = name
         self.slot_class = slot_class
@@ -46,17 +53,20 @@ class Payload:
             extra = {"type": self.type, "mcu": dict(self.mcu)}
         if self.component != self.slot_class:
             extra["component"] = self.component
-        return dict(
-            extra,
-            **{
-                "name": self.name,
-                "slot_class": self.slot_class,
-                "size": self.size,
-                "sha256": self.sha256,
-                "compression": self.compression,
-                "installed_size": self.installed_size,
-                "installed_sha256": self.installed_sha256,
-            },
+        return _with_index(
+            self,
+            dict(
+                extra,
+                **{
+                    "name": self.name,
+                    "slot_class": self.slot_class,
+                    "size": self.size,
+                    "sha256": self.sha256,
+                    "compression": self.compression,
+                    "installed_size": self.installed_size,
+                    "installed_sha256": self.installed_sha256,
+                },
+            ),
         )
 
 
@@ -167,7 +177,7 @@ def _payload(entry, i):
     where = "payloads[%d]." % i
     if not isinstance(entry, dict):
         raise _bad("payloads[%d]" % i, "must be an object")
-    _only(entry, PAYLOAD_FIELDS, where)
+    _only(entry, PAYLOAD_FIELDS + CHUNK_FIELDS, where)
     name = _name(entry, "name", where)
     kind, component, mcu = components.payload_fields(entry, where)
     slot_class = _name(entry, "slot_class", where) if kind == components.SLOT else None
@@ -187,6 +197,7 @@ def _payload(entry, i):
         isha = _sha(entry, "installed_sha256", where)
     payload = Payload(name, slot_class, size, sha, compression, isize, isha)
     payload.type, payload.component, payload.mcu = kind, component, mcu
+    payload.index = _chunk_index(entry, where, compression)
     return payload
 
 
@@ -227,10 +238,8 @@ def parse_manifest(raw):
     obj = _decode(raw)
     _only(obj, TOP_FIELDS, "")
     fmt = obj.get("format")
-    if fmt != FORMAT or not _is_int(fmt):
-        raise _bad(
-            "format", "must be %d (this agent reads bundle format %d only)" % (FORMAT, FORMAT)
-        )
+    if fmt not in FORMATS or not _is_int(fmt):
+        raise _bad("format", "must be 1 or 2 (the bundle formats this agent reads)")
     version = obj.get("version")
     if not semver.is_valid(version):
         raise _bad("version", "must be a semantic version like 1.2.3 or 1.2.3-rc.1")
@@ -245,4 +254,39 @@ def parse_manifest(raw):
     }
     if fields["expires"] <= fields["created"]:
         raise _bad("expires", "must be later than created")
-    return Manifest(bytes(raw), fields, _payloads(obj.get("payloads")))
+    payloads = _payloads(obj.get("payloads"))
+    _check_chunked(fmt, payloads)
+    return Manifest(bytes(raw), fields, payloads)
+
+
+# -- format 2: chunk indexes ------------------------------------------------------------------
+
+
+def _chunk_index(entry, where, compression):
+    """The payload's `index` field: present exactly when its compression is zstd-chunks."""
+    value = entry.get("index")
+    if value is None:
+        if compression == CHUNKED:
+            raise _bad(where + "index", "is required for compression %s" % CHUNKED)
+        return None
+    if compression != CHUNKED:
+        raise _bad(where + "index", "belongs only to compression %s" % CHUNKED)
+    if not isinstance(value, dict):
+        raise _bad(where + "index", "must be an object {size, sha256}")
+    _only(value, ("size", "sha256"), where + "index.")
+    return {
+        "size": _int(value, "size", 1, MAX_INDEX, where + "index."),
+        "sha256": _sha(value, "sha256", where + "index."),
+    }
+
+
+def _check_chunked(fmt, payloads):
+    for i, p in enumerate(payloads):
+        if p.index is not None and fmt != FORMAT_CHUNKED:
+            raise _bad("payloads[%d].index" % i, "needs bundle format 2")
+
+
+def _with_index(payload, d):
+    if payload.index is not None:
+        d["index"] = {"size": payload.index["size"], "sha256": payload.index["sha256"]}
+    return d

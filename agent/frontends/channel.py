@@ -118,6 +118,26 @@ def topic_matches(topic_filter, topic):
     return len(f_parts) == len(t_parts)
 
 
+class Ack:
+    """Acknowledges one message once, whoever calls it and however often."""
+
+    def __init__(self, send=None):
+        self.send = send
+        self.done = False
+        self._lock = threading.Lock()
+
+    def __call__(self):
+        with self._lock:
+            if self.done:
+                return
+            self.done = True
+        if self.send is not None:
+            try:
+                self.send()
+            except Exception:  # the connection may be gone: the broker redelivers then
+                log.exception("acknowledging a message failed")
+
+
 def new_nonce():
     return os.urandom(8).hex()
 
@@ -132,7 +152,7 @@ class ChannelBase:
         self.on_message = on_message  # fallback for messages no handler claims
         self.on_error = on_error
         self.on_connected = None  # called (no arguments) after every successful (re)connect
-        self._handlers = []  # [(filter, handler, qos)]
+        self._handlers = []  # [(filter, handler, qos, manual_ack)]
         self._lock = threading.Lock()
         self._pongs = {}  # nonce -> threading.Event, for ping_backend
         self.stray_pongs = 0  # pongs whose nonce we are not waiting for (late or forged)
@@ -148,36 +168,71 @@ class ChannelBase:
             return parts[n]
         return None
 
-    def subscribe(self, suffix, handler, qos=1):
-        """handler(topic, payload_dict) for {prefix}/{device_id}/{suffix}."""
-        self.subscribe_filter(self.topic(suffix), handler, qos)
+    def subscribe(self, suffix, handler, qos=1, manual_ack=False):
+        """handler(topic, payload_dict) for {prefix}/{device_id}/{suffix}. With manual_ack,
+        handler(topic, payload_dict, ack): the message is acknowledged to the broker only
+        when the handler (or whoever it hands `ack` to) calls ack(); until then a dropped
+        connection gets it redelivered (QoS 1, persistent session)."""
+        self.subscribe_filter(self.topic(suffix), handler, qos, manual_ack)
 
-    def subscribe_filter(self, topic_filter, handler, qos=1):
+    def subscribe_filter(self, topic_filter, handler, qos=1, manual_ack=False):
         """handler(topic, payload_dict) for an absolute filter (the backend uses `+`)."""
         with self._lock:
-            self._handlers.append((topic_filter, handler, qos))
+            self._handlers.append((topic_filter, handler, qos, manual_ack))
         self._transport_subscribe(topic_filter, qos)
+
+    def subscribe_raw(self, topic_filter, handler, qos=1):
+        """handler(topic, payload_bytes) for an absolute filter, without the JSON-object rule:
+        for peers whose payloads are JSON strings, numbers or empty (EVerest's API)."""
+        self.subscribe_filter(topic_filter, _Raw(handler), qos)
 
     def _transport_subscribe(self, topic_filter, qos):
         raise NotImplementedError
 
-    def _dispatch(self, topic, raw):
-        """Decode and hand to handlers; never raises (runs in the transport's thread)."""
+    def _dispatch(self, topic, raw, ack=None):
+        """Decode and hand to handlers; never raises (runs in the transport's thread).
+
+        ack(): acknowledges the message to the broker. It is called here, after the handlers,
+        unless a manual_ack handler took it over; a message that cannot be decoded is
+        acknowledged at once (a redelivery would be refused the same way)."""
+        ack = Ack(ack)
+        with self._lock:
+            raw_handlers = [h for f, h, _, _ in self._handlers
+                            if isinstance(h, _Raw) and topic_matches(f, topic)]  # fmt: skip
+        if raw_handlers:
+            for handler in raw_handlers:
+                try:
+                    handler(topic, bytes(raw))
+                except Exception as exc:  # a handler bug must not kill the network thread
+                    log.exception("handler for %s failed", topic)
+                    self._report(topic, HANDLER_FAILED, "%s: %s" % (type(exc).__name__, exc))
+            ack()
+            return
         try:
             payload = decode_payload(raw, self.settings["max_message_bytes"])
         except MessageError as exc:
             self._report(topic, exc.reason, exc.detail)
+            ack()
             return
         with self._lock:
-            handlers = [h for f, h, _ in self._handlers if topic_matches(f, topic)]
+            handlers = [(h, m) for f, h, _, m in self._handlers if topic_matches(f, topic)]
         if not handlers and self.on_message is not None:
-            handlers = [self.on_message]
-        for handler in handlers:
+            handlers = [(self.on_message, False)]
+        owner = None
+        for handler, manual in handlers:
             try:
-                handler(topic, payload)
+                if manual and owner is None:
+                    owner = handler
+                    handler(topic, payload, ack)
+                else:
+                    handler(topic, payload)
             except Exception as exc:  # a handler bug must not kill the network thread
                 log.exception("handler for %s failed", topic)
                 self._report(topic, HANDLER_FAILED, "%s: %s" % (type(exc).__name__, exc))
+                if handler is owner:
+                    ack()
+        if owner is None:
+            ack()
 
     def _report(self, topic, reason, detail):
         log.warning("rejected message on %s: %s (%s)", topic, reason, detail)
@@ -211,7 +266,7 @@ class ChannelBase:
 
         clock = clock or time.monotonic
         with self._lock:
-            first = not any(f == self.topic(PONG) for f, _, _ in self._handlers)
+            first = not any(h[0] == self.topic(PONG) for h in self._handlers)
         if first:
             self.subscribe(PONG, self._on_pong)
         nonce = new_nonce()
@@ -231,6 +286,16 @@ class ChannelBase:
         finally:
             with self._lock:
                 self._pongs.pop(nonce, None)
+
+
+class _Raw:
+    """Marks a handler that takes the payload as bytes (ChannelBase.subscribe_raw)."""
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def __call__(self, topic, raw):
+        return self.handler(topic, raw)
 
 
 class FakeChannel(ChannelBase):
@@ -282,11 +347,14 @@ class FakeChannel(ChannelBase):
             self._dispatch(self.topic(PONG), encode_payload({"nonce": payload["nonce"]}))
 
     def inject(self, suffix_or_topic, payload):
+        """Deliver as the broker would; returns the message's Ack (`.done` once acknowledged)."""
         topic = suffix_or_topic
         if suffix_or_topic in SUFFIXES:
             topic = self.topic(suffix_or_topic)
         raw = payload if isinstance(payload, bytes) else encode_payload(payload)
-        self._dispatch(topic, raw)
+        ack = Ack()
+        self._dispatch(topic, raw, ack)
+        return ack
 
     def messages(self, suffix):
         """Payloads published on our own {suffix} topic, in order."""

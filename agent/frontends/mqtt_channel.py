@@ -117,6 +117,9 @@ class MqttChannel(ChannelBase):
             client_id=self.client_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else False,
+            # Every message is acknowledged by _dispatch: at once, or by a manual_ack handler
+            # once it has saved what the message asked for (channel.ChannelBase.subscribe).
+            manual_ack=True,
         )
         client.select_timeout_s = max(1.0, int(s["keepalive"]) / 4.0)
         if s["username"]:
@@ -301,7 +304,7 @@ class MqttChannel(ChannelBase):
                 self._attempted.set()
                 return
             with self._lock:
-                filters = [(f, q) for f, _, q in self._handlers]
+                filters = [(h[0], h[2]) for h in self._handlers]
             for topic_filter, qos in filters:
                 self._send_subscribe(client, topic_filter, qos)
             if self.will and self.device_id:
@@ -364,7 +367,8 @@ class MqttChannel(ChannelBase):
             pass
 
     def _on_message(self, client, userdata, message):
+        mid, qos = message.mid, message.qos
         try:
-            self._dispatch(message.topic, message.payload)
+            self._dispatch(message.topic, message.payload, lambda: client.ack(mid, qos))
         except Exception:  # _dispatch already guards; belt and braces for paho's thread
             log.exception("dispatch failed")

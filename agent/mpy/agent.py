@@ -200,6 +200,17 @@ class Agent:
         self.running = False
         self.system.reboot()
 
+    # A wallbox on MicroPython carries no separate MCU components: nothing to flash, confirm
+    # or restore around its trial (agent/core/journey.py still names the steps).
+    def do_flash_components(self, slot):
+        pass
+
+    def do_confirm_components(self, slot):
+        pass
+
+    def do_restore_components(self, slot):
+        pass
+
     def do_cleanup(self):
         self.envelope = None
 

@@ -3,26 +3,51 @@
 Write a temporary file in the same directory, fsync it, rename it over the target, then fsync
 the directory so the rename itself is durable. Used for the journal, slot status and the
 trusted root; never for slot images (those are streamed and verified separately).
+
+The temp file gets an unpredictable name and is created with O_EXCL|O_NOFOLLOW: a file or
+symlink someone planted in the directory is never opened, followed or truncated.
 """
 
+import binascii
+import errno
 import json
 import os
-import threading
+
+TEMP_TRIES = 8
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+_CREATE |= getattr(os, "O_CLOEXEC", 0)
+
+
+def _temp_suffix():
+    return "tmp-" + binascii.hexlify(os.urandom(8)).decode("ascii")
+
+
+def create_temp(path):
+    """(fd, name) of a new file beside `path` that did not exist before this call."""
+    for _ in range(TEMP_TRIES):
+        tmp = "%s.%s" % (path, _temp_suffix())
+        try:
+            return os.open(tmp, _CREATE, 0o644), tmp
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ELOOP):
+                raise
+    raise FileExistsError(errno.EEXIST, "no free temp name after %d tries" % TEMP_TRIES, path)
 
 
 def write_atomic(path, data):
     """Replace `path` with `data` (bytes) so that a crash leaves either version intact."""
     directory = os.path.dirname(os.path.abspath(path))
-    # Unique per process and thread: two threads replacing the same file must not share it.
-    tmp = "%s.tmp-%d-%d" % (path, os.getpid(), threading.get_ident())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd, tmp = create_temp(path)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
     try:
         os.replace(tmp, path)
     except BaseException:

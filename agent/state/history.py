@@ -10,6 +10,7 @@ import os
 import threading
 import time
 
+from agent.state import statedir
 from agent.state.atomic import read_json, write_json_atomic
 
 log = logging.getLogger("charger-update")
@@ -28,11 +29,16 @@ class History:
     def _load(self):
         try:
             data = read_json(self.path, default=None) or {}
-        except ValueError:
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, OSError):
             # Unreadable: keep it for an engineer, start again. The sequence restarts from
             # the clock (ms) so it still never repeats a number the backend has seen.
-            os.replace(self.path, self.path + ".corrupt")
-            log.error("history %s was unreadable; moved aside", self.path)
+            try:
+                os.replace(self.path, self.path + ".corrupt")
+                log.error("history %s was unreadable; moved aside", self.path)
+            except OSError as e:
+                log.error("history %s is unreadable and stays (%s)", self.path, e)
             data = {"seq": int(time.time() * 1000)}
         data.setdefault("seq", 0)
         data.setdefault("last_job", None)
@@ -40,7 +46,7 @@ class History:
         return data
 
     def _save(self, data):
-        os.makedirs(self.state_dir, exist_ok=True)
+        statedir.ensure(self.state_dir)
         write_json_atomic(self.path, data)
 
     def next_seq(self):
@@ -58,7 +64,7 @@ class History:
         data = self._load()
         data["last_job"] = {
             "id": job_id, "version": info.get("version"), "result": status,
-            "reason": info.get("reason"), "check": info.get("check"),
+            "reason": info.get("reason"), "check": info.get("check"), "cause": info.get("cause"),
         }  # fmt: skip
         if status == "RolledBack":
             data["rollbacks"] = (data["rollbacks"] + [dict(data["last_job"])])[-MAX_ROLLBACKS:]

@@ -4,6 +4,8 @@ Invariant: after a power cut at any moment the file holds either the previous re
 new one (agent/state/atomic.py: temp file, fsync, rename, fsync the directory). A record that cannot
 be read back (corrupt, truncated, unknown format) is never guessed at: the file is renamed
 aside for an engineer to look at and the agent starts idle, keeping no job it cannot trust.
+An I/O error reading it (EIO, a directory in its place) is treated the same way: load() never
+raises, so the daemon loop survives a damaged data partition.
 """
 
 import json
@@ -36,6 +38,8 @@ class Journal:
             record = read_json(self.path)
         except (ValueError, UnicodeDecodeError) as e:
             raise JournalCorrupt("journal %s is not valid JSON: %s" % (self.path, e)) from None
+        except OSError as e:  # EIO from the medium, a directory in its place, ...
+            raise JournalCorrupt("journal %s cannot be read: %s" % (self.path, e)) from None
         if record is not None and not isinstance(record, dict):
             raise JournalCorrupt("journal %s does not hold a JSON object" % self.path)
         return record
@@ -49,7 +53,13 @@ class Journal:
                 return Journey(JobMemory(), trial_policy)
             return Journey.from_record(record, trial_policy)
         except (JournalCorrupt, ValueError, KeyError, TypeError, UpdateError) as e:
-            aside = self._move_aside()
+            try:
+                aside = self._move_aside()
+            except OSError as moved:
+                # The medium refuses even a rename: start idle, say so, keep no memory.
+                self.problem = ("unusable journal (%s); could not move it aside (%s), starting "
+                                "idle" % (e, moved.strerror or moved), None)  # fmt: skip
+                return Journey(JobMemory(), trial_policy)
             self.problem = ("unusable journal (%s); moved to %s, starting idle" % (e, aside), aside)
             return Journey(_salvage_memory(aside), trial_policy)
 
@@ -57,10 +67,10 @@ class Journal:
         n = 0
         while True:
             aside = "%s.corrupt-%d" % (self.path, n)
-            if not os.path.exists(aside):
+            if not os.path.lexists(aside):
                 break
             n += 1
-        os.replace(self.path, aside)
+        os.rename(self.path, aside)  # rename, not replace: a directory moves aside too
         return aside
 
 

@@ -246,24 +246,11 @@ class FileSource(Source):
 
     def __init__(self, path, settings, clock, sleep, progress, stopper=None, nofollow=False):
         Source.__init__(self, path, settings, clock, sleep, progress, stopper)
-        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-        if nofollow:
-            flags |= getattr(os, "O_NOFOLLOW", 0)
         try:
-            fd = os.open(path, flags)
-        except OSError as e:
+            fd, st = open_regular(path, nofollow)
+        except BadSource:
             self.close()
-            raise BadSource(
-                "cannot open bundle %s: %s" % (path, e.strerror or e),
-                hint="check the path; a missing file does not appear by retrying",
-            ) from None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            self.close()
-            raise BadSource(
-                "bundle %s is not a regular file" % path, hint="give the path of a bundle file"
-            )
+            raise
         self._f = os.fdopen(fd, "rb", buffering=0)
         self.size = st.st_size
 
@@ -279,8 +266,31 @@ class FileSource(Source):
             self._f.close()
 
 
+def open_regular(path, nofollow=False):
+    """(fd, stat) of a local bundle: opened without blocking, so a FIFO or a device node never
+    hangs the worker; anything but a regular file, or a file that cannot be opened, is
+    BadSource (never retried)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if nofollow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise BadSource(
+            "cannot open bundle %s: %s" % (path, e.strerror or e),
+            hint="check the path; a missing file does not appear by retrying",
+        ) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise BadSource(
+            "bundle %s is not a regular file" % path, hint="give the path of a bundle file"
+        )
+    return fd, st
+
+
 class HttpSource(Source):
-    def __init__(self, url, settings, clock, sleep, rng, progress, stopper=None):
+    def __init__(self, url, settings, clock, sleep, rng, progress, stopper=None, open_now=True):
         Source.__init__(self, url, settings, clock, sleep, progress, stopper)
         self.url = url
         self.rng = rng
@@ -298,7 +308,8 @@ class HttpSource(Source):
         try:
             if urlsplit(url).scheme == "https":
                 self._ssl = ssl.create_default_context(cafile=settings.get("ca_file") or None)
-            self._open()  # fail early: bad URL, unknown CA, 404 show up before payload work
+            if open_now:  # fail early: bad URL, unknown CA, 404 show up before payload work
+                self._open()
         except BaseException:
             self.close()  # no timer or socket outlives a source that never opened
             raise
@@ -401,7 +412,8 @@ class HttpSource(Source):
             return
         raise NetworkError("too many redirects from %s" % self.url)
 
-    def _request(self, url):
+    def _request(self, url, headers=None):
+        """GET url on a new connection; `headers` replaces the resume headers (ranges.py)."""
         self._drop()
         self._check_stopped()
         parts = urlsplit(url)
@@ -416,8 +428,11 @@ class HttpSource(Source):
         else:
             conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
         self._conn = conn
+        extra = headers
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-        if self.pos:
+        if extra is not None:
+            headers.update(extra)
+        elif self.pos:
             headers["Range"] = "bytes=%d-" % self.pos
             if self.validator:
                 headers["If-Range"] = self.validator
@@ -560,16 +575,28 @@ def open_job_source(url, settings=None, stopper=None, **kw):
     """A Source for a job's URL, which comes from the network: http(s)://, or a file: URL
     naming a regular file under `[download] file_dir` (file: URLs are off without it).
     Whether a file outside that directory exists is never told."""
+    merged = dict(DOWNLOAD_DEFAULTS)
+    merged.update(settings or {})
+    path = job_file_path(url, merged)
+    if path is None:
+        return open_source(url, merged, stopper=stopper, **kw)
+    clock = kw.get("clock") or time.monotonic
+    return FileSource(
+        path, merged, clock, kw.get("sleep"), kw.get("progress"), stopper, nofollow=True
+    )
+
+
+def job_file_path(url, settings):
+    """None for an http(s) job URL; for a file: one, the real path it names, which lies under
+    `[download] file_dir`; BadSource for anything else (open_job_source, ranges.open_job_ranges)."""
     scheme = urlsplit(url).scheme.lower()
     if scheme in ("http", "https"):
-        return open_source(url, settings, stopper=stopper, **kw)
+        return None
     if scheme != "file":
         raise BadSource(
             "job URL %s is not http(s) or file:" % (url[:200],), hint="use an https:// URL"
         )
-    merged = dict(DOWNLOAD_DEFAULTS)
-    merged.update(settings or {})
-    directory = merged.get("file_dir") or ""
+    directory = (settings or {}).get("file_dir") or ""
     if not directory:
         raise BadSource(
             "file: job URLs are not allowed on this charger",
@@ -583,10 +610,7 @@ def open_job_source(url, settings=None, stopper=None, **kw):
             "job URL %s is not a file under [download] file_dir" % (url[:200],),
             hint="file: job URLs may only name bundles in %s" % base,
         )
-    clock = kw.get("clock") or time.monotonic
-    return FileSource(
-        path, merged, clock, kw.get("sleep"), kw.get("progress"), stopper, nofollow=True
-    )
+    return path
 
 
 def _file_url_path(location):

@@ -56,6 +56,10 @@ O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux; elsewhere every slot is written 
 class SlotTarget:
     """A slot as a file (created/truncated on write) or a block device (never truncated)."""
 
+    # The delta install reads blocks of the slot's old content while it writes the new one:
+    # then a file slot is cut to the payload's length only at the end, not emptied first.
+    keep_content = False
+
     def __init__(self, path):
         self.path = path
         try:
@@ -146,7 +150,7 @@ class SlotWriter:
             flags = os.O_WRONLY  # never O_TRUNC/O_CREAT on a device
             created = False
         else:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            flags = os.O_WRONLY | os.O_CREAT | (0 if target.keep_content else os.O_TRUNC)
             if created is None:
                 created = not os.path.exists(target.path)
         self.created = created  # then the directory entry is fsynced too
@@ -195,6 +199,8 @@ class SlotWriter:
         self.kicked = self.written
 
     def sync(self):
+        if self.target.keep_content and not self.target.is_block:
+            os.ftruncate(self.fd, self.written)  # the old content may have been longer
         os.fsync(self.fd)
         # Drop the now-clean pages so the read-back reads the medium, not our own cache.
         os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -374,6 +380,13 @@ def write_payload(
     chunks = installed_chunks(
         read, payload, chunk_size, progress, readinto=readinto, buffers=buffers
     )
+    write_chunks(chunks, payload, target, chunk_size, readback, buffers)
+
+
+def write_chunks(chunks, payload, target, chunk_size=1 << 20, readback=True, buffers=None):
+    """Write the installed bytes that `chunks` yields into `target`, in a pipeline thread,
+    then fsync, check the length and the read-back. The caller's `chunks` checks what it
+    yields (sha256 against the manifest) and raises from its last step if it differs."""
     # Whatever fails, every descriptor is closed and the read-back thread stopped.
     with contextlib.ExitStack() as cleanup:
         writer = target.open_writer()

@@ -143,6 +143,8 @@ def verify_key(key, sig, data):
             return False  # a root that says ed25519 must not accept an ECDSA key in disguise
     except (ValueError, TypeError, ConfigError):
         return False
+    if public_der(pubkey) != key.public_der:
+        return False  # only the canonical encoding: another one would be a second key id
     return verify(pubkey, sig, data)
 
 
@@ -159,7 +161,8 @@ def load_certs_pem(data, what="certificate"):
     return certs
 
 
-def _utcnow(now):
+def utcnow(now):
+    """An aware UTC datetime for epoch seconds `now` (None: the clock)."""
     if now is None:
         return datetime.datetime.now(datetime.timezone.utc)
     return datetime.datetime.fromtimestamp(int(now), datetime.timezone.utc)
@@ -188,7 +191,7 @@ def verify_cert_chain(leaf, roots, intermediates=(), now=None):
     Uses cryptography's RFC 5280 path builder (x509.verification) with the web-PKI CA rules
     for the issuers and any extensions on the leaf, then checks the leaf's signing use.
     """
-    when = _utcnow(now)
+    when = utcnow(now)
     if leaf.not_valid_after_utc < when or leaf.not_valid_before_utc > when:
         raise Expired(
             "signing certificate is valid %s .. %s, not at %s"
@@ -218,17 +221,20 @@ def file_digest(path, chunk_size=CHUNK):
     return h.digest()
 
 
-def verify_digest_signature(pubkey, sig, digest):
+def verify_digest_signature(pubkey, sig, digest, rsa_pkcs1v15=False):
     """A signature over a file, given the file's SHA-256 digest (so the file streams).
 
-    ECDSA and RSA (PKCS#1 v1.5) sign the prehashed SHA-256 as usual. Ed25519 cannot be
-    prehashed, so for Ed25519 the convention here is a signature over the 32-byte digest.
+    ECDSA signs the prehashed SHA-256 as usual; RSA must use PSS (MGF1-SHA-256, any salt
+    length), as OCPP L01.FR.04 asks, and PKCS#1 v1.5 only with `rsa_pkcs1v15` (what
+    `openssl dgst -sha256 -sign` makes: an opt-in for manufacturers who sign that way).
+    Ed25519 cannot be prehashed, so for Ed25519 the convention here is a signature over the
+    32-byte digest.
     """
     try:
         if isinstance(pubkey, ec.EllipticCurvePublicKey):
             pubkey.verify(sig, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
         elif isinstance(pubkey, rsa.RSAPublicKey):
-            pubkey.verify(sig, digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+            return _verify_rsa(pubkey, sig, digest, rsa_pkcs1v15)
         elif isinstance(pubkey, ed25519.Ed25519PublicKey):
             pubkey.verify(sig, digest)
         else:
@@ -238,10 +244,30 @@ def verify_digest_signature(pubkey, sig, digest):
     return True
 
 
-def sign_digest(key, digest):
-    """The signing side of verify_digest_signature (used by tests and tooling)."""
+def _pss():
+    return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO)
+
+
+def _verify_rsa(pubkey, sig, digest, pkcs1v15):
+    paddings = [_pss()] + ([padding.PKCS1v15()] if pkcs1v15 else [])
+    for pad in paddings:
+        try:
+            pubkey.verify(sig, digest, pad, utils.Prehashed(hashes.SHA256()))
+            return True
+        except (InvalidSignature, ValueError, TypeError):
+            continue
+    return False
+
+
+def sign_digest(key, digest, rsa_padding="pss"):
+    """The signing side of verify_digest_signature (used by tests and tooling); RSA signs
+    with PSS (salt = digest length) or, with rsa_padding="pkcs1v15", PKCS#1 v1.5."""
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
     if isinstance(key, rsa.RSAPrivateKey):
-        return key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        if rsa_padding == "pkcs1v15":
+            pad = padding.PKCS1v15()
+        else:
+            pad = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+        return key.sign(digest, pad, utils.Prehashed(hashes.SHA256()))
     return key.sign(digest)

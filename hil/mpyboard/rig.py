@@ -22,20 +22,7 @@ DEFECTS = ("crash-on-boot", "no-backend", "refuse-session", "alarm-storm")
 class AppKit(ReleaseKit):
     """ReleaseKit whose bundles carry the image as the board's `app` payload."""
 
-    def bundle_image(self, image, version, security_version=1, keys=None, name=None, extra=()):
-        import time
-
-        from agent.bundle.writer import PayloadSource, create_bundle
-
-        out = os.path.join(self.dir, name or "charger-%s.cub" % version)
-        create_bundle(
-            out, [PayloadSource("app", "app", image, "gzip")] + list(extra),
-            keys or [self.release_key],
-            version=version, security_version=security_version,
-            compatible=[{"model": self.model, "hardware_revisions": [self.hardware_revision]}],
-            expires=int(time.time()) + 30 * 86400,
-        )  # fmt: skip
-        return out
+    PAYLOAD = ("app", "app")
 
 
 def build_image(path, version, defects=(), pad_bytes=0):

@@ -47,7 +47,9 @@ def test_good_update_commits(rig):
     old, new = slots(rig)
     job, _ = update(rig, "1.1.0", "Committed")
     fetched = [r for r in rig.images.requests if r["path"].endswith("charger-1.1.0.cub")]
-    assert len(fetched) == 2  # the signed header once, then one streaming install
+    # the signed header once, the install's 12-byte Range probe for the bundle format
+    # (format 2 installs by ranges, docs/transfer.md), then one streaming install
+    assert len(fetched) == 3 and fetched[1]["range"] == "bytes=0-11"
     row = settled_row(rig, job["id"])
     assert row["booted"] == row["primary"] == new
     assert row["slots"][new]["version"] == "1.1.0"
@@ -80,6 +82,7 @@ def test_crash_looping_firmware_falls_back_by_boot_counting(rig):
     old, _ = slots(rig)
     job, final = update(rig, "1.1.0", "RolledBack", defects=("crash-on-boot",))
     assert "never came up" in final["reason"]
+    assert final["cause"] == "crash"  # a fleet halts on it
     assert settled_row(rig, job["id"])["booted"] == old
 
 
@@ -95,6 +98,7 @@ def test_broken_path_rolls_back(rig, defect, check):
     old, new = slots(rig)
     job, final = update(rig, "1.1.0", "RolledBack", defects=(defect,))
     assert final["check"] == check, final
+    assert final["cause"] == "check-failed"
     row = settled_row(rig, job["id"])
     assert row["booted"] == row["primary"] == old
     assert row["slots"][new]["attempts_left"] == 0
@@ -102,8 +106,12 @@ def test_broken_path_rolls_back(rig, defect, check):
 
 def test_hung_agent_is_reset_by_watchdog_and_falls_back(rig):
     old, _ = slots(rig)
+    boots_before = boots(rig)
     job, final = update(rig, "1.1.0", "RolledBack", defects=("hang-agent",))
     assert "never came up" in final["reason"]
+    assert (final["cause"], final["evidence"]["reset"]) == ("crash", "watchdog")
+    # The board's reset cause ends the trial after one watchdog period, not trial_attempts.
+    assert boots(rig) - boots_before == 2  # the hung new slot once, then the old one
     assert settled_row(rig, job["id"])["booted"] == old
 
 

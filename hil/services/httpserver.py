@@ -11,6 +11,7 @@ import os
 import re
 import ssl
 import threading
+import time
 
 CHUNK = 256 * 1024
 
@@ -33,6 +34,10 @@ class Faults:
         self.trickle_s = None  # send the body one byte per this many seconds, until `release`
         self.trickling = threading.Event()  # set when a trickled body starts
         self.hung_up = threading.Event()  # set when a client hangs up on a trickled body
+        # Requests for several ranges: "multipart" (RFC 9110 multipart/byteranges), "first"
+        # (only the first range, as some CDNs do) or "whole" (200 and the whole file)
+        self.multirange = "multipart"
+        self.lie_after = None  # range answers starting at or after it: first byte flipped
 
 
 class FileServer(http.server.ThreadingHTTPServer):
@@ -43,7 +48,8 @@ class FileServer(http.server.ThreadingHTTPServer):
         self.files = files  # url path -> bytes or a filesystem path
         self.ssl_context = ssl_context
         self.faults = Faults()
-        self.requests = []  # dicts: path, range, if_range, status
+        self.requests = []  # dicts: path, range, if_range, at (monotonic), status
+        self.body_bytes = 0  # bytes of response bodies sent (what the link carried)
         self.lock = threading.Lock()
         self.thread = None
 
@@ -105,6 +111,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "path": self.path,
             "range": self.headers.get("Range"),
             "if_range": self.headers.get("If-Range"),
+            "at": time.monotonic(),
         }
         with srv.lock:
             srv.requests.append(record)
@@ -125,24 +132,81 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send_error(404)
         size = len(body) if isinstance(body, bytes) else os.path.getsize(body)
         etag = '"%x-%d"' % (size, hash(self.path) & 0xFFFF)
+        spans = self._spans(size, etag, srv.faults)
+        if spans is not None and len(spans) > 1:
+            return self._send_multi(record, body, size, etag, spans)
         start = self._range_start(etag, srv.faults)
+        end = size
+        if spans is not None:
+            start, end = spans[0][0], spans[0][1] + 1
         if srv.faults.endless:
             return self._send_endless(record)
-        record["status"] = 206 if start else 200
+        record["status"] = 206 if start or end < size else 200
         self.send_response(record["status"])
         self.send_header("Accept-Ranges", "bytes")
         if start and srv.faults.wrong_etag_on_resume:
             etag = '"changed"'
         self.send_header("ETag", etag)
         self.send_header("Last-Modified", "Tue, 24 Nov 2026 00:00:00 GMT")
-        length = size - start
+        length = end - start
         if srv.faults.declare_length is not None:
             length = srv.faults.declare_length
         self.send_header("Content-Length", str(length))
-        if start:
-            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, size - 1, size))
+        if record["status"] == 206:
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, end - 1, size))
         self.end_headers()
-        self._send_body(body, start, size)
+        self._send_body(body, start, end)
+
+    def _spans(self, size, etag, faults):
+        """[(first, last)] of a `bytes=a-b,c-d` Range header (None: no such header, or the
+        server ignores it; `bytes=N-` stays with _range_start, as before)."""
+        value = self.headers.get("Range") or ""
+        if not re.match(r"bytes=\d+-\d+(,\s*\d+-\d+)*$", value) or faults.ignore_range:
+            return None
+        if_range = self.headers.get("If-Range")
+        if if_range and if_range != etag and not if_range.endswith("GMT"):
+            return None
+        spans = []
+        for part in value[6:].split(","):
+            first, last = (int(x) for x in part.strip().split("-"))
+            if first <= last and first < size:
+                spans.append((first, min(last, size - 1)))
+        if len(spans) > 1 and faults.multirange == "first":
+            spans = spans[:1]
+        if len(spans) > 1 and faults.multirange == "whole":
+            return None
+        return spans or None
+
+    def _send_multi(self, record, body, size, etag, spans):
+        boundary = "CUBNDL_BOUNDARY"
+        parts = []
+        for first, last in spans:
+            head = "--%s\r\nContent-Type: application/octet-stream\r\n" % boundary
+            head += "Content-Range: bytes %d-%d/%d\r\n\r\n" % (first, last, size)
+            parts.append((head.encode(), first, last))
+        tail = ("--%s--\r\n" % boundary).encode()
+        length = sum(len(h) + last + 1 - first + 2 for h, first, last in parts) + len(tail)
+        record["status"] = 206
+        self.send_response(206)
+        self.send_header("Content-Type", "multipart/byteranges; boundary=" + boundary)
+        self.send_header("ETag", etag)
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        with _opener(body) as read:
+            for head, first, last in parts:
+                self.wfile.write(head)
+                self.wfile.write(self._maybe_lie(first, read(first, last + 1 - first)))
+                self.wfile.write(b"\r\n")
+            self.wfile.write(tail)
+        with self.server.lock:
+            self.server.body_bytes += length
+        self.close_connection = True
+
+    def _maybe_lie(self, start, data, first=True):
+        after = self.server.faults.lie_after
+        if after is None or start < after or not first or not data:
+            return data
+        return bytes([data[0] ^ 0xFF]) + data[1:]
 
     def _range_start(self, etag, faults):
         match = re.match(r"bytes=(\d+)-$", self.headers.get("Range") or "")
@@ -154,7 +218,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return int(match.group(1))
 
     def _send_body(self, body, start, size):
+        """Bytes [start, size) of the body (`size` is where this answer ends)."""
         srv = self.server
+        with srv.lock:
+            srv.body_bytes += size - start
         if srv.faults.trickle_s is not None:
             return self._trickle(body, start, size)
         budget = None
@@ -162,7 +229,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             budget = ("drop", srv.faults.drop_after)
         elif srv.faults.stall_after is not None and srv.take("stall_times"):
             budget = ("stall", srv.faults.stall_after)
-        if budget is None and not isinstance(body, bytes) and srv.ssl_context is None:
+        lying = srv.faults.lie_after is not None
+        if budget is None and not lying and not isinstance(body, bytes) and srv.ssl_context is None:
             # what a production server does (nginx, sendfile on): the kernel copies the file
             # to the socket, so the server's CPU does not skew the downloads measured against it
             self.wfile.flush()
@@ -178,7 +246,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     n = min(n, budget[1] - sent)
                     if n <= 0:
                         break
-                data = f(pos, n)
+                data = self._maybe_lie(pos, f(pos, n), pos == start)
                 self.wfile.write(data)
                 pos += n
                 sent += n

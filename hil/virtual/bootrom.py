@@ -6,6 +6,11 @@ extracts the firmware found in the chosen slot, and runs its init with the conso
 board's pty. A hardware watchdog (the systemd notify protocol: `WATCHDOG=1` datagrams on
 $NOTIFY_SOCKET) resets the board when the running firmware stops petting it.
 
+Like a SoC's reset-cause register read by the boot script, the kernel command line says why
+this boot happened: `charger.reset=power-on` (this process just started: the supply came on),
+`watchdog` (the watchdog fired), `panic` (the firmware died), `reboot` (it asked for one).
+Each boot gets a fresh id in run/boot_id, as Linux's /proc/sys/kernel/random/boot_id.
+
 Run as `python -m hil.virtual.bootrom BOARD_DIR CONSOLE_FD`; the board controller
 (hil/virtual/board.py) starts it in its own session so a power cut kills the whole tree.
 """
@@ -20,6 +25,7 @@ import sys
 import tarfile
 import threading
 import time
+import uuid
 
 from hil.virtual import layout
 
@@ -63,8 +69,9 @@ def extract(image, rootfs):
         raise tarfile.TarError("no firmware.toml in the image")
 
 
-def boot_once(board, console, notify):
-    slot = layout.bootloader_select(board)
+def boot_once(board, console, notify, reset):
+    """One boot; returns the cause of the reset that ends it."""
+    slot = layout.bootloader_select(board, reset)
     if slot is None:
         console.line("no bootable slot left: halted")
         threading.Event().wait()
@@ -74,9 +81,11 @@ def boot_once(board, console, notify):
         extract(layout.slot_image(board, slot), rootfs)
     except (OSError, tarfile.TarError) as e:
         console.line("slot %s holds no bootable firmware (%s): reset" % (slot, e))
-        return
+        return "panic"
     with open(os.path.join(board, "run", "cmdline"), "w") as f:
-        f.write("console=ttyS0 charger.slot=%s\n" % slot)
+        f.write("console=ttyS0 charger.slot=%s charger.reset=%s\n" % (slot, reset))
+    with open(os.path.join(board, "run", "boot_id"), "w") as f:
+        f.write(str(uuid.uuid4()) + "\n")
     env = dict(os.environ, PYTHONPATH=rootfs, BOARD_DIR=board, CHARGER_SLOT=slot)
     env["NOTIFY_SOCKET"] = notify.getsockname()
     # As systemd's WatchdogSec= does: tells the agent how often it must pet.
@@ -94,8 +103,9 @@ def boot_once(board, console, notify):
     threading.Thread(target=pump, args=(proc.stdout, console), daemon=True).start()
     with open(os.path.join(board, "run", "firmware.pgid"), "w") as f:
         f.write(str(proc.pid))
-    reason = supervise(proc, notify, layout.watchdog_s(board))
+    reason, cause = supervise(proc, notify, layout.watchdog_s(board))
     console.line("reset (%s)" % reason)
+    return cause
 
 
 def pump(stream, console):
@@ -116,8 +126,10 @@ def supervise(proc, notify, watchdog_s):
         if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return "watchdog: no sign of life for %ss" % watchdog_s
-    return "firmware exited with %s" % proc.returncode
+            return "watchdog: no sign of life for %ss" % watchdog_s, "watchdog"
+    # init exits 0 after a requested reboot; anything else is the firmware dying (a panic).
+    cause = "reboot" if proc.returncode == 0 else "panic"
+    return "firmware exited with %s" % proc.returncode, cause
 
 
 def main(argv=None):
@@ -131,8 +143,9 @@ def main(argv=None):
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(path)
     console.line("power on")
+    reset = "power-on"
     while True:
-        boot_once(board, console, notify)
+        reset = boot_once(board, console, notify, reset)
 
 
 if __name__ == "__main__":

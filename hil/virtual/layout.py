@@ -3,6 +3,8 @@
     BOARD/agent.toml      the agent's config (what /etc/charger-update/agent.toml is on a board)
     BOARD/board.toml      the board itself: watchdog timeout
     BOARD/uplink.toml     where the board's uplink forwards its local ports (the backend)
+    BOARD/stack.toml      optional: the charging stack owns the OCPP connection (protocol,
+                          CSMS url) and drives the agent through its local API socket
     BOARD/fw_env.config   U-Boot env location, redundant pair in flash/uboot.env
     BOARD/flash/          slotA.img, slotB.img, uboot.env: survive power cuts
     BOARD/data/           the agent's persistent state dir (journal, slot records)
@@ -48,15 +50,16 @@ def watchdog_s(board):
     return float(read_board(board).get("watchdog_s", 10))
 
 
-def bootloader_select(board):
-    """Power-on: the RAUC-style selection with attempt counting, saved before booting."""
+def bootloader_select(board, reset=None):
+    """Power-on: the RAUC-style selection with attempt counting, saved before booting; a
+    watchdog or panic `reset` of the slot on trial ends its attempts (boot.cmd.rauc)."""
     try:
-        return uboot_rauc.power_on(boot_env(board), SLOTS)
+        return uboot_rauc.power_on(boot_env(board), SLOTS, reset=reset)
     except BootEnvError:
         return None
 
 
-def create(board, agent_sections, routes, factory_image, watchdog=10.0):
+def create(board, agent_sections, routes, factory_image, watchdog=10.0, stack=None):
     """A factory-fresh board: slot A holds `factory_image` and is good, slot B is empty."""
     if os.path.exists(board):
         shutil.rmtree(board)
@@ -81,10 +84,13 @@ def create(board, agent_sections, routes, factory_image, watchdog=10.0):
         "state": {"dir": "data"},
     }
     sections.update(agent_sections)
-    for name, data in (
+    files = [
         ("agent.toml", sections),
         ("board.toml", {"watchdog_s": watchdog}),
         ("uplink.toml", {"route": routes}),
-    ):
+    ]
+    if stack:
+        files.append(("stack.toml", stack))
+    for name, data in files:
         with open(os.path.join(board, name), "w") as f:
             f.write(tomli_w.dumps(data))

@@ -15,7 +15,7 @@ import tomli_w
 from agent.state.slotstate import SlotState
 from bootloader_iface.uboot_env import encode_copy
 from hil.harness import Harness
-from hil.release import ReleaseKit
+from hil.release import ManufacturerPki, ReleaseKit
 from hil.services.mosquitto import free_port
 from hil.virtual import layout
 from hil.virtual.board import VirtualBoard
@@ -35,7 +35,7 @@ class VirtualRig(Harness):
 
     def __init__(self, workdir, device_id="cp-0001", trial_window_s=60, watchdog_s=8.0,
                  factory_version="1.0.0", on_status=None, link_rate=0, agent_overrides=None,
-                 tls=False):  # fmt: skip
+                 tls=False, ocpp=None):  # fmt: skip
         Harness.__init__(self, workdir, device_id, tls=tls, link_rate=link_rate,
                          on_status=on_status)  # fmt: skip
         self.trial_window_s = trial_window_s
@@ -44,19 +44,42 @@ class VirtualRig(Harness):
         self.agent_overrides = agent_overrides or {}  # {section: {key: value}} for agent.toml
         self.board = None
         self.kit = None
+        # "2.0.1" or "1.6": the board's charging stack owns the OCPP connection and drives the
+        # agent through its local API (the reference integration, docs/ocpp.md); "everest":
+        # the agent serves EVerest's system_API on the rig's broker (an EVerest double drives it).
+        self.ocpp = ocpp
+        self.mfr = None
 
     def start_board(self):
         self.kit = ReleaseKit(os.path.join(self.dir, "releases"), MODEL, HW)
         tls = self.pki.tls_settings(self.device_id) if self.pki else None
+        overrides = dict(self.agent_overrides)
+        if self.ocpp:
+            self.mfr = ManufacturerPki(self.kit.dir)
+            overrides = ocpp_overrides(self.mfr.root_path, overrides, self.ocpp == "everest")
         self.board = provision(
             os.path.join(self.dir, "board"), self.device_id, self.kit, self.factory_version,
             self.broker.port, self.csms.port, trial_window_s=self.trial_window_s,
-            watchdog_s=self.watchdog_s, tls=tls, overrides=self.agent_overrides,
+            watchdog_s=self.watchdog_s, tls=tls, overrides=overrides, stack_ocpp=self.ocpp,
         )  # fmt: skip
         self.open_drivers(self.board.console_path, self.board.relay.port, 1, self.board.ev.port)
 
     def parts(self):
         return (self.board,) + Harness.parts(self)
+
+    def ocpp_release(self, version, defects=(), pad_bytes=0, bad_signature=False):
+        """Build, sign and publish a release for a CSMS to send: {location, signature,
+        signing_certificate} (the detached OCPP signature over the whole bundle file)."""
+        url = self.release(version, defects, pad_bytes=pad_bytes)
+        path = self.images.files[url.rsplit("/", 1)[1]]
+        signature = self.mfr.sign(path)
+        if bad_signature:  # signed by the right key, but over other bytes
+            other = path + ".other"
+            with open(other, "wb") as f:
+                f.write(b"not the firmware")
+            signature = self.mfr.sign(other)
+        return {"location": url, "signature": signature,
+                "signing_certificate": self.mfr.signing_certificate}  # fmt: skip
 
     def build_image(self, version, defects, pad_bytes):
         path = os.path.join(self.kit.dir, "firmware-%s.tar" % version)
@@ -117,10 +140,28 @@ class VirtualRig(Harness):
         return SocketStack(os.path.join(self.board.dir, "run", "stack.sock"))
 
 
+def ocpp_overrides(mfr_root, overrides=None, everest=False):
+    """agent.toml for a board whose stack owns the OCPP connection: the local API (or, for
+    EVerest, its system_API on the board's broker), the manufacturer root, and the trial's
+    CSMS check through the stack."""
+    out = dict(overrides or {})
+    if everest:
+        api = {"module_id": "system_api", "ocpp_module_id": "ocpp", "reboot_grace_s": 2}
+        out["everest"] = dict(api, **out.get("everest", {}))
+    else:
+        out["local_api"] = dict({"socket": "run/agent.sock"}, **out.get("local_api", {}))
+    firmware = {"manufacturer_roots": [mfr_root], "reboot_grace_s": 3}
+    out["ocpp_firmware"] = dict(firmware, **out.get("ocpp_firmware", {}))
+    return out
+
+
 def provision(board_dir, device_id, kit, factory_version, mqtt_port, ocpp_port,
-              trial_window_s=60, watchdog_s=8.0, tls=None, overrides=None):  # fmt: skip
+              trial_window_s=60, watchdog_s=8.0, tls=None, overrides=None,
+              stack_ocpp=None):  # fmt: skip
     """A factory-fresh virtual board that trusts `kit`'s root, runs `factory_version` from
-    slot A and reaches the backend (on 127.0.0.1) through its uplink; returns the board."""
+    slot A and reaches the backend (on 127.0.0.1) through its uplink; returns the board.
+    stack_ocpp ("2.0.1" | "1.6"): the board's stack owns its OCPP connection in that protocol
+    and drives the agent through the local API."""
     local_mqtt, local_ocpp = free_port(), free_port()
     sections = {
         "device": {"id": device_id, "model": kit.model, "hardware_revision": kit.hardware_revision,
@@ -131,7 +172,7 @@ def provision(board_dir, device_id, kit, factory_version, mqtt_port, ocpp_port,
         "ocpp": {"url": "ws://127.0.0.1:%d/ocpp" % local_ocpp},
         "charging_stack": {"socket": "run/stack.sock", "poll_s": 0.5},
         "system": {"reboot_command": [sys.executable, "-m", "charger_fw.reboot"],
-                   "utc_offset_s": 0},
+                   "utc_offset_s": 0, "boot_id_file": "run/boot_id"},
         "trial": {"window_s": trial_window_s,
                   "checks": ["communication", "charging-session", "alarms"],
                   "alarms": {"observe_s": 3}},
@@ -139,6 +180,9 @@ def provision(board_dir, device_id, kit, factory_version, mqtt_port, ocpp_port,
     }  # fmt: skip
     if tls:
         sections["mqtt"]["tls"] = tls
+    if stack_ocpp:
+        comm = dict(sections["trial"].get("communication", {}), ocpp="stack")
+        sections["trial"]["communication"] = comm
     for name, table in (overrides or {}).items():
         sections.setdefault(name, {}).update(table)
     factory = build_image(os.path.join(kit.dir, "factory.tar"), factory_version)
@@ -146,7 +190,14 @@ def provision(board_dir, device_id, kit, factory_version, mqtt_port, ocpp_port,
         {"local_port": local_mqtt, "host": "127.0.0.1", "port": mqtt_port},
         {"local_port": local_ocpp, "host": "127.0.0.1", "port": ocpp_port},
     ]
-    layout.create(board_dir, sections, routes, factory, watchdog=watchdog_s)
+    if "everest" in sections:  # EVerest's broker: here the rig's, through the uplink
+        sections["everest"] = dict({"host": "127.0.0.1", "port": local_mqtt},
+                                   **sections["everest"])  # fmt: skip
+    stack = None
+    if stack_ocpp and stack_ocpp != "everest":
+        stack = {"ocpp": {"url": sections["ocpp"]["url"], "protocol": stack_ocpp},
+                 "agent": {"socket": sections["local_api"]["socket"]}}  # fmt: skip
+    layout.create(board_dir, sections, routes, factory, watchdog=watchdog_s, stack=stack)
     SlotState(os.path.join(board_dir, "data")).set_good("A", factory_version, 1)
     board = VirtualBoard(board_dir)
     install_safety_mcu(board, factory_version)

@@ -39,6 +39,44 @@ def test_rauc_boot_select_resets_when_all_spent():
     assert uboot_rauc.boot_select(new)[0] == "B"
 
 
+def test_rauc_boot_select_ends_a_trial_reset_by_watchdog_or_panic_at_once():
+    trial = {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "2", "BOOT_TRIAL": "B"}
+    for reset in ("watchdog", "panic"):
+        slot, new = uboot_rauc.boot_select(trial, reset=reset)
+        assert (slot, new["BOOT_B_LEFT"], new["BOOT_A_LEFT"]) == ("A", "0", "2")
+    # A power loss (or a board that cannot tell) leaves the attempts to resume the trial.
+    for reset in ("power-on", "reboot", None, "unknown"):
+        assert uboot_rauc.boot_select(trial, reset=reset) == ("B", dict(trial, BOOT_B_LEFT="1"))
+    # Outside a trial, or once the trial slot is no longer first, a crash costs nothing more.
+    committed = dict(trial, BOOT_TRIAL="")
+    assert uboot_rauc.boot_select(committed, reset="watchdog")[0] == "B"
+    fallen = dict(trial, BOOT_ORDER="A B")
+    assert uboot_rauc.boot_select(fallen, reset="watchdog")[1]["BOOT_B_LEFT"] == "2"
+
+
+@pytest.mark.parametrize("backend", ["simulated", "grub", "uboot-rauc"])
+def test_trial_marker_follows_try_good_and_bad(tmp_path, backend):
+    if backend == "grub":
+        GrubEnv(str(tmp_path / "grubenv")).create()
+    fw_config = None
+    if backend == "uboot-rauc":
+        fw_config, _ = write_fw_config(tmp_path, redundant=True)
+        UBootEnv(fw_config).format(dict(BASE_ENV))
+    options = {"state": str(tmp_path / "env.json"), "grubenv": str(tmp_path / "grubenv"),
+               "fw_env_config": fw_config}  # fmt: skip
+    boot = open_backend(backend, SLOTS, options)
+    boot.mark_good("A")
+    boot.try_slot("B", 3)
+    assert boot.env.read()["BOOT_TRIAL"] == "B"
+    if fw_config:  # what the boot script reads is what the Linux-side tools read too
+        assert fw_printenv(fw_config)["BOOT_TRIAL"] == "B"
+    boot.mark_good("A")  # the old slot's healthy boot does not end B's trial
+    boot.try_slot("B", 3)
+    assert boot.env.read()["BOOT_TRIAL"] == "B"
+    boot.mark_bad("B")
+    assert "BOOT_TRIAL" not in boot.env.read()
+
+
 def test_rauc_boot_select_is_lenient_like_hush():
     # `test garbage -gt 0` is false in U-Boot; unknown names in BOOT_ORDER are skipped.
     env = {"BOOT_ORDER": "C A B", "BOOT_A_LEFT": "x", "BOOT_B_LEFT": "2"}
@@ -163,7 +201,11 @@ def test_grub_backend_writes_what_grub_cfg_reads(tmp_path):
     boot = open_backend("grub", SLOTS, {"grubenv": path})
     boot.mark_good("A")
     boot.try_slot("B", 1)
-    assert GrubEnv(path).read() == {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "1"}
+    assert GrubEnv(path).read() == {
+        "BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "1", "BOOT_TRIAL": "B",
+    }  # fmt: skip
+    boot.mark_good("B")
+    assert "BOOT_TRIAL" not in GrubEnv(path).read()
 
 
 def test_simulated_backend_corrupt_state_is_refused(tmp_path):

@@ -76,10 +76,15 @@ class QemuBoard:
         finally:
             self.qemu.stop()
 
-    def boot(self):
-        """Power on, check U-Boot did what the twin predicts, record the booted slot."""
+    def boot(self, reset=None):
+        """Power on, check U-Boot did what the twin predicts, record the booted slot. reset:
+        the SoC reset cause the board's code hands the script (charger_reset) this boot."""
+        bootcmd = "run charger_script"
+        if reset:
+            bootcmd = "setenv charger_reset %s; %s" % (reset, bootcmd)
+        self.env.write({"bootcmd": bootcmd})
         before = self.env.read()
-        expected, predicted = uboot_rauc.boot_select(before)
+        expected, predicted = uboot_rauc.boot_select(before, reset=reset)
         resets = 0
         while expected is None:  # the script resets the counters and the board once
             expected, predicted = uboot_rauc.boot_select(predicted)
@@ -87,12 +92,13 @@ class QemuBoard:
         console = self.power_on()
         lines = [line for line in console.splitlines() if line.startswith(MARK)]
         assert len(lines) == 1, console[-2000:]
-        slot = lines[0].split("charger.slot=")[1].strip()
+        slot = lines[0].split("charger.slot=")[1].split()[0]
         assert slot == expected, console[-2000:]
         assert console.count("no slot has attempts left") == resets
         # The scheme's variables as predicted (U-Boot also rewrites stdin/stdout on saveenv).
         after = self.env.read()
         assert scheme_vars(after) == scheme_vars(predicted)
+        assert (" charger.reset=%s" % reset in lines[0]) == bool(reset), lines[0]
         with open(self.cmdline, "w") as f:
             f.write(lines[0] + "\n")
         return slot
@@ -115,6 +121,19 @@ def test_real_uboot_tries_new_slot_counts_down_and_falls_back(qemu_board):
     assert boot.booted_slot() == "A"
     assert boot.attempts_left("B") == 0
     assert boot.primary_slot() == "A"
+
+
+def test_real_uboot_ends_a_trial_at_once_after_a_watchdog_reset(qemu_board):
+    """The board's reset cause reaches the script: a watchdog reset of the slot on trial
+    takes its last attempts away; a power loss does not (the trial resumes on B)."""
+    assert qemu_board.boot() == "A"
+    boot = qemu_board.control()
+    boot.mark_good("A")
+    boot.try_slot("B", attempts=3)
+    assert qemu_board.boot("power-on") == "B"
+    assert qemu_board.boot("power-on") == "B"  # a power cut in the trial: B again
+    assert qemu_board.boot("watchdog") == "A"  # B hung: back to A, one attempt unused
+    assert qemu_board.control().attempts_left("B") == 0
 
 
 def test_real_uboot_keeps_a_committed_slot(qemu_board):

@@ -12,6 +12,7 @@ import time
 
 from agent.bundle.writer import PayloadSource, create_bundle, sign_envelope
 from agent.commands.root import root_fields
+from agent.core import timefmt
 from agent.core.envelope import ROOT_TYPE
 from agent.trust import crypto
 
@@ -45,12 +46,16 @@ def root_envelope(
     version=1,
     expires=None,
     signers=None,
+    created=None,
 ):
-    """Root envelope bytes; signed by `signers` (default: root_keys)."""
+    """Root envelope bytes; signed by `signers` (default: root_keys). created: epoch s or
+    None (the root then carries no `created`, no floor of time)."""
     expires = int(time.time()) + 365 * DAY if expires is None else int(expires)
     fields = root_fields(
         root_keys, release_keys, root_threshold, release_threshold, version, expires
     )
+    if created is not None:
+        fields["created"] = timefmt.format(created)
     raw = json.dumps(fields, indent=1, sort_keys=True).encode() + b"\n"
     signers = root_keys if signers is None else signers
     return sign_envelope(ROOT_TYPE, raw, signers).encode()
@@ -59,7 +64,7 @@ def root_envelope(
 def make_root(path, root_keys=None, release_keys=None, **kwargs):
     """Write a root file; path may be a directory (then DIR/root.json). Returns the path.
 
-    kwargs: root_threshold, release_threshold, version, expires (epoch s), signers.
+    kwargs: root_threshold, release_threshold, version, expires/created (epoch s), signers.
     """
     path = str(path)
     if os.path.isdir(path):

@@ -92,12 +92,13 @@ def test_root_rotation_through_the_cli_and_config(work, capsys):
     (work / "agent.toml").write_text(
         '[device]\nid = "cp-1"\nmodel = "ACME"\nhardware_revision = "rev-b"\n'
         '[slots.A]\nrootfs = "a.img"\n[slots.B]\nrootfs = "b.img"\n'
-        '[bootloader]\nbackend = "sim"\n[trust]\nroot = "root.json"\n[state]\ndir = "."\n'
+        '[bootloader]\nbackend = "simulated"\nstate = "boot.json"\nbooted = "A"\n'
+        '[trust]\nroot = "root.json"\n[state]\ndir = "."\n'
     )
     provisioned = (work / "root.json").read_bytes()
     assert main(["--config", "agent.toml", "root", "update", "root-v2.json"]) == 0
     assert (work / "root.json").read_bytes() == provisioned  # the factory root stays as it was
-    assert (work / "trusted-root.json").read_bytes() == (work / "root-v2.json").read_bytes()
+    assert (work / "trusted-root.2.json").read_bytes() == (work / "root-v2.json").read_bytes()
     assert create(key="rel2.key") == 0
     assert main(["--config", "agent.toml", "bundle", "verify", "b.cub"]) == 0
     assert create(key="rel1.key") == 0  # the old release key is revoked by version 2

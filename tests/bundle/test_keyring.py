@@ -27,7 +27,7 @@ def v2(signers, **kw):
 
 
 def test_rotation_signed_by_old_and_new_root_is_applied_and_persisted(tmp_path, v1):
-    state = str(tmp_path / "state-root.json")
+    state = str(tmp_path / "state")
     trust = Trust(v1, state)
     assert trust.update_root([v2([OLD_ROOT, NEW_ROOT])]).version == 2
     assert Trust(v1, state).root.version == 2  # survives a restart
@@ -54,7 +54,7 @@ def test_rotation_with_bad_old_signature_rejected(v1):
 
 
 def test_revoked_key_after_rotation_rejected(tmp_path, v1):
-    trust = Trust(v1, str(tmp_path / "state.json"))
+    trust = Trust(v1, str(tmp_path / "state"))
     old_bundle, _ = make_bundle(tmp_path, keys=[OLD_REL], root_path=v1, name="old.cub")
     assert verify_file(old_bundle, trust, device())
     trust.update_root([v2([OLD_ROOT, NEW_ROOT])])
@@ -65,7 +65,7 @@ def test_revoked_key_after_rotation_rejected(tmp_path, v1):
 
 
 def test_root_rollback_attack(tmp_path, v1):
-    trust = Trust(v1, str(tmp_path / "state.json"))
+    trust = Trust(v1, str(tmp_path / "state"))
     trust.update_root([v2([OLD_ROOT, NEW_ROOT])])
     with pytest.raises(Downgrade):
         trust.update_root([open(v1, "rb").read()])

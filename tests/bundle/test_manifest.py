@@ -46,7 +46,7 @@ def test_parse_gives_the_documented_attributes():
 @pytest.mark.parametrize(
     "field,value",
     [
-        ("format", 2),
+        ("format", 3),
         ("format", True),
         ("version", "1.2"),
         ("security_version", -1),

@@ -124,8 +124,36 @@ def test_signature_made_by_openssl_dgst_accepted(tmp_path, firmware, kind):
         capture_output=True,
     ).stdout
     b64 = base64.b64encode(sig).decode()
-    assert ocpp.verify_firmware(firmware, b64, pki.signing_cert_pem, [pki.root])
+    opt_in = kind == "rsa"  # openssl signs RSA with PKCS#1 v1.5 unless told otherwise
+    assert ocpp.verify_firmware(firmware, b64, pki.signing_cert_pem, [pki.root],
+                                rsa_pkcs1v15=opt_in)  # fmt: skip
     with open(firmware, "ab") as f:
         f.write(b"!")
     with pytest.raises(BadSignature):
-        ocpp.verify_firmware(firmware, b64, pki.signing_cert_pem, [pki.root])
+        ocpp.verify_firmware(firmware, b64, pki.signing_cert_pem, [pki.root], rsa_pkcs1v15=True)
+
+
+def test_openssl_rsa_pss_signature_accepted_without_opt_in(tmp_path, firmware):
+    # OCPP L01.FR.04 names RSA-PSS: `openssl dgst -sigopt rsa_padding_mode:pss`.
+    openssl = shutil.which("openssl")
+    if not openssl:
+        pytest.skip("openssl not installed")
+    pki = Pki(signer_kind="rsa")
+    key_path = tmp_path / "signer.pem"
+    key_path.write_bytes(crypto.private_pem(pki.signer_key))
+    sig = subprocess.run(
+        [openssl, "dgst", "-sha256", "-sign", str(key_path), "-sigopt", "rsa_padding_mode:pss",
+         "-sigopt", "rsa_pss_saltlen:-1", firmware],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    b64 = base64.b64encode(sig).decode()
+    assert ocpp.verify_firmware(firmware, b64, pki.signing_cert_pem, [pki.root])
+
+
+def test_rsa_pkcs1v15_signature_needs_the_opt_in(firmware):
+    pki = Pki(signer_kind="rsa")
+    sig = ocpp.sign_firmware(firmware, pki.signer_key, rsa_padding="pkcs1v15")
+    with pytest.raises(BadSignature):
+        ocpp.verify_firmware(firmware, sig, pki.signing_cert_pem, [pki.root])
+    assert ocpp.verify_firmware(firmware, sig, pki.signing_cert_pem, [pki.root],
+                                rsa_pkcs1v15=True)  # fmt: skip

@@ -13,7 +13,7 @@ Imports only agent.core and json, so it runs under MicroPython too.
 import json
 
 from agent.core import lifecycle as lc
-from agent.core.jobs import JobMemory, parse_job
+from agent.core.jobs import JobMemory, job_from_request, parse_job
 from agent.core.journey import Journey
 from agent.core.trial import TrialPolicy
 
@@ -23,7 +23,11 @@ ATTEMPTS = 3
 
 
 class PowerCut(Exception):
-    pass
+    """The board went down; `reset` is the cause the next boot will report."""
+
+    def __init__(self, reset="power-on"):
+        super().__init__(reset)
+        self.reset = reset
 
 
 class Board:
@@ -35,6 +39,7 @@ class Board:
         self.left = 0
         self.booted = "A"
         self.boots = 0
+        self.last_reset = "power-on"  # the cause the running boot reports
         self.mcu = "A"  # whose release the MCUs run (slot A's at the factory)
 
     def other(self, slot):
@@ -56,6 +61,18 @@ class Board:
         if self.primary == slot:
             self.primary = self.other(slot)
 
+    def left_of(self, slot):
+        """Boot attempts the bootloader still gives `slot` (the contract's attempts_left)."""
+        if self.trying == slot:
+            return self.left
+        return ATTEMPTS if self.good[slot] else 0
+
+    def lose_env(self):
+        """A torn single-copy env: the bootloader comes back with its defaults (A first,
+        every slot with full attempts), the trial forgotten."""
+        self.trying, self.primary = None, "A"
+        self.good = {"A": True, "B": True}
+
     def check_no_broken_slot_bootable(self):
         for slot in ("A", "B"):
             bootable = self.good[slot] or self.trying == slot
@@ -64,8 +81,10 @@ class Board:
                     "slot %s is bootable but holds a %s image" % (slot, self.slots[slot])
                 )
 
-    def boot(self, crashing_versions):
-        """The slot the agent comes up in; crashing firmware burns the attempts first."""
+    def boot(self, crashing_versions, reset="power-on"):
+        """The slot the agent comes up in; crashing firmware burns the attempts first (each
+        crash is a panic reset, which the next boot reports)."""
+        self.last_reset = reset
         for _ in range(ATTEMPTS + 2):
             self.boots += 1
             if self.trying is not None and self.left > 0:
@@ -77,6 +96,7 @@ class Board:
             self.booted = slot
             if self.slots[slot] not in crashing_versions:
                 return slot
+            self.last_reset = "panic"
         raise AssertionError("board never came up")
 
 
@@ -89,10 +109,18 @@ class Rig:
         self.download = list(kw.get("download", ["ok"]))
         self.signature = kw.get("signature", "ok")
         self.install = list(kw.get("install", ["ok"]))
-        # version -> good | crash | comm | session | hang | broker-down
+        # version -> good | crash | comm | session | hang | broker-down | watchdog
         self.firmware = kw.get("firmware", {})
         self.session = kw.get("session")  # function now -> bool
         self.cut_at = kw.get("cut_at")
+        self.cuts = list(kw.get("cuts", ()))  # more cut points (1-based action numbers)
+        self.cut_on = list(kw.get("cut_on", ("", 0)))  # (action name, how many of them to cut)
+        self.cut_reset = kw.get("cut_reset", "power-on")
+        self.lose_env_at = kw.get(
+            "lose_env_at"
+        )  # action number whose cut tears the env  # what a cut looks like at next boot
+        self.reset_known = kw.get("reset_known", True)  # False: the board cannot tell causes
+        self.boot_facts = kw.get("boot_facts", True)  # False: resume without any facts
         self.broker_down_s = kw.get("broker_down_s", 0)  # firmware "broker-down"
         self.board = Board()
         self.journal = None
@@ -100,6 +128,7 @@ class Rig:
         self.reports = []
         self.done = []  # action names in execution order
         self.restarts = 0
+        self.sessions_blocked = False  # block_sessions / release_sessions (front-end jobs)
         self.policy = TrialPolicy(600, ["alarms", "charging-session", "communication"])
         self.journey = Journey(JobMemory(), self.policy)
         self.states = list(self.journey.trace)
@@ -107,16 +136,32 @@ class Rig:
 
     # --- driving ---------------------------------------------------------------------------
 
-    def deliver(self, doc):
+    def deliver(self, doc, replace=False):
+        """An MQTT job; a front-end request (engine options allowed) when `replace` is set
+        or the doc carries them, offered with supersede() when `replace`."""
         self.last_doc = doc
-        job = parse_job(json.dumps(doc).encode(), DEVICE)
+        extended = replace or _extended(doc)
+        if extended:
+            job = job_from_request(doc, DEVICE)
+        else:
+            job = parse_job(json.dumps(doc).encode(), DEVICE)
         slot = self.board.booted
-        result = self.journey.offer(job, self.now, slot, self.board.other(slot), 0.5)
+        offer = self.journey.supersede if replace else self.journey.offer
+        result = offer(job, self.now, slot, self.board.other(slot), 0.5)
         self._take(result)
         return result[1]
 
-    def run(self, max_steps=400):
+    def _reached(self, until):
+        if callable(until):
+            return until(self)
+        return bool(self.journal) and json.loads(self.journal)["state"] == until
+
+    def run(self, max_steps=400, until=None):
+        """Execute until the journey settles, or until `until` holds before a step: a
+        callable until(rig), or a state name the journal must hold."""
         for _ in range(max_steps):
+            if until is not None and self._reached(until):
+                return self
             if not self.queue:
                 if self.journey.state == lc.IDLE or lc.is_terminal(self.journey.state):
                     return self
@@ -126,17 +171,17 @@ class Rig:
             action = self.queue.pop(0)
             try:
                 self._execute(action)
-            except PowerCut:
-                self.power_cycle()
+            except PowerCut as cut:
+                self.power_cycle(cut.reset)
         raise AssertionError("journey did not settle: state %s" % self.journey.state)
 
-    def power_cycle(self):
+    def power_cycle(self, reset="power-on"):
         """The agent stops here; the board boots; the daemon resumes from the journal."""
         self.queue = []
         self.restarts += 1
         self.board.check_no_broken_slot_bootable()
         crashing = [v for v in self.firmware if self.firmware[v] == "crash"]
-        booted = self.board.boot(crashing)
+        booted = self.board.boot(crashing, reset)
         record = json.loads(self.journal) if self.journal else None
         if record is None:
             # Nothing was saved, so the job was never acknowledged: the broker redelivers it.
@@ -147,7 +192,26 @@ class Rig:
             return
         self.journey = Journey.from_record(record, self.policy)
         self._seen = 1
-        self._take(self.journey.resume(booted, self.now))
+        self._take(self.journey.resume(booted, self.now, self.facts()))
+
+    def facts(self):
+        """What the platform tells the agent about this boot (agent/core/resets.py)."""
+        if not self.boot_facts:
+            return None
+        reset = self.board.last_reset if self.reset_known else "unknown"
+        facts = {"reset": reset, "id": "boot-%d" % self.board.boots}
+        new = self.journey.data.get("new_slot")
+        if new:
+            facts["attempts_left"] = self.board.left_of(new)
+        return facts
+
+    def agent_restart(self):
+        """The agent process dies and is restarted within the same boot."""
+        self.queue = []
+        record = json.loads(self.journal)
+        self.journey = Journey.from_record(record, self.policy)
+        self._seen = 1
+        self._take(self.journey.resume(self.board.booted, self.now, self.facts()))
 
     def _take(self, result):
         """Record the (state, actions) a journey call returned and queue the actions."""
@@ -170,12 +234,18 @@ class Rig:
 
     def _execute(self, action):
         name = action[0]
-        if self.cut_at is not None and len(self.done) + 1 == self.cut_at:
-            self.cut_at = None
+        number = len(self.done) + 1
+        cut_here = name == self.cut_on[0] and self.cut_on[1] > 0
+        if cut_here:
+            self.cut_on[1] -= 1
+        if cut_here or number == self.cut_at or number in self.cuts:
+            self.cut_at = None if number == self.cut_at else self.cut_at
             self.done.append("CUT:" + name)
+            if number == self.lose_env_at:
+                self.board.lose_env()
             if name == "install":  # the cut lands halfway through writing the slot
                 self.board.slots[action[1]] = "partial"
-            raise PowerCut()
+            raise PowerCut(self.cut_reset)
         self.done.append(name)
         self.board.check_no_broken_slot_bootable()
         if name in ("install", "try_slot", "mark_bad", "reboot"):
@@ -192,18 +262,23 @@ class Rig:
         elif name in ("try_slot", "mark_good", "mark_bad"):
             getattr(self.board, name)(action[1])
         elif name == "reboot":
-            raise PowerCut()
+            raise PowerCut("reboot")
         elif name == "record_baseline":
             self.journey.set_baseline({"codes": [], "rate_per_hour": 0.0})
+        elif name in ("block_sessions", "release_sessions"):
+            self.sessions_blocked = name == "block_sessions"
         else:
             self._execute_step(action)
 
     def _check_journal_is_current(self, name):
         # The journal records the state before every step that changes the board. try_slot
-        # runs while the journal still says INSTALLED, whose resume settles by booted slot
+        # runs while the journal says INSTALLED (or REBOOTING/TRIAL when a lost boot env is
+        # tried again), whose resume settles by booted slot
         # (mark_good likewise under TRIAL, and is not checked here): see journey.py.
         saved = json.loads(self.journal)["state"] if self.journal else None
-        expected = lc.INSTALLED if name == "try_slot" else self.journey.state
+        expected = self.journey.state
+        if name == "try_slot":  # states whose resume settles the outcome by the booted slot
+            expected = saved if saved in (lc.INSTALLED, lc.REBOOTING, lc.TRIAL) else lc.INSTALLED
         if saved != expected:
             raise AssertionError(
                 "%s in state %s, journal says %s" % (name, self.journey.state, saved)
@@ -232,10 +307,12 @@ class Rig:
                 self.board.slots[action[1]] = "partial"
                 self._feed(lc.INSTALL_ERROR, {"reason": "no-space"})
         elif name == "run_checks":
+            if self.firmware.get(self.board.slots[self.board.booted]) == "watchdog":
+                raise PowerCut("watchdog")  # the release hangs in its trial: watchdog reset
             self._take(self.journey.check_results(self._results(), self.now))
         elif name in ("flash_components", "restore_components"):
             self.board.mcu = action[1]
-        elif name not in ("cleanup", "confirm_components"):
+        elif name not in ("cleanup", "confirm_components", "reject", "ignore"):
             raise AssertionError("unknown action %r" % (action,))
 
     def _results(self):
@@ -253,6 +330,14 @@ class Rig:
         if kind == "session":
             results["charging-session"] = (False, "EV session delivered 0 Wh")
         return results
+
+
+def _extended(doc):
+    for name in ("signature", "retry_interval_s", "hold_until_allowed", "block_new_sessions",
+                 "download_waits_for_sessions", "write_during_sessions"):  # fmt: skip
+        if name in doc:
+            return True
+    return False
 
 
 def job(job_id="job-1", version="2.0", **extra):

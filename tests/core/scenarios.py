@@ -6,7 +6,8 @@ MicroPython (tests/micropython/run_core.mjs). The fake daemon and board are in r
 """
 
 from agent.core import lifecycle as lc
-from agent.core.journey import NEVER_CAME_UP
+from agent.core import resets
+from agent.core.journey import NEVER_CAME_UP, USED_UP_BY_POWER_LOSS, USED_UP_BY_RESETS
 
 try:
     from tests.core.rig import ATTEMPTS, T0, Rig, check_board, check_equal, job
@@ -119,6 +120,7 @@ def scenario_comm_check_fails_rolls_back():
         ("communication", "CSMS rejected BootNotification"),
         "why",
     )
+    check_equal(info["cause"], resets.CHECK_FAILED, "cause: a fleet halts on it")
     check_board(rig, "A", "A", False)
 
 
@@ -193,8 +195,85 @@ def scenario_crash_on_boot_falls_back_by_boot_counting():
     check_equal(rig.states, TO_TRIAL_STATES[:-1] + [lc.ROLLED_BACK], "states")
     check_equal(rig.statuses[-1], "RolledBack", "final status")
     check_equal(rig.reports[-1][2]["reason"], NEVER_CAME_UP, "reason")
+    check_equal(rig.reports[-1][2]["cause"], resets.CRASH, "cause")
     check_equal(rig.board.boots, ATTEMPTS + 1, "boots: every attempt, then the old slot")
     check_board(rig, "A", "A", False)
+
+
+def scenario_power_cuts_in_the_trial_resume_it_and_commit():
+    # Two power cuts, each in the middle of the checks: the trial starts over on the next
+    # boot of the new slot (window and checks anew) and the good release commits.
+    rig = _run(Rig(cut_on=("run_checks", ATTEMPTS - 1)))
+    check_equal(rig.journey.state, lc.COMMITTED, "state")
+    check_board(rig, "B", "B", True)
+    resumed = [r[2] for r in rig.reports if r[1] == "TrialRunning" and r[2].get("reason")]
+    check_equal([r["reason"] for r in resumed], ["trial resumed after a power loss"] * 2, "why")
+    check_equal(resumed[-1]["evidence"]["resets"], [resets.POWER_ON] * 2, "evidence")
+    check_equal(rig.reports[-1][2]["resets"], [resets.POWER_ON] * 2, "Committed says so")
+    check_equal(rig.journey.data["trial_started_at"], rig.now, "window restarted")
+
+
+def scenario_power_cut_at_every_step_of_a_trial_with_unknown_resets_commits():
+    # A board that cannot tell a power loss from a crash still commits a good release after
+    # one cut anywhere: the attempt budget carries the trial across the reset.
+    total = len(_run(Rig()).done)
+    for cut in range(1, total + 1):
+        rig = _run(Rig(cut_at=cut, reset_known=False))
+        what = "cut before action %d (%s)" % (cut, rig.done[cut - 1])
+        check_equal(rig.journey.state, lc.COMMITTED, what)
+        check_board(rig, "B", "B", True)
+
+
+def scenario_power_losses_that_use_up_the_attempts_roll_back_as_power_loss():
+    rig = _run(Rig(cut_on=("run_checks", ATTEMPTS)))
+    check_equal(rig.journey.state, lc.ROLLED_BACK, "state")
+    info = rig.reports[-1][2]
+    check_equal((info["reason"], info["cause"]), (USED_UP_BY_POWER_LOSS, resets.POWER_LOSS), "why")
+    check_equal(info["evidence"]["resets"], [resets.POWER_ON] * ATTEMPTS, "evidence")
+    check_board(rig, "A", "A", False)
+
+
+def scenario_resets_the_board_cannot_explain_roll_back_as_unexplained():
+    rig = _run(Rig(cut_on=("run_checks", ATTEMPTS), reset_known=False))
+    info = rig.reports[-1][2]
+    check_equal((info["reason"], info["cause"]), (USED_UP_BY_RESETS, resets.UNEXPLAINED), "why")
+    check_board(rig, "A", "A", False)
+
+
+def scenario_watchdog_reset_in_the_trial_fails_it_at_once():
+    rig = _run(Rig(firmware={"2.0": "watchdog"}))
+    check_equal(rig.journey.state, lc.ROLLED_BACK, "state")
+    info = rig.reports[-1][2]
+    check_equal(info["cause"], resets.CRASH, "cause")
+    check_equal("watchdog" in info["reason"], True, "reason names the watchdog")
+    # Boots after the install: B (the trial, reset by the watchdog), B (sees why, rolls back), A.
+    check_equal(rig.board.boots, 3, "boots: one reset of the new slot is enough")
+    check_board(rig, "A", "A", False)
+
+
+def scenario_torn_boot_env_in_the_trial_is_tried_again_and_commits():
+    # A cut tears a single-copy boot env during the trial: the bootloader comes back with
+    # its defaults and boots the old slot, yet the new slot still has attempts. Not a
+    # rollback: the journey arms the new slot again and the trial runs once more.
+    cut = _index_of_action(lambda a: a[0] == "run_checks")
+    rig = _run(Rig(cut_at=cut, lose_env_at=cut))
+    check_equal(rig.journey.state, lc.COMMITTED, "state")
+    check_board(rig, "B", "B", True)
+    check_equal(rig.journey.data["env_losses"], 1, "env losses")
+    again = [r for r in rig.reports if r[1] == "InstallRebooting" and r[2].get("reason")]
+    check_equal(len(again), 1, "reported once as an InstallRebooting with the reason")
+
+
+def scenario_agent_restart_in_the_same_boot_keeps_the_window():
+    rig = Rig(firmware={"2.0": "hang"})
+    rig.deliver(job())
+    rig.run(until=lc.TRIAL)
+    started = rig.journey.data["trial_started_at"]
+    rig.now += 100
+    rig.agent_restart()
+    check_equal(rig.journey.data["agent_restarts"], 1, "restart counted")
+    check_equal(rig.journey.data["trial_started_at"], started, "the window goes on")
+    check_equal(rig.journey.data.get("trial_resets"), None, "not a reset of the board")
 
 
 def scenario_duplicate_job_is_ignored():
@@ -286,6 +365,13 @@ SCENARIOS = (
     scenario_broker_down_during_trial_then_back_commits,
     scenario_broker_down_for_the_whole_trial_rolls_back,
     scenario_crash_on_boot_falls_back_by_boot_counting,
+    scenario_power_cuts_in_the_trial_resume_it_and_commit,
+    scenario_power_cut_at_every_step_of_a_trial_with_unknown_resets_commits,
+    scenario_power_losses_that_use_up_the_attempts_roll_back_as_power_loss,
+    scenario_resets_the_board_cannot_explain_roll_back_as_unexplained,
+    scenario_watchdog_reset_in_the_trial_fails_it_at_once,
+    scenario_agent_restart_in_the_same_boot_keeps_the_window,
+    scenario_torn_boot_env_in_the_trial_is_tried_again_and_commits,
     scenario_duplicate_job_is_ignored,
     scenario_job_during_charging_session_is_deferred,
     scenario_session_outlasting_window_waits_for_next_day,

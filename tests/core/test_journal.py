@@ -84,3 +84,43 @@ def test_replayed_job_stays_ignored_after_the_journal_was_damaged(tmp_path):
     journey = Journal(str(path)).load()
     assert journey.state == lc.IDLE
     assert journey.memory.seen("job-1")
+
+
+def test_journal_replaced_by_a_directory_is_moved_aside_and_the_agent_starts_idle(tmp_path):
+    """Issue 11 #21: a directory where the journal should be (stands in for a damaged
+    filesystem) is an unusable journal, not a crash."""
+    path = tmp_path / "journal.json"
+    path.mkdir()
+    journal = Journal(str(path))
+    assert journal.load().state == lc.IDLE
+    assert "journal.json.corrupt-0" in journal.problem[0]
+    assert (tmp_path / "journal.json.corrupt-0").is_dir()
+    journal.save(journey_in_trial())  # and the agent can keep a journal again
+    assert journal.load().state == lc.TRIAL
+
+
+def test_journal_eio_is_reported_and_the_agent_starts_idle(tmp_path, monkeypatch):
+    """Issue 11 #21: EIO from a failing medium. No medium here can fail on demand, so `open`
+    is made to raise EIO for the journal path (and renaming it aside fails too)."""
+    import builtins
+    import errno
+
+    path = str(tmp_path / "journal.json")
+    Journal(path).save(journey_in_trial())
+    real_open = builtins.open
+
+    def failing_open(name, *args, **kwargs):
+        if str(name) == path:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+
+    def failing_rename(*args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    journal = Journal(path)
+    assert journal.load().state == lc.IDLE
+    assert "Input/output error" in journal.problem[0]
+    assert "could not move it aside" in journal.problem[0]

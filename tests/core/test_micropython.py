@@ -82,3 +82,12 @@ def test_cpython_only_construct_in_core_is_caught(micropython, tmp_path):
     module.write_text("import typing\ndef run_all():\n    return ['x'], []\n")
     result = run_core(micropython, str(module))
     assert result.returncode == 2, result.stdout + result.stderr
+
+
+def test_front_end_engine_options_pass_under_micropython(micropython):
+    from tests.core import scenarios_frontend
+
+    result = run_core(micropython, "tests/core/scenarios_frontend.py")
+    sys.stdout.write(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "RESULT %d passed 0 failed" % len(scenarios_frontend.SCENARIOS) in result.stdout

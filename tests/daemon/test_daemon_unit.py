@@ -23,6 +23,7 @@ def config(tmp_path, trial=None):
         "device": {"id": "cp-1", "model": "M", "hardware_revision": "r"},
         "slots": {"A": {"rootfs": "a.img"}, "B": {"rootfs": "b.img"}},
         "bootloader": {"backend": "simulated", "state": "boot.json", "booted": "B"},
+        "state": {"dir": "state"},
         "trial": trial or {},
     }
     (tmp_path / "boot.json").write_text(
@@ -154,12 +155,55 @@ def test_daemon_config_resolves_mqtt_tls_paths_against_the_config_file(tmp_path)
         '[device]\nid = "cp-1"\nmodel = "M"\nhardware_revision = "r"\n'
         '[slots.A]\nrootfs = "a.img"\n[slots.B]\nrootfs = "b.img"\n'
         '[bootloader]\nbackend = "simulated"\nstate = "boot.json"\nbooted = "A"\n'
-        '[trust]\nroot = "root.json"\n'
+        '[trust]\nroot = "root.json"\n[state]\ndir = "state"\n'
         '[mqtt]\nhost = "127.0.0.1"\ntls = { ca_file = "pki/ca.pem", cert_file = "pki/cp.pem", '
         'key_file = "pki/cp.key" }\n'
     )
     d = build(config_mod.load(str(tmp_path / "agent.toml")))
     assert d.channel.settings["tls"]["ca_file"] == str(tmp_path / "pki" / "ca.pem")
+
+
+def test_job_and_cancel_are_acknowledged_only_after_the_journal_write(tmp_path):
+    d = daemon(config(tmp_path))
+    d.subscribe()
+    d.resume()
+    saved_at_ack = []
+
+    def deliver(suffix, payload):
+        ack = d.channel.inject(suffix, payload)
+        assert not ack.done  # the broker still holds it while it waits in the queue
+        kind, payload, send = d.events.get_nowait()
+        d.dispatch((kind, payload, lambda: (saved_at_ack.append(d.journal.load()), send())))
+        assert ack.done
+
+    job = {"id": "j-1", "url": "http://127.0.0.1:9/x.cub", "version": "2",
+           "retrieve_at": "2099-01-01T00:00:00Z"}  # fmt: skip
+    deliver("update/job", job)
+    assert saved_at_ack[0].job.id == "j-1"
+    deliver("update/cancel", {"job_id": "j-1"})
+    assert saved_at_ack[1].state == "cancelled"
+    deliver("update/job", {"id": "bad"})  # refused: acknowledged all the same, with a status
+    assert d.channel.messages("update/status")[-1]["reason"] == "malformed-job"
+
+
+def test_reset_cause_comes_from_the_command_line_else_the_watchdog_else_unknown(tmp_path):
+    from agent.control.system import System as RealSystem
+
+    cmdline, status, boot_id = tmp_path / "cmdline", tmp_path / "bootstatus", tmp_path / "id"
+    system = RealSystem({"cmdline": "cmdline", "watchdog_bootstatus": "bootstatus",
+                         "boot_id_file": "id"}, lambda p: str(tmp_path / p))  # fmt: skip
+    cmdline.write_text("console=ttyS0 charger.slot=B charger.reset=POR\n")
+    boot_id.write_text("6c1f\n")
+    assert system.boot_facts() == {"reset": "power-on", "id": "6c1f"}
+    cmdline.write_text("console=ttyS0 androidboot.bootreason=kernel_panic\n")
+    assert system.reset_cause() == "panic"
+    cmdline.write_text("console=ttyS0 charger.slot=B\n")
+    status.write_text("32\n")  # WDIOF_CARDRESET: the watchdog reset the board
+    assert system.reset_cause() == "watchdog"
+    status.write_text("0\n")  # not the watchdog, but nothing says what else: never a guess
+    assert system.reset_cause() == "unknown"
+    cmdline.write_text("charger.reset=gremlins\n")
+    assert system.reset_cause() == "unknown"
 
 
 # -- an idle agent sleeps until something happens (issue 12) ------------------------------------

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from charger_fw import ocpp_client, uplink
+from charger_fw import bridge, ocpp_client, uplink
 from charger_fw import stack as stack_mod
 
 try:
@@ -78,13 +78,27 @@ def safety_mcu_port(board):
 
 
 def start_ocpp(board, version):
-    """The station's OCPP connection, to the CSMS the board's config names (via the uplink)."""
+    """The station's OCPP connection, to the CSMS the board's config names (via the uplink).
+    With BOARD/stack.toml the stack owns the connection in the protocol it names and drives
+    the update agent through its local API (the reference integration, docs/ocpp.md);
+    without it, a plain 2.0.1 client next to the agent."""
     with open(os.path.join(board, "agent.toml"), "rb") as f:
         config = tomllib.load(f)
+    device = config["device"]
+    path = os.path.join(board, "stack.toml")
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            stack = tomllib.load(f)
+        ocpp = stack["ocpp"]
+        socket_path = os.path.join(board, stack["agent"]["socket"])
+        return ocpp_client.OcppClient(
+            ocpp["url"], device["id"], device["model"], version, log,
+            protocol=ocpp.get("protocol", "2.0.1"), bridge=bridge.Bridge(socket_path, log),
+            variables=stack.get("variables"),
+        ).start()  # fmt: skip
     url = config.get("ocpp", {}).get("url")
     if not url:
         return None
-    device = config["device"]
     return ocpp_client.OcppClient(url, device["id"], device["model"], version, log).start()
 
 

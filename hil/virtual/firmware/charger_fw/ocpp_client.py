@@ -1,73 +1,150 @@
-"""The charging stack's OCPP 2.0.1 client: the station's own connection to its CSMS.
+"""The charging stack's OCPP client: the station's own connection to its CSMS, in OCPP 2.0.1
+or OCPP 1.6J with the security whitepaper (stack.toml picks one).
 
-At boot it sends BootNotification (reason PowerUp, with the running firmware version), then
-heartbeats; every session start and stop becomes a TransactionEvent. It reconnects with
-back-off, so a firmware whose uplink is broken (`no-backend`) simply never gets through.
-Runs its own event loop in a thread; the stack calls `transaction()` from any thread.
+At boot it asks the update agent why the board booted (FirmwareUpdate after the agent's
+reboot), sends BootNotification, and once the CSMS accepted it tells the agent so, reports the
+connector and starts handing the agent's statuses and security events to the CSMS, in order,
+nothing before that acceptance (B01.FR.08). UpdateFirmware / SignedUpdateFirmware, triggers and
+the ManufacturerRootCertificate operations go to the agent (charger_fw/bridge.py); a classic
+1.6 UpdateFirmware is answered CALLERROR NotSupported (1.6 security L01.FR.20). Sessions become
+TransactionEvents (1.6: Start/StopTransaction), connector changes StatusNotifications. It
+reconnects with back-off; runs its own event loop in a thread.
 """
 
 import asyncio
 import datetime
 import threading
 
-from ocpp.v201 import ChargePoint, call
+from ocpp.exceptions import OCPPError
 from websockets.asyncio.client import connect
+
+from charger_fw import station16, station201
 
 
 def _now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+PROTOCOLS = {"2.0.1": ("ocpp2.0.1", station201), "1.6": ("ocpp1.6", station16)}
+
+
 class OcppClient:
-    def __init__(self, url, station_id, model, firmware_version, log):
+    def __init__(
+        self,
+        url,
+        station_id,
+        model,
+        firmware_version,
+        log,
+        protocol="2.0.1",
+        bridge=None,
+        variables=None,
+    ):
         self.url = url.rstrip("/") + "/" + station_id
         self.station_id = station_id
-        self.station = {"model": model, "vendor_name": "charger-fw",
-                        "firmware_version": firmware_version}  # fmt: skip
+        self.model, self.firmware_version = model, firmware_version
         self.log = log
+        self.subprotocol, self.messages = PROTOCOLS[protocol]
+        self.bridge = bridge
+        # Device-model variables a CSMS may set (2.0.1 SetVariables), passed with each update.
+        self.variables = dict(variables or {})
         self.loop = asyncio.new_event_loop()
         self.cp = None
+        self.connector = "Available"
+        self.tx_ids = {}  # the stack's session id -> the CSMS's transaction id (1.6)
         self.seq = 0
 
     def start(self):
-        threading.Thread(target=self.loop.run_until_complete, args=(self._run(),),
-                         name="ocpp", daemon=True).start()  # fmt: skip
+        threading.Thread(
+            target=self.loop.run_until_complete, args=(self._run(),), name="ocpp", daemon=True
+        ).start()
         return self
 
     async def _run(self):
         delay = 0.5
+        reason = "PowerUp"
+        if self.bridge is not None:
+            told = await self.loop.run_in_executor(None, self.bridge.boot_reason)
+            reason = told or "PowerUp"
         while True:
             try:
-                async with connect(self.url, subprotocols=["ocpp2.0.1"], open_timeout=5) as ws:
-                    self.cp = ChargePoint(self.station_id, ws)
-                    reader = asyncio.ensure_future(self.cp.start())
-                    boot = await self.cp.call(call.BootNotification(
-                        charging_station=self.station, reason="PowerUp"))  # fmt: skip
-                    self.log("OCPP: BootNotification %s" % boot.status)
-                    delay = 0.5
-                    while not reader.done():
-                        await asyncio.sleep(min(boot.interval, 30))  # the heartbeat period
-                        await self.cp.call(call.Heartbeat())
+                async with connect(self.url, subprotocols=[self.subprotocol], open_timeout=5) as ws:
+                    await self._session(ws, reason)
             except Exception as e:  # CSMS away or link down: try again later
                 self.cp = None
                 self.log("OCPP: no CSMS (%s); retrying in %.1fs" % (e.__class__.__name__, delay))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30)
 
-    def transaction(self, event_type, tx_id, id_tag, energy_wh):
-        """Report a session Started/Ended; dropped (logged) while the CSMS is unreachable."""
+    async def _session(self, ws, reason):
+        cp = self.messages.Station(self.station_id, ws, self)
+        reader = asyncio.ensure_future(cp.start())
+        boot = await cp.call(self.messages.boot(self, reason))
+        status = str(getattr(boot.status, "value", boot.status))
+        self.log("OCPP %s: BootNotification (%s) %s" % (self.subprotocol, reason, status))
+        if status != "Accepted":
+            await asyncio.sleep(min(boot.interval or 5, 5))
+            raise ConnectionError("BootNotification %s" % status)  # boot again
+        self.cp = cp
+        pump = None
+        if self.bridge is not None:
+            await self.loop.run_in_executor(
+                None,
+                lambda: self.bridge.safe(
+                    "boot_notification",
+                    status=status,
+                    interval=boot.interval,
+                    csms_time=boot.current_time,
+                ),
+            )
+            pump = asyncio.ensure_future(self._pump(cp))
+        await cp.call(self.messages.connector(self.connector))
+        try:
+            while not reader.done():
+                await asyncio.sleep(min(boot.interval, 30))  # the heartbeat period
+                await cp.call(self.messages.heartbeat())
+        finally:
+            if pump is not None:
+                pump.cancel()
+
+    async def _pump(self, cp):
+        """The agent's outbox to the CSMS, in order; acknowledged once the CSMS answered."""
+        while True:
+            events = await self.loop.run_in_executor(None, self.bridge.events, 5.0)
+            for entry in events:
+                message = self.messages.outbox_message(entry)
+                try:
+                    await cp.call(message, suppress=False)
+                    error = None
+                except OCPPError as e:  # an old CSMS's CALLERROR: delivered, logged, moved on
+                    error = "%s: %s" % (type(e).__name__, e)
+                except asyncio.TimeoutError:
+                    break  # not answered: sent again on the next round
+                await self.loop.run_in_executor(None, self.bridge.ack, entry["seq"], error)
+
+    # -- called from the charging stack's threads ---------------------------------------------
+
+    def _send(self, message):
         cp = self.cp
         if cp is None:
+            return None
+        return asyncio.run_coroutine_threadsafe(cp.call(message), self.loop)
+
+    def transaction(self, event_type, tx_id, id_tag, energy_wh):
+        """Report a session Started/Ended; dropped (logged) while the CSMS is unreachable."""
+        if self.cp is None:
             self.log("OCPP: transaction %s %s not sent (no CSMS)" % (tx_id, event_type))
             return
         self.seq += 1
-        message = call.TransactionEvent(
-            event_type=event_type,
-            timestamp=_now(),
-            trigger_reason="Authorized" if event_type == "Started" else "StopAuthorized",
-            seq_no=self.seq,
-            transaction_info={"transaction_id": tx_id},
-            id_token={"id_token": id_tag, "type": "Central"},
-            meter_value=[{"timestamp": _now(), "sampled_value": [{"value": energy_wh}]}],
+        asyncio.run_coroutine_threadsafe(
+            self.messages.transaction(self, event_type, tx_id, id_tag, energy_wh), self.loop
         )
-        asyncio.run_coroutine_threadsafe(cp.call(message), self.loop)
+
+    def connector_changed(self, status):
+        """The connector is now Available, Occupied or Unavailable."""
+        self.connector = status
+        self._send(self.messages.connector(status))
+
+    @staticmethod
+    def now():
+        return _now()

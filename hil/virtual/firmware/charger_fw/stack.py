@@ -26,6 +26,9 @@ class ChargingStack:
         self.sessions_failed = 0  # starts the charger refused (not "no vehicle")
         self.alarms = []  # [{"code", "ts"}]
         self._storm = None
+        # False while a firmware update holds the connector (OCPP L01.FR.07): a running
+        # session goes on, no new one starts, and a connector that becomes free stays so.
+        self.available = True
 
     # -- what an EV driver and the CSMS do ---------------------------------------------------
 
@@ -40,6 +43,8 @@ class ChargingStack:
                 return {"ok": False, "reason": "connector lock failed"}
             if self.session:
                 return {"ok": False, "reason": "session already active"}
+            if not self.available:
+                return {"ok": False, "reason": "connector unavailable: firmware update pending"}
             cp = self.pilot()
             if cp not in ("B", "C", "D"):
                 return {"ok": False, "reason": "no vehicle connected (CP state %s)" % cp}
@@ -59,6 +64,7 @@ class ChargingStack:
                             "tx": "tx-%d" % (self.sessions_done + 1)}  # fmt: skip
             if self.ocpp:
                 self.ocpp.transaction("Started", self.session["tx"], id_tag, 0)
+                self.ocpp.connector_changed("Occupied")
             return {"ok": True}
 
     def pilot(self):
@@ -89,7 +95,17 @@ class ChargingStack:
             self.sessions_done += 1
             if self.ocpp:
                 self.ocpp.transaction("Ended", session["tx"], session["id_tag"], energy)
+                self.ocpp.connector_changed("Available" if self.available else "Unavailable")
             return {"ok": True, "energy_wh": energy}
+
+    def set_availability(self, available):
+        """The update agent blocks (False) or releases (True) the connector."""
+        with self.lock:
+            changed = self.available != bool(available)
+            self.available = bool(available)
+            if changed and not self.session and self.ocpp:
+                self.ocpp.connector_changed("Available" if self.available else "Unavailable")
+            return {"ok": True, "available": self.available}
 
     def status(self):
         with self.lock:
@@ -102,6 +118,7 @@ class ChargingStack:
                     "failed": self.sessions_failed,
                 },
                 "sessions_done": self.sessions_done,
+                "available": self.available,
                 "alarms": list(self.alarms[-200:]),
             }
 
@@ -159,6 +176,8 @@ class ChargingStack:
             return self.stop()
         if cmd == "status":
             return self.status()
+        if cmd == "set_availability":
+            return self.set_availability(request.get("available", True))
         if cmd == "component":
             return self.component(request.get("name"))
         return {"ok": False, "reason": "unknown command %r" % cmd}

@@ -1,0 +1,78 @@
+"""The front-ends next to MQTT that feed the daemon (EVerest, the local socket API), as one
+group: started and stopped with the daemon, told every status, asked before a reboot whether
+the stack still has to confirm something.
+
+Invariant: a front-end's failure never reaches the daemon's loop (it is logged), and the wait
+before a reboot is bounded by the largest `reboot_grace_s` of the front-ends, with the
+watchdog petted throughout. A front-end is any object with start(daemon), stop(),
+status(status, info), pending() -> bool and reboot_grace_s.
+"""
+
+import json
+import logging
+
+from agent.core import lifecycle as lc
+
+log = logging.getLogger("charger-update")
+
+# Journal states at start-up that mean the agent itself rebooted the board for an update.
+REBOOTED_FOR_UPDATE = (lc.REBOOTING, lc.TRIAL, lc.ROLLED_BACK)
+
+
+class Frontends:
+    def __init__(self, frontends=()):
+        self.items = list(frontends)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def start(self, daemon):
+        for frontend in self.items:
+            frontend.start(daemon)
+
+    def stop(self):
+        for frontend in self.items:
+            try:
+                frontend.stop()
+            except Exception:
+                log.exception("front-end %s did not stop cleanly", frontend)
+
+    def status(self, status, info):
+        for frontend in self.items:
+            try:
+                frontend.status(status, dict(info))
+            except Exception:  # a front-end's bug must not stop the update
+                log.exception("front-end %s failed on status %s", frontend, status)
+
+    def csms_links(self):
+        """The front-ends that can tell whether the CSMS accepted this boot."""
+        return [frontend for frontend in self.items if hasattr(frontend, "boot_accepted")]
+
+    def pending(self):
+        return any(frontend.pending() for frontend in self.items)
+
+    def await_delivery(self, clock, pet, stopping):
+        """Before a reboot: let the stack confirm what was reported (InstallRebooting reaching
+        the CSMS), for at most the largest reboot_grace_s; True when nothing is pending."""
+        grace = max([frontend.reboot_grace_s for frontend in self.items] or [0])
+        deadline = clock() + grace
+        while clock() < deadline and not stopping.is_set():
+            if not self.pending():
+                return True
+            pet()
+            stopping.wait(0.05)
+        if self.pending():
+            log.warning("rebooting with statuses the stack has not confirmed within %ss", grace)
+            return False
+        return True
+
+
+def boot_reason(journal_path):
+    """FirmwareUpdate when the journal this boot starts with says the agent rebooted the
+    board for an update (REBOOTING, TRIAL, ROLLED_BACK), else None (not ours to say)."""
+    try:
+        with open(journal_path, "rb") as f:
+            state = json.loads(f.read(1 << 20)).get("state")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return "FirmwareUpdate" if state in REBOOTED_FOR_UPDATE else None

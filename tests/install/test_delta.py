@@ -1,0 +1,259 @@
+"""Format-2 bundles installed by ranges (agent/transfer/delta.py, adaptive.py): what a charger
+already has is copied from its slots, the rest fetched from a real HTTP server on 127.0.0.1,
+and every block is checked against the signed chunk index. Images are small and synthetic
+(a few hundred blocks with the shifts and scattered changes an ext4 release has); the
+debootstrap image pairs are `make bench-delta`'s."""
+
+import os
+import random
+import time
+
+import pytest
+
+from agent.bundle import format as fmt
+from agent.bundle.writer import PayloadSource, create_bundle
+from agent.core.errors import MalformedBundle, PayloadMismatch
+from agent.transfer import delta, installer
+from agent.trust.store import Trust
+from hil.services.httpserver import FileServer
+from tests.bundle.factory import HW, MODEL, make_keys, make_root
+
+BLOCK = 4096
+
+
+def release(seed, blocks=192):
+    """An image of distinct, half compressible blocks with a zero tail (free space)."""
+    rng = random.Random(seed)
+    words = [b"charger", b"config", b"rootfs", b"release", b"%d" % seed]
+    out = []
+    for i in range(blocks):
+        line = b" ".join(rng.choice(words) for _ in range(8)) + b" block %d\n" % i
+        text = (line * (BLOCK // len(line) + 1))[: BLOCK // 2]
+        out.append(text + bytes(rng.getrandbits(8) for _ in range(BLOCK // 2)))
+    return out + [bytes(BLOCK)] * 16
+
+
+def image(blocks):
+    return b"".join(blocks)
+
+
+def next_release(old, inserted=8, changed=(3, 40, 41, 90)):
+    """Blocks inserted early (everything after shifts), a few rewritten: a minor release."""
+    rng = random.Random(99)
+    new = list(old[:20]) + [os.urandom(64) * (BLOCK // 64) for _ in range(inserted)]
+    new += list(old[20:-inserted])
+    for i in changed:
+        new[i] = bytes(rng.getrandbits(8) for _ in range(64)) * (BLOCK // 64)
+    return new
+
+
+@pytest.fixture
+def signer(tmp_path):
+    key = make_keys(1, tag="delta")[0]
+    root = str(tmp_path / "root.json")
+    make_root(root, release_keys=[key])
+
+    def sign(data, name="new.cub", version="2.0.0"):
+        path = str(tmp_path / (name + ".img"))
+        with open(path, "wb") as f:
+            f.write(data)
+        out = str(tmp_path / name)
+        create_bundle(
+            out, [PayloadSource("rootfs", "rootfs", path, "zstd-chunks")], [key], version=version,
+            security_version=1, compatible=[{"model": MODEL, "hardware_revisions": [HW]}],
+            expires=int(time.time()) + 86400,
+        )  # fmt: skip
+        return out
+
+    sign.root = root
+    return sign
+
+
+@pytest.fixture
+def served():
+    servers = []
+
+    def serve(path):
+        server = FileServer({"b.cub": path}).start()
+        servers.append(server)
+        return server
+
+    yield serve
+    for server in servers:
+        server.stop()
+
+
+def put(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def run(board, url, **kwargs):
+    cfg = board.config()
+    return installer.install(url, cfg, board.boot(), Trust.from_config(cfg), **kwargs)
+
+
+def test_format2_bundle_round_trips_and_verifies(signer, tmp_path):
+    from agent.bundle.reader import verify_file
+
+    path = signer(image(release(1)))
+    with open(path, "rb") as f:
+        assert f.read(8) == fmt.MAGIC2
+    assert verify_file(path, Trust(signer.root)).format == 2
+
+
+def test_reuses_blocks_from_both_slots_and_fetches_only_the_rest(board, signer, served):
+    old = release(1)
+    new = next_release(old)
+    b = board(signer.root)
+    # The inactive slot still holds the start of the old image (where the new one keeps it:
+    # blocks that moved forward are overwritten before they are needed), the booted slot
+    # the rest.
+    put(b.slot_b, image(old[:20]))
+    put(b.slot_a, image([bytes(BLOCK)] * 20 + old[20:]))
+    server = served(signer(image(new)))
+    done = run(b, server.url("b.cub"))
+    assert b.read_slot("B") == image(new)
+    c = done.counters
+    assert c["inactive"] == 19 and c["booted"] > 150  # both slots contributed
+    assert c["remote"] == 8 + 4  # the inserted and the rewritten blocks, nothing else
+    assert c["refetched"] == 0
+    full = os.path.getsize(server.files["b.cub"])
+    assert c["downloaded"] < full / 4
+    assert any("," in (r["range"] or "") for r in server.requests)  # one multi-range request
+
+
+def test_corrupted_local_block_is_refetched_never_trusted(board, signer, served, monkeypatch):
+    from agent.transfer import adaptive
+
+    old = release(1)
+    new = next_release(old)
+    b = board(signer.root)
+    put(b.slot_a, image(old))
+    put(b.slot_b, b"")
+    server = served(signer(image(new)))
+    real_plan = adaptive.make_plan
+
+    def plan_then_flip(index, offset, booted, inactive):
+        plan = real_plan(index, offset, booted, inactive)
+        with open(booted, "r+b") as f:  # a bit flips in the booted slot after indexing
+            f.seek(50 * BLOCK + 7)
+            byte = f.read(1)
+            f.seek(50 * BLOCK + 7)
+            f.write(bytes([byte[0] ^ 1]))
+        return plan
+
+    monkeypatch.setattr(adaptive, "make_plan", plan_then_flip)
+    done = run(b, server.url("b.cub"))
+    assert b.read_slot("B") == image(new)
+    assert done.counters["refetched"] == 1
+
+
+def test_server_without_range_support_falls_back_to_a_full_download(board, signer, served):
+    b = board(signer.root)
+    put(b.slot_a, image(release(1)))
+    new = next_release(release(1))
+    server = served(signer(image(new)))
+    server.faults.ignore_range = True
+    done = run(b, server.url("b.cub"))
+    assert b.read_slot("B") == image(new)
+    assert done.counters is None  # streamed whole, every block still checked
+    assert server.requests[-1]["status"] == 200
+
+
+@pytest.mark.parametrize("mode", ["first", "whole"])
+def test_server_without_multirange_gets_one_range_per_request(board, signer, served, mode):
+    b = board(signer.root)
+    put(b.slot_a, image(release(1)))
+    new = next_release(release(1))
+    server = served(signer(image(new)))
+    server.faults.multirange = mode
+    done = run(b, server.url("b.cub"))
+    assert b.read_slot("B") == image(new)
+    assert done.counters["remote"] == 12
+
+
+def test_lying_server_is_caught_by_the_chunk_check(board, signer, served):
+    b = board(signer.root)
+    put(b.slot_a, image(release(1)))
+    put(b.slot_b, b"previous content")
+    path = signer(image(next_release(release(1))))
+    server = served(path)
+    head = delta.dry_run(path, b.config(), b.boot(), lambda env: Trust(signer.root).verify(env))
+    payload_start = head["head_bytes"]
+    server.faults.lie_after = payload_start  # every range of payload bytes has a flipped byte
+    with pytest.raises(PayloadMismatch, match="chunk"):
+        run(b, server.url("b.cub"))
+    boot = b.boot().status()
+    assert boot["primary"] == "A"  # nothing switched; the slot is marked not bootable
+
+
+def test_power_cut_mid_install_resumes_without_fetching_written_blocks(board, signer, served):
+    old = release(1)
+    new = next_release(old)
+    b = board(signer.root)
+    put(b.slot_a, image(old))
+    # The power went out after the first 120 blocks of the new image reached slot B.
+    put(b.slot_b, image(new[:120]) + os.urandom(BLOCK) * 3)
+    server = served(signer(image(new)))
+    done = run(b, server.url("b.cub"))
+    assert b.read_slot("B") == image(new)
+    first = next_release(old)[:120]
+    fresh = [blk for blk in first if blk not in old]  # fetched the first time
+    assert done.counters["inactive"] >= len(fresh)
+    assert done.counters["remote"] == 12 - len(fresh)
+
+
+def test_index_not_matching_the_manifest_is_refused(board, signer, served, tmp_path):
+    b = board(signer.root)
+    put(b.slot_a, image(release(1)))
+    path = signer(image(next_release(release(1))))
+    data = bytearray(open(path, "rb").read())
+    length = fmt.parse_header(bytes(data[: fmt.HEADER_SIZE]))
+    data[fmt.HEADER_SIZE + length + 5] ^= 0x01  # a byte of the stored chunk index
+    forged = str(tmp_path / "forged.cub")
+    put(forged, bytes(data))
+    server = served(forged)
+    with pytest.raises(MalformedBundle, match="does not match its signed sha256"):
+        run(b, server.url("b.cub"))
+    assert b.read_slot("B") == b"old firmware 0.9"  # refused before a byte was written
+
+
+def test_plan_reports_bytes_a_charger_would_download(board, signer):
+    old = release(1)
+    b = board(signer.root)
+    put(b.slot_a, image(old))
+    path = signer(image(next_release(old)))
+    plan = delta.dry_run(path, b.config(), b.boot(), lambda env: Trust(signer.root).verify(env))
+    row = plan["payloads"][0]
+    assert row["blocks"]["remote"] == 12 and row["blocks"]["zero"] == 8
+    assert plan["download_bytes"] == plan["head_bytes"] + row["fetch_bytes"]
+    assert plan["download_bytes"] < plan["bundle_bytes"] / 4
+
+
+def test_installing_statuses_carry_bytes_downloaded_and_payload_size(board, signer, served):
+    from agent.control.steps import StatusProgress
+
+    b = board(signer.root)
+    put(b.slot_a, image(release(1)))
+    server = served(signer(image(next_release(release(1)))))
+    steps = []
+    progress = StatusProgress(lambda percent, sizes=None: steps.append((percent, sizes)))
+    cfg = b.config()
+    done = installer.install(
+        server.url("b.cub"), cfg, b.boot(), Trust.from_config(cfg), progress_factory=progress.start
+    )
+    assert steps[-1][0] == 100
+    assert steps[-1][1] == {"downloaded": done.counters["downloaded"], "payload_bytes": 208 * BLOCK}
+
+
+def test_cli_plan_prints_the_bytes_to_download(board, signer, capsys):
+    from agent.cli import main
+
+    b = board(signer.root)
+    put(b.slot_a, image(release(1)))
+    path = signer(image(next_release(release(1))))
+    assert main(["--config", b.config_path, "install", "--plan", path]) == 0
+    out = capsys.readouterr().out
+    assert "this charger would download" in out and "12 fetched" in out
+    assert b.read_slot("B") == b"old firmware 0.9"  # nothing written
