@@ -13,6 +13,7 @@ Runs on MicroPython: json only, times parsed here (no datetime), no reliance on 
 import json
 
 from agent.core.errors import MalformedJob, VersionMismatch, WrongModel
+from agent.core.text import is_digits
 from agent.core.timefmt import days_from_civil
 
 ID_KEYS = ("id", "job_id", "requestId")
@@ -315,7 +316,7 @@ def _parse_hhmm(text):
     if not isinstance(text, str) or len(text) != 5 or text[2] != ":":
         return None
     hh, mm = text[:2], text[3:]
-    if not (hh.isdigit() and mm.isdigit()):
+    if not (is_digits(hh) and is_digits(mm)):
         return None
     h, m = int(hh), int(mm)
     if h > 23 or m > 59:
@@ -337,13 +338,13 @@ def rfc3339_to_epoch(text):
         return None
     parts = (text[0:4], text[5:7], text[8:10], text[11:13], text[14:16], text[17:19])
     for p in parts:
-        if not p.isdigit():
+        if not is_digits(p):
             return None
     y, mo, d, h, mi, s = [int(p) for p in parts]
     rest = text[19:]
     if rest.startswith("."):
         i = 1
-        while i < len(rest) and rest[i].isdigit():
+        while i < len(rest) and is_digits(rest[i]):
             i += 1
         if i == 1:
             return None
@@ -351,7 +352,7 @@ def rfc3339_to_epoch(text):
     if rest in ("Z", "z"):
         offset = 0
     elif len(rest) == 6 and rest[0] in "+-" and rest[3] == ":":
-        if not (rest[1:3].isdigit() and rest[4:6].isdigit()):
+        if not (is_digits(rest[1:3]) and is_digits(rest[4:6])):
             return None
         offset = int(rest[1:3]) * 3600 + int(rest[4:6]) * 60
         offset = offset if rest[0] == "+" else -offset

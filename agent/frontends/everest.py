@@ -168,18 +168,12 @@ class EverestSystem:
         if handler is None:
             log.info("EVerest %s not handled", operation)
             return
-        try:
-            message = json.loads(raw.decode("utf-8")) if raw else {}
-        except (UnicodeError, ValueError):
+        request = decode_request(raw)
+        if request is None:
             log.warning("EVerest %s: payload is not JSON", operation)
             return
-        if not isinstance(message, dict) or not ({"headers", "payload"} & set(message)):
-            message = {"payload": message}  # e2m/reset carries its ResetRequest bare
-        reply_to = (message.get("headers") or {}).get("replyTo")
         # Off paho's network thread: an update request waits for the engine's answer.
-        worker = threading.Thread(
-            target=self._answer, daemon=True, args=(handler, message.get("payload"), reply_to)
-        )
+        worker = threading.Thread(target=self._answer, daemon=True, args=(handler,) + request)
         worker.start()
 
     def _answer(self, handler, payload, reply_to):
@@ -202,7 +196,7 @@ class EverestSystem:
                 interval=response.get("interval"),
                 csms_time=response.get("current_time"),
             )
-        except (UnicodeError, ValueError, KeyError, TypeError):
+        except (UnicodeError, ValueError, KeyError, TypeError, RecursionError):
             log.warning("EVerest boot_notification_response malformed: %r", raw[:200])
 
     # -- the operations -----------------------------------------------------------------------
@@ -241,6 +235,23 @@ class EverestSystem:
         log.info("EVerest asks for a reset (%s)", payload)
         if self.daemon is not None:
             self.daemon.system.reboot()
+
+
+def decode_request(raw):
+    """(payload, reply_to) of an e2m request's bytes, or None when they are not JSON.
+    reply_to is a topic (a non-empty string without MQTT wildcards) or None: whatever else a
+    request names there is no place to answer to."""
+    try:
+        message = json.loads(bytes(raw).decode("utf-8")) if raw else {}
+    except (UnicodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict) or not ({"headers", "payload"} & set(message)):
+        message = {"payload": message}  # e2m/reset carries its ResetRequest bare
+    headers = message.get("headers")
+    reply_to = headers.get("replyTo") if isinstance(headers, dict) else None
+    if not isinstance(reply_to, str) or not reply_to or "#" in reply_to or "+" in reply_to:
+        reply_to = None
+    return message.get("payload"), reply_to
 
 
 def _request_id(value):

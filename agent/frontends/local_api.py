@@ -112,11 +112,13 @@ class LocalApi:
     def handle_line(self, line):
         try:
             request = json.loads(line)
-        except ValueError:
+        # RecursionError: "[[[[..." nested deeper than the parser recurses (64 KiB allow it).
+        except (ValueError, RecursionError):
             return {"ok": False, "error": "request is not JSON"}
         if not isinstance(request, dict):
             return {"ok": False, "error": "request must be a JSON object"}
-        handler = OPS.get(request.get("op"))
+        op = request.get("op")
+        handler = OPS.get(op) if isinstance(op, str) else None  # {"op": []} is no op either
         if handler is None:
             return {"ok": False, "error": "unknown op %r; known: %s"
                     % (request.get("op"), ", ".join(sorted(OPS)))}  # fmt: skip
@@ -145,6 +147,13 @@ def _update_firmware(service, r):
     return {"status": service.update_firmware(dict((k, r.get(k)) for k in fields))}
 
 
+def _object(request, name):
+    value = request[name]
+    if not isinstance(value, dict):
+        raise ValueError("%s must be an object" % name)
+    return value
+
+
 def _ack(service, r):
     seq = r["seq"]
     if not isinstance(seq, int) or isinstance(seq, bool):
@@ -171,7 +180,7 @@ OPS = {
         "status": s.install_certificate(r["certificate_type"], r["certificate"])
     },
     "delete_certificate": lambda s, r: {
-        "status": s.delete_certificate(r["certificate_hash_data"])
+        "status": s.delete_certificate(_object(r, "certificate_hash_data"))
     },
     "get_installed_certificate_ids": _ids,
 }  # fmt: skip

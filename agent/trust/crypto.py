@@ -10,7 +10,7 @@ import hashlib
 import os
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -158,7 +158,29 @@ def load_certs_pem(data, what="certificate"):
         raise MalformedBundle("%s is not PEM X.509: %s" % (what, e)) from None
     if not certs:
         raise MalformedBundle("%s holds no certificate" % what)
+    for cert in certs:
+        _parse_fields(cert, what)
     return certs
+
+
+# What cryptography raises when a lazily parsed field of a loaded certificate is malformed.
+FIELD_ERRORS = (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType,
+                UnsupportedAlgorithm)  # fmt: skip
+
+
+def _parse_fields(cert, what):
+    """cryptography parses a certificate's DER lazily: a PEM from the network can load and
+    then raise from `.subject` in the middle of an error message. Every field the checks read
+    is parsed here, so a malformed one is MalformedBundle at load time."""
+    try:
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        _ = (cert.not_valid_before_utc, cert.not_valid_after_utc)
+        list(cert.extensions)
+        cert.public_key()
+        cert.fingerprint(hashes.SHA256())
+    except FIELD_ERRORS as e:
+        raise MalformedBundle("%s is malformed X.509: %s" % (what, e)) from None
 
 
 def utcnow(now):

@@ -32,6 +32,8 @@ class Faults:
         self.declare_length = None  # Content-Length to announce instead of the real one
         self.redirects = {}  # url path -> Location to answer with 302
         self.trickle_s = None  # send the body one byte per this many seconds, until `release`
+        self.trickle_from = 0  # only answers starting at or after this byte trickle
+        self.failed = threading.Event()  # set when a fail_first answer (503) went out
         self.trickling = threading.Event()  # set when a trickled body starts
         self.hung_up = threading.Event()  # set when a client hangs up on a trickled body
         # Requests for several ranges: "multipart" (RFC 9110 multipart/byteranges), "first"
@@ -125,7 +127,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         if srv.take("fail_first"):
             record["status"] = 503
-            return self.send_error(503, "busy, try later")
+            self.send_error(503, "busy, try later")
+            srv.faults.failed.set()
+            return
         body = srv.files.get(self.path.lstrip("/"))
         if body is None:
             record["status"] = 404
@@ -222,7 +226,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         srv = self.server
         with srv.lock:
             srv.body_bytes += size - start
-        if srv.faults.trickle_s is not None:
+        if srv.faults.trickle_s is not None and start >= srv.faults.trickle_from:
             return self._trickle(body, start, size)
         budget = None
         if srv.faults.drop_after is not None and srv.take("drop_times"):

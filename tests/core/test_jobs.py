@@ -165,3 +165,22 @@ def test_replayed_job_id_is_remembered_across_the_journal():
     assert [restored.seen(i) for i in ("a", "b", "c", "d")] == [False, True, True, True]
     restored.remember("b")
     assert restored.to_list() == ["b", "c", "d"]
+
+
+@pytest.mark.parametrize("field", ["deadline", "retrieve_at", "install_at"])
+@pytest.mark.parametrize("digit", ["\u00b2", "\u0662", "\uff12"])
+def test_job_time_with_a_unicode_digit_is_malformed_job(field, digit):
+    """Found by fuzzing: '²'.isdigit() is true and int('²') raises ValueError, which escaped
+    parse_job (the daemon reported an internal error). Arabic-Indic and fullwidth digits,
+    which int() would take, are no time either."""
+    raw = json.dumps({"id": "j", "url": "https://x/b.cub", "version": "1",
+                      field: digit + "026-01-01T00:00:00Z"}).encode()  # fmt: skip
+    with pytest.raises(MalformedJob, match="RFC 3339"):
+        parse_job(raw, DEVICE)
+
+
+def test_job_window_with_a_unicode_digit_is_malformed_job():
+    raw = json.dumps({"id": "j", "url": "https://x/b.cub", "version": "1",
+                      "window": {"start": "\u00b22:00", "end": "04:00"}}).encode()  # fmt: skip
+    with pytest.raises(MalformedJob):
+        parse_job(raw, DEVICE)

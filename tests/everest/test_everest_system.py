@@ -99,3 +99,16 @@ def test_everest_requests_without_a_signature_are_rejected(everest):
     assert double.update_firmware(unsigned) == "Rejected"
     assert double.request("is_reset_allowed", "Soft") is True
     assert double.violations == []
+
+
+def test_everest_location_naming_a_local_file_never_reads_it(everest):
+    """A CSMS (through libocpp) names file:///etc/passwd (review #12): the request is taken
+    (the signing certificate is valid) and ends DownloadFailed; nothing outside
+    [download] file_dir is read, and this board has none."""
+    rig, double = everest
+    fw = dict(rig.ocpp_release("1.5.0"), location="file:///etc/passwd")
+    assert double.update_firmware(request(rig, 42, fw)) == "Accepted"
+    final = double.wait_status(42, FINAL, timeout=60)
+    assert final[1] == "DownloadFailed", double.statuses
+    assert "Downloaded" not in double.names(42)
+    assert double.violations == []

@@ -54,7 +54,7 @@ def _slots(doc, found):
 def json_mutate(data, pick, value, drop):
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # a crash seed may be nested that deep
         return data
     if not isinstance(doc, (dict, list)):
         return data

@@ -6,13 +6,16 @@ finding. Seed inputs and any crashing inputs found live in tests/fuzz/corpus/<ta
 """
 
 import binascii
+import hashlib
 import io
 import json
 import os
 import struct
 
+from agent.bundle import chunked
 from agent.bundle import format as fmt
-from agent.bundle.reader import check_payload, open_bundle
+from agent.bundle.reader import check_payload, open_bundle, read_exact, read_indexes
+from agent.core import chunkindex as ci
 from agent.core import keyring
 from agent.core.envelope import parse_envelope
 from agent.core.errors import (
@@ -27,6 +30,7 @@ from agent.core.jobs import job_from_dict, parse_job
 from agent.core.manifest import parse_manifest
 from bootloader_iface import grubenv, uboot_env
 from bootloader_iface.booted import slot_from_cmdline
+from tests.fuzz import frontends
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 DEVICE = {"model": "ACME-AC22"}
@@ -54,12 +58,51 @@ class Target:
 
 
 def bundle_head(data):
-    """Header, envelope and manifest, then every payload's bytes against the manifest."""
+    """Header, envelope and manifest, then (format 2) the chunk indexes, then every payload's
+    bytes against the manifest: what `bundle verify` reads, without the signatures."""
     stream = io.BytesIO(data)
     fmt.parse_header(data[: fmt.HEADER_SIZE]) if len(data) >= fmt.HEADER_SIZE else None
     manifest, _ = open_bundle(stream.read)
+    indexes = read_indexes(stream.read, manifest)
     for payload in manifest.payloads:
-        check_payload(stream.read, payload, chunk_size=4096)
+        if payload.name in indexes:
+            blocks = chunked.stream_blocks(
+                lambda n: read_exact(stream.read, n, "payload"), payload, indexes[payload.name]
+            )
+            for _ in blocks:
+                pass
+        else:
+            check_payload(stream.read, payload, chunk_size=4096)
+
+
+class _IndexedPayload:
+    """The manifest fields a chunk index is checked against, its sha256 signed as given."""
+
+    def __init__(self, stored, installed_size, size):
+        self.name = "rootfs"
+        self.index = {"sha256": hashlib.sha256(stored).hexdigest(), "size": len(stored)}
+        self.installed_size = installed_size
+        self.size = size
+
+
+def chunk_index(data):
+    """A format-2 payload's chunk index: 8 bytes installed size and 8 bytes stored size (the
+    manifest's), then the index as stored (zstd). The same bytes are also parsed as an
+    uncompressed index, so mutations reach the field checks behind the decompression."""
+    if len(data) < 16:
+        return
+    installed, size = struct.unpack(">QQ", data[:16])
+    installed %= 1 << 24  # a signer's installed size bounds the inflating; keep runs small
+    stored = bytes(data[16:])
+    payload = _IndexedPayload(stored, installed, size)
+    for parse in (chunked.read_index, ci.parse_index):
+        try:
+            index = parse(stored, payload)
+        except MalformedBundle:
+            continue
+        assert index.count * index.block_size >= installed > (index.count - 1) * index.block_size
+        assert index.stored_size == size and len(index.lengths) == index.count
+        assert all(n <= index.block_length(i) for i, n in enumerate(index.lengths))
 
 
 def envelope(data):
@@ -120,7 +163,15 @@ TARGETS = {
     "grubenv": Target(grubenv_block, (BootEnvError,)),
     "fw-env-config": Target(fw_env_config, (BootEnvError,)),
     "kernel-cmdline": Target(kernel_cmdline, (BootEnvError,)),
-}
+    "chunk-index": Target(chunk_index, (MalformedBundle,)),
+    "local-api": Target(frontends.local_api_line, frontends.ALLOWED["local-api"], True),
+    "ocpp-update-firmware": Target(frontends.ocpp_update_firmware,
+                                   frontends.ALLOWED["ocpp-update-firmware"], True),
+    "everest-request": Target(frontends.everest_request, frontends.ALLOWED["everest-request"],
+                              True),
+    "mqtt-job-message": Target(frontends.mqtt_job_message,
+                               frontends.ALLOWED["mqtt-job-message"], True),
+}  # fmt: skip
 
 
 def corpus_files(name):

@@ -361,3 +361,16 @@ def test_new_request_while_installing_is_accepted_canceled(station201):
     assert c.statuses(241)[-1] == "Installing"  # nothing more for the cancelled request
     row = c.settled(242, "Committed")
     assert row["slots"][row["booted"]]["version"] == "1.%d.0" % c.versions
+
+
+def test_csms_location_naming_a_local_file_never_reads_it(station201):
+    # Issue 11 #12 through OCPP: UpdateFirmware's location is file:///etc/passwd. The request
+    # is taken (its signing certificate is valid), the download fails at once as bad-source
+    # (not retried), and nothing outside [download] file_dir is read (this station has none).
+    c = station201
+    c.begin()
+    fw = dict(c.release(), location="file:///etc/passwd")
+    assert c.update(43, fw, retries=3, interval=1) == "Accepted"
+    assert c.wait_status(43, FINAL)["status"] == "DownloadFailed"
+    assert c.statuses(43) == ["Downloading", "DownloadFailed"]  # a permanent error: no retry
+    c.settled(43, "DownloadFailed")

@@ -204,7 +204,8 @@ def test_stop_cuts_a_back_off_short(server):
         done.set()
 
     threading.Thread(target=worker, daemon=True).start()
-    stopper.stop(NetworkError("deadline"))
+    assert server.faults.failed.wait(10), "the server was never asked"
+    stopper.stop(NetworkError("deadline"))  # the source now sits in a back-off of up to 600 s
     assert done.wait(10), "the back-off outlived the stop"
     assert "deadline" in str(outcome["error"])
 

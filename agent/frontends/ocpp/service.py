@@ -103,6 +103,10 @@ class FirmwareService:
         if not isinstance(request_id, int) or isinstance(request_id, bool):
             return "Rejected"
         cert, signature = req.get("signing_certificate"), req.get("signature")
+        if not all(v is None or isinstance(v, str) for v in (cert, signature)):
+            log.warning("request %s refused: signing certificate and signature must be text",
+                        request_id)  # fmt: skip
+            return "Rejected"
         if not cert or not signature:
             if self.options["secure_only"] or cert or signature:
                 log.warning("request %s refused: no signing certificate and signature "
