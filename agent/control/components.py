@@ -4,7 +4,10 @@ them at the commit, bring them back to the old slot's release on a rollback.
 Invariant: the running record of an MCU (agent/state/components.py) says "unknown" from
 before the first byte is written until the MCU answers with the new version, so every
 decision after a power cut (agent/core/components.py) treats a half-written MCU as one that
-must be written again, with the image kept for that slot's release.
+must be written again, with the image kept for that slot's release. Every MCU write and
+confirm holds the state dir's lock (agent/state/statedir.py), like a slot write: two
+writers (the trial's flash and a rollback's restore, or another process) never interleave
+on one MCU; the second gets StateBusy naming the first.
 """
 
 import hashlib
@@ -14,6 +17,7 @@ from agent.components import ComponentError, adapter, wait_version
 from agent.core import components as core
 from agent.core.errors import ConfigError, PayloadMismatch
 from agent.state.components import ComponentStore
+from agent.state.statedir import StateLock
 
 log = logging.getLogger("charger-update")
 
@@ -31,6 +35,11 @@ def _image(store, slot, name, mcu):
 
 def flash(cfg, slot, stack, progress=None):
     """Write every MCU image of `slot`'s release the MCU does not already run: evidence."""
+    with StateLock(cfg.state_dir, "writing the MCUs of slot %s's release" % slot):
+        return _flash(cfg, slot, stack, progress)
+
+
+def _flash(cfg, slot, stack, progress):
     store = ComponentStore(cfg.state_dir)
     mcus = store.release(slot)["mcus"]
     recorded = store.running()
@@ -54,13 +63,19 @@ def flash(cfg, slot, stack, progress=None):
 def confirm(cfg, slot, stack):
     """The commit: every MCU keeps the image it runs (MCUboot: image confirm)."""
     store = ComponentStore(cfg.state_dir)
-    for name, mcu in sorted(store.release(slot)["mcus"].items()):
-        adapter(mcu["id"], cfg, stack).confirm()
-        store.set_running(name, mcu["version"], True)
+    with StateLock(cfg.state_dir, "confirming the MCUs of slot %s's release" % slot):
+        for name, mcu in sorted(store.release(slot)["mcus"].items()):
+            adapter(mcu["id"], cfg, stack).confirm()
+            store.set_running(name, mcu["version"], True)
 
 
 def restore(cfg, slot, stack, progress=None):
     """The rollback: bring every MCU back to the release of `slot` (the old one)."""
+    with StateLock(cfg.state_dir, "restoring the MCUs of slot %s's release" % slot):
+        return _restore(cfg, slot, stack, progress)
+
+
+def _restore(cfg, slot, stack, progress):
     store = ComponentStore(cfg.state_dir)
     mcus = store.release(slot)["mcus"]
     recorded = store.running()
