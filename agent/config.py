@@ -27,7 +27,9 @@ DOWNLOAD_DEFAULTS = {
     "backoff_max_s": 60.0,
     "max_rate": 0,  # bytes per second; 0 means unlimited
     "ca_file": "",  # extra CA bundle for https; system store otherwise
-    "chunk_size": 1 << 20,
+    # 512 KiB: two queued per pipeline stage keep hashing and the writes overlapped at the
+    # medium's speed, and an install stays under 40 MiB peak RSS (docs/transfer.md).
+    "chunk_size": 1 << 19,
     "max_time_s": 6 * 3600.0,  # a whole transfer (one source opened); 0 means unbounded
     "file_dir": "",  # file: job URLs may name regular files under it; "" turns them off
     "delta": True,  # format-2 bundles: fetch only the blocks neither slot has (ranges)
@@ -61,6 +63,7 @@ class Config:
         self.state_dir = self.resolve(state)
         statedir.check_not_on_slot(self.state_dir, self.slots, self.path)
         self.download = self._download()
+        self.readback = self._readback()
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -107,7 +110,29 @@ class Config:
                 hint='add %s = "/dev/..." under [slots.%s]' % (slot_class, slot),
             ) from None
 
+    def reads_back(self, slot_class):
+        """Whether an install reads `slot_class` back after writing it ([readback], default
+        true). MCU images kept in the state dir are always read back."""
+        return self.readback.get(slot_class, True)
+
     # -- validation ---------------------------------------------------------------------------
+
+    def _readback(self):
+        """[readback] SLOT_CLASS = false: a medium whose read-back costs more than it is
+        worth (docs/transfer.md) is written without it; the install says so, never silently."""
+        table = self._table("readback", required=())
+        classes = set(c for targets in self.slots.values() for c in targets)
+        for slot_class, value in table.items():
+            if slot_class not in classes:
+                raise self._error(
+                    "[readback] names slot class %r, which no slot has" % slot_class,
+                    hint="use one of: %s" % ", ".join(sorted(classes)),
+                )
+            if not isinstance(value, bool):
+                raise self._error(
+                    "[readback] %s must be true or false, not %r" % (slot_class, value)
+                )
+        return table
 
     def _error(self, message, hint=None):
         return ConfigError("%s: %s" % (self.path, message), hint=hint)

@@ -12,6 +12,7 @@ every case runs as its own process:
   install       `charger-update install SOURCE` as a charger runs it (a wheel install of this
                 tree, tests/bench_process.py): start-up, signature and policy checks,
                 streaming, fsync, the read-back of the slot, the boot switch
+  install-norb  the same with `[readback] rootfs = false` (the per-slot choice, docs/transfer.md)
   copy+slot     in-process: the bundle's bytes through the installer's slot writer, no
                 hashing (the install path's own I/O)
   verified      in-process: agent.transfer.installer.install without the read-back
@@ -40,15 +41,16 @@ import tempfile
 import time
 from urllib.parse import urlsplit
 
+from agent.config import DOWNLOAD_DEFAULTS
 from tests import bench_process as bp
 
 MiB = 1 << 20
-CHUNK = MiB
+CHUNK = DOWNLOAD_DEFAULTS["chunk_size"]  # what a charger's install uses
 # Issue 12's targets, as ratios to `dd bs=1M conv=fsync` in the same run: (case, MiB) -> ratio.
-TARGETS = {("install", 1024): 0.85, ("install", 256): 0.7}
+TARGETS = {("install", 1024): 0.85, ("install", 256): 0.7, ("install-norb", 1024): 0.95}
 RSS_LIMIT_MIB = 40
 BUSY_SHARE = 0.15  # CPU share other processes used before the run: above it, rerun
-PROCESS_CASES = ("dd", "dd-direct", "install")  # whole processes
+PROCESS_CASES = ("dd", "dd-direct", "install", "install-norb")  # whole processes
 CASES = PROCESS_CASES + ("copy+slot", "verified", "verified+rb")
 FILE_ONLY = ("dd", "dd-direct")  # dd copies files only
 
@@ -112,6 +114,9 @@ def make_bundle(workdir, payload_path, target):
     config_path = os.path.join(workdir, "agent.toml")
     with open(config_path, "w") as f:
         f.write(BOARD % {"model": MODEL, "hw": HW, "target": target, "chunk": CHUNK})
+    with open(norb_config(config_path), "w") as f:
+        f.write(BOARD % {"model": MODEL, "hw": HW, "target": target, "chunk": CHUNK})
+        f.write("[readback]\nrootfs = false\n")
     return bundle, config_path
 
 
@@ -195,7 +200,14 @@ def process_command(case, source, target, config_path, cu):
     if case == "dd-direct":
         return [bp.tool("dd"), "if=" + source, "of=" + target, "bs=1M", "oflag=direct",
                 "status=none"]  # fmt: skip
+    if case == "install-norb":
+        config_path = norb_config(config_path)
     return [cu, "--config", config_path, "install", source]
+
+
+def norb_config(config_path):
+    """The bench board's config with the read-back turned off for its slot class."""
+    return config_path[: -len(".toml")] + "-norb.toml"
 
 
 def run_child(case, source, payload, target, config_path, cu=None):
@@ -259,7 +271,7 @@ def summarise(size_mib, kind, case, results, base_results, size_bytes):
 
 
 def table(rows):
-    head = "%-5s %-4s %-11s %9s %15s %6s %13s %8s %5s" % (
+    head = "%-5s %-4s %-12s %9s %15s %6s %13s %8s %5s" % (
         "MiB", "src", "case", "MiB/s", "(min-max)", "ratio", "(min-max)", "peakRSS", "cores",
     )  # fmt: skip
     lines = [head, "-" * len(head)]
@@ -268,7 +280,7 @@ def table(rows):
         rates = "(%.0f-%.0f)" % (r["rate_lo"], r["rate_hi"])
         ratios = "(%.2f-%.2f)" % (r["ratio_lo"], r["ratio_hi"])
         lines.append(
-            "%-5d %-4s %-11s %9.1f %15s %6.3f %13s %s %5.2f"
+            "%-5d %-4s %-12s %9.1f %15s %6.3f %13s %s %5.2f"
             % (
                 r["size"],
                 r["src"],

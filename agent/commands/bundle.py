@@ -1,4 +1,8 @@
-"""`charger-update bundle create|verify|inspect`: build, check and look into signed bundles."""
+"""`charger-update bundle create|verify|inspect`: build, check and look into signed bundles.
+
+The bundle, crypto and trust modules are imported inside the commands, not at the top: every
+`charger-update` run, `--help` included, registers this module (start-up cost, issue 12).
+"""
 
 import json
 import os
@@ -6,15 +10,9 @@ import stat
 import sys
 
 from agent import config as config_mod
-from agent.bundle import format as fmt
-from agent.bundle import ocpp
-from agent.bundle.reader import open_bundle, verify_file
-from agent.bundle.writer import PayloadSource, create_bundle
 from agent.commands._args import add_expires, check_output, read_input
 from agent.commands._text import printable
 from agent.core.errors import BadSource, ConfigError
-from agent.trust import crypto
-from agent.trust.store import Trust
 
 
 def register(subparsers):
@@ -82,6 +80,8 @@ def register(subparsers):
 
 
 def parse_payload_spec(spec):
+    from agent.bundle.writer import PayloadSource
+
     compression = "none"
     for suffix in (":gzip", ":none", ":zstd-chunks"):
         if spec.endswith(suffix):
@@ -96,6 +96,8 @@ def parse_payload_spec(spec):
 
 
 def parse_mcu_spec(spec):
+    from agent.bundle.writer import PayloadSource
+
     parts = spec.split(":", 5)
     try:
         if len(parts) != 6 or not all(parts):
@@ -128,6 +130,9 @@ def parse_components(specs, manifest_payloads, version):
 
 
 def create(args):
+    from agent.bundle.writer import create_bundle
+    from agent.trust import crypto
+
     compatible = [{"model": m, "hardware_revisions": list(args.hw_rev)} for m in args.model]
     sources = [parse_payload_spec(s) for s in args.payload] + [parse_mcu_spec(s) for s in args.mcu]
     if not sources:
@@ -160,6 +165,9 @@ def create(args):
 
 
 def verify(args):
+    from agent.bundle.reader import verify_file
+    from agent.trust.store import Trust
+
     if args.root:
         trust = Trust(args.root)
     else:
@@ -193,6 +201,9 @@ def check_bundle_file(path):
 def describe(path):
     """Everything in the bundle's head, UNVERIFIED, as a JSON-ready dict."""
     check_bundle_file(path)
+    from agent.bundle import format as fmt
+    from agent.bundle.reader import open_bundle
+
     with open(path, "rb") as f:
         manifest, envelope = open_bundle(f.read)
     length = len(envelope.raw)
@@ -246,6 +257,8 @@ def inspect(args):
 
 
 def verify_ocpp(args):
+    from agent.bundle import ocpp
+
     root_path = args.mfr_root
     if not root_path:
         cfg = config_mod.load(args.config)

@@ -32,7 +32,7 @@ def register(subparsers):
 
 def run(args):
     from agent.state.statedir import StateLock
-    from agent.transfer.installer import install
+    from agent.transfer.installer import install, without_readback
     from agent.transfer.progress import Progress
     from agent.trust.store import Trust
     from bootloader_iface import open_from_config
@@ -46,9 +46,13 @@ def run(args):
         progress_factory=lambda total, label: Progress(total, label),
     )  # fmt: skip
     m = done.manifest
+    unread = without_readback(m, cfg)
+    checked = "read back OK"
+    if unread:
+        checked = "NOT read back: %s ([readback] in the config)" % ", ".join(unread)
     print(
-        "installed %s (security version %d) into slot %s; read back OK"
-        % (m.version, m.security_version, done.slot)
+        "installed %s (security version %d) into slot %s; %s"
+        % (m.version, m.security_version, done.slot, checked)
     )
     if done.counters:
         c = done.counters

@@ -3,6 +3,9 @@
 A root lists keys and two roles, `root` (signs roots) and `release` (signs bundles), each with
 a threshold. Rotation: create version N+1, sign it with a threshold of N's root keys and of
 its own; devices apply it with `root update`.
+
+The signing and trust modules are imported inside the commands: every `charger-update` run,
+`--help` included, registers this module (start-up cost, issue 12).
 """
 
 import json
@@ -10,14 +13,11 @@ import sys
 import time
 
 from agent import config as config_mod
-from agent.bundle.writer import sign_envelope
 from agent.commands._args import add_expires, positive_int, read_input, write_output
 from agent.commands._text import printable
 from agent.core import keyring, timefmt
 from agent.core.envelope import ROOT_TYPE, b64encode, parse_envelope
 from agent.core.errors import UpdateError
-from agent.trust import crypto
-from agent.trust.store import Trust
 
 
 def register(subparsers):
@@ -49,6 +49,8 @@ def register(subparsers):
 
 
 def _key_entry(key):
+    from agent.trust import crypto
+
     return {"keytype": crypto.keytype_of(key), "public": b64encode(crypto.public_der(key))}
 
 
@@ -56,6 +58,8 @@ def root_fields(
     root_keys, release_keys, root_threshold, release_threshold, version, expires, created=None
 ):
     """The root's JSON fields; `created` (epoch s, optional) becomes a device's floor of time."""
+    from agent.trust import crypto
+
     keys = dict((crypto.keyid(k), _key_entry(k)) for k in list(root_keys) + list(release_keys))
     fields = {
         "type": "root",
@@ -76,6 +80,9 @@ def root_fields(
 
 
 def create(args):
+    from agent.bundle.writer import sign_envelope
+    from agent.trust import crypto
+
     if args.threshold is not None:
         args.root_threshold = args.release_threshold = args.threshold
     fields = root_fields(
@@ -100,6 +107,8 @@ def _load(path):
 
 
 def sign(args):
+    from agent.trust import crypto
+
     envelope = _load(args.file)
     for path in args.key:
         key = crypto.load_private(path)
@@ -112,6 +121,8 @@ def sign(args):
 
 
 def show(args):
+    from agent.trust import crypto
+
     envelope = _load(args.file)
     root = keyring.parse_root(envelope.payload)
     try:
@@ -143,6 +154,7 @@ def show(args):
 
 def update(args):
     from agent.state.statedir import StateLock
+    from agent.trust.store import Trust
     from bootloader_iface import open_from_config
 
     cfg = config_mod.load(args.config)

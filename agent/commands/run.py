@@ -37,7 +37,9 @@ def build(cfg):
     if cfg.bootloader.get("cmdline"):  # where the booted slot is read, the reset cause too
         system_opts.setdefault("cmdline", cfg.bootloader["cmdline"])
     system = System(system_opts, cfg.resolve)
-    trust = Trust.from_config(cfg, boot=boot)
+    # Root signatures are checked at the first job, not at start: an idle daemon then never
+    # loads `cryptography` (docs/transfer.md, idle figures).
+    trust = Trust.from_config(cfg, boot=boot, lazy=True)
     return Daemon(cfg, boot, channel, stack, trust, system,
                   frontends=frontends_from_config(cfg))  # fmt: skip
 

@@ -22,8 +22,6 @@ import time
 
 from agent.checks import TrialContext, job_check_names, load_checks
 from agent.checks.alarms import baseline as alarm_baseline
-from agent.control import components as mcu_steps
-from agent.control import steps
 from agent.control.frontends import Frontends, boot_reason
 from agent.control.observation import Observer
 from agent.control.reporting import Reporter
@@ -38,8 +36,7 @@ from agent.state.history import History
 from agent.state.journal import Journal
 from agent.state.slotstate import SlotState
 from agent.state.statedir import StateLock
-from agent.transfer.fetch import Stopper
-from agent.trust.manufacturer import ManufacturerRoots
+from agent.transfer.stopper import DeadlinePassed, StepAbandoned, Stopper
 
 log = logging.getLogger("charger-update")
 
@@ -64,6 +61,22 @@ class Abandoned(Transient):
     reason = "abandoned"
 
 
+def _steps():
+    """agent.control.steps, imported at the first job, not at start: the bundle, transfer and
+    X.509 code behind it is most of the agent's memory, and an idle charger needs none of it
+    (docs/transfer.md, idle figures)."""
+    from agent.control import steps
+
+    return steps
+
+
+def _mcu_steps():
+    """agent.control.components, imported when a release has MCUs (same reason as _steps)."""
+    from agent.control import components
+
+    return components
+
+
 class Daemon:
     """cfg: agent Config; boot: BootControl; channel: MqttChannel/FakeChannel; stack: a
     ChargingStack; trust: agent.trust.store.Trust; system: reboot()/pet()/local_offset_s()
@@ -73,7 +86,7 @@ class Daemon:
                  frontends=()):  # fmt: skip
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
         self.frontends = Frontends(frontends)
-        self.roots = ManufacturerRoots.from_config(cfg)
+        self._roots = None  # OCPP firmware-signing roots, loaded at the first job that needs them
         self.trust, self.system, self.clock = trust, system, clock
         self.rng = rng or random.Random()
         trial = cfg.section("trial")
@@ -111,6 +124,14 @@ class Daemon:
 
     # -- life cycle -----------------------------------------------------------------------------
 
+    @property
+    def roots(self):
+        if self._roots is None:
+            from agent.trust.manufacturer import ManufacturerRoots
+
+            self._roots = ManufacturerRoots.from_config(self.cfg)
+        return self._roots
+
     def subscribe(self):
         """Jobs and cancels are acknowledged to the broker only once handled, i.e. after the
         journal write that remembers them: a power cut before that gets them redelivered."""
@@ -142,7 +163,7 @@ class Daemon:
                 # every reconnect: a broker restarted without persistence lost the retained row.
                 seen_connections = connections
                 self.publish_inventory()
-        self.stopper.stop(steps.StepAbandoned("the agent is stopping"))
+        self.stopper.stop(StepAbandoned("the agent is stopping"))
         self.frontends.stop()
         self.channel.stop()
 
@@ -206,7 +227,7 @@ class Daemon:
         stop its transfer (socket shut, back-off cut) so the worker thread ends too."""
         self.step_id += 1
         self.busy = False
-        self.stopper.stop(steps.StepAbandoned("the step was abandoned"))
+        self.stopper.stop(StepAbandoned("the step was abandoned"))
 
     def _transfer_deadline(self):
         """The job's deadline while its download, verify or install runs in a worker."""
@@ -223,7 +244,7 @@ class Daemon:
         deadline = self._transfer_deadline()
         if deadline is not None and self.clock() >= deadline:
             job, state = self.journey.job, self.journey.state
-            self.stopper.stop(steps.DeadlinePassed(
+            self.stopper.stop(DeadlinePassed(
                 "job %s: its deadline passed while %s" % (job.id, lc.status_of(state))
             ))  # fmt: skip
 
@@ -540,11 +561,11 @@ class Daemon:
         self.flash_slot = slot  # written by the checks' worker, before the checks run
 
     def do_confirm_components(self, slot):
-        mcu_steps.confirm(self.cfg, slot, self.stack)
+        _mcu_steps().confirm(self.cfg, slot, self.stack)
 
     def do_restore_components(self, slot):
         # On the loop thread: RolledBack is reported only once the MCUs match the old release.
-        done = mcu_steps.restore(self.cfg, slot, self.stack, lambda *a: self.system.pet())
+        done = _mcu_steps().restore(self.cfg, slot, self.stack, lambda *a: self.system.pet())
         if done:
             log.info("MCUs back to slot %s's release: %s", slot, done)
 
@@ -590,7 +611,7 @@ class Daemon:
         def run():
             try:
                 result = fn(stopper)
-            except steps.LOCAL_ERRORS as e:  # the board's state: the loop recovers, retries
+            except _steps().LOCAL_ERRORS as e:  # the board's state: the loop recovers, retries
                 result = ("local-error", e)
             except Exception as e:  # a bug in an adapter or OEM code must not kill the daemon
                 log.exception("step failed")
@@ -606,15 +627,15 @@ class Daemon:
 
     def _download(self, stopper):
         job = self.journey.job
-        event, info, learned = steps.fetch(job, self.cfg, stopper)
+        event, info, learned = _steps().fetch(job, self.cfg, stopper)
         self.fetched = (job.id, learned)
         return ("result", event, info)
 
     def _verify(self, stopper):
         job = self.journey.job
         learned = self.fetched[1] if self.fetched and self.fetched[0] == job.id else None
-        return ("result",) + steps.check(job, learned, self.cfg, self.trust, self.roots,
-                                         self.clock(), self.slots, stopper)  # fmt: skip
+        return ("result",) + _steps().check(job, learned, self.cfg, self.trust, self.roots,
+                                            self.clock(), self.slots, stopper)  # fmt: skip
 
     def _install(self, stopper):
         job, step_id = self.journey.job, self.step_id
@@ -627,9 +648,9 @@ class Daemon:
             if step_id != self.step_id:  # superseded: stop writing at this chunk
                 raise Abandoned("install of job %s abandoned" % job.id)
 
-        progress = steps.StatusProgress(on_step, check)
-        return ("result",) + steps.write(job, self.cfg, self.boot, self.trust, self.roots,
-                                         self.clock(), progress, stopper)  # fmt: skip
+        progress = _steps().StatusProgress(on_step, check)
+        return ("result",) + _steps().write(job, self.cfg, self.boot, self.trust, self.roots,
+                                            self.clock(), progress, stopper)  # fmt: skip
 
     def _run_checks(self, stopper):
         data, job = self.journey.data, self.journey.job
@@ -647,7 +668,7 @@ class Daemon:
         names = self.journey.policy().required_checks
         if ctx.components.get("problem"):
             names = [n for n in names if n == "components"] or names  # the rest cannot pass
-        results = steps.run_checks(ctx, names, reported, self.policy.required_checks)
+        results = _steps().run_checks(ctx, names, reported, self.policy.required_checks)
         verdict = "pass" if all(r[0] for r in results.values()) else "fail"
         self.publish_health("trial", results, verdict)
         return ("checks", results)
@@ -657,7 +678,7 @@ class Daemon:
         if slot is None:
             return {}
         try:
-            return mcu_steps.flash(self.cfg, slot, self.stack, lambda *a: self.system.pet())
+            return _mcu_steps().flash(self.cfg, slot, self.stack, lambda *a: self.system.pet())
         except UpdateError as e:
             log.error("MCU write failed: %s", e)
             return {"problem": "MCU write failed: %s" % e.message, "reason": e.reason}

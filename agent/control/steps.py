@@ -33,6 +33,7 @@ from agent.core.errors import (
 from agent.transfer import installer, wholefile
 from agent.transfer.fetch import open_job_source
 from agent.transfer.ranges import open_job_ranges
+from agent.transfer.stopper import DeadlinePassed, StepAbandoned
 from agent.trust.manufacturer import CertificateProblem
 
 log = logging.getLogger("charger-update")
@@ -40,18 +41,6 @@ SIGNATURE_ERRORS = (BadSignature, UnknownKey, CertificateProblem)
 # The board's own state is unreadable (boot env, slot records, floors): not the bundle's fault.
 # These escape the step; the daemon stops the step and retries it once someone repaired it.
 LOCAL_ERRORS = (BootEnvError, ConfigError)
-
-
-class DeadlinePassed(Rejected):
-    """The job's deadline passed while its download or install was running."""
-
-    reason = "deadline"
-
-
-class StepAbandoned(Rejected):
-    """The daemon dropped the step (cancel, a failed action, shutdown): its worker stops."""
-
-    reason = "abandoned"
 
 
 # Failures of getting the bytes, whichever step meets them: never an invalid signature.
@@ -98,11 +87,15 @@ def install(url, cfg, boot, trust, now, progress, version=None, stopper=None):
     """The streamed or by-ranges install of a job's bundle; every byte comes through the job
     URL rules (open_job_source, open_job_ranges) and the step's stopper."""
     try:
-        installer.install(
+        done = installer.install(
             url, cfg, boot, trust, now=now, progress_factory=progress.start,
             source_opener=functools.partial(open_job_source, stopper=stopper), version=version,
             ranges_opener=functools.partial(open_job_ranges, stopper=stopper),
         )  # fmt: skip
+        unread = installer.without_readback(done.manifest, cfg)
+        if unread:  # the config's choice, said where the operator reads the install's log
+            log.warning("slot %s: %s written without read-back ([readback] in %s)",
+                        done.slot, ", ".join(unread), cfg.path)  # fmt: skip
         return lc.INSTALL_OK, {}
     except LOCAL_ERRORS:
         raise

@@ -32,6 +32,7 @@ from urllib.parse import urljoin, urlsplit
 
 from agent.config import DOWNLOAD_DEFAULTS
 from agent.core.errors import BadSource, NetworkError, PayloadMismatch, Truncated
+from agent.transfer.stopper import Stopper  # noqa: F401 - also imported from here
 
 PROGRESS_RESET = 64 * 1024
 MAX_REDIRECTS = 5
@@ -67,32 +68,6 @@ class RateLimiter:
             # twice, so a fake clock gives an exact schedule.
             self.last = self.clock()
             self.tokens = 0.0
-
-
-class Stopper:
-    """Stops the transfers of one step from another thread (the daemon: cancel, job deadline).
-    Sources opened with it attach themselves; one opened after the stop fails at once."""
-
-    def __init__(self):
-        self.error = None
-        self._sources = []
-        self._lock = threading.Lock()
-
-    def attach(self, source):
-        with self._lock:
-            self._sources.append(source)
-            error = self.error
-        if error is not None:
-            source.stop(error)
-
-    def stop(self, error):
-        with self._lock:
-            if self.error is not None:
-                return
-            self.error = error
-            sources = list(self._sources)
-        for source in sources:
-            source.stop(error)
 
 
 class Source:

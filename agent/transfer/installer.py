@@ -64,10 +64,18 @@ def plan(manifest, cfg, slot):
             store.prepare(slot)
             target = slotio.SlotTarget(store.image_path(slot, payload.component))
         else:
-            target = slotio.SlotTarget(cfg.slot_target(slot, payload.slot_class))
+            target = slotio.SlotTarget(cfg.slot_target(slot, payload.slot_class),
+                                       readback=cfg.reads_back(payload.slot_class))  # fmt: skip
         slotio.check_space(target, payload.installed_size)
         steps.append((payload, target))
     return steps
+
+
+def without_readback(manifest, cfg):
+    """The slot classes of `manifest` that [readback] has written without the read-back, so
+    every report of the install can say so."""
+    return sorted(set(p.slot_class for p in manifest.payloads
+                      if p.mcu is None and not cfg.reads_back(p.slot_class)))  # fmt: skip
 
 
 def install(
@@ -174,13 +182,15 @@ def _write_streamed(source, payload, index, target, progress, readback):
 
 def check_components(manifest, cfg, booted):
     """A release whose MCUs this board lacks, or could not roll back, is refused here."""
-    from agent.components import board_components
-    from agent.control import components as mcu_steps
     from agent.core.components import check_board, mcu_payloads
-    from agent.core.errors import WrongHardware
 
     if not mcu_payloads(manifest):
         return
+    # The MCU drivers are imported only for a release that has MCUs (start-up cost).
+    from agent.components import board_components
+    from agent.control import components as mcu_steps
+    from agent.core.errors import WrongHardware
+
     problem = check_board(manifest, board_components(cfg))
     if problem:
         raise WrongHardware("the release %s" % problem)

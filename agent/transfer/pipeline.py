@@ -9,7 +9,9 @@ consumer after the items produced before it, and no worker thread outlives the g
 import queue
 import threading
 
-QUEUE_DEPTH = 4
+# Two queued per stage keep the stages overlapped (each also holds one in hand); every extra
+# slot costs a chunk buffer per stage in an install's peak RSS (docs/transfer.md).
+QUEUE_DEPTH = 2
 _END = object()
 
 

@@ -60,8 +60,9 @@ class SlotTarget:
     # then a file slot is cut to the payload's length only at the end, not emptied first.
     keep_content = False
 
-    def __init__(self, path):
+    def __init__(self, path, readback=True):
         self.path = path
+        self.readback = readback  # False: [readback] turned the read-back off for this slot
         try:
             self.is_block = stat.S_ISBLK(os.stat(path).st_mode)
         except FileNotFoundError:
@@ -387,6 +388,7 @@ def write_chunks(chunks, payload, target, chunk_size=1 << 20, readback=True, buf
     """Write the installed bytes that `chunks` yields into `target`, in a pipeline thread,
     then fsync, check the length and the read-back. The caller's `chunks` checks what it
     yields (sha256 against the manifest) and raises from its last step if it differs."""
+    readback = readback and getattr(target, "readback", True)
     # Whatever fails, every descriptor is closed and the read-back thread stopped.
     with contextlib.ExitStack() as cleanup:
         writer = target.open_writer()

@@ -9,15 +9,16 @@ import datetime
 import hashlib
 import os
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
-from cryptography.x509.oid import ExtendedKeyUsageOID
-from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
 from agent.core import keyring
 from agent.core.errors import BadSignature, ConfigError, Expired, MalformedBundle, UnknownKey
+
+# cryptography.hazmat.primitives.serialization (it imports the SSH key code) and
+# cryptography.x509 are imported by the functions that need them, not here: verifying a
+# bundle needs neither, and they are most of the package's import time (docs/transfer.md).
 
 KEYTYPES = keyring.KEYTYPES  # ("ed25519", "ecdsa-p256")
 CHUNK = 1 << 20
@@ -48,6 +49,8 @@ def public_of(key):
 
 
 def public_der(key):
+    from cryptography.hazmat.primitives import serialization
+
     return public_of(key).public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -58,6 +61,8 @@ def keyid(key):
 
 
 def private_pem(key):
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -66,6 +71,8 @@ def private_pem(key):
 
 
 def public_pem(key):
+    from cryptography.hazmat.primitives import serialization
+
     return public_of(key).public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -90,6 +97,8 @@ def _read(path):
 
 
 def load_private(path):
+    from cryptography.hazmat.primitives import serialization
+
     try:
         key = serialization.load_pem_private_key(_read(path), password=None)
     except (ValueError, TypeError) as e:
@@ -100,6 +109,8 @@ def load_private(path):
 
 def load_public(path):
     """A public key from a .pub PEM, or the public half of a .key PEM."""
+    from cryptography.hazmat.primitives import serialization
+
     data = _read(path)
     try:
         if b"PRIVATE KEY" in data:
@@ -137,21 +148,35 @@ def verify(pubkey, sig, data):
 
 def verify_key(key, sig, data):
     """The verify_fn injected into agent.core.keyring: key is a keyring.Key."""
+    pubkey = public_from_spki(key.keytype, key.public_der)
+    return pubkey is not None and verify(pubkey, sig, data)
+
+
+def public_from_spki(keytype, der):
+    """The public key of a root's entry, or None unless `der` is the one canonical SPKI of a
+    `keytype` key (keyring.CANONICAL_SPKI): another encoding would be a second key id, and a
+    root that says ed25519 must not accept an ECDSA key in disguise."""
+    if keytype not in keyring.CANONICAL_SPKI or not keyring.is_canonical(keytype, der):
+        return None
+    raw = der[len(keyring.CANONICAL_SPKI[keytype][0]) :]
     try:
-        pubkey = serialization.load_der_public_key(key.public_der)
-        if keytype_of(pubkey) != key.keytype:
-            return False  # a root that says ed25519 must not accept an ECDSA key in disguise
-    except (ValueError, TypeError, ConfigError):
-        return False
-    if public_der(pubkey) != key.public_der:
-        return False  # only the canonical encoding: another one would be a second key id
-    return verify(pubkey, sig, data)
+        if keytype == "ed25519":
+            return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + raw)
+    except (ValueError, TypeError):  # not a point on the curve
+        return None
 
 
 # --- X.509, OCPP style -------------------------------------------------------------------------
 
 
+# cryptography.x509 is imported by the functions below, not at the top: it is half of the
+# package's import time and only OCPP-style detached signatures need it (docs/transfer.md).
+
+
 def load_certs_pem(data, what="certificate"):
+    from cryptography import x509
+
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as e:
@@ -163,15 +188,15 @@ def load_certs_pem(data, what="certificate"):
     return certs
 
 
-# What cryptography raises when a lazily parsed field of a loaded certificate is malformed.
-FIELD_ERRORS = (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType,
-                UnsupportedAlgorithm)  # fmt: skip
-
-
 def _parse_fields(cert, what):
     """cryptography parses a certificate's DER lazily: a PEM from the network can load and
     then raise from `.subject` in the middle of an error message. Every field the checks read
     is parsed here, so a malformed one is MalformedBundle at load time."""
+    from cryptography import x509
+
+    # What cryptography raises when a lazily parsed field is malformed.
+    field_errors = (ValueError, TypeError, x509.DuplicateExtension,
+                    x509.UnsupportedGeneralNameType, UnsupportedAlgorithm)  # fmt: skip
     try:
         cert.subject.rfc4514_string()
         cert.issuer.rfc4514_string()
@@ -179,7 +204,7 @@ def _parse_fields(cert, what):
         list(cert.extensions)
         cert.public_key()
         cert.fingerprint(hashes.SHA256())
-    except FIELD_ERRORS as e:
+    except field_errors as e:
         raise MalformedBundle("%s is malformed X.509: %s" % (what, e)) from None
 
 
@@ -193,6 +218,9 @@ def utcnow(now):
 def _check_leaf_use(leaf):
     # The chain check permits any leaf extensions (a code-signing cert is no TLS client cert),
     # so the signing-specific rules are checked here: digitalSignature and codeSigning.
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     try:
         usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
         if not usage.digital_signature:
@@ -213,6 +241,13 @@ def verify_cert_chain(leaf, roots, intermediates=(), now=None):
     Uses cryptography's RFC 5280 path builder (x509.verification) with the web-PKI CA rules
     for the issuers and any extensions on the leaf, then checks the leaf's signing use.
     """
+    from cryptography.x509.verification import (
+        ExtensionPolicy,
+        PolicyBuilder,
+        Store,
+        VerificationError,
+    )
+
     when = utcnow(now)
     if leaf.not_valid_after_utc < when or leaf.not_valid_before_utc > when:
         raise Expired(

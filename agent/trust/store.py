@@ -23,7 +23,6 @@ from agent.core.manifest import parse_manifest
 from agent.state import statedir
 from agent.state.atomic import write_atomic
 from agent.state.floors import Floors
-from agent.trust import crypto
 
 log = logging.getLogger("charger-update")
 
@@ -43,9 +42,25 @@ def _read(path):
         ) from None
 
 
-def load_root_file(path, verify_fn=crypto.verify_key):
+def verify_key(key, sig, data):
+    """crypto.verify_key, with `cryptography` imported at the first signature checked: a
+    daemon that has not verified anything yet does not carry it (idle memory, issue 12)."""
+    from agent.trust import crypto
+
+    return crypto.verify_key(key, sig, data)
+
+
+def load_root_file(path, verify_fn=verify_key):
     """A root envelope file -> keyring.Root, verified under its own root role."""
     return keyring.load_trusted(parse_envelope(_read(path), ROOT_TYPE), verify_fn)
+
+
+def _peek_root(path):
+    """The root a file holds, its signatures NOT checked (lazy Trust's status), or None."""
+    try:
+        return keyring.parse_root(parse_envelope(_read(path), ROOT_TYPE).payload)
+    except UpdateError:
+        return None
 
 
 def chain_path(state_dir, version):
@@ -55,17 +70,23 @@ def chain_path(state_dir, version):
 class Trust:
     """root_path: the provisioned root; state_dir: where rotated roots are kept (None: the
     provisioned root only); floors: agent.state.floors.Floors (None: no device floors, as
-    for `bundle verify --root`); sync_file: a file whose mtime is the last time sync."""
+    for `bundle verify --root`); sync_file: a file whose mtime is the last time sync.
+
+    lazy=True (the daemon): the root files are checked for shape at once (a missing or
+    malformed root is a config error at start), their signatures at the first use that needs
+    them: a bundle or root to verify, or a changed chain. Until then status() and problem()
+    read the versions the files state; nothing is ever accepted under an unverified root."""
 
     def __init__(
         self,
         root_path,
         state_dir=None,
         clock=time.time,
-        verify_fn=crypto.verify_key,
+        verify_fn=verify_key,
         floors=None,
         max_ahead_s=floors_core.MAX_AHEAD_S,
         sync_file=None,
+        lazy=False,
     ):
         self.clock = clock
         self.verify_fn = verify_fn
@@ -73,14 +94,29 @@ class Trust:
         self.floors = floors
         self.max_ahead_s = max_ahead_s
         self.sync_file = sync_file
-        self.provisioned = load_root_file(root_path, verify_fn)
-        self.root = self.provisioned
+        self.root_path = root_path
+        self._provisioned = None
+        self._root = None  # the verified chain's newest root, once loaded
         self.chain_problem = None  # a rotated-root file that does not chain, if any
         self._stamp = None
-        self.refresh()
+        if lazy:
+            self._peeked = keyring.parse_root(parse_envelope(_read(root_path), ROOT_TYPE).payload)
+        else:
+            self.refresh()
+
+    @property
+    def provisioned(self):
+        if self._provisioned is None:
+            self._provisioned = load_root_file(self.root_path, self.verify_fn)
+        return self._provisioned
+
+    @property
+    def root(self):
+        """The root in use: the newest one that chains, signatures checked."""
+        return self.refresh()
 
     @classmethod
-    def from_config(cls, config, clock=time.time, boot=None):
+    def from_config(cls, config, clock=time.time, boot=None, lazy=False):
         """[trust] root: the provisioned root; rotated roots in STATE_DIR; the floors in the
         state dir and, given `boot` (a BootControl), in the boot environment; [time]."""
         root = config.trust.get("root")
@@ -93,6 +129,7 @@ class Trust:
         return cls(
             config.resolve(root), config.state_dir, clock=clock,
             floors=Floors(config.state_dir, boot), max_ahead_s=max_ahead, sync_file=sync_file,
+            lazy=lazy,
         )  # fmt: skip
 
     # -- the chain of roots -------------------------------------------------------------------
@@ -118,12 +155,25 @@ class Trust:
         """Reload the chain when its files changed (e.g. `charger-update root update` run by
         another process while the daemon runs); returns the root in use."""
         stamp = self._chain_files()
-        if stamp != self._stamp:
-            self.root, self.chain_problem = self._load_chain()
+        if self._root is None or stamp != self._stamp:
+            self._root, self.chain_problem = self._load_chain()
             self._stamp = stamp
             if self.chain_problem:
                 log.error("%s", self.chain_problem)
-        return self.root
+        return self._root
+
+    def _version(self):
+        """The root version in use; for a lazy Trust that has verified nothing yet, the one
+        its files state (the chain is verified before anything is accepted under it)."""
+        if self._root is not None:
+            return self.refresh().version
+        version = self._peeked.version
+        while self.state_dir:
+            nxt = _peek_root(chain_path(self.state_dir, version + 1))
+            if nxt is None or nxt.version != version + 1:
+                break
+            version = nxt.version
+        return version
 
     def _load_chain(self):
         root = self.provisioned
@@ -184,10 +234,9 @@ class Trust:
 
     def status(self):
         """For the inventory row: the root in use, the newest seen, and what is wrong."""
-        self.refresh()
         floors = self._floors()
         return {
-            "root_version": self.root.version,
+            "root_version": self._version(),
             "root_floor": floors["root_version"],
             "not_before": floors["not_before"],
             "problem": self.problem(floors),
@@ -196,10 +245,11 @@ class Trust:
     def problem(self, floors=None):
         """Why bundles are refused whatever they carry, or None."""
         floors = self._floors() if floors is None else floors
-        if self.root.version < floors["root_version"]:
+        version = self._version()
+        if version < floors["root_version"]:
             return (
                 "trusted root version %d is older than version %d this device has trusted "
-                "before%s" % (self.root.version, floors["root_version"],
+                "before%s" % (version, floors["root_version"],
                               ": " + self.chain_problem if self.chain_problem else
                               " (its rotated roots were deleted)")
             )  # fmt: skip
@@ -264,7 +314,7 @@ class Trust:
             if self.state_dir:
                 statedir.ensure(self.state_dir)
                 write_atomic(chain_path(self.state_dir, new.version), raw)
-            root = self.root = new
+            root = self._root = new
             newest = max(newest, new.created)
             if self.floors is not None:
                 self.floors.raise_to(root_version=new.version, not_before=newest)

@@ -121,3 +121,42 @@ def test_verifier_exception_counts_as_not_verified():
         keyring.verify_threshold(
             b"x", [(crypto.keyid(OLD_REL), b"s")], root.role("release"), explode
         )
+
+
+# -- the daemon's lazy Trust: signatures checked at first use, never skipped -------------------
+
+
+def test_lazy_trust_states_the_chain_and_verifies_it_before_accepting_a_bundle(tmp_path, v1):
+    state = str(tmp_path / "state")
+    Trust(v1, state).update_root([v2([OLD_ROOT, NEW_ROOT])])
+    trust = Trust(v1, state, lazy=True)
+    assert trust.status()["root_version"] == 2 and trust._root is None  # nothing verified yet
+    new_bundle, _ = make_bundle(tmp_path, keys=[NEW_REL], root_path=v1, name="new.cub")
+    assert verify_file(new_bundle, trust, device()).version
+    assert trust._root.version == 2 and trust.status()["problem"] is None
+
+
+def test_lazy_trust_never_accepts_under_a_planted_root_it_only_read(tmp_path, v1):
+    # An attacker who can write the state dir plants "version 2" signed by their own root key
+    # only: the lazy Trust states version 2 before it verified anything, but the chain is
+    # verified before any bundle is, so the planted release key signs nothing.
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "trusted-root.2.json").write_bytes(v2([NEW_ROOT]))
+    trust = Trust(v1, str(state), lazy=True)
+    assert trust.status()["root_version"] == 2
+    planted, _ = make_bundle(tmp_path, keys=[NEW_REL], root_path=v1, name="planted.cub")
+    with pytest.raises(UnknownKey):
+        verify_file(planted, trust, device())
+    assert trust.status()["root_version"] == 1 and "does not chain" in trust.chain_problem
+
+
+def test_lazy_trust_refuses_a_missing_or_malformed_root_at_once(tmp_path):
+    from agent.core.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        Trust(str(tmp_path / "absent.json"), lazy=True)
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b'{"payloadType": "x", "payload": "", "signatures": []}')
+    with pytest.raises(MalformedBundle):
+        Trust(str(bad), lazy=True)

@@ -162,3 +162,56 @@ def test_endless_junk_from_server_rejected_at_the_header(tmp_path, board):
     finally:
         server.stop()
     assert_untouched(b)
+
+
+# -- [readback]: a per-slot-class choice, said in the output, never silent ------------------
+
+
+def _count_readbacks(monkeypatch):
+    import agent.transfer.slots as slots
+
+    made, base = [], slots._ReadBehind
+
+    class Counted(base):
+        def __init__(self, *a, **kw):
+            made.append(1)
+            base.__init__(self, *a, **kw)
+
+    monkeypatch.setattr(slots, "_ReadBehind", Counted)
+    return made
+
+
+def test_readback_is_on_by_default_and_said(tmp_path, board, capsys, monkeypatch):
+    made = _count_readbacks(monkeypatch)
+    bundle, root = make_bundle(tmp_path, {"rootfs": PAYLOAD}, version="1.1.0")
+    assert install(board(root), bundle, "--no-switch") == 0
+    assert made and "read back OK" in capsys.readouterr().out
+
+
+def test_readback_turned_off_for_a_slot_class_is_skipped_and_said(
+    tmp_path, board, capsys, monkeypatch
+):
+    made = _count_readbacks(monkeypatch)
+    bundle, root = make_bundle(tmp_path, {"rootfs": PAYLOAD}, version="1.1.0")
+    b = board(root)
+    with open(b.config_path, "a") as f:
+        f.write("[readback]\nrootfs = false\n")
+    assert install(b, bundle, "--no-switch") == 0
+    out = capsys.readouterr().out
+    assert not made and "NOT read back: rootfs ([readback] in the config)" in out
+    assert b.read_slot("B") == PAYLOAD  # the sha256 of what was written is still checked
+
+
+@pytest.mark.parametrize(
+    "table, says",
+    [("appfs = false", "names slot class 'appfs'"), ('rootfs = "no"', "must be true or false")],
+)
+def test_readback_table_errors_are_config_errors(tmp_path, board, capsys, table, says):
+    bundle, root = make_bundle(tmp_path, {"rootfs": PAYLOAD}, version="1.1.0")
+    b = board(root)
+    with open(b.config_path, "a") as f:
+        f.write("[readback]\n%s\n" % table)
+    assert install(b, bundle) == 20
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+    assert b.read_slot("B") == b"old firmware 0.9"
