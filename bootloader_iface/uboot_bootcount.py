@@ -6,6 +6,10 @@ counter; U-Boot then increments bootcount on every boot and, once bootcount > bo
 altbootcmd, which switches `boot_slot` back to the other slot and disarms the counter
 (scripts/boot.cmd.bootcount). mark_good disarms it on the new slot. One env write per change.
 
+Where the board knows why it reset (charger_reset, as for uboot-rauc), the sample bootcmd
+runs altbootcmd at once after a watchdog or panic reset of the slot on trial once it has run
+(bootcount > 1 after U-Boot's increment), and passes the cause on as charger.reset=.
+
 Needs a U-Boot built with CONFIG_BOOTCOUNT_LIMIT and CONFIG_BOOTCOUNT_ENV (Debian's qemu_arm64
 build has neither: use uboot-rauc there). boot_select is the Python twin of that logic.
 """
@@ -19,6 +23,7 @@ from bootloader_iface.uboot_env import DEFAULT_CONFIG, UBootEnv
 
 SLOT_VAR = "boot_slot"
 DEFAULT_ATTEMPTS = 3
+CRASH_RESETS = ("watchdog", "panic")  # charger_reset words that blame the slot that ran
 
 
 def _other(slot, slots):
@@ -33,11 +38,12 @@ def _lenient_int(text):
     return int(text) if is_digits(text) else 0
 
 
-def boot_select(env, slots=("A", "B"), slot_var=SLOT_VAR):
+def boot_select(env, slots=("A", "B"), slot_var=SLOT_VAR, reset=None):
     """What U-Boot does at power-on with bootcount in the env, as a pure function.
 
-    Returns (slot, new_env); slot None means U-Boot finds nothing to run and stops at its
-    prompt (no boot slot, or the limit is exceeded and there is no altbootcmd).
+    reset: why the board reset (charger_reset; None when it cannot tell). Returns
+    (slot, new_env); slot None means U-Boot finds nothing to run and stops at its prompt (no
+    boot slot, or the limit is exceeded and there is no altbootcmd).
     """
     env = dict(env)
     armed = env.get("upgrade_available") == "1"
@@ -47,7 +53,9 @@ def boot_select(env, slots=("A", "B"), slot_var=SLOT_VAR):
         env["bootcount"] = str(count)
     limit = _lenient_int(env.get("bootlimit"))
     slot = env.get(slot_var)
-    if limit and count > limit:
+    # The sample bootcmd: the slot on trial already ran (count > 1) and crashed.
+    crashed = armed and count > 1 and reset in CRASH_RESETS and bool(env.get("altbootcmd"))
+    if (limit and count > limit) or crashed:
         if not env.get("altbootcmd"):
             return None, env
         # altbootcmd from scripts/boot.cmd.bootcount: switch slot, disarm, saveenv, boot.
@@ -60,9 +68,9 @@ def boot_select(env, slots=("A", "B"), slot_var=SLOT_VAR):
     return slot, env
 
 
-def power_on(env, slots=("A", "B"), slot_var=SLOT_VAR):
+def power_on(env, slots=("A", "B"), slot_var=SLOT_VAR, reset=None):
     """A boot ROM over a UBootEnv-like store: count, save, return the slot (or BootEnvError)."""
-    slot, new = boot_select(env.read(), slots, slot_var)
+    slot, new = boot_select(env.read(), slots, slot_var, reset)
     env.write(new, ())
     if slot is None:
         raise BootEnvError("U-Boot would stop at its prompt: no slot to boot (%s)" % slot_var)

@@ -6,10 +6,12 @@ slot in BOOT_ORDER with attempts left is booted and its counter decremented; whe
 all counters are reset to the default and the board resets. Every change is one env write.
 
 BOOT_TRIAL names the slot on trial (try_slot sets it, mark_good/mark_bad of that slot clear
-it). Where the board knows why it reset (the SoC's reset cause, handed to the script as
-charger_reset), a watchdog or panic reset while the trial slot is first in BOOT_ORDER takes
-its remaining attempts away at once: a hung or crashing release falls back after one boot,
-while a power loss leaves its attempts for the trial to resume.
+it); the boot side records the slot it boots in BOOT_LAST, in the same save as its counter.
+Where the board knows why it reset (the SoC's reset cause, handed to the script as
+charger_reset), a watchdog or panic reset while the trial slot ran (BOOT_LAST) takes its
+remaining attempts away at once: a hung or crashing release falls back after one boot,
+while a power loss, or a watchdog reset of the old slot before the trial slot ever ran,
+leaves its attempts for the trial.
 
 The same scheme drives GRUB (grub.py) and the simulated board (simulated.py): only the store
 behind `self.env` (read() -> dict, write(changes, deletions)) differs.
@@ -24,6 +26,7 @@ from bootloader_iface.uboot_env import DEFAULT_CONFIG, UBootEnv
 
 ORDER = "BOOT_ORDER"
 TRIAL = "BOOT_TRIAL"
+LAST = "BOOT_LAST"  # the slot the boot side booted last (it writes it; the agent never does)
 DEFAULT_ATTEMPTS = 3  # what the sample scripts set when a counter is missing or all are spent
 CRASH_RESETS = ("watchdog", "panic")  # charger_reset words that blame the slot that ran
 
@@ -52,11 +55,12 @@ def boot_select(env, slots=("A", "B"), default_attempts=DEFAULT_ATTEMPTS, reset=
         if not env.get(left_var(slot)):
             env[left_var(slot)] = str(default_attempts)
     trial = env.get(TRIAL)
-    if reset in CRASH_RESETS and trial in slots and env[ORDER].split()[:1] == [trial]:
+    if reset in CRASH_RESETS and trial in slots and env.get(LAST) == trial:
         env[left_var(trial)] = "0"  # the slot on trial ran and crashed: no more attempts
     for slot in env[ORDER].split():
         if slot in slots and _lenient_int(env.get(left_var(slot))) > 0:
             env[left_var(slot)] = str(_lenient_int(env[left_var(slot)]) - 1)
+            env[LAST] = slot
             return slot, env
     for slot in slots:
         env[left_var(slot)] = str(default_attempts)

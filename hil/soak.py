@@ -3,8 +3,9 @@
 `python -m hil.soak --journeys N --seed S [--boards K]` runs N update journeys on virtual
 boards (hil/rigs/virtual.toml): good releases alternating with the defective kinds the
 virtual firmware offers, each journey with exactly one power cut, at a random instant after
-the job, right after a given status of the job reached the backend, or right after the k-th
-journal write; the board stays off 0.05-1 s. It prints where the cuts landed (the journal
+the job, within 15 ms of the job's delivery (the broker has it; the agent is taking it in),
+right after a given status of the job reached the backend, or right after the k-th journal
+write; the board stays off 0.05-1 s. It prints where the cuts landed (the journal
 state at the cut) against how the journeys ended, the time from job to final status (median,
 max), and how long releases that crash or hang took to fall back (boots and seconds).
 
@@ -28,7 +29,9 @@ from agent.core.lifecycle import FINAL_STATUSES
 from agent.frontends import channel as ch
 
 DEFECTS = ("refuse-session", "crash-on-boot", "no-backend", "alarm-storm", "hang-agent")
-CUT_KINDS = ("time", "status", "journal")
+CUT_KINDS = ("time", "delivery", "status", "journal")
+DELIVERY_S = 0.015  # a "delivery" cut lands this soon after the broker acknowledged the publish
+DELIVERY_SHARE = 0.15  # of the cuts; the rest split evenly, most of them land later on
 GOOD = "good"
 # Statuses a journey of each kind reports before its final one (a "status" cut picks one).
 BEFORE_TRIAL = ["DownloadScheduled", "Downloading", "Downloaded", "SignatureVerified",
@@ -53,9 +56,12 @@ def make_plan(seed, journeys):
     plan = []
     for n in range(journeys):
         kind = GOOD if n % 2 == 0 else DEFECTS[(n // 2) % len(DEFECTS)]
-        cut = rng.choice(CUT_KINDS)
+        cut = "delivery" if rng.random() < DELIVERY_SHARE else rng.choice(("time", "status",
+                                                                            "journal"))  # fmt: skip
         if cut == "time":
             at = round(rng.uniform(0.0, HORIZON_S[kind]), 3)
+        elif cut == "delivery":
+            at = round(rng.uniform(0.0, DELIVERY_S), 4)
         elif cut == "status":
             names = BEFORE_TRIAL + ([] if kind in NEVER_UP else ["TrialRunning"])
             at = rng.choice(names)
@@ -159,7 +165,10 @@ class Board:
         job = rig.push_job(version, url)
         cutter = threading.Thread(target=self._cut, args=(step, job["id"], writes, done, cut))
         cutter.start()
-        final = rig.wait_status(job["id"], FINAL_STATUSES, JOURNEY_TIMEOUT_S)
+        try:
+            final = rig.wait_status(job["id"], FINAL_STATUSES, JOURNEY_TIMEOUT_S)
+        except TimeoutError:  # the job was lost (or the journey stuck): a finding, not a crash
+            final = {"status": "none", "reason": "no final status in %ss" % JOURNEY_TIMEOUT_S}
         elapsed = time.monotonic() - started
         with self.status_seen:  # a cutter still waiting for its status learns it never comes
             done.set()
@@ -168,7 +177,10 @@ class Board:
         result = dict(step, version=version, job=job["id"], final=final["status"])
         result.update(cause=final.get("cause"), reason=final.get("reason"), seconds=elapsed)
         result.update(state_at_cut=cut.get("state"), cut_after_final=cut.get("late", False))
-        result["problems"] = self._settle(job["id"], step, final, cut)
+        if final["status"] == "none":
+            result["problems"] = [final["reason"]]
+        else:
+            result["problems"] = self._settle(job["id"], step, final, cut)
         if step["kind"] in NEVER_UP and new_slot:
             result["new_slot_boots"] = self.boots_of(new_slot[0], console)
             rebooting = self.statuses.get((job["id"], "InstallRebooting"))
@@ -179,7 +191,7 @@ class Board:
 
     def _cut(self, step, job_id, writes, done, cut):
         """Wait for the plan's trigger, then cut the power for off_s and power on again."""
-        if step["cut"] == "time":
+        if step["cut"] in ("time", "delivery"):
             fired = not done.wait(step["at"])
         elif step["cut"] == "status":
             with self.status_seen:
@@ -280,7 +292,9 @@ def run(journeys, seed, boards=1, workdir=None, out=sys.stdout):
 
 
 def line(r):
-    at = r["at"] if r["cut"] != "time" else "%.2fs" % r["at"]
+    at = r["at"]
+    if r["cut"] in ("time", "delivery"):
+        at = "%.3fs" % r["at"]
     late = " (after final)" if r["cut_after_final"] else ""
     return "#%-3d %-14s cut %-7s %-18s state %-18s -> %-10s %-18s %5.1fs %s" % (
         r["n"], r["kind"], r["cut"], at, r["state_at_cut"], r["final"], r["cause"] or "",
@@ -305,6 +319,10 @@ def summarise(results, seed, journeys, boards, wall_s, load):
             times = [r["seconds"] for r in rows]
             out.append("time from job to final status: median %.1f s, max %.1f s"
                        % (statistics.median(times), max(times)))  # fmt: skip
+    kinds = [(k, len([r for r in results if r["cut"] == k])) for k in CUT_KINDS]
+    late = len([r for r in results if r["cut_after_final"]])
+    out += ["", "cuts: " + ", ".join("%s %d" % kv for kv in kinds)
+            + " (%d landed after the final status)" % late]  # fmt: skip
     causes = {}
     for r in results:
         if r["final"] == "RolledBack":

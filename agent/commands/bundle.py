@@ -4,6 +4,7 @@ The bundle, crypto and trust modules are imported inside the commands, not at th
 `charger-update` run, `--help` included, registers this module (start-up cost, issue 12).
 """
 
+import binascii
 import json
 import os
 import stat
@@ -66,10 +67,13 @@ def register(subparsers):
     )
     o.add_argument("file", help="the firmware file")
     o.add_argument("--signature", required=True, help="file holding the base64 signature")
-    o.add_argument("--cert", required=True, help="PEM signing certificate (+ intermediates)")
+    o.add_argument("--cert", required=True, help="PEM signing certificate (no intermediates)")
     o.add_argument(
-        "--mfr-root", help="manufacturer root PEM (default: [trust] manufacturer_root of --config)"
+        "--mfr-root",
+        help="manufacturer root PEM (default: the roots the agent of --config trusts, "
+        "[ocpp_firmware] manufacturer_roots and those a CSMS installed)",
     )
+    o.add_argument("--crl", action="append", default=[], help="revocation list (PEM or DER)")
     o.add_argument(
         "--rsa-pkcs1v15",
         action="store_true",
@@ -257,23 +261,34 @@ def inspect(args):
 
 
 def verify_ocpp(args):
-    from agent.bundle import ocpp
+    """The check the agent runs on an OCPP request (agent/trust/manufacturer.py): the signing
+    certificate issued directly by a manufacturer root, valid, for code signing, not revoked;
+    then the detached signature over the whole file."""
+    from agent.trust import crypto
+    from agent.trust.manufacturer import ManufacturerRoots
 
-    root_path = args.mfr_root
-    if not root_path:
+    if args.mfr_root:
+        roots = ManufacturerRoots(None, [args.mfr_root], args.crl, args.rsa_pkcs1v15)
+    else:
         cfg = config_mod.load(args.config)
-        if not cfg.trust.get("manufacturer_root"):
+        roots = ManufacturerRoots.from_config(cfg)
+        roots.crl_paths += args.crl
+        roots.rsa_pkcs1v15 = roots.rsa_pkcs1v15 or args.rsa_pkcs1v15
+        if not roots.roots():
             raise ConfigError(
                 "no manufacturer root given",
-                hint="pass --mfr-root ROOT.pem or set [trust] manufacturer_root in the config",
+                hint="pass --mfr-root ROOT.pem or set [ocpp_firmware] manufacturer_roots "
+                "(or [trust] manufacturer_root) in the config",
             )
-        root_path = cfg.resolve(cfg.trust["manufacturer_root"])
-    digest = ocpp.verify_firmware(
-        args.file,
+    try:
+        digest = crypto.file_digest(args.file)
+    except OSError as e:
+        raise ConfigError("cannot read %s: %s" % (args.file, e.strerror)) from None
+    roots.verify(
+        digest,
         read_input(args.signature, "signature"),
         read_input(args.cert, "signing certificate"),
-        ocpp.load_roots(root_path),
-        rsa_pkcs1v15=args.rsa_pkcs1v15,
     )
+    digest = binascii.hexlify(digest).decode("ascii")
     print("OK %s: sha256 %s, signature and certificate chain verified" % (args.file, digest))
     return 0

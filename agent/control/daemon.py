@@ -26,7 +26,7 @@ from agent.control.frontends import Frontends, boot_reason
 from agent.control.observation import Observer
 from agent.control.reporting import Reporter
 from agent.core import lifecycle as lc
-from agent.core.errors import Transient, UpdateError
+from agent.core.errors import ConfigError, Transient, UpdateError
 from agent.core.jobs import job_from_request, job_id_of, parse_job
 from agent.core.schedule import WAIT_SESSION
 from agent.core.trial import TrialPolicy
@@ -37,6 +37,7 @@ from agent.state.journal import Journal
 from agent.state.slotstate import SlotState
 from agent.state.statedir import StateLock
 from agent.transfer.stopper import DeadlinePassed, StepAbandoned, Stopper
+from bootloader_iface.booted import check_attempts
 
 log = logging.getLogger("charger-update")
 
@@ -51,8 +52,19 @@ RECOVER_S = 30  # default [system] retry_after_failure_s: pause after a failed s
 # good release; a slot that never brings the agent up still falls back after this many boots.
 TRIAL_ATTEMPTS = 3
 SUBMIT_TIMEOUT_S = 10.0  # a front-end's request waits this long for the loop's answer
+BLOCK_GRACE_S = 5.0  # before blocking connectors: time for the stack to send earlier statuses
 IDLE_WAIT_S = 3600  # nothing due: sleep until an event (or the watchdog) wakes the loop
 MIN_WAIT_S = 0.05  # a due time just passed: look again soon, never spin
+
+
+def trial_attempts(cfg):
+    """[bootloader] trial_attempts, checked at start: found out only at try_slot, a typo
+    would stop the journey halfway, with the new slot installed and not tried."""
+    try:
+        return check_attempts(cfg.bootloader.get("trial_attempts", TRIAL_ATTEMPTS))
+    except ConfigError as e:
+        raise ConfigError("%s: [bootloader] trial_attempts: %s" % (cfg.path, e.message),
+                          hint=e.hint) from None  # fmt: skip
 
 
 class Abandoned(Transient):
@@ -96,6 +108,7 @@ class Daemon:
         self.policy = TrialPolicy(int(trial.get("window_s", 600)), checks)
         load_checks(self.policy.required_checks)  # a misnamed check is a config error now
         self.job_checks = job_check_names(self.policy.required_checks)
+        self.trial_attempts = trial_attempts(cfg)  # likewise a bad attempt budget
         self.observer = Observer(cfg.section("observation"), stack, clock)
         self.session_poll_s = float(cfg.section("charging_stack").get("poll_s", 10))
         channel.on_error = self.on_channel_error
@@ -376,7 +389,7 @@ class Daemon:
                 if len(item) > 2 and item[2] is not None:
                     item[2]()
         elif kind == "submit":
-            item[2].put(self.take_request(item[1]))
+            self.take_request(item[1], item[2].put)
         elif kind == "allow":
             self.wake_at = 0
             self.execute(self.journey.allow(self.clock())[1])
@@ -421,28 +434,43 @@ class Daemon:
             self.wake_at = 0  # a wait of the previous journey does not delay this one
         self.execute(actions)
 
-    def take_request(self, request):
-        """(answer, detail) for a front-end's job request; see submit()."""
+    def take_request(self, request, answer):
+        """answer((answer, detail)) for a front-end's job request, exactly once; see submit()."""
         try:
             job = job_from_request(request, self.cfg.device, checks=self.job_checks)
             booted = self.boot.booted_slot()
         except UpdateError as e:
-            return "rejected", e.message
+            return answer(("rejected", e.message))
         before, old_state = self.journey.job, self.journey.state
         actions = self.journey.supersede(
             job, self.clock(), booted, self.boot.other_slot(booted), self.rng.random()
         )[1]
         if self.journey.job is not job:
-            self.execute(actions)
             refused = [a for a in actions if a[0] in ("reject", "ignore")]
-            answer = "ignored" if refused and refused[0][0] == "ignore" else "rejected"
-            return answer, refused[0][2] if refused else "not taken"
+            kind = "ignored" if refused and refused[0][0] == "ignore" else "rejected"
+            answer((kind, refused[0][2] if refused else "not taken"))
+            return self.execute(actions)
         cancelled = before is not None and not lc.is_terminal(old_state) and old_state != lc.IDLE
         if cancelled:
             self._abandon_step()  # the old job's download or install is moot now
+            self._await_abandoned_install()
         self.wake_at = 0
-        self.execute(actions)  # saves the journal before the answer goes out
-        return ("accepted-canceled" if cancelled else "accepted"), job.id
+        taken = ("accepted-canceled" if cancelled else "accepted"), job.id
+        try:
+            self.execute(actions)  # saves the journal before the answer goes out
+        except Exception:
+            # A later action failed (e.g. the slot's state busy); the loop recovers from the
+            # journal. The stack is told what the journal holds, never left to time out.
+            held = self.journal.load(self.policy).job
+            answer(taken if held is not None and held.id == job.id else ("rejected", "failed"))
+            raise
+        answer(taken)
+
+    def _await_abandoned_install(self):
+        """An abandoned install stops at its next chunk and lets go of the state lock; the
+        new job's first action (marking that slot bad) needs it. Bounded: the stack waits."""
+        if self._worker_alive() and self.worker.name == "install":
+            self.worker.join(SUBMIT_TIMEOUT_S / 2)
 
     def tick(self):
         state = self.journey.state
@@ -519,7 +547,7 @@ class Daemon:
 
     def do_try_slot(self, slot):
         with StateLock(self.cfg.state_dir, "switching to slot %s" % slot):
-            self.boot.try_slot(slot, int(self.cfg.bootloader.get("trial_attempts", TRIAL_ATTEMPTS)))
+            self.boot.try_slot(slot, self.trial_attempts)
 
     def do_mark_good(self, slot):
         with StateLock(self.cfg.state_dir, "committing slot %s" % slot):
@@ -532,6 +560,9 @@ class Daemon:
             self.slots.mark(slot, "bad")
 
     def do_block_sessions(self):
+        # The stack sends what was reported first (SignatureVerified, DownloadScheduled), so
+        # the CSMS sees the connectors go Unavailable after the status that explains it.
+        self.frontends.await_delivery(self.clock, self.system.pet, self.stopping, BLOCK_GRACE_S)
         self._availability(False)
 
     def do_release_sessions(self):

@@ -5,7 +5,8 @@ the stack still has to confirm something.
 Invariant: a front-end's failure never reaches the daemon's loop (it is logged), and the wait
 before a reboot is bounded by the largest `reboot_grace_s` of the front-ends, with the
 watchdog petted throughout. A front-end is any object with start(daemon), stop(),
-status(status, info), pending() -> bool and reboot_grace_s.
+status(status, info), pending() -> bool and reboot_grace_s; one that owns the CSMS link
+also has reports_boot = True and boot_accepted(timeout) (the trial's communication check).
 """
 
 import json
@@ -45,16 +46,20 @@ class Frontends:
                 log.exception("front-end %s failed on status %s", frontend, status)
 
     def csms_links(self):
-        """The front-ends that can tell whether the CSMS accepted this boot."""
-        return [frontend for frontend in self.items if hasattr(frontend, "boot_accepted")]
+        """The front-ends that can tell whether the CSMS accepted this boot (EVerest only
+        with an ocpp_consumer_API module to hear it from)."""
+        return [frontend for frontend in self.items if getattr(frontend, "reports_boot", False)]
 
     def pending(self):
         return any(frontend.pending() for frontend in self.items)
 
-    def await_delivery(self, clock, pet, stopping):
+    def await_delivery(self, clock, pet, stopping, limit=None):
         """Before a reboot: let the stack confirm what was reported (InstallRebooting reaching
-        the CSMS), for at most the largest reboot_grace_s; True when nothing is pending."""
+        the CSMS), for at most the largest reboot_grace_s (and `limit`); True when nothing is
+        pending."""
         grace = max([frontend.reboot_grace_s for frontend in self.items] or [0])
+        if limit is not None:
+            grace = min(grace, limit)
         deadline = clock() + grace
         while clock() < deadline and not stopping.is_set():
             if not self.pending():
@@ -62,7 +67,7 @@ class Frontends:
             pet()
             stopping.wait(0.05)
         if self.pending():
-            log.warning("rebooting with statuses the stack has not confirmed within %ss", grace)
+            log.warning("going on with statuses the stack has not confirmed within %ss", grace)
             return False
         return True
 

@@ -150,7 +150,10 @@ def verify_whole(job, whole, cfg, trust, roots, now, slots=None, stopper=None):
             return lc.SIGNATURE_BAD if not problem["transient"] else event, problem
     digest, envelope = whole
     try:
-        roots.verify(digest, job.signature, job.signing_certificate, now)
+        try:
+            roots.verify(digest, job.signature, job.signing_certificate, now)
+        except MalformedBundle as e:  # a signature that is not base64: an invalid signature
+            raise BadSignature(e.message, hint=e.hint) from None
         if envelope is None:
             raise MalformedBundle(
                 "%s is not a charger-update bundle" % job.url,

@@ -104,10 +104,11 @@ class System:
     def reset_cause(self):
         """Why the board started this boot (agent/core/resets.py): the boot script's
         charger.reset= on the kernel command line, else a watchdog bootstatus that says the
-        watchdog fired, else "unknown"."""
+        watchdog fired, else "unknown". A command-line word nobody knows (or an empty one,
+        a script passing an unset charger_reset) counts as no word: the watchdog may know."""
         cmdline = _read(self.resolve(self.options.get("cmdline", CMDLINE)))
         cause = reset_from_cmdline(cmdline)
-        if cause is not None:
+        if cause is not None and cause != resets.UNKNOWN:
             return cause
         status = _read(self.resolve(self.options.get("watchdog_bootstatus", BOOTSTATUS)))
         if is_digits(status) and int(status) & WDIOF_CARDRESET:

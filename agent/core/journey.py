@@ -357,7 +357,7 @@ class Journey:
         if event == lc.SESSION_ACTIVE and not self.data.get("deferred"):
             self.data["deferred"] = True
             report = self._report({"reason": "charging session active"})
-            return [("save_journal",)] + self._block() + [report]
+            return [("save_journal",), report] + self._block()
         return []
 
     def _block(self):
@@ -383,10 +383,11 @@ class Journey:
         if state == lc.SIGNATURE_VERIFIED:
             return [report]
         if state == lc.INSTALL_SCHEDULED:
+            # The status first, then the connectors: the CSMS learns why they went away.
             if self.data.get("retry_at") and not resumed:
                 reason = self._report({"reason": self._retry_reason()})
-                return [save, ("mark_bad", new)] + self._block() + [reason]
-            return [save] + self._block() + [report]
+                return [save, ("mark_bad", new), reason] + self._block()
+            return [save, report] + self._block()
         if state == lc.INSTALLING:
             # Invalidate the inactive slot before the first byte is written (as rauc does):
             # it may still be marked good from an older release.

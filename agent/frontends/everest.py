@@ -25,6 +25,7 @@ from agent.frontends.channel import merged_settings
 from agent.frontends.ocpp.service import FirmwareService
 
 log = logging.getLogger("charger-update")
+MAX_REQUEST_BYTES = 64 * 1024  # a FirmwareUpdateRequest with its certificate is under 16 KiB
 
 DEFAULTS = {
     "host": "127.0.0.1",  # EVerest's MQTT broker (mosquitto on the charger)
@@ -110,6 +111,11 @@ class EverestSystem:
         recent = self.clock() < self.published_at + self.reboot_grace_s
         return self.service.pending() or recent
 
+    @property
+    def reports_boot(self):
+        """Only ocpp_consumer_API's boot_notification_response tells of the CSMS's answer."""
+        return self.ocpp_base is not None
+
     def boot_accepted(self, timeout):
         return self.service.boot_accepted(timeout)
 
@@ -168,12 +174,14 @@ class EverestSystem:
         if handler is None:
             log.info("EVerest %s not handled", operation)
             return
-        request = decode_request(raw)
-        if request is None:
-            log.warning("EVerest %s: payload is not JSON", operation)
+        try:
+            payload, reply_to = decode_request(raw)
+        except ValueError as e:
+            log.warning("EVerest %s: %s", operation, e)
             return
         # Off paho's network thread: an update request waits for the engine's answer.
-        worker = threading.Thread(target=self._answer, daemon=True, args=(handler,) + request)
+        worker = threading.Thread(target=self._answer, daemon=True,
+                                  args=(handler, payload, reply_to))  # fmt: skip
         worker.start()
 
     def _answer(self, handler, payload, reply_to):
@@ -185,11 +193,13 @@ class EverestSystem:
         if reply_to and value is not None:
             try:
                 self._publish(reply_to, value)
-            except UpdateError as e:
+            except (UpdateError, ValueError) as e:  # ValueError: paho refused the topic
                 log.warning("reply to %s not published: %s", reply_to, e)
 
     def _on_boot_response(self, topic, raw):
         try:
+            if len(raw) > MAX_REQUEST_BYTES:
+                raise ValueError("oversized")
             response = json.loads(raw.decode("utf-8"))
             self.service.boot_notification(
                 str(response["status"]),
@@ -209,20 +219,23 @@ class EverestSystem:
         retries = None
         if isinstance(attempts, int) and not isinstance(attempts, bool):
             retries = max(attempts - 1, 0)  # EVerest passes OCPP retries + 1
-        return self.service.update_firmware(
-            {
-                "request_id": request.get("request_id"),
-                "location": request.get("location"),
-                "retrieve_at": request.get("retrieve_timestamp"),
-                "install_at": request.get("install_timestamp"),
-                "retries": retries,
-                "retry_interval_s": request.get("retry_interval_s"),
-                "signing_certificate": request.get("signing_certificate"),
-                "signature": request.get("signature"),
-                # libocpp makes the EVSEs unavailable itself and then allows the installation.
-                "allow_new_sessions": True,
-            }
-        )
+        fields = {
+            "request_id": request.get("request_id"),
+            "location": request.get("location"),
+            "retrieve_at": request.get("retrieve_timestamp"),
+            "install_at": request.get("install_timestamp"),
+            "retries": retries,
+            "retry_interval_s": request.get("retry_interval_s"),
+            "signing_certificate": request.get("signing_certificate"),
+            "signature": request.get("signature"),
+            # libocpp makes the EVSEs unavailable itself and then allows the installation.
+            "allow_new_sessions": True,
+        }
+        try:
+            return self.service.update_firmware(fields)
+        except ValueError as e:  # EVerest's schema was not followed: say so, answer
+            log.warning("EVerest update_firmware refused: %s", e)
+            return "Rejected"
 
     def boot_reason(self, _payload):
         return self.service.boot_reason() or self.options["default_boot_reason"]
@@ -238,20 +251,29 @@ class EverestSystem:
 
 
 def decode_request(raw):
-    """(payload, reply_to) of an e2m request's bytes, or None when they are not JSON.
-    reply_to is a topic (a non-empty string without MQTT wildcards) or None: whatever else a
-    request names there is no place to answer to."""
+    """(payload, reply_to) of an e2m request's bytes, or ValueError saying why it is not
+    answered: more than MAX_REQUEST_BYTES, not JSON (also nested past the parser's depth), or
+    a headers.replyTo that is not a topic one may publish to."""
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise ValueError("%d bytes, more than a request has" % len(raw))
     try:
         message = json.loads(bytes(raw).decode("utf-8")) if raw else {}
     except (UnicodeError, ValueError, RecursionError):
-        return None
+        raise ValueError("payload is not JSON") from None
     if not isinstance(message, dict) or not ({"headers", "payload"} & set(message)):
         message = {"payload": message}  # e2m/reset carries its ResetRequest bare
     headers = message.get("headers")
     reply_to = headers.get("replyTo") if isinstance(headers, dict) else None
-    if not isinstance(reply_to, str) or not reply_to or "#" in reply_to or "+" in reply_to:
-        reply_to = None
+    if reply_to is not None and not _publishable(reply_to):
+        raise ValueError("headers.replyTo is not a topic: %r" % (reply_to,))
     return message.get("payload"), reply_to
+
+
+def _publishable(topic):
+    """An MQTT topic one may publish to: no wildcards, no NUL, within MQTT's length."""
+    if not isinstance(topic, str) or not 0 < len(topic.encode("utf-8", "replace")) <= 65535:
+        return False
+    return not any(c in topic for c in "+#\x00")
 
 
 def _request_id(value):

@@ -21,10 +21,14 @@ log = logging.getLogger("charger-update")
 MAX_LINE = 64 * 1024
 DEFAULT_SOCKET = "/run/charger-update/agent.sock"
 MAX_WAIT_S = 30.0
+MAX_CLIENTS = 16  # a stack needs two or three (its event pump, a request, a trigger)
+IDLE_TIMEOUT_S = 300.0  # silent this long: closed (the client reconnects when it needs to)
 
 
 class LocalApi:
     """[local_api] socket (path), mode (permission bits, default 0o660)."""
+
+    reports_boot = True  # the stack tells its BootNotification result (op boot_notification)
 
     def __init__(self, cfg, service=None):
         options = cfg.options("local_api", {"socket": DEFAULT_SOCKET, "mode": 0o660})
@@ -32,6 +36,8 @@ class LocalApi:
         self.mode = options["mode"]
         self.service = service or FirmwareService(cfg, "local")
         self.server = None
+        self.clients = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.idle_timeout_s = IDLE_TIMEOUT_S
 
     # -- the front-end interface (agent/control/frontends.py) --------------------------------
 
@@ -64,14 +70,26 @@ class LocalApi:
                 conn, _ = server.accept()
             except OSError:
                 return  # stop() closed the socket
+            if not self.clients.acquire(blocking=False):
+                # A thread per client: a stack leaking connections must not exhaust memory.
+                log.warning("local API: more than %d clients; refusing one", MAX_CLIENTS)
+                try:
+                    conn.sendall(b'{"error": "too many clients", "ok": false}\n')
+                except OSError:
+                    pass
+                conn.close()
+                continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
-        with conn, conn.makefile("rb") as rfile, conn.makefile("wb") as wfile:
-            try:
+        conn.settimeout(self.idle_timeout_s)  # a client that holds a place and says nothing
+        try:  # closing the files flushes: a client gone mid-reply fails there too
+            with conn, conn.makefile("rb") as rfile, conn.makefile("wb") as wfile:
                 self.serve_connection(rfile, wfile)
-            except OSError:
-                pass  # the client went away
+        except OSError as e:
+            log.info("local API client went away: %s", e)
+        finally:
+            self.clients.release()
 
     def stop(self):
         server, self.server = self.server, None
@@ -112,20 +130,19 @@ class LocalApi:
     def handle_line(self, line):
         try:
             request = json.loads(line)
-        # RecursionError: "[[[[..." nested deeper than the parser recurses (64 KiB allow it).
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
             return {"ok": False, "error": "request is not JSON"}
         if not isinstance(request, dict):
             return {"ok": False, "error": "request must be a JSON object"}
         op = request.get("op")
-        handler = OPS.get(op) if isinstance(op, str) else None  # {"op": []} is no op either
+        handler = OPS.get(op) if isinstance(op, str) else None
         if handler is None:
-            return {"ok": False, "error": "unknown op %r; known: %s"
-                    % (request.get("op"), ", ".join(sorted(OPS)))}  # fmt: skip
+            return {"ok": False, "error": "unknown op %s; known: %s"
+                    % (json.dumps(op)[:60], ", ".join(sorted(OPS)))}  # fmt: skip
         try:
             return dict(handler(self.service, request), ok=True)
         except (TypeError, ValueError, KeyError) as e:
-            return {"ok": False, "error": "bad %s request: %s" % (request["op"], e)}
+            return {"ok": False, "error": "bad %s request: %s" % (op, e)}
         except NetworkError as e:
             return {"ok": False, "error": e.message}
         except Exception as e:  # a bug must not take the socket down
@@ -147,22 +164,52 @@ def _update_firmware(service, r):
     return {"status": service.update_firmware(dict((k, r.get(k)) for k in fields))}
 
 
-def _object(request, name):
-    value = request[name]
-    if not isinstance(value, dict):
-        raise ValueError("%s must be an object" % name)
+def _field(r, name, types, required=True):
+    """r[name] when it has one of `types` (None when absent and not required); ValueError
+    naming the field otherwise, so a stack's bug reads as one clear error line."""
+    value = r.get(name)
+    if value is None and not required:
+        return None
+    if value is None:
+        raise ValueError("%s is missing" % name)
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        raise ValueError("%s must be %s" % (name, " or ".join(t.__name__ for t in types)))
     return value
 
 
 def _ack(service, r):
-    seq = r["seq"]
-    if not isinstance(seq, int) or isinstance(seq, bool):
-        raise ValueError("seq must be an integer")
-    return {"acked": service.ack(seq, r.get("error"))}
+    seq = _field(r, "seq", (int,))
+    error = _field(r, "error", (str,), required=False)
+    return {"acked": service.ack(seq, error)}
+
+
+def _boot_notification(service, r):
+    service.boot_notification(
+        _field(r, "status", (str,)),
+        interval=_field(r, "interval", (int,), required=False),
+        csms_time=_field(r, "csms_time", (str,), required=False),
+    )
+    return {}
+
+
+def _install_certificate(service, r):
+    kind, pem = _field(r, "certificate_type", (str,)), _field(r, "certificate", (str,))
+    return {"status": service.install_certificate(kind, pem)}
+
+
+def _delete_certificate(service, r):
+    wanted = _field(r, "certificate_hash_data", (dict,))
+    for key, value in wanted.items():
+        if not isinstance(value, str):
+            raise ValueError("certificate_hash_data.%s must be str" % key)
+    return {"status": service.delete_certificate(wanted)}
 
 
 def _ids(service, r):
-    status, ids = service.installed_certificate_ids(r.get("certificate_type"))
+    kinds = _field(r, "certificate_type", (list,), required=False)
+    if kinds is not None and not all(isinstance(k, str) for k in kinds):
+        raise ValueError("certificate_type must be a list of str")
+    status, ids = service.installed_certificate_ids(kinds)
     return {"status": status, "certificate_hash_data": ids}
 
 
@@ -170,17 +217,11 @@ OPS = {
     "update_firmware": _update_firmware,
     "allow_installation": lambda s, r: s.allow_installation() or {},
     "boot_reason": lambda s, r: {"boot_reason": s.boot_reason()},
-    "boot_notification": lambda s, r: s.boot_notification(
-        str(r["status"]), interval=r.get("interval"), csms_time=r.get("csms_time")
-    ) or {},
+    "boot_notification": _boot_notification,
     "events": lambda s, r: {"events": s.events(_wait(r))},
     "ack": _ack,
     "trigger_status": lambda s, r: s.trigger(),
-    "install_certificate": lambda s, r: {
-        "status": s.install_certificate(r["certificate_type"], r["certificate"])
-    },
-    "delete_certificate": lambda s, r: {
-        "status": s.delete_certificate(_object(r, "certificate_hash_data"))
-    },
+    "install_certificate": _install_certificate,
+    "delete_certificate": _delete_certificate,
     "get_installed_certificate_ids": _ids,
 }  # fmt: skip

@@ -27,7 +27,7 @@ class LocalApiUnavailable(LocalApiError):
 
 
 class LocalClient:
-    def __init__(self, path, timeout=10.0):
+    def __init__(self, path, timeout=15.0):  # the agent answers an update within 10 s
         self.path = path
         self.timeout = timeout
         self.sock = None
@@ -44,23 +44,32 @@ class LocalClient:
         self.sock, self.reader = sock, sock.makefile("rb")
 
     def call(self, op, **fields):
-        """Send {"op": op, **fields}, return the reply; reconnects once on a broken link."""
+        """Send {"op": op, **fields}, return the reply. A kept connection the agent closed
+        meanwhile (it restarted) is reopened once; a request that got no reply in time is
+        never sent again (the agent may have taken it: an update would become two jobs)."""
         fields["op"] = op
         line = json.dumps(fields).encode() + b"\n"
         wait = float(fields.get("wait_s") or 0)
         for attempt in (1, 2):
-            if self.sock is None:
+            reused = self.sock is not None
+            if not reused:
                 self._connect()
             try:
                 self.sock.settimeout(self.timeout + wait)
                 self.sock.sendall(line)
                 reply = self.reader.readline()
-                if reply:
-                    break
+            except socket.timeout:
+                self.close()
+                raise LocalApiUnavailable(
+                    "agent at %s did not answer %s within %ss"
+                    % (self.path, op, self.timeout + wait)
+                ) from None
             except OSError:
-                pass
+                reply = b""
+            if reply:
+                break
             self.close()
-            if attempt == 2:
+            if not reused or attempt == 2:
                 raise LocalApiUnavailable("agent at %s closed the connection" % self.path)
         try:
             answer = json.loads(reply)
@@ -86,7 +95,15 @@ def main(argv=None):
         print("usage: python -m agent.frontends.local_client SOCKET OP [JSON-FIELDS]\n"
               "e.g.   ... /run/charger-update/agent.sock trigger_status")  # fmt: skip
         return 2
-    fields = json.loads(argv[2]) if len(argv) > 2 else {}
+    try:
+        fields = json.loads(argv[2]) if len(argv) > 2 else {}
+    except ValueError as e:
+        fields = "not JSON (%s)" % e
+    if not isinstance(fields, dict):
+        print(
+            "error: JSON-FIELDS must be a JSON object, got %s" % str(fields)[:80], file=sys.stderr
+        )
+        return 2
     try:
         print(json.dumps(LocalClient(argv[0]).call(argv[1], **fields), indent=1, sort_keys=True))
     except LocalApiError as e:

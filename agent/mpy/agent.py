@@ -24,6 +24,19 @@ from agent.mpy.store import Board, Journal
 SIGNATURE_ERRORS = (BadSignature, UnknownKey)
 
 
+def esp32_boot_facts(machine):
+    """Journey.resume's boot facts from MicroPython's machine.reset_cause() on an ESP32: only
+    a power-on (or brown-out) and a watchdog name a cause; MicroPython folds the rest (a
+    panic among them, as far as its port says) into codes that could also be machine.reset(),
+    so they stay "unknown" rather than a guess (agent/core/resets.py)."""
+    cause = machine.reset_cause()
+    if cause == machine.PWRON_RESET:
+        return {"reset": "power-on"}
+    if cause == machine.WDT_RESET:
+        return {"reset": "watchdog"}
+    return {"reset": "unknown"}
+
+
 class Abandoned(Exception):
     """The step's journey moved on (cancel): its result belongs to nobody."""
 
@@ -35,7 +48,7 @@ def _info(error):
 class Agent:
     """cfg: the board's agent.json (dict); boot: agent.mpy.ota.OtaBoot; channel: Channel;
     stack: the charging firmware's callback object; trust: agent.mpy.trust.Trust;
-    system: reboot() and local_offset_s()."""
+    system: reboot(), local_offset_s() and optionally boot_facts() (esp32_boot_facts)."""
 
     def __init__(self, cfg, boot, channel, stack, trust, system, after_save=None, rng=None):
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
@@ -94,8 +107,11 @@ class Agent:
         if self.journal.problem:
             print(self.journal.problem)
         booted = self.boot.booted_slot()
-        print("booted slot %s; journal state %s" % (booted, self.journey.state))
-        self.execute(self.journey.resume(booted, time.time())[1])
+        facts = self.system.boot_facts() if hasattr(self.system, "boot_facts") else None
+        print("booted slot %s; journal state %s; boot %s" % (booted, self.journey.state, facts))
+        # The reset cause tells a power loss that ended the trial from a crash (the cause
+        # of the RolledBack), though ESP-IDF falls back on either.
+        self.execute(self.journey.resume(booted, time.time(), facts)[1])
         state = self.journey.state
         if state in (lc.IDLE, lc.COMMITTED) or (
             lc.is_terminal(state) and booted != self.journey.data.get("new_slot")

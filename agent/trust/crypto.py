@@ -179,7 +179,8 @@ def load_certs_pem(data, what="certificate"):
 
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError as e:
+    # InvalidVersion is no ValueError: a version field of 10 raised out of the OCPP check.
+    except (ValueError, x509.InvalidVersion) as e:
         raise MalformedBundle("%s is not PEM X.509: %s" % (what, e)) from None
     if not certs:
         raise MalformedBundle("%s holds no certificate" % what)

@@ -112,6 +112,8 @@ class ManufacturerRoots:
     # -- the roots ------------------------------------------------------------------------------
 
     def _installed_files(self):
+        if self.store_dir is None:  # the roots given, nothing a CSMS installed (the CLI)
+            return []
         try:
             names = sorted(os.listdir(self.store_dir))
         except OSError:
@@ -213,8 +215,9 @@ class ManufacturerRoots:
     def _crls(self):
         paths = list(self.crl_paths)
         try:
-            paths += [os.path.join(self.store_dir, n) for n in sorted(os.listdir(self.store_dir))
-                      if n.endswith(".crl")]  # fmt: skip
+            if self.store_dir is not None:  # listdir(None) would list the working dir
+                names = sorted(os.listdir(self.store_dir))
+                paths += [os.path.join(self.store_dir, n) for n in names if n.endswith(".crl")]
         except OSError:
             pass
         for path in paths:

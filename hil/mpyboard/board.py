@@ -4,7 +4,9 @@ Power on runs the emulated ESP-IDF bootloader (bootloader.py: otadata rules, ima
 validation) and starts the app it picked as a MicroPython unix-port process with a bounded
 heap (`-X heapsize`), its flash on files (esp32.py). When the app ends, for whatever reason
 (machine.reset(), a panic, an exception), that is a reset: the bootloader runs again, as on
-the chip. Power off kills the process at once (SIGKILL), like pulling the plug.
+the chip. Power off kills the process at once (SIGKILL), like pulling the plug. Like the
+chip's reset-reason register, MPYBOARD_RESET tells the app why it started: power-on (the
+supply came on), reboot (the app asked: exit 0), panic (it died).
 
 Invariant: the board owns exactly one app process at a time and close() leaves none behind.
 """
@@ -65,6 +67,7 @@ class MpyBoard:
 
     def _run(self):
         self._console("[rom] power on")
+        reset = "power-on"
         while True:
             with self.lock:
                 if not self.powered:
@@ -77,16 +80,18 @@ class MpyBoard:
                 return
             self.boots += 1
             self._console("[rom] booting %s (%s)" % (label, descriptor.get("version")))
-            code = self._app(descriptor)
+            code = self._app(descriptor, reset)
             self._console("[rom] reset (app exited with %s)" % code)
+            reset = "reboot" if code == 0 else "panic"
 
     def _bootloader(self):
         _, bootloader, _, _ = flash.modules(self.flash_dir)
         return bootloader.boot()
 
-    def _app(self, descriptor):
+    def _app(self, descriptor, reset):
         env = dict(os.environ, MICROPYPATH=deps.micropath(HERE), ESP32EMU_FLASH=self.flash_dir,
-                   MPYBOARD_DIR=self.dir, MPYBOARD_APP=json.dumps(descriptor))  # fmt: skip
+                   MPYBOARD_DIR=self.dir, MPYBOARD_APP=json.dumps(descriptor),
+                   MPYBOARD_RESET=reset)  # fmt: skip
         cmd = [deps.micropython_bin(), "-X", "heapsize=%s" % self.heap,
                os.path.join(HERE, "firmware.py")]  # fmt: skip
         with self.lock:

@@ -65,6 +65,11 @@ class System:
     def local_offset_s(self):
         return 0
 
+    def boot_facts(self):
+        """Why this boot happened, as the board controller's reset register says (a real
+        board: agent.mpy.agent.esp32_boot_facts(machine))."""
+        return {"reset": os.getenv("MPYBOARD_RESET") or "unknown"}
+
 
 def _counted_save(n, state):
     """after_save hook: the board-wide save counter and the planned power cut."""

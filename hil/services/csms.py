@@ -17,6 +17,7 @@ its answer.
 import asyncio
 import contextlib
 import datetime
+import json
 import threading
 
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
@@ -38,7 +39,18 @@ def _value(enum_or_str):
 
 
 class _Recorder:
-    """What both protocol handlers share: recording into the server, refusing on request."""
+    """What both protocol handlers share: recording into the server, refusing on request,
+    catching the replies to raw frames (send_raw) before the library sees them."""
+
+    async def route_message(self, raw_msg):
+        try:
+            frame = json.loads(raw_msg)
+            unique_id = frame[1] if isinstance(frame, list) and frame[0] in (3, 4) else None
+        except (ValueError, IndexError, TypeError):
+            unique_id = None
+        if unique_id is not None and self.server._raw_reply(unique_id, frame):
+            return
+        await super().route_message(raw_msg)
 
     def _refuse(self, action):
         if action in self.server.refuse:
@@ -201,6 +213,7 @@ class Csms:
         self.connections = []  # (charge point id, negotiated subprotocol)
         self.stations = {}  # charge point id -> handler of its latest connection
         self.timeline = []  # (kind, record) of every record, in order of arrival
+        self._raw_replies = {}  # unique id of a send_raw frame -> the station's reply frame
         self._lock = threading.Condition()
         self._loop = None
         self._thread = None
@@ -268,6 +281,32 @@ class Csms:
         future = asyncio.run_coroutine_threadsafe(station.call(message, suppress=False),
                                                   self._loop)  # fmt: skip
         return future.result(left)
+
+    def send_raw(self, cp_id, text, unique_id=None, timeout=10.0):
+        """Send the frame `text` as it is (malformed, mistyped, oversized: what no library
+        would send); with `unique_id`, wait for the station's reply frame and return it
+        ([3, id, payload] or [4, id, code, description, details]), else None on timeout."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: cp_id in self.stations, timeout):
+                raise TimeoutError("station %s is not connected" % cp_id)
+            station = self.stations[cp_id]
+            if unique_id is not None:
+                self._raw_replies[unique_id] = None
+        sent = asyncio.run_coroutine_threadsafe(station._connection.send(text), self._loop)
+        sent.result(timeout)
+        if unique_id is None:
+            return None
+        with self._lock:
+            self._lock.wait_for(lambda: self._raw_replies[unique_id] is not None, timeout)
+            return self._raw_replies.pop(unique_id)
+
+    def _raw_reply(self, unique_id, frame):
+        with self._lock:
+            if unique_id not in self._raw_replies:
+                return False
+            self._raw_replies[unique_id] = frame
+            self._lock.notify_all()
+            return True
 
     async def _on_connection(self, connection):
         cp_id = connection.request.path.rstrip("/").split("/")[-1]

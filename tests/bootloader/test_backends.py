@@ -1,6 +1,7 @@
 """Backend-specific behaviour: the boot-side twins, strict reading, OEM command failures."""
 
 import os
+import subprocess
 
 import pytest
 
@@ -20,7 +21,7 @@ def test_rauc_boot_select_counts_down_first_slot_with_attempts():
     env = {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "1", "other": "x"}
     slot, new = uboot_rauc.boot_select(env)
     assert slot == "B"
-    assert new == dict(env, BOOT_B_LEFT="0")
+    assert new == dict(env, BOOT_B_LEFT="0", BOOT_LAST="B")
     slot, new = uboot_rauc.boot_select(new)
     assert (slot, new["BOOT_A_LEFT"]) == ("A", "2")
 
@@ -28,7 +29,7 @@ def test_rauc_boot_select_counts_down_first_slot_with_attempts():
 def test_rauc_boot_select_fills_missing_variables_like_the_script():
     slot, new = uboot_rauc.boot_select({})
     assert slot == "A"
-    assert new == {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "2", "BOOT_B_LEFT": "3"}
+    assert new == {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "2", "BOOT_B_LEFT": "3", "BOOT_LAST": "A"}
 
 
 def test_rauc_boot_select_resets_when_all_spent():
@@ -36,22 +37,36 @@ def test_rauc_boot_select_resets_when_all_spent():
     slot, new = uboot_rauc.boot_select(env)
     assert slot is None
     assert (new["BOOT_A_LEFT"], new["BOOT_B_LEFT"]) == ("3", "3")
+    assert "BOOT_LAST" not in new  # nothing booted: the board resets
     assert uboot_rauc.boot_select(new)[0] == "B"
 
 
 def test_rauc_boot_select_ends_a_trial_reset_by_watchdog_or_panic_at_once():
-    trial = {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "2", "BOOT_TRIAL": "B"}
+    trial = {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "2", "BOOT_TRIAL": "B",
+             "BOOT_LAST": "B"}  # fmt: skip
     for reset in ("watchdog", "panic"):
         slot, new = uboot_rauc.boot_select(trial, reset=reset)
         assert (slot, new["BOOT_B_LEFT"], new["BOOT_A_LEFT"]) == ("A", "0", "2")
+        assert new["BOOT_LAST"] == "A"
     # A power loss (or a board that cannot tell) leaves the attempts to resume the trial.
     for reset in ("power-on", "reboot", None, "unknown"):
         assert uboot_rauc.boot_select(trial, reset=reset) == ("B", dict(trial, BOOT_B_LEFT="1"))
-    # Outside a trial, or once the trial slot is no longer first, a crash costs nothing more.
+    # Outside a trial, or once the trial slot is no longer the one that ran, a crash costs
+    # nothing more.
     committed = dict(trial, BOOT_TRIAL="")
     assert uboot_rauc.boot_select(committed, reset="watchdog")[0] == "B"
-    fallen = dict(trial, BOOT_ORDER="A B")
+    fallen = dict(trial, BOOT_ORDER="A B", BOOT_LAST="A")
     assert uboot_rauc.boot_select(fallen, reset="watchdog")[1]["BOOT_B_LEFT"] == "2"
+
+
+def test_rauc_watchdog_reset_of_the_old_slot_before_the_trial_ran_costs_the_trial_nothing():
+    # try_slot(B) has run on A, then A's shutdown hung and the watchdog reset the board:
+    # B never ran, so its trial keeps every attempt (a good release is not blamed).
+    armed = {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3", "BOOT_TRIAL": "B",
+             "BOOT_LAST": "A"}  # fmt: skip
+    for reset in ("watchdog", "panic"):
+        assert uboot_rauc.boot_select(armed, reset=reset) == (
+            "B", dict(armed, BOOT_B_LEFT="2", BOOT_LAST="B"))  # fmt: skip
 
 
 @pytest.mark.parametrize("backend", ["simulated", "grub", "uboot-rauc"])
@@ -70,6 +85,10 @@ def test_trial_marker_follows_try_good_and_bad(tmp_path, backend):
     assert boot.env.read()["BOOT_TRIAL"] == "B"
     if fw_config:  # what the boot script reads is what the Linux-side tools read too
         assert fw_printenv(fw_config)["BOOT_TRIAL"] == "B"
+    if backend == "grub":  # and GRUB's own tool
+        listed = subprocess.run(["grub-editenv", str(tmp_path / "grubenv"), "list"],
+                                capture_output=True, check=True, text=True).stdout  # fmt: skip
+        assert "BOOT_TRIAL=B" in listed.splitlines() and "BOOT_B_LEFT=3" in listed.splitlines()
     boot.mark_good("A")  # the old slot's healthy boot does not end B's trial
     boot.try_slot("B", 3)
     assert boot.env.read()["BOOT_TRIAL"] == "B"
@@ -89,6 +108,25 @@ def test_rauc_boot_select_is_lenient_like_hush():
 def test_bootcount_boot_select_counts_only_when_armed():
     env = {"boot_slot": "A", "bootcount": "0", "bootlimit": "1", "altbootcmd": ALTBOOTCMD}
     assert uboot_bootcount.boot_select(env) == ("A", env)  # not armed: nothing saved
+
+
+def test_bootcount_boot_select_falls_back_at_once_after_a_crash_of_the_slot_that_ran():
+    armed = {"boot_slot": "B", "upgrade_available": "1", "bootcount": "0", "bootlimit": "3",
+             "altbootcmd": ALTBOOTCMD}  # fmt: skip
+    # The first armed boot: B has not run yet (a watchdog reset of A going down costs nothing).
+    slot, env = uboot_bootcount.boot_select(armed, reset="watchdog")
+    assert (slot, env["bootcount"]) == ("B", "1")
+    # B ran and the watchdog or a panic reset it: altbootcmd at once, not after bootlimit.
+    for reset in ("watchdog", "panic"):
+        slot, after = uboot_bootcount.boot_select(env, reset=reset)
+        assert (slot, after["upgrade_available"], after["bootcount"]) == ("A", "0", "0")
+    # A power loss (or no word) keeps the trial going on its remaining attempts.
+    for reset in ("power-on", "reboot", None):
+        assert uboot_bootcount.boot_select(env, reset=reset) == ("B", dict(env, bootcount="2"))
+    # Not armed: a crash of the committed slot changes nothing.
+    good = {"boot_slot": "A", "upgrade_available": "0", "bootcount": "0", "bootlimit": "3",
+            "altbootcmd": ALTBOOTCMD}  # fmt: skip
+    assert uboot_bootcount.boot_select(good, reset="watchdog") == ("A", good)
 
 
 def test_bootcount_boot_select_runs_altbootcmd_past_the_limit():

@@ -136,6 +136,20 @@ def test_real_uboot_ends_a_trial_at_once_after_a_watchdog_reset(qemu_board):
     assert qemu_board.control().attempts_left("B") == 0
 
 
+def test_real_uboot_spares_a_trial_whose_slot_never_ran_from_a_watchdog_reset(qemu_board):
+    """try_slot(B) ran on A, then A hung on its way down and the watchdog reset the board:
+    B never ran (BOOT_LAST is A), so the reset costs its trial nothing; once B has run, a
+    watchdog reset ends the trial."""
+    assert qemu_board.boot() == "A"
+    boot = qemu_board.control()
+    boot.mark_good("A")
+    boot.try_slot("B", attempts=3)
+    assert qemu_board.boot("watchdog") == "B"
+    assert qemu_board.control().attempts_left("B") == 2
+    assert qemu_board.boot("panic") == "A"
+    assert qemu_board.control().attempts_left("B") == 0
+
+
 def test_real_uboot_keeps_a_committed_slot(qemu_board):
     assert qemu_board.boot() == "A"
     qemu_board.control().mark_good("A")
@@ -176,3 +190,32 @@ def test_real_uboot_runs_the_bootcount_altbootcmd(qemu_board):
     after = qemu_board.env.read()
     for var in ("boot_slot", "upgrade_available", "bootcount"):
         assert after[var] == predicted[var]
+
+
+@pytest.mark.parametrize(
+    "bootcount, reset, slot",
+    [("2", "watchdog", "A"), ("2", "panic", "A"), ("2", "power-on", "B"), ("1", "watchdog", "B"),
+     ("2", None, "B")],
+)  # fmt: skip
+def test_real_uboot_runs_the_bootcount_bootcmd_with_a_reset_cause(qemu_board, bootcount, reset,
+                                                                   slot):  # fmt: skip
+    """The sample bootcmd on real U-Boot: after a watchdog or panic reset of the slot on trial
+    that already ran (bootcount > 1 once U-Boot has counted this boot: this build does not
+    count, so the env holds the counted value) it runs altbootcmd at once; otherwise it boots
+    the slot and passes the cause on as charger.reset=. The twin predicts the same."""
+    env = dict(qemu_board.env.read(), **bootcount_script_env())
+    env.update(boot_slot="B", upgrade_available="1", bootcount=bootcount, bootlimit="3")
+    env.pop("charger_reset", None)
+    if reset:
+        env["preboot"] = "setenv charger_reset %s" % reset  # what the board's code does
+    qemu_board.env.format(env)
+    before = dict(env, bootcount=str(int(bootcount) - 1))  # the twin counts this boot itself
+    expected, predicted = uboot_bootcount.boot_select(before, reset=reset)
+    assert expected == slot
+    console = qemu_board.power_on()
+    booted = [line for line in console.splitlines() if line.startswith(MARK)]
+    assert len(booted) == 1 and "charger.slot=%s" % slot in booted[0], console[-2000:]
+    assert ("charger.reset=%s" % reset in booted[0]) == bool(reset), booted[0]
+    after = qemu_board.env.read()
+    for var in ("boot_slot", "upgrade_available", "bootcount"):
+        assert after[var] == predicted[var], (var, after[var], predicted[var])

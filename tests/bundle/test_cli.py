@@ -113,6 +113,7 @@ def test_bad_payload_spec_is_a_config_error(work):
 
 def test_verify_ocpp_command(work, capsys):
     from agent.bundle import ocpp
+    from agent.trust.manufacturer import CertificateProblem
     from tests.bundle.pki import Pki, pem
 
     pki, rogue = Pki(), Pki()
@@ -124,9 +125,16 @@ def test_verify_ocpp_command(work, capsys):
     base = ["bundle", "verify-ocpp", "fw.bin", "--signature", "fw.sig", "--cert", "signer.pem"]
     assert main(base + ["--mfr-root", "mfr.pem"]) == 0
     assert "OK fw.bin" in capsys.readouterr().out
-    assert main(base + ["--mfr-root", "rogue.pem"]) == UnknownKey.exit_code
+    # The agent's own check: not issued by this root, or with an intermediate, is refused.
+    assert main(base + ["--mfr-root", "rogue.pem"]) == CertificateProblem.exit_code == 30
+    (work / "chain.pem").write_bytes(pki.signing_cert_pem + pem(pki.root))
+    chain = ["bundle", "verify-ocpp", "fw.bin", "--signature", "fw.sig", "--cert", "chain.pem"]
+    assert main(chain + ["--mfr-root", "mfr.pem"]) == 30
+    assert "intermediates" in capsys.readouterr().err
     (work / "fw.bin").write_bytes(os.urandom(5000))
     assert main(base + ["--mfr-root", "mfr.pem"]) == BadSignature.exit_code
+    assert main(["bundle", "verify-ocpp", "nothing.bin", "--signature", "fw.sig", "--cert",
+                 "signer.pem", "--mfr-root", "mfr.pem"]) == 20  # fmt: skip
 
 
 def test_root_show_json(work, capsys):

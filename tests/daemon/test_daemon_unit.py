@@ -186,6 +186,24 @@ def test_job_and_cancel_are_acknowledged_only_after_the_journal_write(tmp_path):
     assert d.channel.messages("update/status")[-1]["reason"] == "malformed-job"
 
 
+@pytest.mark.parametrize("attempts", [0, 10, "3", 2.5, True])
+def test_bad_trial_attempts_is_a_config_error_at_start(tmp_path, attempts):
+    cfg = config(tmp_path)
+    cfg.bootloader["trial_attempts"] = attempts
+    with pytest.raises(ConfigError, match="trial_attempts"):
+        daemon(cfg)
+
+
+def test_trial_attempts_reach_the_bootloader(tmp_path):
+    cfg = config(tmp_path)
+    assert daemon(cfg).trial_attempts == 3  # the default: a power cut in a trial resumes it
+    cfg.bootloader["trial_attempts"] = 5
+    d = daemon(cfg)
+    d.boot.mark_good("B")
+    d.do_try_slot("A")
+    assert d.boot.attempts_left("A") == 5
+
+
 def test_reset_cause_comes_from_the_command_line_else_the_watchdog_else_unknown(tmp_path):
     from agent.control.system import System as RealSystem
 
@@ -204,6 +222,13 @@ def test_reset_cause_comes_from_the_command_line_else_the_watchdog_else_unknown(
     assert system.reset_cause() == "unknown"
     cmdline.write_text("charger.reset=gremlins\n")
     assert system.reset_cause() == "unknown"
+    # The script's word wins over the watchdog's; a word it does not know defers to it.
+    status.write_text("32\n")
+    assert system.reset_cause() == "watchdog"
+    cmdline.write_text("charger.reset=\n")  # a script that passed an unset charger_reset
+    assert system.reset_cause() == "watchdog"
+    cmdline.write_text("charger.reset=power-on\n")
+    assert system.reset_cause() == "power-on"
 
 
 # -- an idle agent sleeps until something happens (issue 12) ------------------------------------
@@ -305,3 +330,32 @@ def test_watchdog_is_petted_at_half_its_timeout_and_caps_the_sleep(tmp_path):
     finally:
         d.stop()
         loop.join(10)
+
+
+def test_front_end_request_is_answered_even_when_replacing_the_job_fails_on_the_slot(tmp_path):
+    """A new OCPP request while an install runs: the journal takes the new job first, then
+    the old slot is marked bad, which needs the state lock. When that fails (the lock held),
+    the stack still gets the answer the journal holds, at once, and the loop recovers."""
+    from agent.core import lifecycle as lc
+    from agent.core.errors import StateBusy
+    from agent.core.jobs import job_from_request
+    from agent.state.statedir import StateLock
+
+    cfg = config(tmp_path)
+    d = daemon(cfg)
+    d.resume()
+    old = job_from_request({"id": "ocpp-1-a", "url": "http://127.0.0.1:9/x.cub"}, cfg.device)
+    d.journey.offer(old, 0, "B", "A", 0.5)
+    d.journey.state = lc.INSTALLING  # the old job writes slot A
+    d.journey.data["slot_touched"] = True
+    answers = []
+    request = {"id": "ocpp-2-b", "url": "http://127.0.0.1:9/y.cub",
+               "retrieve_at": "2099-01-01T00:00:00Z"}  # fmt: skip
+    with StateLock(cfg.state_dir, "someone else writing"):
+        with pytest.raises(StateBusy):
+            d.take_request(request, answers.append)
+    assert answers == [("accepted-canceled", "ocpp-2-b")]
+    assert d.journal.load(d.policy).job.id == "ocpp-2-b"
+    # Nothing runs: a refused request is answered before its actions too.
+    d.take_request({"id": "x", "url": "ftp://nowhere"}, answers.append)
+    assert answers[-1][0] == "rejected"

@@ -188,7 +188,9 @@ class EverestDouble:
             self.statuses.append((now, status, request_id))
             self.cond.notify_all()
         if status == "SignatureVerified" and self.auto_allow:
-            self.allow_installation()  # libocpp: every EVSE unavailable, installation may go
+            # libocpp: every EVSE unavailable, installation may go. Off this (the MQTT
+            # client's) thread: the publish waits for the broker's acknowledgement.
+            threading.Thread(target=self.allow_installation, daemon=True).start()
 
     def wait_status(self, request_id, wanted, timeout=60.0):
         wanted = (wanted,) if isinstance(wanted, str) else wanted

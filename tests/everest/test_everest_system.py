@@ -92,6 +92,45 @@ def test_everest_failing_update_ends_installation_failed(everest):
     assert double.violations == []
 
 
+def test_everest_bad_signature_ends_invalid_signature_before_the_slot_is_touched(everest):
+    # Unlike EVerest's Linux_Systemd_Rauc module, the OCPP signature is checked.
+    rig, double = everest
+    before = rig.inventory()
+    fw = dict(rig.ocpp_release("1.2.1", bad_signature=True))
+    assert double.update_firmware(request(rig, 33, fw)) == "Accepted"
+    final = double.wait_status(33, FINAL, timeout=60)
+    assert final[1] == "InvalidSignature", double.statuses
+    assert double.names(33) == ["Downloading", "Downloaded", "InvalidSignature"]
+    row = rig.backend.wait_inventory(rig.device_id, lambda r: (r.get("last_job") or {}).get(
+        "result") == "InvalidSignature", 30)  # fmt: skip
+    assert row["booted"] == before["booted"] and row["primary"] == before["primary"]
+    assert double.violations == []
+
+
+def test_everest_install_timestamp_is_honoured(everest):
+    # Unlike EVerest's Linux_Systemd_Rauc module, install_timestamp holds the installation.
+    rig, double = everest
+    double.auto_allow = True
+    install_at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=3)
+    req = dict(request(rig, 34, rig.ocpp_release("1.2.2")),
+               install_timestamp=install_at.strftime("%Y-%m-%dT%H:%M:%S.000Z"))  # fmt: skip
+    assert double.update_firmware(req) == "Accepted"
+    double.wait_status(34, "InstallScheduled")
+    double.wait_status(34, "Installing")
+    assert datetime.datetime.now(datetime.timezone.utc) >= install_at.replace(microsecond=0)
+    assert double.wait_status(34, FINAL, timeout=90)[1] == "Installed", double.statuses
+    names = double.names(34)
+    assert names.index("SignatureVerified") < names.index("InstallScheduled") < names.index(
+        "Installing")  # fmt: skip
+
+    def committed(row):
+        job = row.get("last_job") or {}
+        return job.get("result") == "Committed" and job.get("id", "").startswith("ocpp-34-")
+
+    rig.backend.wait_inventory(rig.device_id, committed, 30)
+    assert double.violations == []
+
+
 def test_everest_requests_without_a_signature_are_rejected(everest):
     rig, double = everest
     fw = rig.ocpp_release("1.3.0")
@@ -101,14 +140,64 @@ def test_everest_requests_without_a_signature_are_rejected(everest):
     assert double.violations == []
 
 
-def test_everest_location_naming_a_local_file_never_reads_it(everest):
-    """A CSMS (through libocpp) names file:///etc/passwd (review #12): the request is taken
-    (the signing certificate is valid) and ends DownloadFailed; nothing outside
-    [download] file_dir is read, and this board has none."""
+def test_everest_location_naming_a_local_file_is_rejected(everest):
+    """A CSMS (through libocpp) names file:///etc/passwd (review #12): OCPP's locations are
+    HTTP(S) only, so the request is Rejected before it becomes a job; nothing is read."""
     rig, double = everest
     fw = dict(rig.ocpp_release("1.5.0"), location="file:///etc/passwd")
-    assert double.update_firmware(request(rig, 42, fw)) == "Accepted"
-    final = double.wait_status(42, FINAL, timeout=60)
-    assert final[1] == "DownloadFailed", double.statuses
-    assert "Downloaded" not in double.names(42)
+    assert double.update_firmware(request(rig, 42, fw)) == "Rejected"
+    assert double.names(42) == []
     assert double.violations == []
+
+
+def test_everest_garbage_requests_are_refused_and_the_agent_keeps_answering(everest):
+    # What a broken EVerest (or anything else on its broker) might publish: each is refused
+    # with one log line; the agent keeps answering, and nothing reaches the engine.
+    rig, double = everest
+    console = len(rig.console_text())
+    base = double.base + "/e2m/"
+    garbage = [
+        ("update_firmware", b"\xff\xfe not json"),
+        ("update_firmware", b"[" * 60000),  # nested past the parser's recursion limit
+        ("update_firmware", b'{"headers": ["replyTo"], "payload": {}}'),
+        ("update_firmware", b'{"headers": {"replyTo": 42}, "payload": {}}'),
+        ("update_firmware", b'{"headers": {"replyTo": "x"}, "payload": "' + b"a" * 70000 + b'"}'),
+        ("get_boot_reason", b'{"headers": {"replyTo": "everest/#"}}'),  # not a topic to publish
+        ("no_such_operation", b"{}"),
+    ]
+    for operation, raw in garbage:
+        double.channel.publish_raw(base + operation, raw, qos=1, wait_s=5)
+    for bad in ({"request_id": "7", "location": "https://x/y"},
+                {"request_id": 7, "location": 42},
+                {"request_id": 7, "location": "https://x/y", "retry_interval_s": "1"},
+                {"request_id": 7, "location": "https://x/y", "install_timestamp": "soon"},
+                ["not", "an", "object"]):  # fmt: skip
+        assert double.request("update_firmware", bad) == "Rejected"
+    assert double.request("is_reset_allowed", "Soft") is True
+    assert double.request("get_boot_reason") in ("PowerUp", "FirmwareUpdate")
+    assert "Traceback" not in rig.console_text()[console:]
+    assert double.violations == []
+
+
+def test_without_ocpp_consumer_api_the_trial_does_not_wait_for_everest_boot(tmp_path):
+    # Only ocpp_consumer_API's boot_notification_response tells the agent that the CSMS
+    # accepted the boot; without it the trial's communication check must not wait for one
+    # (it would fail every trial) but use its own probe.
+    from agent.config import Config
+    from agent.control.frontends import Frontends
+    from agent.frontends.channel import FakeChannel
+    from agent.frontends.everest import EverestSystem
+    from agent.frontends.local_api import LocalApi
+
+    def config(everest):
+        raw = {"device": {"id": "cp-1", "model": "M", "hardware_revision": "r"},
+               "slots": {"A": {"rootfs": "a"}, "B": {"rootfs": "b"}},
+               "bootloader": {"backend": "simulated"}, "state": {"dir": "state"},
+               "everest": everest, "local_api": {"socket": "agent.sock"}}  # fmt: skip
+        return Config(raw, str(tmp_path / "agent.toml"))
+
+    alone = EverestSystem(config({}), channel=FakeChannel(device_id="cp-1"))
+    assert Frontends([alone]).csms_links() == []
+    told = EverestSystem(config({"ocpp_module_id": "ocpp"}), channel=FakeChannel(device_id="cp-1"))
+    local = LocalApi(config({}))
+    assert Frontends([alone, told, local]).csms_links() == [told, local]

@@ -136,10 +136,10 @@ def ocpp_update_firmware(data):
 
 def everest_request(data):
     """An e2m/update_firmware message from EVerest's system_API."""
-    request = decode_request(data)
-    if request is None:
-        return
-    payload, reply_to = request
+    try:
+        payload, reply_to = decode_request(data)
+    except ValueError:
+        return  # logged and not answered: EVerest times the request out
     assert reply_to is None or (isinstance(reply_to, str) and reply_to), reply_to
     assert _everest().update_firmware(payload) in STATUSES
 

@@ -86,7 +86,8 @@ def test_tampered_payload_is_refused_before_set_boot(rig):
 # Journal saves of a good update, in order: accepted (DownloadScheduled), Downloading,
 # Downloaded, InstallScheduled, Installing, Installed, Rebooting | new slot: Trial, Committed,
 # Idle. A cut at the Trial save lands before mark_app_valid_cancel_rollback: ESP-IDF's
-# bootloader aborts the unconfirmed image at the next boot, so that journey rolls back.
+# bootloader aborts the unconfirmed image at the next boot, so that journey rolls back, with
+# the power loss as its cause (the board's reset reason), which a fleet does not halt on.
 CUTS = [(n, "RolledBack" if n == 8 else "Committed") for n in range(1, 11)]
 
 
@@ -98,6 +99,8 @@ def test_power_cut_at_every_journal_step_resumes(rig, cut, expected):
     rig.board.wait_line("POWER CUT at save %d" % cut, T)
     final = rig.wait_status(job["id"], FINAL_STATUSES, T)
     assert final["status"] == expected, final
+    if expected == "RolledBack":
+        assert (final["cause"], final["evidence"]) == ("power-loss", {"resets": ["power-on"]})
     booted = catalogue.settled_row(rig, job["id"])["booted"]
     assert booted == ("ota_1" if expected == "Committed" else "ota_0")
     # The cut after the last save comes after the final status: wait for it, do not race it.
@@ -132,3 +135,28 @@ def test_job_version_not_in_the_signed_manifest_is_refused(rig):
     final = rig.wait_status(job["id"], FINAL_STATUSES, T)
     assert (final["status"], final["reason"]) == ("InvalidSignature", "version-mismatch")
     assert otadata(rig)[1][0] == 0xFFFFFFFF  # set_boot never ran: otadata untouched
+
+
+def test_esp32_reset_reasons_become_boot_facts():
+    """The constants of MicroPython's esp32 `machine` (from its stubs); only power-on and the
+    watchdog name a cause, the rest stays unknown (never guessed to be a power loss)."""
+    import sysconfig
+
+    from agent.mpy.agent import esp32_boot_facts
+
+    constants = {}
+    with open(os.path.join(sysconfig.get_paths()["purelib"], "machine.pyi")) as f:
+        for name, value in re.findall(r"^(\w+_RESET): Final\[int\] = (\d+)", f.read(), re.M):
+            constants[name] = int(value)
+
+    class Machine:
+        pass
+
+    machine = Machine()
+    machine.__dict__.update(constants)
+    seen = {}
+    for name, code in constants.items():
+        machine.reset_cause = lambda code=code: code
+        seen[name] = esp32_boot_facts(machine)["reset"]
+    assert seen == {"PWRON_RESET": "power-on", "WDT_RESET": "watchdog", "HARD_RESET": "unknown",
+                    "SOFT_RESET": "unknown", "DEEPSLEEP_RESET": "unknown"}  # fmt: skip

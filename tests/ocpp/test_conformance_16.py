@@ -1,17 +1,19 @@
 """OCPP 1.6J with the security whitepaper (edition 3) on the virtual board: the cases where
-the protocol differs from 2.0.1 (SignedUpdateFirmware, SignedFirmwareStatusNotification, no
-boot reason, ExtendedTriggerMessage, a classic UpdateFirmware refused, the 1.6 certificate
-messages). The engine decisions behind the other cases are the same for both protocols and are
-proven on 2.0.1 (test_conformance_201.py) and against the engine (tests/core)."""
+the protocol differs from 2.0.1 (SignedUpdateFirmware with its installDateTime, retries and
+retryInterval, SignedFirmwareStatusNotification, no boot reason, ExtendedTriggerMessage, a
+classic UpdateFirmware refused, the 1.6 certificate messages). The engine decisions behind
+the other cases are the same for both protocols and are proven on 2.0.1
+(test_conformance_201.py) and against the engine (tests/core)."""
 
 import os
+import time
 
 import pytest
 from ocpp.exceptions import NotSupportedError
 from ocpp.v16 import call
 
 from agent.trust.manufacturer import hash_data
-from tests.ocpp.conftest import FINAL, in_order
+from tests.ocpp.conftest import FINAL, in_order, iso
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -31,6 +33,21 @@ def test_TC_L_01_signed_update_firmware_installation_successful(station16):
     boot = [b for b in c.boots() if b["station"]["firmware_version"] == version][0]
     assert c.pos(boot) < c.pos(installed)
     c.settled(1, "Committed")
+
+
+def test_TC_L_02_signed_update_firmware_install_scheduled(station16):
+    # firmware.installDateTime of SignedUpdateFirmware reaches the agent: not before it.
+    c = station16
+    c.begin()
+    install_at = time.time() + 3
+    assert c.update(2, c.release(), install=iso(3)) == "Accepted"
+    c.wait_status(2, "InstallScheduled")
+    c.wait_status(2, "Installing")
+    assert time.time() >= install_at - 1  # whole seconds
+    assert c.wait_status(2, FINAL)["status"] == "Installed", c.statuses()
+    assert in_order(c.statuses(2), ["SignatureVerified", "InstallScheduled", "Installing",
+                                    "InstallRebooting", "Installed"])  # fmt: skip
+    c.settled(2, "Committed")
 
 
 def test_TC_L_05_signed_update_firmware_invalid_certificate(station16):
@@ -56,6 +73,22 @@ def test_TC_L_06_invalid_signature_even_when_the_csms_refuses_security_events(st
         c.settled(6, "InvalidSignature")
     finally:
         c.csms.refuse.discard("SecurityEventNotification")
+
+
+def test_TC_L_07_signed_update_firmware_download_failed_after_retries(station16):
+    # SignedUpdateFirmware's retries and retryInterval reach the agent: retries + 1
+    # attempts, retryInterval apart, DownloadFailed only after the last (2.0.1 L01.FR.30).
+    c = station16
+    c.begin()
+    fw = c.release()
+    fw["location"] += "_does_not_exist"
+    path = "/" + fw["location"].rsplit("/", 1)[1]
+    assert c.update(7, fw, retries=2, interval=1) == "Accepted"
+    assert c.wait_status(7, FINAL)["status"] == "DownloadFailed"
+    tries = [r["at"] for r in c.rig.images.requests if r["path"] == path]
+    assert len(tries) == 3 and all(b - a >= 0.9 for a, b in zip(tries, tries[1:])), tries
+    assert c.statuses(7) == ["Downloading", "DownloadFailed"]
+    c.settled(7, "DownloadFailed")
 
 
 def test_classic_update_firmware_is_not_supported_on_a_security_station(station16):

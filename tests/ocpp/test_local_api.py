@@ -1,7 +1,8 @@
 """The local API (agent/frontends/local_api.py) and the OCPP admission behind it
 (agent/frontends/ocpp/service.py), with a stand-in for the daemon: what a stack asks over the
-socket and what it is answered. The daemon's side is in tests/ocpp/test_engine.py and on the
-virtual board (tests/ocpp/test_conformance_201.py)."""
+socket and what it is answered, and what it sends that it should not. The engine's side is in
+tests/core/scenarios_frontend.py, the daemon's in tests/daemon/test_daemon_unit.py, the whole
+on the virtual board (tests/ocpp/test_conformance_201.py)."""
 
 import base64
 import datetime
@@ -43,10 +44,8 @@ def api(tmp_path, pki):
         "device": {"id": "cp-1", "model": "M", "hardware_revision": "r"},
         "slots": {"A": {"rootfs": "a"}, "B": {"rootfs": "b"}},
         "bootloader": {"backend": "simulated"},
+        "state": {"dir": "state"},  # never the board's default /var/lib/charger-update
         "local_api": {"socket": "run/agent.sock"},
-        # Its own state dir: the default (/var/lib/charger-update) would keep the outbox of
-        # every earlier run, and other tests' events would show up here.
-        "state": {"dir": "state"},
     }
     (tmp_path / "mfr.pem").write_bytes(pem(pki.root))
     raw["ocpp_firmware"] = {"manufacturer_roots": ["mfr.pem"]}
@@ -104,6 +103,29 @@ def test_secure_only_station_rejects_unsigned_request(api, client, pki):
         "Rejected"
     )
     assert api.daemon.submitted == []
+
+
+def test_non_secure_station_takes_an_unsigned_request_as_l02(tmp_path, pki):
+    # [ocpp_firmware] secure_only = false: OCPP 2.0.1 L02, the trust rests on the bundle's own
+    # signed manifest alone. Half a signature is still refused.
+    raw = {"device": {"id": "cp-1", "model": "M", "hardware_revision": "r"},
+           "slots": {"A": {"rootfs": "a"}, "B": {"rootfs": "b"}},
+           "bootloader": {"backend": "simulated"}, "state": {"dir": "state"},
+           "local_api": {"socket": "run/agent.sock"},
+           "ocpp_firmware": {"secure_only": False}}  # fmt: skip
+    api = LocalApi(Config(raw, str(tmp_path / "agent.toml")))
+    api.start(FakeDaemon())
+    try:
+        client = LocalClient(api.path)
+        assert client.call("update_firmware", request_id=3,
+                           location="https://x/y.cub")["status"] == "Accepted"  # fmt: skip
+        [doc] = api.service.daemon.submitted
+        assert doc["signature"] is None and doc["signing_certificate"] is None
+        half = {"request_id": 4, "location": "https://x/y.cub", "signature": "c2ln"}
+        assert client.call("update_firmware", **half)["status"] == "Rejected"
+        client.close()
+    finally:
+        api.stop()
 
 
 def test_invalid_certificate_is_answered_with_the_security_event(api, client, pki):
@@ -184,9 +206,26 @@ def test_allow_and_boot_reason(api, client):
         (b'{"op": "ack", "seq": "x"}\n', "seq"),
         (b'{"op": "events", "wait_s": -1}\n', "wait_s"),
         (b'{"op": "install_certificate"}\n', "bad install_certificate"),
+        (b"\xff\xfe garbage \x00\n", "not JSON"),
+        (b"[" * 60000 + b"\n", "not JSON"),  # nested past the parser's recursion limit
+        (b'{"op": ["update_firmware"]}\n', "unknown op"),  # unhashable: no KeyError either
+        (b'{"op": {"a": 1}}\n', "unknown op"),
+        (b'{"op": "boot_notification", "status": 1}\n', "status must be str"),
+        (b'{"op": "delete_certificate", "certificate_hash_data": "x"}\n', "must be dict"),
+        (
+            b'{"op": "delete_certificate", "certificate_hash_data": {"serial_number": 1}}\n',
+            "serial_number must be str",
+        ),  # fmt: skip
+        (b'{"op": "get_installed_certificate_ids", "certificate_type": "x"}\n', "list"),
+        (
+            b'{"op": "install_certificate", "certificate_type": "ManufacturerRootCertificate",'
+            b' "certificate": 5}\n',
+            "certificate must be str",
+        ),  # fmt: skip
+        (b'{"op": "ack", "seq": 1, "error": ["x"]}\n', "error must be str"),
     ],
 )
-def test_bad_requests_get_an_error_and_the_connection_stays(api, line, error):
+def test_bad_requests_get_an_error_and_the_connection_stays(api, line, error, caplog):
     import json
     import socket
 
@@ -200,6 +239,170 @@ def test_bad_requests_get_an_error_and_the_connection_stays(api, line, error):
         f.write(b'{"op": "trigger_status"}\n')
         f.flush()
         assert json.loads(f.readline())["ok"] is True
+    assert not [r for r in caplog.records if r.exc_info]  # one error line, no traceback
+
+
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("request_id", "7", "request_id must be int"),
+        ("request_id", True, "request_id must be int"),
+        ("request_id", None, "request_id is missing"),
+        ("location", 42, "location must be str"),
+        ("retries", "3", "retries must be int"),
+        ("retry_interval_s", 1.5, "retry_interval_s must be int"),
+        ("install_at", "tomorrow", "install_at is not an RFC 3339 time"),
+        ("retrieve_at", ["2030-01-01T00:00:00Z"], "retrieve_at must be str or int"),
+        ("signature", 5, "signature must be str"),
+        ("allow_new_sessions", "yes", "allow_new_sessions must be bool"),
+    ],
+)
+def test_update_firmware_with_wrong_types_gets_one_clear_error(api, client, pki, field, value,
+                                                               error, caplog):  # fmt: skip
+    fields = dict(signed(pki), request_id=7, location="https://fw.example/x.cub")
+    fields[field] = value
+    with pytest.raises(LocalApiError, match="bad update_firmware request: " + error):
+        client.call("update_firmware", **fields)
+    assert api.daemon.submitted == [] and api.service.outbox.pending() == []
+    assert not [r for r in caplog.records if r.exc_info]
+    assert update(client, pki) == "Accepted"  # the same connection still serves
+
+
+def test_oversized_line_gets_an_error_then_the_connection_closes(api):
+    import json
+    import socket
+
+    from agent.frontends.local_api import MAX_LINE
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(api.path)
+        f = s.makefile("rwb")
+        f.write(b'{"op": "trigger_status", "pad": "' + b"x" * (MAX_LINE + 10) + b'"}\n')
+        f.flush()
+        reply = json.loads(f.readline())
+        assert reply["ok"] is False and "longer than" in reply["error"]
+        assert f.readline() == b""  # the rest of that line cannot be told from a request
+    assert LocalClient(api.path).call("trigger_status")["ok"] is True
+
+
+def test_client_disconnecting_mid_line_leaves_the_api_serving(api, caplog, monkeypatch):
+    import socket
+    import threading
+
+    crashed, served = [], threading.Semaphore(0)
+    monkeypatch.setattr(threading, "excepthook", crashed.append)  # a thread's traceback
+    serve = api._serve
+
+    def counted(conn):
+        try:
+            serve(conn)
+        finally:
+            served.release()
+
+    monkeypatch.setattr(api, "_serve", counted)
+    for partial in (b'{"op": "update_firmware", "request_id": 7, "loca', b"", b"\xff"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(api.path)
+            s.sendall(partial)
+    # A request sent and the client gone before its reply: the reply's write fails.
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(api.path)
+        s.sendall(b'{"op": "events", "wait_s": 0.2}\n')
+    for _ in range(4):
+        assert served.acquire(timeout=10)
+    assert crashed == []
+    assert LocalClient(api.path).call("trigger_status")["ok"] is True
+    assert api.daemon.submitted == []
+    assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
+
+
+def test_too_many_clients_are_refused_and_the_api_keeps_serving(api):
+    import json
+    import socket
+    import threading
+
+    from agent.frontends.local_api import MAX_CLIENTS
+
+    places, freed = api.clients, threading.Event()
+
+    class Watched:  # the semaphore, telling when a connection gave its place back
+        acquire = places.acquire
+
+        def release(self):
+            places.release()
+            freed.set()
+
+    api.clients = Watched()
+
+    held = [LocalClient(api.path) for _ in range(MAX_CLIENTS)]
+    for c in held:
+        assert c.call("trigger_status")["ok"]  # each holds its connection and a thread
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(api.path)
+        f = s.makefile("rb")
+        assert json.loads(f.readline()) == {"ok": False, "error": "too many clients"}
+        assert f.readline() == b""
+    held.pop().close()
+    assert freed.wait(10)
+    assert LocalClient(api.path).call("trigger_status")["ok"]  # a freed place is taken again
+    for c in held:
+        c.close()
+
+
+def test_silent_client_is_closed_and_its_client_reconnects(api):
+    import socket
+
+    api.idle_timeout_s = 0.2
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(api.path)
+        s.settimeout(10)
+        assert s.recv(10) == b""  # closed by the agent, not by this test's timeout
+    kept = LocalClient(api.path)
+    assert kept.call("trigger_status")["ok"]
+    kept.sock.settimeout(10)
+    assert kept.sock.recv(1) == b""  # the agent closed the kept connection
+    api.idle_timeout_s = 300
+    assert kept.call("trigger_status")["ok"]  # reopened once, the request sent again
+    kept.close()
+
+
+def test_client_never_resends_a_request_that_timed_out(tmp_path):
+    # The agent may have taken an update it did not answer in time: sending it again would
+    # make a second job for the same requestId.
+    import socket
+    import threading
+
+    path = str(tmp_path / "slow.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(2)
+    lines, done = [], threading.Event()
+
+    def silent():
+        conn, _ = server.accept()
+        with conn, conn.makefile("rb") as f:
+            lines.append(f.readline())
+            done.wait(10)
+
+    threading.Thread(target=silent, daemon=True).start()
+    try:
+        with pytest.raises(LocalApiError, match="did not answer update_firmware"):
+            LocalClient(path, timeout=0.3).call("update_firmware", request_id=7)
+    finally:
+        done.set()
+        server.close()
+    assert len(lines) == 1
+
+
+def test_client_command_refuses_fields_that_are_not_json(api, capsys):
+    from agent.frontends.local_client import main
+
+    assert main([api.path, "trigger_status", "{request_id: 7"]) == 2
+    assert main([api.path, "trigger_status", "[1]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: JSON-FIELDS must be a JSON object") == 2 and "Traceback" not in err
+    assert main([api.path, "fly"]) == 1
+    assert main([api.path, "trigger_status"]) == 0
 
 
 def test_client_raises_on_refusal_and_on_absence(api, client, tmp_path):
@@ -224,7 +427,8 @@ def test_config_typos_are_clear_errors(tmp_path, section, table, message):
 
     raw = {"device": {"id": "cp-1", "model": "M", "hardware_revision": "r"},
            "slots": {"A": {"rootfs": "a"}, "B": {"rootfs": "b"}},
-           "bootloader": {"backend": "simulated"}, "local_api": {}, section: table}  # fmt: skip
+           "bootloader": {"backend": "simulated"}, "state": {"dir": "state"},
+           "local_api": {}, section: table}  # fmt: skip
     with pytest.raises(ConfigError, match=message):
         frontends_from_config(Config(raw, str(tmp_path / "agent.toml")))
 
@@ -234,9 +438,9 @@ def test_config_typos_are_clear_errors(tmp_path, section, table, message):
     [
         (b"[" * 30000, "not JSON"),  # nested past the parser's recursion
         (b'{"op": []}', "unknown op"),  # an unhashable op
-        (b'{"op": "delete_certificate", "certificate_hash_data": true}', "must be an object"),
+        (b'{"op": "delete_certificate", "certificate_hash_data": true}', "must be dict"),
         (b'{"op": "update_firmware", "request_id": 7, "signing_certificate": true, '
-         b'"signature": "AA", "location": "https://x/b.cub"}', None),
+         b'"signature": "AA", "location": "https://x/b.cub"}', "must be str"),
     ],
 )  # fmt: skip
 def test_malformed_request_is_answered_and_the_connection_stays_usable(api, line, error):
@@ -247,8 +451,5 @@ def test_malformed_request_is_answered_and_the_connection_stays_usable(api, line
     rfile, wfile = io.BytesIO(line + b'\n{"op": "boot_reason"}\n'), io.BytesIO()
     api.serve_connection(rfile, wfile)
     first, second = [json.loads(x) for x in wfile.getvalue().splitlines()]
-    if error is None:
-        assert first == {"ok": True, "status": "Rejected"}
-    else:
-        assert first["ok"] is False and error in first["error"]
+    assert first["ok"] is False and error in first["error"]
     assert second["ok"] is True

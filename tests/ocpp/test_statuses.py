@@ -48,6 +48,15 @@ def test_invalid_signature_carries_the_security_event():
         "InvalidSignature", "InvalidFirmwareSigningCertificate"]  # fmt: skip
 
 
+@pytest.mark.parametrize("reason", ["malformed", "downgrade", "wrong-model", "expired"])
+def test_firmware_refused_by_its_manifest_is_install_verification_failed(reason):
+    # L01.FR.29: the detached signature verified, the bundle's own checks refused it. No
+    # InvalidFirmwareSignature event: the signature was right.
+    assert names("InvalidSignature", {"reason": reason}) == [
+        "SignatureVerified", "InstallVerificationFailed"]  # fmt: skip
+    assert names("InvalidSignature", {"reason": "unknown-key"})[0] == "InvalidSignature"
+
+
 def test_agent_only_states_have_no_ocpp_status():
     for status in ("TrialRunning", "DownloadPaused", "Idle"):
         assert names(status, {"reason": "cancelled"}) == []

@@ -99,14 +99,16 @@ class FirmwareService:
         """req: {"request_id", "location", "retrieve_at", "install_at", "retries",
         "retry_interval_s", "signing_certificate", "signature", "allow_new_sessions",
         "defer_download_during_transaction"} -> an UpdateFirmwareStatusEnumType value."""
-        request_id = req.get("request_id")
-        if not isinstance(request_id, int) or isinstance(request_id, bool):
+        problem = request_problem(req)
+        if problem is not None:  # a stack's bug (a CSMS's wrong types fail its schema check)
+            raise ValueError(problem)
+        request_id = req["request_id"]
+        if not req["location"].startswith(("https://", "http://")):
+            # FileTransferProtocols: HTTP(S). Never a path on the station itself (file:).
+            log.warning("request %s refused: location %r is not an http(s) URL",
+                        request_id, req["location"][:80])  # fmt: skip
             return "Rejected"
         cert, signature = req.get("signing_certificate"), req.get("signature")
-        if not all(v is None or isinstance(v, str) for v in (cert, signature)):
-            log.warning("request %s refused: signing certificate and signature must be text",
-                        request_id)  # fmt: skip
-            return "Rejected"
         if not cert or not signature:
             if self.options["secure_only"] or cert or signature:
                 log.warning("request %s refused: no signing certificate and signature "
@@ -125,12 +127,13 @@ class FirmwareService:
 
     def _submit(self, request_id, req, cert, signature):
         job_id = "ocpp-%d-%s" % (request_id, os.urandom(3).hex())
-        retries = req.get("retries")
+        retries, interval = req.get("retries"), req.get("retry_interval_s")
         doc = {
             "id": job_id, "url": req.get("location"),
             "retrieve_at": req.get("retrieve_at"), "install_at": req.get("install_at"),
             "retries": self.options["retries"] if retries is None else min(max(retries, 0), 20),
-            "retry_interval_s": req.get("retry_interval_s"),
+            # OCPP sets no bound; the engine's is a day (a CSMS's week is not refused for it).
+            "retry_interval_s": None if interval is None else min(max(interval, 0), 86400),
             "signature": signature, "signing_certificate": cert,
             "hold_until_allowed": self.hold,
             "block_new_sessions": not req.get("allow_new_sessions", False),
@@ -215,6 +218,35 @@ class FirmwareService:
             return "NotFound", []
         ids = self.roots.ids()
         return ("Accepted" if ids else "NotFound"), ids
+
+
+# UpdateFirmware fields a stack passes on, and the types each may have (None: absent).
+REQUEST_FIELDS = (
+    ("request_id", (int,)), ("location", (str,)), ("retrieve_at", (str, int)),
+    ("install_at", (str, int)), ("retries", (int,)), ("retry_interval_s", (int,)),
+    ("signing_certificate", (str,)), ("signature", (str,)), ("allow_new_sessions", (bool,)),
+    ("defer_download_during_transaction", (bool,)),
+)  # fmt: skip
+
+
+def request_problem(req):
+    """What is wrong with an update_firmware request's types, or None."""
+    if not isinstance(req, dict):
+        return "request must be an object"
+    for name, types in REQUEST_FIELDS:
+        value = req.get(name)
+        if value is None:
+            if name in ("request_id", "location"):
+                return "%s is missing" % name
+            continue
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            return "%s must be %s, not %s" % (
+                name, " or ".join(t.__name__ for t in types), type(value).__name__
+            )  # fmt: skip
+    for name in ("retrieve_at", "install_at"):
+        if isinstance(req.get(name), str) and _epoch(req[name]) is None:
+            return "%s is not an RFC 3339 time: %r" % (name, req[name][:40])
+    return None
 
 
 def _epoch(value):

@@ -4,9 +4,10 @@ Invariant: `Installed` (and the security event FirmwareUpdated) is sent only whe
 reports Committed, i.e. the new slot booted, passed its trial and is committed (OCPP
 L01.FR.28/31/32, L02.FR.20); the engine's own "Installed" (slot written, not yet active) never
 becomes OCPP Installed. A rollback, by the trial or the bootloader, ends as
-InstallationFailed for the same request. DownloadScheduled and InstallScheduled are sent only
-when the request's time is in the future or a charging session holds the update
-(L01.FR.13/16/34). Pure: no I/O, no clock of its own.
+InstallationFailed for the same request. A bundle whose signed manifest refuses it after the
+detached signature verified ends InstallVerificationFailed (L01.FR.29). DownloadScheduled and
+InstallScheduled are sent only when the request's time is in the future or a charging session
+holds the update (L01.FR.13/16/34). Pure: no I/O, no clock of its own.
 """
 
 FIRMWARE_UPDATED = "FirmwareUpdated"
@@ -25,6 +26,12 @@ FINAL = ("Installed", "DownloadFailed", "InvalidSignature", "InstallVerification
 SAME = ("Downloading", "Downloaded", "SignatureVerified", "Installing", "InstallRebooting",
         "DownloadFailed", "InstallationFailed", "InstallVerificationFailed")  # fmt: skip
 CERTIFICATE_REASONS = ("invalid-certificate", "revoked-certificate")
+# The detached signature verified, but the bundle's own signed manifest refused the firmware
+# (not one of our bundles, expired, downgrade, another model): OCPP's "verification of the
+# new firmware failed" (L01.FR.29), not an invalid signature, and no security event. A bundle
+# whose own signature fails (bad-signature, unknown-key) stays InvalidSignature.
+MANIFEST_REASONS = ("malformed", "expired", "not-yet-valid", "downgrade", "root-rollback",
+                    "wrong-model", "wrong-hardware", "payload-mismatch")  # fmt: skip
 
 
 def _future(epoch, now):
@@ -55,6 +62,8 @@ def translate(status, info, request, now):
     if status == "RolledBack":
         return [("status", "InstallationFailed")]
     if status == "InvalidSignature":
+        if reason in MANIFEST_REASONS:
+            return [("status", "SignatureVerified"), ("status", "InstallVerificationFailed")]
         event = INVALID_SIGNATURE_EVENT
         if reason in CERTIFICATE_REASONS:
             event = INVALID_CERTIFICATE_EVENT

@@ -13,6 +13,7 @@ reconnects with back-off; runs its own event loop in a thread.
 
 import asyncio
 import datetime
+import logging
 import threading
 
 from ocpp.exceptions import OCPPError
@@ -26,6 +27,20 @@ def _now():
 
 
 PROTOCOLS = {"2.0.1": ("ocpp2.0.1", station201), "1.6": ("ocpp1.6", station16)}
+
+
+class _OneLine(logging.Handler):
+    """The `ocpp` library logs a CSMS's malformed request with a full traceback (its
+    logger.exception); a stack says what it refused in one line."""
+
+    def __init__(self, log):
+        logging.Handler.__init__(self, logging.WARNING)
+        self.log = log
+
+    def emit(self, record):
+        why = record.exc_info[1] if record.exc_info else None
+        text = "%s%s" % (record.getMessage()[:160], " (%s)" % str(why)[:200] if why else "")
+        self.log("OCPP library %s: %s" % (record.levelname.lower(), text))
 
 
 class OcppClient:
@@ -55,6 +70,9 @@ class OcppClient:
         self.seq = 0
 
     def start(self):
+        library = logging.getLogger("ocpp")
+        library.addHandler(_OneLine(self.log))
+        library.propagate = False
         threading.Thread(
             target=self.loop.run_until_complete, args=(self._run(),), name="ocpp", daemon=True
         ).start()
