@@ -10,7 +10,7 @@ APT_TOOLS := fw_printenv:libubootenv-tool mkenvimage:u-boot-tools grub-editenv:g
              grub-emu:grub-emu mke2fs:e2fsprogs sfdisk:fdisk \
              mosquitto:mosquitto stm32flash:stm32flash
 
-.PHONY: all venv sysdeps qemu-deps test demo bench bench-delta soak fuzz lint clean
+.PHONY: all venv sysdeps qemu-deps test demo demo-fleet bench bench-delta soak fuzz lint clean
 # MicroPython 1.27 (WebAssembly port, run by Node.js) for the agent/core scenario tests.
 MICROPYTHON := .cache/micropython/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs
 
@@ -20,7 +20,7 @@ all: test
 $(STAMP): pyproject.toml | sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,lint,hil]'
+	$(BIN)/pip install -q -e '.[test,lint,hil,fleet]'
 	touch $@
 
 venv: $(STAMP)
@@ -32,6 +32,7 @@ sysdeps:
 	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; \
 	done; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -70,7 +71,7 @@ $(MICROPYTHON):
 	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq nodejs npm; }
 	npm install --no-save --prefix .cache/micropython @micropython/micropython-webassembly-pyscript@1.27.0
 
-# micropython-lib's umqtt for agent/mpy: pip fetches it into .cache (hil/mpyboard/deps.py).
+# umqtt for agent/mpy: its pinned PyPI source archive, read with tarfile (hil/mpyboard/deps.py).
 UMQTT := .cache/micropython-lib/umqtt/simple2.py
 $(UMQTT): | venv
 	$(BIN)/python -m hil.mpyboard.deps
@@ -87,9 +88,10 @@ soak: venv sysdeps qemu-deps
 	$(BIN)/python -m hil.soak --journeys $(SOAK_JOURNEYS) --seed $(SOAK_SEED)
 	$(BIN)/python -m hil.soak_qemu --journeys $(SOAK_QEMU_JOURNEYS) --seed $(SOAK_SEED)
 
-bench: venv sysdeps
+bench: venv sysdeps $(UMQTT)
 	$(BIN)/python -m tests.bench
 	$(BIN)/python -m tests.bench_mcu
+	$(BIN)/python -m tests.bench_mpy
 
 # Every parser fuzzed for FUZZ_SECONDS in all (make test runs a short bounded pass); inputs
 # that break one are saved under tests/fuzz/corpus/<target>/ (docs/security.md, Fuzzing).
@@ -113,6 +115,10 @@ bench-delta: venv sysdeps
 
 demo: venv sysdeps
 	$(BIN)/python -m hil.demo
+
+# The fleet: 3 virtual boards + 500 simulated chargers, a bad and a good rollout (docs/fleet.md).
+demo-fleet: venv sysdeps
+	$(BIN)/python -m hil.fleet_demo
 
 lint: venv
 	$(BIN)/ruff check .

@@ -1,8 +1,10 @@
 """`make demo`: the whole update journey on a virtual charger, printed as it happens.
 
-v1.1 (good) is downloaded, verified, installed, booted on trial, checked and committed;
-v1.2 (its charging stack refuses sessions) is installed, fails the session check on trial
-and rolls back by itself; the charger ends on v1.1 and charging. Then the CSMS drives it over
+v1.1 (good, with firmware for the safety MCU, an STM32 flashed through its ROM bootloader,
+and the meter MCU, MCUboot over SMP) is downloaded, verified, installed, booted on trial
+with both MCUs written, checked and committed; v1.2 (its charging stack refuses sessions,
+new MCU firmware too) fails the session check on trial and rolls back by itself, both MCUs
+included; the charger ends on v1.1 and charging. Then the CSMS drives it over
 OCPP 2.0.1, through the charger's own OCPP stack: UpdateFirmware for v1.3 walks through the
 firmware statuses to Installed (sent by the new firmware after its BootNotification), and a
 file whose signature does not match ends in InvalidSignature plus the security event. Ends
@@ -48,13 +50,14 @@ def show_status(device, status):
     say("  %s  %-18s %s%s" % (device, status.get("status"), status.get("version") or "", extra))
 
 
-def journey(rig, report, version, defects, expect, timeout, mcu=None):
+def journey(rig, report, version, defects, expect, timeout, mcu=None, meter=None):
     say(
-        "building and signing firmware %s%s%s"
+        "building and signing firmware %s%s%s%s"
         % (version, " (defect: %s)" % ", ".join(defects) if defects else "",
-           " with safety-MCU firmware %s" % mcu[0] if mcu else "")
+           " with safety-MCU firmware %s" % mcu[0] if mcu else "",
+           " and meter-MCU firmware %s" % meter[0] if meter else "")
     )  # fmt: skip
-    url = rig.release(version, defects, mcu=mcu)
+    url = rig.release(version, defects, mcu=mcu, meter=meter)
     job = rig.push_job(version, url)
     say("job %s pushed: %s" % (job["id"], url))
     final = rig.wait_status(
@@ -71,6 +74,10 @@ def journey(rig, report, version, defects, expect, timeout, mcu=None):
     say("=> %s %s%s" % (version, final["status"], why))
     if mcu:
         say("safety MCU (STM32, ROM bootloader over UART) now runs %s" % rig.mcu_version())
+    if meter:
+        version, confirmed = rig.meter_state()
+        say("meter MCU (MCUboot, SMP over UART) now runs %s, %s"
+            % (version, "confirmed" if confirmed else "NOT confirmed"))  # fmt: skip
     return final
 
 
@@ -150,11 +157,13 @@ def main(argv=None):
         rig.wait_online(30)
         say("charger online; relay, console and EV simulator driven over pyserial")
         say("EV simulator: %s" % (rig.evsim.status(),))
-        say("safety MCU runs %s from the factory" % rig.mcu_version())
-        journey(rig, report, "1.1.0", (), "Committed", args.timeout, mcu=("2.0.0", ()))
+        say("safety MCU runs %s and meter MCU %s from the factory"
+            % (rig.mcu_version(), rig.meter_state()[0]))  # fmt: skip
+        journey(rig, report, "1.1.0", (), "Committed", args.timeout, mcu=("2.0.0", ()),
+                meter=("2.0.0", ()))  # fmt: skip
         boots_before = len(rig.csms.boots)
         journey(rig, report, "1.2.0", ("refuse-session",), "RolledBack", args.timeout,
-                mcu=("2.1.0", ()))  # fmt: skip
+                mcu=("2.1.0", ()), meter=("2.1.0", ()))  # fmt: skip
         row = rig.backend.wait_inventory(
             rig.device_id, lambda r: (r.get("last_job") or {}).get("result") == "RolledBack", 30
         )

@@ -30,6 +30,11 @@ class Harness:
 
     # A console line the board prints once per boot (scenarios count boots with it).
     boot_banner = r"U-Boot \d"
+    # The requests the board's agent makes for the bundle of a good update, in order, as
+    # their Range headers (None: the whole file). The Linux agent: the signed header (one
+    # bounded Range request), then the streaming install of a format-1 bundle (it knows the
+    # format from the verified manifest, docs/transfer.md). Another board says its own.
+    bundle_requests = ("bytes=0-4095", None)
 
     def __init__(self, workdir, device_id, listen="127.0.0.1", ports=None, tls=False,
                  link_rate=0, on_status=None):  # fmt: skip
@@ -120,25 +125,27 @@ class Harness:
         """A firmware image file for this board with the given defects."""
         raise NotImplementedError
 
-    def build_mcu_image(self, version, defects):
-        """A safety-MCU firmware file with the given defects (rigs with such an MCU)."""
-        raise NotImplementedError("this rig has no safety MCU to build firmware for")
+    def build_mcu_image(self, name, version, defects):
+        """The firmware file of MCU `name` ("safety", "meter") with the given defects and
+        its manifest entry {id, protocol, address, version}: (path, mcu) (rigs with MCUs)."""
+        raise NotImplementedError("this rig has no %s MCU to build firmware for" % name)
 
     def release(self, version, defects=(), security_version=1, signed_by_stranger=False,
-                pad_bytes=0, mcu=None):  # fmt: skip
+                pad_bytes=0, mcu=None, meter=None):  # fmt: skip
         """Build and sign a release; returns the URL the board downloads it from (through the
         fault proxy). `signed_by_stranger`: signed by a key the board does not trust.
-        `mcu`: (version, defects) of a safety-MCU image the release carries too."""
+        `mcu`, `meter`: (version, defects) of the safety MCU's (STM32) and the energy meter
+        MCU's (MCUboot) firmware the release carries too."""
         image = self.build_image(version, defects, pad_bytes)
         keys = [crypto.generate("ed25519")] if signed_by_stranger else None
         extra = []
-        if mcu is not None:
+        for name, spec in (("safety", mcu), ("meter", meter)):
+            if spec is None:
+                continue
             from agent.bundle.writer import PayloadSource
 
-            info = {"id": "safety", "protocol": "stm32-rom", "address": 0x08000000,
-                    "version": mcu[0]}  # fmt: skip
-            path = self.build_mcu_image(mcu[0], tuple(mcu[1]))
-            extra.append(PayloadSource("safety-fw", None, path, component="safety", mcu=info))
+            path, info = self.build_mcu_image(name, spec[0], tuple(spec[1]))
+            extra.append(PayloadSource("%s-fw" % name, None, path, component=name, mcu=info))
         path = self.kit.bundle_image(image, version, security_version, keys=keys, extra=extra)
         name = os.path.basename(path)
         self.images.files[name] = path

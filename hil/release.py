@@ -50,7 +50,7 @@ class ReleaseKit:
         out = os.path.join(self.dir, name or "charger-%s.cub" % version)
         create_bundle(
             out,
-            [PayloadSource(self.PAYLOAD[0], self.PAYLOAD[1], image, "gzip")] + list(extra),
+            [self.image_payload(image)] + list(extra),
             keys or [self.release_key],
             version=version,
             security_version=security_version,
@@ -58,6 +58,10 @@ class ReleaseKit:
             expires=int(time.time()) + 30 * DAY,
         )
         return out
+
+    def image_payload(self, image):
+        """The firmware image as the bundle's payload (a board kit may compress it otherwise)."""
+        return PayloadSource(self.PAYLOAD[0], self.PAYLOAD[1], image, "gzip")
 
 
 class ManufacturerPki:

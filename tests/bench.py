@@ -393,6 +393,12 @@ def parse_args(argv):
     p.add_argument("--repeat", type=int, help="rounds per case, median taken (default 5)")
     p.add_argument("--dir", help="where to put payloads and the slot (default: a temp dir)")
     p.add_argument(
+        "--fleet-chargers",
+        type=int,
+        help="fleet section size (default 100000, "
+        "--quick 1000; 0 skips it; see tests/bench_fleet.py)",
+    )
+    p.add_argument(
         "--dev", action="store_true",
         help="run the development venv's charger-update, not a wheel install (smoke runs)",
     )  # fmt: skip
@@ -442,6 +448,13 @@ def main(argv=None):
         print()
         print(bp.fixed_cost_table(fixed))
         print(bp.idle_table(idle, idle_s))
+    fleet = (
+        args.fleet_chargers if args.fleet_chargers is not None else (1000 if args.quick else 100000)
+    )
+    if fleet:
+        from tests import bench_fleet
+
+        bench_fleet.run(fleet, 1 if args.quick else 3, busy)
     return 0
 
 

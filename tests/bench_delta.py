@@ -76,10 +76,12 @@ def stamp(path):
 
 def bundle_for(image, key, workdir):
     from agent.bundle.writer import PayloadSource, create_bundle
+    from agent.core import chunkindex
     from tests.bundle.factory import HW, MODEL
 
-    out = os.path.join(delta_images.ROOT, "bundles", "%s-%s.cub" % (
-        os.path.basename(image), stamp(image)))  # fmt: skip
+    tag = chunkindex.MAGIC[:6].decode()  # a new index layout packs again
+    out = os.path.join(delta_images.ROOT, "bundles", "%s-%s-%s.cub" % (
+        os.path.basename(image), stamp(image), tag))  # fmt: skip
     os.makedirs(os.path.dirname(out), exist_ok=True)
 
     def make(tmp):
@@ -156,6 +158,7 @@ def make_board(workdir, base_image, root, delta):
                              "delta": "true" if delta else "false"})  # fmt: skip
     with open(os.path.join(board, "boot-env.json"), "w") as f:
         f.write('{"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"}')
+    shutil.rmtree(os.path.join(board, "state"), ignore_errors=True)  # a fresh board each time
     open(os.path.join(board, "slotB.img"), "wb").close()  # an empty inactive slot
     return os.path.join(board, "agent.toml")
 
@@ -194,15 +197,16 @@ def measure_pair(name, base, new, key, root, workdir, repeat, log):
             for n in range(rounds):
                 for delta in (True, False) if n % 2 == 0 else (False, True):
                     make_board(workdir, base, root, delta)
-                    before = server.body_bytes
+                    before, asked = server.body_bytes, len(server.requests)
                     seconds = install_once(url, boards[delta])
                     key_ = (link, delta)
                     times.setdefault(key_, []).append(seconds)
                     if delta:
                         row["adaptive"] = server.body_bytes - before
-                    log("%s %s %s install: %.2f s, %d bytes" % (
+                        row["requests"] = len(server.requests) - asked
+                    log("%s %s %s install: %.2f s, %d bytes in %d requests" % (
                         name, link, "delta" if delta else "full", seconds,
-                        server.body_bytes - before))  # fmt: skip
+                        server.body_bytes - before, len(server.requests) - asked))  # fmt: skip
     finally:
         proxy.stop()
         server.stop()

@@ -32,6 +32,9 @@ FAKE_TIME = "1767225600"  # 2026-01-01, as SOURCE_DATE_EPOCH would pin it
 # unless told, and 1 KiB blocks defeat any 4 KiB block matching (docs/transfer.md).
 FS_BLOCK = 4096
 IMAGE_HEADROOM = 1.25  # the slot is bigger than the tree, as a real partition is
+# One slot size for every release, whichever pairs a run compares (a pair's figures must not
+# depend on which other pairs ran): 272 MiB holds the biggest (major, 215 MB) with that headroom.
+SLOT_SIZE = 272 << 20
 
 
 def apt_mirror(suite=SUITE):
@@ -126,7 +129,10 @@ def images(names, log=print):
     """{name: image path}: every release's tree (cached) as an image of one common size."""
     trees = dict((name, build_tree(name, log)) for name in names)
     biggest = max(tree_bytes(t) for t in trees.values())
-    size = int(biggest * IMAGE_HEADROOM) // (16 << 20) * (16 << 20) + (16 << 20)
+    size = SLOT_SIZE
+    if biggest * IMAGE_HEADROOM > size:  # a bigger package set: a bigger slot, said loudly
+        size = int(biggest * IMAGE_HEADROOM) // (16 << 20) * (16 << 20) + (16 << 20)
+        log("the trees need %d MiB slots, more than %d MiB" % (size >> 20, SLOT_SIZE >> 20))
     out = {}
     for name, tree in trees.items():
         path = os.path.join(ROOT, "images", "%s.ext4" % name)

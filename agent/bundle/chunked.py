@@ -1,5 +1,6 @@
-"""Format-2 payloads: an image cut into fixed blocks, each stored as its own zstd unit, and
-the chunk index that names every block (agent/core/chunkindex.py has the layout).
+"""Format-2 payloads: an image cut into fixed blocks, each stored as its own zstd unit, the
+blocks' ids grouped by content, and the two-level chunk index that names them (the layout:
+agent/core/chunkindex.py). The stored payload is the group details, then the units.
 
 Each block is compressed with the `window` bytes of the image before it as a raw-content
 dictionary: an installer that rebuilds the image in order always has those bytes (it just
@@ -12,6 +13,7 @@ its block's length (a unit claiming more is refused at that bound, whatever its 
 header says), and an index inflates to at most what its payload's size can need.
 """
 
+import collections
 import concurrent.futures
 import hashlib
 import io
@@ -58,20 +60,64 @@ def inflate_unit(unit, length, prefix):
     return out
 
 
-def pack(src_path, out_file, block_size=BLOCK, window=WINDOW, level=LEVEL, threads=None):
-    """Write src_path's units to out_file. Returns (stored index, stored size, stored sha256,
-    installed size, installed sha256)."""
+def pack(src_path, out_file, block_size=BLOCK, window=WINDOW, level=LEVEL, threads=None,
+         modulus=ci.MODULUS):  # fmt: skip
+    """Write src_path's stored payload (group details, then units) to the seekable out_file.
+    Returns (stored top index, stored size, stored sha256, installed size, installed sha256)."""
     try:
         src = open(src_path, "rb")
     except OSError as e:
         raise ConfigError("cannot read payload %s: %s" % (src_path, e.strerror)) from None
+    with src:
+        count = -(-os.fstat(src.fileno()).st_size // block_size)
+        start = out_file.tell()
+        out_file.write(bytes(ci.detail_size(count)))  # the details, once the blocks are known
+        ids, lengths, size, installed = _pack_units(src, out_file, block_size, window, level,
+                                                    threads)  # fmt: skip
+    if len(ids) != count:
+        raise ConfigError("payload %s changed while it was packed" % src_path)
+    most = 4 * modulus
+    groups, details = [], []
+    for first, n in ci.groups(ids, ci.block_id(bytes(block_size)), modulus, most):
+        members = ids[first : first + n]
+        units = lengths[first : first + n]
+        groups.append((n, sum(units), ci.group_id(members)))
+        details.append(b"".join(i.to_bytes(ci.ID_SIZE, "big") for i in members))
+        details.append(struct.pack(">%dH" % n, *units))
+    end = out_file.tell()
+    out_file.seek(start)
+    out_file.write(b"".join(details))
+    out_file.seek(end)
+    out_file.flush()
+    stored_size, stored_sha = _hash_range(out_file, start, end)
+    raw = ci.encode_index(block_size, window, size, modulus, most, groups)
+    packed = zstandard.ZstdCompressor(level=19).compress(raw)
+    return packed, stored_size, stored_sha, size, installed.hexdigest()
+
+
+def _hash_range(f, start, end):
+    digest = hashlib.sha256()
+    fd = f.fileno()
+    pos = start
+    while pos < end:
+        data = os.pread(fd, min(1 << 20, end - pos), pos)
+        if not data:
+            raise ConfigError("staged payload ends early")
+        digest.update(data)
+        pos += len(data)
+    return end - start, digest.hexdigest()
+
+
+def _pack_units(src, out_file, block_size, window, level, threads):
+    """Every block's unit written to out_file in order: (ids, unit lengths, installed size,
+    installed sha256 object)."""
     ids, lengths = [], []
     zero = bytes(block_size)
-    stored, installed = hashlib.sha256(), hashlib.sha256()
-    stored_size = size = 0
+    installed = hashlib.sha256()
+    size = 0
     history = b""
     pool = concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1)
-    with src, pool:
+    with pool:
         while True:
             data = src.read(block_size * BATCH)
             if not data:
@@ -83,8 +129,7 @@ def pack(src_path, out_file, block_size=BLOCK, window=WINDOW, level=LEVEL, threa
             jobs = []
             for off in range(0, len(data), block_size):
                 block = data[off : off + block_size]
-                bid = ci.block_id(block)
-                ids.append(bid)
+                ids.append(ci.block_id(block))
                 if block == zero:
                     jobs.append(None)  # nothing stored: the installer writes zeros
                     continue
@@ -95,22 +140,12 @@ def pack(src_path, out_file, block_size=BLOCK, window=WINDOW, level=LEVEL, threa
                 unit = job.result() if job is not None else b""
                 lengths.append(len(unit))
                 out_file.write(unit)
-                stored.update(unit)
-                stored_size += len(unit)
             history = buf[-window:] if window else b""
-    raw = _index_bytes(block_size, window, size, ids, lengths)
-    packed = zstandard.ZstdCompressor(level=19).compress(raw)
-    return packed, stored_size, stored.hexdigest(), size, installed.hexdigest()
-
-
-def _index_bytes(block_size, window, size, ids, lengths):
-    head = struct.pack(ci.HEAD, ci.MAGIC, block_size, window, size, len(ids))
-    id_bytes = b"".join(i.to_bytes(ci.ID_SIZE, "big") for i in ids)
-    return head + id_bytes + struct.pack(">%dH" % len(lengths), *lengths)
+    return ids, lengths, size, installed
 
 
 def read_index(stored, payload):
-    """The stored index of `payload` (already checked against the manifest's sha256) ->
+    """The stored top index of `payload` (checked against the manifest's sha256 here) ->
     ChunkIndex. Inflating stops at the most a payload of this size can need."""
     if hashlib.sha256(stored).hexdigest() != payload.index["sha256"]:
         raise MalformedBundle(
@@ -139,23 +174,33 @@ class Rebuilder:
     def __init__(self, payload, index):
         self.payload = payload
         self.index = index
-        self.history = b""
+        # The last blocks taken, joined into the window only when a unit needs it: most
+        # blocks of a delta install come from a slot and never need it.
+        self.recent = collections.deque(maxlen=-(-index.window // index.block_size) + 1)
         self.digest = hashlib.sha256()
         self.taken = 0
         self.zero = bytes(index.block_size)
 
-    def check(self, i, block):
-        """True if `block` is block i of the image (its id matches the index)."""
-        return len(block) == self.index.block_length(i) and ci.block_id(block) == self.index.ids[i]
+    @property
+    def history(self):
+        window = self.index.window
+        return b"".join(self.recent)[-window:] if window else b""
+
+    def check(self, i, block, bid=None):
+        """True if `block` is block i of the image (its id, or `bid` computed already,
+        matches the index)."""
+        if len(block) != self.index.block_length(i):
+            return False
+        if bid is None:
+            bid = self.index.zero_id if block is self.zero else ci.block_id(block)
+        return bid == self.index.ids[i]
 
     def take(self, i, block):
         """Accept block i (already checked) as the next piece of the image."""
         if i != self.taken:
             raise PayloadMismatch("block %d rebuilt out of order (next is %d)" % (i, self.taken))
         self.digest.update(block)
-        window = self.index.window
-        if window:
-            self.history = (self.history + block)[-window:]
+        self.recent.append(block)
         self.taken += 1
         return block
 
@@ -183,11 +228,15 @@ class Rebuilder:
 
 
 def stream_blocks(read_exact, payload, index):
-    """The image's blocks from its units read in order (a full download): every block is
-    checked against the index, the stored sha256 and the installed sha256 at the end.
-    `read_exact(n)` returns exactly n bytes or raises."""
+    """The image's blocks from its stored payload read in order (a full download): every
+    group detail checked against its id, every block against the index, the stored sha256
+    and the installed sha256 at the end. `read_exact(n)` returns exactly n bytes or raises."""
     rebuild = Rebuilder(payload, index)
     stored = hashlib.sha256()
+    for g in range(len(index.groups)):
+        detail = read_exact(index.detail_span(g)[1])
+        stored.update(detail)
+        index.take_detail(g, detail)
     for i, n in enumerate(index.lengths):
         unit = read_exact(n) if n else b""
         stored.update(unit)

@@ -19,7 +19,7 @@ from agent.bundle import format as fmt
 from agent.core import timefmt
 from agent.core.envelope import MANIFEST_TYPE, Envelope
 from agent.core.errors import ConfigError
-from agent.core.manifest import CHUNKED, FORMAT, FORMAT_CHUNKED, parse_manifest
+from agent.core.manifest import CHUNKED, FORMAT, FORMAT_CHUNKED, WINDOW_BITS, parse_manifest
 from agent.state.atomic import fsync_dir
 from agent.trust import crypto
 
@@ -33,13 +33,17 @@ class PayloadSource:
     (docs/components.md).
     """
 
-    def __init__(self, name, slot_class, path, compression="none", component=None, mcu=None):
+    def __init__(self, name, slot_class, path, compression="none", component=None, mcu=None,
+                 window_bits=WINDOW_BITS):  # fmt: skip
         self.name = name
         self.slot_class = slot_class
         self.path = path
         self.compression = compression
         self.component = component
         self.mcu = mcu
+        # gzip: the deflate window (2**window_bits bytes) an installer needs to inflate it;
+        # below 15 it is signed into the manifest (small boards, docs/micropython.md).
+        self.window_bits = window_bits
 
 
 def _hash_file(path, chunk_size=CHUNK):
@@ -55,10 +59,10 @@ def _hash_file(path, chunk_size=CHUNK):
     return size, h.hexdigest()
 
 
-def _gzip_to(src_path, dst_file, chunk_size=CHUNK):
+def _gzip_to(src_path, dst_file, chunk_size=CHUNK, window_bits=WINDOW_BITS):
     """Compress src into the open dst_file; returns (stored size, stored sha256)."""
-    # wbits=31: gzip container with mtime 0, so the same input always gives the same bytes.
-    z = zlib.compressobj(6, zlib.DEFLATED, 31)
+    # 16 + bits: gzip container with mtime 0, so the same input always gives the same bytes.
+    z = zlib.compressobj(6, zlib.DEFLATED, 16 + window_bits)
     h = hashlib.sha256()
     size = 0
     with open(src_path, "rb") as src:
@@ -75,7 +79,8 @@ def _gzip_to(src_path, dst_file, chunk_size=CHUNK):
 
 
 def _stage_chunked(source, workdir):
-    """(entry, path of the units, stored chunk index) of a zstd-chunks payload."""
+    """(entry, path of the stored payload: group details, then units; stored top index) of
+    a zstd-chunks payload."""
     tmp = tempfile.NamedTemporaryFile(dir=workdir, suffix=".units", delete=False)
     with tmp:
         index, size, sha, isize, isha = chunked.pack(source.path, tmp)
@@ -109,11 +114,16 @@ def _stage_plain(source, workdir):
         return entry, source.path
     if source.compression != "gzip":
         raise ConfigError("unknown compression %r for %s" % (source.compression, source.name))
+    if not 9 <= source.window_bits <= WINDOW_BITS:
+        raise ConfigError("window bits %r for %s: must be 9..15" % (source.window_bits,
+                                                                   source.name))  # fmt: skip
     tmp = tempfile.NamedTemporaryFile(dir=workdir, suffix=".gz", delete=False)
     with tmp:
-        size, sha = _gzip_to(source.path, tmp)
+        size, sha = _gzip_to(source.path, tmp, window_bits=source.window_bits)
     entry.update(compression="gzip", size=size, sha256=sha, installed_size=isize)
     entry.update(installed_sha256=isha)
+    if source.window_bits != WINDOW_BITS:
+        entry["window_bits"] = source.window_bits
     return entry, tmp.name
 
 

@@ -43,6 +43,14 @@ def register(subparsers):
         "(protocols: stm32-rom, mcuboot-smp; docs/components.md)",
     )
     c.add_argument(
+        "--window-bits",
+        type=int,
+        metavar="9..15",
+        help="deflate window of the :gzip payloads, 2**N bytes (default 15, 32 KiB); signed "
+        "into the manifest. A board needs that much free RAM to inflate: a MicroPython board "
+        "with a small heap refuses a window larger than it holds (docs/micropython.md)",
+    )
+    c.add_argument(
         "--component",
         action="append",
         default=[],
@@ -133,6 +141,19 @@ def parse_components(specs, manifest_payloads, version):
     return found
 
 
+def _set_window_bits(sources, bits):
+    if bits is None:
+        return
+    if not 9 <= bits <= 15:
+        raise ConfigError("--window-bits %d is out of range" % bits, hint="give 9..15")
+    gzipped = [s for s in sources if s.compression == "gzip"]
+    if not gzipped:
+        raise ConfigError("--window-bits applies to :gzip payloads and none was given",
+                          hint="e.g. --payload app:app:build/app.bin:gzip")  # fmt: skip
+    for source in gzipped:
+        source.window_bits = bits
+
+
 def create(args):
     from agent.bundle.writer import create_bundle
     from agent.trust import crypto
@@ -142,6 +163,7 @@ def create(args):
     if not sources:
         raise ConfigError("a bundle needs at least one --payload or --mcu")
     check_output(args.out)
+    _set_window_bits(sources, args.window_bits)
     try:
         manifest = create_bundle(
             args.out,

@@ -96,18 +96,15 @@ def _plan(args, cfg, boot, trust):
         where = ""
         if blocks:
             where = (
-                " (blocks: %d fetched in %d ranges, %d booted slot, %d inactive slot, %d zero)"
-                % (
-                    blocks["remote"],
-                    row["ranges"],
-                    blocks["booted"],
-                    blocks["inactive"],
-                    blocks["zero"],
-                )
-            )
+                " (blocks: %d fetched in %d ranges, %d booted slot, %d inactive slot, %d zero,"
+                " %d repeated; block lists of %d of %d groups, %d bytes)"
+                % (blocks["remote"], row["ranges"], blocks["booted"], blocks["inactive"],
+                   blocks["zero"], blocks["repeated"], row["groups_fetched"], row["groups"],
+                   row["detail_bytes"])
+            )  # fmt: skip
         print(
             "payload %s: %d of %d stored bytes%s"
             % (row["name"], row["fetch_bytes"], row["stored_size"], where)
         )
-    print("head (header, signed manifest, chunk indexes): %d bytes" % plan["head_bytes"])
+    print("head (header, signed manifest, group indexes): %d bytes" % plan["head_bytes"])
     return 0

@@ -39,6 +39,12 @@ def _smp():
         error, success)  # fmt: skip
 
 
+def _short(error):
+    """smpclient's timeout messages carry the whole request, an upload chunk's data too."""
+    text = "%s: %s" % (type(error).__name__, error)
+    return text if len(text) <= 160 else text[:160] + "..."
+
+
 def image_hash(image):
     """The SHA-256 hash TLV of an MCUboot image: what `image list` reports for it."""
     import hashlib
@@ -69,6 +75,7 @@ class Mcuboot:
                  clock=time.monotonic):  # fmt: skip
         self.port, self.baudrate, self.timeout = port, baudrate, timeout
         self.retries, self.boot_timeout, self.clock = retries, boot_timeout, clock
+        self.tick = None  # the agent's sign of life, between attempts and while waiting
 
     # -- one SMP session per call ------------------------------------------------------------
 
@@ -78,21 +85,25 @@ class Mcuboot:
         async def run():
             client = SMPClient(Transport(baudrate=self.baudrate, exclusive=True), self.port,
                                timeout_s=self.timeout)  # fmt: skip
-            await client.connect(self.timeout)
             try:
+                # connect() asks the MCUmgr parameters: a reply garbled on the line raises
+                # with the port open, and an exclusive port left open locks out the retry.
+                await client.connect(self.timeout)
                 return await work(client)
             finally:
                 await client.disconnect()
 
         last = None
         for _ in range(self.retries + 1):
+            if self.tick:
+                self.tick()
             try:
                 return asyncio.run(run())
             except McubootError:
                 raise
             except Exception as e:  # smpclient raises TimeoutError, SMP*, serial errors
-                last = e
-                log.warning("MCUboot %s on %s failed (%s); retrying", what, self.port, e)
+                last = _short(e)
+                log.warning("MCUboot %s on %s failed (%s); retrying", what, self.port, last)
         raise McubootError("MCUboot %s on %s failed: %s" % (what, self.port, last),
                            hint="check the MCU's UART and that its SMP server runs")  # fmt: skip
 
@@ -167,6 +178,8 @@ class Mcuboot:
         deadline = self.clock() + self.boot_timeout
         seen = None
         while self.clock() < deadline:
+            if self.tick:
+                self.tick()
             try:
                 seen = self.running()
             except McubootError:

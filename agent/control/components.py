@@ -33,6 +33,39 @@ def _image(store, slot, name, mcu):
     return image
 
 
+def _tick(progress):
+    """progress(phase, done, total) as the adapters' sign of life: phase "wait"."""
+    return (lambda: progress("wait", 0, 0)) if progress else None
+
+
+def _adapters(cfg, mcus, stack, progress):
+    tick = _tick(progress)
+    return dict((n, adapter(m["id"], cfg, stack, tick)) for n, m in mcus.items())
+
+
+def _running(store, adapters):
+    """{name: (version, confirmed)} of every MCU the adapters or the record know. An
+    authoritative adapter (MCUboot: its bootloader hash-checks what it boots) is asked,
+    since after a power cut its MCU may have reverted or swapped in a tested image; for
+    the others the record decides (None from the first byte of a write to its end)."""
+    recorded = store.running()
+    out = {}
+    for name in set(recorded) | set(adapters):
+        a = adapters.get(name)
+        if a is not None and getattr(a, "authoritative", False):
+            out[name] = tuple(a.running())
+        else:
+            rec = recorded.get(name) or {}
+            out[name] = (rec.get("version"), bool(rec.get("confirmed")))
+    return out
+
+
+def _keep_record_true(store, name, seen):
+    rec = store.running().get(name) or {}
+    if (rec.get("version"), bool(rec.get("confirmed"))) != (seen[0], bool(seen[1])):
+        store.set_running(name, seen[0], seen[1])
+
+
 def flash(cfg, slot, stack, progress=None):
     """Write every MCU image of `slot`'s release the MCU does not already run: evidence."""
     with StateLock(cfg.state_dir, "writing the MCUs of slot %s's release" % slot):
@@ -42,35 +75,47 @@ def flash(cfg, slot, stack, progress=None):
 def _flash(cfg, slot, stack, progress):
     store = ComponentStore(cfg.state_dir)
     mcus = store.release(slot)["mcus"]
-    recorded = store.running()
+    adapters = _adapters(cfg, mcus, stack, progress)
+    seen = _running(store, adapters)
     targets = dict((n, m["version"]) for n, m in mcus.items())
-    running = dict((n, (recorded.get(n) or {}).get("version")) for n in targets)
+    todo = core.plan_flash(targets, dict((n, seen[n][0]) for n in targets))
     evidence = {}
-    for name in core.plan_flash(targets, running):
+    for name in sorted(targets):
+        if name not in todo:
+            _keep_record_true(store, name, seen[name])
+            evidence[name] = "already runs %s" % targets[name]
+            continue
         mcu = mcus[name]
         image = _image(store, slot, name, mcu)
         store.set_running(name, None, False)  # from here the MCU may hold half an image
         log.info("writing MCU %s: %s (%d bytes, %s)", name, mcu["version"], len(image),
                  mcu["protocol"])  # fmt: skip
-        adapter(mcu["id"], cfg, stack).write(image, mcu["address"], mcu["version"], progress)
+        adapters[name].write(image, mcu["address"], mcu["version"], progress)
         store.set_running(name, mcu["version"], False)
         evidence[name] = "wrote %s" % mcu["version"]
-    for name in targets:
-        evidence.setdefault(name, "already runs %s" % targets[name])
     return evidence
 
 
-def confirm(cfg, slot, stack):
-    """The commit: every MCU keeps the image it runs (MCUboot: image confirm)."""
+def confirm(cfg, slot, stack, progress=None):
+    """The commit: every MCU keeps the image it runs (MCUboot: image confirm), which must be
+    the release's (an MCU that reverted since the checks must not confirm the old one)."""
     store = ComponentStore(cfg.state_dir)
     with StateLock(cfg.state_dir, "confirming the MCUs of slot %s's release" % slot):
         for name, mcu in sorted(store.release(slot)["mcus"].items()):
-            adapter(mcu["id"], cfg, stack).confirm()
+            a = adapter(mcu["id"], cfg, stack, _tick(progress))
+            if getattr(a, "authoritative", False):
+                seen = a.running()[0]
+                if seen != mcu["version"]:
+                    raise ComponentError("MCU %s runs %s at the commit, not %s"
+                                         % (name, seen, mcu["version"]))  # fmt: skip
+            a.confirm()
             store.set_running(name, mcu["version"], True)
 
 
 def restore(cfg, slot, stack, progress=None):
-    """The rollback: bring every MCU back to the release of `slot` (the old one)."""
+    """The rollback: bring every MCU back to the release of `slot` (the old one).
+    progress(phase, done, total) is called as bytes move and (phase "wait") while an MCU is
+    waited for: the daemon pets the watchdog with it, this runs on its loop thread."""
     with StateLock(cfg.state_dir, "restoring the MCUs of slot %s's release" % slot):
         return _restore(cfg, slot, stack, progress)
 
@@ -78,29 +123,39 @@ def restore(cfg, slot, stack, progress=None):
 def _restore(cfg, slot, stack, progress):
     store = ComponentStore(cfg.state_dir)
     mcus = store.release(slot)["mcus"]
-    recorded = store.running()
+    adapters = _adapters(cfg, mcus, stack, progress)
+    seen = _running(store, adapters)
     kept = dict((n, m["version"]) for n, m in mcus.items())
-    running = dict((n, (recorded.get(n) or {}).get("version")) for n in recorded)
-    confirmed = dict((n, bool((recorded.get(n) or {}).get("confirmed"))) for n in recorded)
-    adapters = dict((n, adapter(m["id"], cfg, stack)) for n, m in mcus.items())
     kinds = dict((n, a.revert) for n, a in adapters.items())
+    plan = core.plan_restore(kept, dict((n, s[0]) for n, s in seen.items()), kinds,
+                             dict((n, s[1]) for n, s in seen.items()))  # fmt: skip
+    for name in set(kept) - set(n for n, _ in plan):
+        _keep_record_true(store, name, (kept[name], True))
     done = {}
-    for name, how in core.plan_restore(kept, running, kinds, confirmed):
-        mcu, a = mcus[name], adapters[name]
-        if how == core.REVERT_BY_RESET:
-            a.reset()  # MCUboot swaps the unconfirmed image back by itself
-            if wait_version(lambda a=a: a.running()[0], kept[name], 15) == kept[name]:
-                store.set_running(name, kept[name], True)
-                done[name] = "reverted to %s" % kept[name]
-                continue
-            log.warning("MCU %s did not revert by itself; writing %s", name, kept[name])
-        image = _image(store, slot, name, mcu)
-        store.set_running(name, None, False)
-        a.write(image, mcu["address"], mcu["version"], progress)
-        a.confirm()
-        store.set_running(name, kept[name], True)
-        done[name] = "wrote %s again" % kept[name]
+    for name, how in plan:
+        done[name] = _restore_one(store, slot, name, mcus[name], adapters[name], how, progress)
     return done
+
+
+def _restore_one(store, slot, name, mcu, a, how, progress):
+    version = mcu["version"]
+    if how == core.CONFIRM:
+        a.confirm()
+        store.set_running(name, version, True)
+        return "confirmed %s" % version
+    if how == core.REVERT_BY_RESET:
+        a.reset()  # MCUboot swaps the unconfirmed image back by itself
+        seen = wait_version(lambda: a.running()[0], version, 15, a.tick)
+        if seen == version:
+            store.set_running(name, version, True)
+            return "reverted to %s" % version
+        log.warning("MCU %s did not revert by itself (runs %s); writing %s", name, seen, version)
+    image = _image(store, slot, name, mcu)
+    store.set_running(name, None, False)
+    a.write(image, mcu["address"], version, progress)
+    a.confirm()
+    store.set_running(name, version, True)
+    return "wrote %s again" % version
 
 
 def check_kept(cfg, manifest, old_slot):

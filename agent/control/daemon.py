@@ -592,7 +592,7 @@ class Daemon:
         self.flash_slot = slot  # written by the checks' worker, before the checks run
 
     def do_confirm_components(self, slot):
-        _mcu_steps().confirm(self.cfg, slot, self.stack)
+        _mcu_steps().confirm(self.cfg, slot, self.stack, lambda *a: self.system.pet())
 
     def do_restore_components(self, slot):
         # On the loop thread: RolledBack is reported only once the MCUs match the old release.
@@ -680,8 +680,10 @@ class Daemon:
                 raise Abandoned("install of job %s abandoned" % job.id)
 
         progress = _steps().StatusProgress(on_step, check)
+        learned = self.fetched[1] if self.fetched and self.fetched[0] == job.id else None
         return ("result",) + _steps().write(job, self.cfg, self.boot, self.trust, self.roots,
-                                            self.clock(), progress, stopper)  # fmt: skip
+                                            self.clock(), progress, learned,
+                                            stopper)  # fmt: skip
 
     def _run_checks(self, stopper):
         data, job = self.journey.data, self.journey.job

@@ -8,6 +8,7 @@ after every change), and every status carries a sequence number that never repea
 import json
 import logging
 
+from agent.core import messages
 from agent.core.errors import UpdateError
 from agent.frontends import channel as ch
 
@@ -30,8 +31,8 @@ class Reporter:
         """Never raises: a report that cannot be made is logged, the update goes on."""
         try:
             with self.history.lock:  # seq order == publish order
-                message = dict(info)
-                message.update(status=status, seq=self.history.next_seq(), ts=int(self.clock()))
+                seq = self.history.next_seq()
+                message = messages.status_message(status, info, seq, self.clock())
                 log.info("status %s %s", status, json.dumps(info, sort_keys=True, default=str))
                 self._publish(ch.STATUS, message)
         except Exception:
@@ -39,11 +40,8 @@ class Reporter:
 
     def health(self, job_id, slot, phase, results, verdict):
         """One message per trial or observation round (docs/mqtt-api.md, health)."""
-        checks = [{"name": n, "passed": bool(r[0]), "evidence": r[1]} for n, r in results.items()]
-        message = {
-            "job_id": job_id, "phase": phase, "verdict": verdict, "slot": slot,
-            "checks": checks, "ts": int(self.clock()),
-        }  # fmt: skip
+        checks = [(n, r[0], r[1]) for n, r in results.items()]
+        message = messages.health_message(job_id, slot, phase, checks, verdict, self.clock())
         self._publish(ch.HEALTH, message)
 
     def inventory(self):
@@ -71,20 +69,11 @@ class Reporter:
         """The operator's update-matrix row for this charger."""
         boot = self.boot.status()
         slots = self.slots.load()["slots"]
-        device = self.cfg.device
-        return {
-            "device_id": device["id"], "model": device["model"],
-            "hardware_revision": device["hardware_revision"],
-            "group": device.get("group", ""), "site_type": device.get("site_type", ""),
-            "backend": boot["backend"], "booted": boot["booted"], "primary": boot["primary"],
-            "slots": dict((s, {"version": slots.get(s, {}).get("version"),
-                               "state": slots.get(s, {}).get("state"),
-                               "attempts_left": boot["slots"][s]["attempts_left"]})
-                          for s in boot["slots"]),
-            "components": self.components(boot["booted"], slots),
-            "last_job": self.history.last_job(), "rollbacks": self.history.rollbacks(),
-            "trust": self.trust_row(), "ts": int(self.clock()),
-        }  # fmt: skip
+        return messages.inventory_message(
+            self.cfg.device, boot, slots, self.history.last_job(), self.history.rollbacks(),
+            self.clock(), components=self.components(boot["booted"], slots),
+            trust=self.trust_row(),
+        )  # fmt: skip
 
     def trust_row(self):
         """Root in use, newest root seen, anti-rollback floor, and what is wrong (or None)."""

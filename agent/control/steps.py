@@ -2,8 +2,10 @@
 journey event its outcome means (agent/core/lifecycle.py) and never raises for a failure
 of the update itself, so the daemon only has to post the result.
 
-Streaming install: `download` fetches and parses the signed header only, `verify` checks
-signatures and device policy, `install` streams the payloads into the inactive slot.
+Streaming install: `download` fetches and parses the signed header only (by a bounded Range
+request, so no payload byte crosses the link for it), `verify` checks signatures and device
+policy, `install` streams the payloads into the inactive slot (format 1, as the manifest
+verified before says, at once; format 2 by ranges, agent/transfer/delta.py).
 
 A job with a detached signature (OCPP: signature + signing certificate over the whole file)
 streams the whole file in `download` to hash it, `verify` checks the certificate against the
@@ -16,7 +18,6 @@ before INSTALL_OK, so the slot handed to the bootloader holds exactly the signed
 import functools
 import logging
 
-from agent.bundle.reader import open_bundle
 from agent.checks import CheckFailed, load_checks
 from agent.core import lifecycle as lc
 from agent.core.errors import (
@@ -30,7 +31,8 @@ from agent.core.errors import (
     UnknownKey,
     UpdateError,
 )
-from agent.transfer import installer, wholefile
+from agent.core.manifest import parse_manifest
+from agent.transfer import delta, installer, wholefile
 from agent.transfer.fetch import open_job_source
 from agent.transfer.ranges import open_job_ranges
 from agent.transfer.stopper import DeadlinePassed, StepAbandoned
@@ -54,8 +56,7 @@ def info(error):
 def download(url, cfg, stopper=None):
     """(event, info, envelope): the signed header, kept by the daemon for `verify`."""
     try:
-        with open_job_source(url, cfg.download, stopper=stopper) as source:
-            _, envelope = open_bundle(source.read)
+        _, envelope = delta.read_envelope(url, cfg.download, _ranges_opener(stopper))
         return lc.DOWNLOAD_OK, {}, envelope
     except UpdateError as e:
         return lc.DOWNLOAD_ERROR, info(e), None
@@ -67,10 +68,8 @@ def verify(envelope, url, cfg, trust, now, version=None, stopper=None, slots=Non
     nothing in memory). slots: the board's SlotState (its floor is the anti-rollback bound)."""
     try:
         if envelope is None:
-            with open_job_source(url, cfg.download, stopper=stopper) as source:
-                manifest, _ = installer.read_manifest(source, trust, cfg, now, slots)
-        else:
-            manifest = installer.check_envelope(envelope, trust, cfg, now, slots)
+            _, envelope = delta.read_envelope(url, cfg.download, _ranges_opener(stopper))
+        manifest = installer.check_envelope(envelope, trust, cfg, now, slots)
         installer.check_version(manifest, version)
         return lc.SIGNATURE_OK, {}
     except LOCAL_ERRORS:
@@ -83,14 +82,16 @@ def verify(envelope, url, cfg, trust, now, version=None, stopper=None, slots=Non
         return lc.DOWNLOAD_ERROR, info(e)
 
 
-def install(url, cfg, boot, trust, now, progress, version=None, stopper=None):
+def install(url, cfg, boot, trust, now, progress, version=None, stopper=None, envelope=None):
     """The streamed or by-ranges install of a job's bundle; every byte comes through the job
-    URL rules (open_job_source, open_job_ranges) and the step's stopper."""
+    URL rules (open_job_source, open_job_ranges) and the step's stopper. envelope: the one
+    the download step read (None after a restart): its manifest's format spares a format-1
+    install the Range request for the bundle's head."""
     try:
         done = installer.install(
             url, cfg, boot, trust, now=now, progress_factory=progress.start,
             source_opener=functools.partial(open_job_source, stopper=stopper), version=version,
-            ranges_opener=functools.partial(open_job_ranges, stopper=stopper),
+            ranges_opener=_ranges_opener(stopper), bundle_format=_format(envelope),
         )  # fmt: skip
         unread = installer.without_readback(done.manifest, cfg)
         if unread:  # the config's choice, said where the operator reads the install's log
@@ -122,11 +123,25 @@ def check(job, learned, cfg, trust, roots, now, slots=None, stopper=None):
     return verify(learned, job.url, cfg, trust, now, job.version, stopper, slots)
 
 
-def write(job, cfg, boot, trust, roots, now, progress, stopper=None):
-    """The install step for `job`."""
+def write(job, cfg, boot, trust, roots, now, progress, learned=None, stopper=None):
+    """The install step for `job`, given what fetch() learned (None after a restart)."""
     if job.signature is not None:
         return install_whole(job, cfg, boot, trust, roots, now, progress, stopper)
-    return install(job.url, cfg, boot, trust, now, progress, job.version, stopper)
+    return install(job.url, cfg, boot, trust, now, progress, job.version, stopper, learned)
+
+
+def _ranges_opener(stopper):
+    return functools.partial(open_job_ranges, stopper=stopper)
+
+
+def _format(envelope):
+    """The bundle format the (already verified) manifest in `envelope` names, or None."""
+    if envelope is None:
+        return None
+    try:
+        return parse_manifest(envelope.payload).format
+    except UpdateError:
+        return None
 
 
 def download_whole(job, cfg, stopper=None):

@@ -1,20 +1,37 @@
-"""The chunk index of a format-2 payload: one entry per block of the installed image.
+"""The chunk index of a format-2 payload, in two levels: groups of blocks named in the bundle's
+head, the blocks of each group in the payload, fetched only for groups a charger lacks.
 
-Layout (all integers big-endian), as signed through its sha256 in the manifest:
+The image is cut into fixed blocks, the blocks into content-defined groups: a group ends
+after a block whose id is a multiple of the modulus M (never a zero block), or at X blocks.
+A charger cuts its own slots by the same rule, so a group it already has is recognised by
+its id alone, wherever the group moved to; only the other groups' block lists are fetched.
 
-    8 bytes   magic b"CUIDX1\\n\\0"
+Top index (the bundle's head; zstd-compressed, its sha256 signed in the manifest; integers
+big-endian):
+
+    8 bytes   magic b"CUIDX2\\n\\0"
     4 bytes   block size B (512..32768, a power of two)
     4 bytes   window W: bytes of the image before a block that prime its decompression
     8 bytes   installed size S (the payload's installed_size)
-    4 bytes   count N = ceil(S / B)
-    N * 8     block ids: the first 8 bytes of each block's SHA-256
-    N * 2     stored length of each block's unit in the payload (0: nothing stored, the
-              block is all zeros; equal to the block's length: stored raw; less: zstd with
-              the W image bytes before the block as its dictionary)
+    4 bytes   block count N = ceil(S / B)
+    4 bytes   group count G
+    4 bytes   modulus M (a group's average length in blocks)
+    4 bytes   most blocks in a group X
+    G times   varint block count, varint stored bytes of the group's units, 8-byte group id
+
+Group detail (the first 10 * N bytes of the stored payload, group after group): for each
+block of the group its 8-byte id, then for each block its 2-byte unit length (0: nothing
+stored, the block is all zeros; the block's length: stored raw; less: zstd with the W image
+bytes before the block as its dictionary). The units follow, block after block.
+
+A block id is the first 8 bytes of the block's SHA-256; a group id the first 8 bytes of the
+SHA-256 of its blocks' ids, so a detail is checked against the signed group id before use.
 
 Invariant: a ChunkIndex exists only if every field is in range and consistent with the
-payload it belongs to (size, installed size, stored units adding up to the stored size),
-so the installer can plan from it without further checks. Pure: no I/O, runs on MicroPython.
+payload it belongs to (sizes, counts, stored bytes adding up to the payload's size), and a
+group's blocks are known only after its detail matched its id (or the charger's own blocks
+did), so the installer can plan from it without further checks. Pure: no I/O, runs on
+MicroPython.
 """
 
 import hashlib
@@ -22,14 +39,17 @@ import struct
 
 from agent.core.errors import MalformedBundle
 
-MAGIC = b"CUIDX1\n\0"
-HEAD = ">8sIIQI"
-HEAD_SIZE = 28
+MAGIC = b"CUIDX2\n\0"
+HEAD = ">8sIIQIIII"
+HEAD_SIZE = 40
 ID_SIZE = 8
+ENTRY = ID_SIZE + 2  # one block in a group detail: id, unit length
 MIN_BLOCK = 512
 MAX_BLOCK = 32768
 MAX_WINDOW = 1 << 20
 MAX_COUNT = 1 << 26  # 64 Mi blocks: 256 GiB of 4 KiB blocks; bounds the parser's memory
+MAX_GROUP = 1 << 16  # blocks in one group
+MODULUS = 16  # groups of 16 blocks on average: fewest bytes to fetch, measured (bundle-format.md)
 
 
 def block_id(data):
@@ -37,47 +57,171 @@ def block_id(data):
     return int.from_bytes(hashlib.sha256(data).digest()[:ID_SIZE], "big")
 
 
+def group_id(ids):
+    """The id of a group of blocks, from their ids."""
+    h = hashlib.sha256()
+    for bid in ids:
+        h.update(bid.to_bytes(ID_SIZE, "big"))
+    return int.from_bytes(h.digest()[:ID_SIZE], "big")
+
+
+def groups(ids, zero_id, modulus, most):
+    """[(first block, block count)] of the id sequence `ids`, cut by the group rule."""
+    out = []
+    start = 0
+    for i, bid in enumerate(ids):
+        if (bid != zero_id and bid % modulus == 0) or i + 1 - start >= most:
+            out.append((start, i + 1 - start))
+            start = i + 1
+    if start < len(ids):
+        out.append((start, len(ids) - start))
+    return out
+
+
 def max_raw_size(installed_size):
-    """Upper bound of an index's uncompressed size for a payload (bounds its inflating)."""
+    """Upper bound of a top index's uncompressed size for a payload (bounds its inflating)."""
     count = min(installed_size // MIN_BLOCK + 1, MAX_COUNT)
-    return HEAD_SIZE + count * (ID_SIZE + 2)
+    return HEAD_SIZE + count * (ID_SIZE + 3 + 5)
+
+
+def detail_size(count):
+    return count * ENTRY
 
 
 class ChunkIndex:
-    def __init__(self, block_size, window, installed_size, ids, lengths):
+    """Groups from the top index; block ids and unit lengths once a group is known (None
+    before). Unit offsets are relative to the first unit, after the group details."""
+
+    def __init__(self, block_size, window, installed_size, count, modulus, most, groups):
         self.block_size = block_size
         self.window = window
         self.installed_size = installed_size
-        self.ids = ids  # [int]
-        self.lengths = lengths  # [int] stored bytes of each block's unit
+        self.count = count
+        self.modulus = modulus
+        self.most = most
+        self.groups = groups  # [(first block, block count, unit offset, stored bytes, id)]
         self.zero_id = block_id(bytes(block_size))
-        self.offsets = []  # offset of each unit within the stored payload
-        pos = 0
-        for n in lengths:
-            self.offsets.append(pos)
-            pos += n
-        self.stored_size = pos
-
-    @property
-    def count(self):
-        return len(self.ids)
+        self.ids = [None] * count
+        self.lengths = [None] * count
+        self.offsets = [None] * count
+        last = groups[-1] if groups else (0, 0, 0, 0, 0)
+        self.stored_size = last[2] + last[3]
+        self.detail_size = detail_size(count)
+        self.starts = [g[0] for g in groups]  # for group_of
 
     def block_length(self, i):
-        if i == len(self.ids) - 1:
+        if i == self.count - 1:
             return self.installed_size - i * self.block_size
         return self.block_size
+
+    def group_of(self, i):
+        """The index of the group block i belongs to (binary search)."""
+        lo, hi = 0, len(self.starts) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.starts[mid] <= i:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def detail_span(self, g):
+        """(offset in the stored payload, length) of group g's detail."""
+        first, n = self.groups[g][0], self.groups[g][1]
+        return first * ENTRY, n * ENTRY
+
+    def known(self, g):
+        return self.ids[self.groups[g][0]] is not None
+
+    def take_ids(self, g, ids, lengths=None):
+        """The blocks of group g are `ids` (the charger's own, already matched): True if
+        they hash to the group's signed id. Unit lengths stay unknown unless given (an
+        all-zero group stores nothing)."""
+        first, n, offset, _, gid = self.groups[g]
+        if len(ids) != n or group_id(ids) != gid:
+            return False
+        for j in range(n):
+            self.ids[first + j] = ids[j]
+            if lengths is not None:
+                self.lengths[first + j], self.offsets[first + j] = lengths[j], offset
+                offset += lengths[j]
+        return True
+
+    def take_detail(self, g, data):
+        """Group g's detail (ENTRY bytes per block), checked against its signed id and
+        stored size; MalformedBundle if it does not match."""
+        first, n, offset, stored, gid = self.groups[g]
+        data = bytes(data)
+        if len(data) != n * ENTRY:
+            raise _bad("group %d detail is %d bytes, not %d" % (g, len(data), n * ENTRY))
+        ids = [int.from_bytes(data[p : p + ID_SIZE], "big") for p in range(0, n * ID_SIZE, ID_SIZE)]
+        if group_id(ids) != gid:
+            raise _bad("group %d detail does not match its signed id" % g)
+        lengths = struct.unpack(">%dH" % n, data[n * ID_SIZE :])
+        if sum(lengths) != stored:
+            raise _bad("group %d detail stores %d bytes, its entry says %d" % (g, sum(lengths),
+                       stored))  # fmt: skip
+        pos = offset
+        for j in range(n):
+            i = first + j
+            _check_unit(self, i, ids[j], lengths[j])
+            self.ids[i], self.lengths[i], self.offsets[i] = ids[j], lengths[j], pos
+            pos += lengths[j]
 
 
 def _bad(what):
     return MalformedBundle("chunk index " + what, hint="the bundle is damaged; download it again")
 
 
+def _check_unit(index, i, bid, n):
+    """A block has a unit no longer than itself, or none and the zero block's id."""
+    if n > index.block_length(i):
+        raise _bad("block %d stores %d bytes, more than its %d" % (i, n, index.block_length(i)))
+    if n == 0 and (bid != index.zero_id or index.block_length(i) != index.block_size):
+        raise _bad("block %d stores nothing but is not a zero block" % i)
+
+
+def _varint(raw, pos):
+    value = shift = 0
+    while True:
+        if pos >= len(raw) or shift > 35:
+            raise _bad("has a truncated or overlong number at byte %d" % pos)
+        byte = raw[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_index(block_size, window, installed_size, modulus, most, groups):
+    """Top index bytes (uncompressed); groups: [(block count, stored bytes, group id)]."""
+    count = sum(g[0] for g in groups)
+    head = struct.pack(HEAD, MAGIC, block_size, window, installed_size, count, len(groups),
+                       modulus, most)  # fmt: skip
+    return head + b"".join(varint(n) + varint(s) + gid.to_bytes(ID_SIZE, "big")
+                           for n, s, gid in groups)  # fmt: skip
+
+
 def parse_index(raw, payload):
-    """Index bytes (uncompressed) -> ChunkIndex for `payload`, or MalformedBundle."""
+    """Top index bytes (uncompressed) -> ChunkIndex for `payload`, or MalformedBundle."""
     raw = bytes(raw)
     if len(raw) < HEAD_SIZE:
         raise _bad("is %d bytes, shorter than its header" % len(raw))
-    magic, block, window, size, count = struct.unpack(HEAD, raw[:HEAD_SIZE])
+    fields = struct.unpack(HEAD, raw[:HEAD_SIZE])
+    magic, block, window, size, count, ngroups, modulus, most = fields
     if magic != MAGIC:
         raise _bad("has a bad magic")
     if not (MIN_BLOCK <= block <= MAX_BLOCK) or block & (block - 1):
@@ -89,22 +233,26 @@ def parse_index(raw, payload):
     if count != (size + block - 1) // block or count > MAX_COUNT:
         raise _bad("has %d blocks, %d bytes of %d-byte blocks need %d" % (count, size, block,
                    (size + block - 1) // block))  # fmt: skip
-    if len(raw) != HEAD_SIZE + count * (ID_SIZE + 2):
-        raise _bad("is %d bytes, %d blocks need %d" % (len(raw), count, HEAD_SIZE + count * 10))
-    ids_end = HEAD_SIZE + count * ID_SIZE
-    ids = [int.from_bytes(raw[p : p + ID_SIZE], "big") for p in range(HEAD_SIZE, ids_end, ID_SIZE)]
-    lengths = list(struct.unpack(">%dH" % count, raw[ids_end:])) if count else []
-    index = ChunkIndex(block, window, size, ids, lengths)
-    _check_units(index)
-    if index.stored_size != payload.size:
-        raise _bad("stores %d bytes, the payload has %d" % (index.stored_size, payload.size))
+    if not (1 <= modulus <= MAX_GROUP and 1 <= most <= MAX_GROUP) or ngroups > count:
+        raise _bad("has %d groups, modulus %d, at most %d blocks" % (ngroups, modulus, most))
+    groups, pos, first, offset = [], HEAD_SIZE, 0, 0
+    for _ in range(ngroups):
+        n, pos = _varint(raw, pos)
+        stored, pos = _varint(raw, pos)
+        if not 1 <= n <= most or first + n > count or stored > n * block:
+            raise _bad("group at block %d has %d blocks, %d bytes" % (first, n, stored))
+        if pos + ID_SIZE > len(raw):
+            raise _bad("ends inside group %d" % len(groups))
+        gid = int.from_bytes(raw[pos : pos + ID_SIZE], "big")
+        pos += ID_SIZE
+        groups.append((first, n, offset, stored, gid))
+        first += n
+        offset += stored
+    if first != count or pos != len(raw):
+        raise _bad("groups cover %d of %d blocks in %d of %d bytes" % (first, count, pos,
+                   len(raw)))  # fmt: skip
+    index = ChunkIndex(block, window, size, count, modulus, most, groups)
+    if index.detail_size + index.stored_size != payload.size:
+        raise _bad("stores %d bytes, the payload has %d" % (index.detail_size + index.stored_size,
+                   payload.size))  # fmt: skip
     return index
-
-
-def _check_units(index):
-    """Every block has a unit no longer than itself, or none and the zero block's id."""
-    for i, (bid, n) in enumerate(zip(index.ids, index.lengths)):
-        if n > index.block_length(i):
-            raise _bad("block %d stores %d bytes, more than its %d" % (i, n, index.block_length(i)))
-        if n == 0 and (bid != index.zero_id or index.block_length(i) != index.block_size):
-            raise _bad("block %d stores nothing but is not a zero block" % i)

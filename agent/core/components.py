@@ -28,6 +28,9 @@ MAX_ADDRESS = 0xFFFFFFFF
 # copy of flash and are written again from the image kept with the old slot.
 REVERT_BY_RESET = "reset"
 REVERT_BY_REFLASH = "reflash"
+# The MCU already runs the old release's image, on trial (a power cut let MCUboot swap in
+# the image a rollback had uploaded and marked for test): it only needs confirming.
+CONFIRM = "confirm"
 
 
 def _bad(field, what):
@@ -119,6 +122,19 @@ def check_board(manifest, board):
     return None
 
 
+def check_uncarried(components, carried, kept):
+    """A release may name an MCU's version without carrying its image only if that is the
+    version the MCU keeps; returns the problem as a string (None when fine).
+    components: the manifest's {name: version}; carried: names it has a payload for; kept:
+    {name: version} of the MCUs in the booted slot's release."""
+    for name in sorted(components):
+        if name in carried or name not in kept or kept[name] == components[name]:
+            continue
+        return "names MCU %s %s without carrying its image; this charger's %s runs %s" % (
+            name, components[name], name, kept[name])  # fmt: skip
+    return None
+
+
 def plan_flash(targets, running):
     """Components to write: targets {name: version}, running {name: version or None}
     (None: the MCU did not answer, e.g. a torn write left it without an application)."""
@@ -126,18 +142,24 @@ def plan_flash(targets, running):
 
 
 def plan_restore(kept, running, revert_kinds, confirmed):
-    """[(name, how)] to bring each component back to the old release.
+    """[(name, how)] to bring each component back to the old release; how is CONFIRM,
+    REVERT_BY_RESET or REVERT_BY_REFLASH.
 
-    kept: {name: version} of the old slot's release; running: what the MCUs report;
-    revert_kinds: {name: REVERT_BY_RESET | REVERT_BY_REFLASH}; confirmed: {name: bool},
-    whether the running image is permanent (an MCUboot image confirmed at a commit)."""
+    kept: {name: version} of the old slot's release; running: what the MCUs run (None: no
+    answer, or a write left unfinished); revert_kinds: {name: REVERT_BY_RESET |
+    REVERT_BY_REFLASH}; confirmed: {name: bool}, whether the running image is permanent
+    (an MCUboot image confirmed at a commit). An MCU that reverts by itself and does not
+    answer is reset first: a hung application on trial is what MCUboot reverts (the step
+    writes the old image when the reset does not bring it back)."""
     plan = []
     for name in sorted(kept):
-        if running.get(name) == kept[name] and confirmed.get(name, True):
+        if running.get(name) == kept[name]:
+            if not confirmed.get(name, True):
+                plan.append((name, CONFIRM))
             continue
         how = revert_kinds.get(name, REVERT_BY_REFLASH)
-        if how == REVERT_BY_RESET and (confirmed.get(name) or running.get(name) is None):
-            how = REVERT_BY_REFLASH  # nothing left to swap back to: write the old one
+        if how == REVERT_BY_RESET and confirmed.get(name):
+            how = REVERT_BY_REFLASH  # confirmed at a commit: nothing left to swap back to
         plan.append((name, how))
     return plan
 

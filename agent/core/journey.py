@@ -244,7 +244,11 @@ class Journey:
             return self._after(self._go(lc.REBOOTED_INTO_NEW, now))
         if saved in (lc.REBOOTING, lc.TRIAL) and not booted_new:
             if self._env_lost(boot):
-                info = {"reason": ENV_LOST, "evidence": {"attempts_left": boot["attempts_left"]}}
+                evidence = {"attempts_left": boot["attempts_left"], "reset": reset}
+                if saved == lc.TRIAL:  # a reset the trial rides out (ESP-IDF: every reset)
+                    tried = self.data.get("trial_resets") or []
+                    self.data["trial_resets"] = list(tried) + [reset]
+                info = {"reason": ENV_LOST, "evidence": evidence}
                 return self._after(self._go(lc.BOOT_ENV_LOST, now, info))
             tried = self.data.get("trial_resets") or []
             info = resets.fallback(saved == lc.REBOOTING, tried, reset)

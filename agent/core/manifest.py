@@ -27,6 +27,8 @@ TOP_FIELDS = TOP_FIELDS + ("payloads", "components")
 PAYLOAD_FIELDS = ("name", "slot_class", "size", "sha256", "compression")
 PAYLOAD_FIELDS = PAYLOAD_FIELDS + ("installed_size", "installed_sha256")
 PAYLOAD_FIELDS = PAYLOAD_FIELDS + ("type", "component", "mcu")  # agent/core/components.py
+PAYLOAD_FIELDS = PAYLOAD_FIELDS + ("window_bits",)  # gzip only: the deflate window, 2**bits
+WINDOW_BITS = 15  # a gzip payload that names no window may use zlib's largest (32 KiB)
 CHUNK_FIELDS = ("index",)  # format 2 only
 
 
@@ -35,6 +37,7 @@ def _bad(field, what):
 
 
 class Payload:
+    window_bits = WINDOW_BITS  # gzip: the inflater needs a 2**window_bits byte window
     index = None  # format 2: {"size": bytes, "sha256": hex} of the stored chunk index
 
     def __init__(self, name, slot_class, size, sha256, compression, installed_size, installed_sha):
@@ -53,6 +56,8 @@ class Payload:
             extra = {"type": self.type, "mcu": dict(self.mcu)}
         if self.component != self.slot_class:
             extra["component"] = self.component
+        if self.window_bits != WINDOW_BITS:
+            extra["window_bits"] = self.window_bits
         return _with_index(
             self,
             dict(
@@ -198,6 +203,10 @@ def _payload(entry, i):
     payload = Payload(name, slot_class, size, sha, compression, isize, isha)
     payload.type, payload.component, payload.mcu = kind, component, mcu
     payload.index = _chunk_index(entry, where, compression)
+    if "window_bits" in entry:
+        if compression != "gzip":
+            raise _bad(where + "window_bits", "belongs only to gzip payloads")
+        payload.window_bits = _int(entry, "window_bits", 9, 15, where)
     return payload
 
 

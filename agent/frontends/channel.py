@@ -13,25 +13,21 @@ import logging
 import os
 import threading
 
+from agent.core import messages
 from agent.core.errors import BrokerUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
 
-# Topic suffixes below {prefix}/{device_id}/. Everything the agent and the backend exchange.
-JOB = "update/job"
-CANCEL = "update/cancel"
-STATUS = "update/status"
-INVENTORY = "update/inventory"
-HEALTH = "update/health"
-ONLINE = "update/online"
-PING = "backend/ping"
-PONG = "backend/pong"
-SUFFIXES = (JOB, CANCEL, STATUS, INVENTORY, HEALTH, ONLINE, PING, PONG)
+# Topic suffixes below {prefix}/{device_id}/: defined once, in agent/core/messages.py, which
+# the operator side (fleet/) shares.
+JOB, CANCEL, STATUS = messages.JOB, messages.CANCEL, messages.STATUS
+INVENTORY, HEALTH, ONLINE = messages.INVENTORY, messages.HEALTH, messages.ONLINE
+PING, PONG, SUFFIXES = messages.PING, messages.PONG, messages.SUFFIXES
 
 DEFAULTS = {
     "host": "127.0.0.1",
     "port": 1883,
-    "prefix": "chargers",
+    "prefix": messages.DEFAULT_PREFIX,
     "protocol": "5",  # "5" or "3.1.1"
     "keepalive": 30,
     "tls": None,  # {"ca_file", "cert_file", "key_file"}; absent or empty: plain TCP
@@ -103,8 +99,7 @@ def decode_payload(raw, limit):
     return value
 
 
-def encode_payload(payload):
-    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8")
+encode_payload = messages.encode
 
 
 def topic_matches(topic_filter, topic):
@@ -159,7 +154,7 @@ class ChannelBase:
         self.stray_pongs = 0  # pongs whose nonce we are not waiting for (late or forged)
 
     def topic(self, suffix, device_id=None):
-        return "%s/%s/%s" % (self.prefix, device_id or self.device_id, suffix)
+        return messages.topic(self.prefix, device_id or self.device_id, suffix)
 
     def device_of(self, topic):
         """The device id in `{prefix}/{device}/...`, or None for foreign topics."""

@@ -16,6 +16,7 @@ Also runnable: `python -m agent.frontends.local_client SOCKET OP [JSON-FIELDS]`.
 import json
 import socket
 import sys
+import threading
 
 
 class LocalApiError(Exception):
@@ -32,6 +33,9 @@ class LocalClient:
         self.timeout = timeout
         self.sock = None
         self.reader = None
+        # One request at a time on the connection: threads sharing a client take turns (a
+        # reply read by the wrong thread would leave the other waiting for ever).
+        self.lock = threading.Lock()
 
     def _connect(self):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -47,6 +51,10 @@ class LocalClient:
         """Send {"op": op, **fields}, return the reply. A kept connection the agent closed
         meanwhile (it restarted) is reopened once; a request that got no reply in time is
         never sent again (the agent may have taken it: an update would become two jobs)."""
+        with self.lock:
+            return self._call(op, fields)
+
+    def _call(self, op, fields):
         fields["op"] = op
         line = json.dumps(fields).encode() + b"\n"
         wait = float(fields.get("wait_s") or 0)

@@ -4,31 +4,49 @@ MQTT, executes the journey's actions in order and feeds results back as events. 
 (download, verify, install, checks) run inline but poll MQTT between blocks, so keep-alives,
 cancels and status acknowledgements keep flowing; a cancel abandons the running step.
 
+Each long step is a phase (agent/mpy/phase.py): the code it needs (HTTP and the installer,
+the verifiers, the trial checks) is imported when it starts and dropped when it ends, so the
+heap between jobs holds only the loop, the journey, MQTT and the board's state.
+
+Each boot hands the journey its facts (agent/core/resets.py): the SoC's reset cause
+(system.boot_facts(), on an ESP32 esp32_boot_facts(machine)) and the boot attempts the new
+slot has left.
+ESP-IDF's bootloader gives an unconfirmed image one boot, so the attempts are the agent's: it
+counts how often it armed the new slot (set_boot) for this install, and a watchdog reset leaves
+none. A power loss during the trial thus brings the old slot back with attempts left, and the
+journey arms the new slot again instead of rolling back (docs/micropython.md).
+
 Invariant: every decision is the journey's; a failure of a step becomes the event that fits it
-(with the error's reason), never an exception out of the loop; nothing is reported before the
-journal saved the state it belongs to.
+(with the error's reason), never an exception out of the loop: an action that fails outright
+(a MemoryError, a flash error) is reported and the journey resumed from the journal later, as
+the Linux daemon's recover() does; nothing is reported before the journal saved the state it
+belongs to.
 """
 
 import json
 import time
 
 from agent.core import lifecycle as lc
-from agent.core.errors import BadSignature, ReadbackMismatch, Rejected, UnknownKey, UpdateError
-from agent.core.jobs import check_version, job_id_of, parse_job
+from agent.core import resets
+from agent.core.errors import UpdateError
+from agent.core.jobs import job_id_of, parse_job
 from agent.core.trial import TrialPolicy
-from agent.mpy import checks, installer
-from agent.mpy.channel import CANCEL, HEALTH, INVENTORY, JOB, PONG, STATUS
+from agent.mpy import phase as phases
+from agent.mpy.channel import CANCEL, INVENTORY, JOB, PONG, STATUS
 from agent.mpy.jsonout import dumps
+from agent.mpy.phase import Phase
 from agent.mpy.store import Board, Journal
 
-SIGNATURE_ERRORS = (BadSignature, UnknownKey)
+CHECKS = ("communication", "charging-session", "alarms")  # agent/mpy/checks.py
+TRIAL_ATTEMPTS = 3  # boots of the new slot per install, as the Linux agent's default
+RECOVER_S = 10  # after an action failed outright: resume from the journal this much later
 
 
 def esp32_boot_facts(machine):
     """Journey.resume's boot facts from MicroPython's machine.reset_cause() on an ESP32: only
-    a power-on (or brown-out) and a watchdog name a cause; MicroPython folds the rest (a
-    panic among them, as far as its port says) into codes that could also be machine.reset(),
-    so they stay "unknown" rather than a guess (agent/core/resets.py)."""
+    a power-on (or brown-out) and a watchdog name a cause. MicroPython's esp32 port reports
+    esp_restart() and a panic alike as HARD_RESET, and SOFT_RESET is a restart of the VM in
+    the same boot: they stay "unknown" rather than a guess (agent/core/resets.py)."""
     cause = machine.reset_cause()
     if cause == machine.PWRON_RESET:
         return {"reset": "power-on"}
@@ -41,31 +59,51 @@ class Abandoned(Exception):
     """The step's journey moved on (cancel): its result belongs to nobody."""
 
 
-def _info(error):
-    return {"reason": error.reason, "detail": error.message, "transient": bool(error.retry)}
+def _steps():
+    from agent.mpy import steps  # imported inside the step's phase, dropped after it
+
+    return steps
+
+
+def _step_failure(error):
+    """The info of a failed step's event: an UpdateError's reason; a MemoryError (a heap too
+    fragmented for a buffer) is transient, retried after a collection; anything else is a
+    bug, reported as internal."""
+    if isinstance(error, UpdateError):
+        return {"reason": error.reason, "detail": error.message, "transient": bool(error.retry)}
+    if isinstance(error, MemoryError):
+        import gc
+
+        gc.collect()
+        return {"reason": "no-memory", "detail": "heap exhausted", "transient": True}
+    return {"reason": "internal", "detail": repr(error)}
 
 
 class Agent:
     """cfg: the board's agent.json (dict); boot: agent.mpy.ota.OtaBoot; channel: Channel;
     stack: the charging firmware's callback object; trust: agent.mpy.trust.Trust;
-    system: reboot(), local_offset_s() and optionally boot_facts() (esp32_boot_facts)."""
+    system: reboot(), local_offset_s() and boot_facts() (esp32_boot_facts(machine); without
+    it every reset is of unknown cause)."""
 
     def __init__(self, cfg, boot, channel, stack, trust, system, after_save=None, rng=None):
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
         self.trust, self.system = trust, system
         self.device = cfg["device"]
+        if cfg.get("log_heap"):  # heap figures on the console at each phase and journal save
+            phases.LOG = print
         trial = cfg.get("trial", {})
         self.policy = TrialPolicy(int(trial.get("window_s", 600)),
-                                  trial.get("checks", list(checks.CHECKS)))  # fmt: skip
+                                  trial.get("checks", list(CHECKS)))  # fmt: skip
         # A job may add checks this board has; anything else is refused as malformed-job.
-        self.job_checks = sorted(set(self.policy.required_checks) | set(checks.FUNCTIONS))
+        self.job_checks = sorted(set(self.policy.required_checks) | set(CHECKS))
         state_dir = cfg.get("state_dir", "data")
         self.journal = Journal(state_dir + "/journal.json", after_save)
         self.board = Board(state_dir)
         self.events = []
         self.step = 0
-        self.envelope = None
+        self.envelope = None  # the raw signed header of the job's bundle (bytes)
         self.wake_at = 0
+        self.resume_at = None  # set after an action failed outright (recover)
         self.running = True
         self.rng = rng or _urandom_float
         channel.on_error = self.on_channel_error
@@ -78,17 +116,26 @@ class Agent:
         self.channel.subscribe(CANCEL, self.on_cancel)
         self.channel.subscribe(PONG, self.channel.on_pong)
         self.channel.poll()
-        self.resume()
+        # The last final status of an earlier boot was never acknowledged: send it again,
+        # before resume() may run a whole trial and record a new one.
         unsent = self.board.history().get("final")
-        if unsent:  # the last final status was never acknowledged: send it again
+        if unsent:
             self.channel.publish(STATUS, unsent, on_ack=self.board.final_delivered)
+        try:
+            self.resume(first=True)
+        except Exception as e:  # never a crash loop: report, and resume again later
+            self.recover(e)
         self.publish_inventory()
+        self.log_heap("started")
 
     def run(self):
         self.start()
         seen = self.channel.connections
         while self.running:
-            self.turn()
+            try:
+                self.turn()
+            except Exception as e:
+                self.recover(e)
             if self.channel.connections != seen:  # a new connection: republish the row
                 seen = self.channel.connections
                 self.publish_inventory()
@@ -96,21 +143,68 @@ class Agent:
 
     def turn(self):
         self.channel.poll()
+        if self.resume_at is not None:
+            if time.time() >= self.resume_at:
+                self.resume_at = None
+                self.resume()  # no news about the boot: only the journal's state
+            return
         while self.events:
             event = self.events.pop(0)
             if event[0] == self.step:
                 self.execute(self.journey.handle(event[1], time.time(), event[2])[1])
         self.tick()
 
-    def resume(self):
+    def recover(self, error):
+        """An action failed outright: abandon the step, say so with the journal's state, and
+        resume from the journal (what the board really did) RECOVER_S later."""
+        import gc
+
+        self.step += 1
+        self.events = []
+        gc.collect()
+        reason = "no-memory" if isinstance(error, MemoryError) else getattr(error, "reason",
+                                                                           "internal")  # fmt: skip
+        detail = getattr(error, "message", None) or repr(error)
+        print("step failed: %s (%s); resuming from the journal in %ds" % (reason, detail,
+                                                                         RECOVER_S))  # fmt: skip
+        self.resume_at = time.time() + RECOVER_S
+        try:
+            journey = self.journal.load(self.policy)
+            job = journey.job
+            self.report(lc.status_of(journey.state), {
+                "job_id": job.id if job else None, "reason": reason, "detail": detail,
+                "retry_in_s": RECOVER_S,
+            })  # fmt: skip
+        except Exception as e:  # the loop must outlive whatever broke
+            print("could not report the failure: %r" % e)
+
+    def boot_facts(self):
+        """This boot's facts for the journey: the SoC's reset cause, and the boot attempts
+        the new slot has left (those this install did not arm it for yet; none after a
+        watchdog reset)."""
+        try:
+            facts = dict(self.system.boot_facts())  # a real board: esp32_boot_facts(machine)
+        except Exception as e:  # a platform without the call: the cause is unknown
+            print("reset cause unknown (%r)" % e)
+            facts = {}
+        reset = facts["reset"] = resets.normalise(facts.get("reset"))
+        new = self.journey.data.get("new_slot")
+        if new:
+            attempts = int(self.cfg.get("trial", {}).get("attempts", TRIAL_ATTEMPTS))
+            armed = self.board.slots()["slots"].get(new, {}).get("armed", 0)
+            facts["attempts_left"] = 0 if reset in resets.CRASHES else max(0, attempts - armed)
+        print("boot facts: %s" % dumps(facts))
+        return facts
+
+    def resume(self, first=False):
+        """Continue the journal's journey: at start (with this boot's facts), and after a
+        failed action (without: nothing new about the boot)."""
         self.journey = self.journal.load(self.policy)
         if self.journal.problem:
             print(self.journal.problem)
         booted = self.boot.booted_slot()
-        facts = self.system.boot_facts() if hasattr(self.system, "boot_facts") else None
-        print("booted slot %s; journal state %s; boot %s" % (booted, self.journey.state, facts))
-        # The reset cause tells a power loss that ended the trial from a crash (the cause
-        # of the RolledBack), though ESP-IDF falls back on either.
+        print("booted slot %s; journal state %s" % (booted, self.journey.state))
+        facts = self.boot_facts() if first else None
         self.execute(self.journey.resume(booted, time.time(), facts)[1])
         state = self.journey.state
         if state in (lc.IDLE, lc.COMMITTED) or (
@@ -142,6 +236,7 @@ class Agent:
         if self.journey.state != before:
             self.step += 1  # a download still running is moot now
             self.wake_at = 0
+            self.resume_at = None  # so is a resume after a failed step: the journal has this
         self.execute(actions)
 
     def on_channel_error(self, suffix, reason, detail):
@@ -178,6 +273,11 @@ class Agent:
 
     def do_save_journal(self):
         self.journal.save(self.journey)
+        self.log_heap("saved " + self.journey.state)
+
+    def log_heap(self, where):
+        if phases.LOG is not None:
+            phases.LOG("heap %s: used %d free %d" % ((where,) + phases.heap()))
 
     def do_report(self, status, info):
         if status not in lc.FINAL_STATUSES:
@@ -198,6 +298,7 @@ class Agent:
         self.report("Idle", {"job_id": job_id, "reason": "rejected", "detail": reason})
 
     def do_try_slot(self, slot):
+        self.board.armed(slot)  # counted before: a cut after set_boot still used an attempt
         self.boot.try_slot(slot)
 
     def do_mark_good(self, slot):
@@ -232,51 +333,53 @@ class Agent:
 
     def do_record_baseline(self):
         try:
-            self.journey.set_baseline(checks.baseline(self.stack))
+            with self.phase("baseline"):
+                self.journey.set_baseline(_steps().baseline(self.stack))
         except Exception as e:
             print("no alarm baseline (%r); the trial compares with an empty one" % e)
             self.journey.set_baseline({"codes": [], "rate_per_hour": 0.0})
 
     def do_download(self):
-        self._run_step(self._download, lc.DOWNLOAD_ERROR)
+        self._run_step("download", lc.DOWNLOAD_ERROR)
 
     def do_verify(self):
-        self._run_step(self._verify, lc.DOWNLOAD_ERROR)
+        # Downloaded has no failure edge but a bad signature: anything else recovers.
+        self._run_step("verify", None)
 
     def do_install(self, slot):
-        self._run_step(lambda: self._install(slot), lc.INSTALL_ERROR)
+        self._run_step("install", lc.INSTALL_ERROR, slot)
 
     def do_run_checks(self):
         step = self.step
         try:
-            results = self._run_checks(step)
+            with self.phase("trial"):
+                results = _steps().run_checks(self, step)
         except Abandoned:
             return
         self.execute(self.journey.check_results(results, time.time())[1])
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _run_step(self, fn, failure):
-        """Run a long step inline; its result event is queued for the loop (no recursion)."""
+    def _run_step(self, name, failure, *args):
+        """Run the long step steps.NAME inline, in its phase; its result event is queued for
+        the loop (no recursion). A failure becomes the `failure` event, or, where the state
+        has no failure edge (failure None), a recover()."""
         self.step += 1
         step = self.step
         try:
-            event, info = fn()
+            with self.phase(name):
+                event, info = getattr(_steps(), name)(self, *args)
         except Abandoned:
             return
-        except UpdateError as e:
-            event, info = failure, _info(e)
-        except MemoryError:  # the heap was too fragmented for a buffer: retried after a GC
-            import gc
-
-            gc.collect()
-            event, info = failure, {"reason": "no-memory", "detail": "heap exhausted",
-                                    "transient": True}  # fmt: skip
         except Exception as e:  # a bug must not kill the agent: the step fails
-            event, info = failure, {"reason": "internal", "detail": repr(e)}
+            if failure is None:
+                self.recover(e)
+                return
+            event, info = failure, _step_failure(e)
         self.events.append((step, event, info))
 
-    def _poller(self):
+    def poller(self):
+        """poll() for a step's I/O loops: MQTT keeps flowing; Abandoned after a cancel."""
         step = self.step
 
         def poll():
@@ -286,82 +389,21 @@ class Agent:
 
         return poll
 
-    def _download(self):
-        job = self.journey.job
-        self.envelope = installer.fetch_header(job.url, self._timeout(), self._poller())
-        return lc.DOWNLOAD_OK, {}
+    def wait(self, seconds, step):
+        """Sleep `seconds` while polling MQTT; Abandoned when the journey moved on."""
+        end = time.time() + seconds
+        while True:
+            self.channel.poll()
+            if self.step != step:
+                raise Abandoned()
+            if time.time() >= end:
+                return True
+            time.sleep(0.01)
 
-    def _verify(self):
-        job = self.journey.job
-        try:
-            if self.envelope is None:  # resumed at Downloaded: fetch the header again
-                self.envelope = installer.fetch_header(job.url, self._timeout(), self._poller())
-            manifest = self.trust.verify(self.envelope, self.device, self.board.floor(),
-                                         time.time())  # fmt: skip
-            check_version(job.version, manifest.version)
-        except Rejected as e:
-            return lc.SIGNATURE_BAD, _info(e)
-        return lc.SIGNATURE_OK, {}
+    def phase(self, name):
+        return Phase(name)
 
-    def _install(self, slot):
-        job = self.journey.job
-        self.board.set_slot(slot, {"state": "writing", "incoming": job.version})
-        marks = [10]
-
-        def progress(done, total):
-            percent = done * 100 // max(total, 1)
-            if percent >= marks[0]:
-                marks[0] = percent // 10 * 10 + 10
-                self.report("Installing", {"job_id": job.id, "version": job.version,
-                                           "progress": percent})  # fmt: skip
-
-        try:
-            manifest = installer.install(
-                job.url, self.trust, self.device, self.board.floor(), time.time(),
-                self.boot.partition(slot), self.cfg.get("slot_class", "app"), self._timeout(),
-                progress, self._poller(), job.version,
-            )  # fmt: skip
-        except SIGNATURE_ERRORS as e:
-            return lc.SIGNATURE_BAD, _info(e)
-        except ReadbackMismatch as e:
-            return lc.VERIFY_ERROR, _info(e)
-        self.board.set_slot(slot, {"state": "installed", "version": manifest.version,
-                                   "security_version": manifest.security_version})  # fmt: skip
-        return lc.INSTALL_OK, {}
-
-    def _run_checks(self, step):
-        job = self.journey.job
-        data = self.journey.data
-
-        def wait(seconds):
-            end = time.time() + seconds
-            while True:
-                self.channel.poll()
-                if self.step != step:
-                    raise Abandoned()
-                if time.time() >= end:
-                    return True
-                time.sleep(0.01)
-
-        ctx = checks.Context(self.cfg.get("trial", {}), self.channel, self.stack,
-                             data.get("baseline"), wait)  # fmt: skip
-
-        def reported(name, passed, evidence):
-            self.report("TrialRunning", {"job_id": job.id, "version": job.version,
-                                         "check": name, "passed": passed,
-                                         "evidence": evidence})  # fmt: skip
-
-        results = checks.run(self.journey.policy().required_checks, ctx, reported)
-        verdict = "pass" if all(r[0] for r in results.values()) else "fail"
-        self.channel.publish(HEALTH, {
-            "job_id": job.id, "phase": "trial", "slot": data.get("new_slot"), "verdict": verdict,
-            "checks": [{"name": n, "passed": bool(r[0]), "evidence": r[1]}
-                       for n, r in results.items()],
-            "ts": int(time.time()),
-        })  # fmt: skip
-        return results
-
-    def _timeout(self):
+    def timeout(self):
         return float(self.cfg.get("download", {}).get("timeout_s", 10))
 
     # -- reporting --------------------------------------------------------------------------
@@ -388,7 +430,8 @@ class Agent:
         return {
             "device_id": d["id"], "model": d["model"],
             "hardware_revision": d["hardware_revision"], "group": d.get("group", ""),
-            "site_type": d.get("site_type", ""), "backend": self.boot.name,
+            "site": d.get("site", ""), "site_type": d.get("site_type", ""),
+            "backend": self.boot.name,
             "booted": self.boot.booted_slot(), "primary": self.boot.primary_slot(),
             "slots": rows, "last_job": history.get("last_job"),
             "rollbacks": history.get("rollbacks", []), "ts": int(time.time()),

@@ -211,6 +211,8 @@ class Channel:
 
 
 def _umqtt_client(client_id, host, port, keepalive):
+    # Imported at the first connection, before any phase: a module first imported inside a
+    # phase would be dropped with it (agent/mpy/phase.py) while the client lives on.
     from umqtt.simple2 import MQTTClient
 
     return MQTTClient(client_id, host, port, keepalive=keepalive, socket_timeout=5,

@@ -115,8 +115,11 @@ def verify(public, signature, message):
         s = int.from_bytes(signature[32:], "little")
         if s >= L:
             return False
-        h = sha512(r_bytes + public + bytes(message)).digest()
+        digest = sha512(r_bytes)
+        digest.update(public)
+        digest.update(message)  # hashed in place: no copy of the message
+        h = digest.digest()
         k = int.from_bytes(h, "little") % L
         return _encode(_double_mul(s, _B, k, _neg(a))) == r_bytes
-    except (ValueError, TypeError, MemoryError):
+    except (ValueError, TypeError):  # a MemoryError is no verdict: it propagates
         return False

@@ -1,9 +1,10 @@
 """A streaming HTTP/1.1 download for the board: Range resume, a hard length bound, small buffers.
 
-`Download(url, limit).read(n)` hands out the body in order, never more than `limit` bytes in
-all. When the connection drops mid-body it reconnects and asks for the rest with
-`Range: bytes=POS-` and `If-Range: ETAG`, up to `retries` times; a server that ignores the
-range is skipped forward, one whose resource changed (ETag differs) is an error.
+`Download(url, limit).readinto(buf)` fills the caller's buffer with the body in order (no
+allocation per read), never more than `limit` bytes in all. When the connection drops
+mid-body it reconnects and asks for the rest with `Range: bytes=POS-` and `If-Range: ETAG`, up
+to `retries` times; a server that ignores the range is skipped forward, one whose resource
+changed (ETag differs) is an error.
 
 Invariant: a transport failure raises NetworkError (transient, retried by the journey), a
 response that breaks the protocol or the bound raises Truncated or MalformedBundle (rejected).
@@ -110,23 +111,25 @@ class Download:
 
     # -- reading ------------------------------------------------------------------------
 
-    def read(self, n):
-        """Up to n bytes (b"" at the end); never past `limit`."""
-        n = min(n, self.limit - self.pos)
+    def readinto(self, buf):
+        """Fill the start of `buf` (bytearray or memoryview) with the next bytes of the body;
+        returns how many (0 at the end), never past `limit`. No allocation per call."""
+        n = min(len(buf), self.limit - self.pos)
         if n <= 0:
-            return b""
+            return 0
         for attempt in range(self.retries + 1):
             try:
                 if self.sock is None:
                     self._skip = 0
                     self._connect()
-                    while self._skip:
-                        self._skip -= len(self._recv(min(self._skip, 4096)))
+                    self._skip_to_pos()
                 if self.total is not None and self.pos >= self.total:
-                    return b""
-                data = self._recv(n)
-                self.pos += len(data)
-                return data
+                    return 0
+                got = self.sock.readinto(buf, n)
+                if not got:
+                    raise OSError(104, "connection closed after %d bytes" % self.pos)
+                self.pos += got
+                return got
             except OSError as e:
                 self.close()
                 if attempt == self.retries:
@@ -134,13 +137,22 @@ class Download:
                 self.resumes += 1
                 if self.on_wait is not None:
                     self.on_wait()
-        return b""
+        return 0
 
-    def _recv(self, n):
-        data = self.sock.read(n)
-        if not data:
-            raise OSError(104, "connection closed after %d bytes" % self.pos)
-        return data
+    def _skip_to_pos(self):
+        """A server that ignored our Range sends from byte 0: drop what we had already."""
+        scratch = bytearray(256)
+        while self._skip:
+            got = self.sock.readinto(scratch, min(self._skip, len(scratch)))
+            if not got:
+                raise OSError(104, "connection closed while skipping to %d" % self.pos)
+            self._skip -= got
+
+    def read(self, n):
+        """Up to n bytes (b"" at the end); never past `limit`."""
+        buf = bytearray(max(0, min(n, self.limit - self.pos)))
+        got = self.readinto(buf) if buf else 0
+        return bytes(buf) if got == len(buf) else bytes(buf[:got])
 
     def read_exact(self, n, what):
         parts, got = [], 0

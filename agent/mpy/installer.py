@@ -1,9 +1,17 @@
-"""Download, verify and write an update into the inactive OTA partition, streaming.
+"""Write a verified update into the inactive OTA partition, streaming.
 
-The signed header (12 bytes + envelope, bounded) is read first and verified before a payload
-byte is read; then the one `app` payload streams through SHA-256 (stored bytes), `deflate`
-(gzip payloads), SHA-256 again (installed bytes) and 4 KiB block writes into the partition.
-Finally the partition is read back and hashed. Only then does the caller set_boot it.
+The second half of an install (agent/mpy/header.py's check() is the first, in its own phase
+and with no connection open, so the verifiers and the inflater never share the heap):
+write() streams the bundle, checks that its header hashes to exactly what check() verified,
+then streams the payload through SHA-256 (stored bytes), `deflate` (gzip payloads, with the
+window the manifest signed), SHA-256 again (installed bytes) and chunk-sized writes into the
+partition (each 4 KiB flash block erased before its first chunk). Finally the partition is
+read back and hashed. Only then does the caller set_boot it.
+
+Heap: one chunk buffer (`chunk_bytes`, 4096 by default, 1024 on a small board), the inflate
+window (2**window_bits) and uzlib's state; a payload whose window exceeds `max_window_bits` is
+refused by check() before anything is written (header.WindowTooLarge), never a MemoryError
+mid-write.
 
 Invariant: the download never reads more than the bundle's signed size; a payload whose
 hashes or sizes differ from the signed manifest raises PayloadMismatch (rejected), a read-back
@@ -14,141 +22,130 @@ import binascii
 import hashlib
 import io
 
-from agent.core.envelope import MANIFEST_TYPE, MAX_ENVELOPE, parse_envelope
-from agent.core.errors import MalformedBundle, NoSpace, PayloadMismatch, ReadbackMismatch
-from agent.core.jobs import check_version
-from agent.mpy.http import Download
+from agent.core.errors import PayloadMismatch, ReadbackMismatch
 
-HEADER = 12
-MAGIC = b"CUBNDL1\n"
-BLOCK = 4096
+BLOCK = 4096  # the flash erase unit: esp32.Partition's block size
+TAP_BYTES = 512  # stored bytes buffered for the inflater, which pulls one byte per call
 
 
 def _hex(h):
     return binascii.hexlify(h.digest()).decode()
 
 
-def read_envelope(source):
-    head = source.read_exact(HEADER, "header")
-    if head[:8] != MAGIC:
-        raise MalformedBundle("not a charger-update bundle (bad magic)")
-    length = int.from_bytes(head[8:12], "big")
-    if not 1 <= length <= MAX_ENVELOPE:
-        raise MalformedBundle("bundle header announces a %d-byte envelope" % length)
-    return parse_envelope(source.read_exact(length, "signature envelope"), MANIFEST_TYPE)
+def write(url, facts, partition, options, progress=None, poll=None):
+    """Second half: stream the bundle at `url` into `partition`, after checking that it starts
+    with the very header check() verified (PayloadMismatch otherwise)."""
+    from agent.mpy.http import Download
 
-
-def fetch_header(url, timeout_s=10, poll=None):
-    """The signed envelope at the start of the bundle at `url` (nothing more is read)."""
-    source = Download(url, HEADER + MAX_ENVELOPE, timeout_s, on_wait=poll)
+    chunk = _chunk_size(options.get("chunk_bytes", BLOCK))
+    size = facts["header_size"]
+    # The hard bound: the verified header and the signed payload size, nothing more.
+    source = Download(url, size + facts["size"], options.get("timeout_s", 10), on_wait=poll)
     try:
-        return read_envelope(source)
+        buf = bytearray(chunk)
+        digest = hashlib.sha256()
+        left = size
+        while left:
+            got = source.readinto(memoryview(buf)[: min(chunk, left)])
+            if not got:
+                raise PayloadMismatch("the bundle ends inside the header it had when verified")
+            digest.update(memoryview(buf)[:got])
+            left -= got
+        buf = None
+        if _hex(digest) != facts["header_sha256"]:
+            raise PayloadMismatch("the bundle's signed header changed since it was verified")
+        _write(source, facts, partition, chunk, progress, poll)
+        _read_back(partition, facts, chunk)
     finally:
         source.close()
 
 
-def app_payload(manifest, slot_class):
-    found = [p for p in manifest.payloads if p.slot_class == slot_class]
-    others = [p.name for p in manifest.payloads if p.slot_class != slot_class]
-    if len(found) != 1 or others:
-        raise MalformedBundle(
-            "this board installs exactly one %r payload; the bundle has %s"
-            % (slot_class, ", ".join(p.name + ":" + p.slot_class for p in manifest.payloads))
-        )
-    return found[0]
+def _chunk_size(n):
+    n = int(n)
+    if n < 256 or n > BLOCK or BLOCK % n:
+        raise ValueError("install chunk_bytes must divide %d and be at least 256" % BLOCK)
+    return n
 
 
 class _Tap(io.IOBase):
-    """The payload's stored bytes as a stream for DeflateIO, hashed on the way through
-    (DeflateIO takes only native streams or io.IOBase subclasses)."""
+    """The payload's stored bytes for DeflateIO, which pulls them one byte per call: served
+    from a small buffer refilled from the download and hashed as it is refilled (DeflateIO
+    takes only native streams or io.IOBase subclasses)."""
 
     def __init__(self, source, size, poll):
         self.source, self.left, self.poll = source, size, poll
+        self.buf = bytearray(TAP_BYTES)
+        self.start = self.end = 0
         self.digest = hashlib.sha256()
-        self.reads = 0
+        self.refills = 0
+
+    def _refill(self):
+        n = min(len(self.buf), self.left)
+        got = self.source.readinto(memoryview(self.buf)[:n]) if n > 0 else 0
+        self.digest.update(memoryview(self.buf)[:got])
+        self.left -= got
+        self.start, self.end = 0, got
+        self.refills += 1
+        if self.poll is not None and self.refills % 64 == 0:
+            self.poll()
+        return got
 
     def readinto(self, buf):
-        if self.left <= 0:
+        if self.start == self.end and not self._refill():
             return 0
-        data = self.source.read(min(len(buf), self.left))
-        if not data:
-            return 0
-        buf[: len(data)] = data
-        self.digest.update(data)
-        self.left -= len(data)
-        self.reads += 1
-        if self.poll is not None and self.reads % 16 == 0:
-            self.poll()
-        return len(data)
-
-    def read(self, n):
-        buf = bytearray(n)
-        got = self.readinto(buf)
-        return bytes(buf[:got])
+        n = min(len(buf), self.end - self.start)
+        if n == 1:
+            buf[0] = self.buf[self.start]
+        else:
+            buf[:n] = memoryview(self.buf)[self.start : self.start + n]
+        self.start += n
+        return n
 
 
-def install(url, trust, device, floor, now, partition, slot_class, timeout_s=10,
-            progress=None, poll=None, version=None):  # fmt: skip
-    """Stream the bundle at `url` into `partition`; returns the verified manifest. `version`:
-    the job's, which the signed one must equal before anything is written."""
-    source = Download(url, HEADER + MAX_ENVELOPE, timeout_s, on_wait=poll)
-    try:
-        envelope = read_envelope(source)
-        manifest = trust.verify(envelope, device, floor, now)
-        check_version(version, manifest.version)
-        payload = app_payload(manifest, slot_class)
-        source.limit = source.pos + payload.size  # the hard bound: the signed size
-        if payload.installed_size > partition.info()[3]:
-            raise NoSpace("image of %d bytes does not fit partition of %d"
-                          % (payload.installed_size, partition.info()[3]))  # fmt: skip
-        _write(source, payload, partition, progress, poll)
-        _read_back(partition, payload)
-        return manifest
-    finally:
-        source.close()
-
-
-def _write(source, payload, partition, progress, poll):
-    tap = _Tap(source, payload.size, poll)
-    stream = tap
-    if payload.compression == "gzip":
-        import gc
-
+def _write(source, facts, partition, chunk, progress, poll):
+    isize = facts["installed_size"]
+    if facts["compression"] == "gzip":
         import deflate
 
-        gc.collect()  # the inflater's 32 KiB window needs one contiguous block
-        stream = deflate.DeflateIO(tap, deflate.GZIP)
+        tap = _Tap(source, facts["size"], poll)
+        stream = deflate.DeflateIO(tap, deflate.GZIP, facts["window_bits"])
+    else:
+        tap, stream = None, source
     installed = hashlib.sha256()
-    buf = bytearray(BLOCK)
+    buf = bytearray(chunk)
     view = memoryview(buf)
-    block = written = 0
+    written = 0
     while True:
         try:
             got = _fill(stream, view)
-        except (OSError, ValueError) as e:  # deflate refuses what the signer never made
-            raise PayloadMismatch("payload %s does not inflate: %s" % (payload.name, e))
+        except (OSError, ValueError, EOFError) as e:  # deflate refuses what the signer never made
+            raise PayloadMismatch("payload %s does not inflate: %r" % (facts["name"], e))
         if got == 0:
             break
+        if written + got > isize:
+            raise PayloadMismatch("payload %s is longer than its signed size" % facts["name"])
+        installed.update(view[:got] if got < chunk else buf)
+        for i in range(got, chunk):
+            buf[i] = 0xFF  # the tail of the last chunk: erased flash
+        block, offset = divmod(written, BLOCK)
+        if offset == 0:
+            partition.ioctl(6, block)  # BLOCK_ERASE before the block's first chunk
+        partition.writeblocks(block, buf, offset)
         written += got
-        if written > payload.installed_size:
-            raise PayloadMismatch("payload %s inflates past its signed size" % payload.name)
-        installed.update(view[:got])
-        if got < BLOCK:
-            for i in range(got, BLOCK):
-                buf[i] = 0xFF
-        partition.writeblocks(block, buf)
-        block += 1
         if progress is not None:
-            progress(written, payload.installed_size)
-    if tap.left or _hex(tap.digest) != payload.sha256:
-        raise PayloadMismatch("payload %s differs from the signed sha256/size" % payload.name)
-    if written != payload.installed_size or _hex(installed) != payload.installed_sha256:
+            progress(written, isize)
+        if tap is None and poll is not None and written % (16 * BLOCK) == 0:
+            poll()
+    stored = tap.digest if tap is not None else installed
+    if (tap is not None and tap.left) or _hex(stored) != facts["sha256"]:
+        raise PayloadMismatch("payload %s differs from the signed sha256/size" % facts["name"])
+    if written != isize or _hex(installed) != facts["installed_sha256"]:
         raise PayloadMismatch("payload %s does not inflate to its signed size/sha256"
-                              % payload.name)  # fmt: skip
+                              % facts["name"])  # fmt: skip
 
 
 def _fill(stream, view):
-    """Read until the 4 KiB block is full or the stream ends (DeflateIO returns short reads)."""
+    """Read until the chunk is full or the stream ends (both sources return short reads)."""
     got = 0
     while got < len(view):
         n = stream.readinto(view[got:])
@@ -158,16 +155,16 @@ def _fill(stream, view):
     return got
 
 
-def _read_back(partition, payload):
+def _read_back(partition, facts, chunk):
     digest = hashlib.sha256()
-    buf = bytearray(BLOCK)
-    left = payload.installed_size
-    block = 0
+    buf = bytearray(chunk)
+    left = facts["installed_size"]
+    pos = 0
     while left > 0:
-        partition.readblocks(block, buf)
-        digest.update(buf[: min(BLOCK, left)])
-        left -= BLOCK
-        block += 1
-    if _hex(digest) != payload.installed_sha256:
+        partition.readblocks(pos // BLOCK, buf, pos % BLOCK)
+        digest.update(buf if left >= chunk else memoryview(buf)[:left])
+        left -= chunk
+        pos += chunk
+    if _hex(digest) != facts["installed_sha256"]:
         raise ReadbackMismatch("partition %s reads back differently from what was written"
                                % partition.info()[4])  # fmt: skip

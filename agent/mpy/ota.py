@@ -9,6 +9,8 @@ maps onto ESP-IDF's app rollback (CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE):
                   bootloader can never pick it; the running slot: if still on trial nothing
                   (the reset that follows makes the bootloader abort it, and the old slot
                   stays VALID throughout), if it was confirmed set_boot(the other).
+Any reset of an unconfirmed image (a power cut too) makes the bootloader abort it; the agent
+arms it again when the journey says so (agent/mpy/agent.py counts the attempts).
 
 Invariant: set_boot() is only ever called for a slot whose image was written, checked and read
 back in full; a failure of the esp32 API raises BootEnvError, never a guess.

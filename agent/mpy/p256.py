@@ -88,6 +88,6 @@ def verify_digest(qx, qy, r, s, digest):
 
 def verify(qx, qy, r, s, message):
     try:
-        return verify_digest(qx, qy, r, s, hashlib.sha256(bytes(message)).digest())
-    except (ValueError, TypeError, MemoryError):
+        return verify_digest(qx, qy, r, s, hashlib.sha256(message).digest())
+    except (ValueError, TypeError):  # a MemoryError is no verdict: it propagates
         return False

@@ -94,7 +94,8 @@ class Board:
         data = self.history()
         data["final"] = message
         row = {"id": job_id, "version": info.get("version"), "result": status,
-               "reason": info.get("reason"), "check": info.get("check")}  # fmt: skip
+               "reason": info.get("reason"), "check": info.get("check"),
+               "cause": info.get("cause")}  # fmt: skip
         data["last_job"] = row
         if status == "RolledBack":
             data["rollbacks"] = (data.get("rollbacks", []) + [row])[-MAX_ROLLBACKS:]
@@ -118,6 +119,14 @@ class Board:
     def set_slot(self, name, record):
         data = self.slots()
         data["slots"][name] = record
+        self._save_slots(data)
+
+    def armed(self, name):
+        """The slot is handed to the bootloader for one more boot attempt of this install
+        (set_slot() at the install starts the count again)."""
+        data = self.slots()
+        record = data["slots"].setdefault(name, {})
+        record["armed"] = record.get("armed", 0) + 1
         self._save_slots(data)
 
     def mark(self, name, state):

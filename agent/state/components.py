@@ -9,12 +9,14 @@ and what each MCU runs as the agent last wrote or confirmed it.
 
 Invariant: an MCU's running record says version None from before the first byte of a write
 until the write was verified, so a power cut mid-write is never mistaken for a finished one;
-a slot's record is written only after all its images are on disk (by the installer).
+a slot's record is written only after all its images are on disk (by the installer), and
+names every MCU of the board's release: one a release does not carry keeps its version and
+image from the slot the release was installed from.
 """
 
 import os
 
-from agent.state.atomic import read_json, write_json_atomic
+from agent.state.atomic import read_json, write_atomic, write_json_atomic
 
 
 class ComponentStore:
@@ -28,12 +30,29 @@ class ComponentStore:
         os.makedirs(os.path.join(self.dir, slot), exist_ok=True)
         write_json_atomic(os.path.join(self.dir, "%s.json" % slot), {"components": {}, "mcus": {}})
 
-    def record_release(self, slot, manifest):
+    def record_release(self, slot, manifest, carry_from=None):
+        """The release now in `slot`. An MCU of `carry_from`'s release (the booted slot's)
+        that this release carries no image for keeps its version: its image and record are
+        carried over, so a rollback from a later release can still write it back."""
         mcus = {}
         for p in manifest.payloads:
             if p.mcu is not None:
                 mcus[p.component] = dict(p.mcu, sha256=p.installed_sha256)
-        record = {"components": dict(manifest.components), "mcus": mcus}
+        components = dict(manifest.components)
+        if carry_from is not None and carry_from != slot:
+            for name, mcu in self.release(carry_from)["mcus"].items():
+                if name in mcus:
+                    continue
+                try:
+                    image = self.read_image(carry_from, name)
+                except OSError:
+                    image = None  # the record still says what runs; check_kept says the rest
+                if image is not None:
+                    os.makedirs(os.path.join(self.dir, slot), exist_ok=True)
+                    write_atomic(self.image_path(slot, name), image)
+                mcus[name] = mcu
+                components[name] = mcu["version"]
+        record = {"components": components, "mcus": mcus}
         os.makedirs(self.dir, exist_ok=True)
         write_json_atomic(os.path.join(self.dir, "%s.json" % slot), record)
 

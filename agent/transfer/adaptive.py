@@ -2,6 +2,11 @@
 already has (its booted slot, and what the inactive slot holds now) and fetch only the others,
 as byte ranges of the same bundle.
 
+The charger cuts both slots into blocks and groups by the index's rule: a group of the new
+image found in a slot is taken whole, by its signed id; only the other groups' block lists
+are fetched (agent/core/chunkindex.py), and their blocks looked up one by one: in a slot,
+earlier in the new image (a block fetched once serves every copy of it), or fetched.
+
 Invariant: no block reaches the slot before its id matched the signed chunk index, whether
 it came from a local slot or the network: a local block that does not match (the slot
 changed since it was indexed, or a bit flipped) is fetched instead; the whole image's signed
@@ -11,111 +16,198 @@ written yet, so after a power cut the blocks already written are found in place 
 fetched again.
 """
 
+import array
 import os
 import threading
 
 from agent.bundle import chunked
 from agent.core import chunkindex as ci
 
-ZERO, BOOTED, INACTIVE, REMOTE = 0, 1, 2, 3
-KIND_NAMES = ("zero", "booted", "inactive", "remote")
+ZERO, BOOTED, INACTIVE, REMOTE, REPEAT = 0, 1, 2, 3, 4
+KIND_NAMES = ("zero", "booted", "inactive", "remote", "repeated")
 SCAN = 1 << 20  # bytes read per call when indexing a slot
-COALESCE_GAP = 256  # fetch up to this many unneeded bytes rather than start another range
+# Fetch up to this many unneeded bytes rather than start another range: about what one more
+# part of a multipart answer costs in headers (boundary, Content-Type, Content-Range).
+COALESCE_GAP = 100
 
 
-def scan(path, block_size, last=False):
-    """{block id: offset} of every whole non-zero block of the file or device at `path`
-    ({} if it cannot be read): the first offset of each id, or with `last` the last one."""
-    found = {}
-    zero = bytes(block_size)
+def scan(path, block_size):
+    """The id of every whole block of the file or device at `path`, in order (empty if it
+    cannot be read)."""
+    ids = array.array("Q")
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
-        return found
+        return ids
     try:
         pos = 0
         while True:
             data = os.pread(fd, SCAN, pos)
             for off in range(0, len(data) - block_size + 1, block_size):
-                block = data[off : off + block_size]
-                if block != zero:
-                    bid = ci.block_id(block)
-                    if last or bid not in found:
-                        found[bid] = pos + off
+                ids.append(ci.block_id(data[off : off + block_size]))
             if len(data) < SCAN:
-                return found
+                return ids
             pos += len(data)
     except OSError:
-        return found
+        return ids
     finally:
         os.close(fd)
 
 
+class Slot:
+    """What one local slot holds, by the index's blocks and groups: the first (booted) or
+    last (inactive) place of each non-zero block id and of each group id."""
+
+    def __init__(self, ids, index, last):
+        self.ids = ids
+        self.blocks = {}
+        self.groups = {}
+        zero = index.zero_id
+        for k, bid in enumerate(ids):
+            if bid != zero and (last or bid not in self.blocks):
+                self.blocks[bid] = k
+        for first, n in ci.groups(ids, zero, index.modulus, index.most):
+            gid = ci.group_id(ids[first : first + n])
+            if last or gid not in self.groups:
+                self.groups[gid] = first
+
+
+def coalesce(spans, gap=COALESCE_GAP):
+    """Sorted (start, length) spans, neighbours closer than `gap` joined."""
+    out = []
+    for start, n in spans:
+        if out and start - (out[-1][0] + out[-1][1]) <= gap:
+            out[-1] = (out[-1][0], start + n - out[-1][0])
+        else:
+            out.append((start, n))
+    return out
+
+
 class Plan:
-    """Where each block of the new image comes from, and what that costs."""
+    """Where each block of the new image comes from, and what that costs. Groups found in
+    a slot are decided at once; `missing` groups once their details came (`take_details`)."""
 
     def __init__(self, index, payload_offset, booted, inactive):
         self.index = index
-        self.payload_offset = payload_offset  # of the payload's first unit in the bundle
+        self.payload_offset = payload_offset  # of the stored payload (details, then units)
+        self.units_at = payload_offset + index.detail_size
         self.kinds = bytearray(index.count)
-        self.local = [0] * index.count  # offset in the local slot, for BOOTED/INACTIVE
-        bs = index.block_size
-        for i, bid in enumerate(index.ids):
-            if index.lengths[i] == 0:
-                self.kinds[i] = ZERO
-            elif bid in booted:
-                self.kinds[i], self.local[i] = BOOTED, booted[bid]
-            elif inactive.get(bid, -1) >= i * bs:  # not yet overwritten when it is needed
-                self.kinds[i], self.local[i] = INACTIVE, inactive[bid]
+        self.local = array.array("q", bytes(8 * index.count))  # block of its slot, or of the image
+        self.booted, self.inactive = booted, inactive
+        self.missing = []
+        self.detail_bytes = 0
+        zero_groups = {}
+        for g, (first, n, _, stored, gid) in enumerate(index.groups):
+            if n not in zero_groups:
+                zero_groups[n] = ci.group_id([index.zero_id] * n)
+            if stored == 0 and gid == zero_groups[n]:
+                index.take_ids(g, [index.zero_id] * n, [0] * n)
+                self._decide(first, n, ZERO, 0)
+            elif gid in booted.groups:
+                self._take(g, BOOTED, booted, booted.groups[gid])
+            elif inactive.groups.get(gid, -1) >= first:  # not overwritten before it is needed
+                self._take(g, INACTIVE, inactive, inactive.groups[gid])
             else:
-                self.kinds[i] = REMOTE
-        self.spans = self._spans()
+                self.missing.append(g)
+        self.spans = []
 
-    def _spans(self):
+    def _take(self, g, kind, slot, at):
+        first, n = self.index.groups[g][:2]
+        if not self.index.take_ids(g, list(slot.ids[at : at + n])):
+            self.missing.append(g)  # cannot happen unless hashing lies; fetch it then
+            return
+        self._decide(first, n, kind, at)
+
+    def _decide(self, first, n, kind, at):
+        for j in range(n):
+            self.kinds[first + j] = kind
+            self.local[first + j] = at + j
+
+    def detail_spans(self):
+        """Coalesced byte ranges of the bundle holding the missing groups' details."""
         spans = []
+        for g in self.missing:
+            at, n = self.index.detail_span(g)
+            spans.append((self.payload_offset + at, n))
+        return coalesce(spans)
+
+    def take_details(self, ranges):
+        """Fetch the missing groups' details (checked against their ids), then decide
+        their blocks and the ranges of units to fetch."""
+        spans = self.detail_spans()
+        got = _Units(iter(ranges.read_ranges(spans)))
+        self.detail_bytes = sum(n for _, n in spans)
+        index = self.index
+        for g in self.missing:
+            at, n = index.detail_span(g)
+            index.take_detail(g, got.get(self.payload_offset + at, n))
+        seen = {}  # block id -> the first block of the new image that has it
+        for g in self.missing:
+            first, n = index.groups[g][:2]
+            for i in range(first, first + n):
+                self._decide_block(i, seen)
+        self.spans = self._unit_spans()
+
+    def _decide_block(self, i, seen):
+        index = self.index
+        bid = index.ids[i]
+        if index.lengths[i] == 0:
+            kind, at = ZERO, 0
+        elif bid in self.booted.blocks:
+            kind, at = BOOTED, self.booted.blocks[bid]
+        elif self.inactive.blocks.get(bid, -1) >= i:
+            kind, at = INACTIVE, self.inactive.blocks[bid]
+        elif bid in seen:
+            kind, at = REPEAT, seen[bid]  # fetched once, for its first place in the image
+        else:
+            kind, at = REMOTE, 0
+            seen[bid] = i
+        self.kinds[i], self.local[i] = kind, at
+
+    def _unit_spans(self):
         idx = self.index
-        for i in range(idx.count):
-            if self.kinds[i] != REMOTE:
-                continue
-            start, n = self.payload_offset + idx.offsets[i], idx.lengths[i]
-            if spans and start - (spans[-1][0] + spans[-1][1]) <= COALESCE_GAP:
-                spans[-1] = (spans[-1][0], start + n - spans[-1][0])
-            else:
-                spans.append((start, n))
-        return spans
+        spans = [(self.units_at + idx.offsets[i], idx.lengths[i])
+                 for i in range(idx.count) if self.kinds[i] == REMOTE]  # fmt: skip
+        return coalesce(spans)
 
     @property
     def fetch_bytes(self):
-        return sum(n for _, n in self.spans)
+        return self.detail_bytes + sum(n for _, n in self.spans)
 
     def summary(self):
         """{kind: blocks} and the bytes to fetch, for `install --plan` and the status."""
         counts = dict((name, 0) for name in KIND_NAMES)
         for kind in self.kinds:
             counts[KIND_NAMES[kind]] += 1
-        return {"blocks": counts, "ranges": len(self.spans), "fetch_bytes": self.fetch_bytes}
+        return {"blocks": counts, "groups": len(self.index.groups),
+                "groups_fetched": len(self.missing), "detail_bytes": self.detail_bytes,
+                "ranges": len(self.spans), "fetch_bytes": self.fetch_bytes}  # fmt: skip
 
 
-def make_plan(index, payload_offset, booted_path, inactive_path):
-    """Index both slots in parallel (hashlib releases the GIL) and plan from them."""
+def make_plan(index, payload_offset, booted_path, inactive_path, ranges):
+    """Index both slots in parallel (hashlib releases the GIL), plan from them, fetch the
+    details of the groups neither slot has (`ranges`: the bundle's)."""
     found = {}
 
-    def run(key, path, last):
-        found[key] = scan(path, index.block_size, last) if path else {}
+    def run(key, path):
+        found[key] = scan(path, index.block_size) if path else array.array("Q")
 
     threads = [
-        threading.Thread(target=run, args=("booted", booted_path, False), name="index-booted"),
-        threading.Thread(target=run, args=("inactive", inactive_path, True), name="index-slot"),
+        threading.Thread(target=run, args=("booted", booted_path), name="index-booted"),
+        threading.Thread(target=run, args=("inactive", inactive_path), name="index-slot"),
     ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return Plan(index, payload_offset, found["booted"], found["inactive"])
+    plan = Plan(index, payload_offset, Slot(found["booted"], index, False),
+                Slot(found["inactive"], index, True))  # fmt: skip
+    plan.take_details(ranges)
+    return plan
 
 
 class _Units:
-    """The fetched units, cut out of the pieces `read_ranges` yields (in offset order)."""
+    """The fetched bytes, cut out of the pieces `read_ranges` yields (in offset order)."""
 
     def __init__(self, pieces):
         self.pieces = pieces
@@ -134,6 +226,20 @@ class _Units:
         return self.buf[offset - self.start : end - self.start]
 
 
+def _read(ranges, start, n):
+    return b"".join(d for _, d in ranges.read_ranges([(start, n)]))
+
+
+def refetch(plan, i, ranges):
+    """Block i's unit, fetched alone (its group's detail first if only its id was known)."""
+    index = plan.index
+    if index.lengths[i] is None:
+        g = index.group_of(i)
+        at, n = index.detail_span(g)
+        index.take_detail(g, _read(ranges, plan.payload_offset + at, n))
+    return _read(ranges, plan.units_at + index.offsets[i], index.lengths[i])
+
+
 def rebuild(plan, payload, ranges, booted_path, inactive_path, counters=None):
     """The new image's blocks, in order, each checked against the index (see module
     docstring); `ranges` is a FileRanges/HttpRanges of the bundle. `counters` (a dict)
@@ -141,6 +247,8 @@ def rebuild(plan, payload, ranges, booted_path, inactive_path, counters=None):
     index = plan.index
     rb = chunked.Rebuilder(payload, index)
     units = _Units(iter(ranges.read_ranges(plan.spans)))
+    repeated = set(plan.local[i] for i in range(index.count) if plan.kinds[i] == REPEAT)
+    kept = {}  # fetched blocks the image has again later
     fds = {}
     counters = counters if counters is not None else {}
     for name in KIND_NAMES + ("refetched",):
@@ -151,19 +259,24 @@ def rebuild(plan, payload, ranges, booted_path, inactive_path, counters=None):
                 fds[kind] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         for i in range(index.count):
             kind = plan.kinds[i]
-            unit_at = plan.payload_offset + index.offsets[i]
             if kind == REMOTE:
-                block = rb.from_unit(i, units.get(unit_at, index.lengths[i]))
+                unit = units.get(plan.units_at + index.offsets[i], index.lengths[i])
+                block = rb.from_unit(i, unit)
+                if i in repeated:
+                    kept[i] = block
             elif kind == ZERO:
                 block = rb.from_unit(i, b"")
             else:
-                block = os.pread(fds[kind], index.block_length(i), plan.local[i])
+                if kind == REPEAT:
+                    block = kept[plan.local[i]]
+                else:
+                    at = plan.local[i] * index.block_size
+                    block = os.pread(fds[kind], index.block_length(i), at)
                 if rb.check(i, block):
                     block = rb.take(i, block)
                 else:  # changed since it was indexed: never trusted, fetched instead
                     counters["refetched"] += 1
-                    unit = b"".join(d for _, d in ranges.read_ranges([(unit_at, index.lengths[i])]))
-                    block = rb.from_unit(i, unit)
+                    block = rb.from_unit(i, refetch(plan, i, ranges))
             counters[KIND_NAMES[kind]] += 1
             yield block
         rb.finish()

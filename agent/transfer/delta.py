@@ -6,18 +6,20 @@ order: nothing is written before the signatures, the device policy, the bundle's
 length and the room in every slot were checked, the slot is marked not bootable before its
 first byte, and recorded as installed only after every payload was rebuilt block by checked
 block, fsynced and read back with its signed sha256. A format-1 bundle, or a server that
-ignores Range, returns None before anything was written: the caller streams the whole
-bundle as before.
+ignores Range, returns StreamInstead before anything was written: the caller streams the
+whole bundle as before, on from what the first request brought (one request of its own,
+none at all from a server that answered the first with the whole file).
 """
 
 from agent.bundle import chunked
 from agent.bundle import format as fmt
+from agent.bundle.reader import read_exact
 from agent.core.envelope import MANIFEST_TYPE, parse_envelope
 from agent.core.errors import PayloadMismatch, Truncated
 from agent.state.slotstate import SlotState
 from agent.transfer import adaptive
 from agent.transfer import slots as slotio
-from agent.transfer.ranges import RangesUnsupported, open_ranges
+from agent.transfer.ranges import HEAD_BYTES, RangesUnsupported, open_ranges
 
 
 class Head:
@@ -34,22 +36,73 @@ def _read(ranges, start, length):
     return b"".join(data for _, data in ranges.read_ranges([(start, length)]))
 
 
+class _Start:
+    """The bundle's first bytes, grown on demand: the first request brought HEAD_BYTES,
+    `upto(end)` fetches only what is still missing before `end` (in one request)."""
+
+    def __init__(self, ranges):
+        self.ranges = ranges
+        self.data = ranges.read_start(HEAD_BYTES)
+
+    def upto(self, end, what):
+        total = self.ranges.total
+        if total is not None and end > total:
+            raise Truncated("bundle ends inside the %s: %d of %d bytes" % (what, total, end),
+                            hint="the file is incomplete; download it again")  # fmt: skip
+        if len(self.data) < end:
+            self.data += _read(self.ranges, len(self.data), end - len(self.data))
+        return self.data
+
+    def header(self):
+        header = self.upto(fmt.HEADER_SIZE, "header")[: fmt.HEADER_SIZE]
+        return header, fmt.parse_header(header)
+
+
 def read_head(ranges, check):
-    """The head of a format-2 bundle, or None for format 1. `check(envelope)` returns the
-    manifest if its signatures and this board's policy accept it (or raises)."""
-    header = _read(ranges, 0, fmt.HEADER_SIZE)
-    length = fmt.parse_header(header)
+    """The head of a format-2 bundle, or None for format 1 (`ranges.stream()` then reads it
+    on from where the first request stopped). `check(envelope)` returns the manifest if its
+    signatures and this board's policy accept it (or raises)."""
+    start = _Start(ranges)
+    header, length = start.header()
     if fmt.header_format(header) != 2:
         return None
-    envelope = parse_envelope(_read(ranges, fmt.HEADER_SIZE, length), MANIFEST_TYPE)
+    end = fmt.HEADER_SIZE + length
+    envelope = parse_envelope(start.upto(end, "signature envelope")[fmt.HEADER_SIZE : end],
+                              MANIFEST_TYPE)  # fmt: skip
     manifest = check(envelope)
     fmt.check_format(header, manifest)
     _check_size(ranges.total, fmt.bundle_size(length, manifest))
+    head = fmt.HEADER_SIZE + length + fmt.index_bytes(manifest)
+    data = start.upto(head, "group indexes")  # every index in one request
     indexes = {}
     for payload, offset in fmt.index_offsets(length, manifest):
-        stored = _read(ranges, offset, payload.index["size"])
+        stored = data[offset : offset + payload.index["size"]]
         indexes[payload.name] = chunked.read_index(stored, payload)
-    return Head(manifest, envelope, indexes, fmt.HEADER_SIZE + length + fmt.index_bytes(manifest))
+    return Head(manifest, envelope, indexes, head)
+
+
+def read_envelope(location, settings, opener=None):
+    """(bundle format, envelope), unverified, for the daemon's download step: the header and
+    envelope only (one bounded Range request, two for an envelope longer than HEAD_BYTES),
+    so no payload byte crosses the link; from a server without Range support, the start of
+    its whole-file answer, which is then dropped. opener(location, settings): the ranges
+    (default open_ranges; a job's: open_job_ranges with the step's stopper)."""
+    ranges = (opener or open_ranges)(location, settings)
+    try:
+        try:
+            start = _Start(ranges)
+        except RangesUnsupported:
+            source = ranges.stream()
+            header = read_exact(source.read, fmt.HEADER_SIZE, "header")
+            length = fmt.parse_header(header)
+            raw = read_exact(source.read, length, "signature envelope")
+        else:
+            header, length = start.header()
+            end = fmt.HEADER_SIZE + length
+            raw = start.upto(end, "signature envelope")[fmt.HEADER_SIZE : end]
+        return fmt.header_format(header), parse_envelope(raw, MANIFEST_TYPE)
+    finally:
+        ranges.close()
 
 
 def _check_size(actual, signed):
@@ -64,9 +117,10 @@ def _check_size(actual, signed):
                     hint="the file is incomplete; download or copy it again")  # fmt: skip
 
 
-def plans(head, cfg, booted, steps):
+def plans(head, cfg, booted, steps, ranges):
     """[(payload, target, Plan or None, offset)] for [(payload, target)] (the installer's
-    plan; target None in a dry run): Plan None for a payload without a chunk index."""
+    plan; target None in a dry run): Plan None for a payload without a chunk index. The
+    details of the groups the charger lacks are fetched from `ranges` here."""
     result = []
     offsets = dict((p.name, o) for p, o in fmt.payload_offsets(len(head.envelope.raw),
                                                               head.manifest))  # fmt: skip
@@ -78,7 +132,7 @@ def plans(head, cfg, booted, steps):
                 target = slotio.SlotTarget(cfg.slot_target(boot_other(cfg, booted),
                                                            payload.slot_class))  # fmt: skip
             local = cfg.slot_target(booted, payload.slot_class)
-            plan = adaptive.make_plan(index, offsets[payload.name], local, target.path)
+            plan = adaptive.make_plan(index, offsets[payload.name], local, target.path, ranges)
         result.append((payload, target, plan, offsets[payload.name]))
     return result
 
@@ -94,7 +148,7 @@ def dry_run(location, cfg, boot, check):
         booted = boot.booted_slot()
         rows, fetch = [], 0
         steps = [(p, None) for p in head.manifest.payloads]
-        for payload, _target, plan, _ in plans(head, cfg, booted, steps):
+        for payload, _target, plan, _ in plans(head, cfg, booted, steps, ranges):
             row = {"name": payload.name, "installed_size": payload.installed_size,
                    "stored_size": payload.size}  # fmt: skip
             row.update(plan.summary() if plan else {"fetch_bytes": payload.size})
@@ -115,27 +169,39 @@ def boot_other(cfg, booted):
     return [s for s in cfg.slots if s != booted][0]
 
 
+class StreamInstead:
+    """A format-1 bundle, or a server without Range support: nothing was written, stream
+    the whole bundle. `source` reads it from its first byte without asking again for what
+    the first request brought (None for a file: open it as a stream)."""
+
+    def __init__(self, source):
+        self.source = source
+
+
 def install(location, cfg, boot, check, progress_factory=None, readback=True, prepare=None,
             finish=None, state=None, opener=None):  # fmt: skip
-    """Install by ranges; returns (slot, manifest, counters) or None (format 1, or a server
-    without Range support: nothing was written, stream the bundle instead).
+    """Install by ranges; returns (slot, manifest, counters), or StreamInstead.
     prepare(manifest, slot) -> [(payload, SlotTarget)] checks what the installer checks
     before writing (components, space); finish(slot, manifest) runs before the slot is
     recorded as installed. state: the board's SlotState (default: the state dir's).
     opener(location, settings): the ranges (default open_ranges; a job's: open_job_ranges)."""
     ranges = (opener or open_ranges)(location, cfg.download)
+    handed_over = False
     try:
         try:
             head = read_head(ranges, check)
         except RangesUnsupported:
-            return None
+            head = None
         if head is None:
-            return None
+            stream = ranges.stream()
+            handed_over = stream is not None
+            return StreamInstead(stream)
         state = state or SlotState(cfg.state_dir, boot)
         return _install(head, ranges, cfg, boot, progress_factory, readback, prepare, finish,
                         state)  # fmt: skip
     finally:
-        ranges.close()
+        if not handed_over:
+            ranges.close()
 
 
 def _install(head, ranges, cfg, boot, progress_factory, readback, prepare, finish, state):
@@ -151,7 +217,7 @@ def _install(head, ranges, cfg, boot, progress_factory, readback, prepare, finis
     )
     for payload, target in targets:
         slotio.check_space(target, payload.installed_size)
-    steps = plans(head, cfg, booted, targets)
+    steps = plans(head, cfg, booted, targets, ranges)
     boot.mark_bad(slot)
     state.begin_write(slot, manifest.version)
     total = sum(p.installed_size for p in manifest.payloads)

@@ -80,7 +80,7 @@ def without_readback(manifest, cfg):
 
 def install(
     location, cfg, boot, trust, now=None, progress_factory=None, source_opener=None, readback=True,
-    version=None, ranges_opener=None,
+    version=None, ranges_opener=None, bundle_format=None,
 ):  # fmt: skip
     """Verify the bundle at `location` and stream it into the slot that is not booted.
 
@@ -91,24 +91,30 @@ def install(
     source_opener(location, settings) opens the stream (default open_source); ranges_opener
     the random access of an install by ranges (default open_ranges). A caller that passes only
     source_opener (it must see every byte: a detached signature) gets the streamed install.
+    bundle_format: what a signed manifest read before said (the daemon's download step);
+    1 streams at once instead of asking for the head by Range first. Only a hint: either
+    way every byte is checked against the manifest this install reads itself.
     """
     slot = boot.other_slot(boot.booted_slot())
     guard.check_writable(cfg, slot)  # never the running system, whatever the config says
     with StateLock(cfg.state_dir, "installing into slot %s" % slot):
+        opener = source_opener or open_source
         by_ranges = source_opener is None or ranges_opener is not None
-        if by_ranges and cfg.download.get("delta", True):
+        if by_ranges and cfg.download.get("delta", True) and bundle_format != 1:
             done = _install_by_ranges(location, cfg, boot, trust, now, progress_factory,
                                       readback, version, ranges_opener)  # fmt: skip
-            if done is not None:
+            if isinstance(done, Installed):
                 return done
-        return _install(location, cfg, boot, trust, slot, now, progress_factory,
-                        source_opener or open_source, readback, version)  # fmt: skip
+            if done.source is not None:  # on from the bytes the first request brought
+                opener = _already_open(done.source)
+        return _install(location, cfg, boot, trust, slot, now, progress_factory, opener,
+                        readback, version)  # fmt: skip
 
 
 def _install_by_ranges(location, cfg, boot, trust, now, progress_factory, readback, version,
                        ranges_opener):  # fmt: skip
-    """A format-2 bundle fetched by ranges (agent/transfer/delta.py), or None when the bundle
-    or its server calls for the streamed install."""
+    """A format-2 bundle fetched by ranges (agent/transfer/delta.py), or delta.StreamInstead
+    when the bundle or its server calls for the streamed install."""
     state = SlotState(cfg.state_dir, boot)
 
     def check(envelope):  # signatures, policy, and the version the job announced
@@ -117,13 +123,19 @@ def _install_by_ranges(location, cfg, boot, trust, now, progress_factory, readba
     done = delta.install(
         location, cfg, boot, check, progress_factory, readback,
         prepare=lambda manifest, slot: _prepared(manifest, cfg, boot, slot),
-        finish=ComponentStore(cfg.state_dir).record_release, state=state, opener=ranges_opener,
+        finish=lambda slot, manifest: ComponentStore(cfg.state_dir).record_release(
+            slot, manifest, boot.booted_slot()),
+        state=state, opener=ranges_opener,
     )  # fmt: skip
-    if done is None:
-        return None
+    if isinstance(done, delta.StreamInstead):
+        return done
     manifest = done[1]
     state.raise_floors(not_before=max(manifest.created, trust.sync_time()))
     return Installed(*done)
+
+
+def _already_open(source):
+    return lambda _location, _settings: source
 
 
 def _install(location, cfg, boot, trust, slot, now, progress_factory, opener, readback, version):
@@ -154,7 +166,7 @@ def _install(location, cfg, boot, trust, slot, now, progress_factory, opener, re
         source.expect_end()
         if progress:
             progress.done()
-    ComponentStore(cfg.state_dir).record_release(slot, manifest)
+    ComponentStore(cfg.state_dir).record_release(slot, manifest, boot.booted_slot())
     state.installed(slot, manifest)
     # A signed, installed manifest says the time is at least its `created` (freeze attack);
     # so does the last time sync.
@@ -181,15 +193,24 @@ def _write_streamed(source, payload, index, target, progress, readback):
 
 
 def check_components(manifest, cfg, booted):
-    """A release whose MCUs this board lacks, or could not roll back, is refused here."""
-    from agent.core.components import check_board, mcu_payloads
+    """A release whose MCUs this board lacks, or could not roll back, or that names an MCU
+    version it does not carry and the MCU does not run, is refused here."""
+    from agent.core.components import check_board, check_uncarried, mcu_payloads
+    from agent.core.errors import WrongHardware
 
+    if cfg.section("components"):
+        kept = ComponentStore(cfg.state_dir).release(booted)["mcus"]
+        carried = set(p.component for p in mcu_payloads(manifest))
+        problem = check_uncarried(manifest.components, carried,
+                                  dict((n, m["version"]) for n, m in kept.items()))  # fmt: skip
+        if problem:
+            raise WrongHardware("the release %s" % problem,
+                                hint="carry the MCU's image in the release")  # fmt: skip
     if not mcu_payloads(manifest):
         return
     # The MCU drivers are imported only for a release that has MCUs (start-up cost).
     from agent.components import board_components
     from agent.control import components as mcu_steps
-    from agent.core.errors import WrongHardware
 
     problem = check_board(manifest, board_components(cfg))
     if problem:

@@ -8,6 +8,11 @@ re-requests only what is still missing. It never holds more than one batch (MAX_
 bytes) in memory. A server that ignores Range altogether raises RangesUnsupported on the
 first request, so the caller can fall back to a full download. What the bytes mean is the
 caller's to check (agent/bundle/chunked.py checks every block against the signed index).
+
+The first request (`read_start`) asks for the bundle's first HEAD_BYTES, which tell its
+format: what it brought is never fetched again, neither by later ranges nor by `stream()`,
+which continues a format-1 bundle from there (or reads on in a 200 answer), so learning
+the format costs no request of its own.
 """
 
 import os
@@ -16,7 +21,7 @@ import time
 from urllib.parse import urlsplit
 
 from agent.config import DOWNLOAD_DEFAULTS
-from agent.core.errors import NetworkError
+from agent.core.errors import BadSource, NetworkError
 from agent.transfer.fetch import (
     PROGRESS_RESET,
     RETRYABLE,
@@ -31,6 +36,10 @@ from agent.transfer.fetch import (
 MAX_RANGES = 64  # per request: the Range header stays well under servers' 8 KiB header limits
 MAX_BATCH = 4 << 20  # bytes asked for in one request
 MAX_LINE = 1024  # a multipart header line
+# The first request: the 12-byte header and an envelope of a usual size. Asking for more
+# would fetch payload units a delta install may not need; the rest of a long envelope and
+# the chunk indexes take one more request.
+HEAD_BYTES = 4096
 
 
 class RangesUnsupported(Exception):
@@ -74,6 +83,13 @@ class FileRanges:
         self.requests = 0
         self.stopper = stopper
 
+    def read_start(self, n):
+        return b"".join(data for _, data in self.read_ranges([(0, min(n, self.total))]))
+
+    def stream(self):
+        """None: a file is streamed by opening it again (agent/transfer/fetch.py)."""
+        return None
+
     def read_ranges(self, spans):
         for start, length in split(spans):
             if self.stopper is not None and self.stopper.error is not None:
@@ -99,6 +115,7 @@ class HttpRanges(HttpSource):
         self.multi = True  # until the server shows otherwise
         self.received = 0
         self.sizes = []  # the totals Content-Range named: the bundle's size
+        self.start = b""  # the bundle's first bytes, from read_start: never fetched again
 
     @property
     def total(self):
@@ -108,10 +125,74 @@ class HttpRanges(HttpSource):
         return self.sizes[0] if self.sizes else None
 
     def read_ranges(self, spans):
-        for batch in batches(spans, self.multi):
+        todo = []
+        for start, length in spans:
+            have = min(start + length, len(self.start)) - start
+            if have > 0 and not todo:  # pieces go out in order: memory first, then the link
+                yield start, self.start[start : start + have]
+                start, length = start + have, length - have
+            if length:
+                todo.append((start, length))
+        for batch in batches(todo, self.multi):
             got = self._fetch(batch)
             for span in batch:
                 yield span[0], bytes(got[span[0]])
+
+    # -- the first request, and streaming on from it ---------------------------------------
+
+    def read_start(self, n):
+        """The bundle's first `n` bytes (all of it if shorter), in one request. A server
+        that answers with the whole file raises RangesUnsupported, and `stream()` reads on
+        in that answer."""
+        while True:
+            try:
+                resp = self._get("bytes=0-%d" % (n - 1))
+                if resp.status == 200:
+                    self._accept_full(resp)
+                    self._resp = resp
+                    raise RangesUnsupported("%s answers Range requests with the whole file"
+                                            % self.url)  # fmt: skip
+                self.start = self._read_start(resp, n)
+                self._drop()
+                return self.start
+            except RETRYABLE as e:
+                self._failed("range request dropped: %s" % _describe(e))
+
+    def _read_start(self, resp, n):
+        if (resp.getheader("Content-Type") or "").lower().startswith("multipart/"):
+            raise NetworkError("%s answered one range with several parts" % self.url)
+        start, end = _content_range(resp.getheader("Content-Range"), self.sizes)
+        short = end < n - 1 and (self.total is None or end != self.total - 1)
+        if start != 0 or end > n - 1 or short:
+            raise NetworkError("%s sent bytes %d-%d, not the first %d" % (self.url, start, end, n))
+        data = bytearray()
+        while len(data) <= end:
+            got = resp.read(min(end + 1 - len(data), 1 << 20))
+            if not got:
+                raise OSError("answer ended %d bytes early" % (end + 1 - len(data)))
+            self._count(len(got))
+            data += got
+        return bytes(data)
+
+    def stream(self):
+        """This bundle as a sequential Source (agent/transfer/fetch.py) from its first byte:
+        the bytes read_start brought, then one request for the rest (`Range: bytes=N-` with
+        If-Range), or the rest of the whole-file answer read_start was given."""
+        if self._resp is None:
+            self.size = self.total
+        return self
+
+    def _raw_read(self, n):
+        if self.pos < len(self.start) or (self.size is not None and self.pos >= self.size):
+            return self.start[self.pos : self.pos + n]  # b"" at the end: nothing to ask for
+        return HttpSource._raw_read(self, n)
+
+    def _raw_readinto(self, view):
+        if self.pos < len(self.start) or (self.size is not None and self.pos >= self.size):
+            data = self.start[self.pos : self.pos + len(view)]
+            view[: len(data)] = data
+            return len(data)
+        return HttpSource._raw_readinto(self, view)
 
     # -- one batch, retried --------------------------------------------------------------------
 
@@ -270,9 +351,10 @@ def _content_range(value, sizes=None):
 
 
 def open_ranges(location, settings=None, clock=None, sleep=None, rng=None, stopper=None):
-    """FileRanges for a path or file:// URL, HttpRanges for http(s)://. A missing file, or
-    one that is not a regular file, is BadSource (permanent). HttpRanges keeps the streamed
-    download's bounds: [download] max_time_s, redirects to http(s) only, `stopper`."""
+    """FileRanges for a path or file:// URL, HttpRanges for http(s)://: the locations
+    open_source takes, refused the same way. A missing file, or one that is not a regular
+    file, is BadSource (permanent). HttpRanges keeps the streamed download's bounds:
+    [download] max_time_s, redirects to http(s) only, `stopper`."""
     merged = dict(DOWNLOAD_DEFAULTS)
     merged.update(settings or {})
     scheme = urlsplit(location).scheme.lower() if "://" in location else ""
@@ -282,6 +364,10 @@ def open_ranges(location, settings=None, clock=None, sleep=None, rng=None, stopp
                           rng or random.Random(), stopper=stopper)  # fmt: skip
     if scheme == "file":
         location = _file_url_path(location)
+    elif scheme:
+        raise BadSource(
+            "unsupported source %s" % location, hint="use a path, file://, http:// or https://"
+        )
     return FileRanges(location, stopper=stopper)
 
 

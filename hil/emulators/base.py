@@ -11,7 +11,8 @@ A pty carries bytes instantly and has no baud rate, no parity and no modem lines
 - Lines: DTR/RTS do not exist on a pty, so BOOT0 and NRST are FIFOs in a directory: the
   host's GPIO adapter (agent/components/lines.GpioFile) writes "1"/"0" into them as it would
   into /sys/class/gpio/gpioN/value, and the emulator reacts to each write at once.
-- Power: `power(False)` stops the chip (RAM state lost, flash kept), as a cut supply does.
+- Power: `power(False)` stops the chip (RAM state lost, flash kept), as a cut supply does;
+  the host's lines go with it (BOOT0 pulled down, NRST pulled up), so it boots from flash.
 
 Invariant: flash contents survive resets and power cuts; everything else is rebuilt at boot.
 Every reset, power change and flash operation is appended to `events` under a Condition, so
@@ -85,6 +86,10 @@ class McuOnPty:
         with self._cond:
             self.powered = bool(on)
             self._pending_reset = True
+            if not on:
+                # The controller's GPIOs go with the shared supply: when it returns, BOOT0's
+                # pull-down and NRST's pull-up hold until the host drives them again.
+                self.boot0 = self.in_reset = False
         self._publish(("power", bool(on)))
         os.write(self._wake_w, b"p")
 

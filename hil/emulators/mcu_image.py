@@ -10,8 +10,9 @@ The application answers one ASCII line per command line (the charging stack spea
     VERSION          -> VERSION <version>
     PING             -> PONG
     CONTACTOR ON|OFF -> OK CONTACTOR ON|OFF   (or ERR ... with the breaks-session defect)
-Defects: `breaks-session` (the contactor never reports closed), `no-answer` (the
-application hangs at start and never answers).
+    METER            -> OK METER <Wh>         (the meter MCU; ERR ... with breaks-session)
+Defects: `breaks-session` (the contactor never reports closed, the meter stops counting),
+`no-answer` (the application hangs at start and never answers).
 """
 
 import json
@@ -59,6 +60,7 @@ class App:
     def __init__(self, info):
         self.info = info
         self.contactor = False
+        self.energy_wh = 0
 
     def reply(self, line):
         defects = self.info.get("defects", [])
@@ -69,6 +71,11 @@ class App:
             return "VERSION %s" % self.info.get("version")
         if words == ["PING"]:
             return "PONG"
+        if words == ["METER"]:  # the energy meter MCU: one reading per session step
+            if "breaks-session" in defects:
+                return "ERR metering stopped"
+            self.energy_wh += 125
+            return "OK METER %d" % self.energy_wh
         if len(words) == 2 and words[0] == "CONTACTOR" and words[1] in ("ON", "OFF"):
             if words[1] == "ON" and "breaks-session" in defects:
                 return "ERR contactor feedback missing"

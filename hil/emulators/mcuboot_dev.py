@@ -62,13 +62,20 @@ class McubootDevice(McuOnPty):
         return "app" if self.primary.info() else "recovery"
 
     def run(self):
+        self.upload = None  # RAM: an upload a reset or power cut interrupted is forgotten
         self._mcuboot()
         info = self.primary.info()
+        self._publish(("booted", info[0] if info else None))  # the swap decision is made
         self.app = None
         if info:
             _, _, body = mcuboot_image.inspect(self.primary.data)
             parsed = mcu_image.parse(body)
             self.app = mcu_image.App(parsed) if parsed else None
+            if parsed and "no-answer" in parsed["defects"]:
+                # The application (and the SMP server in it) hangs at start: only a reset
+                # (NRST, a watchdog, a power cut) gets MCUboot to run again and revert.
+                self._publish(("hang", info[0]))
+                return
         self._serve()
 
     def _mcuboot(self):

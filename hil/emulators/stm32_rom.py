@@ -1,7 +1,8 @@
 """An STM32G47x as its ROM bootloader (AN3155 over UART) and its application see it.
 
 BOOT0 high at reset: system memory runs the bootloader (Get, Get Version, Get ID, Read
-Memory, Go, Write Memory, Erase/Extended Erase, Readout Protect/Unprotect). BOOT0 low: the
+Memory, Go, Write Memory, Extended Erase or, with extended_erase=False, the older Erase,
+Readout Protect/Unprotect). BOOT0 low: the
 application in flash runs if it is a valid image (hil/emulators/mcu_image.py), else the
 chip hard-faults and stays silent. Flash is 512 KiB of 2 KiB pages that only program when
 erased; option bytes at 0x1FFF7800 hold the RDP byte (0xAA: level 0). At level 1 every
@@ -37,8 +38,11 @@ class Stm32Rom(McuOnPty):
     FRAME_BITS = 11  # AN3155: 8 data bits, even parity, 1 stop bit
 
     def __init__(self, lines_dir=None, realtime=False, flash_size=512 * 1024, flash_path=None,
-                 rdp=False):  # fmt: skip
+                 rdp=False, extended_erase=True):  # fmt: skip
         McuOnPty.__init__(self, lines_dir, realtime)
+        # Older bootloaders (v2.x, e.g. STM32F1) list Erase (0x43) instead of Extended Erase.
+        self.commands = COMMANDS if extended_erase else tuple(
+            0x43 if c == 0x44 else c for c in COMMANDS)  # fmt: skip
         self.flash_size = flash_size
         self.flash_path = flash_path
         self.flash = bytearray(b"\xff" * flash_size)
@@ -87,15 +91,15 @@ class Stm32Rom(McuOnPty):
         self.send(ACK)
         handlers = {0x00: self._cmd_get, 0x01: self._cmd_version, 0x02: self._cmd_id,
                     0x11: self._cmd_read, 0x21: self._cmd_go, 0x31: self._cmd_write,
-                    0x44: self._cmd_erase, 0x82: self._cmd_protect,
-                    0x92: self._cmd_unprotect}  # fmt: skip
+                    0x43: self._cmd_standard_erase, 0x44: self._cmd_erase,
+                    0x82: self._cmd_protect, 0x92: self._cmd_unprotect}  # fmt: skip
         while True:
             cmd, comp = self._get(2, None)
-            handler = handlers.get(cmd)
+            handler = handlers.get(cmd) if cmd in self.commands else None
             if cmd ^ comp != 0xFF or handler is None:
                 self.send(NACK)
                 continue
-            if self.protected and cmd in (0x11, 0x21, 0x31, 0x44):
+            if self.protected and cmd in (0x11, 0x21, 0x31, 0x43, 0x44):
                 self.send(NACK)
                 continue
             self.send(ACK)
@@ -106,7 +110,7 @@ class Stm32Rom(McuOnPty):
                 self.send(NACK)
 
     def _cmd_get(self):
-        self.send(bytes((len(COMMANDS), BOOTLOADER_VERSION) + COMMANDS) + ACK)
+        self.send(bytes((len(self.commands), BOOTLOADER_VERSION) + self.commands) + ACK)
 
     def _cmd_version(self):
         self.send(bytes((BOOTLOADER_VERSION, 0, 0)) + ACK)
@@ -181,6 +185,24 @@ class Stm32Rom(McuOnPty):
             pages = [(body[i] << 8) | body[i + 1] for i in range(0, len(body), 2)]
             if any(p >= self.flash_size // PAGE for p in pages):
                 raise BadRequest()
+        self._erase_pages(pages)
+
+    def _cmd_standard_erase(self):
+        """Erase (0x43): N-1 in one byte and one byte per page, or 0xFF 0x00 for all."""
+        n = self._get(1, None)[0]
+        if n == 0xFF:
+            if self._get(1, None)[0] != 0x00:
+                raise BadRequest()
+            return self._erase_pages(list(range(self.flash_size // PAGE)))
+        body = self._get(n + 1, None)
+        x = n
+        for b in body:
+            x ^= b
+        if self._get(1, None)[0] != x or any(p >= self.flash_size // PAGE for p in body):
+            raise BadRequest()
+        self._erase_pages(list(body))
+
+    def _erase_pages(self, pages):
         for p in pages:
             self.flash[p * PAGE : (p + 1) * PAGE] = b"\xff" * PAGE
             self._persist(self.flash, p * PAGE, PAGE)

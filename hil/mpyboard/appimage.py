@@ -16,7 +16,7 @@ import json
 import struct
 
 MAGIC = b"\xe9EMU"
-CHUNK = 4096
+CHUNK = 512  # hashed piece by piece: on MicroPython this runs on the app's heap
 
 
 def build(descriptor, body=b""):

@@ -4,9 +4,10 @@ Power on runs the emulated ESP-IDF bootloader (bootloader.py: otadata rules, ima
 validation) and starts the app it picked as a MicroPython unix-port process with a bounded
 heap (`-X heapsize`), its flash on files (esp32.py). When the app ends, for whatever reason
 (machine.reset(), a panic, an exception), that is a reset: the bootloader runs again, as on
-the chip. Power off kills the process at once (SIGKILL), like pulling the plug. Like the
-chip's reset-reason register, MPYBOARD_RESET tells the app why it started: power-on (the
-supply came on), reboot (the app asked: exit 0), panic (it died).
+the chip. Power off kills the process at once (SIGKILL), like pulling the plug. The app reads
+the chip's reset cause as machine.reset_cause() would give it (MPYBOARD_RESET): PWRON_RESET
+after power on, HARD_RESET after the app ended (MicroPython's esp32 port reports esp_restart()
+and a panic alike).
 
 Invariant: the board owns exactly one app process at a time and close() leaves none behind.
 """
@@ -15,11 +16,13 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 
-from hil.mpyboard import deps, flash
+from hil.mpyboard import flash, romfs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PWRON_RESET, HARD_RESET = 1, 2  # machine.reset_cause() values (esp32 stubs)
 
 
 class MpyBoard:
@@ -27,6 +30,7 @@ class MpyBoard:
         self.dir = os.path.abspath(board_dir)
         self.flash_dir = os.path.join(self.dir, "flash")
         self.heap = heap
+        self.romfs = romfs.build()  # the code the app runs, precompiled, outside the heap
         self.log_path = os.path.join(self.dir, "console.log")
         self.proc = None
         self.powered = False
@@ -34,6 +38,7 @@ class MpyBoard:
         self.lock = threading.Condition()
         self.lines = []
         self.boots = 0
+        self.reset_cause = PWRON_RESET
         self.on_line = None  # fn(line) for tests
 
     # -- power ------------------------------------------------------------------------------
@@ -67,7 +72,7 @@ class MpyBoard:
 
     def _run(self):
         self._console("[rom] power on")
-        reset = "power-on"
+        self.reset_cause = PWRON_RESET
         while True:
             with self.lock:
                 if not self.powered:
@@ -80,20 +85,21 @@ class MpyBoard:
                 return
             self.boots += 1
             self._console("[rom] booting %s (%s)" % (label, descriptor.get("version")))
-            code = self._app(descriptor, reset)
+            code = self._app(descriptor)
+            self.reset_cause = HARD_RESET
             self._console("[rom] reset (app exited with %s)" % code)
-            reset = "reboot" if code == 0 else "panic"
 
     def _bootloader(self):
         _, bootloader, _, _ = flash.modules(self.flash_dir)
         return bootloader.boot()
 
-    def _app(self, descriptor, reset):
-        env = dict(os.environ, MICROPYPATH=deps.micropath(HERE), ESP32EMU_FLASH=self.flash_dir,
-                   MPYBOARD_DIR=self.dir, MPYBOARD_APP=json.dumps(descriptor),
-                   MPYBOARD_RESET=reset)  # fmt: skip
-        cmd = [deps.micropython_bin(), "-X", "heapsize=%s" % self.heap,
-               os.path.join(HERE, "firmware.py")]  # fmt: skip
+    def _app(self, descriptor):
+        env = dict(os.environ, ESP32EMU_FLASH=self.flash_dir, MPYBOARD_DIR=self.dir,
+                   MPYBOARD_APP=json.dumps(descriptor),
+                   MPYBOARD_RESET=str(self.reset_cause))  # fmt: skip
+        env.pop("MICROPYPATH", None)  # code comes from the ROMFS image only
+        cmd = [sys.executable, os.path.join(HERE, "romboot.py"), self.romfs,
+               "-X", "heapsize=%s" % self.heap, os.path.join(HERE, "boot.py")]  # fmt: skip
         with self.lock:
             if not self.powered:
                 return None

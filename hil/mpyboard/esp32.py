@@ -11,18 +11,33 @@ only clear bits, so a write to a block that was not erased corrupts it, as on th
 Invariant: set_boot() and mark_app_valid_cancel_rollback() change otadata only through the rules
 in otadata.py (ESP-IDF's), and set_boot() refuses an image that does not validate, as
 esp_ota_set_boot_partition does. Runs on MicroPython and CPython.
+
+Heap: on the chip all of this is C and takes none of the app's heap. On MicroPython the
+emulation imports its helpers (otadata.py, appimage.py) per call and forgets them after it
+(_off_heap), so what stays on the app's heap is this module alone.
 """
 
 import json
 import os
-
-import appimage
-import otadata
+import sys
 
 FLASH_DIR = os.getenv("ESP32EMU_FLASH") or "flash"
 SUBTYPE_OTA_0 = 0x10
 SUBTYPE_DATA_OTA = 0x00
 ERASED = 0xFF
+PIECE = 256
+
+
+def _rules():
+    import otadata
+
+    return otadata
+
+
+def _off_heap():
+    if sys.implementation.name == "micropython":
+        for name in ("otadata", "appimage"):
+            sys.modules.pop(name, None)
 
 
 def _table():
@@ -46,6 +61,7 @@ class Partition:
             id = _running_label()
         elif id == Partition.BOOT:
             id = _boot_label()
+            _off_heap()
         rows = [r for r in _table() if r[0] == id]
         if not rows:
             raise ValueError("partition not found")
@@ -72,29 +88,57 @@ class Partition:
 
     # -- block protocol ---------------------------------------------------------------------
 
-    def _read(self, offset, n):
+    # On the chip these are C (spi_flash) and take none of the app's heap; here they work in
+    # PIECE-byte steps through one small scratch buffer, so the emulation's own heap use does
+    # not count against the agent's budget in a meaningful way.
+
+    def _check(self, offset, n):
         if offset < 0 or offset + n > self.size:
             raise OSError(22)  # EINVAL: out of the partition
+
+    def _read(self, offset, n):
+        buf = bytearray(n)
+        self._readinto(offset, buf)
+        return bytes(buf)
+
+    def _readinto(self, offset, buf):
+        self._check(offset, len(buf))
         with open(self.path, "rb") as f:
             f.seek(offset)
-            data = f.read(n)
-        return data + bytes([ERASED]) * (n - len(data))
+            got = f.readinto(buf) or 0
+        for i in range(got, len(buf)):
+            buf[i] = ERASED
 
     def _write(self, offset, data):
-        old = self._read(offset, len(data))
-        new = bytes(a & b for a, b in zip(old, data))  # NOR flash: bits only ever clear
+        """NOR flash: a write only ever clears bits (new = old AND data)."""
+        self._check(offset, len(data))
+        view = memoryview(data)
+        old = bytearray(PIECE)
+        ones = b"\xff" * PIECE
         with open(self.path, "r+b") as f:
-            f.seek(offset)
-            f.write(new)
+            for start in range(0, len(data), PIECE):
+                n = min(PIECE, len(data) - start)
+                f.seek(offset + start)
+                got = f.readinto(memoryview(old)[:n]) or 0
+                if got == n and old[:n] == ones[:n]:  # erased (the usual case): data as is
+                    piece = view[start : start + n]
+                else:
+                    for i in range(n):
+                        old[i] = (old[i] if i < got else ERASED) & view[start + i]
+                    piece = memoryview(old)[:n]
+                f.seek(offset + start)
+                f.write(piece)
 
     def _erase(self, offset, n):
+        self._check(offset, n)
+        ones = b"\xff" * PIECE
         with open(self.path, "r+b") as f:
             f.seek(offset)
-            f.write(bytes([ERASED]) * n)
+            for start in range(0, n, PIECE):
+                f.write(ones[: min(PIECE, n - start)])
 
     def readblocks(self, block_num, buf, offset=0):
-        data = self._read(block_num * self.block_size + offset, len(buf))
-        buf[:] = data
+        self._readinto(block_num * self.block_size + offset, buf)
         return True
 
     def writeblocks(self, block_num, buf, offset=None):
@@ -104,7 +148,7 @@ class Partition:
             n = len(buf) + (-len(buf)) % self.block_size
             self._erase(start, n)
             offset = 0
-        self._write(start + offset, bytes(buf))
+        self._write(start + offset, buf)
 
     def ioctl(self, op, arg=None):
         if op == 4:  # BLOCK_COUNT
@@ -122,26 +166,36 @@ class Partition:
         """esp_ota_get_next_update_partition(self): the next OTA app slot after this one."""
         apps = _ota_apps()
         if not apps:
-            raise OSError(-otadata.ESP_ERR_NOT_FOUND)
+            raise OSError(-_rules().ESP_ERR_NOT_FOUND)
         labels = [p.label for p in apps]
         if self.label in labels:
             return apps[(labels.index(self.label) + 1) % len(apps)]
         return apps[0]
 
     def set_boot(self):
-        if self.type != Partition.TYPE_APP or self.subtype < SUBTYPE_OTA_0:
-            raise OSError(-otadata.ESP_ERR_INVALID_ARG)
-        if appimage.validate(self._read, self.size) is None:
-            raise OSError(-otadata.ESP_ERR_OTA_VALIDATE_FAILED)
-        entries = read_otadata()
-        sector, entry = otadata.set_boot(entries, self.subtype - SUBTYPE_OTA_0, len(_ota_apps()))
-        write_entry(sector, entry)
+        import appimage
+
+        otadata = _rules()
+        try:
+            if self.type != Partition.TYPE_APP or self.subtype < SUBTYPE_OTA_0:
+                raise OSError(-otadata.ESP_ERR_INVALID_ARG)
+            if appimage.validate(self._read, self.size) is None:
+                raise OSError(-otadata.ESP_ERR_OTA_VALIDATE_FAILED)
+            entries = read_otadata()
+            slot = self.subtype - SUBTYPE_OTA_0
+            sector, entry = otadata.set_boot(entries, slot, len(_ota_apps()))
+            write_entry(sector, entry)
+        finally:
+            _off_heap()
 
     @classmethod
     def mark_app_valid_cancel_rollback(cls):
-        change = otadata.mark_valid(read_otadata(), len(_ota_apps()))
-        if change is not None:
-            write_entry(change[0], change[1])
+        try:
+            change = _rules().mark_valid(read_otadata(), len(_ota_apps()))
+            if change is not None:
+                write_entry(change[0], change[1])
+        finally:
+            _off_heap()
 
 
 def _ota_apps():
@@ -152,11 +206,12 @@ def _ota_apps():
 def _otadata_partition():
     found = Partition.find(Partition.TYPE_DATA, SUBTYPE_DATA_OTA)
     if not found:
-        raise OSError(-otadata.ESP_ERR_NOT_FOUND)
+        raise OSError(-_rules().ESP_ERR_NOT_FOUND)
     return found[0]
 
 
 def read_otadata():
+    otadata = _rules()
     part = _otadata_partition()
     return [
         otadata.Entry.unpack(part._read(i * otadata.SECTOR, otadata.ENTRY_SIZE)) for i in (0, 1)
@@ -165,6 +220,7 @@ def read_otadata():
 
 def write_entry(sector, entry):
     """Erase the sector, then write the entry: the order esp_ota_ops.c uses."""
+    otadata = _rules()
     part = _otadata_partition()
     part._erase(sector * otadata.SECTOR, otadata.SECTOR)
     part._write(sector * otadata.SECTOR, entry.pack())
@@ -172,6 +228,7 @@ def write_entry(sector, entry):
 
 def _boot_label():
     """esp_ota_get_boot_partition: what the bootloader would pick from otadata now."""
+    otadata = _rules()
     apps = _ota_apps()
     entries = read_otadata()
     if (entries[0].invalid() and entries[1].invalid()) or not apps:

@@ -7,8 +7,8 @@ before the agent starts), no-backend (the network never reaches the broker), ref
 (the charging stack refuses to start a session), alarm-storm (a ground-fault alarm every
 second). A reset is the end of this process: the board controller runs the bootloader again.
 
-Power-cut tests: with MPYBOARD_DIR/cut_at holding N, the N-th journal save of the board's
-life prints "POWER CUT" and blocks; the controller then pulls the plug.
+Power-cut tests: with MPYBOARD_DIR/cut_at holding N (or N,M,...), the N-th journal save of the
+board's life prints "POWER CUT" and blocks; the controller then pulls the plug.
 """
 
 import json
@@ -66,9 +66,22 @@ class System:
         return 0
 
     def boot_facts(self):
-        """Why this boot happened, as the board controller's reset register says (a real
-        board: agent.mpy.agent.esp32_boot_facts(machine))."""
-        return {"reset": os.getenv("MPYBOARD_RESET") or "unknown"}
+        """What a real board's main.py returns: esp32_boot_facts(machine). Here the board
+        controller plays the chip's reset register (MPYBOARD_RESET: machine.reset_cause()'s
+        code, hil/mpyboard/board.py)."""
+        from agent.mpy.agent import esp32_boot_facts
+
+        return esp32_boot_facts(Machine)
+
+
+class Machine:
+    """The part of MicroPython's esp32 `machine` the agent reads (values from its stubs)."""
+
+    PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
+
+    @staticmethod
+    def reset_cause():
+        return int(os.getenv("MPYBOARD_RESET") or 0)
 
 
 def _counted_save(n, state):
@@ -83,10 +96,10 @@ def _counted_save(n, state):
         f.write(str(count))
     try:
         with open(BOARD + "/cut_at") as f:
-            cut = int(f.read())
+            cuts = [int(n) for n in f.read().split(",")]
     except (OSError, ValueError):
         return
-    if cut == count:
+    if count in cuts:
         print("POWER CUT at save %d (%s)" % (count, state))
         while True:
             time.sleep(1)

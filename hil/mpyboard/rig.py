@@ -2,7 +2,8 @@
 board, so the scenario catalogue runs against the agent's MicroPython runtime too.
 
 Releases are signed with the same kit as every rig (hil/release.py), as a bundle with one
-gzip `app` payload: the board's emulated app image (appimage.py) with its defects.
+gzip `app` payload: the board's emulated app image (appimage.py) with its defects, compressed
+with the deflate window the board's heap affords (`window_bits`, signed into the manifest).
 """
 
 import json
@@ -17,12 +18,21 @@ from hil.release import ReleaseKit
 MODEL = "ACME-AC11-MPY"
 HW = "esp32-rev3"
 DEFECTS = ("crash-on-boot", "no-backend", "refuse-session", "alarm-storm")
+# What a 96 KB heap affords (docs/micropython.md): a 4 KiB inflate window, 1 KiB flash chunks.
+WINDOW_BITS = 12
+CHUNK_BYTES = 1024
 
 
 class AppKit(ReleaseKit):
     """ReleaseKit whose bundles carry the image as the board's `app` payload."""
 
     PAYLOAD = ("app", "app")
+    window_bits = 15
+
+    def image_payload(self, image):
+        from agent.bundle.writer import PayloadSource
+
+        return PayloadSource("app", "app", image, "gzip", window_bits=self.window_bits)
 
 
 def build_image(path, version, defects=(), pad_bytes=0):
@@ -38,21 +48,32 @@ def build_image(path, version, defects=(), pad_bytes=0):
 
 class MpyRig(Harness):
     boot_banner = r"\[rom\] booting ota_"
+    # The signed header (download and verify), then one stream for the install: the header
+    # again, verified again, and the payload from the same connection (no format probe:
+    # this board installs format 1 only).
+    bundle_requests = (None, None)
 
     def __init__(self, workdir, device_id="mpy-0001", trial_window_s=30, heap="96K",
-                 factory_version="1.0.0", link_rate=0, on_status=None):  # fmt: skip
+                 factory_version="1.0.0", link_rate=0, on_status=None, window_bits=WINDOW_BITS,
+                 install=None):  # fmt: skip
+        """window_bits: the deflate window of the releases this rig signs; install: the
+        board's [install] settings (default: it inflates windows up to WINDOW_BITS in
+        CHUNK_BYTES chunks)."""
         Harness.__init__(self, workdir, device_id, link_rate=link_rate, on_status=on_status)
         self.trial_window_s = trial_window_s
         self.heap = heap
+        self.window_bits = window_bits
+        self.install = install or {"max_window_bits": WINDOW_BITS, "chunk_bytes": CHUNK_BYTES}
         self.factory_version = factory_version
         self.board = None
         self.kit = None
 
     def start_board(self):
         self.kit = AppKit(os.path.join(self.dir, "releases"), MODEL, HW)
+        self.kit.window_bits = self.window_bits
         self.board = provision(os.path.join(self.dir, "board"), self.device_id, self.kit,
                                self.factory_version, self.broker.port, self.trial_window_s,
-                               self.heap)  # fmt: skip
+                               self.heap, self.install)  # fmt: skip
 
     def parts(self):
         return (self.board,) + Harness.parts(self)
@@ -75,7 +96,7 @@ class MpyRig(Harness):
 
 
 def provision(board_dir, device_id, kit, factory_version, mqtt_port, trial_window_s=30,
-              heap="96K"):  # fmt: skip
+              heap="96K", install=None):  # fmt: skip
     """A factory-fresh board: erased otadata, `factory_version` in ota_0, the kit's root."""
     os.makedirs(os.path.join(board_dir, "data"), exist_ok=True)
     factory = build_image(os.path.join(board_dir, "factory.bin"), factory_version)
@@ -84,7 +105,7 @@ def provision(board_dir, device_id, kit, factory_version, mqtt_port, trial_windo
     shutil.copyfile(kit.root_path, os.path.join(board_dir, "root.json"))
     cfg = {
         "device": {"id": device_id, "model": kit.model, "hardware_revision": kit.hardware_revision,
-                   "group": "pilot", "site_type": "home-ac"},
+                   "group": "pilot", "site": "home-7", "site_type": "home-ac"},
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "prefix": "chargers", "keepalive": 30,
                  "reconnect_max_s": 2},
         "trust": {"root": "root.json"},
@@ -94,6 +115,8 @@ def provision(board_dir, device_id, kit, factory_version, mqtt_port, trial_windo
                   "checks": ["communication", "charging-session", "alarms"],
                   "alarms": {"observe_s": 2}, "communication": {"timeout_s": 5}},
         "download": {"timeout_s": 10},
+        "install": install or {"max_window_bits": WINDOW_BITS, "chunk_bytes": CHUNK_BYTES},
+        "log_heap": True,
     }  # fmt: skip
     with open(os.path.join(board_dir, "agent.json"), "w") as f:
         json.dump(cfg, f, indent=1)

@@ -196,14 +196,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("ETag", etag)
         self.send_header("Content-Length", str(length))
         self.end_headers()
+        budget = None  # a drop cuts the multipart body too, part headers counted
+        if self.server.faults.drop_after is not None and self.server.take("drop_times"):
+            budget = self.server.faults.drop_after
+        out = b""
         with _opener(body) as read:
             for head, first, last in parts:
-                self.wfile.write(head)
-                self.wfile.write(self._maybe_lie(first, read(first, last + 1 - first)))
-                self.wfile.write(b"\r\n")
-            self.wfile.write(tail)
+                out += head + self._maybe_lie(first, read(first, last + 1 - first)) + b"\r\n"
+            out += tail
+        if budget is not None:
+            out = out[:budget]
+        self.wfile.write(out)
         with self.server.lock:
-            self.server.body_bytes += length
+            self.server.body_bytes += len(out)
         self.close_connection = True
 
     def _maybe_lie(self, start, data, first=True):

@@ -158,7 +158,14 @@ class Mosquitto:
     """One mosquitto process (foreground, generated config) on a fixed 127.0.0.1 port."""
 
     def __init__(
-        self, directory, port=None, pki=None, prefix="chargers", message_limit=0, host="127.0.0.1"
+        self,
+        directory,
+        port=None,
+        pki=None,
+        prefix="chargers",
+        message_limit=0,
+        host="127.0.0.1",
+        extra_config=(),
     ):
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
@@ -169,6 +176,7 @@ class Mosquitto:
         self.config_path = os.path.join(directory, "mosquitto.conf")
         self.log_path = os.path.join(directory, "mosquitto.log")
         self.proc = None
+        self.extra_config = list(extra_config)  # more mosquitto.conf lines (fleet: queue sizes)
         self._write_config(message_limit)
 
     def _write_config(self, message_limit):
@@ -183,6 +191,7 @@ class Mosquitto:
         ]
         if message_limit:
             lines.append("message_size_limit %d" % message_limit)
+        lines += self.extra_config
         if self.pki is None:
             lines.append("allow_anonymous true")
         else:

@@ -14,6 +14,7 @@ import threading
 import tty
 
 from hil.drivers.sim_devices import EvSimDevice, RelaySim
+from hil.emulators.mcuboot_dev import McubootDevice
 from hil.emulators.stm32_rom import Stm32Rom
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,6 +43,9 @@ class VirtualBoard:
             os.path.join(self.dir, "flash", "mcu.bin"),
         )
         self.mcu = Stm32Rom(lines_dir=lines, flash_path=flash).start()
+        # The energy meter MCU: MCUboot (swap with revert) with an SMP server on its UART,
+        # NRST on a controller GPIO; the rig keeps its two slots across power cuts.
+        self.meter = McubootDevice(lines_dir=os.path.join(self.dir, "meter-lines")).start()
 
     @property
     def is_on(self):
@@ -83,8 +87,9 @@ class VirtualBoard:
         self.proc = None
 
     def power_input(self, channel, on):
-        """Wired to the relay simulator: the supply line of the board (and its MCU)."""
+        """Wired to the relay simulator: the supply line of the board (and its MCUs)."""
         self.mcu.power(on)
+        self.meter.power(on)
         (self.power_on if on else self.power_off)()
         with self.switched:
             self.switches += 1
@@ -95,6 +100,7 @@ class VirtualBoard:
         self.relay.close()
         self.ev.close()
         self.mcu.close()
+        self.meter.close()
         for fd in (self.master, self.slave):
             try:
                 os.close(fd)

@@ -85,14 +85,13 @@ class VirtualRig(Harness):
         path = os.path.join(self.kit.dir, "firmware-%s.tar" % version)
         return build_image(path, version, defects, pad_bytes)
 
-    def build_mcu_image(self, version, defects, size=None):
-        """The safety MCU's firmware (hil/emulators/mcu_image.py) for a release."""
-        from hil.emulators import mcu_image
-
-        path = os.path.join(self.kit.dir, "safety-%s-%s.bin" % (version, "-".join(defects)))
+    def build_mcu_image(self, name, version, defects, size=None):
+        """MCU `name`'s firmware for a release (hil/emulators/mcu_image.py; for the MCUboot
+        meter inside an MCUboot image): (path, manifest mcu entry)."""
+        path = os.path.join(self.kit.dir, "%s-%s-%s.bin" % (name, version, "-".join(defects)))
         with open(path, "wb") as f:
-            f.write(mcu_image.build(version, defects, size=size or MCU_IMAGE_SIZE))
-        return path
+            f.write(mcu_firmware(name, version, defects, size))
+        return path, dict(MCUS[name], id=name, version=version)
 
     def mcu_version(self):
         """What the safety MCU's flash holds (None: nothing that would boot)."""
@@ -100,6 +99,11 @@ class VirtualRig(Harness):
 
         info = mcu_image.parse(self.board.mcu.flash)
         return info["version"] if info else None
+
+    def meter_state(self):
+        """(version, confirmed) of the image the meter MCU's MCUboot boots (None: none)."""
+        info = self.board.meter.primary.info()
+        return (info[0], self.board.meter.image_ok) if info else (None, False)
 
     # The virtual board's relay acts at once; wait for it so a cut is really a cut.
 
@@ -200,42 +204,70 @@ def provision(board_dir, device_id, kit, factory_version, mqtt_port, ocpp_port,
     layout.create(board_dir, sections, routes, factory, watchdog=watchdog_s, stack=stack)
     SlotState(os.path.join(board_dir, "data")).set_good("A", factory_version, 1)
     board = VirtualBoard(board_dir)
-    install_safety_mcu(board, factory_version)
+    install_mcus(board, factory_version)
     return board
 
 
-MCU_ID, MCU_PROTOCOL, MCU_ADDRESS = "safety", "stm32-rom", 0x08000000
+# The board's MCUs: the safety MCU (an STM32 flashed through its ROM bootloader, BOOT0 and
+# NRST on controller GPIOs) and the energy meter (MCUboot with swap and revert, SMP on its
+# UART, NRST on a GPIO for an application that hangs).
+MCUS = {
+    "safety": {"protocol": "stm32-rom", "address": 0x08000000},
+    "meter": {"protocol": "mcuboot-smp", "address": 0},
+}
 MCU_IMAGE_SIZE = 16 * 1024
 FACTORY_MCU_VERSION = "1.0.0"
 
 
-def install_safety_mcu(board, factory_version):
-    """The factory: the safety MCU runs its first firmware, the agent config names its port
-    and GPIO lines, and the image is kept with slot A (what a rollback writes back)."""
-    from hil.emulators import mcu_image
+def mcu_firmware(name, version, defects=(), size=None):
+    """The bytes of MCU `name`'s firmware: the application image, for the meter wrapped in
+    an MCUboot image (header, version, hash TLV)."""
+    from hil.emulators import mcu_image, mcuboot_image
 
-    image = mcu_image.build(FACTORY_MCU_VERSION, size=MCU_IMAGE_SIZE)
-    board.mcu.flash[: len(image)] = image
+    body = mcu_image.build(version, defects, size=size or MCU_IMAGE_SIZE)
+    if MCUS[name]["protocol"] == "mcuboot-smp":
+        return mcuboot_image.build(body, version)
+    return body
+
+
+def install_mcus(board, factory_version):
+    """The factory: both MCUs run their first firmware, the agent config names their ports
+    and lines, and their images are kept with slot A (what a rollback writes back)."""
+    from hil.emulators.mcuboot_dev import Slot
+
+    images = dict((name, mcu_firmware(name, FACTORY_MCU_VERSION)) for name in MCUS)
+    board.mcu.flash[: len(images["safety"])] = images["safety"]
     with open(board.mcu.flash_path, "wb") as f:
         f.write(bytes(board.mcu.flash))
+    board.mcu.reset()
+    board.meter.primary, board.meter.image_ok = Slot(images["meter"]), True
+    board.meter.reset()
     config = os.path.join(board.dir, "agent.toml")
     with open(config, "rb") as f:
         sections = tomllib.load(f)
-    sections["components"] = {MCU_ID: {
-        "protocol": MCU_PROTOCOL, "port": board.mcu.port, "boot0": "gpio:mcu-lines/boot0",
-        "nreset": "gpio:mcu-lines/nrst", "start_timeout_s": 5}}  # fmt: skip
+    sections["components"] = {
+        "safety": {"protocol": "stm32-rom", "port": board.mcu.port,
+                   "boot0": "gpio:mcu-lines/boot0", "nreset": "gpio:mcu-lines/nrst",
+                   "start_timeout_s": 5},
+        "meter": {"protocol": "mcuboot-smp", "port": board.meter.port,
+                  "nreset": "gpio:meter-lines/nrst", "timeout_s": 1.0, "retries": 1,
+                  "start_timeout_s": 5},
+    }  # fmt: skip
     with open(config, "w") as f:
         f.write(tomli_w.dumps(sections))
     store = os.path.join(board.dir, "data", "components")
     os.makedirs(os.path.join(store, "A"))
-    with open(os.path.join(store, "A", "%s.img" % MCU_ID), "wb") as f:
-        f.write(image)
-    mcu = {"id": MCU_ID, "protocol": MCU_PROTOCOL, "address": MCU_ADDRESS,
-           "version": FACTORY_MCU_VERSION, "sha256": hashlib.sha256(image).hexdigest()}  # fmt: skip
+    mcus = {}
+    for name, image in images.items():
+        with open(os.path.join(store, "A", "%s.img" % name), "wb") as f:
+            f.write(image)
+        mcus[name] = dict(MCUS[name], id=name, version=FACTORY_MCU_VERSION,
+                          sha256=hashlib.sha256(image).hexdigest())  # fmt: skip
+    versions = dict((name, FACTORY_MCU_VERSION) for name in MCUS)
     for name, data in (
-        ("A.json", {"components": {"rootfs": factory_version, MCU_ID: FACTORY_MCU_VERSION},
-                    "mcus": {MCU_ID: mcu}}),
-        ("running.json", {MCU_ID: {"version": FACTORY_MCU_VERSION, "confirmed": True}}),
+        ("A.json", {"components": dict(versions, rootfs=factory_version), "mcus": mcus}),
+        ("running.json", dict((n, {"version": v, "confirmed": True})
+                              for n, v in versions.items())),
     ):  # fmt: skip
         with open(os.path.join(store, name), "w") as f:
             json.dump(data, f)

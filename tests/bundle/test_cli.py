@@ -143,3 +143,14 @@ def test_root_show_json(work, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["version"] == 1 and doc["roles"]["release"]["threshold"] == 1
     assert doc["status"].startswith("self-signed")
+
+
+def test_window_bits_are_signed_into_the_manifest_and_the_payload_inflates(work, capsys):
+    assert create(extra=("--window-bits", "12")) == 0
+    assert main(["bundle", "verify", "b.cub", "--root", "root.json",
+                 "--model", "ACME", "--hw-rev", "rev-b"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["bundle", "inspect", "b.cub", "--json"]) == 0
+    payloads = json.loads(capsys.readouterr().out)["manifest"]["payloads"]
+    assert [p.get("window_bits") for p in payloads] == [12, None]  # gzip only
+    assert create(out="c.cub", extra=("--window-bits", "16")) == 20  # ConfigError

@@ -113,3 +113,23 @@ def test_two_payloads_for_one_slot_class_refused():
         parse_manifest(raw(fields(payloads=[big, small])))
     small["slot_class"] = "appfs"
     assert len(parse_manifest(raw(fields(payloads=[big, small]))).payloads) == 2
+
+
+def gz(**over):
+    entry = {"name": "app", "slot_class": "app", "size": 10, "sha256": SHA}
+    entry.update(compression="gzip", installed_size=20, installed_sha256=SHA)
+    return dict(entry, **over)
+
+
+def test_a_gzip_payload_names_its_deflate_window_for_small_boards():
+    (p,) = parse_manifest(raw(fields(payloads=[gz(window_bits=12)]))).payloads
+    assert p.window_bits == 12 and p.to_dict()["window_bits"] == 12
+    (p,) = parse_manifest(raw(fields(payloads=[gz()]))).payloads
+    assert p.window_bits == 15 and "window_bits" not in p.to_dict()  # zlib's, as before
+
+
+@pytest.mark.parametrize("entry", [gz(window_bits=8), gz(window_bits=16), gz(window_bits="12"),
+                                   dict(fields()["payloads"][0], window_bits=12)])  # fmt: skip
+def test_a_window_out_of_range_or_on_a_plain_payload_is_malformed(entry):
+    with pytest.raises(MalformedBundle, match="window_bits"):
+        parse_manifest(raw(fields(payloads=[entry])))

@@ -102,6 +102,27 @@ def test_flipped_bit_in_a_frame_is_dropped_and_the_request_repeated(device):
     assert ("bad-frame",) in device.events
 
 
+def test_flipped_bit_in_a_reply_fails_its_crc_and_the_request_is_repeated(device):
+    mcu = Mcuboot(device.port, timeout=0.5, retries=2)
+    # The first reply of a session is the MCUmgr parameters read inside connect().
+    device.faults.append({"kind": "flip-tx", "at": device.tx_count + 30})
+    assert mcu.running() == ("1.0.0", True)
+    assert ("fault", "flip-tx") in device.events
+
+
+@pytest.mark.parametrize("kind", ["flip-rx", "flip-tx"])
+def test_flipped_bit_mid_upload_starts_it_again_and_the_slot_holds_the_image(device, kind):
+    mcu = Mcuboot(device.port, timeout=0.5, retries=2)
+    image = release("1.5.0", size=20000)
+    # Past the session's first exchanges, into the chunks (rx) or their small replies (tx).
+    at = device.rx_count + 5000 if kind == "flip-rx" else device.tx_count + 150
+    device.faults.append({"kind": kind, "at": at})
+    mcu.upload(image)  # checks the secondary slot's hash TLV is the image's
+    assert ("fault", kind) in device.events
+    assert [e[0] for e in device.events].count("upload-start") == 2  # again from offset 0
+    assert device.secondary.info() == ("1.5.0", image_hash(image))
+
+
 def test_silent_mcu_times_out_with_a_transient_error():
     with McubootDevice(primary=release("1.0.0")) as dev:
         dev.power(False)  # an MCU that never answers

@@ -7,8 +7,10 @@ import pytest
 
 from agent.components.lines import GpioFile
 from agent.components.stm32 import (
+    ERASE,
     EXT_ERASE,
     GET,
+    MASS_ERASE,
     ReadProtected,
     Stm32Error,
     Stm32Rom,
@@ -61,6 +63,21 @@ def test_write_read_erase_go(stm32, rom):
     assert stm32.wait_for(lambda ev: ("go",) in ev)
     rom.port.write(b"VERSION\n")
     assert rom.port.readline() == b"VERSION 3.1.0\n"
+
+
+@pytest.mark.parametrize("extended", [True, False])
+def test_page_and_mass_erase_with_either_erase_command(tmp_path, extended):
+    with Chip(lines_dir=str(tmp_path / "l"), extended_erase=extended) as chip:
+        rom = driver(chip)
+        rom.enter()
+        assert (EXT_ERASE in rom.commands) == extended and (ERASE in rom.commands) != extended
+        chip.flash[:8192] = b"\x00" * 8192
+        rom.flash(mcu_image.build("1.0.4", size=3000), FLASH)  # pages 0 and 1
+        assert [e for e in chip.events if e[0] == "erase"] == [("erase", (0, 1))]
+        assert bytes(chip.flash[4096:8192]) == b"\x00" * 4096  # pages 2, 3 untouched
+        rom.erase(MASS_ERASE)
+        assert bytes(chip.flash) == b"\xff" * len(chip.flash)
+        rom.port.close()
 
 
 def test_flash_erases_writes_and_verifies_then_starts_the_application(stm32, rom):

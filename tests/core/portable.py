@@ -7,9 +7,10 @@ tests/core/test_portable.py under pytest and by tests/micropython/run_core.mjs.
 
 import json
 
+from agent.core import chunkindex as ci
 from agent.core import lifecycle as lc
 from agent.core import schedule, trial
-from agent.core.errors import MalformedJob, WrongModel
+from agent.core.errors import MalformedBundle, MalformedJob, WrongModel
 from agent.core.jobs import JobMemory, job_from_dict, parse_job, rfc3339_to_epoch
 from agent.core.journey import Journey
 
@@ -99,7 +100,40 @@ def check_record_round_trip_keeps_the_journey():
     check_equal(again.state, lc.DOWNLOAD_SCHEDULED, "state")
 
 
+class _Payload:
+    def __init__(self, size, installed_size):
+        self.size = size
+        self.installed_size = installed_size
+
+
+def check_chunk_index_groups_and_details():
+    # 40 blocks of 512 bytes: ids 0..39 (modulus 8: groups end after 0, 8, 16, ...).
+    ids = list(range(40))
+    zero = ci.block_id(bytes(512))
+    cut = ci.groups(ids, zero, 8, 32)
+    check_equal(cut[:3], [(0, 1), (1, 8), (9, 8)], "groups end after a multiple of 8")
+    lengths = [100] * 40
+    entries = [(n, 100 * n, ci.group_id(ids[a : a + n])) for a, n in cut]
+    raw = ci.encode_index(512, 0, 40 * 512, 8, 32, entries)
+    payload = _Payload(ci.detail_size(40) + 4000, 40 * 512)
+    index = ci.parse_index(raw, payload)
+    check_equal((index.count, len(index.groups), index.stored_size), (40, len(cut), 4000), "sizes")
+    check_equal(index.group_of(9), 2, "block 9 is in the third group")
+    first, n = cut[2]
+    detail = b"".join(i.to_bytes(8, "big") for i in ids[first : first + n])
+    detail += b"".join(x.to_bytes(2, "big") for x in lengths[first : first + n])
+    index.take_detail(2, detail)
+    check_equal((index.ids[9], index.offsets[9]), (9, 900), "block 9 after the detail")
+    forged = detail[:8] + bytes([detail[8] ^ 1]) + detail[9:]
+    expect_error(MalformedBundle, index.take_detail, 2, forged)
+    check_equal(index.take_ids(1, ids[1:9]), True, "a slot's own blocks with the group's id")
+    check_equal(index.take_ids(1, ids[2:10]), False, "other blocks do not make the group")
+    expect_error(MalformedBundle, ci.parse_index, raw[:-1], payload)
+    expect_error(MalformedBundle, ci.parse_index, raw, _Payload(payload.size + 1, 40 * 512))
+
+
 CHECKS = (
+    check_chunk_index_groups_and_details,
     check_malformed_messages_are_rejected_cleanly,
     check_wrong_model_names_both_models,
     check_job_round_trip_through_json,

@@ -89,6 +89,17 @@ def test_plan_restore_resets_an_unconfirmed_mcuboot_image_and_reflashes_the_rest
     assert comp.plan_restore(kept, dict(kept), kinds, {}) == []
 
 
+def test_plan_restore_after_a_power_cut_in_a_rollback():
+    kept = {"meter": "1.0.0"}
+    kinds = {"meter": comp.REVERT_BY_RESET}
+    # The cut came after `image test` of the old image: MCUboot swapped it in on trial.
+    assert comp.plan_restore(kept, {"meter": "1.0.0"}, kinds, {"meter": False}) == [
+        ("meter", "confirm")]  # fmt: skip
+    # A hung application on trial does not answer: a reset gets MCUboot to revert it.
+    assert comp.plan_restore(kept, {"meter": None}, kinds, {"meter": False}) == [
+        ("meter", "reset")]  # fmt: skip
+
+
 def test_bundle_create_and_inspect_carry_an_mcu_image(tmp_path):
     from agent.trust import crypto
 
@@ -117,3 +128,12 @@ def test_bundle_create_and_inspect_carry_an_mcu_image(tmp_path):
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 20 and "Traceback" not in bad.stderr
     assert "NAME:MCU_ID:PROTOCOL:ADDRESS:VERSION:PATH" in bad.stderr
+
+
+def test_check_uncarried_allows_only_the_version_the_mcu_keeps():
+    kept = {"safety": "1.0.0"}
+    assert comp.check_uncarried({"rootfs": "1.1.0"}, set(), kept) is None
+    assert comp.check_uncarried({"safety": "1.0.0"}, set(), kept) is None
+    assert comp.check_uncarried({"safety": "2.0.0"}, {"safety"}, kept) is None  # carried
+    assert comp.check_uncarried({"meter": "9.0.0"}, set(), kept) is None  # not on this board
+    assert "runs 1.0.0" in comp.check_uncarried({"safety": "3.0.0"}, set(), kept)

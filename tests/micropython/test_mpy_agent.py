@@ -2,8 +2,9 @@
 MicroPython board (hil/mpyboard): a live mosquitto, the project's HTTP server, ESP-IDF's OTA
 rules on flash files, a reset that ends the process and boots what the bootloader picks.
 
-The heap is bounded with -X heapsize=HEAP (docs/micropython.md: the smallest heap that
-completes an update when the code is compiled at boot; most of it holds code objects).
+The heap is bounded with -X heapsize=HEAP, a little above the smallest heap that completed an
+update here (121K on x86-64, code precompiled in the board's ROMFS image; `make bench` finds
+it again). 96K does not fit on this 64-bit port: docs/micropython.md says by how much and why.
 """
 
 import os
@@ -11,12 +12,14 @@ import re
 
 import pytest
 
+from agent.core import messages
 from agent.core.lifecycle import FINAL_STATUSES
 from hil.mpyboard import flash
 from hil.mpyboard.rig import MpyRig
 from hil.scenarios import test_catalogue as catalogue
 
-HEAP = "512K"  # 320K completed an update once here, 288K never; 384K failed now and then
+HEAP = "128K"
+TOO_SMALL = "100K"  # the board idles and takes jobs, but cannot verify a signature in it
 T = 60
 
 
@@ -64,6 +67,11 @@ def test_failed_trial_rolls_back_after_the_reset(rig):
     assert row["booted"] == row["primary"] == "ota_0"
     # The bootloader aborted the unconfirmed image; the old one never left VALID.
     assert sorted(otadata(rig)) == [(1, 2), (2, 4)]
+    # What a fleet controller reads back (agent/core/messages.py): the site it plans by, and
+    # a rollback that blames the release, so 1.1.0 is never offered to this board again.
+    inv = messages.parse_inventory(row)
+    assert (inv["site"], inv["site_type"], inv["version"]) == ("home-7", "home-ac", "1.0.0")
+    assert inv["rollbacks"] == ["1.1.0"] and row["rollbacks"][-1]["cause"] == "check-failed"
 
 
 def test_tampered_payload_is_refused_before_set_boot(rig):
@@ -83,12 +91,48 @@ def test_tampered_payload_is_refused_before_set_boot(rig):
     assert row["slots"]["ota_1"]["attempts_left"] == 0
 
 
+def test_a_window_larger_than_the_board_holds_is_refused_before_writing(tmp_path, micropython):
+    r = MpyRig(str(tmp_path / "rig"), heap=HEAP, window_bits=15)  # zlib's default: 32 KiB
+    r.start()
+    try:
+        r.power_on()
+        r.start_row = r.wait_online(30)
+        job, final = run_job(r, "1.1.0")
+        assert final["status"] == "InstallationFailed", final
+        assert final["reason"] == "window-too-large", final
+        assert otadata(r)[1][0] == 0xFFFFFFFF  # set_boot never ran
+        assert len(re.findall(r.boot_banner, r.console_text())) == 1
+    finally:
+        r.close()
+
+
+def test_a_heap_too_small_to_verify_fails_safe_and_stays_cancellable(tmp_path, micropython):
+    r = MpyRig(str(tmp_path / "rig"), heap=TOO_SMALL)
+    r.start()
+    try:
+        r.power_on()
+        r.start_row = r.wait_online(30)
+        job = r.push_job("1.1.0", r.release("1.1.0"))
+        short = r.backend.wait_status(r.device_id, lambda s: s.get("reason") == "no-memory", T)
+        assert short["status"] == "Downloaded" and short["retry_in_s"] > 0  # tried again later
+        r.backend.cancel_job(r.device_id, job["id"])
+        r.backend.wait_status(r.device_id, lambda s: s.get("reason") == "cancelled", T)
+        names = [s["status"] for s in r.statuses(job["id"])]
+        assert "InvalidSignature" not in names and "Installing" not in names, names
+        assert len(re.findall(r.boot_banner, r.console_text())) == 1  # never reset
+        assert otadata(r)[1][0] == 0xFFFFFFFF
+        row = r.backend.wait_inventory(r.device_id, lambda row: row["booted"] == "ota_0", T)
+        assert row["slots"]["ota_0"]["version"] == "1.0.0"
+    finally:
+        r.close()
+
+
 # Journal saves of a good update, in order: accepted (DownloadScheduled), Downloading,
 # Downloaded, InstallScheduled, Installing, Installed, Rebooting | new slot: Trial, Committed,
 # Idle. A cut at the Trial save lands before mark_app_valid_cancel_rollback: ESP-IDF's
-# bootloader aborts the unconfirmed image at the next boot, so that journey rolls back, with
-# the power loss as its cause (the board's reset reason), which a fleet does not halt on.
-CUTS = [(n, "RolledBack" if n == 8 else "Committed") for n in range(1, 11)]
+# bootloader aborts the unconfirmed image at the next boot, and the agent, back on the old
+# slot after a power-on reset with attempts left, arms the new slot again: it commits too.
+CUTS = [(n, "Committed") for n in range(1, 11)]
 
 
 @pytest.mark.parametrize("cut, expected", CUTS, ids=["save-%d" % n for n, _ in CUTS])
@@ -96,15 +140,33 @@ def test_power_cut_at_every_journal_step_resumes(rig, cut, expected):
     with open(os.path.join(rig.board.dir, "cut_at"), "w") as f:
         f.write(str(cut))
     job = rig.push_job("1.1.0", rig.release("1.1.0"))
-    rig.board.wait_line("POWER CUT at save %d" % cut, T)
+    # anywhere: the first saves can come before this line runs (the job is handled at once)
+    rig.board.wait_line("POWER CUT at save %d" % cut, T, anywhere=True)
     final = rig.wait_status(job["id"], FINAL_STATUSES, T)
     assert final["status"] == expected, final
-    if expected == "RolledBack":
-        assert (final["cause"], final["evidence"]) == ("power-loss", {"resets": ["power-on"]})
     booted = catalogue.settled_row(rig, job["id"])["booted"]
     assert booted == ("ota_1" if expected == "Committed" else "ota_0")
     # The cut after the last save comes after the final status: wait for it, do not race it.
     rig.board.wait_line("[rom] power off", T, anywhere=True)
+
+
+def test_a_dropped_connection_mid_install_resumes_with_range(tmp_path, micropython):
+    r = MpyRig(str(tmp_path / "rig"), heap=HEAP, link_rate=512 * 1024)
+    r.start()
+    try:
+        r.power_on()
+        r.start_row = r.wait_online(30)
+        url = r.release("1.1.0", pad_bytes=1536 * 1024)  # half random: about 0.8 MB stored
+        job = r.push_job("1.1.0", url)
+        r.wait_status(job["id"], "Installing", T)
+        r.network.cut_after(256 * 1024)
+        assert r.network.wait_cut(T)
+        final = r.wait_status(job["id"], FINAL_STATUSES, T)
+        assert final["status"] == "Committed", final
+        ranges = [q for q in r.images.requests if q["range"]]
+        assert ranges and ranges[0]["if_range"], r.images.requests  # resumed, not restarted
+    finally:
+        r.close()
 
 
 # The scenario catalogue (hil/scenarios) against the MicroPython board.
@@ -114,12 +176,20 @@ def test_catalogue_good_update(rig):
     catalogue.test_good_update_commits(rig)
 
 
+def test_catalogue_power_cut_after_installed(rig):
+    # On this board the "env write" is set_boot's otadata sector write, right after Installed.
+    catalogue.test_power_cut_during_environment_write(rig)
+
+
 def test_catalogue_bad_signature(rig):
     catalogue.test_bad_signature_refused_with_board_untouched(rig)
 
 
 def test_catalogue_crash_on_boot(rig):
     catalogue.test_crash_looping_firmware_falls_back_by_boot_counting(rig)
+    # ESP-IDF's bootloader aborts it after each panic; the agent arms it again while the
+    # attempts last (a panic is HARD_RESET, a cause it cannot tell from esp_restart())
+    assert len(re.findall(r"\[rom\] booting ota_1", rig.console_text())) == 3
 
 
 @pytest.mark.parametrize("defect, check", [("no-backend", "communication"),
@@ -135,6 +205,30 @@ def test_job_version_not_in_the_signed_manifest_is_refused(rig):
     final = rig.wait_status(job["id"], FINAL_STATUSES, T)
     assert (final["status"], final["reason"]) == ("InvalidSignature", "version-mismatch")
     assert otadata(rig)[1][0] == 0xFFFFFFFF  # set_boot never ran: otadata untouched
+
+
+def test_power_cut_during_the_trial_resumes_it_on_the_new_slot(rig):
+    with open(os.path.join(rig.board.dir, "cut_at"), "w") as f:
+        f.write("8")  # the Trial save: the new image runs, unconfirmed
+    job, final = run_job(rig, "1.1.0")
+    assert final["status"] == "Committed" and final["resets"] == ["power-on"], final
+    again = [s for s in rig.statuses(job["id"]) if s["status"] == "InstallRebooting"][1:]
+    assert [s["evidence"]["reset"] for s in again] == ["power-on"]  # armed once more, and why
+    # set_boot again after the abort: ESP-IDF counts from the valid entry (seq 1), so seq 2
+    # is written over the aborted one, and is VALID after the trial
+    assert otadata(rig) == [(1, 2), (2, 2)]
+    assert catalogue.settled_row(rig, job["id"])["booted"] == "ota_1"
+
+
+def test_power_losses_that_use_up_the_attempts_roll_back_as_power_loss(rig):
+    with open(os.path.join(rig.board.dir, "cut_at"), "w") as f:
+        f.write("8,10,12")  # every Trial save of the three boots the new slot gets
+    job, final = run_job(rig, "1.1.0")
+    assert final["status"] == "RolledBack", final
+    assert final["cause"] == "power-loss"  # not the release's fault: a fleet does not halt
+    booted_new = re.findall(r"\[rom\] booting ota_1", rig.console_text())
+    assert len(booted_new) == 3  # trial_attempts
+    assert catalogue.settled_row(rig, job["id"])["booted"] == "ota_0"
 
 
 def test_esp32_reset_reasons_become_boot_facts():

@@ -68,6 +68,11 @@ def test_sha512_matches_hashlib():
     for n in (0, 1, 111, 112, 127, 128, 129, 239, 240, 1000, 4097):
         data = bytes(rng.getrandbits(8) for _ in range(n))
         assert sha512(data).digest() == hashlib.sha512(data).digest(), n
+        for piece in (1, 7, 128, 200):  # fed in pieces, through its one-block buffer
+            h = sha512()
+            for i in range(0, n, piece):
+                h.update(data[i : i + piece])
+            assert h.digest() == hashlib.sha512(data).digest(), (n, piece)
 
 
 @pytest.mark.parametrize("keytype", ["ed25519", "ecdsa-p256"])

@@ -366,6 +366,38 @@ def test_silent_client_is_closed_and_its_client_reconnects(api):
     kept.close()
 
 
+def test_an_abandoned_long_poll_loses_no_entry(api, client, pki):
+    # The reference stack after a reconnect: the old session's pump still long-polls
+    # `events` on its thread when the new session's pump asks too, on the same client (the
+    # client's calls take turns on the line). The entry the old, abandoned poll got is never
+    # acknowledged, so the new poll gets it as well: nothing is lost.
+    import threading
+
+    client.call("boot_notification", status="Accepted")
+    assert update(client, pki) == "Accepted"
+    job = api.daemon.submitted[0]["id"]
+    shared = LocalClient(api.path, timeout=3.0)
+    polling, events = threading.Semaphore(0), api.service.events
+
+    def watched(wait_s):
+        polling.release()
+        return events(wait_s)
+
+    api.service.events = watched
+    got = {}
+    old = threading.Thread(target=lambda: got.update(old=shared.call("events", wait_s=5)))
+    old.start()
+    assert polling.acquire(timeout=10)  # the old poll waits in the agent
+    new = threading.Thread(target=lambda: got.update(new=shared.call("events", wait_s=5)))
+    new.start()
+    api.service.status("Downloading", {"job_id": job})
+    old.join(20)
+    new.join(20)
+    assert [e["status"] for e in got["old"]["events"]] == ["Downloading"]
+    assert [e["status"] for e in got["new"]["events"]] == ["Downloading"]
+    shared.close()
+
+
 def test_client_never_resends_a_request_that_timed_out(tmp_path):
     # The agent may have taken an update it did not answer in time: sending it again would
     # make a second job for the same requestId.

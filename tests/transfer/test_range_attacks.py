@@ -147,6 +147,64 @@ def test_content_range_unicode_digit_is_not_a_range(value):
         ranges._content_range(value, [])
 
 
+# -- the first request (read_start, issue 15) keeps the same bounds ------------------------
+
+
+def test_trickling_first_request_stopped_by_the_overall_download_limit(server):
+    server.faults.trickle_s = 0.2
+    r = open_ranges(server.url("bundle.bin"), settings(max_time_s=1.0, timeout_s=2.0))
+    try:
+        with pytest.raises(NetworkError, match="max_time_s"):
+            r.read_start(ranges.HEAD_BYTES)
+    finally:
+        r.close()
+    assert server.faults.hung_up.wait(10), "the socket stayed open"
+
+
+@pytest.fixture
+def answering():
+    """A real HTTP server on 127.0.0.1 whose 206 answers carry `content_range` verbatim."""
+    import http.server
+
+    state = {"content_range": None}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"x" * 10
+            self.send_response(206)
+            self.send_header("Content-Range", state["content_range"])
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+    state["url"] = "http://127.0.0.1:%d/b.cub" % srv.server_address[1]
+    yield state
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [("bytes 0-9/*", "not the first"), ("bytes 0-9/1\u00b2", "bad Content-Range"),
+     ("bytes 0-9/20", "not the first"), ("bytes 1-9/10", "not the first")],
+)  # fmt: skip
+def test_first_answer_short_or_odd_is_refused_not_a_crash(answering, value, match):
+    """10 bytes of 4096 asked for: only a bundle of exactly 10 bytes may answer that short;
+    an unknown size ('*') used to raise TypeError out of the download step."""
+    answering["content_range"] = value
+    r = open_ranges(answering["url"], settings(retries=0))
+    try:
+        with pytest.raises(NetworkError, match=match):
+            r.read_start(ranges.HEAD_BYTES)
+    finally:
+        r.close()
+
+
 # -- local files (#12, #24) ----------------------------------------------------------------
 
 

@@ -188,12 +188,14 @@ class FirmwareService:
     # -- what the stack sends -------------------------------------------------------------------
 
     def events(self, wait_s):
-        """Outbox entries to send now, oldest first (none before the boot was accepted)."""
+        """Outbox entries to send now, oldest first (none before the boot was accepted);
+        waits at most `wait_s` in all for there to be some."""
+        deadline = time.monotonic() + wait_s
         if self.gate_on_boot:
             with self.boot_cond:
                 if not self.boot_cond.wait_for(self._accepted, wait_s):
                     return []
-        return self.outbox.wait(wait_s)
+        return self.outbox.wait(max(deadline - time.monotonic(), 0))
 
     def ack(self, seq, error=None):
         return self.outbox.ack(seq, error)

@@ -45,7 +45,7 @@ def main():
     start_uplink(board, defects)
     ocpp = start_ocpp(board, fw["version"])
     stack = stack_mod.ChargingStack(defects, pilot_path=os.path.join(board, "ev", "cp"), ocpp=ocpp,
-                                    mcu_port=safety_mcu_port(board))  # fmt: skip
+                                    mcu_ports=mcu_ports(board))  # fmt: skip
     stack_mod.serve(stack, os.path.join(run, "stack.sock"))
     if "alarm-storm" in defects:
         stack.start_alarm_storm(stop)
@@ -70,11 +70,12 @@ def main():
     return 0
 
 
-def safety_mcu_port(board):
-    """The safety MCU's UART, as the board's config names it (None: a board without one)."""
+def mcu_ports(board):
+    """{MCU id: UART} as the board's config names them (empty: a board without MCUs)."""
     with open(os.path.join(board, "agent.toml"), "rb") as f:
         config = tomllib.load(f)
-    return config.get("components", {}).get("safety", {}).get("port")
+    tables = config.get("components", {})
+    return dict((name, t["port"]) for name, t in tables.items() if t.get("port"))
 
 
 def start_ocpp(board, version):

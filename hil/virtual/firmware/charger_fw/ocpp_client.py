@@ -118,12 +118,15 @@ class OcppClient:
             pump = asyncio.ensure_future(self._pump(cp))
         await cp.call(self.messages.connector(self.connector))
         try:
-            while not reader.done():
-                await asyncio.sleep(min(boot.interval, 30))  # the heartbeat period
+            # A heartbeat every period; a link lost in between ends the session at once.
+            while not (await asyncio.wait({reader}, timeout=min(boot.interval, 30)))[0]:
                 await cp.call(self.messages.heartbeat())
+            reader.result()  # the link's end, raised: logged and reconnected by _run
         finally:
             if pump is not None:
                 pump.cancel()
+            if not reader.done():
+                reader.cancel()
 
     async def _pump(self, cp):
         """The agent's outbox to the CSMS, in order; acknowledged once the CSMS answered."""

@@ -14,9 +14,11 @@ import time
 
 
 class ChargingStack:
-    def __init__(self, defects=(), clock=time.time, pilot_path=None, ocpp=None, mcu_port=None):
+    def __init__(self, defects=(), clock=time.time, pilot_path=None, ocpp=None, mcu_ports=None):
         self.defects = set(defects)
-        self.mcu_port = mcu_port  # the safety MCU's UART: the contactor goes through it
+        # The MCUs' UARTs: the contactor goes through the safety MCU, the energy count
+        # through the meter MCU (its application shares the UART with MCUboot's SMP server).
+        self.mcu_ports = dict(mcu_ports or {})
         self.ocpp = ocpp  # the station's OCPP client: sessions become TransactionEvents
         self.pilot_path = pilot_path  # the CP state the EV (simulator) presents
         self.clock = clock
@@ -82,6 +84,9 @@ class ChargingStack:
         with self.lock:
             if not self.session:
                 return {"ok": False, "reason": "no session"}
+            counted = self.mcu("METER", "meter")
+            if counted is not None and not counted.startswith("OK METER"):
+                return {"ok": False, "reason": "energy meter MCU: %s" % counted}
             self.session["energy_wh"] += 125
             return {"ok": True, "energy_wh": self.session["energy_wh"]}
 
@@ -122,24 +127,25 @@ class ChargingStack:
                 "alarms": list(self.alarms[-200:]),
             }
 
-    def mcu(self, line):
-        """One command to the safety MCU's application; its reply, "ERR ..." when it does not
-        answer or is busy (being flashed: the agent holds the port), None without an MCU."""
-        if not self.mcu_port:
+    def mcu(self, line, name="safety"):
+        """One command to an MCU's application; its reply, "ERR ..." when it does not answer
+        or is busy (being flashed: the agent holds the port), None without that MCU."""
+        path = self.mcu_ports.get(name)
+        if not path:
             return None
         import serial
 
         try:
-            with serial.Serial(self.mcu_port, 115200, timeout=1.0, exclusive=True) as port:
+            with serial.Serial(path, 115200, timeout=1.0, exclusive=True) as port:
                 port.reset_input_buffer()
                 port.write(line.encode() + b"\n")
                 reply = port.readline().decode("ascii", "replace").strip()
         except (OSError, serial.SerialException) as e:
             return "ERR MCU port busy or gone (%s)" % e
-        return reply or "ERR no answer from the safety MCU"
+        return reply or "ERR no answer from the %s MCU" % name
 
     def component(self, name):
-        reply = self.mcu("VERSION")
+        reply = self.mcu("VERSION", name)
         if reply and reply.startswith("VERSION "):
             return {"ok": True, "name": name, "version": reply.split(" ", 1)[1]}
         return {"ok": False, "name": name, "reason": reply or "no MCU"}

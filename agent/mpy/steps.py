@@ -1,0 +1,134 @@
+"""The journey's long steps on the board (download, verify, install, trial checks, the alarm
+baseline), each imported and run inside its own phase (agent/mpy/phase.py) by the agent, so
+this module and what it imports leave the heap when the step ends.
+
+Each function takes the Agent (agent/mpy/agent.py) and returns (event, info) for the journey,
+except run_checks (the results) and baseline (the profile). A Rejected error is the journey's
+rejection event; anything else propagates to the agent's step runner, which makes it the
+step's failure event.
+
+Invariant: nothing returned from here holds an object of a class a phase imported (plain
+dicts, strings and numbers only), so dropping the phase's modules frees them.
+"""
+
+import time
+
+from agent.core import lifecycle as lc
+from agent.core.errors import BadSignature, ReadbackMismatch, Rejected, UnknownKey
+from agent.mpy.channel import HEALTH
+
+SIGNATURE_ERRORS = (BadSignature, UnknownKey)
+
+
+def _info(error):
+    return {"reason": error.reason, "detail": error.message, "transient": bool(error.retry)}
+
+
+def download(agent):
+    from agent.mpy import header
+
+    job = agent.journey.job
+    agent.envelope = header.fetch_header(job.url, agent.timeout(), agent.poller())
+    return lc.DOWNLOAD_OK, {}
+
+
+def verify(agent):
+    """SIGNATURE_OK, or SIGNATURE_BAD for a rejected header; anything else (the network
+    while fetching the header again, the heap) raises: Downloaded has no other failure edge,
+    so the agent recovers and verifies again later."""
+    from agent.mpy import header
+
+    try:
+        header.verify(agent.trust, _header(agent), agent.device, agent.board.floor(),
+                      time.time(), agent.journey.job.version)  # fmt: skip
+    except Rejected as e:
+        return lc.SIGNATURE_BAD, _info(e)
+    return lc.SIGNATURE_OK, {}
+
+
+def _progress(agent, job):
+    marks = [10]
+
+    def progress(done, total):
+        percent = done * 100 // max(total, 1)
+        if percent >= marks[0]:
+            marks[0] = percent // 10 * 10 + 10
+            agent.report("Installing", {"job_id": job.id, "version": job.version,
+                                        "progress": percent})  # fmt: skip
+
+    return progress
+
+
+def _header(agent):
+    """The raw signed header of the job's bundle: the one the verify step fetched (kept in
+    RAM), or fetched again (after a reboot between verify and install)."""
+    from agent.mpy import header
+
+    if agent.envelope is None:
+        agent.envelope = header.fetch_header(agent.journey.job.url, agent.timeout(),
+                                             agent.poller())  # fmt: skip
+    return agent.envelope
+
+
+def install(agent, slot):
+    """Verify the header again (its own phase, no connection open), then stream the bundle
+    into the slot, its header checked against the verified bytes (another phase)."""
+    job = agent.journey.job
+    agent.board.set_slot(slot, {"state": "writing", "incoming": job.version})
+    options = dict(agent.cfg.get("install", {}), timeout_s=agent.timeout(),
+                   slot_class=agent.cfg.get("slot_class", "app"))  # fmt: skip
+    partition = agent.boot.partition(slot)
+    try:
+        with agent.phase("install-check"):
+            from agent.mpy import header
+
+            facts = header.check(agent.trust, _header(agent), agent.device, agent.board.floor(),
+                                 time.time(), partition.info()[3], options,
+                                 job.version)  # fmt: skip
+        with agent.phase("install-write"):
+            from agent.mpy import installer
+
+            installer.write(job.url, facts, partition, options, _progress(agent, job),
+                            agent.poller())  # fmt: skip
+    except SIGNATURE_ERRORS as e:
+        return lc.SIGNATURE_BAD, _info(e)
+    except ReadbackMismatch as e:
+        return lc.VERIFY_ERROR, _info(e)
+    agent.board.set_slot(slot, {"state": "installed", "version": facts["version"],
+                                "security_version": facts["security_version"]})  # fmt: skip
+    return lc.INSTALL_OK, {}
+
+
+def run_checks(agent, step):
+    """{name: (passed, evidence)} of the trial's checks; TrialRunning after each one and the
+    health round at the end."""
+    from agent.mpy import checks
+
+    job = agent.journey.job
+    data = agent.journey.data
+
+    def wait(seconds):
+        return agent.wait(seconds, step)
+
+    ctx = checks.Context(agent.cfg.get("trial", {}), agent.channel, agent.stack,
+                         data.get("baseline"), wait)  # fmt: skip
+
+    def reported(name, passed, evidence):
+        agent.report("TrialRunning", {"job_id": job.id, "version": job.version, "check": name,
+                                      "passed": passed, "evidence": evidence})  # fmt: skip
+
+    results = checks.run(agent.journey.policy().required_checks, ctx, reported)
+    verdict = "pass" if all(r[0] for r in results.values()) else "fail"
+    agent.channel.publish(HEALTH, {
+        "job_id": job.id, "phase": "trial", "slot": data.get("new_slot"), "verdict": verdict,
+        "checks": [{"name": n, "passed": bool(r[0]), "evidence": r[1]}
+                   for n, r in results.items()],
+        "ts": int(time.time()),
+    })  # fmt: skip
+    return results
+
+
+def baseline(stack):
+    from agent.mpy import checks
+
+    return checks.baseline(stack)

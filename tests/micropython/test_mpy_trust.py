@@ -1,0 +1,109 @@
+"""The board's trust store (agent/mpy/trust.py, on the real unix port) gives every bundle the
+verdict the Linux agent's (agent/trust/store.py) gives it: root and release thresholds, root
+and bundle expiry, unknown keys, model, hardware revision and the anti-rollback floor."""
+
+import os
+import time
+
+import pytest
+
+from agent.core.errors import Rejected
+from agent.trust.store import Trust
+from tests.bundle.factory import DAY, HW, MODEL, device, make_bundle, make_keys, make_root
+
+FLOOR = 2
+
+
+def envelope_of(bundle):
+    with open(bundle, "rb") as f:
+        head = f.read(12)
+        return f.read(int.from_bytes(head[8:12], "big"))
+
+
+def cases(tmp_path):
+    """[(name, root path, envelope bytes, security floor)]"""
+    now = int(time.time())
+    rel = make_keys(1, keytype="ecdsa-p256", tag="mpy-trust")
+    two = make_keys(2, keytype="ed25519", tag="mpy-trust-2")
+    out = []
+
+    def add(name, floor=FLOOR, root_kwargs=None, **bundle):
+        d = tmp_path / name
+        d.mkdir()
+        keys = bundle.pop("keys", rel)
+        root = make_root(str(d), release_keys=bundle.pop("trusted", keys), **(root_kwargs or {}))
+        path, _ = make_bundle(d, payloads={"app": ("app", os.urandom(64))}, keys=keys,
+                              root_path=root, security_version=bundle.pop("sv", 3),
+                              **bundle)  # fmt: skip
+        out.append((name, root, envelope_of(path), floor))
+
+    add("good")
+    add("equal-floor", floor=3)
+    add("downgrade", floor=4)
+    add("stranger", trusted=make_keys(1, tag="mpy-trust-other"))
+    add("wrong-model", model="OTHER")
+    add("wrong-hardware", hw="rev-z")
+    add("bundle-expired", created=now - 10 * DAY, expires=now - DAY)
+    add("root-expired", root_kwargs={"expires": now - DAY})
+    add("threshold-met", keys=two, root_kwargs={"release_threshold": 2})
+    add("threshold-short", keys=two[:1], trusted=two, root_kwargs={"release_threshold": 2})
+    return out
+
+
+def linux_verdict(root, envelope, floor):
+    try:
+        Trust(root).verify(envelope, device(), installed_security_version=floor)
+        return "ok"
+    except Rejected as e:
+        return e.reason
+
+
+SCRIPT = """
+import time
+from agent.core.errors import Rejected
+from agent.mpy.trust import Trust
+from agent.core.envelope import MANIFEST_TYPE, parse_envelope
+from cases import CASES, DEVICE
+for name, root, envelope, floor in CASES:
+    try:
+        Trust(root).verify(parse_envelope(envelope, MANIFEST_TYPE), DEVICE, floor, time.time())
+        verdict = "ok"
+    except Rejected as e:
+        verdict = e.reason
+    print("VERDICT", name, verdict)
+"""
+
+
+def test_the_board_gives_every_bundle_the_linux_agents_verdict(tmp_path, micropython):
+    found = cases(tmp_path)
+    expected = {name: linux_verdict(root, env, floor) for name, root, env, floor in found}
+    assert expected == {
+        "good": "ok", "equal-floor": "ok", "downgrade": "downgrade", "stranger": "unknown-key",
+        "wrong-model": "wrong-model", "wrong-hardware": "wrong-hardware",
+        "bundle-expired": "expired", "root-expired": "expired", "threshold-met": "ok",
+        "threshold-short": "bad-signature",
+    }  # fmt: skip
+    (tmp_path / "cases.py").write_text(
+        "CASES = %r\nDEVICE = %r\n" % (found, {"model": MODEL, "hardware_revision": HW})
+    )
+    (tmp_path / "check.py").write_text("import sys\nsys.path.insert(0, %r)\n" % str(tmp_path)
+                                       + SCRIPT)  # fmt: skip
+    done = micropython.run(tmp_path / "check.py", heap="256K", timeout=300)
+    lines = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("VERDICT")]
+    board = dict(lines)
+    assert board == expected, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("keytype", ["ed25519", "ecdsa-p256"])
+def test_both_key_types_sign_releases_the_board_accepts(tmp_path, micropython, keytype):
+    keys = make_keys(1, keytype=keytype, tag="mpy-trust-kt")
+    root = make_root(str(tmp_path), release_keys=keys)
+    path, _ = make_bundle(tmp_path, payloads={"app": ("app", b"x")}, keys=keys, root_path=root)
+    (tmp_path / "cases.py").write_text(
+        "CASES = %r\nDEVICE = %r\n"
+        % ([(keytype, root, envelope_of(path), 0)], {"model": MODEL, "hardware_revision": HW})
+    )
+    (tmp_path / "check.py").write_text("import sys\nsys.path.insert(0, %r)\n" % str(tmp_path)
+                                       + SCRIPT)  # fmt: skip
+    done = micropython.run(tmp_path / "check.py", heap="256K", timeout=300)
+    assert "VERDICT %s ok" % keytype in done.stdout, done.stdout + done.stderr
