@@ -10,7 +10,7 @@ APT_TOOLS := fw_printenv:libubootenv-tool mkenvimage:u-boot-tools grub-editenv:g
              grub-emu:grub-emu mke2fs:e2fsprogs sfdisk:fdisk \
              mosquitto:mosquitto stm32flash:stm32flash
 
-.PHONY: all venv sysdeps qemu-deps test demo demo-fleet bench bench-delta soak lint clean
+.PHONY: all venv sysdeps qemu-deps test demo demo-fleet bench bench-delta soak fuzz lint clean
 # MicroPython 1.27 (WebAssembly port, run by Node.js) for the agent/core scenario tests.
 MICROPYTHON := .cache/micropython/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs
 
@@ -92,6 +92,12 @@ bench: venv sysdeps $(UMQTT)
 	$(BIN)/python -m tests.bench
 	$(BIN)/python -m tests.bench_mcu
 	$(BIN)/python -m tests.bench_mpy
+
+# Every parser fuzzed for FUZZ_SECONDS in all (make test runs a short bounded pass); inputs
+# that break one are saved under tests/fuzz/corpus/<target>/ (docs/security.md, Fuzzing).
+FUZZ_SECONDS ?= 600
+fuzz: venv sysdeps
+	$(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
 
 # Delta downloads against xdelta3, zchunk and casync on ext4 images built from debootstrap
 # trees (cached under .cache/bench-delta; the mirror is the machine's own apt source).

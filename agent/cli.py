@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from agent import __version__
+from agent.commands._text import printable
 from agent.core.errors import UpdateError
 
 # Order is the order of `charger-update --help`.
@@ -26,10 +27,11 @@ EPILOG = """\
 exit codes: 0 ok, 1 other failure, 2 usage, 10 bad signature, 11 unknown key, 12 expired
 (or created too far ahead of this device's time), 13 downgrade (or trusted root rolled back),
 14 wrong model, 15 wrong hardware revision, 16 payload hash/length mismatch, 17 truncated,
-18 not enough space, 19 malformed bundle, 20 config error (also damaged state files), 21 boot
-env error, 22 read-back mismatch, 23 malformed job, 75 temporary failure (network, broker,
-state dir locked by another process: retry later), 130 interrupted. See docs/ for the bundle
-format, config file, MQTT API and docs/security.md.
+18 not enough space, 19 malformed bundle, 20 config or local file error (also damaged state
+files), 21 boot env error, 22 read-back mismatch, 23 malformed job, 24 bad source (bundle file
+missing, a directory or not a regular file; a URL a job may not use), 25 version mismatch,
+75 temporary failure (network, broker, state dir locked by another process: retry later),
+130 interrupted. See docs/ for the bundle format, config file, MQTT API and docs/security.md.
 """
 
 
@@ -89,9 +91,10 @@ def main(argv=None):
     try:
         return args.func(args) or 0
     except UpdateError as e:
-        print("charger-update: error: %s" % e.message, file=sys.stderr)
+        # Messages quote bundles, roots and servers: never let them drive the terminal.
+        print("charger-update: error: %s" % printable(e.message), file=sys.stderr)
         if e.hint:
-            print("  hint: %s" % e.hint, file=sys.stderr)
+            print("  hint: %s" % printable(e.hint), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("charger-update: interrupted", file=sys.stderr)

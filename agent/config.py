@@ -30,7 +30,19 @@ DOWNLOAD_DEFAULTS = {
     # 512 KiB: two queued per pipeline stage keep hashing and the writes overlapped at the
     # medium's speed, and an install stays under 40 MiB peak RSS (docs/transfer.md).
     "chunk_size": 1 << 19,
+    "max_time_s": 6 * 3600.0,  # a whole transfer (one source opened); 0 means unbounded
+    "file_dir": "",  # file: job URLs may name regular files under it; "" turns them off
     "delta": True,  # format-2 bundles: fetch only the blocks neither slot has (ranges)
+}
+# [download] keys that are numbers: (smallest allowed, largest allowed).
+DOWNLOAD_NUMBERS = {
+    "timeout_s": (0.001, 86400),
+    "retries": (0, 1000),
+    "backoff_s": (0, 86400),
+    "backoff_max_s": (0, 86400),
+    "max_rate": (0, 1 << 40),
+    "chunk_size": (4096, 1 << 30),
+    "max_time_s": (0, 30 * 86400),
 }
 
 
@@ -50,9 +62,7 @@ class Config:
         state = self._table("state", required=()).get("dir", statedir.DEFAULT_DIR)
         self.state_dir = self.resolve(state)
         statedir.check_not_on_slot(self.state_dir, self.slots, self.path)
-        download = dict(DOWNLOAD_DEFAULTS)
-        download.update(self._table("download", required=()))
-        self.download = download
+        self.download = self._download()
         self.readback = self._readback()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -137,6 +147,29 @@ class Config:
             )
         return dict(table)
 
+    def _download(self):
+        download = dict(DOWNLOAD_DEFAULTS)
+        download.update(self._table("download", required=()))
+        for key, (low, high) in DOWNLOAD_NUMBERS.items():
+            value = download[key]
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not low <= value <= high:  # NaN fails the range too
+                raise self._error(
+                    "[download] %s must be a number from %s to %s, not %r"
+                    % (key, low, high, value),
+                    hint="e.g. %s = %r" % (key, DOWNLOAD_DEFAULTS[key]),
+                )
+        if not isinstance(download["chunk_size"], int):
+            raise self._error("[download] chunk_size must be a whole number of bytes")
+        for key in ("ca_file", "file_dir"):
+            if not isinstance(download[key], str):
+                raise self._error("[download] %s must be a path string" % key)
+        if not isinstance(download["delta"], bool):
+            raise self._error("[download] delta must be true or false")
+        if download["file_dir"]:
+            download["file_dir"] = self.resolve(download["file_dir"])
+        return download
+
     def _slots(self):
         slots = self.section("slots")
         if len(slots) < 2:
@@ -149,6 +182,18 @@ class Config:
             if not isinstance(targets, dict) or not targets:
                 raise self._error("[slots.%s] must map slot classes to devices" % slot)
             resolved[slot] = dict((cls, self.resolve(dev)) for cls, dev in targets.items())
+        seen = {}
+        for slot in sorted(resolved):
+            for cls, target in sorted(resolved[slot].items()):
+                path = os.path.normpath(target)
+                if path in seen:
+                    raise self._error(
+                        "[slots.%s] %s and [slots.%s] %s are the same target %s"
+                        % (seen[path] + (slot, cls, path)),
+                        hint="every slot needs its own device or file, or an install would "
+                        "overwrite the running one",
+                    )
+                seen[path] = (slot, cls)
         return resolved
 
 
@@ -170,7 +215,7 @@ def load(path=None):
             "config file %s does not exist" % path,
             hint="pass --config PATH or set %s" % ENV_VAR,
         ) from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError("%s is not valid TOML: %s" % (path, e)) from None
     except OSError as e:
         raise ConfigError("cannot read config %s: %s" % (path, e.strerror)) from None

@@ -5,6 +5,7 @@ is always one of the configured slots; anything else is a BootEnvError, never a 
 """
 
 from agent.core.errors import BootEnvError, ConfigError
+from agent.core.text import is_digits
 
 CMDLINE = "/proc/cmdline"
 # Our boot scripts append charger.slot=X; RAUC-style scripts use rauc.slot=X.
@@ -55,7 +56,7 @@ def check_slot(slot, slots):
 def option_attempts(options, default):
     """options["max_attempts"] checked like an attempt count (a TOML typo is a ConfigError)."""
     value = options.get("max_attempts", default)
-    if isinstance(value, str) and value.isdigit():
+    if is_digits(value):
         value = int(value)
     return check_attempts(value)
 

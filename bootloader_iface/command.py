@@ -18,6 +18,7 @@ import subprocess
 
 from agent.core import floors as floors_core
 from agent.core.errors import BootEnvError, ConfigError
+from agent.core.text import is_digits
 from bootloader_iface import BACKENDS
 from bootloader_iface.booted import booted_from_cmdline, check_attempts, check_slot
 from bootloader_iface.contract import FLOOR_VARS, BootControl
@@ -69,7 +70,7 @@ class CommandControl(BootControl):
 
     def attempts_left(self, slot):
         out = self._run("attempts_left", slot=check_slot(slot, self.slots))
-        if not out.isdigit():
+        if not is_digits(out):
             raise BootEnvError("boot command attempts_left printed %r, not a number" % out[:40])
         return int(out)
 

@@ -15,6 +15,7 @@ build has neither: use uboot-rauc there). boot_select is the Python twin of that
 """
 
 from agent.core.errors import BootEnvError
+from agent.core.text import is_digits
 from bootloader_iface import BACKENDS
 from bootloader_iface.booted import booted_from_cmdline, check_attempts, check_slot, option_attempts
 from bootloader_iface.contract import BootControl
@@ -34,7 +35,7 @@ def _other(slot, slots):
 
 def _lenient_int(text):
     text = (text or "").strip()
-    return int(text) if text.isdigit() else 0
+    return int(text) if is_digits(text) else 0
 
 
 def boot_select(env, slots=("A", "B"), slot_var=SLOT_VAR, reset=None):
@@ -103,7 +104,7 @@ class UBootBootcountControl(BootControl):
         numbers = []
         for var in ("bootcount", "bootlimit"):
             value = env.get(var) or "0"
-            if not value.isdigit():
+            if not is_digits(value):
                 raise BootEnvError("U-Boot env: %s=%r is not a number" % (var, value))
             numbers.append(int(value))
         return env, slot, env.get("upgrade_available") == "1", numbers[0], numbers[1]

@@ -23,6 +23,7 @@ import struct
 import time
 
 from agent.core.errors import BootEnvError, Transient
+from agent.core.text import is_digits
 from agent.state.atomic import create_temp, fsync_dir
 
 DEFAULT_CONFIG = "/etc/fw_env.config"
@@ -127,7 +128,7 @@ def _hex(word, path, lineno):
             return int(low, 16)
         except ValueError:
             pass
-    elif len(low) == 1 and low.isdigit():
+    elif len(low) == 1 and is_digits(low):
         return int(low)
     raise BootEnvError(
         "%s line %d: %r is not a 0x-prefixed hex number" % (path, lineno, word),

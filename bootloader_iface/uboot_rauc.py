@@ -18,6 +18,7 @@ behind `self.env` (read() -> dict, write(changes, deletions)) differs.
 """
 
 from agent.core.errors import BootEnvError
+from agent.core.text import is_digits
 from bootloader_iface import BACKENDS
 from bootloader_iface.booted import booted_from_cmdline, check_attempts, check_slot, option_attempts
 from bootloader_iface.contract import BootControl
@@ -37,7 +38,7 @@ def left_var(slot):
 def _lenient_int(text):
     # U-Boot's `test N -gt 0` reads garbage as 0; the boot side must behave the same.
     text = (text or "").strip()
-    return int(text) if text.isdigit() else 0
+    return int(text) if is_digits(text) else 0
 
 
 def boot_select(env, slots=("A", "B"), default_attempts=DEFAULT_ATTEMPTS, reset=None):
@@ -111,7 +112,7 @@ class OrderLeftControl(BootControl):
         left = {}
         for slot in self.slots:
             value = env.get(left_var(slot)) or str(DEFAULT_ATTEMPTS)
-            if not (value.isdigit() and len(value) == 1):
+            if not (is_digits(value) and len(value) == 1):
                 raise BootEnvError(
                     "%s: %s=%r is not an attempt count 0-9" % (self.where(), left_var(slot), value)
                 )

@@ -184,16 +184,21 @@ def create_bundle(
         manifest = parse_manifest(raw)  # refuse to sign what a device would refuse to read
         envelope = sign_envelope(MANIFEST_TYPE, raw, keys).encode()
         tmp = out_path + ".tmp"
-        with open(tmp, "wb") as out:
-            out.write(fmt.encode_header(envelope, fmt.MAGIC2 if indexes else fmt.MAGIC))
-            out.write(envelope)
-            for index in indexes:
-                out.write(index)
-            for _, path, _ in staged:
-                _copy(path, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, out_path)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(fmt.encode_header(envelope, fmt.MAGIC2 if indexes else fmt.MAGIC))
+                out.write(envelope)
+                for index in indexes:
+                    out.write(index)
+                for _, path, _ in staged:
+                    _copy(path, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, out_path)
+        except BaseException:
+            if os.path.isfile(tmp):
+                os.unlink(tmp)  # never leave a half-written bundle behind
+            raise
         fsync_dir(workdir)
     finally:
         for source, (_, path, _) in zip(payloads, staged):

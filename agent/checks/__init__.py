@@ -4,6 +4,9 @@ A check is a class with a `name` and `run(ctx) -> evidence dict` that raises Che
 (with evidence) when the part is broken. Built-in checks are listed in BUILTIN; an OEM adds
 one by naming "package.module:Class" in `[trial] checks` or by registering an entry point in
 the group `charger_update.checks`. ctx is a TrialContext: what a check may talk to.
+
+Invariant: code is loaded only from names the config file lists or that are registered
+(built-ins, entry points). A job may add registered or configured names; it never names code.
 """
 
 import importlib
@@ -64,8 +67,22 @@ def _entry_points():
     return dict((ep.name, ep.value) for ep in group)
 
 
-def load_check(name):
-    spec = BUILTIN.get(name) or _entry_points().get(name) or name
+def job_check_names(configured):
+    """The names a job may add to its trial: the configured checks and the registered ones
+    (built-ins, entry points). Anything else in a job is refused, never imported."""
+    return sorted(set(configured) | set(BUILTIN) | set(_entry_points()))
+
+
+def load_check(name, configured=None):
+    """The check called `name`. With `configured` (the config's list), a 'package.module:Class'
+    name loads only if the config lists it: names from a job never reach the importer."""
+    spec = BUILTIN.get(name) or _entry_points().get(name)
+    if spec is None and configured is not None and name not in configured:
+        raise ConfigError(
+            "trial check %r is neither configured nor registered on this charger" % name,
+            hint="list it in [trial] checks or register it as an entry point",
+        )
+    spec = spec or name
     if ":" not in spec:
         raise ConfigError(
             "unknown trial check %r" % name,
@@ -81,5 +98,5 @@ def load_check(name):
     return check
 
 
-def load_checks(names):
-    return [load_check(n) for n in names]
+def load_checks(names, configured=None):
+    return [load_check(n, configured) for n in names]

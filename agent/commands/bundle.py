@@ -6,11 +6,14 @@ The bundle, crypto and trust modules are imported inside the commands, not at th
 
 import binascii
 import json
+import os
+import stat
 import sys
 
 from agent import config as config_mod
-from agent.commands._args import add_expires
-from agent.core.errors import ConfigError
+from agent.commands._args import add_expires, check_output, read_input
+from agent.commands._text import printable
+from agent.core.errors import BadSource, ConfigError
 
 
 def register(subparsers):
@@ -159,17 +162,21 @@ def create(args):
     sources = [parse_payload_spec(s) for s in args.payload] + [parse_mcu_spec(s) for s in args.mcu]
     if not sources:
         raise ConfigError("a bundle needs at least one --payload or --mcu")
+    check_output(args.out)
     _set_window_bits(sources, args.window_bits)
-    manifest = create_bundle(
-        args.out,
-        sources,
-        [crypto.load_private(k) for k in args.key],
-        version=args.bundle_version,
-        security_version=args.security_version,
-        compatible=compatible,
-        expires=args.expires,
-        components=parse_components(args.component, sources, args.bundle_version),
-    )
+    try:
+        manifest = create_bundle(
+            args.out,
+            sources,
+            [crypto.load_private(k) for k in args.key],
+            version=args.bundle_version,
+            security_version=args.security_version,
+            compatible=compatible,
+            expires=args.expires,
+            components=parse_components(args.component, sources, args.bundle_version),
+        )
+    except OSError as e:
+        raise ConfigError("cannot write %s: %s" % (args.out, e.strerror or e)) from None
     print(
         "wrote %s: version %s, security version %d, %d payload(s), %d bytes of payload"
         % (
@@ -194,16 +201,32 @@ def verify(args):
     device = None
     if args.model or args.hw_rev:
         device = {"model": args.model, "hardware_revision": args.hw_rev}
+    check_bundle_file(args.file)
     manifest = verify_file(args.file, trust, device, args.installed_security_version)
     print(
-        "OK %s: version %s, security version %d, signed by the trusted root version %d"
-        % (args.file, manifest.version, manifest.security_version, trust.root.version)
+        printable(
+            "OK %s: version %s, security version %d, signed by the trusted root version %d"
+            % (args.file, manifest.version, manifest.security_version, trust.root.version)
+        )
     )
     return 0
 
 
+def check_bundle_file(path):
+    """BadSource (one line, exit 24) unless `path` is a readable regular file."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadSource("bundle %s is not a regular file" % path, hint="give a bundle file")
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise BadSource("cannot open bundle %s: %s" % (path, e.strerror or e)) from None
+
+
 def describe(path):
     """Everything in the bundle's head, UNVERIFIED, as a JSON-ready dict."""
+    check_bundle_file(path)
     from agent.bundle import format as fmt
     from agent.bundle.reader import open_bundle
 
@@ -232,14 +255,14 @@ def inspect(args):
         print()
         return 0
     m = doc["manifest"]
-    print(
+    lines = [
         "%s: %s bundle, envelope %d bytes (NOT verified)"
-        % (args.file, doc["magic"], doc["envelope_length"])
-    )
-    print("version %s  security version %d" % (m["version"], m["security_version"]))
-    print("created %s  expires %s" % (m["created"], m["expires"]))
+        % (args.file, doc["magic"], doc["envelope_length"]),
+        "version %s  security version %d" % (m["version"], m["security_version"]),
+        "created %s  expires %s" % (m["created"], m["expires"]),
+    ]
     for c in m["compatible"]:
-        print("fits %s revisions %s" % (c["model"], ", ".join(c["hardware_revisions"])))
+        lines.append("fits %s revisions %s" % (c["model"], ", ".join(c["hardware_revisions"])))
     for p in m["payloads"]:
         if p.get("type") == "mcu":
             mcu = p["mcu"]
@@ -247,23 +270,16 @@ def inspect(args):
                 mcu["id"], mcu["protocol"], mcu["address"], mcu["version"])  # fmt: skip
         else:
             target = p["slot_class"]
-        print(
+        lines.append(
             "payload %s -> %s: %d bytes at %d, %s, sha256 %s"
             % (p["name"], target, p["size"], p["offset"], p["compression"], p["sha256"])
         )
-    print("components %s" % ", ".join(
+    lines.append("components %s" % ", ".join(
         "%s %s" % (n, v) for n, v in sorted(m["components"].items())))  # fmt: skip
-    for keyid in doc["signatures"]:
-        print("signed by %s" % keyid)
+    lines += ["signed by %s" % keyid for keyid in doc["signatures"]]
+    for line in lines:  # unverified content: printed inert (agent/commands/_text.py)
+        print(printable(line))
     return 0
-
-
-def _read_small(path, what):
-    try:
-        with open(path, "rb") as f:
-            return f.read(1 << 20)
-    except OSError as e:
-        raise ConfigError("cannot read %s %s: %s" % (what, path, e.strerror)) from None
 
 
 def verify_ocpp(args):
@@ -292,8 +308,8 @@ def verify_ocpp(args):
         raise ConfigError("cannot read %s: %s" % (args.file, e.strerror)) from None
     roots.verify(
         digest,
-        _read_small(args.signature, "signature"),
-        _read_small(args.cert, "signing certificate"),
+        read_input(args.signature, "signature"),
+        read_input(args.cert, "signing certificate"),
     )
     digest = binascii.hexlify(digest).decode("ascii")
     print("OK %s: sha256 %s, signature and certificate chain verified" % (args.file, digest))

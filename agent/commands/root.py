@@ -13,11 +13,11 @@ import sys
 import time
 
 from agent import config as config_mod
-from agent.commands._args import add_expires
+from agent.commands._args import add_expires, positive_int, read_input, write_output
+from agent.commands._text import printable
 from agent.core import keyring, timefmt
 from agent.core.envelope import ROOT_TYPE, b64encode, parse_envelope
 from agent.core.errors import UpdateError
-from agent.state.atomic import write_atomic
 
 
 def register(subparsers):
@@ -26,10 +26,10 @@ def register(subparsers):
     c = sub.add_parser("create", help="write a new root (unsigned unless --sign)")
     c.add_argument("--root-key", action="append", required=True, metavar="PUB")
     c.add_argument("--release-key", action="append", required=True, metavar="PUB")
-    c.add_argument("--threshold", type=int, help="sets both role thresholds")
-    c.add_argument("--root-threshold", type=int, default=1)
-    c.add_argument("--release-threshold", type=int, default=1)
-    c.add_argument("--version", type=int, default=1, dest="root_version")
+    c.add_argument("--threshold", type=positive_int, help="sets both role thresholds")
+    c.add_argument("--root-threshold", type=positive_int, default=1)
+    c.add_argument("--release-threshold", type=positive_int, default=1)
+    c.add_argument("--version", type=positive_int, default=1, dest="root_version")
     add_expires(c, 365)
     c.add_argument("--sign", action="append", default=[], metavar="KEY")
     c.add_argument("-o", "--out", required=True)
@@ -83,7 +83,7 @@ def create(args):
     from agent.bundle.writer import sign_envelope
     from agent.trust import crypto
 
-    if args.threshold:
+    if args.threshold is not None:
         args.root_threshold = args.release_threshold = args.threshold
     fields = root_fields(
         [crypto.load_public(p) for p in args.root_key],
@@ -97,14 +97,13 @@ def create(args):
     raw = json.dumps(fields, indent=1, sort_keys=True).encode() + b"\n"
     keyring.parse_root(raw)  # refuse to write a root a device would refuse
     envelope = sign_envelope(ROOT_TYPE, raw, [crypto.load_private(k) for k in args.sign])
-    write_atomic(args.out, envelope.encode())
+    write_output(args.out, envelope.encode())
     print("wrote root version %d to %s" % (args.root_version, args.out))
     return 0
 
 
 def _load(path):
-    with open(path, "rb") as f:
-        return parse_envelope(f.read(), ROOT_TYPE)
+    return parse_envelope(read_input(path, "root"), ROOT_TYPE)
 
 
 def sign(args):
@@ -117,7 +116,7 @@ def sign(args):
             crypto.keyid(key), crypto.sign(key, envelope.signed_bytes)
         )
         print("signed by %s" % crypto.keyid(key))
-    write_atomic(args.out or args.file, envelope.encode())
+    write_output(args.out or args.file, envelope.encode())
     return 0
 
 
@@ -139,14 +138,17 @@ def show(args):
         print()
         return 0
     created = " created %s," % timefmt.format(root.created) if root.created else ""
-    print("root version %d,%s expires %s" % (root.version, created, timefmt.format(root.expires)))
+    expires = timefmt.format(root.expires)
+    lines = ["root version %d,%s expires %s" % (root.version, created, expires)]
     for name in keyring.ROLES:
         role = root.role(name)
-        print("role %s: %d of %d" % (name, role.threshold, len(role.keyids)))
+        lines.append("role %s: %d of %d" % (name, role.threshold, len(role.keyids)))
         for keyid in role.keyids:
-            print("  %s %s" % (keyid, role.keys[keyid].keytype))
-    print("signatures: %s" % (", ".join(k[:16] for k in envelope.keyids) or "none"))
-    print(status)
+            lines.append("  %s %s" % (keyid, role.keys[keyid].keytype))
+    lines.append("signatures: %s" % (", ".join(k[:16] for k in envelope.keyids) or "none"))
+    lines.append(status)
+    for line in lines:  # an unverified root: printed inert (agent/commands/_text.py)
+        print(printable(line))
     return 0
 
 
@@ -156,10 +158,7 @@ def update(args):
     from bootloader_iface import open_from_config
 
     cfg = config_mod.load(args.config)
-    raws = []
-    for path in args.files:
-        with open(path, "rb") as f:
-            raws.append(f.read())
+    raws = [read_input(path, "root") for path in args.files]
     with StateLock(cfg.state_dir, "root update"):
         # The boot environment keeps the newest root version seen (the root floor).
         trust = Trust.from_config(cfg, boot=open_from_config(cfg))

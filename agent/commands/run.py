@@ -4,6 +4,7 @@ import logging
 import signal
 
 from agent import config as config_mod
+from agent.commands._text import printable_lines
 
 
 def register(subparsers):
@@ -58,11 +59,17 @@ def frontends_from_config(cfg):
     return frontends
 
 
+class InertFormatter(logging.Formatter):
+    """Log lines quote job ids, URLs and servers' answers: no terminal escapes get through."""
+
+    def format(self, record):
+        return printable_lines(logging.Formatter.format(self, record))
+
+
 def run(args):
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(InertFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     cfg = config_mod.load(args.config)
     daemon = build(cfg)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())

@@ -4,7 +4,10 @@ them at the commit, bring them back to the old slot's release on a rollback.
 Invariant: the running record of an MCU (agent/state/components.py) says "unknown" from
 before the first byte is written until the MCU answers with the new version, so every
 decision after a power cut (agent/core/components.py) treats a half-written MCU as one that
-must be written again, with the image kept for that slot's release.
+must be written again, with the image kept for that slot's release. Every MCU write and
+confirm holds the state dir's lock (agent/state/statedir.py), like a slot write: two
+writers (the trial's flash and a rollback's restore, or another process) never interleave
+on one MCU; the second gets StateBusy naming the first.
 """
 
 import hashlib
@@ -14,6 +17,7 @@ from agent.components import ComponentError, adapter, wait_version
 from agent.core import components as core
 from agent.core.errors import ConfigError, PayloadMismatch
 from agent.state.components import ComponentStore
+from agent.state.statedir import StateLock
 
 log = logging.getLogger("charger-update")
 
@@ -64,6 +68,11 @@ def _keep_record_true(store, name, seen):
 
 def flash(cfg, slot, stack, progress=None):
     """Write every MCU image of `slot`'s release the MCU does not already run: evidence."""
+    with StateLock(cfg.state_dir, "writing the MCUs of slot %s's release" % slot):
+        return _flash(cfg, slot, stack, progress)
+
+
+def _flash(cfg, slot, stack, progress):
     store = ComponentStore(cfg.state_dir)
     mcus = store.release(slot)["mcus"]
     adapters = _adapters(cfg, mcus, stack, progress)
@@ -91,21 +100,27 @@ def confirm(cfg, slot, stack, progress=None):
     """The commit: every MCU keeps the image it runs (MCUboot: image confirm), which must be
     the release's (an MCU that reverted since the checks must not confirm the old one)."""
     store = ComponentStore(cfg.state_dir)
-    for name, mcu in sorted(store.release(slot)["mcus"].items()):
-        a = adapter(mcu["id"], cfg, stack, _tick(progress))
-        if getattr(a, "authoritative", False):
-            seen = a.running()[0]
-            if seen != mcu["version"]:
-                raise ComponentError("MCU %s runs %s at the commit, not %s"
-                                     % (name, seen, mcu["version"]))  # fmt: skip
-        a.confirm()
-        store.set_running(name, mcu["version"], True)
+    with StateLock(cfg.state_dir, "confirming the MCUs of slot %s's release" % slot):
+        for name, mcu in sorted(store.release(slot)["mcus"].items()):
+            a = adapter(mcu["id"], cfg, stack, _tick(progress))
+            if getattr(a, "authoritative", False):
+                seen = a.running()[0]
+                if seen != mcu["version"]:
+                    raise ComponentError("MCU %s runs %s at the commit, not %s"
+                                         % (name, seen, mcu["version"]))  # fmt: skip
+            a.confirm()
+            store.set_running(name, mcu["version"], True)
 
 
 def restore(cfg, slot, stack, progress=None):
     """The rollback: bring every MCU back to the release of `slot` (the old one).
     progress(phase, done, total) is called as bytes move and (phase "wait") while an MCU is
     waited for: the daemon pets the watchdog with it, this runs on its loop thread."""
+    with StateLock(cfg.state_dir, "restoring the MCUs of slot %s's release" % slot):
+        return _restore(cfg, slot, stack, progress)
+
+
+def _restore(cfg, slot, stack, progress):
     store = ComponentStore(cfg.state_dir)
     mcus = store.release(slot)["mcus"]
     adapters = _adapters(cfg, mcus, stack, progress)

@@ -20,14 +20,14 @@ import random
 import threading
 import time
 
-from agent.checks import TrialContext, load_checks
+from agent.checks import TrialContext, job_check_names, load_checks
 from agent.checks.alarms import baseline as alarm_baseline
 from agent.control.frontends import Frontends, boot_reason
 from agent.control.observation import Observer
 from agent.control.reporting import Reporter
 from agent.core import lifecycle as lc
 from agent.core.errors import ConfigError, Transient, UpdateError
-from agent.core.jobs import job_from_request, parse_job
+from agent.core.jobs import job_from_request, job_id_of, parse_job
 from agent.core.schedule import WAIT_SESSION
 from agent.core.trial import TrialPolicy
 from agent.frontends import channel as ch
@@ -36,6 +36,7 @@ from agent.state.history import History
 from agent.state.journal import Journal
 from agent.state.slotstate import SlotState
 from agent.state.statedir import StateLock
+from agent.transfer.stopper import DeadlinePassed, StepAbandoned, Stopper
 from bootloader_iface.booted import check_attempts
 
 log = logging.getLogger("charger-update")
@@ -106,6 +107,7 @@ class Daemon:
             checks.append("components")  # the MCUs are part of every trial (issue 16)
         self.policy = TrialPolicy(int(trial.get("window_s", 600)), checks)
         load_checks(self.policy.required_checks)  # a misnamed check is a config error now
+        self.job_checks = job_check_names(self.policy.required_checks)
         self.trial_attempts = trial_attempts(cfg)  # likewise a bad attempt budget
         self.observer = Observer(cfg.section("observation"), stack, clock)
         self.session_poll_s = float(cfg.section("charging_stack").get("poll_s", 10))
@@ -119,6 +121,7 @@ class Daemon:
         self.busy = False  # a long action runs in a worker
         self.step_id = 0  # results of a worker started for an older step are dropped
         self.worker = None
+        self.stopper = Stopper()  # stops the transfers of the step running in the worker
         self.fetched = None  # (job id, what the download step learned) for the verify step
         self.pending_resume = True  # the journal's journey is picked up inside the loop
         self.recover_s = float(cfg.section("system").get("retry_after_failure_s", RECOVER_S))
@@ -173,6 +176,7 @@ class Daemon:
                 # every reconnect: a broker restarted without persistence lost the retained row.
                 seen_connections = connections
                 self.publish_inventory()
+        self.stopper.stop(StepAbandoned("the agent is stopping"))
         self.frontends.stop()
         self.channel.stop()
 
@@ -202,6 +206,8 @@ class Daemon:
             self.tick()
             if self.journey.state != lc.TRIAL:
                 self._abandon_step()
+        else:
+            self._enforce_deadline()
 
     def stop(self):
         self.stopping.set()
@@ -230,9 +236,30 @@ class Daemon:
         self.wake_at = self.clock() + self.recover_s
 
     def _abandon_step(self):
-        """Whatever a running worker reports from now on belongs to no step: drop it."""
+        """Whatever a running worker reports from now on belongs to no step: drop it, and
+        stop its transfer (socket shut, back-off cut) so the worker thread ends too."""
         self.step_id += 1
         self.busy = False
+        self.stopper.stop(StepAbandoned("the step was abandoned"))
+
+    def _transfer_deadline(self):
+        """The job's deadline while its download, verify or install runs in a worker."""
+        journey = self.journey
+        if not self.busy or journey is None or journey.job is None:
+            return None
+        if journey.state not in (lc.DOWNLOADING, lc.DOWNLOADED, lc.INSTALLING):
+            return None
+        return journey.job.deadline
+
+    def _enforce_deadline(self):
+        """A job's deadline bounds its transfer too: a download or install still running
+        when it passes is stopped, and the worker reports the failure."""
+        deadline = self._transfer_deadline()
+        if deadline is not None and self.clock() >= deadline:
+            job, state = self.journey.job, self.journey.state
+            self.stopper.stop(DeadlinePassed(
+                "job %s: its deadline passed while %s" % (job.id, lc.status_of(state))
+            ))  # fmt: skip
 
     def _worker_alive(self):
         return self.worker is not None and self.worker.is_alive()
@@ -243,6 +270,9 @@ class Daemon:
         arrives on the queue and wakes it at once, so an idle agent costs no CPU."""
         now = self.clock()
         due = self.wake_at if self.wake_at > now else now + IDLE_WAIT_S
+        deadline = self._transfer_deadline()
+        if deadline is not None and deadline > now:
+            due = min(due, deadline)  # wake to stop a transfer the deadline ends
         if self.system.watchdog_interval_s is not None:
             due = min(due, now + self.next_pet - time.monotonic())
         return max(due - now, MIN_WAIT_S)
@@ -386,10 +416,10 @@ class Daemon:
     def offer(self, payload):
         raw = json.dumps(payload).encode()
         try:
-            job = parse_job(raw, self.cfg.device)
+            job = parse_job(raw, self.cfg.device, checks=self.job_checks)
         except UpdateError as e:
-            job_id = payload.get("id") if isinstance(payload.get("id"), str) else None
-            self.report("Idle", {"job_id": job_id, "reason": e.reason, "detail": e.message})
+            info = {"job_id": job_id_of(payload), "reason": e.reason, "detail": e.message}
+            self.report("Idle", info)
             return
         try:
             booted = self.boot.booted_slot()
@@ -407,10 +437,10 @@ class Daemon:
     def take_request(self, request, answer):
         """answer((answer, detail)) for a front-end's job request, exactly once; see submit()."""
         try:
-            job = job_from_request(request, self.cfg.device)
+            job = job_from_request(request, self.cfg.device, checks=self.job_checks)
+            booted = self.boot.booted_slot()
         except UpdateError as e:
             return answer(("rejected", e.message))
-        booted = self.boot.booted_slot()
         before, old_state = self.journey.job, self.journey.state
         actions = self.journey.supersede(
             job, self.clock(), booted, self.boot.other_slot(booted), self.rng.random()
@@ -607,10 +637,11 @@ class Daemon:
             self.worker.join(2.0)
         self.step_id += 1
         step_id, self.busy = self.step_id, True
+        stopper = self.stopper = Stopper()
 
         def run():
             try:
-                result = fn()
+                result = fn(stopper)
             except _steps().LOCAL_ERRORS as e:  # the board's state: the loop recovers, retries
                 result = ("local-error", e)
             except Exception as e:  # a bug in an adapter or OEM code must not kill the daemon
@@ -625,19 +656,19 @@ class Daemon:
         self.worker = threading.Thread(target=run, name=fn.__name__.strip("_"), daemon=True)
         self.worker.start()
 
-    def _download(self):
+    def _download(self, stopper):
         job = self.journey.job
-        event, info, learned = _steps().fetch(job, self.cfg)
+        event, info, learned = _steps().fetch(job, self.cfg, stopper)
         self.fetched = (job.id, learned)
         return ("result", event, info)
 
-    def _verify(self):
+    def _verify(self, stopper):
         job = self.journey.job
         learned = self.fetched[1] if self.fetched and self.fetched[0] == job.id else None
         return ("result",) + _steps().check(job, learned, self.cfg, self.trust, self.roots,
-                                         self.clock(), self.slots)  # fmt: skip
+                                            self.clock(), self.slots, stopper)  # fmt: skip
 
-    def _install(self):
+    def _install(self, stopper):
         job, step_id = self.journey.job, self.step_id
 
         def on_step(percent, sizes=None):
@@ -651,9 +682,10 @@ class Daemon:
         progress = _steps().StatusProgress(on_step, check)
         learned = self.fetched[1] if self.fetched and self.fetched[0] == job.id else None
         return ("result",) + _steps().write(job, self.cfg, self.boot, self.trust, self.roots,
-                                            self.clock(), progress, learned)  # fmt: skip
+                                            self.clock(), progress, learned,
+                                            stopper)  # fmt: skip
 
-    def _run_checks(self):
+    def _run_checks(self, stopper):
         data, job = self.journey.data, self.journey.job
         ctx = TrialContext(self.cfg, self.channel, self.stack, data.get("baseline"), self.clock,
                            data.get("trial_started_at"), self._wait,
@@ -669,7 +701,7 @@ class Daemon:
         names = self.journey.policy().required_checks
         if ctx.components.get("problem"):
             names = [n for n in names if n == "components"] or names  # the rest cannot pass
-        results = _steps().run_checks(ctx, names, reported)
+        results = _steps().run_checks(ctx, names, reported, self.policy.required_checks)
         verdict = "pass" if all(r[0] for r in results.values()) else "fail"
         self.publish_health("trial", results, verdict)
         return ("checks", results)

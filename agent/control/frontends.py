@@ -78,6 +78,6 @@ def boot_reason(journal_path):
     try:
         with open(journal_path, "rb") as f:
             state = json.loads(f.read(1 << 20)).get("state")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return "FirmwareUpdate" if state in REBOOTED_FOR_UPDATE else None

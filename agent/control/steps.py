@@ -15,12 +15,14 @@ firmware-signing roots, the signature over that digest and the bundle's own sign
 before INSTALL_OK, so the slot handed to the bootloader holds exactly the signed bytes.
 """
 
+import functools
 import logging
 
 from agent.checks import CheckFailed, load_checks
 from agent.core import lifecycle as lc
 from agent.core.errors import (
     BadSignature,
+    BadSource,
     BootEnvError,
     ConfigError,
     MalformedBundle,
@@ -31,7 +33,9 @@ from agent.core.errors import (
 )
 from agent.core.manifest import parse_manifest
 from agent.transfer import delta, installer, wholefile
-from agent.transfer.fetch import open_source
+from agent.transfer.fetch import open_job_source
+from agent.transfer.ranges import open_job_ranges
+from agent.transfer.stopper import DeadlinePassed, StepAbandoned
 from agent.trust.manufacturer import CertificateProblem
 
 log = logging.getLogger("charger-update")
@@ -41,42 +45,54 @@ SIGNATURE_ERRORS = (BadSignature, UnknownKey, CertificateProblem)
 LOCAL_ERRORS = (BootEnvError, ConfigError)
 
 
+# Failures of getting the bytes, whichever step meets them: never an invalid signature.
+TRANSFER_ERRORS = (BadSource, DeadlinePassed, StepAbandoned)
+
+
 def info(error):
     return {"reason": error.reason, "detail": error.message, "transient": bool(error.retry)}
 
 
-def download(url, cfg):
+def download(url, cfg, stopper=None):
     """(event, info, envelope): the signed header, kept by the daemon for `verify`."""
     try:
-        _, envelope = delta.read_envelope(url, cfg.download)
+        _, envelope = delta.read_envelope(url, cfg.download, _ranges_opener(stopper))
         return lc.DOWNLOAD_OK, {}, envelope
     except UpdateError as e:
         return lc.DOWNLOAD_ERROR, info(e), None
 
 
-def verify(envelope, url, cfg, trust, now, slots=None):
-    """Check the downloaded header; fetch it again only when there is none (after a restart
-    the journey resumes at Downloaded with nothing in memory). slots: the board's SlotState
-    (its floor is the anti-rollback bound)."""
+def verify(envelope, url, cfg, trust, now, version=None, stopper=None, slots=None):
+    """Check the downloaded header, and that it is the `version` the job announced; fetch it
+    again only when there is none (after a restart the journey resumes at Downloaded with
+    nothing in memory). slots: the board's SlotState (its floor is the anti-rollback bound)."""
     try:
         if envelope is None:
-            _, envelope = delta.read_envelope(url, cfg.download)
-        installer.check_envelope(envelope, trust, cfg, now, slots)
+            _, envelope = delta.read_envelope(url, cfg.download, _ranges_opener(stopper))
+        manifest = installer.check_envelope(envelope, trust, cfg, now, slots)
+        installer.check_version(manifest, version)
         return lc.SIGNATURE_OK, {}
     except LOCAL_ERRORS:
         raise
+    except TRANSFER_ERRORS as e:
+        return lc.DOWNLOAD_ERROR, info(e)
     except Rejected as e:
         return lc.SIGNATURE_BAD, info(e)
     except UpdateError as e:
         return lc.DOWNLOAD_ERROR, info(e)
 
 
-def install(url, cfg, boot, trust, now, progress, envelope=None):
-    """envelope: the one the download step read (None after a restart): its manifest's
-    format spares a format-1 install the Range request for the bundle's head."""
+def install(url, cfg, boot, trust, now, progress, version=None, stopper=None, envelope=None):
+    """The streamed or by-ranges install of a job's bundle; every byte comes through the job
+    URL rules (open_job_source, open_job_ranges) and the step's stopper. envelope: the one
+    the download step read (None after a restart): its manifest's format spares a format-1
+    install the Range request for the bundle's head."""
     try:
-        done = installer.install(url, cfg, boot, trust, now=now, progress_factory=progress.start,
-                                 bundle_format=_format(envelope))  # fmt: skip
+        done = installer.install(
+            url, cfg, boot, trust, now=now, progress_factory=progress.start,
+            source_opener=functools.partial(open_job_source, stopper=stopper), version=version,
+            ranges_opener=_ranges_opener(stopper), bundle_format=_format(envelope),
+        )  # fmt: skip
         unread = installer.without_readback(done.manifest, cfg)
         if unread:  # the config's choice, said where the operator reads the install's log
             log.warning("slot %s: %s written without read-back ([readback] in %s)",
@@ -92,26 +108,30 @@ def install(url, cfg, boot, trust, now, progress, envelope=None):
         return lc.INSTALL_ERROR, info(e)
 
 
-def fetch(job, cfg):
+def fetch(job, cfg, stopper=None):
     """The download step for `job`: (event, info, what verify needs: the signed header, or
     for a detached-signature job the whole file's digest and header)."""
     if job.signature is not None:
-        return download_whole(job, cfg)
-    return download(job.url, cfg)
+        return download_whole(job, cfg, stopper)
+    return download(job.url, cfg, stopper)
 
 
-def check(job, learned, cfg, trust, roots, now, slots=None):
+def check(job, learned, cfg, trust, roots, now, slots=None, stopper=None):
     """The verify step for `job`, given what fetch() learned (None after a restart)."""
     if job.signature is not None:
-        return verify_whole(job, learned, cfg, trust, roots, now, slots)
-    return verify(learned, job.url, cfg, trust, now, slots)
+        return verify_whole(job, learned, cfg, trust, roots, now, slots, stopper)
+    return verify(learned, job.url, cfg, trust, now, job.version, stopper, slots)
 
 
-def write(job, cfg, boot, trust, roots, now, progress, learned=None):
+def write(job, cfg, boot, trust, roots, now, progress, learned=None, stopper=None):
     """The install step for `job`, given what fetch() learned (None after a restart)."""
     if job.signature is not None:
-        return install_whole(job, cfg, boot, trust, roots, now, progress)
-    return install(job.url, cfg, boot, trust, now, progress, learned)
+        return install_whole(job, cfg, boot, trust, roots, now, progress, stopper)
+    return install(job.url, cfg, boot, trust, now, progress, job.version, stopper, learned)
+
+
+def _ranges_opener(stopper):
+    return functools.partial(open_job_ranges, stopper=stopper)
 
 
 def _format(envelope):
@@ -124,21 +144,23 @@ def _format(envelope):
         return None
 
 
-def download_whole(job, cfg):
+def download_whole(job, cfg, stopper=None):
     """(event, info, (digest, envelope) or None): the whole file, hashed (detached jobs)."""
     limit = int(cfg.section("ocpp_firmware").get("max_firmware_bytes", wholefile.DEFAULT_MAX_BYTES))
     try:
-        digest, _, envelope = wholefile.fetch(job.url, cfg.download, limit)
+        opener = functools.partial(open_job_source, stopper=stopper)
+        digest, _, envelope = wholefile.fetch(job.url, cfg.download, limit, opener)
         return lc.DOWNLOAD_OK, {}, (digest, envelope)
     except UpdateError as e:
         return lc.DOWNLOAD_ERROR, info(e), None
 
 
-def verify_whole(job, whole, cfg, trust, roots, now, slots=None):
-    """Certificate, detached signature over the whole file, then the bundle's manifest;
-    the file is fetched and hashed again when nothing is in memory (after a restart)."""
+def verify_whole(job, whole, cfg, trust, roots, now, slots=None, stopper=None):
+    """Certificate, detached signature over the whole file, then the bundle's manifest (and
+    the version the job announced, if any); the file is fetched and hashed again when nothing
+    is in memory (after a restart)."""
     if whole is None:
-        event, problem, whole = download_whole(job, cfg)
+        event, problem, whole = download_whole(job, cfg, stopper)
         if whole is None:
             return lc.SIGNATURE_BAD if not problem["transient"] else event, problem
     digest, envelope = whole
@@ -153,28 +175,31 @@ def verify_whole(job, whole, cfg, trust, roots, now, slots=None):
                 hint="the detached signature alone never makes a file installable: "
                 "publish a signed bundle",
             )
-        installer.check_envelope(envelope, trust, cfg, now, slots)
+        manifest = installer.check_envelope(envelope, trust, cfg, now, slots)
+        installer.check_version(manifest, job.version)
         return lc.SIGNATURE_OK, {}
     except LOCAL_ERRORS:
         raise
+    except TRANSFER_ERRORS as e:
+        return lc.DOWNLOAD_ERROR, info(e)
     except Rejected as e:
         return lc.SIGNATURE_BAD, info(e)
     except UpdateError as e:
         return lc.DOWNLOAD_ERROR, info(e)
 
 
-def install_whole(job, cfg, boot, trust, roots, now, progress):
+def install_whole(job, cfg, boot, trust, roots, now, progress, stopper=None):
     """install() that hashes every byte it streams and checks the detached signature over
     them before INSTALL_OK (else SIGNATURE_BAD: the slot stays marked bad)."""
     sources = []
 
     def opener(location, settings):
-        sources.append(wholefile.HashingSource(open_source(location, settings)))
+        sources.append(wholefile.HashingSource(open_job_source(location, settings, stopper)))
         return sources[-1]
 
     try:
         installer.install(job.url, cfg, boot, trust, now=now, progress_factory=progress.start,
-                          source_opener=opener)  # fmt: skip
+                          source_opener=opener, version=job.version)  # fmt: skip
         roots.verify(sources[-1].digest(), job.signature, job.signing_certificate, now)
         return lc.INSTALL_OK, {}
     except LOCAL_ERRORS:
@@ -187,13 +212,14 @@ def install_whole(job, cfg, boot, trust, roots, now, progress):
         return lc.INSTALL_ERROR, info(e)
 
 
-def run_checks(ctx, names, reported):
+def run_checks(ctx, names, reported, configured=None):
     """{name: (passed, evidence)} for every check; reported(name, passed, evidence) after
-    each one. A check that crashes fails; it never takes the daemon down."""
+    each one. A check that crashes fails; it never takes the daemon down. `configured`: the
+    config's check list; a name neither in it nor registered fails without being loaded."""
     results = {}
     for name in names:
         try:
-            check = load_checks([name])[0]
+            check = load_checks([name], configured)[0]
         except UpdateError as e:  # misnamed or broken plug-in: the check fails, loudly
             results[name] = (False, {"problem": e.message})
             reported(name, False, results[name][1])

@@ -15,6 +15,7 @@ import time
 
 from agent.core import resets
 from agent.core.errors import ConfigError
+from agent.core.text import is_digits
 
 CMDLINE = "/proc/cmdline"
 RESET_KEY = "charger.reset"  # the boot script puts the SoC's reset cause here
@@ -110,7 +111,7 @@ class System:
         if cause is not None and cause != resets.UNKNOWN:
             return cause
         status = _read(self.resolve(self.options.get("watchdog_bootstatus", BOOTSTATUS)))
-        if status and status.isdigit() and int(status) & WDIOF_CARDRESET:
+        if is_digits(status) and int(status) & WDIOF_CARDRESET:
             return resets.WATCHDOG
         return resets.UNKNOWN
 

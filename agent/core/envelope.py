@@ -15,6 +15,7 @@ ROOT_TYPE = "application/vnd.charger-update.root+json"
 MAX_ENVELOPE = 128 * 1024  # a 64 KiB manifest is ~88 KiB in base64, plus signatures
 MAX_SIGNATURES = 16
 MAX_SIG_BYTES = 512
+_HEX = "0123456789abcdef"
 
 
 def pae(payload_type, payload):
@@ -80,6 +81,10 @@ def _signature(entry, i):
     keyid = entry["keyid"]
     if not (1 <= len(keyid) <= 128):
         raise MalformedBundle("envelope field signatures[%d].keyid has a bad length" % i)
+    # Key ids are sha256 hex; anything else (terminal escapes included) never gets printed.
+    for c in keyid:
+        if c not in _HEX:
+            raise MalformedBundle("envelope field signatures[%d].keyid is not lowercase hex" % i)
     sig = b64decode(entry.get("sig"), "signatures[%d].sig" % i)
     if not (1 <= len(sig) <= MAX_SIG_BYTES):
         raise MalformedBundle("envelope field signatures[%d].sig has a bad length" % i)

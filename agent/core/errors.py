@@ -139,6 +139,21 @@ class MalformedJob(Rejected):
     exit_code = 23
 
 
+class BadSource(Rejected):
+    """The bundle's location can never work: a missing or non-regular local file, a scheme
+    or a path a job may not use. Unlike a network failure, retrying does not help."""
+
+    reason = "bad-source"
+    exit_code = 24
+
+
+class VersionMismatch(Rejected):
+    """The job announced another version than the signed manifest carries."""
+
+    reason = "version-mismatch"
+    exit_code = 25
+
+
 # --- Transient -------------------------------------------------------------------------------
 
 

@@ -12,9 +12,11 @@ Runs on MicroPython: json only, times parsed here (no datetime), no reliance on 
 
 import json
 
-from agent.core.errors import MalformedJob, WrongModel
+from agent.core.errors import MalformedJob, VersionMismatch, WrongModel
+from agent.core.text import is_digits
 from agent.core.timefmt import days_from_civil
 
+ID_KEYS = ("id", "job_id", "requestId")
 DEFAULT_LIMITS = {
     "max_job_bytes": 8192,
     "max_retries": 20,
@@ -91,19 +93,20 @@ def job_from_dict(d):
     return _build(d, None, DEFAULT_LIMITS, True)
 
 
-def job_from_request(doc, device, limits=None):
-    """A Job from a local front-end's request dict: MalformedJob / WrongModel as parse_job,
-    and the EXTENDED engine options are read too."""
+def job_from_request(doc, device, limits=None, checks=None):
+    """A Job from a local front-end's request dict: MalformedJob / WrongModel as parse_job
+    (`checks` as there), and the EXTENDED engine options are read too."""
     if not isinstance(doc, dict):
         raise MalformedJob("job request must be an object")
-    return _build(doc, device, _limits(limits), True)
+    return _build(doc, device, _limits(limits), True, checks)
 
 
-def parse_job(raw, device, limits=None):
+def parse_job(raw, device, limits=None, checks=None):
     """A Job from the message bytes `raw`, for `device` ({"model": ...}).
 
     MalformedJob for anything oversized, not JSON, or with a bad field; WrongModel when the
-    job names models and the device's is not among them."""
+    job names models and the device's is not among them. `checks`: the trial check names a
+    job may add (configured or registered on this charger); any other name is MalformedJob."""
     limits = _limits(limits)
     if not isinstance(raw, (bytes, bytearray)):
         raise MalformedJob("job message must be bytes")
@@ -117,7 +120,32 @@ def parse_job(raw, device, limits=None):
         raise MalformedJob("job message is not UTF-8 JSON")
     if not isinstance(doc, dict):
         raise MalformedJob("job message must be a JSON object")
-    return _build(doc, device, limits)
+    return _build(doc, device, limits, False, checks)
+
+
+def job_id_of(doc):
+    """The id a job message carries under any of its documented keys, or None: a refusal
+    still names the job it refuses."""
+    if not isinstance(doc, dict):
+        return None
+    for name in ID_KEYS:
+        value = doc.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and name == "requestId":
+            return str(value)
+        if isinstance(value, str) and 0 < len(value) <= DEFAULT_LIMITS["max_text"]:
+            return value
+    return None
+
+
+def check_version(job_version, manifest_version):
+    """The version a job announces must be the signed one: every status reports it, and an
+    operator reading `Committed 9.9.9` for a 1.1.0 bundle is misled (VersionMismatch)."""
+    if job_version is not None and job_version != manifest_version:
+        raise VersionMismatch(
+            "the job announces version %r but the signed bundle is version %s"
+            % (job_version, manifest_version),
+            "fix the job's version or its URL",
+        )
 
 
 _UNDECODABLE = object()
@@ -142,8 +170,8 @@ def _limits(limits):
     return merged
 
 
-def _build(doc, device, limits, extended=False):
-    job_id = _text(doc, ("id", "job_id", "requestId"), limits, required=True)
+def _build(doc, device, limits, extended=False, checks=None):
+    job_id = _text(doc, ID_KEYS, limits, required=True)
     url = _text(doc, ("url", "location"), limits, required=True)
     if not (url.startswith("http://") or url.startswith("https://") or url.startswith("file:")):
         raise MalformedJob("field 'url' must be an http(s):// or file: URL")
@@ -161,7 +189,7 @@ def _build(doc, device, limits, extended=False):
         "jitter_s": _int(doc, "jitter_s", 0, 0, limits["max_jitter_s"]),
         "retries": _int(doc, "retries", 3, 0, limits["max_retries"]),
         "trial_window_s": _int(doc, "trial_window_s", None, 1, limits["max_trial_window_s"]),
-        "checks": _checks(doc.get("checks"), limits),
+        "checks": _checks(doc.get("checks"), checks),
         "models": models,
     }
     if extended:
@@ -236,7 +264,7 @@ def _models(doc, limits):
     return value
 
 
-def _checks(value, limits):
+def _checks(value, allowed):
     if value is None:
         return None
     if not isinstance(value, list) or len(value) > 32:
@@ -244,6 +272,13 @@ def _checks(value, limits):
     for name in value:
         if not isinstance(name, str) or not name or len(name) > 64:
             raise MalformedJob("field 'checks' must hold check names (1-64 characters)")
+        # A job adds checks the charger already has; it never names code to import.
+        if allowed is not None and name not in allowed:
+            raise MalformedJob(
+                "field 'checks' names %r, which is neither configured nor registered on this "
+                "charger" % name,
+                "a job may add only the checks listed in [trial] checks or registered",
+            )
     return value
 
 
@@ -281,7 +316,7 @@ def _parse_hhmm(text):
     if not isinstance(text, str) or len(text) != 5 or text[2] != ":":
         return None
     hh, mm = text[:2], text[3:]
-    if not (hh.isdigit() and mm.isdigit()):
+    if not (is_digits(hh) and is_digits(mm)):
         return None
     h, m = int(hh), int(mm)
     if h > 23 or m > 59:
@@ -303,13 +338,13 @@ def rfc3339_to_epoch(text):
         return None
     parts = (text[0:4], text[5:7], text[8:10], text[11:13], text[14:16], text[17:19])
     for p in parts:
-        if not p.isdigit():
+        if not is_digits(p):
             return None
     y, mo, d, h, mi, s = [int(p) for p in parts]
     rest = text[19:]
     if rest.startswith("."):
         i = 1
-        while i < len(rest) and rest[i].isdigit():
+        while i < len(rest) and is_digits(rest[i]):
             i += 1
         if i == 1:
             return None
@@ -317,7 +352,7 @@ def rfc3339_to_epoch(text):
     if rest in ("Z", "z"):
         offset = 0
     elif len(rest) == 6 and rest[0] in "+-" and rest[3] == ":":
-        if not (rest[1:3].isdigit() and rest[4:6].isdigit()):
+        if not (is_digits(rest[1:3]) and is_digits(rest[4:6])):
             return None
         offset = int(rest[1:3]) * 3600 + int(rest[4:6]) * 60
         offset = offset if rest[0] == "+" else -offset

@@ -41,7 +41,8 @@ from agent.core.trial import FAILED, PASSED, ROLLBACK, TrialPolicy
 
 RECORD_FORMAT = 1
 DEFAULT_CHECKS = ("alarms", "charging-session", "communication")
-REPORTED = ("reason", "check", "evidence", "cause")  # why a journey failed, in its final status
+# Why a journey failed, in its final status.
+REPORTED = ("reason", "detail", "check", "evidence", "cause")
 ENV_LOST = "the boot environment lost the trial (new slot has attempts left); trying again"
 ENV_LOSSES = 2  # times a lost trial is tried again before the journey gives up
 WAIT_ALLOW = "installation-allowed"  # a hold_until_allowed job waits for allow()
@@ -155,7 +156,7 @@ class Journey:
     def handle(self, event, now, info=None):
         """A result event from an action (DOWNLOAD_OK, INSTALL_ERROR, ...).
 
-        info: {"reason": str, "transient": bool, "check": str, "evidence": str}. A transient
+        info: {"reason", "detail": str, "transient": bool, "check", "evidence"}. A transient
         download or install error with retries left becomes RETRY."""
         info = info or {}
         transient = info.get("transient") and self.job is not None
@@ -459,17 +460,21 @@ class Journey:
         return info
 
     def policy(self):
-        """The trial policy for the current job (its own checks/window, or the default)."""
+        """The trial policy for the current job: the configured checks plus the job's own,
+        its window or the configured one."""
         return self._policy()
 
     def _policy(self):
         job = self.job
         if job is None or (job.checks is None and job.trial_window_s is None):
             return self.trial_policy
-        return TrialPolicy(
-            job.trial_window_s or self.trial_policy.window_s,
-            job.checks or self.trial_policy.required_checks,
-        )
+        # A job's checks add to the configured ones, never replace them: a job must not be
+        # able to switch off the OEM's checks and turn a failing trial into a commit.
+        checks = list(self.trial_policy.required_checks)
+        for name in job.checks or ():
+            if name not in checks:
+                checks.append(name)
+        return TrialPolicy(job.trial_window_s or self.trial_policy.window_s, checks)
 
     def _tick_download(self, now, session_active):
         if now < (self.data.get("retry_at") or 0):

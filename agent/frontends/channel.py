@@ -91,7 +91,8 @@ def decode_payload(raw, limit):
         raise MessageError(NOT_UTF8, str(exc)) from None
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    # RecursionError: "[[[[..." nested deeper than the parser recurses (64 KiB allow it).
+    except (ValueError, RecursionError) as exc:
         raise MessageError(MALFORMED_JSON, str(exc)) from None
     if not isinstance(value, dict):
         raise MessageError(NOT_OBJECT, "top level is %s, expected an object" % type(value).__name__)

@@ -174,25 +174,14 @@ class EverestSystem:
         if handler is None:
             log.info("EVerest %s not handled", operation)
             return
-        if len(raw) > MAX_REQUEST_BYTES:
-            log.warning("EVerest %s: %d bytes, more than a request has", operation, len(raw))
-            return
         try:
-            message = json.loads(raw.decode("utf-8")) if raw else {}
-        except (UnicodeError, ValueError, RecursionError):
-            log.warning("EVerest %s: payload is not JSON", operation)
-            return
-        if not isinstance(message, dict) or not ({"headers", "payload"} & set(message)):
-            message = {"payload": message}  # e2m/reset carries its ResetRequest bare
-        headers = message.get("headers")
-        reply_to = headers.get("replyTo") if isinstance(headers, dict) else None
-        if reply_to is not None and not _publishable(reply_to):
-            log.warning("EVerest %s: headers.replyTo is not a topic: %r", operation, reply_to)
+            payload, reply_to = decode_request(raw)
+        except ValueError as e:
+            log.warning("EVerest %s: %s", operation, e)
             return
         # Off paho's network thread: an update request waits for the engine's answer.
-        worker = threading.Thread(
-            target=self._answer, daemon=True, args=(handler, message.get("payload"), reply_to)
-        )
+        worker = threading.Thread(target=self._answer, daemon=True,
+                                  args=(handler, payload, reply_to))  # fmt: skip
         worker.start()
 
     def _answer(self, handler, payload, reply_to):
@@ -259,6 +248,25 @@ class EverestSystem:
         log.info("EVerest asks for a reset (%s)", payload)
         if self.daemon is not None:
             self.daemon.system.reboot()
+
+
+def decode_request(raw):
+    """(payload, reply_to) of an e2m request's bytes, or ValueError saying why it is not
+    answered: more than MAX_REQUEST_BYTES, not JSON (also nested past the parser's depth), or
+    a headers.replyTo that is not a topic one may publish to."""
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise ValueError("%d bytes, more than a request has" % len(raw))
+    try:
+        message = json.loads(bytes(raw).decode("utf-8")) if raw else {}
+    except (UnicodeError, ValueError, RecursionError):
+        raise ValueError("payload is not JSON") from None
+    if not isinstance(message, dict) or not ({"headers", "payload"} & set(message)):
+        message = {"payload": message}  # e2m/reset carries its ResetRequest bare
+    headers = message.get("headers")
+    reply_to = headers.get("replyTo") if isinstance(headers, dict) else None
+    if reply_to is not None and not _publishable(reply_to):
+        raise ValueError("headers.replyTo is not a topic: %r" % (reply_to,))
+    return message.get("payload"), reply_to
 
 
 def _publishable(topic):

@@ -81,7 +81,7 @@ class LocalClient:
                 raise LocalApiUnavailable("agent at %s closed the connection" % self.path)
         try:
             answer = json.loads(reply)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise LocalApiError("agent sent a malformed reply to %s" % op) from None
         if not answer.get("ok"):
             raise LocalApiError(answer.get("error") or "refused")

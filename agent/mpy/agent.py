@@ -29,7 +29,7 @@ import time
 from agent.core import lifecycle as lc
 from agent.core import resets
 from agent.core.errors import UpdateError
-from agent.core.jobs import parse_job
+from agent.core.jobs import job_id_of, parse_job
 from agent.core.trial import TrialPolicy
 from agent.mpy import phase as phases
 from agent.mpy.channel import CANCEL, INVENTORY, JOB, PONG, STATUS
@@ -94,6 +94,8 @@ class Agent:
         trial = cfg.get("trial", {})
         self.policy = TrialPolicy(int(trial.get("window_s", 600)),
                                   trial.get("checks", list(CHECKS)))  # fmt: skip
+        # A job may add checks this board has; anything else is refused as malformed-job.
+        self.job_checks = sorted(set(self.policy.required_checks) | set(CHECKS))
         state_dir = cfg.get("state_dir", "data")
         self.journal = Journal(state_dir + "/journal.json", after_save)
         self.board = Board(state_dir)
@@ -214,10 +216,10 @@ class Agent:
 
     def on_job(self, payload):
         try:
-            job = parse_job(dumps(payload).encode(), self.device)
+            job = parse_job(dumps(payload).encode(), self.device, checks=self.job_checks)
         except UpdateError as e:
-            job_id = payload.get("id") if isinstance(payload.get("id"), str) else None
-            self.report("Idle", {"job_id": job_id, "reason": e.reason, "detail": e.message})
+            info = {"job_id": job_id_of(payload), "reason": e.reason, "detail": e.message}
+            self.report("Idle", info)
             return
         booted = self.boot.booted_slot()
         before = self.journey.job

@@ -25,6 +25,9 @@ PING = "backend/ping"
 PONG = "backend/pong"
 
 OUTBOX = 32  # messages kept while the broker is away (oldest status dropped first)
+# Nesting a message may have: ours are 3 deep. MicroPython's json.loads keeps a stack per
+# level, so 30,000 brackets within the size bound end in a MemoryError (issue 11).
+MAX_DEPTH = 16
 
 
 class Channel:
@@ -196,10 +199,17 @@ class Channel:
             return
         if len(msg) > self.max_bytes:
             return self._refuse(suffix, "oversized", "%d bytes" % len(msg))
+        if _depth_over(msg, MAX_DEPTH):
+            return self._refuse(suffix, "malformed-json", "nested deeper than %d" % MAX_DEPTH)
         try:
             payload = json.loads(msg)
         except (ValueError, UnicodeError):
             return self._refuse(suffix, "malformed-json", "not UTF-8 JSON")
+        except MemoryError:  # a heap too fragmented for this message: drop it, not the agent
+            import gc
+
+            gc.collect()
+            return self._refuse(suffix, "oversized", "no heap to parse %d bytes" % len(msg))
         if not isinstance(payload, dict):
             return self._refuse(suffix, "not-object", "top level is not an object")
         handler(payload)
@@ -208,6 +218,31 @@ class Channel:
         print("rejected message on %s: %s (%s)" % (suffix, reason, detail))
         if self.on_error is not None:
             self.on_error(suffix, reason, detail)
+
+
+def _depth_over(msg, limit):
+    """True when the JSON text `msg` (bytes or str) nests brackets deeper than `limit`
+    (brackets inside strings do not count)."""
+    if isinstance(msg, str):
+        msg = msg.encode()
+    depth, in_string, escaped = 0, False, False
+    for c in msg:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == 92:  # backslash
+                escaped = True
+            elif c == 34:  # quote
+                in_string = False
+        elif c == 34:
+            in_string = True
+        elif c == 91 or c == 123:  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif c == 93 or c == 125:  # ] }
+            depth -= 1
+    return False
 
 
 def _umqtt_client(client_id, host, port, keepalive):

@@ -54,11 +54,15 @@ def fetch_header(url, timeout_s=10, poll=None):
         source.close()
 
 
-def verify(trust, raw, device, floor, now):
-    """The verified manifest of the raw envelope `raw` (Rejected subclasses otherwise)."""
+def verify(trust, raw, device, floor, now, version=None):
+    """The verified manifest of the raw envelope `raw` (Rejected subclasses otherwise).
+    `version`: the job's, which the signed one must equal (VersionMismatch)."""
     from agent.core.envelope import MANIFEST_TYPE, parse_envelope
+    from agent.core.jobs import check_version
 
-    return trust.verify(parse_envelope(raw, MANIFEST_TYPE), device, floor, now)
+    manifest = trust.verify(parse_envelope(raw, MANIFEST_TYPE), device, floor, now)
+    check_version(version, manifest.version)
+    return manifest
 
 
 def app_payload(manifest, slot_class):
@@ -94,12 +98,13 @@ def plan(manifest, slot_class, partition_size, max_window_bits):
     }  # fmt: skip
 
 
-def check(trust, raw, device, floor, now, partition_size, options):
-    """The install's first half: verify the raw envelope `raw` again and plan its payload;
-    plan()'s facts plus the header's size and sha256, which bind installer.write() to
-    exactly these verified bytes."""
-    facts = plan(verify(trust, raw, device, floor, now), options.get("slot_class", "app"),
-                 partition_size, options.get("max_window_bits", 15))  # fmt: skip
+def check(trust, raw, device, floor, now, partition_size, options, version=None):
+    """The install's first half: verify the raw envelope `raw` again (and that it is the
+    job's `version`) and plan its payload; plan()'s facts plus the header's size and sha256,
+    which bind installer.write() to exactly these verified bytes."""
+    manifest = verify(trust, raw, device, floor, now, version)
+    facts = plan(manifest, options.get("slot_class", "app"), partition_size,
+                 options.get("max_window_bits", 15))  # fmt: skip
     digest = hashlib.sha256(MAGIC + len(raw).to_bytes(4, "big"))  # what read_envelope() took
     digest.update(raw)
     facts["header_size"] = HEADER + len(raw)

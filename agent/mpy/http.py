@@ -13,6 +13,7 @@ response that breaks the protocol or the bound raises Truncated or MalformedBund
 import socket
 
 from agent.core.errors import MalformedBundle, NetworkError, Truncated
+from agent.core.text import is_digits
 
 MAX_HEADER_LINES = 64
 MAX_LINE = 1024
@@ -82,7 +83,11 @@ class Download:
                 raise MalformedBundle("HTTP header line longer than %d bytes" % MAX_LINE)
             if line in (b"\r\n", b"\n", b""):
                 return int(parts[1]), headers
-            name, _, value = line.decode().partition(":")
+            try:
+                text = line.decode()
+            except UnicodeError:  # a server's bytes, not ours to crash on
+                raise MalformedBundle("HTTP header line is not UTF-8 from %s" % self.host)
+            name, _, value = text.partition(":")
             headers[name.strip().lower()] = value.strip()
         raise MalformedBundle("more than %d HTTP header lines" % MAX_HEADER_LINES)
 
@@ -92,12 +97,12 @@ class Download:
         if status not in (200, 206):
             raise MalformedBundle("server answered %d for %s" % (status, self.path))
         length = headers.get("content-length", "")
-        if not length.isdigit():
+        if not is_digits(length):
             raise MalformedBundle("response has no Content-Length")
         etag = headers.get("etag")
         if status == 206:
             start = headers.get("content-range", "")[6:].split("-", 1)[0]
-            if not start.isdigit() or int(start) != self.pos:
+            if not is_digits(start) or int(start) != self.pos:
                 raise MalformedBundle("Content-Range does not start at %d" % self.pos)
             if self.etag and etag and etag != self.etag:
                 raise MalformedBundle("the file changed on the server during the download")

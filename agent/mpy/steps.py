@@ -40,7 +40,7 @@ def verify(agent):
 
     try:
         header.verify(agent.trust, _header(agent), agent.device, agent.board.floor(),
-                      time.time())  # fmt: skip
+                      time.time(), agent.journey.job.version)  # fmt: skip
     except Rejected as e:
         return lc.SIGNATURE_BAD, _info(e)
     return lc.SIGNATURE_OK, {}
@@ -83,7 +83,8 @@ def install(agent, slot):
             from agent.mpy import header
 
             facts = header.check(agent.trust, _header(agent), agent.device, agent.board.floor(),
-                                 time.time(), partition.info()[3], options)  # fmt: skip
+                                 time.time(), partition.info()[3], options,
+                                 job.version)  # fmt: skip
         with agent.phase("install-write"):
             from agent.mpy import installer
 

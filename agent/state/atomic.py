@@ -69,9 +69,15 @@ def write_json_atomic(path, obj):
 
 
 def read_json(path, default=None):
-    """The JSON in `path`, or `default` when the file does not exist yet."""
+    """The JSON in `path`, or `default` when the file does not exist yet. A file that is not
+    JSON raises ValueError, also one nested deeper than the parser recurses (a planted
+    "[[[[..." would raise RecursionError, which no caller expects)."""
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read())
+            data = f.read()
     except FileNotFoundError:
         return default
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("%s is nested too deeply to be a state record" % path) from None

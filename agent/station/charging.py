@@ -59,7 +59,7 @@ class SocketStack(ChargingStack):
             ) from None
         try:
             return json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise StackUnavailable("charging stack sent a malformed reply to %r" % cmd) from None
 
     def session_active(self):

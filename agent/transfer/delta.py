@@ -81,12 +81,13 @@ def read_head(ranges, check):
     return Head(manifest, envelope, indexes, head)
 
 
-def read_envelope(location, settings):
+def read_envelope(location, settings, opener=None):
     """(bundle format, envelope), unverified, for the daemon's download step: the header and
     envelope only (one bounded Range request, two for an envelope longer than HEAD_BYTES),
     so no payload byte crosses the link; from a server without Range support, the start of
-    its whole-file answer, which is then dropped."""
-    ranges = open_ranges(location, settings)
+    its whole-file answer, which is then dropped. opener(location, settings): the ranges
+    (default open_ranges; a job's: open_job_ranges with the step's stopper)."""
+    ranges = (opener or open_ranges)(location, settings)
     try:
         try:
             start = _Start(ranges)
@@ -178,12 +179,13 @@ class StreamInstead:
 
 
 def install(location, cfg, boot, check, progress_factory=None, readback=True, prepare=None,
-            finish=None, state=None):  # fmt: skip
+            finish=None, state=None, opener=None):  # fmt: skip
     """Install by ranges; returns (slot, manifest, counters), or StreamInstead.
     prepare(manifest, slot) -> [(payload, SlotTarget)] checks what the installer checks
     before writing (components, space); finish(slot, manifest) runs before the slot is
-    recorded as installed. state: the board's SlotState (default: the state dir's)."""
-    ranges = open_ranges(location, cfg.download)
+    recorded as installed. state: the board's SlotState (default: the state dir's).
+    opener(location, settings): the ranges (default open_ranges; a job's: open_job_ranges)."""
+    ranges = (opener or open_ranges)(location, cfg.download)
     handed_over = False
     try:
         try:

@@ -11,6 +11,13 @@ Retries: `retries` bounds consecutive failed attempts; a connection that deliver
 PROGRESS_RESET bytes before dropping resets the count, so a long download over a flaky link
 survives many drops while a server that never delivers gives up after `retries` back-offs.
 Back-off is exponential with full jitter: sleep uniform(0, min(backoff_max_s, backoff_s*2^k)).
+
+Stopping: a transfer ends when `[download] max_time_s` has passed since the source opened
+(a timer, not a clock read per chunk) or when another thread calls `stop(error)` (the daemon
+on cancel or at the job's deadline): the socket is shut down so a blocked read wakes, back-offs
+are cut short, and the next read raises `error`. Local files: regular files only, opened
+without blocking; job URLs (`open_job_source`) reach only http(s) and files under
+`[download] file_dir`.
 """
 
 import http.client
@@ -19,11 +26,13 @@ import random
 import socket
 import ssl
 import stat
+import threading
 import time
 from urllib.parse import urljoin, urlsplit
 
 from agent.config import DOWNLOAD_DEFAULTS
-from agent.core.errors import ConfigError, NetworkError, PayloadMismatch, Truncated
+from agent.core.errors import BadSource, NetworkError, PayloadMismatch, Truncated
+from agent.transfer.stopper import Stopper  # noqa: F401 - also imported from here
 
 PROGRESS_RESET = 64 * 1024
 MAX_REDIRECTS = 5
@@ -66,11 +75,14 @@ class Source:
 
     size = None  # total bytes if known (file size, Content-Length)
 
-    def __init__(self, location, settings, clock, sleep, progress):
+    def __init__(self, location, settings, clock, sleep, progress, stopper=None):
         self.location = location
         self.settings = settings
         self.clock = clock
-        self.sleep = sleep
+        self.stopped = None  # the error stop() asked for: every later read raises it
+        self._woken = threading.Event()
+        # Back-offs wait on an event, so a stop cuts them short.
+        self.sleep = sleep or self._woken.wait
         self.progress = progress
         self.pos = 0
         self.limit = None
@@ -78,7 +90,35 @@ class Source:
         self.limiter = None
         if rate > 0:
             burst = max(int(rate), 1)
-            self.limiter = RateLimiter(rate, burst, clock, sleep)
+            self.limiter = RateLimiter(rate, burst, clock, self.sleep)
+        self._timer = None
+        max_time = float(settings.get("max_time_s") or 0)
+        if max_time > 0:
+            # One timer per transfer, nothing per chunk: a trickling server cannot hold the
+            # worker longer than this.
+            late = NetworkError(
+                "%s was not done after [download] max_time_s = %g s" % (location, max_time),
+                hint="the server or link is too slow; raise max_time_s for slow links",
+            )
+            self._timer = threading.Timer(max_time, self.stop, (late,))
+            self._timer.daemon = True
+            self._timer.start()
+        if stopper is not None:
+            stopper.attach(self)
+
+    def stop(self, error):
+        """From any thread: end this transfer with `error` as soon as possible."""
+        if self.stopped is None:
+            self.stopped = error
+        self._woken.set()
+        self._interrupt()
+
+    def _interrupt(self):
+        """Wake a read blocked in the kernel (sockets); files never block."""
+
+    def _check_stopped(self):
+        if self.stopped is not None:
+            raise self.stopped
 
     def set_limit(self, total):
         """Reading past `total` bytes (counted from the start) is an error from now on."""
@@ -104,6 +144,7 @@ class Source:
     def read(self, n):
         """Up to `n` bytes; b"" at the end. Raises Truncated if the data ends before the
         limit, PayloadMismatch if it goes on past it."""
+        self._check_stopped()
         n = self._allowed(n)
         data = self._raw_read(n) if n else b""
         self._account(len(data))
@@ -112,6 +153,7 @@ class Source:
     def readinto(self, view):
         """`read` into a writable buffer, without an intermediate bytes object: the number of
         bytes placed at its start, 0 at the end. Same bounds and errors as `read`."""
+        self._check_stopped()
         n = self._allowed(len(view))
         got = self._raw_readinto(memoryview(view)[:n]) if n else 0
         self._account(got)
@@ -163,7 +205,8 @@ class Source:
         return len(data)
 
     def close(self):
-        pass
+        if self._timer is not None:
+            self._timer.cancel()
 
     def __enter__(self):
         return self
@@ -173,16 +216,18 @@ class Source:
 
 
 class FileSource(Source):
-    def __init__(self, path, settings, clock, sleep, progress):
-        Source.__init__(self, path, settings, clock, sleep, progress)
+    """A bundle in a local regular file. Opened without blocking, so a FIFO or a device node
+    never hangs the worker; anything but a regular file is refused (never retried)."""
+
+    def __init__(self, path, settings, clock, sleep, progress, stopper=None, nofollow=False):
+        Source.__init__(self, path, settings, clock, sleep, progress, stopper)
         try:
-            self._f = open(path, "rb", buffering=0)
-        except OSError as e:
-            raise NetworkError(
-                "cannot open %s: %s" % (path, e.strerror), hint="check the path"
-            ) from None
-        st = os.fstat(self._f.fileno())
-        self.size = st.st_size if stat.S_ISREG(st.st_mode) else None
+            fd, st = open_regular(path, nofollow)
+        except BadSource:
+            self.close()
+            raise
+        self._f = os.fdopen(fd, "rb", buffering=0)
+        self.size = st.st_size
 
     def _raw_read(self, n):
         return self._f.read(n)
@@ -191,12 +236,37 @@ class FileSource(Source):
         return self._f.readinto(view)
 
     def close(self):
-        self._f.close()
+        Source.close(self)
+        if getattr(self, "_f", None) is not None:
+            self._f.close()
+
+
+def open_regular(path, nofollow=False):
+    """(fd, stat) of a local bundle: opened without blocking, so a FIFO or a device node never
+    hangs the worker; anything but a regular file, or a file that cannot be opened, is
+    BadSource (never retried)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if nofollow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise BadSource(
+            "cannot open bundle %s: %s" % (path, e.strerror or e),
+            hint="check the path; a missing file does not appear by retrying",
+        ) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise BadSource(
+            "bundle %s is not a regular file" % path, hint="give the path of a bundle file"
+        )
+    return fd, st
 
 
 class HttpSource(Source):
-    def __init__(self, url, settings, clock, sleep, rng, progress, open_now=True):
-        Source.__init__(self, url, settings, clock, sleep, progress)
+    def __init__(self, url, settings, clock, sleep, rng, progress, stopper=None, open_now=True):
+        Source.__init__(self, url, settings, clock, sleep, progress, stopper)
         self.url = url
         self.rng = rng
         self.timeout = float(settings["timeout_s"])
@@ -207,12 +277,17 @@ class HttpSource(Source):
         self.etag = None
         self.requests = 0
         self._conn = None
+        self._sock = None  # the connection's socket, for stop() from another thread
         self._resp = None
         self._ssl = None
-        if urlsplit(url).scheme == "https":
-            self._ssl = ssl.create_default_context(cafile=settings.get("ca_file") or None)
-        if open_now:  # fail early: bad URL, unknown CA, 404 show up before any payload work
-            self._open()
+        try:
+            if urlsplit(url).scheme == "https":
+                self._ssl = ssl.create_default_context(cafile=settings.get("ca_file") or None)
+            if open_now:  # fail early: bad URL, unknown CA, 404 show up before payload work
+                self._open()
+        except BaseException:
+            self.close()  # no timer or socket outlives a source that never opened
+            raise
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -233,6 +308,7 @@ class HttpSource(Source):
             except RETRYABLE as e:
                 self._failed("connection dropped at byte %d: %s" % (self.pos, _describe(e)))
                 continue
+            self._check_stopped()  # bytes that raced a stop are not handed out
             got = count(result)
             if got:
                 self.since_failure += got
@@ -264,6 +340,7 @@ class HttpSource(Source):
     def _failed(self, why):
         """Drop the connection, count the failure, back off (or give up)."""
         self._drop()
+        self._check_stopped()  # a stopped transfer's dropped socket is no failure to retry
         self.failures += 1
         self.since_failure = 0
         if self.failures > self.retries:
@@ -276,11 +353,25 @@ class HttpSource(Source):
             self.settings["backoff_s"] * 2 ** (self.failures - 1),
         )
         self.sleep(self.rng.uniform(0, cap))
+        self._check_stopped()
+
+    def _interrupt(self):
+        sock = getattr(self, "_sock", None)  # None until connected (or before __init__ ends)
+        if sock is None:
+            return
+        try:
+            # The plain socket's shutdown, also under TLS: the blocked read gets EOF at once.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
 
     def _drop(self):
+        if self._resp is not None:
+            self._resp.close()
         if self._conn is not None:
             self._conn.close()
         self._conn = None
+        self._sock = None
         self._resp = None
 
     # -- one request --------------------------------------------------------------------------
@@ -299,7 +390,10 @@ class HttpSource(Source):
     def _request(self, url, headers=None):
         """GET url on a new connection; `headers` replaces the resume headers (ranges.py)."""
         self._drop()
+        self._check_stopped()
         parts = urlsplit(url)
+        if not parts.hostname:
+            raise NetworkError("URL %s names no host" % (url,))
         if parts.scheme == "https":
             if self._ssl is None:
                 self._ssl = ssl.create_default_context(cafile=self.settings.get("ca_file") or None)
@@ -321,6 +415,10 @@ class HttpSource(Source):
         if parts.query:
             path += "?" + parts.query
         self.requests += 1
+        conn.connect()
+        # Kept here: http.client hands the socket to the response (HTTP/1.0, close).
+        self._sock = conn.sock
+        self._check_stopped()  # a stop during the connect found no socket to shut down
         conn.request("GET", path, headers=headers)
         return conn.getresponse()
 
@@ -330,7 +428,15 @@ class HttpSource(Source):
         if not target:
             raise NetworkError("redirect without Location from %s" % url)
         target = urljoin(url, target)
-        if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
+        scheme = urlsplit(target).scheme.lower()
+        if scheme not in ("http", "https"):
+            # Only http(s) is followed: never a local file, never ftp:// spoken as HTTP.
+            raise NetworkError(
+                "%s redirects to %r, which is not an http(s) URL; not following it"
+                % (url, target[:200]),
+                hint="the server's redirect is wrong; fix it or give the final https:// URL",
+            )
+        if urlsplit(url).scheme == "https" and scheme != "https":
             raise NetworkError(
                 "%s redirects to plain http (%s); refusing the downgrade" % (url, target)
             )
@@ -368,8 +474,7 @@ class HttpSource(Source):
             self.validator = etag  # weak ETags are not allowed in If-Range
         else:
             self.validator = resp.getheader("Last-Modified")
-        length = resp.getheader("Content-Length")
-        self.size = int(length) if length and length.isdigit() else None
+        self.size = _ascii_int(resp.getheader("Content-Length"))
         self._check_size()
 
     def _accept_partial(self, resp):
@@ -387,18 +492,30 @@ class HttpSource(Source):
             )
 
     def close(self):
+        Source.close(self)
         self._drop()
+
+
+def _ascii_int(text):
+    """A header's non-negative integer from ASCII digits only (str.isdigit and int() also
+    take '²', Arabic-Indic digits, '_' and spaces), or None."""
+    text = (text or "").strip()
+    if not text or len(text) > 20 or not all("0" <= c <= "9" for c in text):
+        return None
+    return int(text)
 
 
 def _content_range(value):
     """'bytes 100-199/1000' -> (100, 1000); total None for '*'."""
     try:
         unit, rest = value.split(" ", 1)
-        span, total = rest.split("/", 1)
-        start = int(span.split("-", 1)[0])
-        if unit != "bytes":
+        span, total_text = rest.split("/", 1)
+        start = _ascii_int(span.split("-", 1)[0])
+        wildcard = total_text.strip() == "*"
+        total = None if wildcard else _ascii_int(total_text)
+        if unit != "bytes" or start is None or (total is None and not wildcard):
             raise ValueError(unit)
-        return start, (None if total.strip() == "*" else int(total))
+        return start, total
     except (AttributeError, ValueError):
         raise NetworkError("bad Content-Range %r in a resumed download" % (value,)) from None
 
@@ -407,29 +524,77 @@ def _describe(e):
     return "%s: %s" % (type(e).__name__, e) if str(e) else type(e).__name__
 
 
-def open_source(location, settings=None, clock=None, sleep=None, rng=None, progress=None):
-    """A Source for a path, file://, http:// or https:// location. `settings` is the
-    [download] config table; clock/sleep/rng are injectable so tests never wait."""
+def open_source(
+    location, settings=None, clock=None, sleep=None, rng=None, progress=None, stopper=None
+):
+    """A Source for a path, file://, http:// or https:// location named by the operator (the
+    command line). `settings` is the [download] config table; clock/sleep/rng are
+    injectable so tests never wait; `stopper` (a Stopper) lets another thread end it."""
     merged = dict(DOWNLOAD_DEFAULTS)
     merged.update(settings or {})
     clock = clock or time.monotonic
-    sleep = sleep or time.sleep
     rng = rng or random.Random()
     scheme = urlsplit(location).scheme.lower() if "://" in location else ""
     if scheme in ("http", "https"):
-        return HttpSource(location, merged, clock, sleep, rng, progress)
+        return HttpSource(location, merged, clock, sleep, rng, progress, stopper)
     if scheme == "file":
-        parts = urlsplit(location)
-        if parts.netloc not in ("", "localhost"):
-            raise ConfigError(  # a wrong location never starts working: do not retry it
-                "file:// URL with a remote host is not supported: %s" % location,
-                hint="use file:///path or an http(s):// URL",
-            )
-        from urllib.request import url2pathname
-
-        location = url2pathname(parts.path)
+        location = _file_url_path(location)
     elif scheme:
-        raise ConfigError(
+        raise BadSource(
             "unsupported source %s" % location, hint="use a path, file://, http:// or https://"
         )
-    return FileSource(location, merged, clock, sleep, progress)
+    return FileSource(location, merged, clock, sleep, progress, stopper)
+
+
+def open_job_source(url, settings=None, stopper=None, **kw):
+    """A Source for a job's URL, which comes from the network: http(s)://, or a file: URL
+    naming a regular file under `[download] file_dir` (file: URLs are off without it).
+    Whether a file outside that directory exists is never told."""
+    merged = dict(DOWNLOAD_DEFAULTS)
+    merged.update(settings or {})
+    path = job_file_path(url, merged)
+    if path is None:
+        return open_source(url, merged, stopper=stopper, **kw)
+    clock = kw.get("clock") or time.monotonic
+    return FileSource(
+        path, merged, clock, kw.get("sleep"), kw.get("progress"), stopper, nofollow=True
+    )
+
+
+def job_file_path(url, settings):
+    """None for an http(s) job URL; for a file: one, the real path it names, which lies under
+    `[download] file_dir`; BadSource for anything else (open_job_source, ranges.open_job_ranges)."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("http", "https"):
+        return None
+    if scheme != "file":
+        raise BadSource(
+            "job URL %s is not http(s) or file:" % (url[:200],), hint="use an https:// URL"
+        )
+    directory = (settings or {}).get("file_dir") or ""
+    if not directory:
+        raise BadSource(
+            "file: job URLs are not allowed on this charger",
+            hint="serve the bundle over https, or set [download] file_dir to the directory "
+            "bundles are dropped into",
+        )
+    path = os.path.realpath(_file_url_path(url))
+    base = os.path.realpath(directory)
+    if not path.startswith(base.rstrip("/") + "/"):
+        raise BadSource(
+            "job URL %s is not a file under [download] file_dir" % (url[:200],),
+            hint="file: job URLs may only name bundles in %s" % base,
+        )
+    return path
+
+
+def _file_url_path(location):
+    from urllib.request import url2pathname  # heavy import, only for file: URLs
+
+    parts = urlsplit(location)
+    if parts.netloc not in ("", "localhost"):
+        raise BadSource(  # a wrong location never starts working: do not retry it
+            "file:// URL with a remote host is not supported: %s" % (location[:200],),
+            hint="use file:///path or an http(s):// URL",
+        )
+    return url2pathname(parts.path)

@@ -14,10 +14,11 @@ manifest's `created` (agent/core/floors.py).
 from agent.bundle import chunked
 from agent.bundle import format as fmt
 from agent.bundle.reader import open_bundle, read_exact, read_indexes
+from agent.core import jobs
 from agent.state.components import ComponentStore
 from agent.state.slotstate import SlotState
 from agent.state.statedir import StateLock
-from agent.transfer import adaptive, delta
+from agent.transfer import adaptive, delta, guard
 from agent.transfer import slots as slotio
 from agent.transfer.fetch import open_source
 
@@ -48,6 +49,12 @@ def check_envelope(envelope, trust, cfg, now=None, slots=None):
     )
 
 
+def check_version(manifest, expected):
+    """The signed manifest must carry the version a job announced (None: no job)."""
+    jobs.check_version(expected, manifest.version)
+    return manifest
+
+
 def plan(manifest, cfg, slot):
     """(payload, SlotTarget) pairs for `slot`; every target must exist and have room."""
     steps = []
@@ -71,41 +78,54 @@ def without_readback(manifest, cfg):
                       if p.mcu is None and not cfg.reads_back(p.slot_class)))  # fmt: skip
 
 
-def install(location, cfg, boot, trust, now=None, progress_factory=None, source_opener=None,
-            readback=True, bundle_format=None):  # fmt: skip
+def install(
+    location, cfg, boot, trust, now=None, progress_factory=None, source_opener=None, readback=True,
+    version=None, ranges_opener=None, bundle_format=None,
+):  # fmt: skip
     """Verify the bundle at `location` and stream it into the slot that is not booted.
 
     boot: a BootControl; trust: agent.trust.store.Trust. Returns Installed(slot, manifest).
     progress_factory(total_bytes, label) -> object with update(n)/done(), or None.
     readback=False skips the read-back check; only the benchmark uses it, to show its cost.
+    version: the version a job announced; the signed one must equal it.
+    source_opener(location, settings) opens the stream (default open_source); ranges_opener
+    the random access of an install by ranges (default open_ranges). A caller that passes only
+    source_opener (it must see every byte: a detached signature) gets the streamed install.
     bundle_format: what a signed manifest read before said (the daemon's download step);
     1 streams at once instead of asking for the head by Range first. Only a hint: either
     way every byte is checked against the manifest this install reads itself.
     """
     slot = boot.other_slot(boot.booted_slot())
+    guard.check_writable(cfg, slot)  # never the running system, whatever the config says
     with StateLock(cfg.state_dir, "installing into slot %s" % slot):
         opener = source_opener or open_source
-        if source_opener is None and cfg.download.get("delta", True) and bundle_format != 1:
-            done = _install_by_ranges(location, cfg, boot, trust, now, progress_factory, readback)
+        by_ranges = source_opener is None or ranges_opener is not None
+        if by_ranges and cfg.download.get("delta", True) and bundle_format != 1:
+            done = _install_by_ranges(location, cfg, boot, trust, now, progress_factory,
+                                      readback, version, ranges_opener)  # fmt: skip
             if isinstance(done, Installed):
                 return done
             if done.source is not None:  # on from the bytes the first request brought
                 opener = _already_open(done.source)
         return _install(location, cfg, boot, trust, slot, now, progress_factory, opener,
-                        readback)  # fmt: skip
+                        readback, version)  # fmt: skip
 
 
-def _install_by_ranges(location, cfg, boot, trust, now, progress_factory, readback):
+def _install_by_ranges(location, cfg, boot, trust, now, progress_factory, readback, version,
+                       ranges_opener):  # fmt: skip
     """A format-2 bundle fetched by ranges (agent/transfer/delta.py), or delta.StreamInstead
     when the bundle or its server calls for the streamed install."""
     state = SlotState(cfg.state_dir, boot)
+
+    def check(envelope):  # signatures, policy, and the version the job announced
+        return check_version(check_envelope(envelope, trust, cfg, now, state), version)
+
     done = delta.install(
-        location, cfg, boot, lambda envelope: check_envelope(envelope, trust, cfg, now, state),
-        progress_factory, readback,
+        location, cfg, boot, check, progress_factory, readback,
         prepare=lambda manifest, slot: _prepared(manifest, cfg, boot, slot),
         finish=lambda slot, manifest: ComponentStore(cfg.state_dir).record_release(
             slot, manifest, boot.booted_slot()),
-        state=state,
+        state=state, opener=ranges_opener,
     )  # fmt: skip
     if isinstance(done, delta.StreamInstead):
         return done
@@ -118,10 +138,11 @@ def _already_open(source):
     return lambda _location, _settings: source
 
 
-def _install(location, cfg, boot, trust, slot, now, progress_factory, opener, readback):
+def _install(location, cfg, boot, trust, slot, now, progress_factory, opener, readback, version):
     state = SlotState(cfg.state_dir, boot)
     with opener(location, cfg.download) as source:
         manifest, envelope = read_manifest(source, trust, cfg, now, state)
+        check_version(manifest, version)
         check_components(manifest, cfg, boot.booted_slot())
         indexes = read_indexes(source.read, manifest)  # format 2 streamed whole: checked too
         steps = plan(manifest, cfg, slot)

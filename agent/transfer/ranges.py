@@ -21,8 +21,17 @@ import time
 from urllib.parse import urlsplit
 
 from agent.config import DOWNLOAD_DEFAULTS
-from agent.core.errors import ConfigError, NetworkError
-from agent.transfer.fetch import PROGRESS_RESET, RETRYABLE, HttpSource, _describe
+from agent.core.errors import BadSource, NetworkError
+from agent.transfer.fetch import (
+    PROGRESS_RESET,
+    RETRYABLE,
+    HttpSource,
+    _ascii_int,
+    _describe,
+    _file_url_path,
+    job_file_path,
+    open_regular,
+)
 
 MAX_RANGES = 64  # per request: the Range header stays well under servers' 8 KiB header limits
 MAX_BATCH = 4 << 20  # bytes asked for in one request
@@ -64,13 +73,15 @@ def batches(spans, multi):
 
 
 class FileRanges:
-    """Ranges of a local bundle file (pread)."""
+    """Ranges of a local bundle file (pread): a regular file only, opened without blocking
+    (fetch.open_regular); a stopper's stop ends the reads at the next span."""
 
-    def __init__(self, path):
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self.total = os.fstat(self.fd).st_size
+    def __init__(self, path, nofollow=False, stopper=None):
+        self.fd, st = open_regular(path, nofollow)
+        self.total = st.st_size
         self.received = 0
         self.requests = 0
+        self.stopper = stopper
 
     def read_start(self, n):
         return b"".join(data for _, data in self.read_ranges([(0, min(n, self.total))]))
@@ -81,6 +92,8 @@ class FileRanges:
 
     def read_ranges(self, spans):
         for start, length in split(spans):
+            if self.stopper is not None and self.stopper.error is not None:
+                raise self.stopper.error
             data = os.pread(self.fd, length, start)
             if len(data) != length:
                 raise NetworkError("bundle ends at byte %d, before %d" % (start + len(data),
@@ -96,8 +109,9 @@ class HttpRanges(HttpSource):
     """Range requests for one bundle URL. `received` counts the body bytes the link carried
     (multipart headers included): what a charger pays for."""
 
-    def __init__(self, url, settings, clock, sleep, rng, progress=None):
-        HttpSource.__init__(self, url, settings, clock, sleep, rng, progress, open_now=False)
+    def __init__(self, url, settings, clock, sleep, rng, progress=None, stopper=None):
+        HttpSource.__init__(self, url, settings, clock, sleep, rng, progress, stopper,
+                            open_now=False)  # fmt: skip
         self.multi = True  # until the server shows otherwise
         self.received = 0
         self.sizes = []  # the totals Content-Range named: the bundle's size
@@ -148,7 +162,8 @@ class HttpRanges(HttpSource):
         if (resp.getheader("Content-Type") or "").lower().startswith("multipart/"):
             raise NetworkError("%s answered one range with several parts" % self.url)
         start, end = _content_range(resp.getheader("Content-Range"), self.sizes)
-        if start != 0 or end > n - 1 or (end < n - 1 and end != self.total - 1):
+        short = end < n - 1 and (self.total is None or end != self.total - 1)
+        if start != 0 or end > n - 1 or short:
             raise NetworkError("%s sent bytes %d-%d, not the first %d" % (self.url, start, end, n))
         data = bytearray()
         while len(data) <= end:
@@ -317,44 +332,51 @@ class HttpRanges(HttpSource):
 
 
 def _content_range(value, sizes=None):
-    """'bytes 100-199/1000' -> (100, 199); the total (1000) is appended to `sizes`."""
+    """'bytes 100-199/1000' -> (100, 199); the total (1000) is appended to `sizes`. ASCII
+    digits only (fetch._ascii_int): int() would take '²' or '1_000'."""
     try:
         unit, rest = value.split(" ", 1)
         span, total = rest.split("/", 1)
-        start, end = (int(x) for x in span.split("-", 1))
-        if unit != "bytes" or end < start:
+        start, end = (_ascii_int(x) for x in span.split("-", 1))
+        if unit != "bytes" or start is None or end is None or end < start:
             raise ValueError(value)
         if sizes is not None and total.strip() != "*":
-            sizes.append(int(total))
+            size = _ascii_int(total)
+            if size is None:
+                raise ValueError(value)
+            sizes.append(size)
         return start, end
     except (AttributeError, ValueError):
         raise NetworkError("bad Content-Range %r in a range answer" % (value,)) from None
 
 
-def open_ranges(location, settings=None, clock=None, sleep=None, rng=None):
-    """FileRanges for a path or file:// URL, HttpRanges for http(s)://; the locations
-    open_source takes, refused the same way."""
+def open_ranges(location, settings=None, clock=None, sleep=None, rng=None, stopper=None):
+    """FileRanges for a path or file:// URL, HttpRanges for http(s)://: the locations
+    open_source takes, refused the same way. A missing file, or one that is not a regular
+    file, is BadSource (permanent). HttpRanges keeps the streamed download's bounds:
+    [download] max_time_s, redirects to http(s) only, `stopper`."""
     merged = dict(DOWNLOAD_DEFAULTS)
     merged.update(settings or {})
     scheme = urlsplit(location).scheme.lower() if "://" in location else ""
     if scheme in ("http", "https"):
-        return HttpRanges(location, merged, clock or time.monotonic, sleep or time.sleep,
-                          rng or random.Random())  # fmt: skip
+        # sleep None: back-offs wait on the source's stop event, so a cancel cuts them short.
+        return HttpRanges(location, merged, clock or time.monotonic, sleep,
+                          rng or random.Random(), stopper=stopper)  # fmt: skip
     if scheme == "file":
-        if urlsplit(location).netloc not in ("", "localhost"):
-            raise ConfigError("file:// URL with a remote host is not supported: %s" % location,
-                              hint="use file:///path or an http(s):// URL")  # fmt: skip
-        # urllib.request only for file: URLs: it is slow to import.
-        from urllib.request import url2pathname
-
-        location = url2pathname(urlsplit(location).path)
+        location = _file_url_path(location)
     elif scheme:
-        raise ConfigError(
+        raise BadSource(
             "unsupported source %s" % location, hint="use a path, file://, http:// or https://"
         )
-    try:
-        return FileRanges(location)
-    except OSError as e:
-        raise NetworkError(
-            "cannot open %s: %s" % (location, e.strerror), hint="check the path"
-        ) from None
+    return FileRanges(location, stopper=stopper)
+
+
+def open_job_ranges(url, settings=None, stopper=None):
+    """open_ranges for a job's URL, under open_job_source's rules: http(s), or a regular file
+    under [download] file_dir (symlinks resolved, then opened without following)."""
+    merged = dict(DOWNLOAD_DEFAULTS)
+    merged.update(settings or {})
+    path = job_file_path(url, merged)
+    if path is None:
+        return open_ranges(url, merged, stopper=stopper)
+    return FileRanges(path, nofollow=True, stopper=stopper)

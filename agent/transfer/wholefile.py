@@ -64,10 +64,11 @@ def _read_upto(read, n):
     return b"".join(parts)
 
 
-def fetch(location, settings, max_bytes=DEFAULT_MAX_BYTES):
+def fetch(location, settings, max_bytes=DEFAULT_MAX_BYTES, opener=None):
     """Stream the whole file once: (sha256 digest, size, envelope or None). The envelope is
-    the bundle's signed header, parsed but NOT verified (None: not one of our bundles)."""
-    with open_source(location, settings) as raw:
+    the bundle's signed header, parsed but NOT verified (None: not one of our bundles).
+    opener(location, settings): the source (a job's: fetch.open_job_source with its stopper)."""
+    with (opener or open_source)(location, settings) as raw:
         source = HashingSource(raw)
         head = _read_upto(source.read, fmt.HEADER_SIZE)
         envelope, limit = None, max_bytes

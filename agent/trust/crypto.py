@@ -9,7 +9,7 @@ import datetime
 import hashlib
 import os
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 
@@ -179,11 +179,34 @@ def load_certs_pem(data, what="certificate"):
 
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError as e:
+    # InvalidVersion is no ValueError: a version field of 10 raised out of the OCPP check.
+    except (ValueError, x509.InvalidVersion) as e:
         raise MalformedBundle("%s is not PEM X.509: %s" % (what, e)) from None
     if not certs:
         raise MalformedBundle("%s holds no certificate" % what)
+    for cert in certs:
+        _parse_fields(cert, what)
     return certs
+
+
+def _parse_fields(cert, what):
+    """cryptography parses a certificate's DER lazily: a PEM from the network can load and
+    then raise from `.subject` in the middle of an error message. Every field the checks read
+    is parsed here, so a malformed one is MalformedBundle at load time."""
+    from cryptography import x509
+
+    # What cryptography raises when a lazily parsed field is malformed.
+    field_errors = (ValueError, TypeError, x509.DuplicateExtension,
+                    x509.UnsupportedGeneralNameType, UnsupportedAlgorithm)  # fmt: skip
+    try:
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        _ = (cert.not_valid_before_utc, cert.not_valid_after_utc)
+        list(cert.extensions)
+        cert.public_key()
+        cert.fingerprint(hashes.SHA256())
+    except field_errors as e:
+        raise MalformedBundle("%s is malformed X.509: %s" % (what, e)) from None
 
 
 def utcnow(now):

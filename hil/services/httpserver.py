@@ -31,6 +31,11 @@ class Faults:
         self.endless = False  # no Content-Length, data never ends
         self.declare_length = None  # Content-Length to announce instead of the real one
         self.redirects = {}  # url path -> Location to answer with 302
+        self.trickle_s = None  # send the body one byte per this many seconds, until `release`
+        self.trickle_from = 0  # only answers starting at or after this byte trickle
+        self.failed = threading.Event()  # set when a fail_first answer (503) went out
+        self.trickling = threading.Event()  # set when a trickled body starts
+        self.hung_up = threading.Event()  # set when a client hangs up on a trickled body
         # Requests for several ranges: "multipart" (RFC 9110 multipart/byteranges), "first"
         # (only the first range, as some CDNs do) or "whole" (200 and the whole file)
         self.multirange = "multipart"
@@ -122,7 +127,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         if srv.take("fail_first"):
             record["status"] = 503
-            return self.send_error(503, "busy, try later")
+            self.send_error(503, "busy, try later")
+            srv.faults.failed.set()
+            return
         body = srv.files.get(self.path.lstrip("/"))
         if body is None:
             record["status"] = 404
@@ -224,6 +231,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         srv = self.server
         with srv.lock:
             srv.body_bytes += size - start
+        if srv.faults.trickle_s is not None and start >= srv.faults.trickle_from:
+            return self._trickle(body, start, size)
         budget = None
         if srv.faults.drop_after is not None and srv.take("drop_times"):
             budget = ("drop", srv.faults.drop_after)
@@ -253,6 +262,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if budget is not None and budget[0] == "stall" and pos < size:
             self.wfile.flush()
             srv.faults.release.wait(30)
+        self.close_connection = True
+
+    def _trickle(self, body, start, size):
+        """A server that keeps the connection alive with a byte now and then (slowloris in
+        reverse): per-read timeouts never fire, only an overall bound stops the client."""
+        faults = self.server.faults
+        faults.trickling.set()
+        try:
+            with _opener(body) as f:
+                for pos in range(start, size):
+                    self.wfile.write(f(pos, 1))
+                    self.wfile.flush()
+                    if faults.release.wait(faults.trickle_s):
+                        break
+        except OSError:
+            faults.hung_up.set()
         self.close_connection = True
 
     def _send_endless(self, record):

@@ -162,6 +162,7 @@ def rauc_backend(tmp_path, **env):
         {"BOOT_A_LEFT": "x"},
         {"BOOT_A_LEFT": "12"},
         {"BOOT_B_LEFT": "-1"},
+        {"BOOT_A_LEFT": "\u00b2"},  # str.isdigit() says yes, int() raised ValueError
     ],
 )
 def test_rauc_backend_refuses_garbage_instead_of_guessing(tmp_path, env):
@@ -208,6 +209,14 @@ def bootcount_backend(tmp_path, **env):
 def test_bootcount_backend_without_slot_var_refuses(tmp_path):
     _, boot = bootcount_backend(tmp_path)
     with pytest.raises(BootEnvError, match="boot_slot"):
+        boot.primary_slot()
+
+
+def test_bootcount_backend_refuses_a_count_in_unicode_digits(tmp_path):
+    """'²' passed str.isdigit() and int() raised ValueError instead of BootEnvError."""
+    _, boot = bootcount_backend(tmp_path, boot_slot="A", altbootcmd=ALTBOOTCMD,
+                                bootcount="\u00b2")  # fmt: skip
+    with pytest.raises(BootEnvError, match="not a number"):
         boot.primary_slot()
 
 
@@ -314,9 +323,10 @@ def test_command_backend_failure_is_a_boot_env_error(tmp_path):
 
 
 def test_command_backend_garbage_output_is_refused(tmp_path):
-    boot = command_backend(tmp_path, attempts_left="echo lots")
-    with pytest.raises(BootEnvError, match="not a number"):
-        boot.attempts_left("A")
+    for garbage in ("lots", "\u00b2"):  # '²' passed str.isdigit() and crashed int()
+        boot = command_backend(tmp_path, attempts_left="echo " + garbage)
+        with pytest.raises(BootEnvError, match="not a number"):
+            boot.attempts_left("A")
     boot = command_backend(tmp_path, primary="echo C")
     with pytest.raises(BootEnvError, match="not a slot"):
         boot.primary_slot()

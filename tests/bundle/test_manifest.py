@@ -104,6 +104,17 @@ def test_garbage_is_malformed(data):
         parse_manifest(data)
 
 
+def test_two_payloads_for_one_slot_class_refused():
+    """The second payload used to overwrite the first in the same slot target, and the
+    install still passed (adversarial review #18)."""
+    big = {"name": "big", "slot_class": "rootfs", "size": 10, "sha256": SHA}
+    small = {"name": "small", "slot_class": "rootfs", "size": 1, "sha256": SHA}
+    with pytest.raises(MalformedBundle, match=r"payloads\[1\].slot_class repeats 'rootfs'"):
+        parse_manifest(raw(fields(payloads=[big, small])))
+    small["slot_class"] = "appfs"
+    assert len(parse_manifest(raw(fields(payloads=[big, small]))).payloads) == 2
+
+
 def gz(**over):
     entry = {"name": "app", "slot_class": "app", "size": 10, "sha256": SHA}
     entry.update(compression="gzip", installed_size=20, installed_sha256=SHA)

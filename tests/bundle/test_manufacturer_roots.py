@@ -140,3 +140,44 @@ def test_verify_signature_over_the_whole_file_digest(store, kind):
     assert store.verify(digest, b64, pki.signing_cert_pem)
     with pytest.raises(BadSignature):
         store.verify(hashlib.sha256(b"other bytes").digest(), b64, pki.signing_cert_pem)
+
+
+def test_signing_cert_with_a_malformed_subject_is_invalid_not_a_crash(store):
+    """Found by fuzzing (tests/fuzz, everest-request): a PEM that loads, whose subject is not
+    valid UTF-8, raised ValueError from cryptography's lazy parsing in the middle of the chain
+    check; the EVerest request's worker died and EVerest never got an answer."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    pki = Pki()
+    store.install(pem(pki.root))
+    der = pki.signer.public_bytes(serialization.Encoding.DER)
+    assert der.count(b"Firmware Signer") == 1
+    bad = der.replace(b"Firmware Signer", b"Fi\x82mware Signer")
+    text = base64.encodebytes(bad).decode().replace("\n", "")
+    lines = [text[i : i + 64] for i in range(0, len(text), 64)]
+    forged = "-----BEGIN CERTIFICATE-----\n%s\n-----END CERTIFICATE-----\n" % "\n".join(lines)
+    with pytest.raises(CertificateProblem, match="malformed") as e:
+        store.check(forged)
+    assert e.value.status == INVALID
+
+
+def test_signing_cert_with_an_invalid_x509_version_is_invalid_not_a_crash(store):
+    """Found by fuzzing (everest-request): a certificate whose version field says 10 raised
+    x509.InvalidVersion (not a ValueError) out of the certificate check."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    pki = Pki()
+    store.install(pem(pki.root))
+    der = bytearray(pki.signer.public_bytes(serialization.Encoding.DER))
+    at = der.index(b"\xa0\x03\x02\x01\x02")  # [0] EXPLICIT INTEGER 2 (v3)
+    der[at + 4] = 10
+    text = base64.encodebytes(bytes(der)).decode().replace("\n", "")
+    lines = [text[i : i + 64] for i in range(0, len(text), 64)]
+    forged = "-----BEGIN CERTIFICATE-----\n%s\n-----END CERTIFICATE-----\n" % "\n".join(lines)
+    with pytest.raises(CertificateProblem, match="not PEM X.509") as e:
+        store.check(forged)
+    assert e.value.status == INVALID

@@ -76,3 +76,11 @@ def test_device_of_topic():
     fake = ch.FakeChannel({"prefix": "fleet/eu"}, "cp1")
     assert fake.device_of("fleet/eu/cp9/update/status") == "cp9"
     assert fake.device_of("other/cp9/update/status") is None
+
+
+def test_deeply_nested_message_is_malformed_json_not_a_crash():
+    """'[[[[...' nested past the parser's recursion (64 KiB allow it) raised RecursionError
+    out of the channel's dispatch: never acknowledged, redelivered, raised again."""
+    with pytest.raises(ch.MessageError) as err:
+        ch.decode_payload(b'{"id": ' + b"[" * 20000, ch.DEFAULTS["max_message_bytes"])
+    assert err.value.reason == ch.MALFORMED_JSON

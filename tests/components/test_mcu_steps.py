@@ -99,3 +99,45 @@ def test_release_for_an_mcu_the_board_lacks_is_refused_before_install(meter, tmp
                                     "mcu": rfid}]}).encode()  # fmt: skip
     with pytest.raises(WrongHardware, match="does not have"):
         check_components(parse_manifest(raw), cfg, "A")
+
+
+@pytest.mark.parametrize("step", ["flash", "restore"])
+def test_mcu_write_holds_the_state_lock(meter, step):
+    """Issue 11 #27 for MCUs: while an MCU is written, another writer (an install, a boot
+    change, the daemon's restore) is refused with StateBusy naming the MCU write, and the
+    lock is free again afterwards."""
+    from agent.core.errors import StateBusy
+    from agent.state.statedir import StateLock
+
+    dev, cfg, store = meter
+    if step == "restore":
+        mcu_steps.flash(cfg, "B", None)
+        mcu_steps.confirm(cfg, "B", None)  # restore must write the old image again
+    refused = []
+
+    def progress(*_):
+        try:
+            with StateLock(cfg.state_dir, "charger-update install"):
+                refused.append(None)
+        except StateBusy as e:
+            refused.append(e.message)
+
+    if step == "flash":
+        mcu_steps.flash(cfg, "B", None, progress)
+    else:
+        mcu_steps.restore(cfg, "A", None, progress)
+    assert refused and all(r and "MCUs of slot" in r for r in refused), refused
+    with StateLock(cfg.state_dir, "after the MCU write"):
+        pass
+
+
+def test_mcu_confirm_holds_the_state_lock(meter):
+    from agent.core.errors import StateBusy
+    from agent.state.statedir import StateLock
+
+    dev, cfg, store = meter
+    mcu_steps.flash(cfg, "B", None)
+    with StateLock(cfg.state_dir, "charger-update boot mark-bad"):
+        with pytest.raises(StateBusy, match="mark-bad"):
+            mcu_steps.confirm(cfg, "B", None)
+    assert store.running()["meter"]["confirmed"] is False  # nothing confirmed behind its back

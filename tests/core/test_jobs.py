@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core.errors import MalformedJob, WrongModel
-from agent.core.jobs import JobMemory, job_from_dict, parse_job, rfc3339_to_epoch
+from agent.core.jobs import JobMemory, job_from_dict, job_id_of, parse_job, rfc3339_to_epoch
 
 DEVICE = {"model": "acme-ac22"}
 
@@ -43,6 +43,34 @@ def test_full_job_parses_every_field():
 def test_job_survives_the_journal_round_trip():
     job = parse_job(raw(window={"start": "01:00", "end": "02:00"}, not_before=5), DEVICE)
     assert job_from_dict(json.loads(json.dumps(job.to_dict()))) == job
+
+
+CONFIGURED = ["alarms", "charging-session", "communication", "acme.checks:Contactor"]
+
+
+@pytest.mark.parametrize("name", ["os:abort", "sched:scheduler", "acme.checks:Other", "nope"])
+def test_job_check_not_configured_is_malformed_job(name):
+    """A job names code to import, or a check the charger does not have: refused, by name."""
+    with pytest.raises(MalformedJob, match="names '%s'" % name):
+        parse_job(raw(checks=["communication", name]), DEVICE, checks=CONFIGURED)
+
+
+def test_job_may_name_configured_checks_even_code_the_config_loads():
+    job = parse_job(raw(checks=["acme.checks:Contactor", "alarms"]), DEVICE, checks=CONFIGURED)
+    assert job.checks == ["acme.checks:Contactor", "alarms"]
+
+
+def test_job_check_name_with_terminal_escapes_is_quoted_in_the_refusal():
+    with pytest.raises(MalformedJob) as e:
+        parse_job(raw(checks=["\x1b[2Jx"]), DEVICE, checks=CONFIGURED)
+    assert "\x1b" not in e.value.message and "\\x1b[2Jx" in e.value.message
+
+
+@pytest.mark.parametrize("key", ["id", "job_id", "requestId"])
+def test_malformed_job_keeps_the_id_under_every_documented_key(key):
+    assert job_id_of({key: "J-ftp", "url": "ftp://x/b"}) == "J-ftp"
+    assert job_id_of({key: 7}) == ("7" if key == "requestId" else None)
+    assert job_id_of({key: ""}) is None and job_id_of([key]) is None
 
 
 def test_oversized_job_is_rejected_before_parsing():
@@ -137,3 +165,22 @@ def test_replayed_job_id_is_remembered_across_the_journal():
     assert [restored.seen(i) for i in ("a", "b", "c", "d")] == [False, True, True, True]
     restored.remember("b")
     assert restored.to_list() == ["b", "c", "d"]
+
+
+@pytest.mark.parametrize("field", ["deadline", "retrieve_at", "install_at"])
+@pytest.mark.parametrize("digit", ["\u00b2", "\u0662", "\uff12"])
+def test_job_time_with_a_unicode_digit_is_malformed_job(field, digit):
+    """Found by fuzzing: '²'.isdigit() is true and int('²') raises ValueError, which escaped
+    parse_job (the daemon reported an internal error). Arabic-Indic and fullwidth digits,
+    which int() would take, are no time either."""
+    raw = json.dumps({"id": "j", "url": "https://x/b.cub", "version": "1",
+                      field: digit + "026-01-01T00:00:00Z"}).encode()  # fmt: skip
+    with pytest.raises(MalformedJob, match="RFC 3339"):
+        parse_job(raw, DEVICE)
+
+
+def test_job_window_with_a_unicode_digit_is_malformed_job():
+    raw = json.dumps({"id": "j", "url": "https://x/b.cub", "version": "1",
+                      "window": {"start": "\u00b22:00", "end": "04:00"}}).encode()  # fmt: skip
+    with pytest.raises(MalformedJob):
+        parse_job(raw, DEVICE)

@@ -7,7 +7,8 @@ import pytest
 from agent.core import lifecycle as lc
 from agent.core.errors import BootEnvError
 from agent.core.jobs import JobMemory, parse_job
-from agent.core.journey import NEVER_CAME_UP, Journey, backoff_s
+from agent.core.journey import DEFAULT_CHECKS, NEVER_CAME_UP, Journey, backoff_s
+from agent.core.trial import TrialPolicy
 
 T0 = 1767225600
 
@@ -133,13 +134,25 @@ def test_next_job_after_a_finished_one_starts_from_idle():
     assert j.memory.to_list() == ["job-1", "job-2"]
 
 
-def test_job_check_override_changes_the_trial():
+def test_job_checks_cannot_drop_configured_checks():
+    """A job naming only "communication" must not switch off the configured charging and
+    alarm checks (adversarial review #2): its list adds, the configured set stays."""
     j = Journey(JobMemory())
     j.offer(job(checks=["communication"], trial_window_s=60), T0, "A", "B", 0.5)
     for event in TO_INSTALLED + (lc.TIME_REACHED, lc.REBOOTED_INTO_NEW):
         j.handle(event, T0)
+    assert j.policy().window_s == 60
     state, _ = j.check_results({"communication": (True, "ok")}, T0 + 1)
-    assert state == lc.COMMITTED
+    assert state == lc.TRIAL  # still waiting for the configured checks
+    everything = dict((name, (True, "ok")) for name in DEFAULT_CHECKS)
+    assert j.check_results(everything, T0 + 2)[0] == lc.COMMITTED
+
+
+def test_job_checks_add_to_the_configured_checks():
+    j = Journey(JobMemory(), TrialPolicy(600, ["tests.daemon.plugins:ContactorSelfTest"]))
+    j.offer(job(checks=["alarms"]), T0, "A", "B", 0.5)
+    assert j.policy().required_checks == ["alarms", "tests.daemon.plugins:ContactorSelfTest"]
+    assert j.policy().window_s == 600
 
 
 def test_result_event_while_idle_is_an_illegal_transition_not_a_crash():

@@ -17,3 +17,16 @@ class Hangs:
     def run(self, ctx):
         ctx.wait(3600)
         return {}
+
+
+LOADED = []  # Recorder instances: proof that a check was loaded
+
+
+class Recorder:
+    """A harmless stand-in for code a job must never get loaded."""
+
+    def __init__(self):
+        LOADED.append(self)
+
+    def run(self, ctx):
+        return {}

@@ -140,6 +140,16 @@ def test_everest_requests_without_a_signature_are_rejected(everest):
     assert double.violations == []
 
 
+def test_everest_location_naming_a_local_file_is_rejected(everest):
+    """A CSMS (through libocpp) names file:///etc/passwd (review #12): OCPP's locations are
+    HTTP(S) only, so the request is Rejected before it becomes a job; nothing is read."""
+    rig, double = everest
+    fw = dict(rig.ocpp_release("1.5.0"), location="file:///etc/passwd")
+    assert double.update_firmware(request(rig, 42, fw)) == "Rejected"
+    assert double.names(42) == []
+    assert double.violations == []
+
+
 def test_everest_garbage_requests_are_refused_and_the_agent_keeps_answering(everest):
     # What a broken EVerest (or anything else on its broker) might publish: each is refused
     # with one log line; the agent keeps answering, and nothing reaches the engine.

@@ -12,7 +12,7 @@ import pytest
 
 from agent.bundle import format as fmt
 from agent.bundle.writer import PayloadSource, create_bundle
-from agent.core.errors import MalformedBundle, PayloadMismatch
+from agent.core.errors import ConfigError, MalformedBundle, PayloadMismatch
 from agent.transfer import delta, installer
 from agent.trust.store import Trust
 from hil.services.httpserver import FileServer
@@ -257,6 +257,112 @@ def test_cli_plan_prints_the_bytes_to_download(board, signer, capsys):
     out = capsys.readouterr().out
     assert "this charger would download" in out and "12 fetched" in out
     assert b.read_slot("B") == b"old firmware 0.9"  # nothing written
+
+
+# -- the hardening of issue 11 holds on the install by ranges too ---------------------------
+
+
+def test_range_install_never_writes_the_running_slot(board, signer, served):
+    """Slot B's target a symlink to the running slot A (review #10): refused before the
+    first request, whichever way the bundle would be fetched."""
+    b = board(signer.root)
+    put(b.slot_a, image(release(1)))
+    os.symlink("slotA.img", os.path.join(b.dir, "slotB-link.img"))
+    with open(b.config_path) as f:
+        text = f.read()
+    with open(b.config_path, "w") as f:
+        f.write(text.replace('rootfs = "slotB.img"', 'rootfs = "slotB-link.img"'))
+    server = served(signer(image(next_release(release(1)))))
+    with pytest.raises(ConfigError, match="same storage as slot A"):
+        run(b, server.url("b.cub"))
+    assert b.read_slot("A") == image(release(1))
+    assert server.requests == []
+
+
+def job_openers(stopper=None):
+    """What the daemon's install step passes: the job URL rules and its stopper."""
+    import functools
+
+    from agent.transfer.fetch import open_job_source
+    from agent.transfer.ranges import open_job_ranges
+
+    return {
+        "source_opener": functools.partial(open_job_source, stopper=stopper),
+        "ranges_opener": functools.partial(open_job_ranges, stopper=stopper),
+    }
+
+
+def test_range_install_of_a_job_version_not_signed_is_refused_before_a_write(
+    board, signer, served
+):  # fmt: skip
+    """A job saying 9.9.9 for a 2.0.0 bundle (review #16): the install by ranges checks it
+    with the signatures, before the first payload range is asked for."""
+    from agent.core.errors import VersionMismatch
+
+    b = board(signer.root)
+    put(b.slot_a, image(release(1)))
+    server = served(signer(image(next_release(release(1)))))
+    with pytest.raises(VersionMismatch):
+        run(b, server.url("b.cub"), version="9.9.9", **job_openers())
+    assert b.read_slot("B") == b"old firmware 0.9"
+    assert all(r["range"] for r in server.requests)  # ranges only: the streamed path never ran
+    done = run(b, server.url("b.cub"), version="2.0.0", **job_openers())
+    assert done.counters["remote"] == 12  # the same job with the signed version installs
+
+
+def test_range_install_of_a_file_job_outside_file_dir_refused(board, signer):
+    """A job's file: URL (review #12) takes the file_dir rule into the install step too."""
+    from agent.control import steps
+    from agent.core import lifecycle as lc
+
+    b = board(signer.root)
+    cfg = b.config()
+    progress = steps.StatusProgress(lambda *a: None)
+    for path in ("/etc/passwd", "/etc/no-such-file-here"):
+        event, info = steps.install("file://" + path, cfg, b.boot(), Trust.from_config(cfg),
+                                    None, progress)  # fmt: skip
+        assert (event, info["reason"]) == (lc.INSTALL_ERROR, "bad-source")
+        assert "not allowed" in info["detail"]
+    assert b.read_slot("B") == b"old firmware 0.9"
+
+
+def test_range_install_stopped_mid_transfer_ends_its_worker(board, signer, served):
+    """Cancel and the job's deadline (review #11) stop a range install blocked on a trickling
+    server: the worker returns, its socket is shut, the slot is not recorded as installed."""
+    import threading
+
+    from agent.control import steps
+    from agent.core import lifecycle as lc
+    from agent.core.errors import NetworkError
+    from agent.transfer.fetch import Stopper
+
+    b = board(signer.root)
+    put(b.slot_a, image(release(1)))
+    path = signer(image(next_release(release(1))))
+    server = served(path)
+    check = lambda env: Trust(signer.root).verify(env)  # noqa: E731
+    server.faults.trickle_from = delta.dry_run(path, b.config(), b.boot(), check)["head_bytes"]
+    server.faults.trickle_s = 0.2
+    server.faults.multirange = "first"  # one range per request: every payload answer trickles
+    stopper, outcome = Stopper(), {}
+    cfg = b.config()
+
+    def worker():
+        outcome["result"] = steps.install(server.url("b.cub"), cfg, b.boot(),
+                                          Trust.from_config(cfg), None,
+                                          steps.StatusProgress(lambda *a: None), None,
+                                          stopper)  # fmt: skip
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    assert server.faults.trickling.wait(10), "the payload ranges never started"
+    stopper.stop(NetworkError("cancelled by the operator"))
+    thread.join(10)
+    assert not thread.is_alive(), "the install worker lived on after the stop"
+    event, info = outcome["result"]
+    assert event == lc.INSTALL_ERROR and "cancelled" in info["detail"]
+    assert server.faults.hung_up.wait(10), "the socket stayed open"
+    assert b.boot().status()["primary"] == "A"
 
 
 def test_groups_a_slot_holds_are_taken_without_their_block_lists(board, signer):

@@ -151,7 +151,7 @@ def test_download_step_fetches_the_signed_header_and_nothing_else(board, tmp_pat
     # The install step is told the verified manifest's format: one streaming request.
     progress = steps.StatusProgress(lambda percent, sizes=None: None)
     event, _ = steps.install(server.url("b.cub"), cfg, b.boot(), Trust.from_config(cfg), None,
-                             progress, envelope)  # fmt: skip
+                             progress, envelope=envelope)  # fmt: skip
     assert event == steps.lc.INSTALL_OK
     assert [r["range"] for r in server.requests] == [HEAD, None]
 

@@ -75,9 +75,9 @@ def test_floor_survives_deleted_slots_json(committed_sv5):
     "content",
     ["{}", "null", "[]", "0", '""', '"str"', '{"security_version": true, "slots": {}}',
      '{"security_version": "x", "slots": {}}', '{"security_version": 0, "slots": []}',
-     '{"security_version": 0, "slots": {"A": "good"}}', "{not json"],
+     '{"security_version": 0, "slots": {"A": "good"}}', "{not json", "[" * 100000],
     ids=["empty-object", "null", "list", "zero", "empty-string", "string", "bool-floor",
-         "string-floor", "slots-list", "slot-string", "not-json"],
+         "string-floor", "slots-list", "slot-string", "not-json", "nested-past-recursion"],
 )  # fmt: skip
 def test_floor_survives_blanked_slots_json(committed_sv5, capsys, content):
     """#5 and #23: a record that is not a well-formed object is refused in one line (exit

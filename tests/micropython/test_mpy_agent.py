@@ -198,6 +198,15 @@ def test_catalogue_failed_trial(rig, defect, check):
     catalogue.test_broken_path_rolls_back(rig, defect, check)
 
 
+def test_job_version_not_in_the_signed_manifest_is_refused(rig):
+    """The MicroPython agent too: a job saying 9.9.9 for a 1.1.0 bundle is refused before
+    anything is written (issue 11, adversarial review #16)."""
+    job = rig.push_job("9.9.9", rig.release("1.1.0"))
+    final = rig.wait_status(job["id"], FINAL_STATUSES, T)
+    assert (final["status"], final["reason"]) == ("InvalidSignature", "version-mismatch")
+    assert otadata(rig)[1][0] == 0xFFFFFFFF  # set_boot never ran: otadata untouched
+
+
 def test_power_cut_during_the_trial_resumes_it_on_the_new_slot(rig):
     with open(os.path.join(rig.board.dir, "cut_at"), "w") as f:
         f.write("8")  # the Trial save: the new image runs, unconfirmed

@@ -7,6 +7,7 @@ on the virtual board (tests/ocpp/test_conformance_201.py)."""
 import base64
 import datetime
 import hashlib
+import json
 
 import pytest
 
@@ -462,3 +463,25 @@ def test_config_typos_are_clear_errors(tmp_path, section, table, message):
            "local_api": {}, section: table}  # fmt: skip
     with pytest.raises(ConfigError, match=message):
         frontends_from_config(Config(raw, str(tmp_path / "agent.toml")))
+
+
+@pytest.mark.parametrize(
+    "line, error",
+    [
+        (b"[" * 30000, "not JSON"),  # nested past the parser's recursion
+        (b'{"op": []}', "unknown op"),  # an unhashable op
+        (b'{"op": "delete_certificate", "certificate_hash_data": true}', "must be dict"),
+        (b'{"op": "update_firmware", "request_id": 7, "signing_certificate": true, '
+         b'"signature": "AA", "location": "https://x/b.cub"}', "must be str"),
+    ],
+)  # fmt: skip
+def test_malformed_request_is_answered_and_the_connection_stays_usable(api, line, error):
+    """Found by fuzzing (tests/fuzz, local-api): these killed the connection's thread (no
+    reply line at all) or came back as "internal error"."""
+    import io
+
+    rfile, wfile = io.BytesIO(line + b'\n{"op": "boot_reason"}\n'), io.BytesIO()
+    api.serve_connection(rfile, wfile)
+    first, second = [json.loads(x) for x in wfile.getvalue().splitlines()]
+    assert first["ok"] is False and error in first["error"]
+    assert second["ok"] is True

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from agent.core.errors import ConfigError, NetworkError, PayloadMismatch, Truncated
+from agent.core.errors import BadSource, NetworkError, PayloadMismatch, Truncated
 from agent.transfer.fetch import RateLimiter, open_source
 from tests.transfer.conftest import read_all, settings
 
@@ -199,7 +199,7 @@ def test_rate_limiter_token_bucket_schedule(clock):
 
 
 def test_unsupported_scheme_rejected_without_retry():
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(BadSource) as err:
         open_source("ftp://example.invalid/x", settings())
     assert not err.value.retry
 

@@ -1,0 +1,96 @@
+"""Bad input from outside never crashes the MicroPython agent (issue 11), on the real unix
+port: a deeply nested MQTT message within the size bound (its json.loads used to end in a
+MemoryError out of the message callback), and an HTTP answer with a header line that is not
+UTF-8 or a Content-Length in Unicode digits (a UnicodeError, or a ValueError from int(), out
+of the download step). The HTTP server is real, on 127.0.0.1."""
+
+import socket
+import threading
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+CHANNEL_SCRIPT = """
+from agent.mpy.channel import Channel, JOB
+ch = Channel({}, "cp-1")
+refused, taken = [], []
+ch.on_error = lambda suffix, reason, detail: refused.append(reason + ": " + detail)
+ch.subscribe(JOB, taken.append)
+topic = ch.topic(JOB).encode()
+msg = bytearray(b"[" * 20000)
+msg.extend(b"]" * 20000)
+ch._on_message(topic, msg)
+ch._on_message(topic, b'{"a": [[[["[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["]]]]}')
+ch._on_message(topic, b'{"id": "\\xff"}')
+print("refused", refused)
+print("taken", taken)
+"""
+
+
+def test_deeply_nested_message_is_refused_not_a_memory_error(micropython, tmp_path):
+    script = tmp_path / "channel.py"
+    script.write_text(CHANNEL_SCRIPT)
+    done = micropython.run(script, heap="160K")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "refused ['malformed-json: nested deeper than 16', 'malformed-json: not UTF-8" in (
+        done.stdout
+    ), done.stdout
+    # brackets inside a string are text, not nesting
+    assert "taken [{'a': [[[['[[[[" in done.stdout, done.stdout
+
+
+class OneAnswer:
+    """A real TCP server on 127.0.0.1 that answers every connection with `head` + body."""
+
+    def __init__(self, head, body=b"0123456789"):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.head, self.body = head, body
+        self.url = "http://127.0.0.1:%d/b.cub" % self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(self.head + b"\r\n" + self.body)
+
+
+DOWNLOAD_SCRIPT = """
+import sys
+from agent.mpy.http import Download
+from agent.core.errors import UpdateError
+d = Download(sys.argv[1], 100, 5, retries=0)
+try:
+    print("read", d.read_exact(10, "header"))
+except UpdateError as e:
+    print("refused", e.reason, e.message)
+"""
+
+
+@pytest.mark.parametrize(
+    "head, said",
+    [
+        (b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 10\r\n", "not UTF-8"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: \xd9\xa1\xd9\xa0\r\n", "no Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n", "read b'0123456789'"),
+    ],
+)
+def test_odd_http_header_bytes_are_refused_not_a_crash(micropython, tmp_path, head, said):
+    server = OneAnswer(head)
+    script = tmp_path / "download.py"
+    script.write_text(DOWNLOAD_SCRIPT)
+    try:
+        done = micropython.run(script, args=[server.url], timeout=60)
+    finally:
+        server.sock.close()
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert said in done.stdout, done.stdout
+    if said != "read b'0123456789'":
+        assert "refused malformed " in done.stdout, done.stdout
