@@ -58,10 +58,10 @@ def test_a_local_install_imports_only_what_verifying_and_writing_need(tmp_path):
     bundle, config_path = make_bundle(str(tmp_path), str(payload), str(tmp_path / "slot.img"))
     got = loaded(["--config", config_path, "install", bundle], tmp_path)
     assert {"cryptography", "agent.transfer.installer", "agent.bundle.reader"} <= got  # it ran
-    # X.509 (OCPP signatures), key-file parsing, MQTT, MCU drivers, other bootloaders: unused.
+    # X.509 (OCPP signatures), key-file parsing, MQTT, HTTP, MCU drivers, other bootloaders.
     unused = {
         "cryptography.x509", "cryptography.hazmat.primitives.serialization", "paho",
-        "urllib.request", "agent.components", "agent.trust.manufacturer",
+        "http.client", "email", "urllib.request", "agent.components", "agent.trust.manufacturer",
         "bootloader_iface.grub", "bootloader_iface.uboot_bootcount", "bootloader_iface.command",
     }  # fmt: skip
     assert got & unused == set()

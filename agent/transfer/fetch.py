@@ -20,11 +20,8 @@ without blocking; job URLs (`open_job_source`) reach only http(s) and files unde
 `[download] file_dir`.
 """
 
-import http.client
 import os
 import random
-import socket
-import ssl
 import stat
 import threading
 import time
@@ -37,8 +34,17 @@ from agent.transfer.stopper import Stopper  # noqa: F401 - also imported from he
 PROGRESS_RESET = 64 * 1024
 MAX_REDIRECTS = 5
 USER_AGENT = "charger-update-agent"
-# Socket-level failures after which reconnecting with Range is worth a try.
-RETRYABLE = (OSError, http.client.HTTPException, socket.timeout)
+# http.client, ssl and socket (and the email parser behind http.client) are imported by the
+# HTTP code below when it runs, not with this module: an install from a local file never
+# needs them, and they are a fifth of its start-up (docs/transfer.md).
+
+
+def retryable():
+    """Socket-level failures after which reconnecting with Range is worth a try (an `except`
+    evaluates this only when something was raised)."""
+    import http.client
+
+    return (OSError, http.client.HTTPException)  # socket.timeout is an OSError
 
 
 class _Retry(Exception):
@@ -282,6 +288,8 @@ class HttpSource(Source):
         self._ssl = None
         try:
             if urlsplit(url).scheme == "https":
+                import ssl
+
                 self._ssl = ssl.create_default_context(cafile=settings.get("ca_file") or None)
             if open_now:  # fail early: bad URL, unknown CA, 404 show up before payload work
                 self._open()
@@ -305,7 +313,7 @@ class HttpSource(Source):
                 self._open()
             try:
                 result = read(self._resp)
-            except RETRYABLE as e:
+            except retryable() as e:
                 self._failed("connection dropped at byte %d: %s" % (self.pos, _describe(e)))
                 continue
             self._check_stopped()  # bytes that raced a stop are not handed out
@@ -328,7 +336,9 @@ class HttpSource(Source):
                 return
             except _Retry as e:
                 self._failed(str(e))
-            except RETRYABLE as e:
+            except retryable() as e:
+                import ssl
+
                 if isinstance(e, ssl.SSLCertVerificationError):
                     raise NetworkError(
                         "TLS certificate of %s not trusted: %s" % (self.url, e.verify_message),
@@ -359,6 +369,8 @@ class HttpSource(Source):
         sock = getattr(self, "_sock", None)  # None until connected (or before __init__ ends)
         if sock is None:
             return
+        import socket
+
         try:
             # The plain socket's shutdown, also under TLS: the blocked read gets EOF at once.
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
@@ -391,6 +403,9 @@ class HttpSource(Source):
         """GET url on a new connection; `headers` replaces the resume headers (ranges.py)."""
         self._drop()
         self._check_stopped()
+        import http.client
+        import ssl
+
         parts = urlsplit(url)
         if not parts.hostname:
             raise NetworkError("URL %s names no host" % (url,))

@@ -24,13 +24,13 @@ from agent.config import DOWNLOAD_DEFAULTS
 from agent.core.errors import BadSource, NetworkError
 from agent.transfer.fetch import (
     PROGRESS_RESET,
-    RETRYABLE,
     HttpSource,
     _ascii_int,
     _describe,
     _file_url_path,
     job_file_path,
     open_regular,
+    retryable,
 )
 
 MAX_RANGES = 64  # per request: the Range header stays well under servers' 8 KiB header limits
@@ -155,7 +155,7 @@ class HttpRanges(HttpSource):
                 self.start = self._read_start(resp, n)
                 self._drop()
                 return self.start
-            except RETRYABLE as e:
+            except retryable() as e:
                 self._failed("range request dropped: %s" % _describe(e))
 
     def _read_start(self, resp, n):
@@ -207,7 +207,7 @@ class HttpRanges(HttpSource):
                 missing = missing[:1]
             try:
                 self._request_into(missing, got, dict(batch))
-            except RETRYABLE as e:
+            except retryable() as e:
                 self._failed("range request dropped: %s" % _describe(e))
 
     def _request_into(self, spans, got, lengths):
