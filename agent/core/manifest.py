@@ -215,14 +215,17 @@ def _payloads(value):
         raise _bad("payloads", "must be a list of 1..%d payloads" % MAX_PAYLOADS)
     payloads = [_payload(entry, i) for i, entry in enumerate(value)]
     names = [p.name for p in payloads]
-    classes = [p.slot_class for p in payloads]
+    # What each payload writes: a slot class, or an MCU (whose payloads have no slot class).
+    targets = [p.slot_class if p.mcu is None else ("mcu", p.mcu["id"]) for p in payloads]
     for i, name in enumerate(names):
         if name in names[:i]:
             raise _bad("payloads[%d].name" % i, "repeats %r" % name)
-        # Two payloads for one slot class would write the same target: the second would
-        # silently replace the first, and the read-back would only check the second.
-        if classes[i] in classes[:i]:
-            raise _bad("payloads[%d].slot_class" % i, "repeats %r" % classes[i])
+        # Two payloads for one target would write it twice: the second would silently
+        # replace the first, and the read-back would only check the second.
+        if targets[i] in targets[:i]:
+            if payloads[i].mcu is None:
+                raise _bad("payloads[%d].slot_class" % i, "repeats %r" % targets[i])
+            raise _bad("payloads[%d].mcu.id" % i, "repeats %r" % targets[i][1])
     return payloads
 
 

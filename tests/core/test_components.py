@@ -39,6 +39,15 @@ def test_mcu_payload_and_derived_components():
     assert m.to_dict()["payloads"][1]["mcu"]["protocol"] == "stm32-rom"
 
 
+def test_two_mcus_in_one_release_but_never_two_images_for_one_mcu():
+    meter = dict(SAFETY, name="meter-fw", mcu=dict(SAFETY["mcu"], id="meter", protocol="mcuboot"))
+    m = parse_manifest(manifest([ROOTFS, SAFETY, meter]))  # no slot class on either: not a repeat
+    assert m.components == {"rootfs": "1.2.0", "safety": "2.1.0", "meter": "2.1.0"}
+    again = dict(SAFETY, name="safety-fw-2")
+    with pytest.raises(MalformedBundle, match=r"payloads\[2\].mcu.id repeats 'safety'"):
+        parse_manifest(manifest([ROOTFS, SAFETY, again]))
+
+
 def test_components_mapping_may_name_more_but_must_agree_with_payloads():
     m = parse_manifest(manifest([ROOTFS, SAFETY], components={
         "rootfs": "1.2.0", "safety": "2.1.0", "meter": "1.0.4"}))  # fmt: skip
