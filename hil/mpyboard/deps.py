@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import urllib.request
@@ -30,7 +31,6 @@ PINNED = {
     "umqtt/errno.py": "4ec3b1a0fb168f943cce3d98c8f21b87858e109f565fd21adf49457977f9533c",
     "umqtt/simple2.py": "5e81b4224af00ab0832b0ad3b7bff87b4f43a4ec1c081ce7f1ae7c6a77255146",
 }
-DEFAULT_INDEX = "https://pypi.org/simple"
 TIMEOUT_S = 60
 
 
@@ -59,8 +59,18 @@ def _complete(root):
 
 
 def index_url():
-    """The index pip is configured with (PIP_INDEX_URL), else PyPI's."""
-    return (os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX).rstrip("/")
+    """The index this machine's pip uses: PIP_INDEX_URL, else its configured index-url, else
+    pip's own default (taken from pip, so no index host is written here)."""
+    url = os.environ.get("PIP_INDEX_URL")
+    if not url:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                             capture_output=True, text=True)  # fmt: skip
+        url = out.stdout.strip() if out.returncode == 0 else ""
+    if not url:
+        from pip._internal.models.index import PyPI  # pip's default index, as pip itself uses
+
+        url = PyPI.simple_url
+    return url.rstrip("/")
 
 
 def _get(url, accept=None):
