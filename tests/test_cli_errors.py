@@ -73,7 +73,7 @@ def test_root_update_from_a_missing_file_is_one_error_line(work, capsys):
     (work / "agent.toml").write_text(
         '[device]\nid = "cp"\nmodel = "M"\nhardware_revision = "r"\n'
         '[slots.A]\nrootfs = "a.img"\n[slots.B]\nrootfs = "b.img"\n'
-        '[bootloader]\nbackend = "simulated"\nstate = "boot.json"\n'
+        '[bootloader]\nbackend = "simulated"\nstate = "boot.json"\n[state]\ndir = "state"\n'
         '[trust]\nroot = "%s"\n' % root
     )
     code, err = run(["--config", "agent.toml", "root", "update", "missing.json"], capsys)
@@ -157,7 +157,7 @@ def test_bad_download_settings_are_one_config_error_line(work, capsys, download)
     (work / "agent.toml").write_text(
         '[device]\nid = "cp"\nmodel = "M"\nhardware_revision = "r"\n'
         '[slots.A]\nrootfs = "a.img"\n[slots.B]\nrootfs = "b.img"\n'
-        '[bootloader]\nbackend = "simulated"\nstate = "boot.json"\n'
+        '[bootloader]\nbackend = "simulated"\nstate = "boot.json"\n[state]\ndir = "state"\n'
         "[download]\n%s\n" % download
     )
     code, err = run(["--config", "agent.toml", "install", "x.cub"], capsys)
@@ -181,6 +181,7 @@ def test_missing_or_directory_local_bundle_is_not_a_temporary_failure(work, caps
         '[device]\nid = "cp"\nmodel = "%s"\nhardware_revision = "%s"\n'
         '[slots.A]\nrootfs = "a.img"\n[slots.B]\nrootfs = "b.img"\n'
         '[bootloader]\nbackend = "simulated"\nstate = "boot.json"\nbooted = "A"\n'
+        '[state]\ndir = "state"\n'
         '[trust]\nroot = "%s"\n' % (MODEL, HW, root)
     )
     source = source.format(work=work)
