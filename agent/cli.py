@@ -30,6 +30,7 @@ exit codes: 0 ok, 1 other failure, 2 usage, 10 bad signature, 11 unknown key, 12
 18 not enough space, 19 malformed bundle, 20 config or local file error (also damaged state
 files), 21 boot env error, 22 read-back mismatch, 23 malformed job, 24 bad source (bundle file
 missing, a directory or not a regular file; a URL a job may not use), 25 version mismatch,
+30 OCPP signing certificate refused (bundle verify-ocpp: unknown root, expired, revoked),
 75 temporary failure (network, broker, state dir locked by another process: retry later),
 130 interrupted. See docs/ for the bundle format, config file, MQTT API and docs/security.md.
 """

@@ -23,3 +23,19 @@ def test_missing_config_file_is_a_clear_error(tmp_path, capsys):
     code = main(["install", "x.cub", "--config", str(tmp_path / "nope.toml")])
     err = capsys.readouterr().err
     assert code == 20 and "does not exist" in err and "hint" in err
+
+
+def test_every_exit_code_an_error_can_have_is_in_the_help():
+    import agent.trust.manufacturer  # noqa: F401 - its CertificateProblem has its own code
+    from agent.cli import EPILOG
+    from agent.core.errors import UpdateError
+
+    def codes(cls):
+        found = {cls.exit_code} if isinstance(getattr(cls, "exit_code", None), int) else set()
+        for sub in cls.__subclasses__():
+            found |= codes(sub)
+        return found
+
+    text = " ".join(EPILOG.split())
+    missing = [c for c in sorted(codes(UpdateError)) if " %d " % c not in text]
+    assert missing == [], "exit codes missing from `charger-update --help`: %s" % missing
