@@ -100,6 +100,7 @@ class Agent:
         self.journal = Journal(state_dir + "/journal.json", after_save)
         self.board = Board(state_dir)
         self.events = []
+        self.window_room = []  # see reserve_window()
         self.step = 0
         self.envelope = None  # the raw signed header of the job's bundle (bytes)
         self.wake_at = 0
@@ -112,6 +113,10 @@ class Agent:
     # -- life cycle -------------------------------------------------------------------------
 
     def start(self):
+        prepare = getattr(self.trust, "prepare", None)
+        if prepare is not None:  # the root's verdict, before the connection takes its heap
+            prepare()
+        self.reserve_window()
         self.channel.subscribe(JOB, self.on_job)
         self.channel.subscribe(CANCEL, self.on_cancel)
         self.channel.subscribe(PONG, self.channel.on_pong)
@@ -127,6 +132,21 @@ class Agent:
             self.recover(e)
         self.publish_inventory()
         self.log_heap("started")
+
+    def reserve_window(self):
+        """Hold room for the inflate window (the install's one large block) while the heap
+        is young and has long free runs; the installer hands it to the inflater. Without it,
+        small objects left across a job split the heap until no run of that size remains."""
+        if self.window_room:
+            return
+        import gc
+
+        gc.collect()
+        bits = int(self.cfg.get("install", {}).get("max_window_bits", 15))
+        try:
+            self.window_room.append(bytearray(1 << bits))
+        except MemoryError:  # the install allocates its window itself, if it can
+            print("no room held for a %d KiB inflate window" % ((1 << bits) // 1024))
 
     def run(self):
         self.start()
@@ -348,6 +368,7 @@ class Agent:
 
     def do_install(self, slot):
         self._run_step("install", lc.INSTALL_ERROR, slot)
+        self.reserve_window()  # for a retry: the window it held is gone
 
     def do_run_checks(self):
         step = self.step

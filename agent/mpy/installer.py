@@ -32,9 +32,12 @@ def _hex(h):
     return binascii.hexlify(h.digest()).decode()
 
 
-def write(url, facts, partition, options, progress=None, poll=None):
+def write(url, facts, partition, options, progress=None, poll=None, room=None):
     """Second half: stream the bundle at `url` into `partition`, after checking that it starts
-    with the very header check() verified (PayloadMismatch otherwise)."""
+    with the very header check() verified (PayloadMismatch otherwise). `room`: a list holding
+    a buffer the size of the inflate window, taken when the heap was young; it is emptied
+    (and collected) just as the inflater starts, so the window lands in that one free run
+    (deflate allocates it after its first read), however fragmented the rest of the heap."""
     from agent.mpy.http import Download
 
     chunk = _chunk_size(options.get("chunk_bytes", BLOCK))
@@ -54,7 +57,7 @@ def write(url, facts, partition, options, progress=None, poll=None):
         buf = None
         if _hex(digest) != facts["header_sha256"]:
             raise PayloadMismatch("the bundle's signed header changed since it was verified")
-        _write(source, facts, partition, chunk, progress, poll)
+        _write(source, facts, partition, chunk, progress, poll, room)
         _read_back(partition, facts, chunk)
     finally:
         source.close()
@@ -72,8 +75,9 @@ class _Tap(io.IOBase):
     from a small buffer refilled from the download and hashed as it is refilled (DeflateIO
     takes only native streams or io.IOBase subclasses)."""
 
-    def __init__(self, source, size, poll):
+    def __init__(self, source, size, poll, room=None):
         self.source, self.left, self.poll = source, size, poll
+        self.room = room  # see write(): let go at the inflater's first read
         self.buf = bytearray(TAP_BYTES)
         self.start = self.end = 0
         self.digest = hashlib.sha256()
@@ -91,6 +95,11 @@ class _Tap(io.IOBase):
         return got
 
     def readinto(self, buf):
+        if self.room:  # the inflater's first read: it allocates its window next
+            import gc
+
+            self.room.clear()
+            gc.collect()
         if self.start == self.end and not self._refill():
             return 0
         n = min(len(buf), self.end - self.start)
@@ -102,12 +111,12 @@ class _Tap(io.IOBase):
         return n
 
 
-def _write(source, facts, partition, chunk, progress, poll):
+def _write(source, facts, partition, chunk, progress, poll, room):
     isize = facts["installed_size"]
     if facts["compression"] == "gzip":
         import deflate
 
-        tap = _Tap(source, facts["size"], poll)
+        tap = _Tap(source, facts["size"], poll, room)
         stream = deflate.DeflateIO(tap, deflate.GZIP, facts["window_bits"])
     else:
         tap, stream = None, source

@@ -5,7 +5,7 @@ Slow by design (64-bit words are bigints on a 32-bit MCU) but only signed header
 ever pass through it.
 """
 
-from struct import unpack_from
+from struct import pack_into, unpack_from
 
 _M = 0xFFFFFFFFFFFFFFFF
 
@@ -47,19 +47,20 @@ def _rotr(x, n):
 
 def _compress(h, block, w):
     """One 128-byte block (a memoryview) into the state `h` (a list, updated in place), with
-    `w` a reused 80-entry schedule: no list grows and no block is copied."""
-    for t in range(16):
-        w[t] = int.from_bytes(block[8 * t : 8 * t + 8], "big")
-    for t in range(16, 80):
-        x, y = w[t - 15], w[t - 2]
+    `w` a reused 640-byte schedule. The schedule's 80 words stay packed in bytes: as 80 ints,
+    most would be bigints (above 2**62 here, 2**30 on a 32-bit MCU), 4 KiB of live heap."""
+    w[0:128] = block
+    for t in range(128, 640, 8):
+        x, y = unpack_from(">Q", w, t - 120)[0], unpack_from(">Q", w, t - 16)[0]
         s0 = _rotr(x, 1) ^ _rotr(x, 8) ^ (x >> 7)
         s1 = _rotr(y, 19) ^ _rotr(y, 61) ^ (y >> 6)
-        w[t] = (w[t - 16] + s0 + w[t - 7] + s1) & _M
+        x, y = unpack_from(">Q", w, t - 128)[0], unpack_from(">Q", w, t - 56)[0]
+        pack_into(">Q", w, t, (x + s0 + y + s1) & _M)
     a, b, c, d, e, f, g, hh = h
-    for t in range(80):
-        k = unpack_from(">Q", _K, 8 * t)[0]
+    for t in range(0, 640, 8):
+        k = unpack_from(">Q", _K, t)[0] + unpack_from(">Q", w, t)[0]
         t1 = hh + (_rotr(e, 14) ^ _rotr(e, 18) ^ _rotr(e, 41)) + ((e & f) ^ ((e ^ _M) & g)) + k
-        t1 = (t1 + w[t]) & _M
+        t1 &= _M
         t2 = (_rotr(a, 28) ^ _rotr(a, 34) ^ _rotr(a, 39)) + ((a & b) ^ (a & c) ^ (b & c))
         hh, g, f, e = g, f, e, (d + t1) & _M
         d, c, b, a = c, b, a, (t1 + t2) & _M
@@ -73,7 +74,7 @@ class sha512:
 
     def __init__(self, data=b""):
         self._h = list(_H0)
-        self._w = [0] * 80
+        self._w = bytearray(640)
         self._buf = bytearray(128)
         self._fill = 0
         self._len = 0

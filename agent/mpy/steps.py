@@ -80,16 +80,9 @@ def install(agent, slot):
     partition = agent.boot.partition(slot)
     try:
         with agent.phase("install-check"):
-            from agent.mpy import header
-
-            facts = header.check(agent.trust, _header(agent), agent.device, agent.board.floor(),
-                                 time.time(), partition.info()[3], options,
-                                 job.version)  # fmt: skip
+            facts = _check(agent, partition, options, job)
         with agent.phase("install-write"):
-            from agent.mpy import installer
-
-            installer.write(job.url, facts, partition, options, _progress(agent, job),
-                            agent.poller())  # fmt: skip
+            _write(agent, facts, partition, options, job)
     except SIGNATURE_ERRORS as e:
         return lc.SIGNATURE_BAD, _info(e)
     except ReadbackMismatch as e:
@@ -97,6 +90,22 @@ def install(agent, slot):
     agent.board.set_slot(slot, {"state": "installed", "version": facts["version"],
                                 "security_version": facts["security_version"]})  # fmt: skip
     return lc.INSTALL_OK, {}
+
+
+# Each phase's module is imported inside a function of its own, so no frame of install() still
+# holds it (and the heap it takes) after the phase dropped it.
+def _check(agent, partition, options, job):
+    from agent.mpy import header
+
+    return header.check(agent.trust, _header(agent), agent.device, agent.board.floor(),
+                        time.time(), partition.info()[3], options, job.version)  # fmt: skip
+
+
+def _write(agent, facts, partition, options, job):
+    from agent.mpy import installer
+
+    installer.write(job.url, facts, partition, options, _progress(agent, job), agent.poller(),
+                    agent.window_room)  # fmt: skip
 
 
 def run_checks(agent, step):

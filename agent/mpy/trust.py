@@ -3,14 +3,21 @@ board's own Ed25519/P-256 code, and manifest verification with the device policy
 
 Invariant: the same rules as the Linux agent (agent/core keyring and policy: root threshold and
 expiry, release threshold, bundle expiry, model, hardware revision, anti-rollback floor); only
-the signature arithmetic is this package's. Nothing is parsed or imported until verify() runs,
-and the root is read and checked again each time, in phases (agent/mpy/phase.py): the root's
-verifier, then the release's, then the manifest parser, each leaving the heap before the next
-arrives.
+the signature arithmetic is this package's. The work runs in phases (agent/mpy/phase.py): the
+root's verifier, then the release's, then the manifest parser, each leaving the heap before the
+next arrives.
+
+Verifying the root costs the most heap (its envelope, its keys, Ed25519 with SHA-512), so its
+verdict is kept: only the release role, version and expiry as plain values, bound to the SHA-256
+of the root files' bytes. Every verify() hashes the files again; any change to either file, or
+no verdict yet, verifies the root again in full. prepare() takes that step at boot, before the
+agent's code and connection fill the heap.
 """
 
 from agent.core.errors import ConfigError
 from agent.mpy.phase import Phase
+
+PIECE = 256  # the root files are hashed in pieces of this size, never read whole for it
 
 
 def _size(path):
@@ -34,11 +41,44 @@ def _read(path):
         raise ConfigError("cannot read trusted root %s: %s" % (path, e))
 
 
+def _fingerprint(paths):
+    """SHA-256 over the bytes of the files `paths` (a missing one counts as absent)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    buf = bytearray(PIECE)
+    for path in paths:
+        digest.update(path.encode() + b"\0")
+        try:
+            with open(path, "rb") as f:
+                while True:
+                    n = f.readinto(buf)
+                    if not n:
+                        break
+                    digest.update(memoryview(buf)[:n])
+        except OSError:
+            digest.update(b"absent")
+    return digest.digest()
+
+
+def _verdict(root, fingerprint):
+    """What a verified root decides later, as plain values (no keyring objects)."""
+    role = root.role("release")
+    keys = tuple((k, role.keys[k].keytype, role.keys[k].public_der) for k in role.keyids)
+    return (fingerprint, root.version, root.expires, role.threshold, keys)
+
+
 class Trust:
     def __init__(self, root_path, rotated_path=None):
         _size(root_path)  # a missing root is a set-up error at boot, not at the first job
         self.root_path = root_path
         self.rotated_path = rotated_path
+        # (fingerprint, version, expires, release threshold, ((keyid, keytype, der), ...)) of
+        # the root verified last: plain values, so no module of the root's phase stays behind.
+        self.verified = None
+
+    def _paths(self):
+        return (self.root_path, self.rotated_path) if self.rotated_path else (self.root_path,)
 
     def _load(self, path):
         from agent.core import keyring
@@ -59,13 +99,45 @@ class Trust:
                 root = rotated
         return root
 
+    def _verify_root(self, fingerprint):
+        """Verify the root files in full (root() in its own phase): the plain verdict, kept
+        only if the files still hash to `fingerprint` (they did not change while read)."""
+        self.verified = None
+        with Phase("root"):
+            verdict = _verdict(self.root(), fingerprint)
+        if _fingerprint(self._paths()) == fingerprint:
+            self.verified = verdict
+        return verdict
+
+    def prepare(self):
+        """Verify the root now, at boot, while the heap is emptiest. A failure is only printed:
+        verify() verifies the root again and reports what is wrong with it."""
+        fingerprint = _fingerprint(self._paths())
+        if self.verified is not None and self.verified[0] == fingerprint:
+            return
+        try:
+            self._verify_root(fingerprint)
+        except Exception as e:  # MemoryError included: the first verify() tries again
+            print("trusted root not verified at boot (%r); verified at the first job" % e)
+
+    def _trusted_root(self, keyring):
+        """The root as keyring objects: the kept verdict when the files are unchanged,
+        otherwise verified again in full first."""
+        fingerprint = _fingerprint(self._paths())
+        verdict = self.verified
+        if verdict is None or verdict[0] != fingerprint:
+            verdict = self._verify_root(fingerprint)
+        _, version, expires, threshold, rows = verdict
+        keys = dict((k, keyring.Key(k, keytype, der)) for k, keytype, der in rows)
+        release = keyring.Role("release", [row[0] for row in rows], threshold, keys)
+        return keyring.Root(b"", version, expires, keys, {"release": release})
+
     def _signed_manifest(self, envelope, now):
         """The manifest bytes a threshold of the newest root's release keys signed."""
         from agent.core import keyring
         from agent.mpy.verify import verify_key
 
-        with Phase("root"):  # the root's verifier leaves before the release's arrives
-            root = self.root()
+        root = self._trusted_root(keyring)
         keyring.check_root_expiry(root, now)
         return keyring.verify_release(root, envelope, verify_key)
 

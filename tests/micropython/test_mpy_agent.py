@@ -18,8 +18,8 @@ from hil.mpyboard import flash
 from hil.mpyboard.rig import MpyRig
 from hil.scenarios import test_catalogue as catalogue
 
-HEAP = "128K"
-TOO_SMALL = "100K"  # the board idles and takes jobs, but cannot verify a signature in it
+HEAP = "120K"
+TOO_SMALL = "108K"  # the board idles and takes jobs, but cannot verify a signature in it
 T = 60
 
 
