@@ -107,3 +107,57 @@ def test_both_key_types_sign_releases_the_board_accepts(tmp_path, micropython, k
                                        + SCRIPT)  # fmt: skip
     done = micropython.run(tmp_path / "check.py", heap="256K", timeout=300)
     assert "VERDICT %s ok" % keytype in done.stdout, done.stdout + done.stderr
+
+
+# The board keeps its root's verdict from boot (agent/mpy/trust.py, bound to the files' SHA-256):
+# these run the board's Trust on CPython, where the same module runs unchanged.
+
+
+def board_case(tmp_path, release_key, **root_kwargs):
+    """(board Trust with its root checked at boot, root path, envelope signed by release_key)"""
+    from agent.core.envelope import MANIFEST_TYPE, parse_envelope
+    from agent.mpy.trust import Trust as BoardTrust
+
+    root = make_root(str(tmp_path), release_keys=[release_key], **root_kwargs)
+    path, _ = make_bundle(tmp_path, payloads={"app": ("app", b"x")}, keys=[release_key],
+                          root_path=root, security_version=3)  # fmt: skip
+    trust = BoardTrust(root, str(tmp_path / "rotated.json"))
+    trust.prepare()
+    assert trust.verified is not None
+    return trust, root, parse_envelope(envelope_of(path), MANIFEST_TYPE)
+
+
+def test_a_root_file_tampered_after_the_boot_check_is_checked_again(tmp_path):
+    key = make_keys(1, keytype="ed25519", tag="mpy-kept")[0]
+    trust, root, envelope = board_case(tmp_path, key)
+    assert trust.verify(envelope, device(), FLOOR, time.time()).version == "1.0.0"
+    with open(root, "rb") as f:
+        text = f.read()
+    with open(root, "wb") as f:  # one signature character changed: the root no longer verifies
+        i = text.index(b'"sig": "') + 10
+        f.write(text[:i] + (b"A" if text[i : i + 1] != b"A" else b"B") + text[i + 1 :])
+    with pytest.raises(Rejected) as e:
+        trust.verify(envelope, device(), FLOOR, time.time())
+    assert e.value.reason == "bad-signature"
+
+
+def test_the_kept_root_verdict_still_expires(tmp_path):
+    key = make_keys(1, keytype="ed25519", tag="mpy-kept")[0]
+    now = int(time.time())
+    trust, _, envelope = board_case(tmp_path, key, expires=now + DAY)
+    with pytest.raises(Rejected) as e:
+        trust.verify(envelope, device(), FLOOR, now + 2 * DAY)
+    assert e.value.reason == "expired"
+
+
+def test_a_rotated_root_placed_after_boot_is_used_at_the_next_job(tmp_path):
+    old, new = make_keys(2, keytype="ed25519", tag="mpy-rotate")
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    trust, _, _ = board_case(tmp_path / "v1", old)
+    _, _, signed_by_new = board_case(tmp_path / "v2", new)
+    with pytest.raises(Rejected) as e:
+        trust.verify(signed_by_new, device(), FLOOR, time.time())
+    assert e.value.reason == "unknown-key"
+    make_root(trust.rotated_path, release_keys=[new], version=2)
+    assert trust.verify(signed_by_new, device(), FLOOR, time.time()).version == "1.0.0"
