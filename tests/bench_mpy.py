@@ -1,7 +1,7 @@
 """`make bench` (MicroPython part): the agent on the virtual MicroPython board next to the
 CPython agent, on this machine.
 
-    python -m tests.bench_mpy [--heap 128K] [--image-kib 1536] [--no-search]
+    python -m tests.bench_mpy [--heap 120K] [--image-kib 1536] [--no-search]
 
 - install: a 1.5 MiB image (half random, half zeros; gzip with the board's 4 KiB window) as a
   job on the virtual board (hil/mpyboard, the unix port with -X heapsize): the install step's
@@ -177,7 +177,7 @@ def verify_times(workdir, heap):
 def main(argv=None):
     summary = __doc__.split("\n")[0]
     p = argparse.ArgumentParser(prog="python -m tests.bench_mpy", description=summary)
-    p.add_argument("--heap", default="128K", help="the board's -X heapsize (default 128K)")
+    p.add_argument("--heap", default="120K", help="the board's -X heapsize (default 120K)")
     p.add_argument("--image-kib", type=int, default=1536, help="image size (default 1536)")
     p.add_argument("--no-search", action="store_true", help="skip the smallest-heap search")
     args = p.parse_args(argv)
