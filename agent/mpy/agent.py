@@ -134,15 +134,18 @@ class Agent:
         self.log_heap("started")
 
     def reserve_window(self):
-        """Hold room for the inflate window (the install's one large block) while the heap
-        is young and has long free runs; the installer hands it to the inflater. Without it,
-        small objects left across a job split the heap until no run of that size remains."""
-        if self.window_room:
+        """With [install] hold_window: hold room for the inflate window (the install's one
+        large block) while the heap is young and has long free runs; the installer hands it
+        to the inflater. Without it, small objects left across a job can split the heap
+        until no run of that size remains. The price: that room is taken at all times, the
+        signature checks included (docs/micropython.md)."""
+        install = self.cfg.get("install", {})
+        if self.window_room or not install.get("hold_window"):
             return
         import gc
 
         gc.collect()
-        bits = int(self.cfg.get("install", {}).get("max_window_bits", 15))
+        bits = int(install.get("max_window_bits", 15))
         try:
             self.window_room.append(bytearray(1 << bits))
         except MemoryError:  # the install allocates its window itself, if it can

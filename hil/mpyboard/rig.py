@@ -18,9 +18,11 @@ from hil.release import ReleaseKit
 MODEL = "ACME-AC11-MPY"
 HW = "esp32-rev3"
 DEFECTS = ("crash-on-boot", "no-backend", "refuse-session", "alarm-storm")
-# What a 96 KB heap affords (docs/micropython.md): a 4 KiB inflate window, 1 KiB flash chunks.
+# What a small heap affords (docs/micropython.md): a 4 KiB inflate window, held from start,
+# and 1 KiB flash chunks.
 WINDOW_BITS = 12
 CHUNK_BYTES = 1024
+INSTALL = {"max_window_bits": WINDOW_BITS, "chunk_bytes": CHUNK_BYTES, "hold_window": True}
 
 
 class AppKit(ReleaseKit):
@@ -57,13 +59,13 @@ class MpyRig(Harness):
                  factory_version="1.0.0", link_rate=0, on_status=None, window_bits=WINDOW_BITS,
                  install=None):  # fmt: skip
         """window_bits: the deflate window of the releases this rig signs; install: the
-        board's [install] settings (default: it inflates windows up to WINDOW_BITS in
-        CHUNK_BYTES chunks)."""
+        board's [install] settings (default INSTALL: it inflates windows up to WINDOW_BITS,
+        holding that window's room from start, in CHUNK_BYTES chunks)."""
         Harness.__init__(self, workdir, device_id, link_rate=link_rate, on_status=on_status)
         self.trial_window_s = trial_window_s
         self.heap = heap
         self.window_bits = window_bits
-        self.install = install or {"max_window_bits": WINDOW_BITS, "chunk_bytes": CHUNK_BYTES}
+        self.install = install or dict(INSTALL)
         self.factory_version = factory_version
         self.board = None
         self.kit = None
@@ -115,7 +117,7 @@ def provision(board_dir, device_id, kit, factory_version, mqtt_port, trial_windo
                   "checks": ["communication", "charging-session", "alarms"],
                   "alarms": {"observe_s": 2}, "communication": {"timeout_s": 5}},
         "download": {"timeout_s": 10},
-        "install": install or {"max_window_bits": WINDOW_BITS, "chunk_bytes": CHUNK_BYTES},
+        "install": install or dict(INSTALL),
         "log_heap": True,
     }  # fmt: skip
     with open(os.path.join(board_dir, "agent.json"), "w") as f:
