@@ -15,7 +15,7 @@ from tests.bench_process import IDLE_BOARD
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WATCHED = (
     "cryptography", "cryptography.x509", "cryptography.hazmat.primitives.serialization",
-    "zstandard", "paho", "http.client", "email", "urllib.request", "urllib.parse",
+    "zstandard", "paho", "http.client", "email", "urllib.request", "urllib.parse", "shutil",
     "agent.transfer.installer",
     "agent.transfer.delta", "agent.bundle.reader", "agent.components", "agent.trust.manufacturer",
     "bootloader_iface.grub", "bootloader_iface.uboot_bootcount", "bootloader_iface.command",
@@ -70,7 +70,7 @@ def test_a_local_install_imports_only_what_verifying_and_writing_need(tmp_path):
     # bootloaders.
     unused = {
         "cryptography.x509", "cryptography.hazmat.primitives.serialization", "paho",
-        "http.client", "email", "urllib.request", "urllib.parse", "agent.components",
+        "http.client", "email", "urllib.request", "urllib.parse", "shutil", "agent.components",
         "agent.trust.manufacturer",
         "bootloader_iface.grub", "bootloader_iface.uboot_bootcount", "bootloader_iface.command",
     }  # fmt: skip
@@ -85,5 +85,6 @@ def test_an_idle_daemon_carries_no_crypto_bundle_or_transfer_code(tmp_path):
         f.write(IDLE_BOARD % {"port": 1, "dir": tmp_path})
     got = loaded(["--config", config_path, config_path, "BUILD-DAEMON"], tmp_path)
     assert "paho" in got  # the daemon was built (its MQTT adapter is loaded)
-    paho_own = {"paho", "http.client", "email", "urllib.request", "urllib.parse"}
+    # paho's own imports (urllib.request brings tempfile and so shutil)
+    paho_own = {"paho", "http.client", "email", "urllib.request", "urllib.parse", "shutil"}
     assert got - paho_own == set(), got
