@@ -26,9 +26,10 @@ from agent.core import chunkindex as ci
 ZERO, BOOTED, INACTIVE, REMOTE, REPEAT = 0, 1, 2, 3, 4
 KIND_NAMES = ("zero", "booted", "inactive", "remote", "repeated")
 SCAN = 1 << 20  # bytes read per call when indexing a slot
-# Fetch up to this many unneeded bytes rather than start another range: about what one more
-# part of a multipart answer costs in headers (boundary, Content-Type, Content-Range).
-COALESCE_GAP = 100
+# Fetch up to this many unneeded bytes rather than start another range: what one more part
+# of a multipart answer costs in headers (boundary, Content-Type, Content-Range, CRLFs: 110
+# bytes from nginx or the bench's server for a bundle of 10-999 MB).
+COALESCE_GAP = 110
 
 
 def scan(path, block_size):
