@@ -198,7 +198,7 @@ class Rebuilder:
         self.index = index
         # The last blocks taken, joined into the window only when a unit needs it: most
         # blocks of a delta install come from a slot and never need it.
-        self.recent = collections.deque((), -(-index.window // index.block_size) + 1)
+        self.recent = collections.deque((), -(-index.window // index.block_size))
         self.digest = hashlib.sha256()
         self.taken = 0  # blocks handed out (whole groups)
         self.next = 0  # the next block to take (within the current group)
@@ -209,7 +209,10 @@ class Rebuilder:
     @property
     def history(self):
         window = self.index.window
-        return b"".join(self.recent)[-window:] if window else b""
+        if not window:
+            return b""
+        data = b"".join(self.recent)  # only a window that is no whole number of blocks is cut
+        return data if len(data) <= window else data[-window:]
 
     def check(self, i, block):
         """Block i's 8-byte id if `block` is block i of the image (its id, or its short id
