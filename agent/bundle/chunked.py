@@ -240,11 +240,9 @@ class Rebuilder:
         match (GroupMismatch when `group` is given: earlier blocks of that group, not yet
         checked as a group, may have been wrong and spoilt its dictionary)."""
         n = self.index.block_length(i)
-        what = "payload %s: block %d does not match the signed chunk index" % (
-            self.payload.name, i)  # fmt: skip
+        what = "payload %s: block %d does not match the signed chunk index" % (self.payload.name, i)
         try:
-            block = self.zero if self.index.lengths[i] == 0 else inflate_unit(unit, n,
-                                                                              self.history)
+            block = self.zero if self.index.lengths[i] == 0 else inflate_unit(unit, n, self.history)
         except PayloadMismatch as e:
             what = "%s (%s)" % (what, e.message)
             block = None
@@ -302,8 +300,7 @@ def stream_blocks(read_exact, payload, index):
             unit = read_exact(index.lengths[i]) if index.lengths[i] else b""
             stored.update(unit)
             rebuild.from_unit(i, unit)
-        for block in rebuild.end_group(g):
-            yield block
+        yield from rebuild.end_group(g)
     if stored.hexdigest() != payload.sha256:
         raise PayloadMismatch("payload %s: sha256 of its units does not match" % payload.name)
     rebuild.finish()

@@ -302,7 +302,8 @@ class _Rebuild:
         if kind == REPEAT:
             block = self.kept[plan.local[i]]
         else:
-            block = os.pread(self.fds[kind], index.block_length(i), plan.local[i] * index.block_size)
+            at = plan.local[i] * index.block_size
+            block = os.pread(self.fds[kind], index.block_length(i), at)
         bid = rb.check(i, block)
         if bid is not None:
             return rb.take(i, block, bid)
@@ -325,8 +326,7 @@ def rebuild(plan, payload, ranges, booted_path, inactive_path, counters=None):
                 fds[kind] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         work = _Rebuild(plan, payload, ranges, fds, counters)
         for g in range(len(plan.index.groups)):
-            for block in work.group(g):
-                yield block
+            yield from work.group(g)
         work.rb.finish()
     finally:
         for fd in fds.values():
