@@ -4,13 +4,17 @@ as byte ranges of the same bundle.
 
 The charger cuts both slots into blocks and groups by the index's rule: a group of the new
 image found in a slot is taken whole, by its signed id; only the other groups' block lists
-are fetched (agent/core/chunkindex.py), and their blocks looked up one by one: in a slot,
-earlier in the new image (a block fetched once serves every copy of it), or fetched.
+are fetched (agent/core/chunkindex.py), and their blocks looked up one by one by the short
+ids the lists name: in a slot, earlier in the new image (a block fetched once serves every
+copy of it), or fetched.
 
-Invariant: no block reaches the slot before its id matched the signed chunk index, whether
-it came from a local slot or the network: a local block that does not match (the slot
-changed since it was indexed, or a bit flipped) is fetched instead; the whole image's signed
-sha256 is checked after the last block (and read back after the fsync, as every install
+Invariant: no block reaches the slot before it matched the signed chunk index, whether it
+came from a local slot or the network: its own id (or short id), then its group's signed
+id over all the group's blocks, before any of them is handed out. A local block that does
+not match its id (the slot changed since it was indexed, or a bit flipped) is fetched
+instead; a group that does not match (a local block that only shares a short id) is
+fetched again whole, from its units alone; the whole image's signed sha256 is checked
+after the last block (and read back after the fsync, as every install
 is). A block of the inactive slot is only taken from where the new image has not been
 written yet, so after a power cut the blocks already written are found in place and not
 fetched again.
@@ -136,8 +140,9 @@ class Plan:
         return coalesce(spans)
 
     def take_details(self, ranges):
-        """Fetch the missing groups' details (checked against their ids), then decide
-        their blocks and the ranges of units to fetch."""
+        """Fetch the missing groups' details (their sizes checked; their short ids are
+        checked with the blocks, by the group ids), then decide their blocks and the
+        ranges of units to fetch."""
         spans = self.detail_spans()
         got = _Units(iter(ranges.read_ranges(spans)))
         self.detail_bytes = sum(n for _, n in spans)
