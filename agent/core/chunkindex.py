@@ -9,7 +9,7 @@ its id alone, wherever the group moved to; only the other groups' block lists ar
 Top index (the bundle's head; zstd-compressed, its sha256 signed in the manifest; integers
 big-endian):
 
-    8 bytes   magic b"CUIDX2\\n\\0"
+    8 bytes   magic b"CUIDX3\\n\\0"
     4 bytes   block size B (512..32768, a power of two)
     4 bytes   window W: bytes of the image before a block that prime its decompression
     8 bytes   installed size S (the payload's installed_size)
