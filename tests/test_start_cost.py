@@ -67,12 +67,12 @@ def test_a_local_install_imports_only_what_verifying_and_writing_need(tmp_path):
     bundle, config_path = make_bundle(str(tmp_path), str(payload), str(tmp_path / "slot.img"))
     got = loaded(["--config", config_path, "install", bundle], tmp_path)
     assert {"cryptography", "agent.transfer.installer", "agent.bundle.reader"} <= got  # it ran
-    # X.509 (OCPP signatures), key-file parsing, ECDSA and RSA for an Ed25519 release, MQTT,
-    # HTTP and URLs, MCU drivers, other bootloaders.
+    # X.509 (OCPP signatures), key-file parsing, ECDSA and RSA for an Ed25519 release, zstd
+    # for a format-1 bundle, MQTT, HTTP and URLs, MCU drivers, other bootloaders.
     unused = {
         "cryptography.x509", "cryptography.hazmat.primitives.serialization", "paho",
         "cryptography.hazmat.primitives.asymmetric.ec",
-        "cryptography.hazmat.primitives.asymmetric.rsa",
+        "cryptography.hazmat.primitives.asymmetric.rsa", "zstandard",
         "http.client", "email", "urllib.request", "urllib.parse", "shutil", "agent.components",
         "agent.trust.manufacturer",
         "bootloader_iface.grub", "bootloader_iface.uboot_bootcount", "bootloader_iface.command",

@@ -14,13 +14,10 @@ header says), and an index inflates to at most what its payload's size can need.
 """
 
 import collections
-import concurrent.futures
 import hashlib
 import io
 import os
 import struct
-
-import zstandard
 
 from agent.core import chunkindex as ci
 from agent.core.errors import ConfigError, MalformedBundle, PayloadMismatch
@@ -31,19 +28,25 @@ BLOCK = 4096
 WINDOW = 256 * 1024
 LEVEL = 19
 BATCH = 256  # blocks compressed per round of the thread pool
-FRAME_FORMAT = zstandard.FORMAT_ZSTD1_MAGICLESS
+# zstandard is imported by the functions that use it, not here: a format-1 install passes
+# through this module and never needs it (3 ms of its start-up, docs/transfer.md).
 
 
 def _prefix_dict(prefix):
+    import zstandard
+
     return zstandard.ZstdCompressionDict(bytes(prefix), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
 
 def _compress(data, prefix, level):
     # Without the frame's magic number (4 bytes of every unit): a unit is known to be a zstd
     # frame by its length, so the magic would only say it again.
+    import zstandard
+
     params = zstandard.ZstdCompressionParameters.from_level(
-        level, source_size=len(data), dict_size=len(prefix), format=FRAME_FORMAT,
-        write_content_size=0, write_checksum=0, write_dict_id=0,
+        level, source_size=len(data), dict_size=len(prefix),
+        format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=0, write_checksum=0,
+        write_dict_id=0,
     )  # fmt: skip
     c = zstandard.ZstdCompressor(
         compression_params=params, dict_data=_prefix_dict(prefix) if prefix else None
@@ -57,8 +60,11 @@ def inflate_unit(unit, length, prefix):
     than `length`; PayloadMismatch if it does not inflate to exactly that."""
     if len(unit) == length:
         return bytes(unit)
+    import zstandard
+
     dctx = zstandard.ZstdDecompressor(
-        dict_data=_prefix_dict(prefix) if prefix else None, format=FRAME_FORMAT
+        dict_data=_prefix_dict(prefix) if prefix else None,
+        format=zstandard.FORMAT_ZSTD1_MAGICLESS,
     )
     try:
         reader = dctx.stream_reader(io.BytesIO(unit), read_across_frames=False)
@@ -101,6 +107,8 @@ def pack(src_path, out_file, block_size=BLOCK, window=WINDOW, level=LEVEL, threa
     out_file.flush()
     stored_size, stored_sha = _hash_range(out_file, start, end)
     raw = ci.encode_index(block_size, window, size, modulus, most, groups)
+    import zstandard
+
     packed = zstandard.ZstdCompressor(level=19).compress(raw)
     return packed, stored_size, stored_sha, size, installed.hexdigest()
 
@@ -126,6 +134,8 @@ def _pack_units(src, out_file, block_size, window, level, threads):
     installed = hashlib.sha256()
     size = 0
     history = b""
+    import concurrent.futures
+
     pool = concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1)
     with pool:
         while True:
@@ -163,6 +173,8 @@ def read_index(stored, payload):
             hint="the bundle was altered or damaged; download it again",
         )
     limit = ci.max_raw_size(payload.installed_size)
+    import zstandard
+
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(
             io.BytesIO(stored), read_across_frames=False
