@@ -7,6 +7,7 @@ UpdateError into a one-line message, a hint, and the error's documented exit cod
 
 import argparse
 import importlib
+import os
 import sys
 
 from agent import __version__
@@ -36,8 +37,35 @@ missing, a directory or not a regular file; a URL a job may not use), 25 version
 """
 
 
+def _columns():
+    """The terminal's width as shutil.get_terminal_size gives it ($COLUMNS, the terminal, else
+    80), without importing shutil: argparse would, for every parser, and shutil loads bz2 and
+    lzma (3 ms of every start; docs/transfer.md)."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that tells its help formatter the width (see _columns); the
+    sub-parsers, nested ones too, are of the same class."""
+
+    def __init__(self, *args, formatter_class=argparse.HelpFormatter, **kwargs):
+        width = max(_columns() - 2, 20)  # what argparse takes off the width itself
+
+        def formatter(prog):
+            return formatter_class(prog, width=width)
+
+        argparse.ArgumentParser.__init__(self, *args, formatter_class=formatter, **kwargs)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="charger-update",
         description="Signed A/B updates for EV charger controllers.",
         epilog=EPILOG,

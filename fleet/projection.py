@@ -165,9 +165,16 @@ def _halted(conn, ev, data):
     row = _rollout(conn, ev["rollout"])
     halts = json.loads(row["halts"]) + [dict(data, ts=ev["ts"], event=ev["id"])]
     values = {"halts": _j(halts)}
-    if data["scope"] == "fleet":
-        values["state"] = HALTED
+    if data["scope"] == "fleet" or _every_cohort_halted(conn, ev["rollout"], halts):
+        values["state"] = HALTED  # nothing of the rollout runs on: say so, as a fleet halt does
     _set_rollout(conn, ev["rollout"], ev["ts"], **values)
+
+
+def _every_cohort_halted(conn, rollout, halts):
+    halted = {h.get("cohort") for h in halts if not h.get("lifted")}
+    q = sa.select(targets.c.cohort).where(targets.c.rollout == rollout).distinct()
+    cohorts = {c for (c,) in conn.execute(q).all()}
+    return bool(cohorts) and cohorts <= halted
 
 
 def _cancel_sent(conn, ev, data):

@@ -9,6 +9,9 @@ every case runs as its own process:
   dd            `dd bs=1M conv=fsync` of the bundle into the slot file (file source only): the
                 reference, what the medium takes through the page cache with one fsync
   dd-direct     `dd bs=1M oflag=direct`: the medium written with O_DIRECT, no page cache
+  dd-rw         `dd oflag=direct` into the slot and, at the same time, `dd iflag=direct` of
+                as many bytes: what a read-back asks of the medium, the ceiling of any
+                install that reads its slot back
   install       `charger-update install SOURCE` as a charger runs it (a wheel install of this
                 tree, tests/bench_process.py): start-up, signature and policy checks,
                 streaming, fsync, the read-back of the slot, the boot switch
@@ -21,7 +24,10 @@ every case runs as its own process:
 Cases run in rounds (--repeat, default 5), all cases of a round in an order shuffled per round
 (seeded: reruns use the same orders). Each row's ratio pairs every round's case with that
 round's `dd` (dd seconds / case seconds: 1.0 is the medium's speed through the page cache);
-the median over rounds is printed with its range. Peak RSS is the process's own (VmHWM, or
+the median over rounds is printed with its range; "disk ms" and "disk MiB" are the slot
+device's busy time and the bytes it read and wrote (/proc/diskstats, as iostat). A missed
+target prints its ceilings on this machine: dd over dd-rw for a case that reads back, and
+dd over the case's CPU-seconds spread across every core. Peak RSS is the process's own (VmHWM, or
 ru_maxrss through a small spawner for whole processes). The run also measures SHA-256 on one
 core, the ceiling for any verified install here. Then the fixed cost (start-up bound commands)
 and the idle daemon (tests/bench_process.py) follow.
@@ -50,9 +56,10 @@ CHUNK = DOWNLOAD_DEFAULTS["chunk_size"]  # what a charger's install uses
 TARGETS = {("install", 1024): 0.85, ("install", 256): 0.7, ("install-norb", 1024): 0.95}
 RSS_LIMIT_MIB = 40
 BUSY_SHARE = 0.15  # CPU share other processes used before the run: above it, rerun
-PROCESS_CASES = ("dd", "dd-direct", "install", "install-norb")  # whole processes
+PROCESS_CASES = ("dd", "dd-direct", "dd-rw", "install", "install-norb")  # whole processes
 CASES = PROCESS_CASES + ("copy+slot", "verified", "verified+rb")
-FILE_ONLY = ("dd", "dd-direct")  # dd copies files only
+FILE_ONLY = ("dd", "dd-direct", "dd-rw")  # dd copies files only
+READS_BACK = ("install", "verified+rb")  # cases that read the slot back: bound by dd-rw
 
 
 class BenchPayload:
@@ -200,6 +207,12 @@ def process_command(case, source, target, config_path, cu):
     if case == "dd-direct":
         return [bp.tool("dd"), "if=" + source, "of=" + target, "bs=1M", "oflag=direct",
                 "status=none"]  # fmt: skip
+    if case == "dd-rw":
+        # What a read-back asks of the medium: the image written and, at the same time, as
+        # many bytes read from it (O_DIRECT both, so the page cache serves neither).
+        return [bp.tool("sh"), "-c", 'dd if="$1" of="$2" bs=1M oflag=direct status=none & '
+                'dd if="$1" of=/dev/null bs=1M iflag=direct status=none; wait', "dd-rw",
+                source, target]  # fmt: skip
     if case == "install-norb":
         config_path = norb_config(config_path)
     return [cu, "--config", config_path, "install", source]
@@ -210,22 +223,62 @@ def norb_config(config_path):
     return config_path[: -len(".toml")] + "-norb.toml"
 
 
+def block_device(path):
+    """The /proc/diskstats name of the block device holding `path` (a partition's own name),
+    or None (tmpfs, overlay, anything without one)."""
+    st = os.stat(path)
+    link = "/sys/dev/block/%d:%d" % (os.major(st.st_dev), os.minor(st.st_dev))
+    try:
+        return os.path.basename(os.path.realpath(link)) if os.path.exists(link) else None
+    except OSError:
+        return None
+
+
+def disk_sample(device):
+    """(ms the device had I/O in flight, sectors read, sectors written) from /proc/diskstats,
+    what iostat's %util and rkB/s, wkB/s come from; None without a device."""
+    if device is None:
+        return None
+    try:
+        with open("/proc/diskstats") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 12 and fields[2] == device:
+                    return int(fields[12]), int(fields[5]), int(fields[9])
+    except OSError:
+        pass
+    return None
+
+
+def disk_delta(before, after):
+    if before is None or after is None:
+        return {}
+    return {"disk_ms": after[0] - before[0], "disk_read": (after[1] - before[1]) * 512,
+            "disk_written": (after[2] - before[2]) * 512}  # fmt: skip
+
+
 def run_child(case, source, payload, target, config_path, cu=None):
     if os.path.exists(target):
         os.unlink(target)
     os.sync()  # earlier cases' dirty pages must not be flushed on this case's clock
+    device = block_device(os.path.dirname(os.path.abspath(target)))
+    before = disk_sample(device)
     if case in PROCESS_CASES:
         r = bp.measured(process_command(case, source, target, config_path, cu))
         # dd's own peak RSS is below the spawner's (about 7 MiB): not shown
-        return {"seconds": r["seconds"], "cpu": r["cpu"],
-                "hwm_kib": 0 if case in FILE_ONLY else r["maxrss_kib"]}  # fmt: skip
+        result = {"seconds": r["seconds"], "cpu": r["cpu"],
+                  "hwm_kib": 0 if case in FILE_ONLY else r["maxrss_kib"]}  # fmt: skip
+        result.update(disk_delta(before, disk_sample(device)))
+        return result
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "tests.bench", "--child", case, "--source", source]
     cmd += ["--target", target, "--size", str(payload.size), "--sha256", payload.sha256]
     cmd += ["--config", config_path]
     out = subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result.update(disk_delta(before, disk_sample(device)))
+    return result
 
 
 def round_cases(sources, have_dd=True):
@@ -256,43 +309,56 @@ def measure(sources, payload, target, repeat, config_path, cu):
     return runs
 
 
-def summarise(size_mib, kind, case, results, base_results, size_bytes):
+def summarise(size_mib, kind, case, results, base_results, size_bytes, rw_results=None):
     """One table row: median and range of MiB/s, and the per-round ratio to `dd`."""
     mib = size_bytes / MiB
     rates = sorted(mib / r["seconds"] for r in results)
     ratios = sorted(b["seconds"] / r["seconds"] for r, b in zip(results, base_results))
     hwm = max(r["hwm_kib"] for r in results) / 1024.0 if results[0]["hwm_kib"] else None
-    return {
+    row = {
         "size": size_mib, "src": kind, "case": case, "rate": statistics.median(rates),
         "rate_lo": rates[0], "rate_hi": rates[-1], "ratio": statistics.median(ratios),
         "ratio_lo": ratios[0], "ratio_hi": ratios[-1], "hwm": hwm,
         "cores": statistics.median(r["cpu"] / r["seconds"] for r in results),
+        "disk_ms": None, "disk_mib": None, "medium_bound": None, "cpu_s": statistics.median(
+            r["cpu"] for r in results),
+        # The best ratio this case could reach if its CPU work spread over every core
+        # with nothing else to wait for: dd's seconds over (CPU seconds / cores).
+        "cpu_bound": statistics.median(
+            b["seconds"] / max(r["cpu"] / (os.cpu_count() or 1), 1e-9)
+            for r, b in zip(results, base_results)
+        ),
     }  # fmt: skip
+    if all("disk_ms" in r for r in results):
+        # The device's busy time (iostat's %util over the run) and the bytes it moved.
+        row["disk_ms"] = statistics.median(r["disk_ms"] for r in results)
+        row["disk_mib"] = statistics.median(
+            (r["disk_read"] + r["disk_written"]) / float(MiB) for r in results
+        )
+    if case in READS_BACK and rw_results:
+        # Writing the image and reading as much back cannot beat the medium doing both.
+        row["medium_bound"] = statistics.median(
+            b["seconds"] / rw["seconds"] for rw, b in zip(rw_results, base_results)
+        )
+    return row
 
 
 def table(rows):
-    head = "%-5s %-4s %-12s %9s %15s %6s %13s %8s %5s" % (
+    head = "%-5s %-4s %-12s %9s %15s %6s %13s %8s %5s %7s %7s" % (
         "MiB", "src", "case", "MiB/s", "(min-max)", "ratio", "(min-max)", "peakRSS", "cores",
+        "disk ms", "disk MiB",
     )  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in rows:
         rss = "%7.1fM" % r["hwm"] if r["hwm"] is not None else "%8s" % "-"
         rates = "(%.0f-%.0f)" % (r["rate_lo"], r["rate_hi"])
         ratios = "(%.2f-%.2f)" % (r["ratio_lo"], r["ratio_hi"])
+        disk = ("%7d %7.0f" % (r["disk_ms"], r["disk_mib"])) if r["disk_ms"] is not None else ""
         lines.append(
-            "%-5d %-4s %-12s %9.1f %15s %6.3f %13s %s %5.2f"
-            % (
-                r["size"],
-                r["src"],
-                r["case"],
-                r["rate"],
-                rates,
-                r["ratio"],
-                ratios,
-                rss,
-                r["cores"],
-            )
-        )
+            "%-5d %-4s %-12s %9.1f %15s %6.3f %13s %s %5.2f %s"
+            % (r["size"], r["src"], r["case"], r["rate"], rates, r["ratio"], ratios, rss,
+               r["cores"], disk)
+        )  # fmt: skip
     return "\n".join(lines)
 
 
@@ -312,6 +378,8 @@ def verdict(rows, hash_rate, busy):
                 % (r["size"], r["src"], r["case"], r["ratio"], r["ratio_lo"], r["ratio_hi"],
                    ok, target)
             )  # fmt: skip
+            if r["ratio"] < target:
+                notes.append("  " + bounds(r, target))
         if r["hwm"] is not None and r["hwm"] >= RSS_LIMIT_MIB:
             notes.append(
                 "%d MiB %s %s: peak RSS %.1f MiB, over the %d MiB target"
@@ -322,6 +390,26 @@ def verdict(rows, hash_rate, busy):
         "install" % hash_rate
     )
     return "\n".join(notes)
+
+
+def bounds(row, target):
+    """Why a ratio was missed, in figures: the most this case could reach on this machine if
+    the medium never idled (its busy time, as iostat sees it) or if its CPU work were spread
+    over every core. A bound under the target means no scheduling of the same work gets there."""
+    parts = ["ceilings (medians of rounds):"]
+    if row["medium_bound"] is not None:
+        parts.append("the medium writing and reading at once (dd-rw) allows <= %.2f;"
+                     % row["medium_bound"])  # fmt: skip
+    parts.append(
+        "its %.2f CPU-seconds spread over %d cores, <= %.2f"
+        % (row["cpu_s"], os.cpu_count() or 1, row["cpu_bound"])
+    )
+    lowest = min(b for b in (row["medium_bound"], row["cpu_bound"]) if b is not None)
+    if lowest < target:
+        parts.append("-> out of reach on this machine" + (
+            " with the read-back ([readback], docs/transfer.md)" if row["case"] in READS_BACK
+            else ""))  # fmt: skip
+    return " ".join(parts)
 
 
 def hash_ceiling(total=256 * MiB):
@@ -380,9 +468,8 @@ def run(sizes, repeat, workdir):
             for case in CASES:
                 if (kind, case) in runs:
                     base = reference or runs[(kind, case)]
-                    rows.append(
-                        summarise(size_mib, kind, case, runs[(kind, case)], base, payload.size)
-                    )
+                    rows.append(summarise(size_mib, kind, case, runs[(kind, case)], base,
+                                          payload.size, runs.get(("file", "dd-rw"))))  # fmt: skip
     return rows
 
 
@@ -423,6 +510,8 @@ def main(argv=None):
     default_sizes = "32" if args.quick else "256,1024"
     sizes = [int(s) for s in (args.sizes or default_sizes).split(",")]
     repeat = args.repeat or (1 if args.quick else 5)
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)  # a fresh --dir is made, as a user expects
     workdir = tempfile.mkdtemp(prefix="charger-bench-", dir=args.dir)
     busy = busy_fraction()
     try:

@@ -75,11 +75,13 @@ def stamp(path):
 
 
 def bundle_for(image, key, workdir):
+    from agent.bundle.chunked import WINDOW
     from agent.bundle.writer import PayloadSource, create_bundle
     from agent.core import chunkindex
     from tests.bundle.factory import HW, MODEL
 
-    tag = chunkindex.MAGIC[:6].decode()  # a new index layout packs again
+    # a new index layout or window packs again
+    tag = "%s-w%d" % (chunkindex.MAGIC[:6].decode(), WINDOW >> 10)
     out = os.path.join(delta_images.ROOT, "bundles", "%s-%s-%s.cub" % (
         os.path.basename(image), stamp(image), tag))  # fmt: skip
     os.makedirs(os.path.dirname(out), exist_ok=True)

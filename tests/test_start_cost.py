@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 
 from tests.bench import make_bundle
 from tests.bench_process import IDLE_BOARD
@@ -14,13 +15,17 @@ from tests.bench_process import IDLE_BOARD
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WATCHED = (
     "cryptography", "cryptography.x509", "cryptography.hazmat.primitives.serialization",
-    "zstandard", "paho", "http.client", "email", "urllib.request", "agent.transfer.installer",
+    "cryptography.hazmat.primitives.asymmetric.ec", "cryptography.hazmat.primitives.asymmetric.rsa",
+    "zstandard", "paho", "http.client", "email", "urllib.request", "urllib.parse", "shutil",
+    "agent.transfer.installer",
     "agent.transfer.delta", "agent.bundle.reader", "agent.components", "agent.trust.manufacturer",
     "bootloader_iface.grub", "bootloader_iface.uboot_bootcount", "bootloader_iface.command",
 )  # fmt: skip
 
 PROBE = """
-import json, sys
+import sys
+before = set(sys.modules)  # what the interpreter itself loaded
+import json
 sys.argv = ["charger-update"] + json.loads(sys.argv[1])
 from agent import cli
 try:
@@ -32,16 +37,20 @@ try:
         cli.main(sys.argv[1:])
 except SystemExit:
     pass
-print("LOADED " + json.dumps([m for m in json.loads(sys.argv[0]) if m in sys.modules]))
+print("LOADED " + json.dumps([m for m in json.loads(sys.argv[0])
+                              if m in sys.modules and m not in before]))
 """
 
 
 def loaded(argv, cwd):
     script = PROBE.replace("json.loads(sys.argv[0])", repr(list(WATCHED)))
+    # -S: no site, so no editable-install hook (it imports urllib.parse and more); the venv's
+    # packages and this tree come in by PYTHONPATH, as a wheel install would have them.
+    paths = [ROOT, sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     out = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(argv)],
+        [sys.executable, "-S", "-c", script, json.dumps(argv)],
         cwd=cwd, capture_output=True, text=True, timeout=60,
-        env=dict(os.environ, PYTHONPATH=ROOT),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(paths)),
     )  # fmt: skip
     lines = [x for x in out.stdout.splitlines() if x.startswith("LOADED ")]
     assert lines, out.stdout + out.stderr
@@ -58,10 +67,14 @@ def test_a_local_install_imports_only_what_verifying_and_writing_need(tmp_path):
     bundle, config_path = make_bundle(str(tmp_path), str(payload), str(tmp_path / "slot.img"))
     got = loaded(["--config", config_path, "install", bundle], tmp_path)
     assert {"cryptography", "agent.transfer.installer", "agent.bundle.reader"} <= got  # it ran
-    # X.509 (OCPP signatures), key-file parsing, MQTT, HTTP, MCU drivers, other bootloaders.
+    # X.509 (OCPP signatures), key-file parsing, ECDSA and RSA for an Ed25519 release, zstd
+    # for a format-1 bundle, MQTT, HTTP and URLs, MCU drivers, other bootloaders.
     unused = {
         "cryptography.x509", "cryptography.hazmat.primitives.serialization", "paho",
-        "http.client", "email", "urllib.request", "agent.components", "agent.trust.manufacturer",
+        "cryptography.hazmat.primitives.asymmetric.ec",
+        "cryptography.hazmat.primitives.asymmetric.rsa", "zstandard",
+        "http.client", "email", "urllib.request", "urllib.parse", "shutil", "agent.components",
+        "agent.trust.manufacturer",
         "bootloader_iface.grub", "bootloader_iface.uboot_bootcount", "bootloader_iface.command",
     }  # fmt: skip
     assert got & unused == set()
@@ -75,4 +88,6 @@ def test_an_idle_daemon_carries_no_crypto_bundle_or_transfer_code(tmp_path):
         f.write(IDLE_BOARD % {"port": 1, "dir": tmp_path})
     got = loaded(["--config", config_path, config_path, "BUILD-DAEMON"], tmp_path)
     assert "paho" in got  # the daemon was built (its MQTT adapter is loaded)
-    assert got - {"paho", "http.client", "email", "urllib.request"} == set(), got  # paho's own
+    # paho's own imports (urllib.request brings tempfile and so shutil)
+    paho_own = {"paho", "http.client", "email", "urllib.request", "urllib.parse", "shutil"}
+    assert got - paho_own == set(), got

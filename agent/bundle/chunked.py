@@ -14,32 +14,43 @@ header says), and an index inflates to at most what its payload's size can need.
 """
 
 import collections
-import concurrent.futures
 import hashlib
 import io
 import os
 import struct
 
-import zstandard
-
 from agent.core import chunkindex as ci
 from agent.core.errors import ConfigError, MalformedBundle, PayloadMismatch
 
 BLOCK = 4096
-WINDOW = 64 * 1024
+# Image bytes before a block that prime its unit: 256 KiB fetch 5% fewer bytes than 64 KiB
+# for 5x the packing time, 1 MiB 2.5% fewer again for 20x (docs/bundle-format.md).
+WINDOW = 256 * 1024
 LEVEL = 19
 BATCH = 256  # blocks compressed per round of the thread pool
+# zstandard is imported by the functions that use it, not here: a format-1 install passes
+# through this module and never needs it (3 ms of its start-up, docs/transfer.md).
 
 
 def _prefix_dict(prefix):
+    import zstandard
+
     return zstandard.ZstdCompressionDict(bytes(prefix), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
 
 def _compress(data, prefix, level):
-    c = zstandard.ZstdCompressor(
-        level=level, dict_data=_prefix_dict(prefix) if prefix else None,
-        write_content_size=False, write_checksum=False, write_dict_id=False,
+    # Without the frame's magic number (4 bytes of every unit): a unit is known to be a zstd
+    # frame by its length, so the magic would only say it again.
+    import zstandard
+
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, source_size=len(data), dict_size=len(prefix),
+        format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=0, write_checksum=0,
+        write_dict_id=0,
     )  # fmt: skip
+    c = zstandard.ZstdCompressor(
+        compression_params=params, dict_data=_prefix_dict(prefix) if prefix else None
+    )
     out = c.compress(data)
     return out if len(out) < len(data) else bytes(data)  # stored raw when zstd does not help
 
@@ -49,7 +60,12 @@ def inflate_unit(unit, length, prefix):
     than `length`; PayloadMismatch if it does not inflate to exactly that."""
     if len(unit) == length:
         return bytes(unit)
-    dctx = zstandard.ZstdDecompressor(dict_data=_prefix_dict(prefix) if prefix else None)
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor(
+        dict_data=_prefix_dict(prefix) if prefix else None,
+        format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+    )
     try:
         reader = dctx.stream_reader(io.BytesIO(unit), read_across_frames=False)
         out = reader.read(length + 1)
@@ -82,7 +98,7 @@ def pack(src_path, out_file, block_size=BLOCK, window=WINDOW, level=LEVEL, threa
         members = ids[first : first + n]
         units = lengths[first : first + n]
         groups.append((n, sum(units), ci.group_id(members)))
-        details.append(b"".join(i.to_bytes(ci.ID_SIZE, "big") for i in members))
+        details.append(struct.pack(">%dI" % n, *[ci.short_id(b) for b in members]))
         details.append(struct.pack(">%dH" % n, *units))
     end = out_file.tell()
     out_file.seek(start)
@@ -91,6 +107,8 @@ def pack(src_path, out_file, block_size=BLOCK, window=WINDOW, level=LEVEL, threa
     out_file.flush()
     stored_size, stored_sha = _hash_range(out_file, start, end)
     raw = ci.encode_index(block_size, window, size, modulus, most, groups)
+    import zstandard
+
     packed = zstandard.ZstdCompressor(level=19).compress(raw)
     return packed, stored_size, stored_sha, size, installed.hexdigest()
 
@@ -116,6 +134,8 @@ def _pack_units(src, out_file, block_size, window, level, threads):
     installed = hashlib.sha256()
     size = 0
     history = b""
+    import concurrent.futures
+
     pool = concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1)
     with pool:
         while True:
@@ -153,6 +173,8 @@ def read_index(stored, payload):
             hint="the bundle was altered or damaged; download it again",
         )
     limit = ci.max_raw_size(payload.installed_size)
+    import zstandard
+
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(
             io.BytesIO(stored), read_across_frames=False
@@ -165,57 +187,101 @@ def read_index(stored, payload):
     return ci.parse_index(raw, payload)
 
 
+class GroupMismatch(PayloadMismatch):
+    """Blocks taken for a group do not make its signed group id (or one of its units does
+    not inflate to its short id): none of them was written. The installer fetches the
+    group's detail and units again; a full download has nothing else to try."""
+
+    def __init__(self, message, group, hint=None):
+        PayloadMismatch.__init__(self, message, hint)
+        self.group = group
+
+
 class Rebuilder:
-    """Rebuilds a payload's image block by block, in order: a block is taken only if its id
-    is the one the signed index names (`check`), and a stored unit is inflated with the
-    window of image bytes before it (`from_unit`). The installed sha256 of everything
-    taken is compared with the manifest by `finish`."""
+    """Rebuilds a payload's image group by group, in order: a block is taken only if its id
+    is the one the index names (`check`: its 8-byte id when known, else its short id), a
+    stored unit is inflated with the window of image bytes before it (`from_unit`), and a
+    group's blocks are handed out only once their 8-byte ids make its signed group id
+    (`end_group`): nothing unchecked reaches the slot. The installed sha256 of everything
+    handed out is compared with the manifest by `finish`."""
 
     def __init__(self, payload, index):
         self.payload = payload
         self.index = index
         # The last blocks taken, joined into the window only when a unit needs it: most
         # blocks of a delta install come from a slot and never need it.
-        self.recent = collections.deque(maxlen=-(-index.window // index.block_size) + 1)
+        self.recent = collections.deque((), -(-index.window // index.block_size))
         self.digest = hashlib.sha256()
-        self.taken = 0
+        self.taken = 0  # blocks handed out (whole groups)
+        self.next = 0  # the next block to take (within the current group)
+        self.pending = []  # (block, 8-byte id) of the current group
+        self.before = []  # `recent` when the current group began, to go back to
         self.zero = bytes(index.block_size)
 
     @property
     def history(self):
         window = self.index.window
-        return b"".join(self.recent)[-window:] if window else b""
+        if not window:
+            return b""
+        data = b"".join(self.recent)  # only a window that is no whole number of blocks is cut
+        return data if len(data) <= window else data[-window:]
 
-    def check(self, i, block, bid=None):
-        """True if `block` is block i of the image (its id, or `bid` computed already,
-        matches the index)."""
-        if len(block) != self.index.block_length(i):
-            return False
-        if bid is None:
-            bid = self.index.zero_id if block is self.zero else ci.block_id(block)
-        return bid == self.index.ids[i]
+    def check(self, i, block):
+        """Block i's 8-byte id if `block` is block i of the image (its id, or its short id
+        while only that is known, matches the index), else None."""
+        index = self.index
+        if len(block) != index.block_length(i):
+            return None
+        bid = index.zero_id if block is self.zero else ci.block_id(block)
+        if index.ids[i] is not None:
+            return bid if bid == index.ids[i] else None
+        return bid if ci.short_id(bid) == index.short[i] else None
 
-    def take(self, i, block):
-        """Accept block i (already checked) as the next piece of the image."""
-        if i != self.taken:
-            raise PayloadMismatch("block %d rebuilt out of order (next is %d)" % (i, self.taken))
-        self.digest.update(block)
+    def take(self, i, block, bid):
+        """Block i (checked: `bid` is what check returned) as the next piece of its group."""
+        if i != self.next:
+            raise PayloadMismatch("block %d rebuilt out of order (next is %d)" % (i, self.next))
+        if not self.pending:
+            self.before = list(self.recent)
+        self.pending.append((block, bid))
         self.recent.append(block)
-        self.taken += 1
-        return block
+        self.next += 1
 
-    def from_unit(self, i, unit):
-        """Block i from its stored unit, checked; PayloadMismatch names the block if not."""
+    def from_unit(self, i, unit, group=None):
+        """Take block i from its stored unit; PayloadMismatch names the block if it does not
+        match (GroupMismatch when `group` is given: earlier blocks of that group, not yet
+        checked as a group, may have been wrong and spoilt its dictionary)."""
         n = self.index.block_length(i)
-        block = self.zero if self.index.lengths[i] == 0 else inflate_unit(unit, n, self.history)
-        if not self.check(i, block):
-            raise PayloadMismatch(
-                "payload %s: block %d does not match the signed chunk index"
-                % (self.payload.name, i),
-                hint="the server sent other bytes than the bundle's; the slot was not marked "
-                "bootable",
-            )
-        return self.take(i, block)
+        what = "payload %s: block %d does not match the signed chunk index" % (self.payload.name, i)
+        try:
+            block = self.zero if self.index.lengths[i] == 0 else inflate_unit(unit, n, self.history)
+        except PayloadMismatch as e:
+            what = "%s (%s)" % (what, e.message)
+            block = None
+        bid = self.check(i, block) if block is not None else None
+        if bid is None:
+            if group is not None:
+                raise GroupMismatch(what, group)
+            raise PayloadMismatch(what, hint=_LIAR)
+        self.take(i, block, bid)
+
+    def end_group(self, g):
+        """The blocks of group g (all taken), if their ids make its signed id; else none is
+        handed out, the window goes back to the group's start, and GroupMismatch."""
+        first, n = self.index.groups[g][:2]
+        pending, self.pending = self.pending, []
+        if self.next != first + n or len(pending) != n or self.taken != first:
+            raise PayloadMismatch("group %d rebuilt out of order" % g)
+        if not self.index.matches(g, [bid for _, bid in pending]):
+            self.recent = collections.deque(self.before, self.recent.maxlen)
+            self.next = first
+            raise GroupMismatch("payload %s: the blocks of group %d do not match the signed "
+                                "chunk index" % (self.payload.name, g), g, hint=_LIAR)  # fmt: skip
+        blocks = [block for block, _ in pending]
+        for block in blocks:
+            self.digest.update(block)
+        self.taken += n
+        return blocks
 
     def finish(self):
         sha = self.digest.hexdigest()
@@ -227,20 +293,26 @@ class Rebuilder:
             )
 
 
+_LIAR = "the server sent other bytes than the bundle's; the slot was not marked bootable"
+
+
 def stream_blocks(read_exact, payload, index):
     """The image's blocks from its stored payload read in order (a full download): every
-    group detail checked against its id, every block against the index, the stored sha256
-    and the installed sha256 at the end. `read_exact(n)` returns exactly n bytes or raises."""
+    block checked against its short id, every group against its signed id before its
+    blocks are handed out, the stored sha256 and the installed sha256 at the end.
+    `read_exact(n)` returns exactly n bytes or raises."""
     rebuild = Rebuilder(payload, index)
     stored = hashlib.sha256()
     for g in range(len(index.groups)):
         detail = read_exact(index.detail_span(g)[1])
         stored.update(detail)
         index.take_detail(g, detail)
-    for i, n in enumerate(index.lengths):
-        unit = read_exact(n) if n else b""
-        stored.update(unit)
-        yield rebuild.from_unit(i, unit)
+    for g, (first, n) in enumerate((x[0], x[1]) for x in index.groups):
+        for i in range(first, first + n):
+            unit = read_exact(index.lengths[i]) if index.lengths[i] else b""
+            stored.update(unit)
+            rebuild.from_unit(i, unit)
+        yield from rebuild.end_group(g)
     if stored.hexdigest() != payload.sha256:
         raise PayloadMismatch("payload %s: sha256 of its units does not match" % payload.name)
     rebuild.finish()

@@ -9,7 +9,7 @@ its id alone, wherever the group moved to; only the other groups' block lists ar
 Top index (the bundle's head; zstd-compressed, its sha256 signed in the manifest; integers
 big-endian):
 
-    8 bytes   magic b"CUIDX2\\n\\0"
+    8 bytes   magic b"CUIDX3\\n\\0"
     4 bytes   block size B (512..32768, a power of two)
     4 bytes   window W: bytes of the image before a block that prime its decompression
     8 bytes   installed size S (the payload's installed_size)
@@ -19,19 +19,24 @@ big-endian):
     4 bytes   most blocks in a group X
     G times   varint block count, varint stored bytes of the group's units, 8-byte group id
 
-Group detail (the first 10 * N bytes of the stored payload, group after group): for each
-block of the group its 8-byte id, then for each block its 2-byte unit length (0: nothing
-stored, the block is all zeros; the block's length: stored raw; less: zstd with the W image
-bytes before the block as its dictionary). The units follow, block after block.
+Group detail (the first 6 * N bytes of the stored payload, group after group): for each
+block of the group the first 4 bytes of its id (its short id), then for each block its
+2-byte unit length (0: nothing stored, the block is all zeros; the block's length: stored
+raw; less: a zstd frame without its magic number, with the W image bytes before the block
+as its dictionary). The units follow, block after block.
 
 A block id is the first 8 bytes of the block's SHA-256; a group id the first 8 bytes of the
-SHA-256 of its blocks' ids, so a detail is checked against the signed group id before use.
+SHA-256 of its blocks' (8-byte) ids. A detail names short ids only (4 bytes a block instead
+of 8: the block lists are most of what a delta fetches besides the units), so it cannot be
+checked against its group id alone: each block is checked against its short id, and a
+group's blocks against the signed group id, before any of them is written
+(agent/bundle/chunked.py, Rebuilder).
 
 Invariant: a ChunkIndex exists only if every field is in range and consistent with the
 payload it belongs to (sizes, counts, stored bytes adding up to the payload's size), and a
-group's blocks are known only after its detail matched its id (or the charger's own blocks
-did), so the installer can plan from it without further checks. Pure: no I/O, runs on
-MicroPython.
+detail is taken only if its lengths add up to its group's signed stored bytes and each is
+in its block's bounds, so the installer can plan from it without further checks. Pure: no
+I/O, runs on MicroPython.
 """
 
 import hashlib
@@ -39,11 +44,13 @@ import struct
 
 from agent.core.errors import MalformedBundle
 
-MAGIC = b"CUIDX2\n\0"
+MAGIC = b"CUIDX3\n\0"
 HEAD = ">8sIIQIIII"
 HEAD_SIZE = 40
 ID_SIZE = 8
-ENTRY = ID_SIZE + 2  # one block in a group detail: id, unit length
+SHORT_SIZE = 4  # a block's id in a group detail: its first 4 bytes
+SHORT_SHIFT = 8 * (ID_SIZE - SHORT_SIZE)
+ENTRY = SHORT_SIZE + 2  # one block in a group detail: short id, unit length
 MIN_BLOCK = 512
 MAX_BLOCK = 32768
 MAX_WINDOW = 1 << 20
@@ -55,6 +62,11 @@ MODULUS = 16  # groups of 16 blocks on average: fewest bytes to fetch, measured 
 def block_id(data):
     """The id of a block: the first ID_SIZE bytes of its SHA-256, as an int."""
     return int.from_bytes(hashlib.sha256(data).digest()[:ID_SIZE], "big")
+
+
+def short_id(bid):
+    """A block id's first SHORT_SIZE bytes, as an int (what a group detail names)."""
+    return bid >> SHORT_SHIFT
 
 
 def group_id(ids):
@@ -81,7 +93,7 @@ def groups(ids, zero_id, modulus, most):
 def max_raw_size(installed_size):
     """Upper bound of a top index's uncompressed size for a payload (bounds its inflating)."""
     count = min(installed_size // MIN_BLOCK + 1, MAX_COUNT)
-    return HEAD_SIZE + count * (ID_SIZE + 3 + 5)
+    return HEAD_SIZE + count * (ID_SIZE + 3 + 5)  # per group at most: id, two varints
 
 
 def detail_size(count):
@@ -101,7 +113,9 @@ class ChunkIndex:
         self.most = most
         self.groups = groups  # [(first block, block count, unit offset, stored bytes, id)]
         self.zero_id = block_id(bytes(block_size))
-        self.ids = [None] * count
+        self.zero_short = short_id(self.zero_id)
+        self.ids = [None] * count  # full ids, of groups taken whole from a slot
+        self.short = [None] * count  # short ids, from a detail or a slot
         self.lengths = [None] * count
         self.offsets = [None] * count
         last = groups[-1] if groups else (0, 0, 0, 0, 0)
@@ -130,34 +144,36 @@ class ChunkIndex:
         first, n = self.groups[g][0], self.groups[g][1]
         return first * ENTRY, n * ENTRY
 
-    def known(self, g):
-        return self.ids[self.groups[g][0]] is not None
+    def matches(self, g, ids):
+        """True if `ids` (8-byte block ids, in order) are group g's: its signed id."""
+        n, gid = self.groups[g][1], self.groups[g][4]
+        return len(ids) == n and group_id(ids) == gid
 
     def take_ids(self, g, ids, lengths=None):
         """The blocks of group g are `ids` (the charger's own, already matched): True if
         they hash to the group's signed id. Unit lengths stay unknown unless given (an
         all-zero group stores nothing)."""
-        first, n, offset, _, gid = self.groups[g]
-        if len(ids) != n or group_id(ids) != gid:
+        first, n, offset = self.groups[g][:3]
+        if not self.matches(g, ids):
             return False
         for j in range(n):
             self.ids[first + j] = ids[j]
+            self.short[first + j] = short_id(ids[j])
             if lengths is not None:
                 self.lengths[first + j], self.offsets[first + j] = lengths[j], offset
                 offset += lengths[j]
         return True
 
     def take_detail(self, g, data):
-        """Group g's detail (ENTRY bytes per block), checked against its signed id and
-        stored size; MalformedBundle if it does not match."""
-        first, n, offset, stored, gid = self.groups[g]
+        """Group g's detail (ENTRY bytes per block), checked against its signed stored size
+        and its blocks' bounds; MalformedBundle if it does not fit. Its short ids are
+        checked later, with the blocks they name (Rebuilder.end_group)."""
+        first, n, offset, stored = self.groups[g][:4]
         data = bytes(data)
         if len(data) != n * ENTRY:
             raise _bad("group %d detail is %d bytes, not %d" % (g, len(data), n * ENTRY))
-        ids = [int.from_bytes(data[p : p + ID_SIZE], "big") for p in range(0, n * ID_SIZE, ID_SIZE)]
-        if group_id(ids) != gid:
-            raise _bad("group %d detail does not match its signed id" % g)
-        lengths = struct.unpack(">%dH" % n, data[n * ID_SIZE :])
+        ids = struct.unpack(">%dI" % n, data[: n * SHORT_SIZE])
+        lengths = struct.unpack(">%dH" % n, data[n * SHORT_SIZE :])
         if sum(lengths) != stored:
             raise _bad("group %d detail stores %d bytes, its entry says %d" % (g, sum(lengths),
                        stored))  # fmt: skip
@@ -165,7 +181,7 @@ class ChunkIndex:
         for j in range(n):
             i = first + j
             _check_unit(self, i, ids[j], lengths[j])
-            self.ids[i], self.lengths[i], self.offsets[i] = ids[j], lengths[j], pos
+            self.short[i], self.lengths[i], self.offsets[i] = ids[j], lengths[j], pos
             pos += lengths[j]
 
 
@@ -173,11 +189,11 @@ def _bad(what):
     return MalformedBundle("chunk index " + what, hint="the bundle is damaged; download it again")
 
 
-def _check_unit(index, i, bid, n):
-    """A block has a unit no longer than itself, or none and the zero block's id."""
+def _check_unit(index, i, short, n):
+    """A block has a unit no longer than itself, or none and the zero block's short id."""
     if n > index.block_length(i):
         raise _bad("block %d stores %d bytes, more than its %d" % (i, n, index.block_length(i)))
-    if n == 0 and (bid != index.zero_id or index.block_length(i) != index.block_size):
+    if n == 0 and (short != index.zero_short or index.block_length(i) != index.block_size):
         raise _bad("block %d stores nothing but is not a zero block" % i)
 
 

@@ -4,13 +4,17 @@ as byte ranges of the same bundle.
 
 The charger cuts both slots into blocks and groups by the index's rule: a group of the new
 image found in a slot is taken whole, by its signed id; only the other groups' block lists
-are fetched (agent/core/chunkindex.py), and their blocks looked up one by one: in a slot,
-earlier in the new image (a block fetched once serves every copy of it), or fetched.
+are fetched (agent/core/chunkindex.py), and their blocks looked up one by one by the short
+ids the lists name: in a slot, earlier in the new image (a block fetched once serves every
+copy of it), or fetched.
 
-Invariant: no block reaches the slot before its id matched the signed chunk index, whether
-it came from a local slot or the network: a local block that does not match (the slot
-changed since it was indexed, or a bit flipped) is fetched instead; the whole image's signed
-sha256 is checked after the last block (and read back after the fsync, as every install
+Invariant: no block reaches the slot before it matched the signed chunk index, whether it
+came from a local slot or the network: its own id (or short id), then its group's signed
+id over all the group's blocks, before any of them is handed out. A local block that does
+not match its id (the slot changed since it was indexed, or a bit flipped) is fetched
+instead; a group that does not match (a local block that only shares a short id) is
+fetched again whole, from its units alone; the whole image's signed sha256 is checked
+after the last block (and read back after the fsync, as every install
 is). A block of the inactive slot is only taken from where the new image has not been
 written yet, so after a power cut the blocks already written are found in place and not
 fetched again.
@@ -26,9 +30,10 @@ from agent.core import chunkindex as ci
 ZERO, BOOTED, INACTIVE, REMOTE, REPEAT = 0, 1, 2, 3, 4
 KIND_NAMES = ("zero", "booted", "inactive", "remote", "repeated")
 SCAN = 1 << 20  # bytes read per call when indexing a slot
-# Fetch up to this many unneeded bytes rather than start another range: about what one more
-# part of a multipart answer costs in headers (boundary, Content-Type, Content-Range).
-COALESCE_GAP = 100
+# Fetch up to this many unneeded bytes rather than start another range: what one more part
+# of a multipart answer costs in headers (boundary, Content-Type, Content-Range, CRLFs: 110
+# bytes from nginx or the bench's server for a bundle of 10-999 MB).
+COALESCE_GAP = 110
 
 
 def scan(path, block_size):
@@ -56,7 +61,8 @@ def scan(path, block_size):
 
 class Slot:
     """What one local slot holds, by the index's blocks and groups: the first (booted) or
-    last (inactive) place of each non-zero block id and of each group id."""
+    last (inactive) place of each non-zero short block id (what a group detail names) and
+    of each group id."""
 
     def __init__(self, ids, index, last):
         self.ids = ids
@@ -64,8 +70,10 @@ class Slot:
         self.groups = {}
         zero = index.zero_id
         for k, bid in enumerate(ids):
-            if bid != zero and (last or bid not in self.blocks):
-                self.blocks[bid] = k
+            if bid != zero:
+                short = ci.short_id(bid)
+                if last or short not in self.blocks:
+                    self.blocks[short] = k
         for first, n in ci.groups(ids, zero, index.modulus, index.most):
             gid = ci.group_id(ids[first : first + n])
             if last or gid not in self.groups:
@@ -132,8 +140,9 @@ class Plan:
         return coalesce(spans)
 
     def take_details(self, ranges):
-        """Fetch the missing groups' details (checked against their ids), then decide
-        their blocks and the ranges of units to fetch."""
+        """Fetch the missing groups' details (their sizes checked; their short ids are
+        checked with the blocks, by the group ids), then decide their blocks and the
+        ranges of units to fetch."""
         spans = self.detail_spans()
         got = _Units(iter(ranges.read_ranges(spans)))
         self.detail_bytes = sum(n for _, n in spans)
@@ -150,7 +159,7 @@ class Plan:
 
     def _decide_block(self, i, seen):
         index = self.index
-        bid = index.ids[i]
+        bid = index.short[i]  # a short id may name another block: the group check says
         if index.lengths[i] == 0:
             kind, at = ZERO, 0
         elif bid in self.booted.blocks:
@@ -240,46 +249,90 @@ def refetch(plan, i, ranges):
     return _read(ranges, plan.units_at + index.offsets[i], index.lengths[i])
 
 
-def rebuild(plan, payload, ranges, booted_path, inactive_path, counters=None):
-    """The new image's blocks, in order, each checked against the index (see module
-    docstring); `ranges` is a FileRanges/HttpRanges of the bundle. `counters` (a dict)
-    collects how many blocks came from where, refetches included."""
+def refetch_group(plan, g, ranges):
+    """Group g's detail and units fetched again (one request): {block: unit}."""
     index = plan.index
-    rb = chunked.Rebuilder(payload, index)
-    units = _Units(iter(ranges.read_ranges(plan.spans)))
-    repeated = set(plan.local[i] for i in range(index.count) if plan.kinds[i] == REPEAT)
-    kept = {}  # fetched blocks the image has again later
-    fds = {}
+    first, n, offset, stored = index.groups[g][:4]
+    at, size = index.detail_span(g)
+    spans = [(plan.payload_offset + at, size)]
+    if stored:
+        spans.append((plan.units_at + offset, stored))
+    got = _Units(iter(ranges.read_ranges(spans)))
+    index.take_detail(g, got.get(plan.payload_offset + at, size))
+    return dict((i, got.get(plan.units_at + index.offsets[i], index.lengths[i]))
+                for i in range(first, first + n))  # fmt: skip
+
+
+class _Rebuild:
+    """One payload's rebuild: where each block comes from (the plan), the open slots, the
+    fetched units and the fetched blocks the image repeats."""
+
+    def __init__(self, plan, payload, ranges, fds, counters):
+        self.plan, self.index, self.ranges, self.fds = plan, plan.index, ranges, fds
+        self.rb = chunked.Rebuilder(payload, plan.index)
+        self.units = _Units(iter(ranges.read_ranges(plan.spans)))
+        self.repeated = set(plan.local[i] for i in range(plan.index.count)
+                            if plan.kinds[i] == REPEAT)  # fmt: skip
+        self.kept = {}  # fetched blocks the image has again later
+        self.counters = counters
+
+    def group(self, g):
+        """Group g's blocks, checked: as planned, or (if they do not make the group's
+        signed id: a short id that named another local block) fetched again whole."""
+        first, n = self.index.groups[g][:2]
+        try:
+            for i in range(first, first + n):
+                self.block(i, g)
+            return self.rb.end_group(g)
+        except chunked.GroupMismatch:
+            self.counters["refetched"] += n
+            units = refetch_group(self.plan, g, self.ranges)
+            for i in range(first, first + n):
+                self.rb.from_unit(i, units[i])  # the bundle's own units: a mismatch is final
+                if i in self.repeated:
+                    self.kept[i] = self.rb.pending[-1][0]
+            return self.rb.end_group(g)
+
+    def block(self, i, g):
+        plan, index, rb = self.plan, self.index, self.rb
+        kind = plan.kinds[i]
+        self.counters[KIND_NAMES[kind]] += 1
+        if kind == REMOTE:
+            rb.from_unit(i, self.units.get(plan.units_at + index.offsets[i], index.lengths[i]), g)
+            if i in self.repeated:
+                self.kept[i] = rb.pending[-1][0]
+            return
+        if kind == ZERO:
+            return rb.from_unit(i, b"", g)
+        if kind == REPEAT:
+            block = self.kept[plan.local[i]]
+        else:
+            at = plan.local[i] * index.block_size
+            block = os.pread(self.fds[kind], index.block_length(i), at)
+        bid = rb.check(i, block)
+        if bid is not None:
+            return rb.take(i, block, bid)
+        self.counters["refetched"] += 1  # changed since it was indexed: never trusted
+        rb.from_unit(i, refetch(plan, i, self.ranges), g)
+
+
+def rebuild(plan, payload, ranges, booted_path, inactive_path, counters=None):
+    """The new image's blocks, in order, each group checked against the index before its
+    blocks come out (see module docstring); `ranges` is a FileRanges/HttpRanges of the
+    bundle. `counters` (a dict) collects how many blocks came from where, and how many
+    were fetched again."""
     counters = counters if counters is not None else {}
     for name in KIND_NAMES + ("refetched",):
         counters.setdefault(name, 0)
+    fds = {}
     try:
         for kind, path in ((BOOTED, booted_path), (INACTIVE, inactive_path)):
             if path and kind in plan.kinds:
                 fds[kind] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        for i in range(index.count):
-            kind = plan.kinds[i]
-            if kind == REMOTE:
-                unit = units.get(plan.units_at + index.offsets[i], index.lengths[i])
-                block = rb.from_unit(i, unit)
-                if i in repeated:
-                    kept[i] = block
-            elif kind == ZERO:
-                block = rb.from_unit(i, b"")
-            else:
-                if kind == REPEAT:
-                    block = kept[plan.local[i]]
-                else:
-                    at = plan.local[i] * index.block_size
-                    block = os.pread(fds[kind], index.block_length(i), at)
-                if rb.check(i, block):
-                    block = rb.take(i, block)
-                else:  # changed since it was indexed: never trusted, fetched instead
-                    counters["refetched"] += 1
-                    block = rb.from_unit(i, refetch(plan, i, ranges))
-            counters[KIND_NAMES[kind]] += 1
-            yield block
-        rb.finish()
+        work = _Rebuild(plan, payload, ranges, fds, counters)
+        for g in range(len(plan.index.groups)):
+            yield from work.group(g)
+        work.rb.finish()
     finally:
         for fd in fds.values():
             os.close(fd)

@@ -25,7 +25,6 @@ import random
 import stat
 import threading
 import time
-from urllib.parse import urljoin, urlsplit
 
 from agent.config import DOWNLOAD_DEFAULTS
 from agent.core.errors import BadSource, NetworkError, PayloadMismatch, Truncated
@@ -36,7 +35,20 @@ MAX_REDIRECTS = 5
 USER_AGENT = "charger-update-agent"
 # http.client, ssl and socket (and the email parser behind http.client) are imported by the
 # HTTP code below when it runs, not with this module: an install from a local file never
-# needs them, and they are a fifth of its start-up (docs/transfer.md).
+# needs them, and they are a fifth of its start-up (docs/transfer.md). So is urllib.parse
+# (it imports ipaddress): a local path is never parsed as a URL.
+
+
+def urlsplit(url):
+    from urllib.parse import urlsplit as split
+
+    return split(url)
+
+
+def urljoin(base, url):
+    from urllib.parse import urljoin as join
+
+    return join(base, url)
 
 
 def retryable():

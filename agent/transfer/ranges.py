@@ -18,7 +18,6 @@ the format costs no request of its own.
 import os
 import random
 import time
-from urllib.parse import urlsplit
 
 from agent.config import DOWNLOAD_DEFAULTS
 from agent.core.errors import BadSource, NetworkError
@@ -31,6 +30,7 @@ from agent.transfer.fetch import (
     job_file_path,
     open_regular,
     retryable,
+    urlsplit,
 )
 
 MAX_RANGES = 64  # per request: the Range header stays well under servers' 8 KiB header limits

@@ -10,8 +10,7 @@ import hashlib
 import os
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from agent.core import keyring
 from agent.core.errors import BadSignature, ConfigError, Expired, MalformedBundle, UnknownKey
@@ -19,6 +18,7 @@ from agent.core.errors import BadSignature, ConfigError, Expired, MalformedBundl
 # cryptography.hazmat.primitives.serialization (it imports the SSH key code) and
 # cryptography.x509 are imported by the functions that need them, not here: verifying a
 # bundle needs neither, and they are most of the package's import time (docs/transfer.md).
+# So are the ECDSA, RSA and hash modules (3 ms): an Ed25519 release never needs them.
 
 KEYTYPES = keyring.KEYTYPES  # ("ed25519", "ecdsa-p256")
 CHUNK = 1 << 20
@@ -31,6 +31,8 @@ def generate(keytype):
     if keytype == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
     if keytype == "ecdsa-p256":
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         return ec.generate_private_key(ec.SECP256R1())
     raise ConfigError("unknown key type %r" % keytype, hint="use one of %s" % ", ".join(KEYTYPES))
 
@@ -38,6 +40,8 @@ def generate(keytype):
 def keytype_of(key):
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
         return "ed25519"
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
         if isinstance(key.curve, ec.SECP256R1):
             return "ecdsa-p256"
@@ -130,6 +134,9 @@ def sign(key, data):
     """Ed25519 over data, or ECDSA P-256 with SHA-256 (DER-encoded r, s)."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(data)
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
@@ -137,10 +144,13 @@ def verify(pubkey, sig, data):
     try:
         if isinstance(pubkey, ed25519.Ed25519PublicKey):
             pubkey.verify(sig, data)
-        elif isinstance(pubkey, ec.EllipticCurvePublicKey):
-            pubkey.verify(sig, data, ec.ECDSA(hashes.SHA256()))
         else:
-            return False
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.asymmetric import ec
+
+            if not isinstance(pubkey, ec.EllipticCurvePublicKey):
+                return False
+            pubkey.verify(sig, data, ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
@@ -162,6 +172,8 @@ def public_from_spki(keytype, der):
     try:
         if keytype == "ed25519":
             return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + raw)
     except (ValueError, TypeError):  # not a point on the curve
         return None
@@ -194,6 +206,7 @@ def _parse_fields(cert, what):
     then raise from `.subject` in the middle of an error message. Every field the checks read
     is parsed here, so a malformed one is MalformedBundle at load time."""
     from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
 
     # What cryptography raises when a lazily parsed field is malformed.
     field_errors = (ValueError, TypeError, x509.DuplicateExtension,
@@ -288,6 +301,9 @@ def verify_digest_signature(pubkey, sig, digest, rsa_pkcs1v15=False):
     Ed25519 cannot be prehashed, so for Ed25519 the convention here is a signature over the
     32-byte digest.
     """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
+
     try:
         if isinstance(pubkey, ec.EllipticCurvePublicKey):
             pubkey.verify(sig, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
@@ -303,10 +319,16 @@ def verify_digest_signature(pubkey, sig, digest, rsa_pkcs1v15=False):
 
 
 def _pss():
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO)
 
 
 def _verify_rsa(pubkey, sig, digest, pkcs1v15):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, utils
+
     paddings = [_pss()] + ([padding.PKCS1v15()] if pkcs1v15 else [])
     for pad in paddings:
         try:
@@ -320,6 +342,9 @@ def _verify_rsa(pubkey, sig, digest, pkcs1v15):
 def sign_digest(key, digest, rsa_padding="pss"):
     """The signing side of verify_digest_signature (used by tests and tooling); RSA signs
     with PSS (salt = digest length) or, with rsa_padding="pkcs1v15", PKCS#1 v1.5."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
     if isinstance(key, rsa.RSAPrivateKey):

@@ -120,12 +120,14 @@ def check_chunk_index_groups_and_details():
     check_equal((index.count, len(index.groups), index.stored_size), (40, len(cut), 4000), "sizes")
     check_equal(index.group_of(9), 2, "block 9 is in the third group")
     first, n = cut[2]
-    detail = b"".join(i.to_bytes(8, "big") for i in ids[first : first + n])
+    detail = b"".join(ci.short_id(i).to_bytes(4, "big") for i in ids[first : first + n])
     detail += b"".join(x.to_bytes(2, "big") for x in lengths[first : first + n])
     index.take_detail(2, detail)
-    check_equal((index.ids[9], index.offsets[9]), (9, 900), "block 9 after the detail")
-    forged = detail[:8] + bytes([detail[8] ^ 1]) + detail[9:]
-    expect_error(MalformedBundle, index.take_detail, 2, forged)
+    check_equal((index.short[9], index.offsets[9]), (ci.short_id(9), 900), "block 9 named")
+    check_equal(index.matches(2, ids[first : first + n]), True, "the group's blocks, its id")
+    check_equal(index.matches(2, ids[first + 1 : first + n + 1]), False, "others are not")
+    wrong = detail[: 4 * n] + (200).to_bytes(2, "big") + detail[4 * n + 2 :]
+    expect_error(MalformedBundle, index.take_detail, 2, wrong)  # its lengths add up to more
     check_equal(index.take_ids(1, ids[1:9]), True, "a slot's own blocks with the group's id")
     check_equal(index.take_ids(1, ids[2:10]), False, "other blocks do not make the group")
     expect_error(MalformedBundle, ci.parse_index, raw[:-1], payload)

@@ -389,12 +389,16 @@ def test_resume_lifts_a_cohort_halt_and_counts_only_later_failures(tmp_path, kit
     clock.t += 61
     assert step() == ([], [])
     assert [h["cohort"] for h in store.rollout("again")["halts"]] == ["AC22/C/1.0.0"]
+    # its only cohort halted: the rollout reads halted, as after a fleet-wide halt
+    assert {t["cohort"] for t in store.targets("again")} == {"AC22/C/1.0.0"}
+    assert store.rollout("again")["state"] == "halted"
     code, _ = run_cli("--db", db, "rollout", "resume", "again", "--cohort", "AC22/D/1.0.0")
     assert code == 4  # not halted: refused, nothing recorded
     assert run_cli("--db", db, "rollout", "resume", "again", "--cohort", "AC22/C/1.0.0")[0] == 0
     clock.t += 1
     wave1, _ = step()
     assert wave1 and len(store.rollout("again")["halts"]) == 1  # no second halt for the same
+    assert store.rollout("again")["state"] == "running"
     code, out = run_cli("--db", db, "rollout", "status", "again")
     assert "halt lifted cohort AC22/C/1.0.0" in out and "HALT" not in out, out
     before = store.rollout("again")["halts"]

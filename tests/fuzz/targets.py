@@ -101,8 +101,9 @@ def chunk_index(data):
         except MalformedBundle:
             continue
         assert index.count * index.block_size >= installed > (index.count - 1) * index.block_size
-        assert index.stored_size == size and len(index.lengths) == index.count
-        assert all(n <= index.block_length(i) for i, n in enumerate(index.lengths))
+        assert index.detail_size + index.stored_size == size  # details, then units
+        assert len(index.lengths) == index.count
+        assert sum(g[3] for g in index.groups) == index.stored_size
 
 
 def envelope(data):

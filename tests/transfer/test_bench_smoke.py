@@ -17,6 +17,7 @@ def test_bench_quick_prints_table(capsys, tmp_path):
     lines = out.splitlines()
     assert lines[0].split() == [
         "MiB", "src", "case", "MiB/s", "(min-max)", "ratio", "(min-max)", "peakRSS", "cores",
+        "disk", "ms", "disk", "MiB",
     ]  # fmt: skip
     have_dd = shutil.which("dd") is not None
     expected = [(kind, case) for kind, _, case in bench.round_cases([("file", ""), ("http", "")],
@@ -67,3 +68,29 @@ def test_measured_reports_the_commands_own_peak_rss_not_the_callers():
     assert r["maxrss_kib"] < 50 << 10  # ... yet `true` is reported at its own few MiB
     assert r["seconds"] >= 0 and r["cpu"] >= 0
     del ballast
+
+
+def test_a_missed_read_back_target_prints_its_ceilings():
+    # dd 0.16 s; the medium writing and reading at once 0.32 s; the install 0.56 s with
+    # 0.5 CPU-seconds: neither the medium (0.5x) nor the CPU lets it reach 0.7x
+    dd = [{"seconds": 0.16, "hwm_kib": 1, "cpu": 0.1}]
+    rw = [{"seconds": 0.32, "hwm_kib": 1, "cpu": 0.1}]
+    case = [{"seconds": 0.56, "hwm_kib": 1024, "cpu": 0.5, "disk_ms": 290,
+             "disk_read": 256 * bench.MiB, "disk_written": 256 * bench.MiB}]  # fmt: skip
+    row = bench.summarise(256, "file", "install", case, dd, 256 * bench.MiB, rw)
+    assert row["medium_bound"] == 0.5 and row["disk_ms"] == 290 and row["disk_mib"] == 512
+    text = bench.verdict([row], hash_rate=1700.0, busy=False)
+    assert "MISSES the 0.70 target" in text
+    assert "dd-rw) allows <= 0.50" in text and "out of reach on this machine" in text
+    # a case that does not read back gets no medium ceiling from dd-rw
+    norb = bench.summarise(256, "file", "install-norb", case, dd, 256 * bench.MiB, rw)
+    assert norb["medium_bound"] is None
+
+
+def test_the_slot_device_is_found_for_a_directory(tmp_path):
+    device = bench.block_device(str(tmp_path))
+    sample = bench.disk_sample(device)
+    # a directory on a block device gets its counters; tmpfs or overlay gets none
+    assert (device is None) == (sample is None)
+    if sample is not None:
+        assert all(isinstance(x, int) and x >= 0 for x in sample)

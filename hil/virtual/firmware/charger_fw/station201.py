@@ -1,9 +1,9 @@
 """OCPP 2.0.1 messages and CSMS requests of the virtual board's charging stack."""
 
-import asyncio
-
 from ocpp.routing import after, on
 from ocpp.v201 import ChargePoint, call, call_result
+
+from charger_fw.station_common import AgentBridge
 
 TRIGGERABLE = ("FirmwareStatusNotification",)
 VARIABLES = {  # (component, variable) -> key passed to the agent with each update
@@ -64,32 +64,15 @@ def _now():
     return now()
 
 
-class Station(ChargePoint):
-    def __init__(self, station_id, ws, client):
-        ChargePoint.__init__(self, station_id, ws)
-        self.client = client
-
-    async def _agent(self, op, default=None, **fields):
-        bridge = self.client.bridge
-        if bridge is None:
-            return default
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, lambda: bridge.safe(op, default, **fields))
+class Station(AgentBridge, ChargePoint):
+    messages, results = call, call_result
+    STATUS_CALL = "FirmwareStatusNotification"
 
     @on("UpdateFirmware")
     async def on_update_firmware(
         self, request_id, firmware, retries=None, retry_interval=None, **kw
     ):
-        request = {
-            "request_id": request_id,
-            "location": firmware.get("location"),
-            "retrieve_at": firmware.get("retrieve_date_time"),
-            "install_at": firmware.get("install_date_time"),
-            "signing_certificate": firmware.get("signing_certificate"),
-            "signature": firmware.get("signature"),
-            "retries": retries,
-            "retry_interval_s": retry_interval,
-        }
+        request = self.firmware_request(request_id, firmware, retries, retry_interval)
         for key in VARIABLES.values():
             request[key] = self.client.variables.get(key, False)
         reply = await self._agent("update_firmware", {"status": "Rejected"}, **request)
@@ -103,29 +86,7 @@ class Station(ChargePoint):
     @after("TriggerMessage")
     async def after_trigger(self, requested_message, **kw):
         if requested_message == "FirmwareStatusNotification":
-            last = await self._agent("trigger_status", {"status": "Idle", "request_id": None})
-            await self.call(
-                call.FirmwareStatusNotification(
-                    status=last["status"], request_id=last.get("request_id")
-                )
-            )
-
-    @on("InstallCertificate")
-    async def on_install_certificate(self, certificate_type, certificate, **kw):
-        reply = await self._agent(
-            "install_certificate",
-            {"status": "Failed"},
-            certificate_type=certificate_type,
-            certificate=certificate,
-        )
-        return call_result.InstallCertificate(status=reply["status"])
-
-    @on("DeleteCertificate")
-    async def on_delete_certificate(self, certificate_hash_data, **kw):
-        reply = await self._agent(
-            "delete_certificate", {"status": "Failed"}, certificate_hash_data=certificate_hash_data
-        )
-        return call_result.DeleteCertificate(status=reply["status"])
+            await self.send_firmware_status()
 
     @on("GetInstalledCertificateIds")
     async def on_get_installed_certificate_ids(self, certificate_type=None, **kw):
