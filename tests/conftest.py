@@ -1,20 +1,3 @@
-"""Suite-wide guard: no test may write the charger's real state dir."""
+"""Suite-wide guard: no test may write the charger's real state dir (hil/state_guard.py)."""
 
-import os
-import shutil
-
-import pytest
-
-from agent.state.statedir import DEFAULT_DIR
-
-
-@pytest.fixture(autouse=True)
-def _real_state_dir_untouched():
-    # A config without [state] dir means /var/lib/charger-update: shared by every checkout
-    # and run on this machine, so tests leak state into each other through it. Only checked
-    # where the directory does not exist already (a CI machine, a clean dev box).
-    existed = os.path.exists(DEFAULT_DIR)
-    yield
-    if not existed and os.path.exists(DEFAULT_DIR):
-        shutil.rmtree(DEFAULT_DIR, ignore_errors=True)
-        pytest.fail("the test wrote %s: give its agent config a [state] dir" % DEFAULT_DIR)
+from hil.state_guard import real_state_dir_untouched  # noqa: F401  (autouse)

@@ -12,6 +12,7 @@ import pytest
 
 from hil import rig as rig_mod
 from hil.report import Report
+from hil.state_guard import real_state_dir_untouched  # noqa: F401  (autouse)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_RIG = os.path.join(os.path.dirname(HERE), "rigs", "virtual.toml")
