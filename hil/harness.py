@@ -37,12 +37,13 @@ class Harness:
     bundle_requests = ("bytes=0-4095", None)
 
     def __init__(self, workdir, device_id, listen="127.0.0.1", ports=None, tls=False,
-                 link_rate=0, on_status=None):  # fmt: skip
+                 link_rate=0, on_status=None, https=False):  # fmt: skip
         self.dir = os.path.abspath(workdir)
         self.device_id = device_id
         self.listen = listen
         self.ports = dict({"mqtt": 0, "ocpp": 0, "images": 0}, **(ports or {}))
         self.tls = tls  # broker with TLS client certificates and a per-device ACL
+        self.https = https  # images served over https, by the rig's CA (self.pki)
         self.link_rate = link_rate  # bandwidth of the board's link to the image server
         self.on_status = on_status
         self.pki = self.broker = self.csms = self.images = self.network = self.backend = None
@@ -62,19 +63,21 @@ class Harness:
         return self
 
     def start_backend(self):
-        if self.tls:
+        if self.tls or self.https:
             self.pki = Pki(os.path.join(self.dir, "pki"))
         self.broker = Mosquitto(os.path.join(self.dir, "broker"), port=self.ports["mqtt"] or None,
-                                pki=self.pki, host=self.listen).start()  # fmt: skip
+                                pki=self.pki if self.tls else None,
+                                host=self.listen).start()  # fmt: skip
         self.csms = Csms(port=self.ports["ocpp"] or None, host=self.listen,
                          subprotocols=("ocpp2.0.1", "ocpp1.6")).start()  # fmt: skip
-        self.images = FileServer({}, host="127.0.0.1").start()
+        context = self.pki.server_context() if self.https else None
+        self.images = FileServer({}, ssl_context=context, host="127.0.0.1").start()
         # Downloads cross a fault proxy: scenarios slow the link down or cut it.
         self.network = FaultProxy("127.0.0.1", self.images.server_address[1], self.link_rate,
                                   host=self.listen, port=self.ports["images"]).start()  # fmt: skip
         # A backend that reconnects quickly, as a production broker cluster would appear.
         settings = self.broker.settings(reconnect_max_s=1.0)
-        if self.pki:
+        if self.tls:
             settings["tls"] = self.pki.tls_settings(BACKEND_IDENTITY)
         self.backend = BackendSim(settings, on_status=self.on_status).start()
 
@@ -149,7 +152,8 @@ class Harness:
         path = self.kit.bundle_image(image, version, security_version, keys=keys, extra=extra)
         name = os.path.basename(path)
         self.images.files[name] = path
-        return "http://%s:%d/%s" % (self.listen, self.network.server.getsockname()[1], name)
+        scheme = "https" if self.https else "http"
+        return "%s://%s:%d/%s" % (scheme, self.listen, self.network.server.getsockname()[1], name)
 
     def push_job(self, version, url, **extra):
         self.jobs += 1

@@ -103,6 +103,7 @@ class Agent:
         self.window_room = []  # see reserve_window()
         self.step = 0
         self.envelope = None  # the raw signed header of the job's bundle (bytes)
+        self._download_tls = None  # see download_tls()
         self.wake_at = 0
         self.resume_at = None  # set after an action failed outright (recover)
         self.running = True
@@ -429,6 +430,16 @@ class Agent:
 
     def timeout(self):
         return float(self.cfg.get("download", {}).get("timeout_s", 10))
+
+    def download_tls(self):
+        """The TLS context for https downloads (None when no download ca_file is set), made
+        at the first https request and kept: the install's connection then needs no 3 KiB in
+        one piece from a heap the job has fragmented (agent/mpy/tls.py)."""
+        if self._download_tls is None and self.cfg.get("download", {}).get("ca_file"):
+            from agent.mpy import tls
+
+            self._download_tls = tls.context(self.cfg["download"], "download")
+        return self._download_tls
 
     # -- reporting --------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ ONLINE = "update/online"
 PING = "backend/ping"
 PONG = "backend/pong"
 
+SOCKET_TIMEOUT_S = 5
 OUTBOX = 32  # messages kept while the broker is away (oldest status dropped first)
 # Nesting a message may have: ours are 3 deep. MicroPython's json.loads keeps a stack per
 # level, so 30,000 brackets within the size bound end in a MemoryError (issue 11).
@@ -33,7 +34,12 @@ MAX_DEPTH = 16
 class Channel:
     def __init__(self, settings, device_id, client_factory=None):
         self.host = settings.get("host", "127.0.0.1")
-        self.port = int(settings.get("port", 1883))
+        # {"ca_file", "cert_file", "key_file"} as on the Linux agent; absent or empty: plain TCP
+        self.tls = settings.get("tls") or None
+        self.tls_context = None  # made at the first connection (agent/mpy/tls.py)
+        self.port = int(settings.get("port", 8883 if self.tls else 1883))
+        self.username = settings.get("username") or None
+        self.password = settings.get("password") or None
         self.prefix = settings.get("prefix", "chargers")
         self.keepalive = int(settings.get("keepalive", 30))
         self.max_bytes = int(settings.get("max_message_bytes", 65536))
@@ -80,12 +86,17 @@ class Channel:
 
     def _connect(self, now):
         will = dumps({"device_id": self.device_id, "online": False}).encode()
+        client = None
         try:
-            client = self.factory(self.device_id, self.host, self.port, self.keepalive)
+            client = self.factory(self)
             client.set_callback(self._on_message)
             client.set_callback_status(self._on_status)
             client.set_last_will(self.topic(ONLINE), will, True, 1)
-            client.connect(clean_session=False)
+            try:
+                client.connect(clean_session=False)
+            finally:
+                if self.tls:
+                    _forget_tls(client)
             for suffix in self.handlers:
                 client.subscribe(self.topic(suffix), 1)
         except Exception as e:
@@ -245,10 +256,30 @@ def _depth_over(msg, limit):
     return False
 
 
-def _umqtt_client(client_id, host, port, keepalive):
+def _forget_tls(client):
+    """After the handshake: the TLS helpers leave the heap (the context stays, on the channel,
+    for the next connection)."""
+    from agent.mpy.phase import drop
+
+    drop(("ussl", "agent.mpy.tls"))
+
+
+def _umqtt_client(channel):
     # Imported at the first connection, before any phase: a module first imported inside a
     # phase would be dropped with it (agent/mpy/phase.py) while the client lives on.
     from umqtt.simple2 import MQTTClient
 
-    return MQTTClient(client_id, host, port, keepalive=keepalive, socket_timeout=5,
-                      message_timeout=10)  # fmt: skip
+    if channel.tls:
+        import sys
+
+        from agent.mpy import tls
+
+        # Made at the first connection, while the heap is young, and kept: a reconnect in
+        # the middle of an install may not find 3 KiB in one piece.
+        if channel.tls_context is None:
+            channel.tls_context = tls.context(channel.tls, "mqtt.tls")
+        sys.modules["ussl"] = tls.Umqtt(channel.tls_context, SOCKET_TIMEOUT_S)
+    return MQTTClient(channel.device_id, channel.host, channel.port, user=channel.username,
+                      password=channel.password, keepalive=channel.keepalive,
+                      ssl=bool(channel.tls), ssl_params={"server_hostname": channel.host},
+                      socket_timeout=SOCKET_TIMEOUT_S, message_timeout=10)  # fmt: skip

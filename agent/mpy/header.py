@@ -43,11 +43,12 @@ def read_envelope(source):
     return source.read_exact(length, "signature envelope")
 
 
-def fetch_header(url, timeout_s=10, poll=None):
-    """The raw signed envelope at the start of the bundle at `url` (nothing more is read)."""
+def fetch_header(url, timeout_s=10, poll=None, tls=None):
+    """The raw signed envelope at the start of the bundle at `url` (nothing more is read);
+    `tls`: the board's download TLS context, for https (agent/mpy/http.py)."""
     from agent.mpy.http import Download
 
-    source = Download(url, HEADER + MAX_ENVELOPE, timeout_s, on_wait=poll)
+    source = Download(url, HEADER + MAX_ENVELOPE, timeout_s, on_wait=poll, tls=tls)
     try:
         return read_envelope(source)
     finally:

@@ -12,7 +12,7 @@ response that breaks the protocol or the bound raises Truncated or MalformedBund
 
 import socket
 
-from agent.core.errors import MalformedBundle, NetworkError, Truncated
+from agent.core.errors import ConfigError, MalformedBundle, NetworkError, Truncated
 from agent.core.text import is_digits
 
 MAX_HEADER_LINES = 64
@@ -36,8 +36,11 @@ def split_url(url):
 
 
 class Download:
-    def __init__(self, url, limit, timeout_s=10, retries=5, on_wait=None):
+    def __init__(self, url, limit, timeout_s=10, retries=5, on_wait=None, tls=None):
+        """tls: for https, a function returning the board's download TLS context (or None
+        when the board has none configured), see Agent.download_tls."""
         self.scheme, self.host, self.port, self.path = split_url(url)
+        self.tls = tls
         self.limit = limit
         self.timeout_s = timeout_s
         self.retries = retries
@@ -57,9 +60,15 @@ class Download:
         sock.settimeout(self.timeout_s)
         sock.connect(addr)
         if self.scheme == "https":
-            import ssl
+            from agent.mpy import tls
 
-            sock = ssl.wrap_socket(sock, server_hostname=self.host)
+            ctx = self.tls() if self.tls is not None else None
+            if ctx is None:
+                raise ConfigError("download ca_file is not set: the board has no system CA "
+                                  "store, so https cannot be verified (it is never turned "
+                                  "off); provision the CA that signed %s's certificate"
+                                  % self.host)  # fmt: skip
+            sock = tls.wrap(ctx, sock, self.host, self.timeout_s)
         lines = ["GET %s HTTP/1.1" % self.path, "Host: %s" % self.host,
                  "User-Agent: charger-update-mpy", "Connection: close"]  # fmt: skip
         if self.pos:

@@ -43,7 +43,8 @@ def write(url, facts, partition, options, progress=None, poll=None, room=None):
     chunk = _chunk_size(options.get("chunk_bytes", BLOCK))
     size = facts["header_size"]
     # The hard bound: the verified header and the signed payload size, nothing more.
-    source = Download(url, size + facts["size"], options.get("timeout_s", 10), on_wait=poll)
+    source = Download(url, size + facts["size"], options.get("timeout_s", 10), on_wait=poll,
+                      tls=options.get("tls"))  # fmt: skip
     try:
         buf = bytearray(chunk)
         digest = hashlib.sha256()

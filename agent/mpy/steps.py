@@ -28,7 +28,8 @@ def download(agent):
     from agent.mpy import header
 
     job = agent.journey.job
-    agent.envelope = header.fetch_header(job.url, agent.timeout(), agent.poller())
+    agent.envelope = header.fetch_header(job.url, agent.timeout(), agent.poller(),
+                                         agent.download_tls)  # fmt: skip
     return lc.DOWNLOAD_OK, {}
 
 
@@ -66,7 +67,7 @@ def _header(agent):
 
     if agent.envelope is None:
         agent.envelope = header.fetch_header(agent.journey.job.url, agent.timeout(),
-                                             agent.poller())  # fmt: skip
+                                             agent.poller(), agent.download_tls)  # fmt: skip
     return agent.envelope
 
 
@@ -76,6 +77,7 @@ def install(agent, slot):
     job = agent.journey.job
     agent.board.set_slot(slot, {"state": "writing", "incoming": job.version})
     options = dict(agent.cfg.get("install", {}), timeout_s=agent.timeout(),
+                   tls=agent.download_tls,
                    slot_class=agent.cfg.get("slot_class", "app"))  # fmt: skip
     partition = agent.boot.partition(slot)
     try:

@@ -57,11 +57,14 @@ class MpyRig(Harness):
 
     def __init__(self, workdir, device_id="mpy-0001", trial_window_s=30, heap="96K",
                  factory_version="1.0.0", link_rate=0, on_status=None, window_bits=WINDOW_BITS,
-                 install=None):  # fmt: skip
+                 install=None, tls=False, https=False, listen="127.0.0.1"):  # fmt: skip
         """window_bits: the deflate window of the releases this rig signs; install: the
         board's [install] settings (default INSTALL: it inflates windows up to WINDOW_BITS,
-        holding that window's room from start, in CHUNK_BYTES chunks)."""
-        Harness.__init__(self, workdir, device_id, link_rate=link_rate, on_status=on_status)
+        holding that window's room from start, in CHUNK_BYTES chunks); tls: the broker takes
+        TLS with client certificates only (the board gets its own, CN = device id); https:
+        releases are served over https (the board gets the rig's CA as download ca_file)."""
+        Harness.__init__(self, workdir, device_id, link_rate=link_rate, on_status=on_status,
+                         tls=tls, https=https, listen=listen)  # fmt: skip
         self.trial_window_s = trial_window_s
         self.heap = heap
         self.window_bits = window_bits
@@ -73,9 +76,22 @@ class MpyRig(Harness):
     def start_board(self):
         self.kit = AppKit(os.path.join(self.dir, "releases"), MODEL, HW)
         self.kit.window_bits = self.window_bits
-        self.board = provision(os.path.join(self.dir, "board"), self.device_id, self.kit,
+        board_dir = os.path.join(self.dir, "board")
+        self.board = provision(board_dir, self.device_id, self.kit,
                                self.factory_version, self.broker.port, self.trial_window_s,
-                               self.heap, self.install)  # fmt: skip
+                               self.heap, self.install, self.board_tls(board_dir),
+                               self.listen)  # fmt: skip
+
+    def board_tls(self, board_dir):
+        """{"mqtt": tls table, "download": ca_file} for the board, its files copied onto the
+        board's filesystem as a factory would provision them."""
+        out = {}
+        if self.tls:
+            files = self.pki.tls_settings(self.device_id)
+            out["mqtt"] = dict((k, _copy(v, board_dir, "tls")) for k, v in files.items())
+        if self.https:
+            out["download"] = _copy(self.pki.ca_file, board_dir, "tls")
+        return out
 
     def parts(self):
         return (self.board,) + Harness.parts(self)
@@ -97,9 +113,18 @@ class MpyRig(Harness):
         return self.board.text() if self.board else ""
 
 
+def _copy(path, board_dir, sub):
+    """`path` copied under board_dir/sub; its name relative to board_dir (the board's cwd)."""
+    os.makedirs(os.path.join(board_dir, sub), exist_ok=True)
+    name = os.path.join(sub, os.path.basename(path))
+    shutil.copyfile(path, os.path.join(board_dir, name))
+    return name
+
+
 def provision(board_dir, device_id, kit, factory_version, mqtt_port, trial_window_s=30,
-              heap="96K", install=None):  # fmt: skip
-    """A factory-fresh board: erased otadata, `factory_version` in ota_0, the kit's root."""
+              heap="96K", install=None, tls=None, mqtt_host="127.0.0.1"):  # fmt: skip
+    """A factory-fresh board: erased otadata, `factory_version` in ota_0, the kit's root;
+    `tls`: {"mqtt": the [mqtt] tls table, "download": the CA file for https}."""
     os.makedirs(os.path.join(board_dir, "data"), exist_ok=True)
     factory = build_image(os.path.join(board_dir, "factory.bin"), factory_version)
     with open(factory, "rb") as f:
@@ -108,7 +133,7 @@ def provision(board_dir, device_id, kit, factory_version, mqtt_port, trial_windo
     cfg = {
         "device": {"id": device_id, "model": kit.model, "hardware_revision": kit.hardware_revision,
                    "group": "pilot", "site": "home-7", "site_type": "home-ac"},
-        "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "prefix": "chargers", "keepalive": 30,
+        "mqtt": {"host": mqtt_host, "port": mqtt_port, "prefix": "chargers", "keepalive": 30,
                  "reconnect_max_s": 2},
         "trust": {"root": "root.json"},
         "state_dir": "data",
@@ -120,6 +145,11 @@ def provision(board_dir, device_id, kit, factory_version, mqtt_port, trial_windo
         "install": install or dict(INSTALL),
         "log_heap": True,
     }  # fmt: skip
+    tls = tls or {}
+    if "mqtt" in tls:
+        cfg["mqtt"]["tls"] = tls["mqtt"]
+    if "download" in tls:
+        cfg["download"]["ca_file"] = tls["download"]
     with open(os.path.join(board_dir, "agent.json"), "w") as f:
         json.dump(cfg, f, indent=1)
     slots = {"slots": {"ota_0": {"state": "good", "version": factory_version,

@@ -133,6 +133,14 @@ class Pki:
         cert = _cert(cn, key, "rogue-ca", self._rogue_key)
         return _write_pair(self.directory, "rogue-" + cn, cert, key)
 
+    def server_context(self):
+        """An ssl context serving the CA's server certificate (localhost, 127.0.0.1)."""
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.server_cert, self.server_key)
+        return context
+
     def tls_settings(self, cn):
         """The `tls` table of the agent's [mqtt] settings for identity `cn`."""
         cert_file, key_file = self.client(cn)

@@ -52,7 +52,7 @@ class VirtualRig(Harness):
 
     def start_board(self):
         self.kit = ReleaseKit(os.path.join(self.dir, "releases"), MODEL, HW)
-        tls = self.pki.tls_settings(self.device_id) if self.pki else None
+        tls = self.pki.tls_settings(self.device_id) if self.tls else None
         overrides = dict(self.agent_overrides)
         if self.ocpp:
             self.mfr = ManufacturerPki(self.kit.dir)

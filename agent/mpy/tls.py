@@ -1,0 +1,100 @@
+"""TLS for the board's two links (MQTT and https downloads), on MicroPython's `ssl` (mbedtls).
+
+The server's certificate is always verified against the CA the board was provisioned with, and
+its name against the host the board dialled: a board has no system CA store, so a TLS link
+without `ca_file` is a configuration error, never an unverified connection. A client
+certificate (`cert_file` and `key_file`, PEM or DER) is presented when configured, which is how
+a charger usually logs in to its broker (docs/micropython.md, "TLS").
+
+Imported only when a link uses TLS: a board on plain MQTT does not pay its heap.
+
+Invariant: `context` returns a verifying context or raises ConfigError (the board's files are
+wrong: retrying does not help); `wrap` returns a verified TLS socket or raises NetworkError
+(the server, or whoever answered, did not prove who it is: transient, as on the Linux agent).
+"""
+
+# MicroPython's C module under `ssl` (1.23+): its contexts are C objects, so one made in a
+# phase outlives the phase's modules (agent/mpy/phase.py), and no Python module stays on the heap.
+import tls
+
+from agent.core.errors import ConfigError, NetworkError
+
+# What MicroPython raises for a certificate or key it cannot parse (as opposed to one that
+# parsed but did not verify).
+_UNPARSABLE = ("invalid cert", "invalid key")
+
+
+def der(path, what):
+    """The content of the PEM or DER file at `path` as DER: the first PEM block if it has one
+    (mbedtls on MicroPython takes DER only)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError("%s %r cannot be read (%s): provision the board's PEM file there"
+                          % (what, path, e))  # fmt: skip
+    if b"-----BEGIN" not in data:
+        return data
+    body, inside = [], False
+    for line in data.split(b"\n"):
+        line = line.strip()
+        if line.startswith(b"-----BEGIN"):
+            inside = True
+        elif line.startswith(b"-----END"):
+            break
+        elif inside:
+            body.append(line)
+    import binascii
+
+    try:
+        return binascii.a2b_base64(b"".join(body))
+    except ValueError:
+        raise ConfigError("%s %r is not valid PEM" % (what, path))
+
+
+def context(settings, where):
+    """A client context that verifies servers against `settings`' ca_file and presents its
+    cert_file and key_file when both are set; `where` names the settings in errors. About
+    3 KiB of heap in one piece, which is why the agent makes one per link and keeps it."""
+    ca_file = settings.get("ca_file")
+    if not ca_file:
+        raise ConfigError("%s ca_file is not set: the board has no system CA store, so TLS "
+                          "cannot be verified (it is never turned off); provision the CA that "
+                          "signed the server's certificate" % where)  # fmt: skip
+    cert_file, key_file = settings.get("cert_file"), settings.get("key_file")
+    if bool(cert_file) != bool(key_file):
+        raise ConfigError("%s needs both cert_file and key_file for a client certificate"
+                          % where)  # fmt: skip
+    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = tls.CERT_REQUIRED
+    try:
+        ctx.load_verify_locations(der(ca_file, where + " ca_file"))
+        if cert_file:
+            ctx.load_cert_chain(der(cert_file, where + " cert_file"),
+                                der(key_file, where + " key_file"))  # fmt: skip
+    except ValueError as e:
+        raise ConfigError("%s: a CA, certificate or key file is not a usable certificate or "
+                          "key (%s)" % (where, str(e).strip()))  # fmt: skip
+    return ctx
+
+
+def wrap(ctx, sock, host, timeout_s):
+    """`sock` (connected) wrapped by `ctx` for `host`, the server's certificate and name
+    verified; the handshake is bounded by `timeout_s`."""
+    sock.settimeout(timeout_s)
+    try:
+        return ctx.wrap_socket(sock, server_hostname=host)
+    except ValueError as e:  # mbedtls's verification result, as text
+        raise NetworkError("TLS certificate of %s not trusted: %s" % (host, str(e).strip()))
+
+
+class Umqtt:
+    """What umqtt.simple2 imports as `ussl` (MicroPython 1.22 dropped that name): its
+    connect() hands us the raw socket, set blocking; we wrap it with the channel's context
+    and bound the handshake with umqtt's own socket timeout."""
+
+    def __init__(self, ctx, timeout_s):
+        self.ctx, self.timeout_s = ctx, timeout_s
+
+    def wrap_socket(self, sock, server_hostname=None):
+        return wrap(self.ctx, sock, server_hostname, self.timeout_s)

@@ -1,0 +1,155 @@
+"""The MicroPython agent over TLS, under the real unix port (its mbedtls): a mosquitto that
+takes TLS with client certificates only and a per-device ACL, releases served over https by
+the project's HTTP server, both certificates issued by the rig's CA (hil/services/mosquitto.py
+Pki). The board verifies both servers against the CA it was provisioned with; a server its CA
+did not sign, or a board without a CA, gets no connection and no byte of the slot.
+"""
+
+import json
+import os
+import re
+
+from agent.core.lifecycle import FINAL_STATUSES
+from hil.mpyboard.rig import MpyRig
+from hil.services.httpserver import make_tls
+from tests.micropython.test_mpy_agent import T, otadata
+
+# TLS keeps heap of its own: one mbedtls context per link (MQTT, downloads; about 3 KiB each
+# in one piece) and the socket's. The smallest heap that completed this update was 121K-122K
+# (6K above the plain board's); 8K above the plain tests' HEAP (docs/micropython.md, "TLS").
+HEAP = "128K"
+
+ERASED = 0xFFFFFFFF  # otadata's second entry before any set_boot
+
+
+def _rig(tmp_path, edit=None, **kw):
+    """A started TLS rig whose board is powered on after `edit(cfg, board_dir)` changed its
+    agent.json (as a factory would have provisioned it)."""
+    r = MpyRig(str(tmp_path / "rig"), heap=HEAP, trial_window_s=30, **kw)
+    r.start()
+    if edit is not None:
+        path = os.path.join(r.board.dir, "agent.json")
+        with open(path) as f:
+            cfg = json.load(f)
+        edit(cfg, r.board.dir)
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+    r.power_on()
+    return r
+
+
+def _stranger_ca(tmp_path):
+    """A CA certificate (PEM) that signed neither server: what a board provisioned for
+    another backend, or an attacker's server, would meet."""
+    (tmp_path / "stranger").mkdir()
+    _, ca_path = make_tls(str(tmp_path / "stranger"))
+    return ca_path
+
+
+def _replace(source, board_dir, name):
+    with open(source, "rb") as src, open(os.path.join(board_dir, name), "wb") as dst:
+        dst.write(src.read())
+
+
+def test_good_update_over_tls_mqtt_and_https_commits(tmp_path, micropython):
+    r = _rig(tmp_path, tls=True, https=True)
+    try:
+        r.wait_online(30)
+        url = r.release("1.1.0")
+        assert url.startswith("https://")
+        job = r.push_job("1.1.0", url)
+        final = r.wait_status(job["id"], FINAL_STATUSES, T)
+        assert final["status"] == "Committed", final
+        assert otadata(r)[1] == (2, 2)
+        # Only TLS could have carried these: the broker's one listener requires a client
+        # certificate, and the image server speaks https only (hil/services).
+        assert r.images.requests and r.images.body_bytes > 0
+    finally:
+        r.close()
+
+
+def test_broker_certificate_from_another_ca_gets_no_connection(tmp_path, micropython):
+    stranger = _stranger_ca(tmp_path)
+
+    def edit(cfg, board_dir):
+        _replace(stranger, board_dir, cfg["mqtt"]["tls"]["ca_file"])
+
+    r = _rig(tmp_path, edit=edit, tls=True)
+    try:
+        line = r.board.wait_line("MQTT backend unreachable", 30, anywhere=True)
+        assert "not correctly signed by the trusted CA" in line, line
+        # A second attempt, after the back-off, fails the same way: never a plain fallback.
+        r.board.wait_line("not correctly signed by the trusted CA", 30)
+        assert r.inventory() is None and r.statuses() == []
+    finally:
+        r.close()
+
+
+def test_a_missing_client_certificate_is_named(tmp_path, micropython):
+    def edit(cfg, board_dir):
+        os.remove(os.path.join(board_dir, cfg["mqtt"]["tls"]["key_file"]))
+
+    r = _rig(tmp_path, edit=edit, tls=True)
+    try:
+        line = r.board.wait_line("MQTT backend unreachable", 30, anywhere=True)
+        assert "mqtt.tls key_file" in line and "cannot be read" in line, line
+        assert r.inventory() is None
+    finally:
+        r.close()
+
+
+def test_https_server_from_another_ca_is_not_trusted_and_nothing_is_written(tmp_path, micropython):
+    stranger = _stranger_ca(tmp_path)
+
+    def edit(cfg, board_dir):
+        _replace(stranger, board_dir, cfg["download"]["ca_file"])
+
+    r = _rig(tmp_path, edit=edit, https=True)
+    try:
+        r.wait_online(30)
+        # No retries: the journey would try again later (the certificate may be fixed on
+        # the server meanwhile); the final status carries what went wrong.
+        job = r.push_job("1.1.0", r.release("1.1.0"), retries=0)
+        final = r.wait_status(job["id"], FINAL_STATUSES, T)
+        assert final["status"] == "DownloadFailed" and final["reason"] == "network", final
+        assert "TLS certificate of 127.0.0.1 not trusted" in final["detail"], final
+        assert "not correctly signed by the trusted CA" in final["detail"], final
+        assert r.images.requests == []  # no request got past the handshake
+        assert otadata(r)[1][0] == ERASED  # set_boot never ran
+        assert len(re.findall(r.boot_banner, r.console_text())) == 1
+    finally:
+        r.close()
+
+
+def test_https_server_under_another_name_is_not_trusted(tmp_path, micropython):
+    # The rig's servers listen on 127.0.0.2, which the CA's server certificate does not
+    # name (localhost, 127.0.0.1): a valid certificate for someone else.
+    r = _rig(tmp_path, https=True, listen="127.0.0.2")
+    try:
+        r.wait_online(30)
+        url = r.release("1.1.0")
+        assert url.startswith("https://127.0.0.2:")
+        job = r.push_job("1.1.0", url, retries=0)
+        final = r.wait_status(job["id"], FINAL_STATUSES, T)
+        assert final["status"] == "DownloadFailed" and final["reason"] == "network", final
+        assert "TLS certificate of 127.0.0.2 not trusted" in final["detail"], final
+        assert "does not match" in final["detail"], final
+        assert r.images.requests == [] and otadata(r)[1][0] == ERASED
+    finally:
+        r.close()
+
+
+def test_https_without_a_ca_file_is_refused_as_config(tmp_path, micropython):
+    def edit(cfg, board_dir):
+        del cfg["download"]["ca_file"]
+
+    r = _rig(tmp_path, edit=edit, https=True)
+    try:
+        r.wait_online(30)
+        job = r.push_job("1.1.0", r.release("1.1.0"))
+        final = r.wait_status(job["id"], FINAL_STATUSES, T)
+        assert final["status"] == "DownloadFailed" and final["reason"] == "config", final
+        assert "download ca_file is not set" in final["detail"], final
+        assert otadata(r)[1][0] == ERASED
+    finally:
+        r.close()
