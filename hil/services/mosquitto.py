@@ -174,7 +174,9 @@ class Mosquitto:
         message_limit=0,
         host="127.0.0.1",
         extra_config=(),
+        users=None,
     ):
+        """users: {name: password}; set, the broker (without pki) takes only those logins."""
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self.host = host  # a bench rig listens where its board can reach it
@@ -185,6 +187,7 @@ class Mosquitto:
         self.log_path = os.path.join(directory, "mosquitto.log")
         self.proc = None
         self.extra_config = list(extra_config)  # more mosquitto.conf lines (fleet: queue sizes)
+        self.users = users
         self._write_config(message_limit)
 
     def _write_config(self, message_limit):
@@ -200,7 +203,14 @@ class Mosquitto:
         if message_limit:
             lines.append("message_size_limit %d" % message_limit)
         lines += self.extra_config
-        if self.pki is None:
+        if self.pki is None and self.users:
+            path = os.path.join(self.directory, "passwords")
+            open(path, "w").close()
+            for name, password in sorted(self.users.items()):
+                subprocess.run(["mosquitto_passwd", "-b", path, name, password], check=True,
+                               capture_output=True)  # fmt: skip
+            lines += ["password_file %s" % path, "allow_anonymous false"]
+        elif self.pki is None:
             lines.append("allow_anonymous true")
         else:
             acl_path = os.path.join(self.directory, "acl")

@@ -153,3 +153,35 @@ def test_https_without_a_ca_file_is_refused_as_config(tmp_path, micropython):
         assert otadata(r)[1][0] == ERASED
     finally:
         r.close()
+
+
+LOGIN_SCRIPT = """
+import sys, time
+from agent.mpy.channel import Channel
+c = Channel({"host": "127.0.0.1", "port": int(sys.argv[1]), "username": sys.argv[2],
+             "password": sys.argv[3], "reconnect_max_s": 0.5}, "mpy-login")
+end = time.time() + 20
+while not c.connected and time.time() < end and c.connections == 0:
+    c.poll()
+    if c.last_error:
+        break
+    time.sleep(0.05)
+print("connected" if c.connected else "refused", c.last_error)
+"""
+
+
+def test_username_and_password_are_what_the_broker_checks(micropython, tmp_path):
+    from hil.services.mosquitto import Mosquitto
+
+    broker = Mosquitto(str(tmp_path / "broker"), users={"mpy-login": "s3cret"}).start()
+    script = tmp_path / "login.py"
+    script.write_text(LOGIN_SCRIPT)
+    try:
+        good = micropython.run(script, args=[str(broker.port), "mpy-login", "s3cret"], timeout=60)
+        bad = micropython.run(script, args=[str(broker.port), "mpy-login", "guess"], timeout=60)
+    finally:
+        broker.stop()
+    assert good.stdout.splitlines()[-1] == "connected ", good.stdout + good.stderr
+    # umqtt.simple2 raises 20 + the CONNACK code: 5, not authorised. The board keeps
+    # retrying, and says why.
+    assert bad.stdout.splitlines()[-1] == "refused MQTTException: 25", bad.stdout + bad.stderr
