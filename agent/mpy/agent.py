@@ -40,6 +40,9 @@ from agent.mpy.store import Board, Journal
 CHECKS = ("communication", "charging-session", "alarms")  # agent/mpy/checks.py
 TRIAL_ATTEMPTS = 3  # boots of the new slot per install, as the Linux agent's default
 RECOVER_S = 10  # after an action failed outright: resume from the journal this much later
+MAX_TIME_S = 6 * 3600  # one transfer at most, unless download max_time_s says otherwise
+# States whose step the job's deadline stops (agent/control/daemon.py does the same).
+TRANSFER_STATES = (lc.DOWNLOADING, lc.DOWNLOADED, lc.INSTALLING)
 
 
 def esp32_boot_facts(machine):
@@ -404,13 +407,22 @@ class Agent:
         self.events.append((step, event, info))
 
     def poller(self):
-        """poll() for a step's I/O loops: MQTT keeps flowing; Abandoned after a cancel."""
+        """poll() for a step's I/O loops: MQTT keeps flowing; Abandoned after a cancel;
+        DeadlinePassed once the job's deadline passed while it downloads, verifies or
+        installs (as on Linux; an Installed job waits for its reboot past it)."""
         step = self.step
+        journey = self.journey
+        deadline = None
+        if journey.job is not None and journey.state in TRANSFER_STATES:
+            deadline = journey.job.deadline
 
         def poll():
             self.channel.poll()
             if self.step != step:
                 raise Abandoned()
+            if deadline is not None and time.time() >= deadline:
+                what = (journey.job.id, lc.status_of(journey.state))
+                raise _steps().DeadlinePassed("job %s: its deadline passed while %s" % what)
 
         return poll
 
@@ -430,6 +442,10 @@ class Agent:
 
     def timeout(self):
         return float(self.cfg.get("download", {}).get("timeout_s", 10))
+
+    def max_time(self):
+        """A transfer's bound (download max_time_s, as on Linux: 6 hours unless set; 0: none)."""
+        return float(self.cfg.get("download", {}).get("max_time_s", MAX_TIME_S))
 
     def download_tls(self):
         """The TLS context for https downloads (None when no download ca_file is set), made

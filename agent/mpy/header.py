@@ -43,12 +43,13 @@ def read_envelope(source):
     return source.read_exact(length, "signature envelope")
 
 
-def fetch_header(url, timeout_s=10, poll=None, tls=None):
+def fetch_header(url, timeout_s=10, poll=None, tls=None, max_time_s=0):
     """The raw signed envelope at the start of the bundle at `url` (nothing more is read);
-    `tls`: the board's download TLS context, for https (agent/mpy/http.py)."""
+    `tls`, `max_time_s`: see agent/mpy/http.py's Download."""
     from agent.mpy.http import Download
 
-    source = Download(url, HEADER + MAX_ENVELOPE, timeout_s, on_wait=poll, tls=tls)
+    source = Download(url, HEADER + MAX_ENVELOPE, timeout_s, on_wait=poll, tls=tls,
+                      max_time_s=max_time_s)  # fmt: skip
     try:
         return read_envelope(source)
     finally:

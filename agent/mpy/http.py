@@ -10,13 +10,16 @@ Invariant: a transport failure raises NetworkError (transient, retried by the jo
 response that breaks the protocol or the bound raises Truncated or MalformedBundle (rejected).
 """
 
+import select
 import socket
+import time
 
 from agent.core.errors import ConfigError, MalformedBundle, NetworkError, Truncated
 from agent.core.text import is_digits
 
 MAX_HEADER_LINES = 64
 MAX_LINE = 1024
+WAIT_MS = 1000  # while no body bytes arrive: MQTT is polled (on_wait) this often
 
 
 def split_url(url):
@@ -36,20 +39,28 @@ def split_url(url):
 
 
 class Download:
-    def __init__(self, url, limit, timeout_s=10, retries=5, on_wait=None, tls=None):
+    def __init__(self, url, limit, timeout_s=10, retries=5, on_wait=None, tls=None,
+                 max_time_s=0):  # fmt: skip
         """tls: for https, a function returning the board's download TLS context (or None
-        when the board has none configured), see Agent.download_tls."""
+        when the board has none configured), see Agent.download_tls. max_time_s: the whole
+        transfer's bound (0: none), checked before every read, so a server that trickles
+        a byte per timeout_s holds the board at most one read longer."""
         self.scheme, self.host, self.port, self.path = split_url(url)
+        self.max_time_s = max_time_s
+        self.started = time.time()
         self.tls = tls
         self.limit = limit
         self.timeout_s = timeout_s
         self.retries = retries
-        self.on_wait = on_wait  # called between attempts (the agent polls MQTT there)
+        # Called between attempts and while no body bytes arrive: the agent polls MQTT there,
+        # and a cancel or the job's deadline ends the transfer (Agent.poller).
+        self.on_wait = on_wait
         self.pos = 0
         self.total = None
         self.etag = None
         self.sock = None
         self.resumes = 0
+        self.poller = None
         self._skip = 0
 
     # -- connection ---------------------------------------------------------------------
@@ -78,6 +89,12 @@ class Download:
         sock.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         status, headers = self._head(sock)
         self._accept(status, headers)
+        # The body is read without blocking: a read returns what arrived, and while nothing
+        # does, the board polls MQTT (a cancel, the job's deadline) and checks max_time_s,
+        # however slowly a server trickles.
+        sock.setblocking(False)
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLIN)
         self.sock = sock
 
     def _head(self, sock):
@@ -132,6 +149,7 @@ class Download:
         if n <= 0:
             return 0
         for attempt in range(self.retries + 1):
+            self._check_time()
             try:
                 if self.sock is None:
                     self._skip = 0
@@ -139,7 +157,7 @@ class Download:
                     self._skip_to_pos()
                 if self.total is not None and self.pos >= self.total:
                     return 0
-                got = self.sock.readinto(buf, n)
+                got = self._recv(buf, n)
                 if not got:
                     raise OSError(104, "connection closed after %d bytes" % self.pos)
                 self.pos += got
@@ -153,11 +171,34 @@ class Download:
                     self.on_wait()
         return 0
 
+    def _recv(self, buf, n):
+        """What arrived of the next n body bytes (at least one; 0 at the end of the
+        stream), waiting at most timeout_s of silence (OSError then, retried as a drop)."""
+        silent_since = time.time()
+        while True:
+            got = self.sock.readinto(buf, n)
+            if got is not None:
+                return got
+            self._check_time()
+            if time.time() - silent_since >= self.timeout_s:
+                raise OSError(110, "no data from %s for %s s" % (self.host, self.timeout_s))
+            self.poller.poll(WAIT_MS)
+            if self.on_wait is not None:
+                self.on_wait()
+
+    def _check_time(self):
+        if self.max_time_s and time.time() - self.started >= self.max_time_s:
+            self.close()
+            raise NetworkError("%s was not done after download max_time_s = %g s; the server "
+                               "or link is too slow: raise max_time_s for slow links"
+                               % (self.path, self.max_time_s))  # fmt: skip
+
     def _skip_to_pos(self):
         """A server that ignored our Range sends from byte 0: drop what we had already."""
         scratch = bytearray(256)
         while self._skip:
-            got = self.sock.readinto(scratch, min(self._skip, len(scratch)))
+            self._check_time()
+            got = self._recv(scratch, min(self._skip, len(scratch)))
             if not got:
                 raise OSError(104, "connection closed while skipping to %d" % self.pos)
             self._skip -= got
@@ -184,4 +225,4 @@ class Download:
                 self.sock.close()
             except OSError:
                 pass
-            self.sock = None
+            self.sock = self.poller = None

@@ -44,7 +44,7 @@ def write(url, facts, partition, options, progress=None, poll=None, room=None):
     size = facts["header_size"]
     # The hard bound: the verified header and the signed payload size, nothing more.
     source = Download(url, size + facts["size"], options.get("timeout_s", 10), on_wait=poll,
-                      tls=options.get("tls"))  # fmt: skip
+                      tls=options.get("tls"), max_time_s=options.get("max_time_s", 0))  # fmt: skip
     try:
         buf = bytearray(chunk)
         digest = hashlib.sha256()

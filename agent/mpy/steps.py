@@ -20,6 +20,13 @@ from agent.mpy.channel import HEALTH
 SIGNATURE_ERRORS = (BadSignature, UnknownKey)
 
 
+class DeadlinePassed(Rejected):
+    """The job's deadline passed while its download, verify or install ran (the Linux
+    daemon's agent/transfer/stopper.py twin; here, so an idle board does not hold it)."""
+
+    reason = "deadline"
+
+
 def _info(error):
     return {"reason": error.reason, "detail": error.message, "transient": bool(error.retry)}
 
@@ -29,7 +36,7 @@ def download(agent):
 
     job = agent.journey.job
     agent.envelope = header.fetch_header(job.url, agent.timeout(), agent.poller(),
-                                         agent.download_tls)  # fmt: skip
+                                         agent.download_tls, agent.max_time())  # fmt: skip
     return lc.DOWNLOAD_OK, {}
 
 
@@ -67,7 +74,8 @@ def _header(agent):
 
     if agent.envelope is None:
         agent.envelope = header.fetch_header(agent.journey.job.url, agent.timeout(),
-                                             agent.poller(), agent.download_tls)  # fmt: skip
+                                             agent.poller(), agent.download_tls,
+                                             agent.max_time())  # fmt: skip
     return agent.envelope
 
 
@@ -77,7 +85,7 @@ def install(agent, slot):
     job = agent.journey.job
     agent.board.set_slot(slot, {"state": "writing", "incoming": job.version})
     options = dict(agent.cfg.get("install", {}), timeout_s=agent.timeout(),
-                   tls=agent.download_tls,
+                   tls=agent.download_tls, max_time_s=agent.max_time(),
                    slot_class=agent.cfg.get("slot_class", "app"))  # fmt: skip
     partition = agent.boot.partition(slot)
     try:

@@ -82,6 +82,16 @@ class MpyRig(Harness):
                                self.heap, self.install, self.board_tls(board_dir),
                                self.listen)  # fmt: skip
 
+    def edit_config(self, edit):
+        """Change the board's agent.json as its factory would have (before power_on):
+        edit(cfg, board_dir) changes the dict in place."""
+        path = os.path.join(self.board.dir, "agent.json")
+        with open(path) as f:
+            cfg = json.load(f)
+        edit(cfg, self.board.dir)
+        with open(path, "w") as f:
+            json.dump(cfg, f, indent=1)
+
     def board_tls(self, board_dir):
         """{"mqtt": tls table, "download": ca_file} for the board, its files copied onto the
         board's filesystem as a factory would provision them."""

@@ -81,13 +81,18 @@ class FaultProxy:
                     break
                 if downstream and self._cut_now(len(data)):
                     break
-                dst.sendall(data)
-                sent += len(data)
-                if downstream and self.rate:
-                    # Bandwidth of the simulated link (pacing, not synchronisation).
-                    ahead = sent / self.rate - (time.monotonic() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)
+                rate = self.rate if downstream else 0
+                # A slow link delivers in pieces of a tenth of a second's worth, so a client
+                # sees bytes trickle in rather than a burst and a pause.
+                piece = max(64, rate // 10) if rate else len(data)
+                for at in range(0, len(data), piece):
+                    dst.sendall(data[at : at + piece])
+                    sent += min(piece, len(data) - at)
+                    if rate:
+                        # Bandwidth of the simulated link (pacing, not synchronisation).
+                        ahead = sent / rate - (time.monotonic() - started)
+                        if ahead > 0:
+                            time.sleep(ahead)
         except OSError:
             pass
         for s in (src, dst):

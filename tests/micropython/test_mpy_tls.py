@@ -5,7 +5,6 @@ Pki). The board verifies both servers against the CA it was provisioned with; a 
 did not sign, or a board without a CA, gets no connection and no byte of the slot.
 """
 
-import json
 import os
 import re
 
@@ -28,12 +27,7 @@ def _rig(tmp_path, edit=None, **kw):
     r = MpyRig(str(tmp_path / "rig"), heap=HEAP, trial_window_s=30, **kw)
     r.start()
     if edit is not None:
-        path = os.path.join(r.board.dir, "agent.json")
-        with open(path) as f:
-            cfg = json.load(f)
-        edit(cfg, r.board.dir)
-        with open(path, "w") as f:
-            json.dump(cfg, f)
+        r.edit_config(edit)
     r.power_on()
     return r
 
