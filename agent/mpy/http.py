@@ -87,26 +87,29 @@ class Download:
             if self.etag:
                 lines.append("If-Range: %s" % self.etag)
         sock.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        status, headers = self._head(sock)
-        self._accept(status, headers)
-        # The body is read without blocking: a read returns what arrived, and while nothing
+        # The answer is read without blocking: a read returns what arrived, and while nothing
         # does, the board polls MQTT (a cancel, the job's deadline) and checks max_time_s,
-        # however slowly a server trickles.
+        # however slowly a server trickles its head or body.
         sock.setblocking(False)
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
         self.sock = sock
+        try:
+            status, headers = self._head()
+            self._accept(status, headers)
+        except Exception:
+            self.close()
+            raise
 
-    def _head(self, sock):
-        line = sock.readline()
+    def _head(self):
+        scratch = bytearray(MAX_LINE + 1)  # one line at a time, never longer
+        line = self._readline(scratch)
         parts = line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise NetworkError("no HTTP status line from %s" % self.host)
         headers = {}
         for _ in range(MAX_HEADER_LINES):
-            line = sock.readline()
-            if len(line) > MAX_LINE:
-                raise MalformedBundle("HTTP header line longer than %d bytes" % MAX_LINE)
+            line = self._readline(scratch)
             if line in (b"\r\n", b"\n", b""):
                 return int(parts[1]), headers
             try:
@@ -116,6 +119,22 @@ class Download:
             name, _, value = text.partition(":")
             headers[name.strip().lower()] = value.strip()
         raise MalformedBundle("more than %d HTTP header lines" % MAX_HEADER_LINES)
+
+    def _readline(self, scratch):
+        """The next line of the head, its newline included (b"" at the end of the stream),
+        read byte by byte into `scratch`; MalformedBundle past MAX_LINE bytes."""
+        one = memoryview(scratch)[MAX_LINE:]  # the last byte doubles as the read buffer
+        n = 0
+        while True:
+            if not self._recv(one, 1):
+                break
+            if n == MAX_LINE:
+                raise MalformedBundle("HTTP header line longer than %d bytes" % MAX_LINE)
+            scratch[n] = one[0]
+            n += 1
+            if one[0] == 10:
+                break
+        return bytes(memoryview(scratch)[:n])
 
     def _accept(self, status, headers):
         if status >= 500 or status == 429:

@@ -94,3 +94,88 @@ def test_odd_http_header_bytes_are_refused_not_a_crash(micropython, tmp_path, he
     assert said in done.stdout, done.stdout
     if said != "read b'0123456789'":
         assert "refused malformed " in done.stdout, done.stdout
+
+
+class Trickle(OneAnswer):
+    """Answers with `head`, then `tail` one byte every `every` seconds (pacing, not
+    synchronisation): a server that keeps every per-read timeout from firing."""
+
+    def __init__(self, head, tail, every=0.3):
+        self.tail, self.every = tail, every
+        OneAnswer.__init__(self, head)
+
+    def _serve(self):
+        import time
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.recv(4096)
+                    conn.sendall(self.head)
+                    for i in range(len(self.tail)):
+                        conn.sendall(self.tail[i : i + 1])
+                        time.sleep(self.every)
+                except OSError:  # the board hung up: what the test wants
+                    pass
+
+
+BOUNDED_SCRIPT = """
+import sys, time
+from agent.mpy.http import Download
+from agent.core.errors import UpdateError
+d = Download(sys.argv[1], 100, 5, retries=0, max_time_s=2)
+started = time.time()
+try:
+    print("read", d.read_exact(10, "header"))
+except UpdateError as e:
+    print("refused", e.reason, e.message)
+print("took", time.time() - started)
+"""
+
+
+@pytest.mark.parametrize(
+    "head, tail, said",
+    [
+        # The head never ends: a header line grows a byte at a time.
+        (
+            b"HTTP/1.1 200 OK\r\nX-Slow: ",
+            b"a" * 200,
+            "was not done after download max_time_s = 2 s",
+        ),
+        # The head is whole, the body comes a byte at a time.
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+            b"0123456789" * 2,
+            "was not done after download max_time_s = 2 s",
+        ),  # fmt: skip
+    ],
+    ids=["head", "body"],
+)
+def test_a_trickling_server_is_cut_at_max_time(micropython, tmp_path, head, tail, said):
+    server = Trickle(head, tail)
+    script = tmp_path / "bounded.py"
+    script.write_text(BOUNDED_SCRIPT)
+    try:
+        done = micropython.run(script, args=[server.url], timeout=60)
+    finally:
+        server.sock.close()
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "refused network" in done.stdout and said in done.stdout, done.stdout
+    # Cut at the bound, not when the server ran out (60 s at this pace).
+    assert float(done.stdout.split("\ntook ")[1]) < 10, done.stdout
+
+
+def test_an_endless_status_line_is_refused_not_a_memory_error(micropython, tmp_path):
+    server = OneAnswer(b"HTTP/1.1 200 " + b"A" * 50000)
+    script = tmp_path / "download.py"
+    script.write_text(DOWNLOAD_SCRIPT)
+    try:
+        done = micropython.run(script, args=[server.url], timeout=60)
+    finally:
+        server.sock.close()
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "refused malformed HTTP header line longer than 1024 bytes" in done.stdout, done.stdout
