@@ -20,6 +20,7 @@ from agent.core.text import is_digits
 MAX_HEADER_LINES = 64
 MAX_LINE = 1024
 WAIT_MS = 1000  # while no body bytes arrive: MQTT is polled (on_wait) this often
+MAX_SPAN_MS = 5 * 86400 * 1000
 
 
 def split_url(url):
@@ -46,8 +47,13 @@ class Download:
         transfer's bound (0: none), checked before every read, so a server that trickles
         a byte per timeout_s holds the board at most one read longer."""
         self.scheme, self.host, self.port, self.path = split_url(url)
+        # ticks, not time.time(): a float is a heap object on most ports, and these are read
+        # at every read of a transfer. ticks_diff is right for spans up to about 6 days: a
+        # longer max_time_s counts as 5 days.
         self.max_time_s = max_time_s
-        self.started = time.time()
+        self.max_ms = min(int(max_time_s * 1000), MAX_SPAN_MS)
+        self.timeout_ms = int(timeout_s * 1000)
+        self.started = time.ticks_ms()
         self.tls = tls
         self.limit = limit
         self.timeout_s = timeout_s
@@ -193,20 +199,20 @@ class Download:
     def _recv(self, buf, n):
         """What arrived of the next n body bytes (at least one; 0 at the end of the
         stream), waiting at most timeout_s of silence (OSError then, retried as a drop)."""
-        silent_since = time.time()
+        silent_since = time.ticks_ms()
         while True:
             got = self.sock.readinto(buf, n)
             if got is not None:
                 return got
             self._check_time()
-            if time.time() - silent_since >= self.timeout_s:
+            if time.ticks_diff(time.ticks_ms(), silent_since) >= self.timeout_ms:
                 raise OSError(110, "no data from %s for %s s" % (self.host, self.timeout_s))
             self.poller.poll(WAIT_MS)
             if self.on_wait is not None:
                 self.on_wait()
 
     def _check_time(self):
-        if self.max_time_s and time.time() - self.started >= self.max_time_s:
+        if self.max_ms and time.ticks_diff(time.ticks_ms(), self.started) >= self.max_ms:
             self.close()
             raise NetworkError("%s was not done after download max_time_s = %g s; the server "
                                "or link is too slow: raise max_time_s for slow links"
