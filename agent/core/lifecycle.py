@@ -122,6 +122,9 @@ TRANSITIONS = (
     (DOWNLOADING,        CANCEL,            CANCELLED),
     (DOWNLOADED,         SIGNATURE_OK,      SIGNATURE_VERIFIED),
     (DOWNLOADED,         SIGNATURE_BAD,     INVALID_SIGNATURE),
+    # After a restart the header is fetched again to verify it: that fetch can fail too.
+    (DOWNLOADED,         RETRY,             DOWNLOAD_SCHEDULED),
+    (DOWNLOADED,         DOWNLOAD_ERROR,    DOWNLOAD_FAILED),
     (DOWNLOADED,         CANCEL,            CANCELLED),
     (SIGNATURE_VERIFIED, DONE,              INSTALL_SCHEDULED),
     (SIGNATURE_VERIFIED, CANCEL,            CANCELLED),

@@ -370,7 +370,8 @@ class Agent:
         self._run_step("download", lc.DOWNLOAD_ERROR)
 
     def do_verify(self):
-        # Downloaded has no failure edge but a bad signature: anything else recovers.
+        # A header that cannot be fetched again is DOWNLOAD_ERROR (steps.verify); what raises
+        # (the heap) recovers.
         self._run_step("verify", None)
 
     def do_install(self, slot):

@@ -72,40 +72,64 @@ class Download:
     # -- connection ---------------------------------------------------------------------
 
     def _connect(self):
-        addr = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]
-        sock = socket.socket()
-        sock.settimeout(self.timeout_s)
-        sock.connect(addr)
+        ctx = None
         if self.scheme == "https":
-            from agent.mpy import tls
-
             ctx = self.tls() if self.tls is not None else None
             if ctx is None:
                 raise ConfigError("download ca_file is not set: the board has no system CA "
                                   "store, so https cannot be verified (it is never turned "
                                   "off); provision the CA that signed %s's certificate"
                                   % self.host)  # fmt: skip
-            sock = tls.wrap(ctx, sock, self.host, self.timeout_s)
-        lines = ["GET %s HTTP/1.1" % self.path, "Host: %s" % self.host,
-                 "User-Agent: charger-update-mpy", "Connection: close"]  # fmt: skip
-        if self.pos:
-            lines.append("Range: bytes=%d-" % self.pos)
-            if self.etag:
-                lines.append("If-Range: %s" % self.etag)
-        sock.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        # The answer is read without blocking: a read returns what arrived, and while nothing
-        # does, the board polls MQTT (a cancel, the job's deadline) and checks max_time_s,
-        # however slowly a server trickles its head or body.
-        sock.setblocking(False)
-        self.poller = select.poll()
-        self.poller.register(sock, select.POLLIN)
-        self.sock = sock
+        addr = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]
+        sock = socket.socket()
+        self.sock = sock  # closed by close() whatever fails from here on
         try:
+            sock.settimeout(self.timeout_s)
+            sock.connect(addr)
+            # Everything after the TCP connect goes without blocking, the TLS handshake
+            # included (driven by the request's first write): while nothing moves, the board
+            # polls MQTT (a cancel, the job's deadline) and checks max_time_s, however
+            # slowly the other end trickles its handshake, head or body.
+            sock.setblocking(False)
+            if ctx is not None:
+                from agent.mpy import tls
+
+                sock = self.sock = tls.wrap_lazy(ctx, sock, self.host)
+            self.poller = select.poll()
+            self.poller.register(sock, select.POLLIN | select.POLLOUT)
+            lines = ["GET %s HTTP/1.1" % self.path, "Host: %s" % self.host,
+                     "User-Agent: charger-update-mpy", "Connection: close"]  # fmt: skip
+            if self.pos:
+                lines.append("Range: bytes=%d-" % self.pos)
+                if self.etag:
+                    lines.append("If-Range: %s" % self.etag)
+            self._send(("\r\n".join(lines) + "\r\n\r\n").encode())
+            self.poller.modify(sock, select.POLLIN)
             status, headers = self._head()
             self._accept(status, headers)
-        except Exception:
+        except BaseException:
             self.close()
             raise
+
+    def _send(self, data):
+        """`data` written without blocking; over TLS its first write makes the handshake. The
+        handshake and the request together get timeout_s (OSError after, retried as a drop)."""
+        started, sent = time.ticks_ms(), 0
+        while sent < len(data):
+            try:
+                n = self.sock.write(data[sent:] if sent else data)
+            except ValueError as e:  # mbedtls's verification result, as text
+                raise NetworkError("TLS certificate of %s not trusted: %s"
+                                   % (self.host, str(e).strip()))  # fmt: skip
+            if n:
+                sent += n
+                continue
+            self._check_time()
+            if time.ticks_diff(time.ticks_ms(), started) >= self.timeout_ms:
+                raise OSError(110, "no connection to %s within %s s" % (self.host, self.timeout_s))
+            self.poller.poll(WAIT_MS)
+            if self.on_wait is not None:
+                self.on_wait()
 
     def _head(self):
         scratch = bytearray(MAX_LINE + 1)  # one line at a time, never longer

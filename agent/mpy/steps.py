@@ -14,7 +14,7 @@ dicts, strings and numbers only), so dropping the phase's modules frees them.
 import time
 
 from agent.core import lifecycle as lc
-from agent.core.errors import BadSignature, ReadbackMismatch, Rejected, UnknownKey
+from agent.core.errors import BadSignature, ReadbackMismatch, Rejected, UnknownKey, UpdateError
 from agent.mpy.channel import HEALTH
 
 SIGNATURE_ERRORS = (BadSignature, UnknownKey)
@@ -41,14 +41,18 @@ def download(agent):
 
 
 def verify(agent):
-    """SIGNATURE_OK, or SIGNATURE_BAD for a rejected header; anything else (the network
-    while fetching the header again, the heap) raises: Downloaded has no other failure edge,
-    so the agent recovers and verifies again later."""
+    """SIGNATURE_OK, or SIGNATURE_BAD for a rejected header; DOWNLOAD_ERROR when the header,
+    fetched again after a restart, cannot be had (a server gone, the job's deadline, the
+    network: retried while the job has retries); the heap raises (the agent recovers)."""
     from agent.mpy import header
 
     try:
-        header.verify(agent.trust, _header(agent), agent.device, agent.board.floor(),
-                      time.time(), agent.journey.job.version)  # fmt: skip
+        raw = _header(agent)
+    except UpdateError as e:
+        return lc.DOWNLOAD_ERROR, _info(e)
+    try:
+        header.verify(agent.trust, raw, agent.device, agent.board.floor(), time.time(),
+                      agent.journey.job.version)  # fmt: skip
     except Rejected as e:
         return lc.SIGNATURE_BAD, _info(e)
     return lc.SIGNATURE_OK, {}

@@ -88,6 +88,13 @@ def wrap(ctx, sock, host, timeout_s):
         raise NetworkError("TLS certificate of %s not trusted: %s" % (host, str(e).strip()))
 
 
+def wrap_lazy(ctx, sock, host):
+    """`sock` (connected, not blocking) wrapped by `ctx` for `host`, the handshake left to
+    the first write (agent/mpy/http.py drives it, bounded, without blocking); a certificate
+    that does not verify raises ValueError from that write."""
+    return ctx.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+
+
 class Umqtt:
     """What umqtt.simple2 imports as `ussl` (MicroPython 1.22 dropped that name): its
     connect() hands us the raw socket, set blocking; we wrap it with the channel's context

@@ -115,6 +115,26 @@ def test_transient_install_error_retries_after_backoff_then_fails():
     assert j.state == lc.INSTALLATION_FAILED
 
 
+def test_a_header_that_cannot_be_fetched_again_at_downloaded_is_a_failed_download():
+    # After a restart at Downloaded the agent fetches the header again to verify it; a
+    # transient failure downloads again later, a lasting one fails the download (before,
+    # Downloaded had no such edge: IllegalTransition, and the daemon recovered forever).
+    j = journey_at((lc.TIME_REACHED, lc.DOWNLOAD_OK))
+    state, actions = j.handle(lc.DOWNLOAD_ERROR, T0, {"reason": "network", "transient": True})
+    assert state == lc.DOWNLOAD_SCHEDULED
+    assert ("report", "DownloadPaused") in [a[:2] for a in actions]
+    j.tick(T0 + 10**6, 0, False)  # the retry is due: download again
+    assert j.state == lc.DOWNLOADING
+    j.handle(lc.DOWNLOAD_OK, T0)
+    state, actions = j.handle(lc.DOWNLOAD_ERROR, T0, {"reason": "deadline", "detail": "x"})
+    assert state == lc.DOWNLOAD_FAILED
+    assert (
+        "report",
+        "DownloadFailed",
+        {"job_id": "job-1", "version": "2.0", "reason": "deadline", "detail": "x"},
+    ) in actions
+
+
 def test_charging_session_deferral_is_reported_once_not_every_tick():
     j = journey_at(TO_INSTALLED[:3])
     reports = []

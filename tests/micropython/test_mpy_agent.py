@@ -10,6 +10,7 @@ and why.
 
 import os
 import re
+import threading
 
 import pytest
 
@@ -149,6 +150,27 @@ def test_power_cut_at_every_journal_step_resumes(rig, cut, expected):
     assert booted == ("ota_1" if expected == "Committed" else "ota_0")
     # The cut after the last save comes after the final status: wait for it, do not race it.
     rig.board.wait_line("[rom] power off", T, anywhere=True)
+
+
+def test_a_bundle_gone_after_a_power_cut_at_downloaded_fails_the_download(rig):
+    # Back at Downloaded after the cut, the board fetches the header again to verify it; the
+    # server no longer has the bundle: a failed download (before: InvalidSignature).
+    with open(os.path.join(rig.board.dir, "cut_at"), "w") as f:
+        f.write("3")  # the Downloaded save
+    url = rig.release("1.1.0")
+    name = url.rsplit("/", 1)[1]
+
+    def on_line(line):  # the test pulls the plug itself, after taking the bundle away
+        if line.startswith("POWER CUT"):
+            rig.images.files.pop(name)
+            threading.Thread(target=rig.board._cut_and_restore, daemon=True).start()
+
+    rig.board.on_line = on_line
+    job = rig.push_job("1.1.0", url, retries=0)
+    final = rig.wait_status(job["id"], FINAL_STATUSES, T)
+    assert final["status"] == "DownloadFailed", final
+    assert "404" in final["detail"], final
+    assert otadata(rig)[1][0] == 0xFFFFFFFF
 
 
 def test_a_dropped_connection_mid_install_resumes_with_range(tmp_path, micropython):
