@@ -100,7 +100,8 @@ class Channel:
             for suffix in self.handlers:
                 client.subscribe(self.topic(suffix), 1)
         except Exception as e:
-            self.last_error = "%s: %s" % (type(e).__name__, e)
+            _close(client)  # a socket per failed attempt would run the board out of them
+            self.last_error = _describe(e)
             self.retry_at = now + self.backoff
             self.backoff = min(self.backoff * 2, self.backoff_max)
             print("MQTT backend unreachable (%s); retry in %.1fs" % (self.last_error, self.backoff))
@@ -118,10 +119,7 @@ class Channel:
     def _lost(self, error):
         self.last_error = "%s: %s" % (type(error).__name__, error)
         print("MQTT link lost (%s)" % self.last_error)
-        try:
-            self.client.sock.close()
-        except Exception:
-            pass
+        _close(self.client)
         self.connected = False
         self.retry_at = time.time() + self.backoff
 
@@ -254,6 +252,32 @@ def _depth_over(msg, limit):
         elif c == 93 or c == 125:  # ] }
             depth -= 1
     return False
+
+
+def _describe(error):
+    text = "%s: %s" % (type(error).__name__, error)
+    code = error.args[0] if type(error).__name__ == "MQTTException" and error.args else None
+    # umqtt.simple2 raises MQTTException(20 + the CONNACK return code) for a refused
+    # connection. Built here, not at import: only a failed connection needs the words.
+    refused = {
+        21: "unacceptable protocol version",
+        22: "client id rejected",
+        23: "server unavailable",
+        24: "bad user name or password",
+        25: "not authorised",
+    }
+    if code in refused:
+        text += (" (the broker refused the connection: %s; check mqtt username/password or "
+                 "the client certificate)" % refused[code])  # fmt: skip
+    return text
+
+
+def _close(client):
+    for name in ("sock", "sock_raw"):  # umqtt's TLS socket and the TCP one under it
+        try:
+            getattr(client, name).close()
+        except Exception:  # absent, None or closed already
+            pass
 
 
 def _forget_tls(client):

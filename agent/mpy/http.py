@@ -66,7 +66,7 @@ class Download:
         self.etag = None
         self.sock = None
         self.resumes = 0
-        self.poller = None
+        self.poller = self.raw = None
         self._skip = 0
 
     # -- connection ---------------------------------------------------------------------
@@ -82,7 +82,7 @@ class Download:
                                   % self.host)  # fmt: skip
         addr = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]
         sock = socket.socket()
-        self.sock = sock  # closed by close() whatever fails from here on
+        self.sock = self.raw = sock  # closed by close() whatever fails from here on
         try:
             sock.settimeout(self.timeout_s)
             sock.connect(addr)
@@ -269,9 +269,11 @@ class Download:
         return b"".join(parts)
 
     def close(self):
-        if self.sock is not None:
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-            self.sock = self.poller = None
+        # The TCP socket too: closing a TLS socket whose handshake failed leaves it open.
+        for sock in (self.sock, self.raw):
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+        self.sock = self.raw = self.poller = None

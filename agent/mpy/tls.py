@@ -24,9 +24,9 @@ from agent.core.errors import ConfigError, NetworkError
 _UNPARSABLE = ("invalid cert", "invalid key")
 
 
-def der(path, what):
-    """The content of the PEM or DER file at `path` as DER: the first PEM block if it has one
-    (mbedtls on MicroPython takes DER only)."""
+def blocks(path, what):
+    """[(label, DER)] of the PEM file at `path` ("CERTIFICATE", "PRIVATE KEY", ...), or
+    [(None, bytes)] for a DER file: mbedtls on MicroPython takes DER only."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -34,28 +34,37 @@ def der(path, what):
         raise ConfigError("%s %r cannot be read (%s): provision the board's PEM file there"
                           % (what, path, e))  # fmt: skip
     if b"-----BEGIN" not in data:
-        return data
-    body, inside = [], False
-    for line in data.split(b"\n"):
-        line = line.strip()
-        if line.startswith(b"-----BEGIN"):
-            inside = True
-        elif line.startswith(b"-----END"):
-            break
-        elif inside:
-            body.append(line)
+        return [(None, data)]
     import binascii
 
-    try:
-        return binascii.a2b_base64(b"".join(body))
-    except ValueError:
-        raise ConfigError("%s %r is not valid PEM" % (what, path))
+    out, label, body = [], None, []
+    for line in data.split(b"\n"):
+        line = line.strip()
+        if line.startswith(b"-----BEGIN "):
+            label, body = line[11:].rstrip(b"-").decode(), []
+        elif line.startswith(b"-----END"):
+            try:
+                out.append((label, binascii.a2b_base64(b"".join(body))))
+            except ValueError:
+                raise ConfigError("%s %r is not valid PEM" % (what, path))
+            label = None
+        elif label is not None:
+            body.append(line)
+    return out
+
+
+def _first(path, what, suffix):
+    for label, data in blocks(path, what):
+        if label is None or label.endswith(suffix):
+            return data
+    raise ConfigError("%s %r holds no %s" % (what, path, suffix))
 
 
 def context(settings, where):
-    """A client context that verifies servers against `settings`' ca_file and presents its
-    cert_file and key_file when both are set; `where` names the settings in errors. About
-    3 KiB of heap in one piece, which is why the agent makes one per link and keeps it."""
+    """A client context that verifies servers against every certificate in `settings`'
+    ca_file (a bundle: two CAs while one is rotated) and presents its cert_file and key_file
+    when both are set; `where` names the settings in errors. About 3 KiB of heap in one
+    piece, which is why the agent makes one per link and keeps it."""
     ca_file = settings.get("ca_file")
     if not ca_file:
         raise ConfigError("%s ca_file is not set: the board has no system CA store, so TLS "
@@ -67,14 +76,20 @@ def context(settings, where):
                           % where)  # fmt: skip
     ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = tls.CERT_REQUIRED
+    what, path = where + " ca_file", ca_file
     try:
-        ctx.load_verify_locations(der(ca_file, where + " ca_file"))
+        cas = [d for label, d in blocks(ca_file, what) if label in (None, "CERTIFICATE")]
+        if not cas:
+            raise ConfigError("%s %r holds no CERTIFICATE" % (what, ca_file))
+        for data in cas:
+            ctx.load_verify_locations(data)
         if cert_file:
-            ctx.load_cert_chain(der(cert_file, where + " cert_file"),
-                                der(key_file, where + " key_file"))  # fmt: skip
+            what, path = where + " cert_file/key_file", cert_file
+            ctx.load_cert_chain(_first(cert_file, where + " cert_file", "CERTIFICATE"),
+                                _first(key_file, where + " key_file", "PRIVATE KEY"))  # fmt: skip
     except ValueError as e:
-        raise ConfigError("%s: a CA, certificate or key file is not a usable certificate or "
-                          "key (%s)" % (where, str(e).strip()))  # fmt: skip
+        raise ConfigError("%s %r is not a usable certificate or key (%s)"
+                          % (what, path, str(e).strip()))  # fmt: skip
     return ctx
 
 

@@ -178,4 +178,121 @@ def test_username_and_password_are_what_the_broker_checks(micropython, tmp_path)
     assert good.stdout.splitlines()[-1] == "connected ", good.stdout + good.stderr
     # umqtt.simple2 raises 20 + the CONNACK code: 5, not authorised. The board keeps
     # retrying, and says why.
-    assert bad.stdout.splitlines()[-1] == "refused MQTTException: 25", bad.stdout + bad.stderr
+    assert bad.stdout.splitlines()[-1] == (
+        "refused MQTTException: 25 (the broker refused the connection: not authorised; "
+        "check mqtt username/password or the client certificate)"
+    ), bad.stdout + bad.stderr
+
+
+FD_SCRIPT = """
+import os, sys
+from agent.mpy.channel import Channel
+tls = {"ca_file": sys.argv[2], "cert_file": sys.argv[3], "key_file": sys.argv[4]}
+c = Channel({"host": "127.0.0.1", "port": int(sys.argv[1]), "tls": tls}, "mpy-fd")
+before = len(os.listdir("/proc/self/fd"))
+for _ in range(6):
+    c.retry_at = 0  # no back-off: attempt after attempt
+    c.poll()
+print("connected", c.connected, "fds", len(os.listdir("/proc/self/fd")) - before, c.last_error)
+"""
+
+
+def test_failed_tls_connections_leave_no_socket_open(micropython, tmp_path):
+    # Unix-port sockets have no finaliser, and a board's socket table is small: a broker
+    # whose certificate the board refuses, retried, must not eat a socket per attempt.
+    from hil.services.mosquitto import Mosquitto, Pki
+
+    pki = Pki(str(tmp_path / "pki"))
+    broker = Mosquitto(str(tmp_path / "broker"), pki=pki).start()
+    cert, key = pki.client("mpy-fd")
+    script = tmp_path / "fd.py"
+    script.write_text(FD_SCRIPT)
+    try:
+        done = micropython.run(
+            script, args=[str(broker.port), _stranger_ca(tmp_path), cert, key], timeout=60
+        )
+    finally:
+        broker.stop()
+    last = done.stdout.splitlines()[-1] if done.stdout else done.stderr
+    assert last.startswith("connected False fds 0 "), done.stdout + done.stderr
+    assert "not correctly signed by the trusted CA" in last, last
+
+
+DL_FD_SCRIPT = """
+import os, sys
+from agent.mpy.http import Download
+from agent.mpy import tls
+from agent.core.errors import UpdateError
+ctx = tls.context({"ca_file": sys.argv[2]}, "download")
+before = len(os.listdir("/proc/self/fd"))
+for _ in range(5):
+    try:
+        Download(sys.argv[1], 100, 5, retries=0, tls=lambda: ctx).read(10)
+    except UpdateError as e:
+        error = e.message
+print("fds", len(os.listdir("/proc/self/fd")) - before, error)
+"""
+
+
+def test_failed_https_connections_leave_no_socket_open(micropython, tmp_path):
+    from hil.services.httpserver import FileServer
+
+    context, _ = make_tls(str(tmp_path))
+    server = FileServer({"b.cub": b"0123456789"}, ssl_context=context).start()
+    script = tmp_path / "dlfd.py"
+    script.write_text(DL_FD_SCRIPT)
+    try:
+        done = micropython.run(
+            script, args=[server.url("b.cub"), _stranger_ca(tmp_path)], heap="256K", timeout=60
+        )
+    finally:
+        server.stop()
+    last = done.stdout.splitlines()[-1] if done.stdout else done.stderr
+    assert last.startswith("fds 0 TLS certificate of 127.0.0.1 not trusted"), (
+        done.stdout + done.stderr
+    )
+
+
+def test_a_ca_bundle_and_a_key_with_its_parameters_are_read_whole(micropython, tmp_path):
+    # A CA bundle (the old CA first, as during a rotation) and a key as `openssl ecparam
+    # -genkey` writes it (an EC PARAMETERS block before the key): every CA counts, and the
+    # key is the PRIVATE KEY block, whatever comes first.
+    from hil.services.mosquitto import Mosquitto, Pki
+
+    pki = Pki(str(tmp_path / "pki"))
+    broker = Mosquitto(str(tmp_path / "broker"), pki=pki).start()
+    cert, key = pki.client("mpy-fd")
+    bundle, key_with_params = tmp_path / "bundle.pem", tmp_path / "key.pem"
+    with open(_stranger_ca(tmp_path), "rb") as old, open(pki.ca_file, "rb") as new:
+        bundle.write_bytes(old.read() + new.read())
+    with open(key, "rb") as f:
+        params = b"-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"
+        key_with_params.write_bytes(params + f.read())
+    script = tmp_path / "fd.py"
+    script.write_text(FD_SCRIPT)
+    try:
+        done = micropython.run(
+            script, args=[str(broker.port), str(bundle), cert, str(key_with_params)], timeout=60
+        )
+    finally:
+        broker.stop()
+    assert done.stdout.splitlines()[-1].startswith("connected True"), done.stdout + done.stderr
+
+
+def test_a_broker_certificate_for_another_name_gets_no_connection(micropython, tmp_path):
+    # The broker listens on 127.0.0.2, which its certificate (localhost, 127.0.0.1) does
+    # not name: the board, dialling 127.0.0.2, must refuse it.
+    from hil.services.mosquitto import Mosquitto, Pki
+
+    pki = Pki(str(tmp_path / "pki"))
+    broker = Mosquitto(str(tmp_path / "broker"), pki=pki, host="127.0.0.2").start()
+    cert, key = pki.client("mpy-fd")
+    script = tmp_path / "name.py"
+    script.write_text(FD_SCRIPT.replace('"127.0.0.1"', '"127.0.0.2"'))
+    try:
+        done = micropython.run(script, args=[str(broker.port), pki.ca_file, cert, key], timeout=60)
+    finally:
+        broker.stop()
+    last = done.stdout.splitlines()[-1] if done.stdout else done.stderr
+    assert last.startswith("connected False fds 0 "), done.stdout + done.stderr
+    assert "does not match" in last, last

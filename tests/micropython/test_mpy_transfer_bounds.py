@@ -37,8 +37,9 @@ def test_a_trickling_server_is_cut_at_max_time(tmp_path, micropython):
 def test_the_job_deadline_stops_a_running_download(tmp_path, micropython):
     r = _slow_rig(tmp_path, {})
     try:
-        # Due in 2 s: the download starts at once and is still fetching the header then.
-        job = r.push_job("1.1.0", r.release("1.1.0"), deadline=int(time.time()) + 2)
+        # Due in 5 s: the download starts at once and is still fetching the header then (at
+        # 100 B/s it takes longer), with room for a loaded machine to deliver the job first.
+        job = r.push_job("1.1.0", r.release("1.1.0"), deadline=int(time.time()) + 5)
         final = r.wait_status(job["id"], FINAL_STATUSES, T)
         assert final["status"] == "DownloadFailed" and final["reason"] == "deadline", final
         assert "its deadline passed while Downloading" in final["detail"], final
