@@ -28,7 +28,7 @@ import time
 
 from agent.core import lifecycle as lc
 from agent.core import resets
-from agent.core.errors import UpdateError
+from agent.core.errors import ConfigError, UpdateError
 from agent.core.jobs import job_id_of, parse_job
 from agent.core.trial import TrialPolicy
 from agent.mpy import phase as phases
@@ -446,7 +446,10 @@ class Agent:
 
     def max_time(self):
         """A transfer's bound (download max_time_s, as on Linux: 6 hours unless set; 0: none)."""
-        return float(self.cfg.get("download", {}).get("max_time_s", MAX_TIME_S))
+        value = float(self.cfg.get("download", {}).get("max_time_s", MAX_TIME_S))
+        if value < 0:
+            raise ConfigError("download max_time_s is %g: give 0 (no bound) or seconds" % value)
+        return value
 
     def download_tls(self):
         """The TLS context for https downloads (None when no download ca_file is set), made

@@ -21,7 +21,7 @@ from hil.mpyboard.rig import MpyRig
 from hil.scenarios import test_catalogue as catalogue
 
 HEAP = "120K"
-TOO_SMALL = "107K"  # the board idles and takes jobs, but cannot verify a signature in it
+TOO_SMALL = "108K"  # the board idles and takes jobs, but cannot verify a signature in it
 T = 60
 
 
