@@ -181,3 +181,31 @@ def test_file_job_outside_file_dir_is_refused_the_same_whether_it_exists(boards,
         assert (final["status"], final["reason"]) == ("DownloadFailed", "bad-source")
         details.append(final["detail"].replace(path, "PATH"))
     assert details[0] == details[1]
+
+
+def test_a_bundle_gone_after_a_restart_at_downloaded_fails_the_download(boards, release):
+    """After a restart at Downloaded the daemon fetches the header again to verify it. A
+    server that lost the bundle had no edge out of Downloaded (IllegalTransition): the daemon
+    recovered and tried again every recover_s, for ever. Now: DownloadFailed."""
+    import json
+    import os
+
+    from agent.core.jobs import JobMemory, parse_job
+    from agent.core.journey import Journey
+    from agent.state.journal import Journal
+
+    board = boards()
+    cfg = board.cfg()
+    os.makedirs(cfg.state_dir, exist_ok=True)
+    doc = json.dumps({"id": "j1", "url": release.url("gone.cub"), "version": "1.1.0",
+                      "retries": 0})  # fmt: skip
+    journey = Journey(JobMemory())
+    journey.offer(parse_job(doc.encode(), {"model": "m"}), time.time(), "A", "B", 0.5)
+    journey.handle(lc.TIME_REACHED, time.time())
+    journey.handle(lc.DOWNLOAD_OK, time.time())
+    assert journey.state == lc.DOWNLOADED
+    Journal(os.path.join(cfg.state_dir, "journal.json")).save(journey)
+    board.start()
+    final = board.channel.wait_status(lambda m: m["status"] in lc.FINAL_STATUSES, timeout=30)
+    assert final["status"] == "DownloadFailed", final
+    assert "404" in final["detail"], final
