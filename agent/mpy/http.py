@@ -124,12 +124,7 @@ class Download:
             if n:
                 sent += n
                 continue
-            self._check_time()
-            if time.ticks_diff(time.ticks_ms(), started) >= self.timeout_ms:
-                raise OSError(110, "no connection to %s within %s s" % (self.host, self.timeout_s))
-            self.poller.poll(WAIT_MS)
-            if self.on_wait is not None:
-                self.on_wait()
+            self._wait(started, "no connection to %s within %s s")
 
     def _head(self):
         scratch = bytearray(MAX_LINE + 1)  # one line at a time, never longer
@@ -228,12 +223,18 @@ class Download:
             got = self.sock.readinto(buf, n)
             if got is not None:
                 return got
-            self._check_time()
-            if time.ticks_diff(time.ticks_ms(), silent_since) >= self.timeout_ms:
-                raise OSError(110, "no data from %s for %s s" % (self.host, self.timeout_s))
-            self.poller.poll(WAIT_MS)
-            if self.on_wait is not None:
-                self.on_wait()
+            self._wait(silent_since, "no data from %s for %s s")
+
+    def _wait(self, since, why):
+        """Nothing moved: check max_time_s, and timeout_s since `since` (OSError `why` %
+        (host, timeout_s) then, retried as a drop); wait for the socket at most WAIT_MS, then
+        poll MQTT (on_wait)."""
+        self._check_time()
+        if time.ticks_diff(time.ticks_ms(), since) >= self.timeout_ms:
+            raise OSError(110, why % (self.host, self.timeout_s))
+        self.poller.poll(WAIT_MS)
+        if self.on_wait is not None:
+            self.on_wait()
 
     def _check_time(self):
         if self.max_ms and time.ticks_diff(time.ticks_ms(), self.started) >= self.max_ms:

@@ -58,8 +58,27 @@ class OneAnswer:
             except OSError:
                 return
             with conn:
-                conn.recv(4096)
-                conn.sendall(self.head + b"\r\n" + self.body)
+                try:
+                    conn.recv(4096)
+                    self._answer(conn)
+                except OSError:  # the client hung up: what some tests want
+                    pass
+
+    def _answer(self, conn):
+        conn.sendall(self.head + b"\r\n" + self.body)
+
+
+def _run(micropython, tmp_path, server, text):
+    """`text` run under the unix port with the server's URL as its argument; the server is
+    closed after."""
+    script = tmp_path / "script.py"
+    script.write_text(text)
+    try:
+        done = micropython.run(script, args=[server.url], timeout=60)
+    finally:
+        server.sock.close()
+    assert done.returncode == 0, done.stderr + done.stdout
+    return done
 
 
 DOWNLOAD_SCRIPT = """
@@ -84,13 +103,7 @@ except UpdateError as e:
 )
 def test_odd_http_header_bytes_are_refused_not_a_crash(micropython, tmp_path, head, said):
     server = OneAnswer(head)
-    script = tmp_path / "download.py"
-    script.write_text(DOWNLOAD_SCRIPT)
-    try:
-        done = micropython.run(script, args=[server.url], timeout=60)
-    finally:
-        server.sock.close()
-    assert done.returncode == 0, done.stderr + done.stdout
+    done = _run(micropython, tmp_path, server, DOWNLOAD_SCRIPT)
     assert said in done.stdout, done.stdout
     if said != "read b'0123456789'":
         assert "refused malformed " in done.stdout, done.stdout
@@ -104,23 +117,13 @@ class Trickle(OneAnswer):
         self.tail, self.every = tail, every
         OneAnswer.__init__(self, head)
 
-    def _serve(self):
+    def _answer(self, conn):
         import time
 
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    conn.recv(4096)
-                    conn.sendall(self.head)
-                    for i in range(len(self.tail)):
-                        conn.sendall(self.tail[i : i + 1])
-                        time.sleep(self.every)
-                except OSError:  # the board hung up: what the test wants
-                    pass
+        conn.sendall(self.head)
+        for i in range(len(self.tail)):
+            conn.sendall(self.tail[i : i + 1])
+            time.sleep(self.every)
 
 
 BOUNDED_SCRIPT = """
@@ -157,13 +160,7 @@ print("took", time.time() - started)
 )
 def test_a_trickling_server_is_cut_at_max_time(micropython, tmp_path, head, tail, said):
     server = Trickle(head, tail)
-    script = tmp_path / "bounded.py"
-    script.write_text(BOUNDED_SCRIPT)
-    try:
-        done = micropython.run(script, args=[server.url], timeout=60)
-    finally:
-        server.sock.close()
-    assert done.returncode == 0, done.stderr + done.stdout
+    done = _run(micropython, tmp_path, server, BOUNDED_SCRIPT)
     assert "refused network" in done.stdout and said in done.stdout, done.stdout
     # Cut at the bound, not when the server ran out (60 s at this pace).
     assert float(done.stdout.split("\ntook ")[1]) < 10, done.stdout
@@ -171,11 +168,5 @@ def test_a_trickling_server_is_cut_at_max_time(micropython, tmp_path, head, tail
 
 def test_an_endless_status_line_is_refused_not_a_memory_error(micropython, tmp_path):
     server = OneAnswer(b"HTTP/1.1 200 " + b"A" * 50000)
-    script = tmp_path / "download.py"
-    script.write_text(DOWNLOAD_SCRIPT)
-    try:
-        done = micropython.run(script, args=[server.url], timeout=60)
-    finally:
-        server.sock.close()
-    assert done.returncode == 0, done.stderr + done.stdout
+    done = _run(micropython, tmp_path, server, DOWNLOAD_SCRIPT)
     assert "refused malformed HTTP header line longer than 1024 bytes" in done.stdout, done.stdout
