@@ -28,6 +28,14 @@ def pytest_addoption(parser):
     )
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "virtual_agent(**sections): agent config tables the virtual board is provisioned with "
+        "for this scenario (a bench board keeps its own)",
+    )
+
+
 @pytest.fixture(scope="session")
 def hil_report(request):
     report = Report(request.config.getoption("--hil-report"))
@@ -52,8 +60,9 @@ def rig(request, tmp_path, hil_report):
     if description.board.kind == "virtual":
         from hil.virtual.rig import VirtualRig
 
+        marker = request.node.get_closest_marker("virtual_agent")
         r = VirtualRig(str(tmp_path / "rig"), watchdog_s=10.0, trial_window_s=30,
-                       link_rate=link_rate)  # fmt: skip
+                       link_rate=link_rate, agent_overrides=marker and marker.kwargs)  # fmt: skip
     elif description.board.kind == "bench":
         from hil.bench import BenchRig
 
