@@ -16,6 +16,11 @@ from hil.state_guard import real_state_dir_untouched  # noqa: F401  (autouse)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_RIG = os.path.join(os.path.dirname(HERE), "rigs", "virtual.toml")
+# The virtual board's agent config in the catalogue, unless a scenario's virtual_agent marker
+# says otherwise: a backend that stays away 5 s fails the communication check (the
+# no-backend release) instead of half the 30 s trial window; a healthy board answers the
+# first ping.
+VIRTUAL_AGENT = {"trial": {"communication": {"retry_for_s": 5}}}
 
 
 def pytest_addoption(parser):
@@ -26,6 +31,23 @@ def pytest_addoption(parser):
         default="reports/hil",
         help="directory for junit.xml and report.html (default: reports/hil)",
     )
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "virtual_agent(**sections): agent config tables the virtual board is provisioned with "
+        "for this scenario (a bench board keeps its own)",
+    )
+
+
+def virtual_agent(node):
+    """VIRTUAL_AGENT with the tables of the scenario's virtual_agent marker laid over it."""
+    sections = dict((name, dict(table)) for name, table in VIRTUAL_AGENT.items())
+    marker = node.get_closest_marker("virtual_agent")
+    for name, table in (marker.kwargs if marker else {}).items():
+        sections.setdefault(name, {}).update(table)
+    return sections
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +75,8 @@ def rig(request, tmp_path, hil_report):
         from hil.virtual.rig import VirtualRig
 
         r = VirtualRig(str(tmp_path / "rig"), watchdog_s=10.0, trial_window_s=30,
-                       link_rate=link_rate)  # fmt: skip
+                       link_rate=link_rate,
+                       agent_overrides=virtual_agent(request.node))  # fmt: skip
     elif description.board.kind == "bench":
         from hil.bench import BenchRig
 

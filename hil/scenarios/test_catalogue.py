@@ -157,6 +157,10 @@ def test_network_drop_mid_download_resumes(rig):
     assert any(r["range"] for r in rig.images.requests), "no Range request after the drop"
 
 
+# The outage must begin before the communication check, which runs after the alarm
+# observation (checks run in name order): 3 s leaves the test time to stop the broker; the
+# check then rides the outage out for up to half the trial window, as by default.
+@pytest.mark.virtual_agent(trial={"alarms": {"observe_s": 3}, "communication": {"retry_for_s": 15}})
 def test_broker_outage_during_trial_is_ridden_out(rig):
     job = rig.push_job("1.1.0", rig.release("1.1.0"))
     rig.scenario.update(job=job["id"], expect="Committed")

@@ -1,8 +1,8 @@
 """The short power-cut soak on the virtual board (`make soak` runs the long one, hil/soak.py).
 
-About 20 journeys on 4 boards, good releases alternating with every defective kind, one
-seeded random power cut each (any time, right after a status, right after a journal write;
-0.05-1 s off):
+16 journeys on 4 boards (4 each), good releases alternating with every defective kind, one
+seeded random power cut each (any time, within 15 ms of the job's delivery, right after a
+status, right after a journal write; 0.05-1 s off):
 every good release ends Committed, every defective one RolledBack for its own cause, and
 every board comes back, idles and charges. The table is printed (pytest -s shows it).
 """
@@ -12,7 +12,9 @@ import os
 from hil import soak
 
 SEED = int(os.environ.get("CHARGER_SOAK_SEED", "18"))
-JOURNEYS = int(os.environ.get("CHARGER_SOAK_JOURNEYS", "20"))
+# The first 16 of `make soak`'s plan (same seed): with seed 18 they hold every defective
+# kind, every cut kind (delivery cuts at #13) and a cut right after TrialRunning (#14).
+JOURNEYS = int(os.environ.get("CHARGER_SOAK_JOURNEYS", "16"))
 
 
 def test_short_soak_every_good_release_commits_despite_a_power_cut(tmp_path, capsys):
