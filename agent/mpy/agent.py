@@ -296,7 +296,17 @@ class Agent:
 
     def execute(self, actions):
         for action in actions:
-            getattr(self, "do_" + action[0])(*action[1:])
+            do = getattr(self, "do_" + action[0])
+            try:
+                do(*action[1:])
+            except MemoryError:
+                # Often a heap too fragmented for one buffer, not too full: collect and do
+                # it once more, rather than lose the rest of the list (a cancel's Cancelled
+                # report, taken in an MQTT callback, was lost that way on a 108K heap).
+                import gc
+
+                gc.collect()
+                do(*action[1:])
 
     def do_save_journal(self):
         self.journal.save(self.journey)

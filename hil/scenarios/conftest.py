@@ -33,14 +33,6 @@ def pytest_addoption(parser):
     )
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "virtual_agent(**sections): agent config tables the virtual board is provisioned with "
-        "for this scenario (a bench board keeps its own)",
-    )
-
-
 def virtual_agent(node):
     """VIRTUAL_AGENT with the tables of the scenario's virtual_agent marker laid over it."""
     sections = dict((name, dict(table)) for name, table in VIRTUAL_AGENT.items())
