@@ -44,8 +44,8 @@ class Download:
                  max_time_s=0):  # fmt: skip
         """tls: for https, a function returning the board's download TLS context (or None
         when the board has none configured), see Agent.download_tls. max_time_s: the whole
-        transfer's bound (0: none), checked before every read, so a server that trickles
-        a byte per timeout_s holds the board at most one read longer."""
+        transfer's bound (0: none), checked before every read and while waiting for the
+        socket, so a server that trickles cannot hold the board past it."""
         self.scheme, self.host, self.port, self.path = split_url(url)
         # ticks, not time.time(): a float is a heap object on most ports, and these are read
         # at every read of a transfer. ticks_diff is right for spans up to about 6 days: a
@@ -118,9 +118,10 @@ class Download:
         while sent < len(data):
             try:
                 n = self.sock.write(data[sent:] if sent else data)
-            except ValueError as e:  # mbedtls's verification result, as text
-                raise NetworkError("TLS certificate of %s not trusted: %s"
-                                   % (self.host, str(e).strip()))  # fmt: skip
+            except ValueError as e:  # only a TLS socket raises it: tls is imported
+                from agent.mpy import tls
+
+                raise tls.untrusted(self.host, e)
             if n:
                 sent += n
                 continue
@@ -216,8 +217,8 @@ class Download:
         return 0
 
     def _recv(self, buf, n):
-        """What arrived of the next n body bytes (at least one; 0 at the end of the
-        stream), waiting at most timeout_s of silence (OSError then, retried as a drop)."""
+        """What arrived of the next n bytes of the answer (at least one; 0 at the end of
+        the stream), waiting at most timeout_s of silence (OSError then, retried as a drop)."""
         silent_since = time.ticks_ms()
         while True:
             got = self.sock.readinto(buf, n)

@@ -32,11 +32,8 @@ def _info(error):
 
 
 def download(agent):
-    from agent.mpy import header
-
-    job = agent.journey.job
-    agent.envelope = header.fetch_header(job.url, agent.timeout(), agent.poller(),
-                                         agent.download_tls, agent.max_time())  # fmt: skip
+    agent.envelope = None  # always fetched: what an earlier job left is not this bundle's
+    _header(agent)
     return lc.DOWNLOAD_OK, {}
 
 

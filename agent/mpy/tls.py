@@ -1,4 +1,4 @@
-"""TLS for the board's two links (MQTT and https downloads), on MicroPython's `ssl` (mbedtls).
+"""TLS for the board's two links (MQTT and https downloads), on MicroPython's `tls` (mbedtls).
 
 The server's certificate is always verified against the CA the board was provisioned with, and
 its name against the host the board dialled: a board has no system CA store, so a TLS link
@@ -9,7 +9,8 @@ a charger usually logs in to its broker (docs/micropython.md, "TLS").
 Imported only when a link uses TLS: a board on plain MQTT does not pay its heap.
 
 Invariant: `context` returns a verifying context or raises ConfigError (the board's files are
-wrong: retrying does not help); `wrap` returns a verified TLS socket or raises NetworkError
+wrong: retrying does not help); `wrap` returns a verified TLS socket (`wrap_lazy` one whose
+first write verifies) or raises NetworkError
 (the server, or whoever answered, did not prove who it is: transient, as on the Linux agent).
 """
 
@@ -18,10 +19,6 @@ wrong: retrying does not help); `wrap` returns a verified TLS socket or raises N
 import tls
 
 from agent.core.errors import ConfigError, NetworkError
-
-# What MicroPython raises for a certificate or key it cannot parse (as opposed to one that
-# parsed but did not verify).
-_UNPARSABLE = ("invalid cert", "invalid key")
 
 
 def blocks(path, what):
@@ -93,14 +90,19 @@ def context(settings, where):
     return ctx
 
 
+def untrusted(host, error):
+    """The NetworkError for mbedtls's ValueError: the verification result, as text."""
+    return NetworkError("TLS certificate of %s not trusted: %s" % (host, str(error).strip()))
+
+
 def wrap(ctx, sock, host, timeout_s):
     """`sock` (connected) wrapped by `ctx` for `host`, the server's certificate and name
-    verified; the handshake is bounded by `timeout_s`."""
+    verified; the handshake blocks, each socket operation bounded by `timeout_s`."""
     sock.settimeout(timeout_s)
     try:
         return ctx.wrap_socket(sock, server_hostname=host)
-    except ValueError as e:  # mbedtls's verification result, as text
-        raise NetworkError("TLS certificate of %s not trusted: %s" % (host, str(e).strip()))
+    except ValueError as e:
+        raise untrusted(host, e)
 
 
 def wrap_lazy(ctx, sock, host):
