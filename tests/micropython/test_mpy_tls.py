@@ -15,7 +15,7 @@ from tests.micropython.test_mpy_agent import T, otadata
 
 # TLS keeps heap of its own: one mbedtls context per link (MQTT, downloads; about 3 KiB each
 # in one piece) and the socket's. The smallest heap that completed this update was 121K-122K
-# (6K above the plain board's); 8K above the plain tests' HEAP (docs/micropython.md, "TLS").
+# (6K above the plain board's); 4K above the plain tests' HEAP (docs/micropython.md, "TLS").
 HEAP = "128K"
 
 ERASED = 0xFFFFFFFF  # otadata's second entry before any set_boot
