@@ -76,8 +76,11 @@ UMQTT := .cache/micropython-lib/umqtt/simple2.py
 $(UMQTT): | venv
 	$(BIN)/python -m hil.mpyboard.deps
 
+# Workers for make test (pytest-xdist): the tests mostly wait, so two keep a 2-core machine
+# busy; TEST_WORKERS=0 runs them one after the other in this process.
+TEST_WORKERS ?= 2
 test: venv sysdeps qemu-deps $(MICROPYTHON) $(UMQTT)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 # The long power-cut soaks (issue 18); make test runs short ones. Seeded: the same SOAK_SEED
 # replays the same plan.

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 
+from hil import lifeline
 from hil.mpyboard import flash, romfs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -97,6 +98,7 @@ class MpyBoard:
         env = dict(os.environ, ESP32EMU_FLASH=self.flash_dir, MPYBOARD_DIR=self.dir,
                    MPYBOARD_APP=json.dumps(descriptor),
                    MPYBOARD_RESET=str(self.reset_cause))  # fmt: skip
+        env = lifeline.parent_env(env)  # the app dies with this process (romboot.py)
         env.pop("MICROPYPATH", None)  # code comes from the ROMFS image only
         cmd = [sys.executable, os.path.join(HERE, "romboot.py"), self.romfs,
                "-X", "heapsize=%s" % self.heap, os.path.join(HERE, "boot.py")]  # fmt: skip

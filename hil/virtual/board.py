@@ -13,6 +13,7 @@ import sys
 import threading
 import tty
 
+from hil import lifeline
 from hil.drivers.sim_devices import EvSimDevice, RelaySim
 from hil.emulators.mcuboot_dev import McubootDevice
 from hil.emulators.stm32_rom import Stm32Rom
@@ -58,7 +59,7 @@ class VirtualBoard:
         for name in os.listdir(run) if os.path.isdir(run) else ():
             if name != "rootfs":
                 os.unlink(os.path.join(run, name))
-        env = dict(os.environ, PYTHONPATH=REPO)
+        env = lifeline.parent_env(dict(os.environ, PYTHONPATH=REPO))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hil.virtual.bootrom", self.dir, str(self.master)],
             pass_fds=(self.master,),

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 
+from hil import lifeline
 from hil.virtual import layout
 
 
@@ -132,9 +133,21 @@ def supervise(proc, notify, watchdog_s):
     return "firmware exited with %s" % proc.returncode, cause
 
 
+def pull_plug(board):
+    """What a power cut does: the firmware's process group and this one die at once."""
+    try:
+        with open(os.path.join(board, "run", "firmware.pgid")) as f:
+            os.killpg(int(f.read()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
 def main(argv=None):
     board, console_fd = (argv or sys.argv[1:])[:2]
     board = os.path.abspath(board)
+    # The test process that powered the board on was killed: the board goes dark with it.
+    lifeline.on_parent_death(lambda: pull_plug(board))
     os.makedirs(os.path.join(board, "run"), exist_ok=True)
     console = ConsoleOut(int(console_fd), os.path.join(board, "console.log"))
     path = os.path.join(board, "run", "notify.sock")

@@ -1,0 +1,73 @@
+"""A rig's board processes end with the test process that powered them on.
+
+A test process that is killed (SIGKILL, a CI job's timeout, a second Ctrl-C) runs no
+finaliser, so a virtual board it started would go on booting by itself: holding its serial
+lines, logging in to brokers under its charger id and taking the next run's messages. The
+board controller puts its own pid in the child's environment (PARENT_ENV); the child calls
+one of the two functions below at start.
+
+Invariant: neither ever ends a process whose parent is alive.
+"""
+
+import ctypes
+import os
+import select
+import signal
+import threading
+
+PARENT_ENV = "HIL_PARENT_PID"
+PR_SET_PDEATHSIG = 1
+
+
+def parent_env(env=None):
+    """`env` (default: this process's) plus this process's pid as the child's parent."""
+    out = dict(os.environ if env is None else env)
+    out[PARENT_ENV] = str(os.getpid())
+    return out
+
+
+def _parent(env):
+    try:
+        return int(env.get(PARENT_ENV, ""))
+    except ValueError:
+        return None
+
+
+def on_parent_death(action, env=None):
+    """Run `action()` in a daemon thread once the parent named in PARENT_ENV has ended (at
+    once if it already has). For a Python process that must clean up after itself: the
+    virtual Linux board's boot ROM kills its firmware's process group."""
+    parent = _parent(os.environ if env is None else env)
+    if parent is None:
+        return False
+    try:
+        fd = os.pidfd_open(parent)
+    except ProcessLookupError:
+        fd = None
+    # Checked after the pidfd is held: a pid reused by another process cannot pass for it.
+    if fd is None or os.getppid() != parent:
+        action()
+        return True
+
+    def watch():
+        select.select([fd], [], [])  # a pidfd reads ready when its process has ended
+        action()
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+    return True
+
+
+def die_with_parent(env=None):
+    """SIGKILL this process when its parent ends, kept across exec. For a process that runs
+    foreign code in its main thread (the MicroPython unix port): the kernel does it. The
+    parent must be the thread that started this process and lives as long as it does (the
+    MicroPython board's boot-loop thread does)."""
+    parent = _parent(os.environ if env is None else env)
+    if parent is None:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # ended before the signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
