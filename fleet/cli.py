@@ -126,6 +126,7 @@ def _latest(store):
 
 
 def _plan(args, store):
+    from fleet import delta
     from fleet.release import read_release
     from fleet.spec import load_rollout, load_sites
 
@@ -135,7 +136,13 @@ def _plan(args, store):
         sync_inventory(store, _mqtt_settings(args), args.prefix)
     sites = load_sites(spec["schedule"]["sites"]) if spec["schedule"]["sites"] else None
     plan = planner.build_plan(store.inventory(), spec, release)
+    versions = sorted({r["version"] for wave in plan["waves"] for r in wave}, key=str)
+    plan["downloads"] = delta.per_version(spec, release, store.rollouts(), versions)
     return spec, release, sites, plan
+
+
+def _cellular(row, sites):
+    return bool(sites) and sites["sites"].get(row["site"], {}).get("uplink") == "cellular"
 
 
 def _print_plan(out, spec, release, sites, plan):
@@ -159,16 +166,25 @@ def _print_plan(out, spec, release, sites, plan):
             for c in release["compatible"]
         )
     )
+    downloads = plan["downloads"]
+    if release.get("format") == 2:
+        for version, (nbytes, why) in sorted(downloads.items(), key=lambda kv: str(kv[0])):
+            out.write(
+                "download per charger on %s: %s of %s bytes (%s)\n"
+                % (version or "?", format(nbytes, ","), format(release["bytes"], ","),
+                   "whole bundle: %s" % why if why else
+                   "%.1f%%, by delta; at most" % (100.0 * nbytes / release["bytes"]))
+            )  # fmt: skip
     total_bytes = total_cost = 0
     for i, wave in enumerate(plan["waves"]):
         site_ids = sorted({r["site"] for r in wave})
-        cellular = sum(
-            1
-            for r in wave
-            if sites and sites["sites"].get(r["site"], {}).get("uplink") == "cellular"
+        cellular = sum(1 for r in wave if _cellular(r, sites))
+        nbytes = sum(downloads[r["version"]][0] for r in wave)
+        cost = (
+            sum(downloads[r["version"]][0] for r in wave if _cellular(r, sites))
+            / 1e6
+            * spec["cost"]["per_mb"]
         )
-        nbytes = release["bytes"] * len(wave)
-        cost = release["bytes"] * cellular / 1e6 * spec["cost"]["per_mb"]
         total_bytes, total_cost = total_bytes + nbytes, total_cost + cost
         windows = sorted(
             {
@@ -293,6 +309,14 @@ def status_text(store, name):
             counts[t["state"]] = counts.get(t["state"], 0) + 1
         text = ", ".join("%s %d" % (k, counts[k]) for k in sorted(counts)) or "empty"
         lines.append("  %-7s %5d  %s" % ("pilot" if w == 0 else "wave %d" % w, len(group), text))
+    by_delta = [t["downloaded"] for t in targets if t.get("downloaded") is not None]
+    if by_delta:
+        whole = r["release"]["bytes"] * len(by_delta)
+        lines.append(
+            "  by delta: %d chargers downloaded %s bytes, %.1f%% of their whole bundles (%s)"
+            % (len(by_delta), format(sum(by_delta), ","), 100.0 * sum(by_delta) / whole,
+               format(whole, ","))
+        )  # fmt: skip
     skipped = [t for t in targets if t["wave"] < 0]
     if skipped:
         lines.append(
@@ -534,8 +558,11 @@ def parser():
             "dry run: waves, sites, windows, bytes, cost",
             "Reads the release's signed header (HTTP Range, verified against trust_root), "
             "selects the targets and prints per wave: chargers, sites, install windows, "
-            "bytes to download and the cellular cost. Exit 4 when a matrix cell has no pilot "
-            "charger (the cells are named).",
+            "bytes to download and the cellular cost. A format-2 release installs by delta: "
+            "the bytes per charger version are then fetched as a charger would fetch them, "
+            "against the bundle of that version (the file's `bases`, or an earlier rollout's "
+            "release); a version without one counts the whole bundle, and says why. Exit 4 "
+            "when a matrix cell has no pilot charger (the cells are named).",
         ),
         (
             "start",

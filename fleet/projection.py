@@ -115,6 +115,7 @@ def _target_row(rollout, device, wave, cohort, site, state=PLANNED, reason=None)
         "cancel_sent": False,
         "result": None,
         "reason": reason,
+        "downloaded": None,
     }
 
 
@@ -263,6 +264,8 @@ def status_effect(target, st, received):
     if target["state"] in FINAL or (target["last_seq"] or -1) >= st["seq"]:
         return None
     values = {"last_seq": st["seq"]}
+    if st.get("downloaded") is not None:
+        values["downloaded"] = st["downloaded"]
     status, reason = st["status"], st["reason"]
     new = None
     if status == m.COMMITTED:

@@ -47,24 +47,26 @@ def _file(url, start, length):
 
 
 def read_header(url):
-    """(envelope bytes, envelope length) of the bundle at url: two small reads, never the
-    payloads."""
+    """(envelope bytes, envelope length, bundle format) of the bundle at url: two small
+    reads, never the payloads."""
     fetch = _file if url.startswith("file:") else _range
     if not url.startswith(("file:", "http://", "https://")):
         raise SpecError("release %r must be an http(s):// or file: URL" % url)
     try:
-        length = fmt.parse_header(fetch(url, 0, fmt.HEADER_SIZE))
+        header = fetch(url, 0, fmt.HEADER_SIZE)
+        length = fmt.parse_header(header)
     except UpdateError as e:
         raise Blocked("release %s is not a bundle: %s" % (url, e)) from None
     raw = fetch(url, fmt.HEADER_SIZE, min(length, MAX_ENVELOPE))
     if len(raw) != length:
         raise Blocked("release %s ends inside its signed header" % url)
-    return raw, length
+    return raw, length, fmt.header_format(header)
 
 
 def read_release(url, trust_root, now=None):
-    """{url, version, security_version, compatible, bytes, expires} of a verified release."""
-    raw, length = read_header(url)
+    """{url, version, security_version, compatible, bytes, expires, format} of a verified
+    release (format 2: chargers install it by delta)."""
+    raw, length, bundle_format = read_header(url)
     try:
         trust = Trust(trust_root)
         manifest = trust.verify(parse_envelope(raw, MANIFEST_TYPE), now=now)
@@ -83,4 +85,5 @@ def read_release(url, trust_root, now=None):
         ],
         "bytes": fmt.bundle_size(length, manifest),
         "expires": manifest.expires,
+        "format": bundle_format,
     }

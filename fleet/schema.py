@@ -49,6 +49,9 @@ statuses = Table(
     Column("version", String(64), nullable=True),
     Column("ts", BigInteger, nullable=True),
     Column("received", Float, nullable=False),
+    # A delta install's Installing statuses: bytes fetched so far, payload size (0003).
+    Column("downloaded", BigInteger, nullable=True),
+    Column("payload_bytes", BigInteger, nullable=True),
     PrimaryKeyConstraint("device_id", "seq"),
     Index("ix_statuses_job", "job_id", "seq"),
 )
@@ -122,6 +125,7 @@ targets = Table(
     Column("cancel_sent", Boolean, nullable=False),
     Column("result", String(40), nullable=True),
     Column("reason", Text, nullable=True),
+    Column("downloaded", BigInteger, nullable=True),  # by delta, its latest status (0003)
     PrimaryKeyConstraint("rollout", "device_id"),
     Index("ix_targets_state", "rollout", "state"),
 )

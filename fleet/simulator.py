@@ -15,7 +15,8 @@ Profiles (combine with "+", e.g. "slow-link+fail-trial:alarms"): good; fail-tria
 crash); regress (regression while soaking); silent-after-reboot; offline; charging (a session
 defers the install); slow-link; power-loss (power cuts use up the trial's boot attempts, cause
 power-loss: not the release's fault); unexplained-resets (resets the board cannot explain,
-cause unexplained-resets).
+cause unexplained-resets); delta (installs by delta: its Installing statuses carry
+`downloaded`, DELTA_SHARE of `payload_bytes`, as a format-2 install reports them).
 """
 
 import heapq
@@ -50,8 +51,11 @@ PROFILES = (
     "power-loss",
     "unexplained-resets",
     "crash",
+    "delta",
 )
 CHECKS = ("communication", "charging-session", "alarms")
+PAYLOAD_BYTES = 64 << 20  # what a "delta" charger installs, and fetches DELTA_SHARE of
+DELTA_SHARE = 0.02
 
 
 class SimCharger:
@@ -311,7 +315,7 @@ class Simulator:
                     return self._at(min(d[1], c.session_until), c.id, "tick", job_id)
                 return self._at(d[1], c.id, "tick", job_id)
             c.stage = "installing"
-            self._status(c, m.INSTALLING, progress=50)
+            self._status(c, m.INSTALLING, progress=50, **self._fetched(c, 0.5))
             self._at(now + self.timing["install_s"], c.id, "installed", job_id)
 
     def _do_downloaded(self, c, job_id):
@@ -322,8 +326,14 @@ class Simulator:
         c.stage = "install-wait"
         self._do_tick(c, job_id)
 
+    def _fetched(self, c, share):
+        if "delta" not in c.jt:
+            return {}
+        return {"downloaded": int(PAYLOAD_BYTES * DELTA_SHARE * share),
+                "payload_bytes": PAYLOAD_BYTES}  # fmt: skip
+
     def _do_installed(self, c, job_id):
-        self._status(c, m.INSTALLING, progress=100)
+        self._status(c, m.INSTALLING, progress=100, **self._fetched(c, 1.0))
         self._status(c, m.INSTALLED)
         self._status(c, m.INSTALL_REBOOTING)
         c.stage = "rebooting"

@@ -21,6 +21,9 @@ DEFAULTS = {
     "name": None,
     "release": None,  # URL of the signed bundle (http(s):// or file:)
     "trust_root": None,  # the release root the agents trust (verifies the bundle header)
+    # Bundles of the releases chargers run now (http(s):// or file:), besides the releases of
+    # earlier rollouts: a format-2 release's plan counts what a delta install downloads.
+    "bases": [],
     "security": False,  # security fast track: short soaks, same halt rules
     "target": {
         "models": [],
@@ -130,8 +133,15 @@ def load_rollout(path):
             hint="the release root file the chargers trust, to verify the bundle",
         )
     spec["trust_root"] = os.path.join(base, spec["trust_root"])
-    if spec["release"].startswith("file:") and not spec["release"].startswith("file:/"):
-        spec["release"] = "file:" + os.path.join(base, spec["release"][5:])
+    spec["release"] = _bundle_url(spec["release"], base)
+    bases = spec["bases"]
+    if not isinstance(bases, list) or not all(isinstance(u, str) and u for u in bases):
+        raise SpecError("%s: bases must be a list of bundle URLs" % path,
+                        hint='e.g. bases = ["https://.../charger-1.0.0.cub"]')  # fmt: skip
+    for url in bases:
+        if not url.startswith(("http://", "https://", "file:")):
+            raise SpecError("%s: base %r must be an http(s):// or file: URL" % (path, url))
+    spec["bases"] = [_bundle_url(u, base) for u in bases]
     for section, key in DURATIONS:
         spec[section][key] = duration(spec[section][key], "[%s] %s" % (section, key))
     _check_numbers(path, spec)
@@ -142,6 +152,13 @@ def load_rollout(path):
         spec["schedule"]["sites"] = os.path.join(base, sites)
     spec["source"] = os.path.abspath(path)
     return spec
+
+
+def _bundle_url(url, base):
+    """A file: URL relative to the rollout file made absolute; others as they are."""
+    if url.startswith("file:") and not url.startswith("file:/"):
+        return "file:" + os.path.join(base, url[5:])
+    return url
 
 
 def _check_numbers(path, spec):

@@ -142,6 +142,8 @@ class Store:
                 "version": s["version"],
                 "ts": s["ts"],
                 "received": now,
+                "downloaded": s.get("downloaded"),
+                "payload_bytes": s.get("payload_bytes"),
             }
             for d, s in sts
         ]
@@ -200,7 +202,15 @@ class Store:
         rows = list(rows)
         if not rows:
             return
-        cols = ("state", "phase_since", "last_seq", "committed_at", "result", "reason")
+        cols = (
+            "state",
+            "phase_since",
+            "last_seq",
+            "committed_at",
+            "result",
+            "reason",
+            "downloaded",
+        )
         stmt = (
             targets.update()
             .where(targets.c.rollout == sa.bindparam("b_rollout"))
