@@ -23,16 +23,23 @@ from agent.bundle import format as fmt
 from agent.core.errors import UpdateError
 from agent.transfer import adaptive
 from agent.transfer import delta as agent_delta
-from agent.transfer.ranges import open_ranges
+from agent.transfer.ranges import RangesUnsupported, open_ranges
 from agent.trust.store import Trust
 
 # A base bundle's details are read whole (6 bytes a block: 400 KB for a 272 MiB image); a
 # larger detail section is not read for an estimate.
 MAX_BASE_DETAILS = 64 << 20
+# An operator waits for a dry run: a dropped or refused connection is retried twice, briefly.
+SETTINGS = {"timeout_s": 30.0, "retries": 2, "backoff_s": 0.5, "backoff_max_s": 5.0,
+            "max_time_s": 600.0}  # fmt: skip
 
 
 class NoEstimate(Exception):
     """Why a charger of some version is counted with the whole bundle."""
+
+
+class NotWanted(NoEstimate):
+    """The base bundle is of a version no target runs: nothing to estimate from it."""
 
 
 class _BaseSlot:
@@ -97,25 +104,32 @@ def _base_indexes(head, ranges):
     return out
 
 
-def estimate(url, base_url, trust_root, settings=None):
+def estimate(url, base_url, trust_root, settings=None, wanted=None):
     """Bytes a charger running `base_url`'s release downloads to install `url`'s by delta:
-    {"download_bytes", "bundle_bytes", "base_version", "payloads": [{name, fetch_bytes,
-    ranges}]}. NoEstimate says why there is none; an unreachable server is NoEstimate too."""
+    {"download_bytes" (what the server sent), "planned_bytes" (the plan's bundle bytes, as
+    `install --plan` counts them), "bundle_bytes", "base_version", "payloads": [{name,
+    fetch_bytes, ranges}]}. NoEstimate says why there is none (an unreachable server too);
+    NotWanted when the base's version is not in `wanted` (None: any)."""
     trust = Trust(trust_root)
+    settings = dict(SETTINGS, **(settings or {}))
     try:
+        # An old release may have expired: its index still says what chargers run.
+        base, base_ranges = _head(base_url, trust.verify_envelope, settings)
+        try:
+            if wanted is not None and base.manifest.version not in wanted:
+                raise NotWanted("no target runs %s" % base.manifest.version)
+            bases = _base_indexes(base, base_ranges)
+        finally:
+            base_ranges.close()
         new, new_ranges = _head(url, lambda env: trust.verify(env), settings)
         try:
-            # An old release may have expired: its index still says what chargers run.
-            base, base_ranges = _head(base_url, trust.verify_envelope, settings)
-            try:
-                bases = _base_indexes(base, base_ranges)
-            finally:
-                base_ranges.close()
             return _count(new, new_ranges, base, bases)
         finally:
             new_ranges.close()
-    except (UpdateError, OSError) as e:
+    except (UpdateError, OSError, ValueError) as e:
         raise NoEstimate(str(e)) from None
+    except RangesUnsupported as e:
+        raise NoEstimate("%s (no ranges, no delta)" % e) from None
 
 
 def _count(new, ranges, base, bases):
@@ -174,7 +188,10 @@ def per_version(spec, release, rollouts, versions, settings=None):
         if version is not None and (version not in versions or version in found):
             continue
         try:
-            got = estimate(spec["release"], url, spec["trust_root"], settings)
+            wanted = set(versions) - set(found)
+            got = estimate(spec["release"], url, spec["trust_root"], settings, wanted)
+        except NotWanted:
+            continue
         except NoEstimate as e:
             failed.append("%s: %s" % (url, e))
             continue

@@ -76,6 +76,17 @@ def test_no_estimate_says_why(kit, server):
         delta.estimate(new_url, full_base, kit.root_path)
     with pytest.raises(delta.NoEstimate, match="404|not found|Not Found"):
         delta.estimate(new_url, server.url("gone.cub"), kit.root_path)
+    from hil.services.mosquitto import free_port
+
+    with pytest.raises(delta.NoEstimate, match="refused|reach|connect"):
+        delta.estimate(new_url, "http://127.0.0.1:%d/b.cub" % free_port(), kit.root_path)
+    base_url = served(server, sign_image(kit, image(old), "1.0.0"))
+    with pytest.raises(delta.NotWanted, match="no target runs 1.0.0"):
+        delta.estimate(new_url, base_url, kit.root_path, wanted={"0.9.0"})
+    server.faults.ignore_range = True
+    with pytest.raises(delta.NoEstimate, match="whole file"):
+        delta.estimate(new_url, base_url, kit.root_path)
+    server.faults.ignore_range = False
     stranger = kit.dir + "/stranger.cub"
     from hil.release import ReleaseKit
 
