@@ -25,6 +25,7 @@ PING = "backend/ping"
 PONG = "backend/pong"
 
 SOCKET_TIMEOUT_S = 5
+HANDSHAKE_S = 20
 OUTBOX = 32  # messages kept while the broker is away (oldest status dropped first)
 # Nesting a message may have: ours are 3 deep. MicroPython's json.loads keeps a stack per
 # level, so 30,000 brackets within the size bound end in a MemoryError (issue 11).
@@ -285,7 +286,7 @@ def _forget_tls(client):
     for the next connection)."""
     from agent.mpy.phase import drop
 
-    drop(("ussl", "agent.mpy.tls"))
+    drop(("ussl", "agent.mpy.tls", "agent.mpy.tlsio"))
 
 
 def _umqtt_client(channel):
@@ -302,7 +303,9 @@ def _umqtt_client(channel):
         # the middle of an install may not find 3 KiB in one piece.
         if channel.tls_context is None:
             channel.tls_context = tls.context(channel.tls, "mqtt.tls")
-        sys.modules["ussl"] = tls.Umqtt(channel.tls_context, SOCKET_TIMEOUT_S)
+        # The whole handshake, however slowly the peer sends it (it holds the loop meanwhile).
+        handshake_s = channel.tls.get("handshake_s", HANDSHAKE_S)  # checked by tls.context
+        sys.modules["ussl"] = tls.Umqtt(channel.tls_context, SOCKET_TIMEOUT_S, handshake_s)
     return MQTTClient(channel.device_id, channel.host, channel.port, user=channel.username,
                       password=channel.password, keepalive=channel.keepalive,
                       ssl=bool(channel.tls), ssl_params={"server_hostname": channel.host},

@@ -9,9 +9,10 @@ a charger usually logs in to its broker (docs/micropython.md, "TLS").
 Imported only when a link uses TLS: a board on plain MQTT does not pay its heap.
 
 Invariant: `context` returns a verifying context or raises ConfigError (the board's files are
-wrong: retrying does not help); `wrap` returns a verified TLS socket (`wrap_lazy` one whose
-first write verifies) or raises NetworkError
-(the server, or whoever answered, did not prove who it is: transient, as on the Linux agent).
+wrong: retrying does not help); `wrap` returns a verified TLS socket, its whole handshake done
+within `handshake_s` (`wrap_lazy` one whose first write verifies), or raises NetworkError
+(the server, or whoever answered, did not prove who it is or did not finish in time:
+transient, as on the Linux agent).
 """
 
 # MicroPython's C module under `ssl` (1.23+): its contexts are C objects, so one made in a
@@ -67,6 +68,10 @@ def context(settings, where):
         raise ConfigError("%s ca_file is not set: the board has no system CA store, so TLS "
                           "cannot be verified (it is never turned off); provision the CA that "
                           "signed the server's certificate" % where)  # fmt: skip
+    handshake_s = settings.get("handshake_s", 1)
+    if type(handshake_s) not in (int, float) or not 0 < handshake_s <= 600:
+        raise ConfigError("%s handshake_s must be a number of seconds above 0 and at most 600, "
+                          "not %r" % (where, handshake_s))  # fmt: skip
     cert_file, key_file = settings.get("cert_file"), settings.get("key_file")
     if bool(cert_file) != bool(key_file):
         raise ConfigError("%s needs both cert_file and key_file for a client certificate"
@@ -95,14 +100,25 @@ def untrusted(host, error):
     return NetworkError("TLS certificate of %s not trusted: %s" % (host, str(error).strip()))
 
 
-def wrap(ctx, sock, host, timeout_s):
+def wrap(ctx, sock, host, timeout_s, handshake_s):
     """`sock` (connected) wrapped by `ctx` for `host`, the server's certificate and name
-    verified; the handshake blocks, each socket operation bounded by `timeout_s`."""
-    sock.settimeout(timeout_s)
+    verified; the handshake done within `handshake_s` in all (each wait at most `timeout_s`),
+    the socket not blocking afterwards."""
+    from agent.mpy.tlsio import Bounded
+
+    bio = Bounded(sock, timeout_s, handshake_s)
+    sock.setblocking(False)
     try:
-        return ctx.wrap_socket(sock, server_hostname=host)
+        wrapped = ctx.wrap_socket(bio, server_hostname=host)
     except ValueError as e:
         raise untrusted(host, e)
+    except OSError:
+        if bio.timed_out:
+            raise NetworkError("TLS handshake with %s not done within %s s (or %s s of silence)"
+                               % (host, handshake_s, timeout_s))  # fmt: skip
+        raise
+    bio.until = None
+    return wrapped
 
 
 def wrap_lazy(ctx, sock, host):
@@ -114,11 +130,13 @@ def wrap_lazy(ctx, sock, host):
 
 class Umqtt:
     """What umqtt.simple2 imports as `ussl` (MicroPython 1.22 dropped that name): its
-    connect() hands us the raw socket, set blocking; we wrap it with the channel's context
-    and bound the handshake with umqtt's own socket timeout."""
+    connect() hands us the raw socket; we wrap it with the channel's context, the handshake
+    bounded in all by `handshake_s` and each wait by umqtt's own socket timeout. umqtt needs
+    the handshake done before its first write, so it still holds the board's loop, but for
+    `handshake_s` at most."""
 
-    def __init__(self, ctx, timeout_s):
-        self.ctx, self.timeout_s = ctx, timeout_s
+    def __init__(self, ctx, timeout_s, handshake_s):
+        self.ctx, self.timeout_s, self.handshake_s = ctx, timeout_s, handshake_s
 
     def wrap_socket(self, sock, server_hostname=None):
-        return wrap(self.ctx, sock, server_hostname, self.timeout_s)
+        return wrap(self.ctx, sock, server_hostname, self.timeout_s, self.handshake_s)

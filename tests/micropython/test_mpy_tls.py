@@ -296,3 +296,42 @@ def test_a_broker_certificate_for_another_name_gets_no_connection(micropython, t
     last = done.stdout.splitlines()[-1] if done.stdout else done.stderr
     assert last.startswith("connected False fds 0 "), done.stdout + done.stderr
     assert "does not match" in last, last
+
+
+def test_a_broker_that_trickles_its_handshake_is_cut_at_handshake_s(micropython, tmp_path):
+    # Someone on the path who sends the broker's handshake a few bytes at a time: before,
+    # each read waited at most 5 s but the handshake as long as the trickle lasted, holding
+    # the board's loop; now the whole handshake is bounded (mqtt.tls handshake_s).
+    from hil.services.faultproxy import FaultProxy
+
+    r = MpyRig(str(tmp_path / "rig"), heap=HEAP, tls=True)
+    r.start()
+    proxy = FaultProxy("127.0.0.1", r.broker.port, rate=200).start()  # 200 B/s: about 10 s
+
+    def edit(cfg, _board_dir):
+        cfg["mqtt"]["port"] = proxy.port
+        cfg["mqtt"]["tls"]["handshake_s"] = 1
+
+    try:
+        r.edit_config(edit)
+        r.power_on()
+        line = r.board.wait_line("MQTT backend unreachable", 30, anywhere=True)
+        assert "TLS handshake with 127.0.0.1 not done within 1 s" in line, line
+        assert r.inventory() is None
+        proxy.rate = 0  # the path is fast again: the next attempt connects
+        r.wait_online(30)
+    finally:
+        proxy.stop()
+        r.close()
+
+
+def test_a_wrong_handshake_bound_is_named(micropython, tmp_path):
+    def edit(cfg, _board_dir):
+        cfg["mqtt"]["tls"]["handshake_s"] = -1
+
+    r = _rig(tmp_path, edit=edit, tls=True)
+    try:
+        line = r.board.wait_line("MQTT backend unreachable", 30, anywhere=True)
+        assert "mqtt.tls handshake_s must be a number of seconds above 0" in line, line
+    finally:
+        r.close()
