@@ -11,7 +11,9 @@ and why.
 
 import os
 import re
+import shutil
 import threading
+import time
 
 import pytest
 
@@ -92,6 +94,22 @@ def test_tampered_payload_is_refused_before_set_boot(rig):
     assert len(re.findall(rig.boot_banner, rig.console_text())) == 1  # never rebooted
     row = catalogue.settled_row(rig, job["id"])
     assert row["slots"]["ota_1"]["attempts_left"] == 0
+
+
+def test_a_bundle_replaced_between_verify_and_install_is_refused(rig):
+    # The install fetches the bundle again: a server that serves another validly signed
+    # bundle of the same version by then (another image) is caught by the header's hash,
+    # before a byte of its payload reaches the slot.
+    url = rig.release("1.1.0")
+    path = rig.images.files[url.rsplit("/", 1)[1]]
+    job = rig.push_job("1.1.0", url, install_at=int(time.time()) + 6)
+    rig.wait_status(job["id"], "InstallScheduled", T)  # verified; waits for install_at
+    other = rig.build_image("1.1.0", (), 4096)
+    shutil.copyfile(rig.kit.bundle_image(other, "1.1.0", name="other.cub"), path)
+    final = rig.wait_status(job["id"], FINAL_STATUSES, T)
+    assert final["status"] == "InstallationFailed" and final["reason"] == "payload-mismatch"
+    assert "signed header changed since it was verified" in final["detail"], final
+    assert otadata(rig)[1][0] == 0xFFFFFFFF  # set_boot never ran
 
 
 def test_a_window_larger_than_the_board_holds_is_refused_before_writing(tmp_path, micropython):
