@@ -3,6 +3,7 @@ from the release's and the base release's signed chunk indexes, served by a real
 on 127.0.0.1: checked against a charger's own plan and a real install's byte count."""
 
 import pytest
+import sqlalchemy as sa
 
 from agent.bundle.writer import PayloadSource, create_bundle
 from agent.core import messages as m
@@ -202,3 +203,16 @@ def test_status_sums_what_delta_installs_downloaded_and_a_rebuild_keeps_it(
     with store.engine.begin() as conn:
         rebuild(conn)
     assert dict((t["device_id"], t["downloaded"]) for t in store.targets("delta-run")) == rows
+
+
+def test_a_status_with_a_number_beyond_bigint_is_dropped_not_its_batch(tmp_path):
+    # One charger's `downloaded` of 2**63 failed the whole ingest transaction (OverflowError
+    # from SQLite, "bigint out of range" from PostgreSQL): it ended `serve`, and the unacked
+    # message came back after every restart.
+    store = open_store(str(tmp_path / "fleet.db"))
+    good = m.status_message(m.INSTALLING, {"job_id": "r:cp-1", "downloaded": 10}, 1, 5)
+    bad = dict(good, downloaded=1 << 63)
+    assert store.ingest([(m.STATUS, "cp-2", bad), (m.STATUS, "cp-1", good)], 1.0) == 1
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT device_id, downloaded FROM statuses")).all()
+    assert [tuple(r) for r in rows] == [("cp-1", 10)]
