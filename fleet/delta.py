@@ -19,6 +19,8 @@ bundle known for the charger's version, other block sizes or grouping, a server 
 not answer ranges) the reason is given and the charger counts with the whole bundle.
 """
 
+import urllib.parse
+
 from agent.bundle import format as fmt
 from agent.core.errors import UpdateError
 from agent.transfer import adaptive
@@ -67,8 +69,16 @@ class _CountedPlan(adaptive.Plan):
         self._decide(first, n, kind, at)
 
 
+def _location(url):
+    """What open_ranges opens for a rollout's URL: a file: URL (file:/path, as fleet/spec.py
+    writes a relative one, or file:///path) as its path, as fleet/release.py reads it."""
+    if url.startswith("file:"):
+        return urllib.parse.unquote(urllib.parse.urlsplit(url).path)
+    return url
+
+
 def _head(url, check, settings):
-    ranges = open_ranges(url, settings)
+    ranges = open_ranges(_location(url), settings)
     try:
         head = agent_delta.read_head(ranges, check)
     except BaseException:

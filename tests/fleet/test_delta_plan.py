@@ -216,3 +216,15 @@ def test_a_status_with_a_number_beyond_bigint_is_dropped_not_its_batch(tmp_path)
     with store.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT device_id, downloaded FROM statuses")).all()
     assert [tuple(r) for r in rows] == [("cp-1", 10)]
+
+
+def test_file_urls_of_the_rollout_file_are_estimated_from(kit, tmp_path):
+    # spec.py makes `file:new.cub` file:/abs/new.cub (as read_release reads it): open_ranges
+    # took that for a path named "file:/abs/...", so every version counted the whole bundle.
+    old = release(4)
+    base = sign_image(kit, image(old), "1.0.0")
+    new = sign_image(kit, image(next_release(old)), "1.1.0")
+    got = delta.estimate("file:" + new, "file:" + base, kit.root_path)
+    assert got["base_version"] == "1.0.0"
+    assert got == delta.estimate("file://" + new, "file://" + base, kit.root_path)
+    assert got["download_bytes"] < got["bundle_bytes"] / 4
