@@ -53,9 +53,13 @@ class _BaseSlot:
         self.groups, self.blocks = {}, {}
         if index is None:
             return
-        for first, _n, _off, _stored, gid in index.groups:
-            self.groups.setdefault(gid, first)
-        for k in range(index.count):
+        # A scan reads whole blocks only: an image's short last block is not found in a slot
+        # (nor the group that ends with it), whatever follows it there.
+        whole = index.installed_size // index.block_size
+        for first, n, _off, _stored, gid in index.groups:
+            if first + n <= whole:
+                self.groups.setdefault(gid, first)
+        for k in range(whole):
             if index.lengths[k]:  # a unit length of 0: an all-zero block, which scans skip
                 self.blocks.setdefault(index.short[k], k)
 

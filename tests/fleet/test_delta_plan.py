@@ -228,3 +228,22 @@ def test_file_urls_of_the_rollout_file_are_estimated_from(kit, tmp_path):
     assert got["base_version"] == "1.0.0"
     assert got == delta.estimate("file://" + new, "file://" + base, kit.root_path)
     assert got["download_bytes"] < got["bundle_bytes"] / 4
+
+
+def test_an_image_ending_inside_a_block_is_not_counted_below_a_charger(kit, server, tmp_path):
+    # A charger's scan reads whole blocks: the base's short last block (and its group) is not
+    # in its slot. The estimate took both from the base's index, and said less than the
+    # charger then downloaded ("at most").
+    tail = bytes(range(256)) * 4  # 1 KiB: both images end inside a block
+    old = release(5)[:-16]
+    base_url = served(server, sign_image(kit, image(old) + tail, "1.0.0"))
+    new_url = served(server, sign_image(kit, image(next_release(old)) + tail, "1.1.0"))
+    got = delta.estimate(new_url, base_url, kit.root_path)
+    (tmp_path / "board").mkdir()
+    board = FileBoard(tmp_path / "board", kit.root_path)
+    put(board.slot_a, image(old) + tail)
+    cfg = board.config()
+    planned = agent_delta.dry_run(new_url, cfg, board.boot(), Trust(kit.root_path).verify)
+    assert planned["download_bytes"] == got["planned_bytes"]
+    done = installer.install(new_url, cfg, board.boot(), Trust.from_config(cfg))
+    assert done.counters["downloaded"] == got["download_bytes"]
