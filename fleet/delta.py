@@ -54,10 +54,12 @@ class _BaseSlot:
         if index is None:
             return
         # A scan reads whole blocks only: an image's short last block is not found in a slot
-        # (nor the group that ends with it), whatever follows it there.
+        # (nor the group that ends with it), whatever follows it there. The last group ends
+        # with the image, not by the rule: in a slot larger than the image, the blocks after
+        # it continue it (unless it is full).
         whole = index.installed_size // index.block_size
         for first, n, _off, _stored, gid in index.groups:
-            if first + n <= whole:
+            if first + n < index.count or (n == index.most and first + n <= whole):
                 self.groups.setdefault(gid, first)
         for k in range(whole):
             if index.lengths[k]:  # a unit length of 0: an all-zero block, which scans skip

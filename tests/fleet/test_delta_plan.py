@@ -247,3 +247,20 @@ def test_an_image_ending_inside_a_block_is_not_counted_below_a_charger(kit, serv
     assert planned["download_bytes"] == got["planned_bytes"]
     done = installer.install(new_url, cfg, board.boot(), Trust.from_config(cfg))
     assert done.counters["downloaded"] == got["download_bytes"]
+
+
+def test_a_slot_larger_than_the_base_image_is_not_counted_below_a_charger(kit, server, tmp_path):
+    # The base's last group ends with its image; in a partition larger than the image the
+    # blocks after it continue that group, so a charger fetches its detail: the estimate,
+    # which took the group from the base's index, planned less than the charger ("at most").
+    old = release(6)[:-16]  # data to its end: its last group is not cut by the rule
+    new = next_release(old)[:-40] + old[-40:]  # the same last group as the base
+    base_url = served(server, sign_image(kit, image(old), "1.0.0"))
+    new_url = served(server, sign_image(kit, image(new), "1.1.0"))
+    got = delta.estimate(new_url, base_url, kit.root_path)
+    (tmp_path / "board").mkdir()
+    board = FileBoard(tmp_path / "board", kit.root_path)
+    put(board.slot_a, image(old) + bytes(range(256)) * 1024)  # 256 KiB after the image
+    cfg = board.config()
+    planned = agent_delta.dry_run(new_url, cfg, board.boot(), Trust(kit.root_path).verify)
+    assert planned["download_bytes"] <= got["planned_bytes"]
