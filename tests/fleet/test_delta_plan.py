@@ -205,11 +205,11 @@ def test_status_sums_what_delta_installs_downloaded_and_a_rebuild_keeps_it(
     assert dict((t["device_id"], t["downloaded"]) for t in store.targets("delta-run")) == rows
 
 
-def test_a_status_with_a_number_beyond_bigint_is_dropped_not_its_batch(tmp_path):
+def test_a_status_with_a_number_beyond_bigint_is_dropped_not_its_batch(db_url):
     # One charger's `downloaded` of 2**63 failed the whole ingest transaction (OverflowError
     # from SQLite, "bigint out of range" from PostgreSQL): it ended `serve`, and the unacked
     # message came back after every restart.
-    store = open_store(str(tmp_path / "fleet.db"))
+    store = open_store(db_url)
     good = m.status_message(m.INSTALLING, {"job_id": "r:cp-1", "downloaded": 10}, 1, 5)
     bad = dict(good, downloaded=1 << 63)
     assert store.ingest([(m.STATUS, "cp-2", bad), (m.STATUS, "cp-1", good)], 1.0) == 1
