@@ -19,6 +19,8 @@ bundle known for the charger's version, other block sizes or grouping, a server 
 not answer ranges) the reason is given and the charger counts with the whole bundle.
 """
 
+import urllib.parse
+
 from agent.bundle import format as fmt
 from agent.core.errors import UpdateError
 from agent.transfer import adaptive
@@ -51,9 +53,15 @@ class _BaseSlot:
         self.groups, self.blocks = {}, {}
         if index is None:
             return
-        for first, _n, _off, _stored, gid in index.groups:
-            self.groups.setdefault(gid, first)
-        for k in range(index.count):
+        # A scan reads whole blocks only: an image's short last block is not found in a slot
+        # (nor the group that ends with it), whatever follows it there. The last group ends
+        # with the image, not by the rule: in a slot larger than the image, the blocks after
+        # it continue it (unless it is full).
+        whole = index.installed_size // index.block_size
+        for first, n, _off, _stored, gid in index.groups:
+            if first + n < index.count or (n == index.most and first + n <= whole):
+                self.groups.setdefault(gid, first)
+        for k in range(whole):
             if index.lengths[k]:  # a unit length of 0: an all-zero block, which scans skip
                 self.blocks.setdefault(index.short[k], k)
 
@@ -67,8 +75,16 @@ class _CountedPlan(adaptive.Plan):
         self._decide(first, n, kind, at)
 
 
+def _location(url):
+    """What open_ranges opens for a rollout's URL: a file: URL (file:/path, as fleet/spec.py
+    writes a relative one, or file:///path) as its path, as fleet/release.py reads it."""
+    if url.startswith("file:"):
+        return urllib.parse.unquote(urllib.parse.urlsplit(url).path)
+    return url
+
+
 def _head(url, check, settings):
-    ranges = open_ranges(url, settings)
+    ranges = open_ranges(_location(url), settings)
     try:
         head = agent_delta.read_head(ranges, check)
     except BaseException:

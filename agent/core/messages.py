@@ -24,6 +24,7 @@ PONG = "backend/pong"
 SUFFIXES = (JOB, CANCEL, STATUS, INVENTORY, HEALTH, ONLINE, PING, PONG)
 RETAINED = (INVENTORY, ONLINE)
 DEFAULT_PREFIX = "chargers"
+MAX_INT = 1 << 63  # numbers in messages stay below: the fleet keeps them in BIGINT columns
 
 
 def topic(prefix, device_id, suffix):
@@ -273,8 +274,9 @@ def _int(doc, name, required=False):
     value = doc.get(name)
     if value is None and not required:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise MessageInvalid(name, "must be a non-negative integer")
+    # One number beyond MAX_INT would fail the fleet's whole batch of messages it came in.
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_INT:
+        raise MessageInvalid(name, "must be a non-negative integer below 2**63")
     return value
 
 

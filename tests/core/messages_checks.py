@@ -104,6 +104,8 @@ def check_status_carries_cause_resets_and_bytes():
                 "delta install bytes")  # fmt: skip
     expect_invalid(m.parse_status, {"status": "Committed", "seq": 1, "resets": "power-on"})
     expect_invalid(m.parse_status, {"status": "Installing", "seq": 1, "downloaded": -5})
+    for name in ("seq", "downloaded", "payload_bytes", "ts"):
+        expect_invalid(m.parse_status, {"status": "Installing", "seq": 1, name: m.MAX_INT})
 
 
 def check_job_builder_refuses_what_the_agent_would_refuse():

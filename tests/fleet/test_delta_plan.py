@@ -3,6 +3,7 @@ from the release's and the base release's signed chunk indexes, served by a real
 on 127.0.0.1: checked against a charger's own plan and a real install's byte count."""
 
 import pytest
+import sqlalchemy as sa
 
 from agent.bundle.writer import PayloadSource, create_bundle
 from agent.core import messages as m
@@ -202,3 +203,64 @@ def test_status_sums_what_delta_installs_downloaded_and_a_rebuild_keeps_it(
     with store.engine.begin() as conn:
         rebuild(conn)
     assert dict((t["device_id"], t["downloaded"]) for t in store.targets("delta-run")) == rows
+
+
+def test_a_status_with_a_number_beyond_bigint_is_dropped_not_its_batch(db_url):
+    # One charger's `downloaded` of 2**63 failed the whole ingest transaction (OverflowError
+    # from SQLite, "bigint out of range" from PostgreSQL): it ended `serve`, and the unacked
+    # message came back after every restart.
+    store = open_store(db_url)
+    good = m.status_message(m.INSTALLING, {"job_id": "r:cp-1", "downloaded": 10}, 1, 5)
+    bad = dict(good, downloaded=1 << 63)
+    assert store.ingest([(m.STATUS, "cp-2", bad), (m.STATUS, "cp-1", good)], 1.0) == 1
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT device_id, downloaded FROM statuses")).all()
+    assert [tuple(r) for r in rows] == [("cp-1", 10)]
+
+
+def test_file_urls_of_the_rollout_file_are_estimated_from(kit, tmp_path):
+    # spec.py makes `file:new.cub` file:/abs/new.cub (as read_release reads it): open_ranges
+    # took that for a path named "file:/abs/...", so every version counted the whole bundle.
+    old = release(4)
+    base = sign_image(kit, image(old), "1.0.0")
+    new = sign_image(kit, image(next_release(old)), "1.1.0")
+    got = delta.estimate("file:" + new, "file:" + base, kit.root_path)
+    assert got["base_version"] == "1.0.0"
+    assert got == delta.estimate("file://" + new, "file://" + base, kit.root_path)
+    assert got["download_bytes"] < got["bundle_bytes"] / 4
+
+
+def test_an_image_ending_inside_a_block_is_not_counted_below_a_charger(kit, server, tmp_path):
+    # A charger's scan reads whole blocks: the base's short last block (and its group) is not
+    # in its slot. The estimate took both from the base's index, and said less than the
+    # charger then downloaded ("at most").
+    tail = bytes(range(256)) * 4  # 1 KiB: both images end inside a block
+    old = release(5)[:-16]
+    base_url = served(server, sign_image(kit, image(old) + tail, "1.0.0"))
+    new_url = served(server, sign_image(kit, image(next_release(old)) + tail, "1.1.0"))
+    got = delta.estimate(new_url, base_url, kit.root_path)
+    (tmp_path / "board").mkdir()
+    board = FileBoard(tmp_path / "board", kit.root_path)
+    put(board.slot_a, image(old) + tail)
+    cfg = board.config()
+    planned = agent_delta.dry_run(new_url, cfg, board.boot(), Trust(kit.root_path).verify)
+    assert planned["download_bytes"] == got["planned_bytes"]
+    done = installer.install(new_url, cfg, board.boot(), Trust.from_config(cfg))
+    assert done.counters["downloaded"] == got["download_bytes"]
+
+
+def test_a_slot_larger_than_the_base_image_is_not_counted_below_a_charger(kit, server, tmp_path):
+    # The base's last group ends with its image; in a partition larger than the image the
+    # blocks after it continue that group, so a charger fetches its detail: the estimate,
+    # which took the group from the base's index, planned less than the charger ("at most").
+    old = release(6)[:-16]  # data to its end: its last group is not cut by the rule
+    new = next_release(old)[:-40] + old[-40:]  # the same last group as the base
+    base_url = served(server, sign_image(kit, image(old), "1.0.0"))
+    new_url = served(server, sign_image(kit, image(new), "1.1.0"))
+    got = delta.estimate(new_url, base_url, kit.root_path)
+    (tmp_path / "board").mkdir()
+    board = FileBoard(tmp_path / "board", kit.root_path)
+    put(board.slot_a, image(old) + bytes(range(256)) * 1024)  # 256 KiB after the image
+    cfg = board.config()
+    planned = agent_delta.dry_run(new_url, cfg, board.boot(), Trust(kit.root_path).verify)
+    assert planned["download_bytes"] <= got["planned_bytes"]
