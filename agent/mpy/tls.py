@@ -69,9 +69,9 @@ def context(settings, where):
                           "cannot be verified (it is never turned off); provision the CA that "
                           "signed the server's certificate" % where)  # fmt: skip
     handshake_s = settings.get("handshake_s", 1)
-    if type(handshake_s) not in (int, float) or not 0 < handshake_s <= 600:
-        raise ConfigError("%s handshake_s must be a number of seconds above 0 and at most 600, "
-                          "not %r" % (where, handshake_s))  # fmt: skip
+    if type(handshake_s) not in (int, float) or not 1 <= handshake_s <= 600:
+        raise ConfigError("%s handshake_s must be a number of seconds from 1 to 600, not %r"
+                          % (where, handshake_s))  # fmt: skip
     cert_file, key_file = settings.get("cert_file"), settings.get("key_file")
     if bool(cert_file) != bool(key_file):
         raise ConfigError("%s needs both cert_file and key_file for a client certificate"

@@ -15,7 +15,9 @@ class Bounded(io.IOBase):
     """The TCP socket under a TLS socket, as mbedtls reads and writes it. During the
     handshake (`until` set) an operation waits for the socket, at most `timeout_s` of
     silence, and fails with ETIMEDOUT once `until` has passed, however slowly the peer
-    trickles; afterwards it passes through, not blocking, as umqtt uses the socket."""
+    trickles; afterwards it passes through, not blocking, as umqtt uses the socket. A socket
+    error is returned as its negative errno, which mbedtls ends the operation with and the
+    TLS socket raises: no exception is raised through mbedtls's C code."""
 
     def __init__(self, sock, timeout_s, handshake_s):
         self.sock = sock
@@ -26,21 +28,27 @@ class Bounded(io.IOBase):
         self.timed_out = False
 
     def readinto(self, buf):
-        if self.until is None:
-            return self.sock.readinto(buf)  # no bound method made: called in place
-        return self._handshake(buf, select.POLLIN)
+        try:
+            if self.until is None:
+                return self.sock.readinto(buf)  # no bound method made: called in place
+            return self._handshake(buf, select.POLLIN)
+        except OSError as e:
+            return -e.errno
 
     def write(self, buf):
-        if self.until is None:
-            return self.sock.write(buf)
-        return self._handshake(buf, select.POLLOUT)
+        try:
+            if self.until is None:
+                return self.sock.write(buf)
+            return self._handshake(buf, select.POLLOUT)
+        except OSError as e:
+            return -e.errno
 
     def _handshake(self, buf, events):
         while True:
             left = time.ticks_diff(self.until, time.ticks_ms())
             if left <= 0:
                 self.timed_out = True
-                return -ETIMEDOUT  # mbedtls ends the handshake with it; nothing raised through C
+                return -ETIMEDOUT  # mbedtls ends the handshake with it
             got = self.sock.readinto(buf) if events == select.POLLIN else self.sock.write(buf)
             if got is not None:
                 return got

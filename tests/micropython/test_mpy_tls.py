@@ -332,6 +332,74 @@ def test_a_wrong_handshake_bound_is_named(micropython, tmp_path):
     r = _rig(tmp_path, edit=edit, tls=True)
     try:
         line = r.board.wait_line("MQTT backend unreachable", 30, anywhere=True)
-        assert "mqtt.tls handshake_s must be a number of seconds above 0" in line, line
+        assert "mqtt.tls handshake_s must be a number of seconds from 1 to 600" in line, line
     finally:
         r.close()
+
+
+RESET_SCRIPT = """
+import socket, sys
+from agent.mpy import tls, tlsio
+escaped = []
+Bounded = tlsio.Bounded
+
+
+class Spy(Bounded):
+    # what mbedtls's C code would see raised through it
+    def readinto(self, buf):
+        try:
+            return Bounded.readinto(self, buf)
+        except Exception as e:
+            escaped.append(repr(e))
+            raise
+
+
+tlsio.Bounded = Spy  # tls.wrap takes it by name at each call
+ctx = tls.context({"ca_file": sys.argv[2]}, "mqtt.tls")
+for _ in range(5):
+    s = socket.socket()
+    s.connect(socket.getaddrinfo("127.0.0.1", int(sys.argv[1]))[0][-1])
+    try:
+        tls.wrap(ctx, s, "127.0.0.1", 5, 5)
+        last = "connected"
+    except Exception as e:
+        last = "%s %s" % (type(e).__name__, e)
+    s.close()
+print("escaped", len(escaped), last)
+"""
+
+
+def test_a_reset_in_the_handshake_is_an_error_code_not_raised_through_mbedtls(
+    micropython, tmp_path
+):
+    # A peer that resets the connection after the ClientHello: the socket's error reaches
+    # mbedtls as an error code (it then frees its state and the TLS socket raises), never as
+    # an exception unwinding through its C code.
+    import socket
+    import struct
+    import threading
+
+    from hil.services.mosquitto import Pki
+
+    pki = Pki(str(tmp_path / "pki"))
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def reset_each():
+        for _ in range(5):
+            conn, _ = server.accept()
+            conn.recv(4096)  # the ClientHello
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # RST
+
+    threading.Thread(target=reset_each, daemon=True).start()
+    script = tmp_path / "reset.py"
+    script.write_text(RESET_SCRIPT)
+    try:
+        done = micropython.run(script, args=[str(server.getsockname()[1]), pki.ca_file],
+                               timeout=60)  # fmt: skip
+    finally:
+        server.close()
+    last = done.stdout.splitlines()[-1] if done.stdout else done.stderr
+    assert last.startswith("escaped 0 OSError"), done.stdout + done.stderr
