@@ -11,12 +11,14 @@ the charger would make them (the same first request, the same batches): the esti
 the bytes that server sent, multipart framing included, what the charger's link would carry.
 That fetches the delta once per base version, over the operator's own link.
 
-Invariant: an estimate comes only from indexes under signatures that `trust_root` accepts,
-and the charger's inactive slot is taken to hold nothing useful, so the figure is what a
-charger downloads at most (it downloads less when that slot still holds a release that has
-some of the blocks). Where no estimate can be made (a format-1 bundle on either side, no
-bundle known for the charger's version, other block sizes or grouping, a server that does
-not answer ranges) the reason is given and the charger counts with the whole bundle.
+Invariant: an estimate comes only from bundles whose signatures `trust_root` accepts (their
+group indexes are signed; the base's block lists are taken as served: a server that lies
+about them moves the estimate, never what a charger installs), and the charger's inactive
+slot is taken to hold nothing useful, so the figure is what a charger downloads at most (it
+downloads less when that slot still holds a release that has some of the blocks). Where no
+estimate can be made (a format-1 bundle on either side, no bundle known for the charger's
+version, other block sizes or grouping, a server that does not answer ranges) the reason is
+given and the charger counts with the whole bundle.
 """
 
 import urllib.parse

@@ -30,6 +30,9 @@ import uuid
 from hil import lifeline
 from hil.virtual import layout
 
+PLUG = threading.Lock()  # held while a firmware starts and its group is recorded
+FIRMWARE = [None]  # the process group of the firmware running now
+
 
 class ConsoleOut:
     """Writes to the board's serial line (pty master) and to console.log; never blocks."""
@@ -91,7 +94,19 @@ def boot_once(board, console, notify, reset):
     env["NOTIFY_SOCKET"] = notify.getsockname()
     # As systemd's WatchdogSec= does: tells the agent how often it must pet.
     env["WATCHDOG_USEC"] = str(int(layout.watchdog_s(board) * 1e6))
-    proc = subprocess.Popen(
+    with PLUG:  # a power cut now (pull_plug) waits until the firmware's group is known
+        proc = start_firmware(rootfs, env)
+        with open(os.path.join(board, "run", "firmware.pgid"), "w") as f:
+            f.write(str(proc.pid))
+        FIRMWARE[0] = proc.pid
+    threading.Thread(target=pump, args=(proc.stdout, console), daemon=True).start()
+    reason, cause = supervise(proc, notify, layout.watchdog_s(board))
+    console.line("reset (%s)" % reason)
+    return cause
+
+
+def start_firmware(rootfs, env):
+    return subprocess.Popen(
         [sys.executable, "-m", "charger_fw.init"],
         cwd=rootfs,
         env=env,
@@ -101,12 +116,6 @@ def boot_once(board, console, notify, reset):
         # agent too); power-off kills this group as well (board.py).
         preexec_fn=os.setpgrp,
     )
-    threading.Thread(target=pump, args=(proc.stdout, console), daemon=True).start()
-    with open(os.path.join(board, "run", "firmware.pgid"), "w") as f:
-        f.write(str(proc.pid))
-    reason, cause = supervise(proc, notify, layout.watchdog_s(board))
-    console.line("reset (%s)" % reason)
-    return cause
 
 
 def pump(stream, console):
@@ -133,13 +142,15 @@ def supervise(proc, notify, watchdog_s):
     return "firmware exited with %s" % proc.returncode, cause
 
 
-def pull_plug(board):
-    """What a power cut does: the firmware's process group and this one die at once."""
-    try:
-        with open(os.path.join(board, "run", "firmware.pgid")) as f:
-            os.killpg(int(f.read()), signal.SIGKILL)
-    except (OSError, ValueError):
-        pass
+def pull_plug():
+    """What a power cut does: the firmware's process group and this one die at once. Under
+    PLUG, so no firmware is started between the two kills."""
+    PLUG.acquire()
+    if FIRMWARE[0] is not None:
+        try:
+            os.killpg(FIRMWARE[0], signal.SIGKILL)
+        except OSError:
+            pass  # it had ended
     os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
@@ -147,7 +158,7 @@ def main(argv=None):
     board, console_fd = (argv or sys.argv[1:])[:2]
     board = os.path.abspath(board)
     # The test process that powered the board on was killed: the board goes dark with it.
-    lifeline.on_parent_death(lambda: pull_plug(board))
+    lifeline.on_parent_death(pull_plug)
     os.makedirs(os.path.join(board, "run"), exist_ok=True)
     console = ConsoleOut(int(console_fd), os.path.join(board, "console.log"))
     path = os.path.join(board, "run", "notify.sock")
