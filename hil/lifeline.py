@@ -4,7 +4,8 @@ A test process that is killed (SIGKILL, a CI job's timeout, a second Ctrl-C) run
 finaliser, so a virtual board it started would go on booting by itself: holding its serial
 lines, logging in to brokers under its charger id and taking the next run's messages. The
 board controller puts its own pid in the child's environment (PARENT_ENV); the child calls
-one of the two functions below at start.
+one of the two functions below at start. A foreign program (QEMU, mosquitto) gets a guard
+instead: a small watcher process that kills it when the test process ends.
 
 Invariant: neither ever ends a process whose parent is alive.
 """
@@ -13,6 +14,8 @@ import ctypes
 import os
 import select
 import signal
+import subprocess
+import sys
 import threading
 
 PARENT_ENV = "HIL_PARENT_PID"
@@ -71,3 +74,36 @@ def die_with_parent(env=None):
     if os.getppid() != parent:  # ended before the signal was armed
         os.kill(os.getpid(), signal.SIGKILL)
     return True
+
+
+def guard(pid):
+    """A watcher process that SIGKILLs process `pid` (this process's child, started from any
+    thread) once this process ends, and ends by itself when `pid` does: for programs that
+    cannot watch for themselves. Returns its Popen (wait() it after `pid` ended)."""
+    return subprocess.Popen([sys.executable, "-m", "hil.lifeline", str(pid)], env=parent_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip  # not hit by a terminal's ^C
+
+
+def _watch(pid):
+    try:
+        child = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    parent = _parent(os.environ)
+    try:
+        watched = os.pidfd_open(parent) if parent is not None else None
+    except ProcessLookupError:
+        watched = None
+    if watched is not None and os.getppid() == parent:
+        ready = select.select([watched, child], [], [])[0]
+        if child in ready:
+            return  # it ended first: nothing to do
+    try:
+        signal.pidfd_send_signal(child, signal.SIGKILL)  # by pidfd: never a reused pid
+    except ProcessLookupError:
+        pass
+
+
+if __name__ == "__main__":
+    _watch(int(sys.argv[1]))

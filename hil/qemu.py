@@ -19,6 +19,7 @@ import subprocess
 import threading
 
 from agent.core.errors import ConfigError, Transient
+from hil import lifeline
 from hil.drivers.console import Console
 from hil.flash_env import FlashEnv, script_vars
 
@@ -136,6 +137,7 @@ class QemuUBoot:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
+            self.guard = lifeline.guard(self.proc.pid)  # a killed test process takes it along
             said = self._wait_listening(timeout)
             if said and said[-1] == "listening":
                 break
@@ -230,6 +232,9 @@ class QemuUBoot:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=10)
+        guard, self.guard = getattr(self, "guard", None), None
+        if guard is not None:
+            guard.wait(timeout=10)  # it ends with QEMU
 
 
 def _blank(path):

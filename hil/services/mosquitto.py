@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from hil import lifeline
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 BACKEND_IDENTITY = "backend"  # certificate CN of the operator/backend client
 
@@ -242,6 +244,7 @@ class Mosquitto:
             )
         finally:
             log.close()
+        self.guard = lifeline.guard(self.proc.pid)  # a killed test process takes it along
         try:
             wait_accepting(self.host, self.port, timeout, self.proc)
         except RuntimeError as exc:
@@ -260,6 +263,12 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait(timeout)
         self.proc = None
+        self._unguard()
+
+    def _unguard(self):
+        guard, self.guard = getattr(self, "guard", None), None
+        if guard is not None:
+            guard.wait(10)  # it ends with the broker
 
     def kill(self):
         """Power-cut the broker: SIGKILL, no clean shutdown."""
@@ -267,6 +276,7 @@ class Mosquitto:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+            self._unguard()
 
     def restart(self, timeout=10.0):
         self.stop()

@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # Started in a process of its own, which the test then kills with SIGKILL: it prints the pids
 # of its broker and of the board's processes once the board's agent is online, then waits for
-# ever. (The broker is a test service, not a board: the test stops it itself.)
+# ever. The broker goes too (its guard); QEMU, started from a thread that ends, as well.
 RIGS = {
     "linux": """
         from hil.virtual.rig import VirtualRig
@@ -30,6 +30,14 @@ RIGS = {
         rig.power_on()
         rig.wait_online(60)
         print(rig.broker.proc.pid, rig.board.proc.pid, flush=True)
+    """,
+    "qemu": """
+        from hil.qemu import QemuUBoot
+        board = QemuUBoot(WORKDIR)
+        started = threading.Thread(target=board.start)  # a thread that ends at once
+        started.start()
+        started.join()
+        print(board.proc.pid, flush=True)
     """,
 }
 
@@ -105,12 +113,12 @@ def test_a_child_of_no_rig_is_left_alone(tmp_path):
 
 @pytest.mark.parametrize("board", sorted(RIGS))
 def test_a_board_goes_dark_when_its_test_process_is_killed(tmp_path, board):
-    # Without the lifeline the Linux board's boot ROM went on (it failed here); the MicroPython
-    # app would also end at its next console line, on the broken pipe, so that case shows the
-    # outcome, and test_a_child_ends_with_its_killed_parent the kernel's part on its own.
-    parent, (broker, *pids) = run_parent(RIGS[board], tmp_path, WORKDIR=str(tmp_path / "rig"))
+    # Without the lifeline the Linux board's boot ROM, the broker and QEMU went on (each
+    # failed here); the MicroPython app would also end at its next console line, on the
+    # broken pipe, so that case shows the outcome, and test_a_child_ends_with_its_killed_parent
+    # the kernel's part on its own.
+    parent, pids = run_parent(RIGS[board], tmp_path, WORKDIR=str(tmp_path / "rig"))
     kill(parent)
-    os.kill(broker, signal.SIGTERM)
     for pid in pids:
         assert gone(pid, 20), "process %d of the %s board outlived its test process" % (
             pid, board)  # fmt: skip
