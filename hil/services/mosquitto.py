@@ -183,6 +183,8 @@ class Mosquitto:
         self.directory = directory
         self.host = host  # a bench rig listens where its board can reach it
         self.port = port or free_port()
+        self.port_given = bool(port)
+        self.message_limit = message_limit
         self.pki = pki
         self.prefix = prefix
         self.config_path = os.path.join(directory, "mosquitto.conf")
@@ -237,20 +239,46 @@ class Mosquitto:
         return out
 
     def start(self, timeout=10.0):
-        log = open(self.log_path + ".stderr", "ab")
-        try:
-            self.proc = subprocess.Popen(
-                [MOSQUITTO, "-c", self.config_path], stdout=log, stderr=subprocess.STDOUT
-            )
-        finally:
-            log.close()
-        self.guard = lifeline.guard(self.proc.pid)  # a killed test process takes it along
-        try:
-            wait_accepting(self.host, self.port, timeout, self.proc)
-        except RuntimeError as exc:
+        # The port was free when picked, but another process (another test worker) may bind
+        # it first: a port we picked is picked again, and whatever answers must be ours.
+        for _ in range(3):
+            since = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+            log = open(self.log_path + ".stderr", "ab")
+            try:
+                self.proc = subprocess.Popen(
+                    [MOSQUITTO, "-c", self.config_path], stdout=log, stderr=subprocess.STDOUT
+                )
+            finally:
+                log.close()
+            self.guard = lifeline.guard(self.proc.pid)  # a killed test process takes it along
+            try:
+                wait_accepting(self.host, self.port, timeout, self.proc)
+                if self._ours(since, timeout):
+                    return self
+                error = "another process listens on %s:%d" % (self.host, self.port)
+            except RuntimeError as exc:
+                error = str(exc)
             self.stop()
-            raise RuntimeError("%s; log: %s" % (exc, self.log_tail())) from None
-        return self
+            if self.port_given:
+                break
+            self.port = free_port()
+            self._write_config(self.message_limit)
+        raise RuntimeError("%s; log: %s" % (error, self.log_tail()))
+
+    def _ours(self, since, timeout):
+        """True once our mosquitto has said, since log offset `since`, that it runs ("running"
+        comes after every listener is bound); False if it ended first (its port was taken)."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with open(self.log_path, "rb") as f:
+                    f.seek(since)
+                    if b" running" in f.read():
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.02)  # polling a local log file, as wait_accepting polls the port
+        return False
 
     def stop(self, timeout=10.0):
         if self.proc is None:

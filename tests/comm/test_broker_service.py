@@ -1,0 +1,40 @@
+"""The test broker itself (hil/services/mosquitto.py) under several test workers at once: a
+port it picked that another process bound first is picked again, and a port that answers is
+taken only if our mosquitto is the one listening."""
+
+import socket
+
+import pytest
+
+from hil.services.mosquitto import Mosquitto
+
+
+@pytest.fixture
+def squatter():
+    """A port another process (another xdist worker's server) listens on."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    yield s.getsockname()[1]
+    s.close()
+
+
+def test_a_picked_port_taken_meanwhile_is_picked_again(tmp_path, squatter):
+    broker = Mosquitto(str(tmp_path))
+    broker.port = squatter  # as if it had been taken between free_port() and the start
+    broker._write_config(0)
+    try:
+        broker.start()
+        assert broker.port != squatter
+        with socket.create_connection(("127.0.0.1", broker.port), timeout=5):
+            pass
+    finally:
+        broker.stop()
+
+
+def test_a_given_port_taken_by_another_process_is_an_error_not_its_server(tmp_path, squatter):
+    broker = Mosquitto(str(tmp_path), port=squatter)
+    with pytest.raises(RuntimeError, match="another process listens on 127.0.0.1:%d|in use"
+                       % squatter):  # fmt: skip
+        broker.start()
+    assert broker.proc is None
