@@ -152,12 +152,12 @@ def estimate(url, base_url, trust_root, settings=None, wanted=None):
 
 def _count(new, ranges, base, bases):
     offsets = _offsets(new)
-    rows, fetch = [], 0
+    rows, fetch, whole = [], 0, 0
     for payload in new.manifest.payloads:
         index = new.indexes.get(payload.name)
-        if index is None:
+        if index is None:  # no chunk index (an MCU's image, say): a charger streams it whole
             rows.append({"name": payload.name, "fetch_bytes": payload.size, "ranges": 1})
-            fetch += payload.size
+            fetch, whole = fetch + payload.size, whole + payload.size
             continue
         old = bases.get(payload.slot_class)
         same = ("block_size", "modulus", "most")
@@ -174,7 +174,7 @@ def _count(new, ranges, base, bases):
                      "ranges": len(plan.spans)})  # fmt: skip
         fetch += plan.fetch_bytes
     m = new.manifest
-    return {"download_bytes": ranges.received, "planned_bytes": new.size + fetch,
+    return {"download_bytes": ranges.received + whole, "planned_bytes": new.size + fetch,
             "bundle_bytes": new.size + m.payload_bytes, "base_version": base.manifest.version,
             "payloads": rows}  # fmt: skip
 

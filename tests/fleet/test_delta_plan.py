@@ -21,11 +21,28 @@ from tests.install.test_delta import image, next_release, put, release
 MODELS = [("AC22", "C"), ("AC22", "D")]
 
 
-def sign_image(kit, data, version, compression="zstd-chunks"):
+def sign_image(kit, data, version, compression="zstd-chunks", mcu_bytes=0):
     src = "%s/image-%s.img" % (kit.dir, version)
     put(src, data)
-    out = "%s/charger-%s-%s.cub" % (kit.dir, version, compression)
-    create_bundle(out, [PayloadSource("rootfs", "rootfs", src, compression)], [kit.release_key],
+    out = "%s/charger-%s-%s-%d.cub" % (kit.dir, version, compression, mcu_bytes)
+    payloads = [PayloadSource("rootfs", "rootfs", src, compression)]
+    if mcu_bytes:  # an MCU's image: no chunk index, a charger streams it whole
+        put(src + ".mcu", bytes(range(256)) * (mcu_bytes // 256))
+        payloads.append(
+            PayloadSource(
+                "safety-fw",
+                None,
+                src + ".mcu",
+                component="safety",
+                mcu={
+                    "id": "safety",
+                    "protocol": "stm32-rom",
+                    "address": 0x08000000,
+                    "version": version,
+                },
+            )
+        )
+    create_bundle(out, payloads, [kit.release_key],
                   version=version, security_version=1,
                   compatible=[{"model": "AC22", "hardware_revisions": ["C", "D"]},
                               {"model": MODEL, "hardware_revisions": [HW]}],
@@ -67,6 +84,24 @@ def test_estimate_is_what_a_charger_on_the_base_plans_and_downloads(kit, server,
     assert planned["payloads"][0]["ranges"] == got["payloads"][0]["ranges"] > 1
     done = installer.install(new_url, cfg, board.boot(), Trust.from_config(cfg))
     assert done.counters["downloaded"] == got["download_bytes"]
+
+
+def test_a_payload_without_chunk_index_counts_whole(kit, server, tmp_path):
+    # A release's MCU image is not chunk-indexed: a charger streams all of it, so the
+    # estimate counts all of it, besides what the rootfs's plan fetches.
+    old = release(4)
+    base_url = served(server, sign_image(kit, image(old), "1.0.0"))
+    new_url = served(server, sign_image(kit, image(next_release(old)), "1.1.0", mcu_bytes=65536))
+    got = delta.estimate(new_url, base_url, kit.root_path)
+    assert [p["fetch_bytes"] for p in got["payloads"]][1] == 65536
+    (tmp_path / "board").mkdir()
+    board = FileBoard(tmp_path / "board", kit.root_path)
+    put(board.slot_a, image(old))
+    planned = agent_delta.dry_run(new_url, board.config(), board.boot(),
+                                  Trust(kit.root_path).verify)  # fmt: skip
+    assert planned["download_bytes"] == got["planned_bytes"]
+    # what the link carries: the plan's bytes, and the first request's and multipart's own
+    assert got["planned_bytes"] <= got["download_bytes"] <= got["planned_bytes"] + 8192
 
 
 def test_no_estimate_says_why(kit, server):
