@@ -18,4 +18,6 @@ def real_state_dir_untouched():
     yield
     if not existed and os.path.exists(DEFAULT_DIR):
         shutil.rmtree(DEFAULT_DIR, ignore_errors=True)
-        pytest.fail("the test wrote %s: give its agent config a [state] dir" % DEFAULT_DIR)
+        pytest.fail("the test wrote %s (or one running beside it on another pytest-xdist "
+                    "worker: run it alone, TEST_WORKERS=0): give its agent config a [state] dir"
+                    % DEFAULT_DIR)  # fmt: skip
