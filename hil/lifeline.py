@@ -85,6 +85,18 @@ def guard(pid):
                             start_new_session=True)  # fmt: skip  # not hit by a terminal's ^C
 
 
+def unguard(watcher, timeout=10):
+    """Reap `guard`'s watcher once its program ended (it ends with it); one that does not
+    end by then (it watched a pid reused in between) is killed."""
+    if watcher is None:
+        return
+    try:
+        watcher.wait(timeout)
+    except subprocess.TimeoutExpired:
+        watcher.kill()
+        watcher.wait()
+
+
 def _watch(pid):
     try:
         child = os.pidfd_open(pid)

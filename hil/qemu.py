@@ -233,8 +233,7 @@ class QemuUBoot:
                 proc.kill()
             proc.wait(timeout=10)
         guard, self.guard = getattr(self, "guard", None), None
-        if guard is not None:
-            guard.wait(timeout=10)  # it ends with QEMU
+        lifeline.unguard(guard)
 
 
 def _blank(path):

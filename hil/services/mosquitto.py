@@ -295,8 +295,7 @@ class Mosquitto:
 
     def _unguard(self):
         guard, self.guard = getattr(self, "guard", None), None
-        if guard is not None:
-            guard.wait(10)  # it ends with the broker
+        lifeline.unguard(guard)
 
     def kill(self):
         """Power-cut the broker: SIGKILL, no clean shutdown."""
