@@ -183,12 +183,13 @@ def measure_pair(name, base, new, key, root, workdir, repeat, log):
     from hil.services.httpserver import FileServer
 
     bundle = bundle_for(new, key, workdir)
+    base_bundle = bundle_for(base, key, workdir)  # what the fleet's dry run estimates from
     row = {"pair": name, "full": os.path.getsize(bundle)}
     log("%s: xdelta3, zchunk, casync" % name)
     row["xdelta3"] = xdelta3_bytes(base, new)
     row["zchunk"] = zchunk_bytes(base, new)
     row["casync"] = casync_bytes(base, new)
-    server = FileServer({"b.cub": bundle}).start()
+    server = FileServer({"b.cub": bundle, "base.cub": base_bundle}).start()
     proxy = FaultProxy("127.0.0.1", server.server_address[1], rate=RATE).start()
     boards = dict((d, make_board(workdir, base, root, d)) for d in (True, False))
     times = {}
@@ -209,6 +210,13 @@ def measure_pair(name, base, new, key, root, workdir, repeat, log):
                     log("%s %s %s install: %.2f s, %d bytes in %d requests" % (
                         name, link, "delta" if delta else "full", seconds,
                         server.body_bytes - before, len(server.requests) - asked))  # fmt: skip
+        # What `charger-fleet rollout plan` says such a charger downloads (fleet/delta.py),
+        # from the base's bundle: after the installs, so its own requests are not theirs.
+        from fleet import delta as fleet_delta
+
+        got = fleet_delta.estimate(server.url("b.cub"), server.url("base.cub"), root)
+        row["fleet"] = got["download_bytes"]
+        log("%s fleet plan estimate: %d bytes" % (name, row["fleet"]))
     finally:
         proxy.stop()
         server.stop()
@@ -241,6 +249,9 @@ def verdict(rows):
                      "(target <= 0.5: %s)" % (r["pair"], ratio, target,
                      "meets" if ratio <= target else "MISSES", r["adaptive"] / r["zchunk"],
                      "meets" if r["adaptive"] <= r["zchunk"] / 2 else "MISSES"))  # fmt: skip
+        notes.append("%s: the fleet's dry run (rollout plan) estimates %d bytes, %.3fx what the "
+                     "delta install downloaded (meant: at least it)" % (r["pair"], r["fleet"],
+                     r["fleet"] / float(r["adaptive"])))  # fmt: skip
         speed = t[("unlimited", False)] / t[("unlimited", True)]
         notes.append("%s: unlimited link, full/delta install seconds %.2f (target >= 1: %s); "
                      "2 MB/s link %.1fx faster" % (r["pair"], speed,
