@@ -6,7 +6,10 @@ cancels and status acknowledgements keep flowing; a cancel abandons the running 
 
 Each long step is a phase (agent/mpy/phase.py): the code it needs (HTTP and the installer,
 the verifiers, the trial checks) is imported when it starts and dropped when it ends, so the
-heap between jobs holds only the loop, the journey, MQTT and the board's state.
+heap between jobs holds only the loop, the journey, MQTT and the board's state. The download,
+verify and install steps also run with the journey parked (agent/mpy/park.py): the journey's
+own modules leave the heap while they run, and the journey is read back from the journal
+after.
 
 Each boot hands the journey its facts (agent/core/resets.py): the SoC's reset cause
 (system.boot_facts(), on an ESP32 esp32_boot_facts(machine)) and the boot attempts the new
@@ -26,11 +29,18 @@ belongs to.
 import json
 import time
 
-from agent.core import lifecycle as lc
-from agent.core import resets
+# Of lifecycle only plain values (strings, tuples of them), which keep no module alive: the
+# functions and classes of lifecycle, jobs, resets and trial are imported where they are
+# called, so they leave the heap while a step runs parked (agent/mpy/park.py).
 from agent.core.errors import ConfigError, UpdateError
-from agent.core.jobs import job_id_of, parse_job
-from agent.core.trial import TrialPolicy
+from agent.core.lifecycle import (
+    COMMITTED,
+    FINAL_STATUSES,
+    IDLE,
+    INSTALL_SCHEDULED,
+    INSTALLED,
+    TERMINAL,
+)
 from agent.mpy import phase as phases
 from agent.mpy.channel import CANCEL, INVENTORY, JOB, PONG, STATUS
 from agent.mpy.jsonout import dumps
@@ -41,8 +51,7 @@ CHECKS = ("communication", "charging-session", "alarms")  # agent/mpy/checks.py
 TRIAL_ATTEMPTS = 3  # boots of the new slot per install, as the Linux agent's default
 RECOVER_S = 10  # after an action failed outright: resume from the journal this much later
 MAX_TIME_S = 6 * 3600  # one transfer at most, unless download max_time_s says otherwise
-# States whose step the job's deadline stops (agent/control/daemon.py does the same).
-TRANSFER_STATES = (lc.DOWNLOADING, lc.DOWNLOADED, lc.INSTALLING)
+PARKED_STEPS = ("download", "verify", "install")  # run with the journey parked (park.py)
 
 
 def esp32_boot_facts(machine):
@@ -60,6 +69,17 @@ def esp32_boot_facts(machine):
 
 class Abandoned(Exception):
     """The step's journey moved on (cancel): its result belongs to nobody."""
+
+
+def _park():
+    from agent.mpy import park  # imported when used; a step's phase drops it after
+
+    return park
+
+
+def _inbox(journey):
+    """What came while the journey was parked (a park.Parked has an inbox), or None."""
+    return getattr(journey, "inbox", None)
 
 
 def _steps():
@@ -94,14 +114,19 @@ class Agent:
         self.device = cfg["device"]
         if cfg.get("log_heap"):  # heap figures on the console at each phase and journal save
             phases.LOG = print
-        trial = cfg.get("trial", {})
-        self.policy = TrialPolicy(int(trial.get("window_s", 600)),
-                                  trial.get("checks", list(CHECKS)))  # fmt: skip
+        # The journey's modules load now, while the heap is young (no name of them is kept):
+        # loaded first by the journal in start(), they landed between the connection's
+        # buffers, and the heap then had no 592 bytes in one piece for the inventory at 110K.
+        from agent.core import journey  # noqa: F401
+
         # A job may add checks this board has; anything else is refused as malformed-job.
-        self.job_checks = sorted(set(self.policy.required_checks) | set(CHECKS))
+        self.job_checks = sorted(set(self.trial_policy().required_checks) | set(CHECKS))
+        # [install] park_journey (default on): the transfer steps run with the journey parked.
+        self.parking = bool(cfg.get("install", {}).get("park_journey", True))
         state_dir = cfg.get("state_dir", "data")
         self.journal = Journal(state_dir + "/journal.json", after_save)
         self.board = Board(state_dir)
+        self.journey = None  # agent/core/journey.py's Journey; a park.Parked while parked
         self.events = []
         self.window_room = []  # see reserve_window()
         self.step = 0
@@ -196,9 +221,11 @@ class Agent:
                                                                          RECOVER_S))  # fmt: skip
         self.resume_at = time.time() + RECOVER_S
         try:
-            journey = self.journal.load(self.policy)
+            from agent.core.lifecycle import status_of
+
+            journey = self.journal.load(self.trial_policy())
             job = journey.job
-            self.report(lc.status_of(journey.state), {
+            self.report(status_of(journey.state), {
                 "job_id": job.id if job else None, "reason": reason, "detail": detail,
                 "retry_in_s": RECOVER_S,
             })  # fmt: skip
@@ -209,6 +236,8 @@ class Agent:
         """This boot's facts for the journey: the SoC's reset cause, and the boot attempts
         the new slot has left (those this install did not arm it for yet; none after a
         watchdog reset)."""
+        from agent.core import resets
+
         try:
             facts = dict(self.system.boot_facts())  # a real board: esp32_boot_facts(machine)
         except Exception as e:  # a platform without the call: the cause is unknown
@@ -226,7 +255,8 @@ class Agent:
     def resume(self, first=False):
         """Continue the journal's journey: at start (with this boot's facts), and after a
         failed action (without: nothing new about the boot)."""
-        self.journey = self.journal.load(self.policy)
+        inbox = _inbox(self.journey) or ()
+        self.journey = self.journal.load(self.trial_policy())
         if self.journal.problem:
             print(self.journal.problem)
         booted = self.boot.booted_slot()
@@ -234,14 +264,20 @@ class Agent:
         facts = self.boot_facts() if first else None
         self.execute(self.journey.resume(booted, time.time(), facts)[1])
         state = self.journey.state
-        if state in (lc.IDLE, lc.COMMITTED) or (
-            lc.is_terminal(state) and booted != self.journey.data.get("new_slot")
+        if state in (IDLE, COMMITTED) or (
+            state in TERMINAL and booted != self.journey.data.get("new_slot")
         ):
             self.boot.mark_good(booted)  # a healthy boot of a confirmed slot: idempotent
+        self.handle_inbox(inbox)  # what came while a step that failed outright was parked
 
     # -- inputs -----------------------------------------------------------------------------
 
     def on_job(self, payload):
+        if _inbox(self.journey) is not None:  # parked: handled after the step
+            self.journey.inbox.append(("job", payload))
+            return
+        from agent.core.jobs import job_id_of, parse_job
+
         try:
             job = parse_job(dumps(payload).encode(), self.device, checks=self.job_checks)
         except UpdateError as e:
@@ -257,9 +293,14 @@ class Agent:
         self.execute(actions)
 
     def on_cancel(self, payload):
+        job_id = str(payload.get("job_id") or payload.get("id"))
+        if _inbox(self.journey) is not None:  # parked: handled after the step
+            self.journey.inbox.append(("cancel", payload))
+            if self.journey.cancels(job_id):
+                self.step += 1  # the journey will take it: the step ends at its next poll
+            return
         before = self.journey.state
-        actions = self.journey.cancel(str(payload.get("job_id") or payload.get("id")),
-                                      time.time())[1]  # fmt: skip
+        actions = self.journey.cancel(job_id, time.time())[1]
         if self.journey.state != before:
             self.step += 1  # a download still running is moot now
             self.wake_at = 0
@@ -272,16 +313,18 @@ class Agent:
                                  "detail": "%s: %s" % (reason, detail)})  # fmt: skip
 
     def tick(self):
-        state = self.journey.state
-        if state == lc.IDLE:
+        if _inbox(self.journey) is not None:  # unpark failed: resume() brings it back
             return
-        if lc.is_terminal(state):
+        state = self.journey.state
+        if state == IDLE:
+            return
+        if state in TERMINAL:
             self.wake_at = 0
             self.execute(self.journey.finish(time.time())[1])
             return
         if time.time() < self.wake_at:
             return
-        active = state in (lc.INSTALL_SCHEDULED, lc.INSTALLED) and self._session_active()
+        active = state in (INSTALL_SCHEDULED, INSTALLED) and self._session_active()
         offset = self.system.local_offset_s()
         self.execute(self.journey.tick(time.time(), offset, active)[1])
 
@@ -302,7 +345,12 @@ class Agent:
             except MemoryError:
                 # Often a heap too fragmented for one buffer, not too full: collect and do
                 # it once more, rather than lose the rest of the list (a cancel's Cancelled
-                # report, taken in an MQTT callback, was lost that way on a 108K heap).
+                # report, taken in an MQTT callback, was lost that way on a 108K heap). Not
+                # the trial: its verdict's actions had their own second try, and a second
+                # trial ran all checks again for a verdict the journey then refused
+                # (IllegalTransition in committed, at 108K); recover() resumes the journal.
+                if action[0] == "run_checks":
+                    raise
                 import gc
 
                 gc.collect()
@@ -317,7 +365,7 @@ class Agent:
             phases.LOG("heap %s: used %d free %d" % ((where,) + phases.heap()))
 
     def do_report(self, status, info):
-        if status not in lc.FINAL_STATUSES:
+        if status not in FINAL_STATUSES:
             self.report(status, info)
             return
         # A journey's last status survives a power cut: kept on flash until acknowledged.
@@ -377,7 +425,9 @@ class Agent:
             self.journey.set_baseline({"codes": [], "rate_per_hour": 0.0})
 
     def do_download(self):
-        self._run_step("download", lc.DOWNLOAD_ERROR)
+        from agent.core.lifecycle import DOWNLOAD_ERROR
+
+        self._run_step("download", DOWNLOAD_ERROR)
 
     def do_verify(self):
         # A header that cannot be fetched again is DOWNLOAD_ERROR (steps.verify); what raises
@@ -385,7 +435,9 @@ class Agent:
         self._run_step("verify", None)
 
     def do_install(self, slot):
-        self._run_step("install", lc.INSTALL_ERROR, slot)
+        from agent.core.lifecycle import INSTALL_ERROR
+
+        self._run_step("install", INSTALL_ERROR, slot)
         self.reserve_window()  # for a retry: the window it held is gone
 
     def do_run_checks(self):
@@ -402,20 +454,41 @@ class Agent:
     def _run_step(self, name, failure, *args):
         """Run the long step steps.NAME inline, in its phase; its result event is queued for
         the loop (no recursion). A failure becomes the `failure` event, or, where the state
-        has no failure edge (failure None), a recover()."""
+        has no failure edge (failure None), a recover(). The download, verify and install
+        steps run with the journey parked (agent/mpy/park.py): its code is off the heap
+        meanwhile, and the journey is read back from the journal after."""
         self.step += 1
         step = self.step
+        parked = self.parking and name in PARKED_STEPS
         try:
             with self.phase(name):
-                event, info = getattr(_steps(), name)(self, *args)
+                if parked:  # park.py comes and goes with the phase
+                    _park().park(self)
+                result = getattr(_steps(), name)(self, *args)
         except Abandoned:
-            return
+            result = None
         except Exception as e:  # a bug must not kill the agent: the step fails
-            if failure is None:
+            result = e
+        if parked:
+            inbox = self.journey.inbox
+            try:  # the journal holds the journey (agent/mpy/park.py)
+                self.journey = self.journal.load(self.trial_policy())
+            except Exception as e:  # the heap: resume() reads the journal (and the inbox) later
                 self.recover(e)
                 return
-            event, info = failure, _step_failure(e)
-        self.events.append((step, event, info))
+            self.handle_inbox(inbox)
+        if isinstance(result, Exception):
+            if failure is None:
+                self.recover(result)
+                return
+            result = failure, _step_failure(result)
+        if result is not None:
+            self.events.append((step, result[0], result[1]))
+
+    def handle_inbox(self, inbox):
+        """The jobs and cancels that came while the journey was parked, in their order."""
+        for kind, payload in inbox:
+            (self.on_job if kind == "job" else self.on_cancel)(payload)
 
     def poller(self):
         """poll() for a step's I/O loops: MQTT keeps flowing; Abandoned after a cancel;
@@ -423,19 +496,32 @@ class Agent:
         installs (as on Linux; an Installed job waits for its reboot past it)."""
         step = self.step
         journey = self.journey
-        deadline = None
-        if journey.job is not None and journey.state in TRANSFER_STATES:
-            deadline = journey.job.deadline
+        if _inbox(journey) is None:  # not parked
+            deadline, status = self.transfer_bounds()
+        else:
+            deadline, status = journey.deadline, journey.status
 
         def poll():
             self.channel.poll()
             if self.step != step:
                 raise Abandoned()
             if deadline is not None and time.time() >= deadline:
-                what = (journey.job.id, lc.status_of(journey.state))
+                what = (journey.job.id, status)
                 raise _steps().DeadlinePassed("job %s: its deadline passed while %s" % what)
 
         return poll
+
+    def transfer_bounds(self):
+        """(the deadline that stops the journey's running step, or None; the status it runs
+        in): the job's deadline while it downloads, verifies or installs."""
+        from agent.core import lifecycle as lc
+
+        journey = self.journey
+        # States whose step the job's deadline stops (agent/control/daemon.py does the same).
+        if journey.job is None or journey.state not in (lc.DOWNLOADING, lc.DOWNLOADED,
+                                                        lc.INSTALLING):  # fmt: skip
+            return None, None
+        return journey.job.deadline, lc.status_of(journey.state)
 
     def wait(self, seconds, step):
         """Sleep `seconds` while polling MQTT; Abandoned when the journey moved on."""
@@ -450,6 +536,12 @@ class Agent:
 
     def phase(self, name):
         return Phase(name)
+
+    def trial_policy(self):
+        from agent.core.trial import TrialPolicy
+
+        trial = self.cfg.get("trial", {})
+        return TrialPolicy(int(trial.get("window_s", 600)), trial.get("checks", list(CHECKS)))
 
     def timeout(self):
         return float(self.cfg.get("download", {}).get("timeout_s", 10))

@@ -60,9 +60,12 @@ def verify(trust, raw, device, floor, now, version=None):
     """The verified manifest of the raw envelope `raw` (Rejected subclasses otherwise).
     `version`: the job's, which the signed one must equal (VersionMismatch)."""
     from agent.core.envelope import MANIFEST_TYPE, parse_envelope
-    from agent.core.jobs import check_version
 
     manifest = trust.verify(parse_envelope(raw, MANIFEST_TYPE), device, floor, now)
+    # After the signature checks: the journey parks agent/core/jobs.py during the verify and
+    # install steps (agent/mpy/park.py), so it comes back here only past their peak.
+    from agent.core.jobs import check_version
+
     check_version(version, manifest.version)
     return manifest
 

@@ -13,11 +13,16 @@ dicts, strings and numbers only), so dropping the phase's modules frees them.
 
 import time
 
-from agent.core import lifecycle as lc
 from agent.core.errors import BadSignature, ReadbackMismatch, Rejected, UnknownKey, UpdateError
 from agent.mpy.channel import HEALTH
 
 SIGNATURE_ERRORS = (BadSignature, UnknownKey)
+# The journey's events the steps return (agent/core/lifecycle.py's values; the verify and
+# install steps run while lifecycle is parked, agent/mpy/park.py). tests/micropython checks
+# that they are lifecycle's.
+DOWNLOAD_OK, DOWNLOAD_ERROR = "download-ok", "download-error"
+SIGNATURE_OK, SIGNATURE_BAD = "signature-ok", "signature-bad"
+INSTALL_OK, VERIFY_ERROR = "install-ok", "verify-error"
 
 
 class DeadlinePassed(Rejected):
@@ -34,7 +39,7 @@ def _info(error):
 def download(agent):
     agent.envelope = None  # always fetched: what an earlier job left is not this bundle's
     _header(agent)
-    return lc.DOWNLOAD_OK, {}
+    return DOWNLOAD_OK, {}
 
 
 def verify(agent):
@@ -46,13 +51,13 @@ def verify(agent):
     try:
         raw = _header(agent)
     except UpdateError as e:
-        return lc.DOWNLOAD_ERROR, _info(e)
+        return DOWNLOAD_ERROR, _info(e)
     try:
         header.verify(agent.trust, raw, agent.device, agent.board.floor(), time.time(),
                       agent.journey.job.version)  # fmt: skip
     except Rejected as e:
-        return lc.SIGNATURE_BAD, _info(e)
-    return lc.SIGNATURE_OK, {}
+        return SIGNATURE_BAD, _info(e)
+    return SIGNATURE_OK, {}
 
 
 def _progress(agent, job):
@@ -95,12 +100,12 @@ def install(agent, slot):
         with agent.phase("install-write"):
             _write(agent, facts, partition, options, job)
     except SIGNATURE_ERRORS as e:
-        return lc.SIGNATURE_BAD, _info(e)
+        return SIGNATURE_BAD, _info(e)
     except ReadbackMismatch as e:
-        return lc.VERIFY_ERROR, _info(e)
+        return VERIFY_ERROR, _info(e)
     agent.board.set_slot(slot, {"state": "installed", "version": facts["version"],
                                 "security_version": facts["security_version"]})  # fmt: skip
-    return lc.INSTALL_OK, {}
+    return INSTALL_OK, {}
 
 
 # Each phase's module is imported inside a function of its own, so no frame of install() still

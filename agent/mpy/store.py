@@ -11,16 +11,16 @@ status sequence number is saved before a status carrying it is published.
 import json
 import os
 
-from agent.core.jobs import JobMemory
-from agent.core.journey import Journey
-
 MAX_ROLLBACKS = 10
 
 
-def write_atomic(path, data):
+def write_atomic(path, record):
+    """`record` as JSON in NAME.tmp, renamed over NAME. json.dump writes it in pieces: the
+    whole text at once (a journal after a trial, about 1 KB) wanted a free run that long when
+    the heap is fullest, at the commit."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
+    with open(tmp, "w") as f:
+        json.dump(record, f)
     os.rename(tmp, path)
 
 
@@ -44,18 +44,25 @@ class Journal:
         self.problem = None
 
     def save(self, journey):
-        write_atomic(self.path, json.dumps(journey.to_record()).encode())
+        write_atomic(self.path, journey.to_record())
         self.saves += 1
         if self.after_save is not None:
             self.after_save(self.saves, journey.state)
 
     def load(self, policy):
+        # Imported here, not at the top: the journey's modules leave the heap while a step
+        # runs parked (agent/mpy/park.py), and a name bound here would keep them.
+        from agent.core.jobs import JobMemory
+        from agent.core.journey import Journey
+
         self.problem = None
         try:
             record = read_json(self.path)
             if record is None:
                 return Journey(JobMemory(), policy)
             return Journey.from_record(record, policy)
+        except MemoryError:  # the heap, not the record: the journal stays as it is
+            raise
         except Exception as e:  # corrupt, truncated, unknown: never guessed at
             aside = self.path + ".corrupt"
             try:
@@ -87,7 +94,7 @@ class Board:
     def next_seq(self):
         data = self.history()
         data["seq"] = data.get("seq", 0) + 1
-        write_atomic(self.history_path, json.dumps(data).encode())
+        write_atomic(self.history_path, data)
         return data["seq"]
 
     def record_result(self, job_id, status, info, message=None):
@@ -99,13 +106,13 @@ class Board:
         data["last_job"] = row
         if status == "RolledBack":
             data["rollbacks"] = (data.get("rollbacks", []) + [row])[-MAX_ROLLBACKS:]
-        write_atomic(self.history_path, json.dumps(data).encode())
+        write_atomic(self.history_path, data)
 
     def final_delivered(self):
         data = self.history()
         if data.get("final") is not None:
             data["final"] = None
-            write_atomic(self.history_path, json.dumps(data).encode())
+            write_atomic(self.history_path, data)
 
     def slots(self):
         data = self._load(self.slots_path, {"slots": {}, "security_version": 0})
@@ -114,7 +121,7 @@ class Board:
         return data
 
     def _save_slots(self, data):
-        write_atomic(self.slots_path, json.dumps(data).encode())
+        write_atomic(self.slots_path, data)
 
     def set_slot(self, name, record):
         data = self.slots()

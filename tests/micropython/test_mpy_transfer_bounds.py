@@ -1,7 +1,9 @@
 """Time bounds of the board's transfers, under the real unix port on the virtual MicroPython
 board: a server that trickles is cut at `download max_time_s`, and a job's deadline stops its
 download while it runs (as the Linux agent's daemon does), both with a clear final status and
-nothing written to the slot. The link is slowed by the rig's fault proxy (hil/services)."""
+nothing written to the slot; a cancel and a job that arrive while the download runs with the
+journey parked are answered by the journey read back after it. The link is slowed by the
+rig's fault proxy (hil/services)."""
 
 import time
 
@@ -45,6 +47,30 @@ def test_the_job_deadline_stops_a_running_download(tmp_path, micropython):
         assert "its deadline passed while Downloading" in final["detail"], final
         assert otadata(r)[1][0] == ERASED
         # The agent goes on: the next job is taken.
+        r.network.rate = 0
+        job = r.push_job("1.1.0", r.release("1.1.0"))
+        assert r.wait_status(job["id"], FINAL_STATUSES, T)["status"] == "Committed"
+    finally:
+        r.close()
+
+
+def test_a_cancel_and_a_job_during_a_parked_download_are_answered(tmp_path, micropython):
+    """The download runs with the journey parked (agent/mpy/park.py): a second job and a cancel
+    that arrive meanwhile wait in its inbox; the cancel ends the step at its next poll, and the
+    journey read back from the journal answers both, in their order."""
+    r = _slow_rig(tmp_path, {})
+    try:
+        job = r.push_job("1.1.0", r.release("1.1.0"))
+        r.wait_status(job["id"], "Downloading", T)
+        other = r.push_job("1.2.0", r.release("1.2.0"))
+        r.backend.cancel_job(r.device_id, job["id"])
+        cancelled = {"job_id": job["id"], "reason": "cancelled"}
+        r.backend.wait_status(r.device_id, lambda s: cancelled.items() <= s.items(), T)
+        busy = r.wait_status(other["id"], "Idle", T)
+        assert busy["reason"] == "rejected" and "busy with job %s" % job["id"] in busy["detail"]
+        assert "parked: heap used" in r.console_text()
+        assert otadata(r)[1][0] == ERASED
+        # The journey came back whole: the next job is taken and installed.
         r.network.rate = 0
         job = r.push_job("1.1.0", r.release("1.1.0"))
         assert r.wait_status(job["id"], FINAL_STATUSES, T)["status"] == "Committed"

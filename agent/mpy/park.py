@@ -1,0 +1,69 @@
+"""Parking: the journey's code leaves the heap while a step that does not need it runs.
+
+The download, verify and install steps hold the heap's peaks (the signature checks, the
+inflate window) and read of the journey only its job's id, URL, version and deadline. `park`
+keeps those as plain values (a Parked, the agent's journey meanwhile), takes the agent/core
+modules only the journey uses out of sys.modules and collects: their functions, classes and
+tables go. After the step the agent reads the journey back from the journal, which imports
+them again (from flash on a ROMFS or frozen build: bytecode and names stay there, only their
+objects are made again). This module itself is imported only inside the step's phase.
+
+Invariant: the journal holds the journey while it is parked: the journey saves before every
+step it starts (agent/core/journey.py), and nothing saves while parked, as nothing outside the
+step runs: a job or cancel arriving meanwhile waits in the inbox and is handled after the
+step, as the journey would have handled it during the step (a cancel the journey would take
+ends the step at its next poll). Nothing else holds an object of a parked module: the agent
+(agent/mpy/agent.py) and agent/mpy/store.py import their functions and classes inside
+functions, never at module level.
+"""
+
+import gc
+
+from agent.mpy import phase
+
+# What the journey needs and neither step does (errors, text, timefmt and semver stay: the
+# verifiers and the manifest parser use them).
+MODULES = (
+    "agent.core.journey",
+    "agent.core.lifecycle",
+    "agent.core.jobs",
+    "agent.core.trial",
+    "agent.core.resets",
+    "agent.core.schedule",
+)
+
+
+class Job:
+    """The job's facts a step reads (agent.journey.job while parked)."""
+
+    def __init__(self, job):
+        self.id, self.url, self.version = job.id, job.url, job.version
+        self.deadline = job.deadline
+
+
+class Parked:
+    """The journey as a step sees it, in plain values: its state and status, the job's facts,
+    the deadline that stops the step (None if none does), whether a cancel is taken; the
+    inbox holds (kind, payload) of what arrived meanwhile."""
+
+    def __init__(self, journey, deadline, status):
+        from agent.core import lifecycle as lc
+
+        state = journey.state
+        self.state, self.deadline, self.status = state, deadline, status
+        self.job = Job(journey.job) if journey.job is not None else None
+        self.cancellable = not lc.is_terminal(state) and lc.CANCEL in lc.events_from(state)
+        self.inbox = []
+
+    def cancels(self, job_id):
+        """Whether the journey takes a cancel of `job_id` (Journey.cancel's rule)."""
+        return self.cancellable and self.job is not None and self.job.id == job_id
+
+
+def park(agent):
+    """The agent's journey becomes a Parked, its modules leave the heap."""
+    agent.journey = Parked(agent.journey, *agent.transfer_bounds())
+    phase.drop(MODULES)
+    gc.collect()
+    if phase.LOG is not None:
+        phase.LOG("parked: heap used %d free %d" % phase.heap())
