@@ -142,6 +142,12 @@ class Agent:
     # -- life cycle -------------------------------------------------------------------------
 
     def start(self):
+        # An idle board (its journal says IDLE, or has none) resumes before anything else and
+        # parks: its journey's modules leave the heap before the root's verdict and the
+        # connection take theirs (resume() in IDLE reports nothing and needs no connection).
+        idle = self.parking and self.journal_idle()
+        if idle:
+            self.resume_safely()
         prepare = getattr(self.trust, "prepare", None)
         if prepare is not None:  # the root's verdict, before the connection takes its heap
             prepare()
@@ -155,12 +161,28 @@ class Agent:
         unsent = self.board.history().get("final")
         if unsent:
             self.channel.publish(STATUS, unsent, on_ack=self.board.final_delivered)
+        if not idle:
+            self.resume_safely()
+        self.publish_inventory()
+        self.log_heap("started")
+
+    def journal_idle(self):
+        """Whether the journal holds no journey or an IDLE one (it is not loaded for that)."""
+        from agent.mpy.store import read_json
+
+        try:
+            record = read_json(self.journal.path)
+        except Exception:  # unreadable: resume() after the connection says what it is
+            return False
+        return record is None or (isinstance(record, dict) and record.get("state") == IDLE)
+
+    def resume_safely(self):
+        """resume() at boot, parked after if the board is idle."""
         try:
             self.resume(first=True)
         except Exception as e:  # never a crash loop: report, and resume again later
             self.recover(e)
-        self.publish_inventory()
-        self.log_heap("started")
+        self.park_idle()
 
     def reserve_window(self):
         """With [install] hold_window: hold room for the inflate window (the install's one
@@ -273,7 +295,7 @@ class Agent:
     # -- inputs -----------------------------------------------------------------------------
 
     def on_job(self, payload):
-        if _inbox(self.journey) is not None:  # parked: handled after the step
+        if _inbox(self.journey) is not None and not self.unpark():  # handled after the step
             self.journey.inbox.append(("job", payload))
             return
         from agent.core.jobs import job_id_of, parse_job
@@ -294,7 +316,7 @@ class Agent:
 
     def on_cancel(self, payload):
         job_id = str(payload.get("job_id") or payload.get("id"))
-        if _inbox(self.journey) is not None:  # parked: handled after the step
+        if _inbox(self.journey) is not None and not self.unpark():  # handled after the step
             self.journey.inbox.append(("cancel", payload))
             if self.journey.cancels(job_id):
                 self.step += 1  # the journey will take it: the step ends at its next poll
@@ -317,6 +339,7 @@ class Agent:
             return
         state = self.journey.state
         if state == IDLE:
+            self.park_idle()
             return
         if state in TERMINAL:
             self.wake_at = 0
@@ -441,13 +464,26 @@ class Agent:
         self.reserve_window()  # for a retry: the window it held is gone
 
     def do_run_checks(self):
+        """The trial's checks, with the journey parked (agent/mpy/park.py): they read its
+        job, checks, baseline and new slot, not its code. The journal holds the journey: it
+        saves before it starts the trial, and a resume without boot facts (after a failed
+        step) only clears the results in RAM, which check_results replaces; a job or cancel
+        arriving meanwhile is handled after, in the trial's state, as during the checks."""
         step = self.step
+        parked = self.parking
         try:
             with self.phase("trial"):
+                if parked:
+                    _park().park(self, trial=True)
                 results = _steps().run_checks(self, step)
         except Abandoned:
-            return
-        self.execute(self.journey.check_results(results, time.time())[1])
+            results = None
+        if parked:  # what raises above leaves it parked: recover() and resume() take it
+            inbox = self.journey.inbox
+            self.journey = self.journal.load(self.trial_policy())
+            self.handle_inbox(inbox)
+        if results is not None:
+            self.execute(self.journey.check_results(results, time.time())[1])
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -484,6 +520,31 @@ class Agent:
             result = failure, _step_failure(result)
         if result is not None:
             self.events.append((step, result[0], result[1]))
+
+    def park_idle(self):
+        """With no job (IDLE) and nothing pending, the journey's modules leave the heap as
+        during a parked step (agent/mpy/park.py): an idle board holds the loop, MQTT and its
+        state only. The journal holds the IDLE journey (every transition saved it)."""
+        if (not self.parking or _inbox(self.journey) is not None or self.journey.state != IDLE
+                or self.events or self.resume_at is not None):  # fmt: skip
+            return
+        _park().park(self, idle=True)
+
+    def unpark(self):
+        """The journey parked while idle, back from the journal (a job or cancel arrived):
+        True; False while a step runs parked, or if the heap could not take it (recover():
+        resume() reads the journal and handles the inbox later)."""
+        journey = self.journey
+        if not journey.idle:
+            return False
+        try:
+            self.journey = self.journal.load(self.trial_policy())
+        except Exception as e:
+            self.recover(e)
+            return False
+        self.handle_inbox(journey.inbox)  # none: each arrival unparks; kept for safety
+        self.log_heap("unparked")
+        return True
 
     def handle_inbox(self, inbox):
         """The jobs and cancels that came while the journey was parked, in their order."""

@@ -54,15 +54,31 @@ class Parked:
         self.job = Job(journey.job) if journey.job is not None else None
         self.cancellable = not lc.is_terminal(state) and lc.CANCEL in lc.events_from(state)
         self.inbox = []
+        self.idle = False  # parked while idle (park_idle): a job or cancel unparks at once
+
+    def policy(self):
+        """Of the trial policy, what the checks read (required_checks; parked with trial)."""
+        return self
 
     def cancels(self, job_id):
         """Whether the journey takes a cancel of `job_id` (Journey.cancel's rule)."""
         return self.cancellable and self.job is not None and self.job.id == job_id
 
 
-def park(agent):
-    """The agent's journey becomes a Parked, its modules leave the heap."""
-    agent.journey = Parked(agent.journey, *agent.transfer_bounds())
+def park(agent, idle=False, trial=False):
+    """The agent's journey becomes a Parked, its modules leave the heap. idle: the board has
+    no job (IDLE): nothing runs, and the journey comes back as soon as a job or cancel
+    arrives (Agent.unpark). trial: the trial checks run (they read the job's checks, the
+    alarm baseline and the new slot: Parked.policy() and .data)."""
+    journey = agent.journey
+    parked = Parked(journey, *agent.transfer_bounds())
+    parked.idle = idle
+    if trial:
+        parked.required_checks = list(journey.policy().required_checks)
+        parked.data = {"baseline": journey.data.get("baseline"),
+                       "new_slot": journey.data.get("new_slot")}  # fmt: skip
+    del journey  # no name may hold it while the collection below runs
+    agent.journey = parked
     phase.drop(MODULES)
     gc.collect()
     if phase.LOG is not None:
