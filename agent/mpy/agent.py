@@ -529,6 +529,7 @@ class Agent:
                 or self.events or self.resume_at is not None):  # fmt: skip
             return
         _park().park(self, idle=True)
+        phases.drop(("agent.mpy.park",))  # no phase drops it here; unpark() frees it whole
 
     def unpark(self):
         """The journey parked while idle, back from the journal (a job or cancel arrived):
