@@ -478,7 +478,7 @@ class Agent:
                 results = _steps().run_checks(self, step)
         except Abandoned:
             results = None
-        if parked:  # what raises above leaves it parked: recover() and resume() take it
+        if parked and _inbox(self.journey) is not None:  # what raises leaves it parked
             inbox = self.journey.inbox
             self.journey = self.journal.load(self.trial_policy())
             self.handle_inbox(inbox)
@@ -505,7 +505,7 @@ class Agent:
             result = None
         except Exception as e:  # a bug must not kill the agent: the step fails
             result = e
-        if parked:
+        if parked and _inbox(self.journey) is not None:  # not if park() itself failed
             inbox = self.journey.inbox
             try:  # the journal holds the journey (agent/mpy/park.py)
                 self.journey = self.journal.load(self.trial_policy())
