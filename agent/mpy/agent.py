@@ -9,7 +9,8 @@ the verifiers, the trial checks) is imported when it starts and dropped when it 
 heap between jobs holds only the loop, the journey, MQTT and the board's state. The download,
 verify and install steps also run with the journey parked (agent/mpy/park.py): the journey's
 own modules leave the heap while they run, and the journey is read back from the journal
-after.
+after; so do the trial checks, and so does an idle board (no job) until a job or cancel
+arrives.
 
 Each boot hands the journey its facts (agent/core/resets.py): the SoC's reset cause
 (system.boot_facts(), on an ESP32 esp32_boot_facts(machine)) and the boot attempts the new

@@ -6,7 +6,11 @@ keeps those as plain values (a Parked, the agent's journey meanwhile), takes the
 modules only the journey uses out of sys.modules and collects: their functions, classes and
 tables go. After the step the agent reads the journey back from the journal, which imports
 them again (from flash on a ROMFS or frozen build: bytecode and names stay there, only their
-objects are made again). This module itself is imported only inside the step's phase.
+objects are made again). This module itself is imported only inside the step's phase, or
+for an idle park, after which it leaves sys.modules too. The journey is also parked while
+the board idles with no job (Agent.park_idle; a job or cancel brings it back at once,
+Agent.unpark) and while the trial checks run (they read its job, checks, baseline and new
+slot as plain values).
 
 Invariant: the journal holds the journey while it is parked: the journey saves before every
 step it starts (agent/core/journey.py), and nothing saves while parked, as nothing outside the
