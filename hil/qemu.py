@@ -90,6 +90,7 @@ class QemuUBoot:
         self.qemu_log = os.path.join(self.workdir, "qemu.log")
         self.console = None
         self.proc = None
+        self.guard = None  # lifeline.guard's watcher while QEMU runs
         self.port = None
         self._registered = False
         os.makedirs(self.workdir, exist_ok=True)
@@ -232,7 +233,7 @@ class QemuUBoot:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=10)
-        guard, self.guard = getattr(self, "guard", None), None
+        guard, self.guard = self.guard, None
         lifeline.unguard(guard)
 
 

@@ -190,6 +190,7 @@ class Mosquitto:
         self.config_path = os.path.join(directory, "mosquitto.conf")
         self.log_path = os.path.join(directory, "mosquitto.log")
         self.proc = None
+        self.guard = None  # lifeline.guard's watcher while the broker runs
         self.extra_config = list(extra_config)  # more mosquitto.conf lines (fleet: queue sizes)
         self.users = users
         self._write_config(message_limit)
@@ -294,7 +295,7 @@ class Mosquitto:
         self._unguard()
 
     def _unguard(self):
-        guard, self.guard = getattr(self, "guard", None), None
+        guard, self.guard = self.guard, None
         lifeline.unguard(guard)
 
     def kill(self):

@@ -24,6 +24,13 @@ def _slow_rig(tmp_path, download):
     return r
 
 
+def _next_job_commits(r):
+    """The link fast again, the next job is taken and installed."""
+    r.network.rate = 0
+    job = r.push_job("1.1.0", r.release("1.1.0"))
+    assert r.wait_status(job["id"], FINAL_STATUSES, T)["status"] == "Committed"
+
+
 def test_a_trickling_server_is_cut_at_max_time(tmp_path, micropython):
     r = _slow_rig(tmp_path, {"max_time_s": 2})
     try:
@@ -46,10 +53,7 @@ def test_the_job_deadline_stops_a_running_download(tmp_path, micropython):
         assert final["status"] == "DownloadFailed" and final["reason"] == "deadline", final
         assert "its deadline passed while Downloading" in final["detail"], final
         assert otadata(r)[1][0] == ERASED
-        # The agent goes on: the next job is taken.
-        r.network.rate = 0
-        job = r.push_job("1.1.0", r.release("1.1.0"))
-        assert r.wait_status(job["id"], FINAL_STATUSES, T)["status"] == "Committed"
+        _next_job_commits(r)  # the agent goes on
     finally:
         r.close()
 
@@ -70,9 +74,6 @@ def test_a_cancel_and_a_job_during_a_parked_download_are_answered(tmp_path, micr
         assert busy["reason"] == "rejected" and "busy with job %s" % job["id"] in busy["detail"]
         assert "parked: heap used" in r.console_text()
         assert otadata(r)[1][0] == ERASED
-        # The journey came back whole: the next job is taken and installed.
-        r.network.rate = 0
-        job = r.push_job("1.1.0", r.release("1.1.0"))
-        assert r.wait_status(job["id"], FINAL_STATUSES, T)["status"] == "Committed"
+        _next_job_commits(r)  # the journey came back whole
     finally:
         r.close()
