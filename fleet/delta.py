@@ -168,10 +168,11 @@ def _count(new, ranges, base, bases):
             )
         plan = _CountedPlan(index, offsets[payload.name], _BaseSlot(old), _BaseSlot())
         plan.take_details(ranges)
-        for _ in ranges.read_ranges(plan.spans):  # fetched as a charger would, then dropped
-            pass
+        for spans in plan.fetches():  # fetched as a charger would, then dropped
+            for _ in ranges.read_ranges(spans):
+                pass
         rows.append({"name": payload.name, "fetch_bytes": plan.fetch_bytes,
-                     "ranges": len(plan.spans)})  # fmt: skip
+                     "ranges": sum(len(spans) for spans in plan.fetches())})  # fmt: skip
         fetch += plan.fetch_bytes
     m = new.manifest
     return {"download_bytes": ranges.received + whole, "planned_bytes": new.size + fetch,

@@ -5,7 +5,8 @@ Usage: python -m tests.bench_delta [--pairs minor,major] [--repeat N] [--dir DIR
 Builds (once, cached under .cache/bench-delta) ext4 images from debootstrap trees
 (tests/delta_images.py): base, a minor release and a major one. For each pair base -> new:
 
-  adaptive   bytes `charger-update install` downloads for the format-2 bundle with the base
+  adaptive   bytes `charger-update install` downloads for the format-2 bundle (packed with
+             `--delta-base` the base image: front frames for it) with the base
              image in the booted slot and an empty inactive slot (head, chunk index, ranges
              with their multipart headers: counted by the HTTP server)
   xdelta3    size of `xdelta3 -e -9 -s base new` (a per-pair delta, Mender's binary delta)
@@ -74,21 +75,27 @@ def stamp(path):
     ]
 
 
-def bundle_for(image, key, workdir):
+def bundle_for(image, key, workdir, base=None):
+    """The image's format-2 bundle, packed with front frames for `base` (the release the
+    pair starts from: `bundle create --delta-base`) when given."""
     from agent.bundle.chunked import WINDOW
     from agent.bundle.writer import PayloadSource, create_bundle
     from agent.core import chunkindex
     from tests.bundle.factory import HW, MODEL
 
-    # a new index layout or window packs again
-    tag = "%s-w%d" % (chunkindex.MAGIC[:6].decode(), WINDOW >> 10)
+    # a new index layout, window or base packs again
+    magic = chunkindex.MAGIC if base else chunkindex.MAGIC3
+    tag = "%s-w%d" % (magic[:6].decode(), WINDOW >> 10)
+    if base:
+        tag += "-for-%s-%s" % (os.path.basename(base), stamp(base))
     out = os.path.join(delta_images.ROOT, "bundles", "%s-%s-%s.cub" % (
         os.path.basename(image), stamp(image), tag))  # fmt: skip
     os.makedirs(os.path.dirname(out), exist_ok=True)
 
     def make(tmp):
         create_bundle(
-            tmp, [PayloadSource("rootfs", "rootfs", image, "zstd-chunks")], [key],
+            tmp, [PayloadSource("rootfs", "rootfs", image, "zstd-chunks",
+                                bases=[base] if base else [])], [key],
             version="2.0.0", security_version=1,
             compatible=[{"model": MODEL, "hardware_revisions": [HW]}],
             expires=int(time.time()) + 365 * 86400,
@@ -182,7 +189,7 @@ def measure_pair(name, base, new, key, root, workdir, repeat, log):
     from hil.services.faultproxy import FaultProxy
     from hil.services.httpserver import FileServer
 
-    bundle = bundle_for(new, key, workdir)
+    bundle = bundle_for(new, key, workdir, base=base)
     base_bundle = bundle_for(base, key, workdir)  # what the fleet's dry run estimates from
     row = {"pair": name, "full": os.path.getsize(bundle)}
     log("%s: xdelta3, zchunk, casync" % name)

@@ -84,6 +84,16 @@ def _clean(tree):
             os.unlink(path)
 
 
+def _unmount_under(tree):
+    """Unmount what debootstrap left mounted in the tree (seen here: its /proc, once in three
+    builds), deepest first; mke2fs -d would otherwise copy /proc and fail on its files."""
+    root = os.path.realpath(tree) + os.sep
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1].replace("\\040", " ") for line in f]
+    for point in sorted((p for p in points if p.startswith(root)), key=len, reverse=True):
+        subprocess.run(["umount", point], check=True)
+
+
 def build_tree(name, log):
     """.cache/bench-delta/trees/NAME, made once (debootstrap minbase + packages)."""
     tree = os.path.join(ROOT, "trees", name)
@@ -97,6 +107,7 @@ def build_tree(name, log):
     cmd += [SUITE, tree, apt_mirror()]
     log("building the %s tree: %s" % (name, " ".join(cmd)))
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    _unmount_under(tree)
     _clean(tree)
     _app(tree, RELEASES[name]["app"])
     open(os.path.join(tree, ".complete"), "w").close()
@@ -119,6 +130,7 @@ def make_image(tree, path, size):
     """ext4 image of `size` bytes holding `tree`, reproducible (fixed UUID, seed, time)."""
     if os.path.exists(path):
         os.unlink(path)
+    _unmount_under(tree)  # a tree built before this check may still hold a mount
     env = dict(os.environ, E2FSPROGS_FAKE_TIME=FAKE_TIME)
     cmd = ["mke2fs", "-q", "-F", "-t", "ext4", "-b", str(FS_BLOCK), "-L", "rootfs", "-U", UUID]
     cmd += ["-E", "hash_seed=" + UUID, "-d", tree, path, "%dk" % (size // 1024)]

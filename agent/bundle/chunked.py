@@ -77,9 +77,10 @@ def inflate_unit(unit, length, prefix):
 
 
 def pack(src_path, out_file, block_size=BLOCK, window=WINDOW, level=LEVEL, threads=None,
-         modulus=ci.MODULUS):  # fmt: skip
-    """Write src_path's stored payload (group details, then units) to the seekable out_file.
-    Returns (stored top index, stored size, stored sha256, installed size, installed sha256)."""
+         modulus=ci.MODULUS, bases=()):  # fmt: skip
+    """Write src_path's stored payload (group details, then units, then the front for the
+    images `bases`: earlier releases chargers run) to the seekable out_file. Returns (stored
+    top index, stored size, stored sha256, installed size, installed sha256)."""
     try:
         src = open(src_path, "rb")
     except OSError as e:
@@ -93,8 +94,10 @@ def pack(src_path, out_file, block_size=BLOCK, window=WINDOW, level=LEVEL, threa
     if len(ids) != count:
         raise ConfigError("payload %s changed while it was packed" % src_path)
     most = 4 * modulus
+    zero = ci.block_id(bytes(block_size))
+    cut = ci.groups(ids, zero, modulus, most)
     groups, details = [], []
-    for first, n in ci.groups(ids, ci.block_id(bytes(block_size)), modulus, most):
+    for first, n in cut:
         members = ids[first : first + n]
         units = lengths[first : first + n]
         groups.append((n, sum(units), ci.group_id(members)))
@@ -104,13 +107,83 @@ def pack(src_path, out_file, block_size=BLOCK, window=WINDOW, level=LEVEL, threa
     out_file.seek(start)
     out_file.write(b"".join(details))
     out_file.seek(end)
+    frames = _front(src_path, out_file, ids, cut, bases, block_size, window, level, threads,
+                    modulus, most)  # fmt: skip
+    end = out_file.tell()
     out_file.flush()
     stored_size, stored_sha = _hash_range(out_file, start, end)
-    raw = ci.encode_index(block_size, window, size, modulus, most, groups)
+    raw = ci.encode_index(block_size, window, size, modulus, most, groups, frames)
     import zstandard
 
     packed = zstandard.ZstdCompressor(level=19).compress(raw)
     return packed, stored_size, stored_sha, size, installed.hexdigest()
+
+
+def _base_ids(path, block_size, modulus, most):
+    """(block ids, group ids) of an earlier release's image."""
+    ids = []
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(block_size), b""):
+                ids.append(ci.block_id(block))
+    except OSError as e:
+        raise ConfigError("cannot read delta base %s: %s" % (path, e.strerror)) from None
+    zero = ci.block_id(bytes(block_size))
+    groups = set(ci.group_id(ids[a : a + n]) for a, n in ci.groups(ids, zero, modulus, most))
+    return set(ids), groups
+
+
+def _front(src_path, out_file, ids, cut, bases, block_size, window, level, threads, modulus,
+           most):  # fmt: skip
+    """Write the front for `bases` (entries, then frames; agent/core/chunkindex.py) and
+    return {group with an entry: its frame's bytes, 0 for none}. A group has an entry if some
+    base lacks it; a block is hot if some base lacks it and no earlier hot block of the
+    image has its bytes (a charger fetches those once, docs/bundle-format.md); a group with
+    a hot block has a frame."""
+    if not bases:
+        return {}
+    known = [_base_ids(path, block_size, modulus, most) for path in bases]
+    zero = ci.block_id(bytes(block_size))
+    seen = set()
+    hot_groups = []  # (group, first, n, [hot block indexes])
+    for g, (first, n) in enumerate(cut):
+        gid = ci.group_id(ids[first : first + n])
+        if all(gid in groups for _, groups in known):
+            continue
+        hot = []
+        for i in range(first, first + n):
+            bid = ids[i]
+            if bid == zero or bid in seen or all(bid in blocks for blocks, _ in known):
+                continue
+            seen.add(bid)
+            hot.append(i)
+        hot_groups.append((g, first, n, hot))
+    for _g, first, n, hot in hot_groups:
+        bits = bytearray((n + 7) // 8)
+        for i in hot:
+            bits[(i - first) // 8] |= 1 << ((i - first) % 8)
+        shorts = struct.pack(">%dI" % n, *[ci.short_id(b) for b in ids[first : first + n]])
+        out_file.write(shorts + bytes(bits))
+    import concurrent.futures
+
+    with open(src_path, "rb") as src:
+        fd = src.fileno()
+
+        def frame(item):
+            hot = item[3]
+            if not hot:
+                return b""
+            at = hot[0] * block_size
+            data = b"".join(os.pread(fd, block_size, i * block_size) for i in hot)
+            prefix = os.pread(fd, min(window, at), at - min(window, at)) if window else b""
+            return _compress(data, prefix, level)
+
+        pool = concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1)
+        with pool:
+            frames = list(pool.map(frame, hot_groups))
+    for data in frames:
+        out_file.write(data)
+    return dict((item[0], len(data)) for item, data in zip(hot_groups, frames))
 
 
 def _hash_range(f, start, end):
@@ -265,6 +338,36 @@ class Rebuilder:
             raise PayloadMismatch(what, hint=_LIAR)
         self.take(i, block, bid)
 
+    def from_frame(self, g, frame):
+        """Group g's hot blocks ({block: bytes}, not yet checked or taken) from its front
+        frame, inflated with the window before its first hot block: call it when that block
+        is the next to take. GroupMismatch if the frame does not inflate to their length."""
+        hot = self.index.hot[g]
+        if self.next != hot[0]:
+            raise PayloadMismatch("group %d frame opened at block %d, not %d" % (g, self.next,
+                                  hot[0]))  # fmt: skip
+        total = sum(self.index.block_length(i) for i in hot)
+        try:
+            data = inflate_unit(frame, total, self.history)
+        except PayloadMismatch as e:
+            raise GroupMismatch("payload %s: the frame of group %d does not match the signed "
+                                "chunk index (%s)" % (self.payload.name, g, e.message), g,
+                                hint=_LIAR) from None  # fmt: skip
+        out, pos = {}, 0
+        for i in hot:
+            n = self.index.block_length(i)
+            out[i] = data[pos : pos + n]
+            pos += n
+        return out
+
+    def restart_group(self, g):
+        """Drop what was taken of group g so far (a GroupMismatch before its end): the
+        window goes back to the group's start, to rebuild it from its units."""
+        if self.pending:
+            self.recent = collections.deque(self.before, self.recent.maxlen)
+        self.pending = []
+        self.next = self.index.groups[g][0]
+
     def end_group(self, g):
         """The blocks of group g (all taken), if their ids make its signed id; else none is
         handed out, the window goes back to the group's start, and GroupMismatch."""
@@ -299,8 +402,9 @@ _LIAR = "the server sent other bytes than the bundle's; the slot was not marked 
 def stream_blocks(read_exact, payload, index):
     """The image's blocks from its stored payload read in order (a full download): every
     block checked against its short id, every group against its signed id before its
-    blocks are handed out, the stored sha256 and the installed sha256 at the end.
-    `read_exact(n)` returns exactly n bytes or raises."""
+    blocks are handed out, the stored sha256 and the installed sha256 at the end. The
+    front (for delta installs only) is read and hashed, never used. `read_exact(n)` returns
+    exactly n bytes or raises."""
     rebuild = Rebuilder(payload, index)
     stored = hashlib.sha256()
     for g in range(len(index.groups)):
@@ -313,6 +417,11 @@ def stream_blocks(read_exact, payload, index):
             stored.update(unit)
             rebuild.from_unit(i, unit)
         yield from rebuild.end_group(g)
+    left = index.front_size
+    while left:
+        data = read_exact(min(left, 1 << 20))
+        stored.update(data)
+        left -= len(data)
     if stored.hexdigest() != payload.sha256:
         raise PayloadMismatch("payload %s: sha256 of its units does not match" % payload.name)
     rebuild.finish()

@@ -34,7 +34,7 @@ class PayloadSource:
     """
 
     def __init__(self, name, slot_class, path, compression="none", component=None, mcu=None,
-                 window_bits=WINDOW_BITS):  # fmt: skip
+                 window_bits=WINDOW_BITS, bases=()):  # fmt: skip
         self.name = name
         self.slot_class = slot_class
         self.path = path
@@ -44,6 +44,9 @@ class PayloadSource:
         # gzip: the deflate window (2**window_bits bytes) an installer needs to inflate it;
         # below 15 it is signed into the manifest (small boards, docs/micropython.md).
         self.window_bits = window_bits
+        # zstd-chunks: images of earlier releases chargers run; what they lack is packed
+        # once more as front frames, fetched in one range (docs/bundle-format.md).
+        self.bases = list(bases)
 
 
 def _hash_file(path, chunk_size=CHUNK):
@@ -83,7 +86,7 @@ def _stage_chunked(source, workdir):
     a zstd-chunks payload."""
     tmp = tempfile.NamedTemporaryFile(dir=workdir, suffix=".units", delete=False)
     with tmp:
-        index, size, sha, isize, isha = chunked.pack(source.path, tmp)
+        index, size, sha, isize, isha = chunked.pack(source.path, tmp, bases=source.bases)
     entry = {"name": source.name, "slot_class": source.slot_class, "compression": CHUNKED}
     entry.update(size=size, sha256=sha, installed_size=isize, installed_sha256=isha)
     entry["index"] = {"size": len(index), "sha256": hashlib.sha256(index).hexdigest()}

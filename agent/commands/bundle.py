@@ -35,6 +35,16 @@ def register(subparsers):
         "download only the blocks they do not have (docs/transfer.md)",
     )
     c.add_argument(
+        "--delta-base",
+        action="append",
+        default=[],
+        metavar="NAME=IMAGE",
+        help="an image of an earlier release that chargers run, for the zstd-chunks payload "
+        "NAME (repeatable): what it lacks is also packed as front frames, so such a charger "
+        "downloads its delta in one range (the bundle grows by about that delta; "
+        "docs/bundle-format.md)",
+    )
+    c.add_argument(
         "--mcu",
         action="append",
         default=[],
@@ -154,6 +164,25 @@ def _set_window_bits(sources, bits):
         source.window_bits = bits
 
 
+def _set_bases(sources, specs):
+    chunked = dict((s.name, s) for s in sources if s.compression == "zstd-chunks")
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise ConfigError(
+                "--delta-base %r is not NAME=IMAGE" % spec,
+                hint="e.g. --delta-base rootfs=releases/1.4.0/rootfs.ext4",
+            )
+        if name not in chunked:
+            raise ConfigError(
+                "--delta-base %s: no zstd-chunks payload is named %s" % (spec, name),
+                hint="a delta base belongs to a --payload NAME:...:zstd-chunks",
+            )
+        if not os.path.isfile(path):
+            raise ConfigError("--delta-base %s: %s is not a readable image file" % (spec, path))
+        chunked[name].bases.append(path)
+
+
 def create(args):
     from agent.bundle.writer import create_bundle
     from agent.trust import crypto
@@ -164,6 +193,7 @@ def create(args):
         raise ConfigError("a bundle needs at least one --payload or --mcu")
     check_output(args.out)
     _set_window_bits(sources, args.window_bits)
+    _set_bases(sources, args.delta_base)
     try:
         manifest = create_bundle(
             args.out,

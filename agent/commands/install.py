@@ -57,10 +57,10 @@ def run(args):
     if done.counters:
         c = done.counters
         print(
-            "downloaded %d bytes for %d bytes of payload; blocks: %d fetched, %d from the booted "
-            "slot, %d from the inactive slot, %d zero"
-            % (c["downloaded"], sum(p.installed_size for p in m.payloads), c["remote"],
-               c["booted"], c["inactive"], c["zero"])
+            "downloaded %d bytes for %d bytes of payload; blocks: %d fetched (%d of them in "
+            "front frames), %d from the booted slot, %d from the inactive slot, %d zero"
+            % (c["downloaded"], sum(p.installed_size for p in m.payloads),
+               c["remote"] + c["front"], c["front"], c["booted"], c["inactive"], c["zero"])
         )  # fmt: skip
     if args.no_switch:
         print("boot order unchanged (--no-switch)")
@@ -96,11 +96,12 @@ def _plan(args, cfg, boot, trust):
         where = ""
         if blocks:
             where = (
-                " (blocks: %d fetched in %d ranges, %d booted slot, %d inactive slot, %d zero,"
-                " %d repeated; block lists of %d of %d groups, %d bytes)"
-                % (blocks["remote"], row["ranges"], blocks["booted"], blocks["inactive"],
-                   blocks["zero"], blocks["repeated"], row["groups_fetched"], row["groups"],
-                   row["detail_bytes"])
+                " (blocks: %d fetched in %d ranges, %d of them in %d front frames, %d booted"
+                " slot, %d inactive slot, %d zero, %d repeated; block lists of %d of %d groups,"
+                " %d bytes)"
+                % (blocks["remote"] + blocks["front"], row["ranges"], blocks["front"],
+                   row["frames"], blocks["booted"], blocks["inactive"], blocks["zero"],
+                   blocks["repeated"], row["groups_fetched"], row["groups"], row["detail_bytes"])
             )  # fmt: skip
         print(
             "payload %s: %d of %d stored bytes%s"

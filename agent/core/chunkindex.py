@@ -9,7 +9,7 @@ its id alone, wherever the group moved to; only the other groups' block lists ar
 Top index (the bundle's head; zstd-compressed, its sha256 signed in the manifest; integers
 big-endian):
 
-    8 bytes   magic b"CUIDX3\\n\\0"
+    8 bytes   magic b"CUIDX4\\n\\0" (b"CUIDX3\\n\\0": the same without front frames)
     4 bytes   block size B (512..32768, a power of two)
     4 bytes   window W: bytes of the image before a block that prime its decompression
     8 bytes   installed size S (the payload's installed_size)
@@ -17,7 +17,8 @@ big-endian):
     4 bytes   group count G
     4 bytes   modulus M (a group's average length in blocks)
     4 bytes   most blocks in a group X
-    G times   varint block count, varint stored bytes of the group's units, 8-byte group id
+    G times   varint block count, varint stored bytes of the group's units, (CUIDX4 only)
+              varint front: 0 none, else 1 + the bytes of its frame; 8-byte group id
 
 Group detail (the first 6 * N bytes of the stored payload, group after group): for each
 block of the group the first 4 bytes of its id (its short id), then for each block its
@@ -25,12 +26,15 @@ block of the group the first 4 bytes of its id (its short id), then for each blo
 raw; less: a zstd frame without its magic number, with the W image bytes before the block
 as its dictionary). The units follow, block after block.
 
-A block id is the first 8 bytes of the block's SHA-256; a group id the first 8 bytes of the
-SHA-256 of its blocks' (8-byte) ids. A detail names short ids only (4 bytes a block instead
-of 8: the block lists are most of what a delta fetches besides the units), so it cannot be
-checked against its group id alone: each block is checked against its short id, and a
-group's blocks against the signed group id, before any of them is written
-(agent/bundle/chunked.py, Rebuilder).
+The front (CUIDX4, after the units): what a charger running a release the packer was told
+of (`--delta-base`) lacks, in one place. For each group such a release lacks, in order, its
+entry: its blocks' short ids (4 bytes each), then a bitmap of its hot blocks (ceil(n / 8)
+bytes, block j is bit j % 8 of byte j // 8), the blocks such a release lacks (none: the
+group only moved or was cut anew); then every frame, in group order: a group's hot blocks'
+bytes joined, as one zstd frame (magicless) with the W image bytes before its first hot
+block as its dictionary, or raw when zstd does not shrink them. A charger that lacks a
+group with an entry fetches the entry instead of the detail, and the frame only if it lacks
+a hot block too; its other blocks come from its slots or the units.
 
 Invariant: a ChunkIndex exists only if every field is in range and consistent with the
 payload it belongs to (sizes, counts, stored bytes adding up to the payload's size), and a
@@ -44,7 +48,8 @@ import struct
 
 from agent.core.errors import MalformedBundle
 
-MAGIC = b"CUIDX3\n\0"
+MAGIC = b"CUIDX4\n\0"
+MAGIC3 = b"CUIDX3\n\0"  # no front frames (bundles packed before them): still read
 HEAD = ">8sIIQIIII"
 HEAD_SIZE = 40
 ID_SIZE = 8
@@ -93,18 +98,24 @@ def groups(ids, zero_id, modulus, most):
 def max_raw_size(installed_size):
     """Upper bound of a top index's uncompressed size for a payload (bounds its inflating)."""
     count = min(installed_size // MIN_BLOCK + 1, MAX_COUNT)
-    return HEAD_SIZE + count * (ID_SIZE + 3 + 5)  # per group at most: id, two varints
+    return HEAD_SIZE + count * (ID_SIZE + 3 + 5 + 5)  # per group at most: id, three varints
 
 
 def detail_size(count):
     return count * ENTRY
 
 
+def entry_size(n):
+    """Bytes of a front entry of a group of n blocks: short ids, then the hot bitmap."""
+    return n * SHORT_SIZE + (n + 7) // 8
+
+
 class ChunkIndex:
     """Groups from the top index; block ids and unit lengths once a group is known (None
     before). Unit offsets are relative to the first unit, after the group details."""
 
-    def __init__(self, block_size, window, installed_size, count, modulus, most, groups):
+    def __init__(self, block_size, window, installed_size, count, modulus, most, groups,
+                 frames=None):  # fmt: skip
         self.block_size = block_size
         self.window = window
         self.installed_size = installed_size
@@ -122,6 +133,18 @@ class ChunkIndex:
         self.stored_size = last[2] + last[3]
         self.detail_size = detail_size(count)
         self.starts = [g[0] for g in groups]  # for group_of
+        # Front: {group: [entry offset, entry bytes, frame offset, frame bytes (0: none)]},
+        # offsets in the stored payload; the hot blocks of a group once its entry was taken.
+        self.front = {}
+        self.hot = {}
+        at = self.detail_size + self.stored_size
+        for g, frame in sorted((frames or {}).items()):
+            self.front[g] = [at, entry_size(groups[g][1]), 0, frame]
+            at += self.front[g][1]
+        for g in sorted(self.front):
+            self.front[g][2] = at
+            at += self.front[g][3]
+        self.front_size = at - self.detail_size - self.stored_size
 
     def block_length(self, i):
         if i == self.count - 1:
@@ -163,6 +186,27 @@ class ChunkIndex:
                 self.lengths[first + j], self.offsets[first + j] = lengths[j], offset
                 offset += lengths[j]
         return True
+
+    def take_entry(self, g, data):
+        """Group g's front entry: its short ids and hot blocks, checked for shape (the short
+        ids with the blocks they name, by the group's signed id); MalformedBundle if not."""
+        first, n = self.groups[g][:2]
+        data = bytes(data)
+        if g not in self.front or len(data) != entry_size(n):
+            raise _bad("group %d front entry is %d bytes" % (g, len(data)))
+        shorts = struct.unpack(">%dI" % n, data[: n * SHORT_SIZE])
+        bits = data[n * SHORT_SIZE :]
+        hot = [first + j for j in range(n) if bits[j // 8] >> (j % 8) & 1]
+        if any(b >> (n - 8 * k) for k, b in enumerate(bits) if 8 * k + 8 > n):
+            raise _bad("group %d front entry names a hot block past its end" % g)
+        if bool(hot) != bool(self.front[g][3]):
+            raise _bad("group %d front entry names %d hot blocks for a %d-byte frame"
+                       % (g, len(hot), self.front[g][3]))  # fmt: skip
+        if sum(self.block_length(i) for i in hot) < self.front[g][3]:
+            raise _bad("group %d frame is longer than its hot blocks" % g)
+        for j in range(n):
+            self.short[first + j] = shorts[j]
+        self.hot[g] = hot
 
     def take_detail(self, g, data):
         """Group g's detail (ENTRY bytes per block), checked against its signed stored size
@@ -222,13 +266,20 @@ def varint(n):
             return bytes(out)
 
 
-def encode_index(block_size, window, installed_size, modulus, most, groups):
-    """Top index bytes (uncompressed); groups: [(block count, stored bytes, group id)]."""
+def encode_index(block_size, window, installed_size, modulus, most, groups, frames=None):
+    """Top index bytes (uncompressed); groups: [(block count, stored bytes, group id)];
+    frames: {group with a front entry: its frame's bytes, 0 for none} (no front: CUIDX3,
+    as before front frames)."""
     count = sum(g[0] for g in groups)
-    head = struct.pack(HEAD, MAGIC, block_size, window, installed_size, count, len(groups),
-                       modulus, most)  # fmt: skip
-    return head + b"".join(varint(n) + varint(s) + gid.to_bytes(ID_SIZE, "big")
-                           for n, s, gid in groups)  # fmt: skip
+    head = struct.pack(HEAD, MAGIC if frames else MAGIC3, block_size, window, installed_size,
+                       count, len(groups), modulus, most)  # fmt: skip
+    out = [head]
+    for g, (n, s, gid) in enumerate(groups):
+        out.append(varint(n) + varint(s))
+        if frames:
+            out.append(varint(frames[g] + 1 if g in frames else 0))
+        out.append(gid.to_bytes(ID_SIZE, "big"))
+    return b"".join(out)
 
 
 def parse_index(raw, payload):
@@ -238,7 +289,7 @@ def parse_index(raw, payload):
         raise _bad("is %d bytes, shorter than its header" % len(raw))
     fields = struct.unpack(HEAD, raw[:HEAD_SIZE])
     magic, block, window, size, count, ngroups, modulus, most = fields
-    if magic != MAGIC:
+    if magic not in (MAGIC, MAGIC3):
         raise _bad("has a bad magic")
     if not (MIN_BLOCK <= block <= MAX_BLOCK) or block & (block - 1):
         raise _bad("block size %d is not a power of two in %d..%d" % (block, MIN_BLOCK, MAX_BLOCK))
@@ -251,12 +302,18 @@ def parse_index(raw, payload):
                    (size + block - 1) // block))  # fmt: skip
     if not (1 <= modulus <= MAX_GROUP and 1 <= most <= MAX_GROUP) or ngroups > count:
         raise _bad("has %d groups, modulus %d, at most %d blocks" % (ngroups, modulus, most))
-    groups, pos, first, offset = [], HEAD_SIZE, 0, 0
-    for _ in range(ngroups):
+    groups, pos, first, offset, frames = [], HEAD_SIZE, 0, 0, {}
+    for g in range(ngroups):
         n, pos = _varint(raw, pos)
         stored, pos = _varint(raw, pos)
         if not 1 <= n <= most or first + n > count or stored > n * block:
             raise _bad("group at block %d has %d blocks, %d bytes" % (first, n, stored))
+        if magic == MAGIC:
+            front, pos = _varint(raw, pos)
+            if front > n * block + 1:
+                raise _bad("group %d has a %d-byte frame for %d blocks" % (g, front - 1, n))
+            if front:
+                frames[g] = front - 1
         if pos + ID_SIZE > len(raw):
             raise _bad("ends inside group %d" % len(groups))
         gid = int.from_bytes(raw[pos : pos + ID_SIZE], "big")
@@ -267,8 +324,8 @@ def parse_index(raw, payload):
     if first != count or pos != len(raw):
         raise _bad("groups cover %d of %d blocks in %d of %d bytes" % (first, count, pos,
                    len(raw)))  # fmt: skip
-    index = ChunkIndex(block, window, size, count, modulus, most, groups)
-    if index.detail_size + index.stored_size != payload.size:
-        raise _bad("stores %d bytes, the payload has %d" % (index.detail_size + index.stored_size,
-                   payload.size))  # fmt: skip
+    index = ChunkIndex(block, window, size, count, modulus, most, groups, frames)
+    total = index.detail_size + index.stored_size + index.front_size
+    if total != payload.size:
+        raise _bad("stores %d bytes, the payload has %d" % (total, payload.size))
     return index

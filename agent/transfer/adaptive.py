@@ -27,13 +27,17 @@ import threading
 from agent.bundle import chunked
 from agent.core import chunkindex as ci
 
-ZERO, BOOTED, INACTIVE, REMOTE, REPEAT = 0, 1, 2, 3, 4
-KIND_NAMES = ("zero", "booted", "inactive", "remote", "repeated")
+ZERO, BOOTED, INACTIVE, REMOTE, REPEAT, FRAME = 0, 1, 2, 3, 4, 5
+KIND_NAMES = ("zero", "booted", "inactive", "remote", "repeated", "front")
 SCAN = 1 << 20  # bytes read per call when indexing a slot
 # Fetch up to this many unneeded bytes rather than start another range: what one more part
 # of a multipart answer costs in headers (boundary, Content-Type, Content-Range, CRLFs: 110
 # bytes from nginx or the bench's server for a bundle of 10-999 MB).
 COALESCE_GAP = 110
+# Front frames are fetched before the units and held until their group is rebuilt; beyond
+# this many bytes of them (a charger far from the releases the bundle was packed for) the
+# rest of the hot blocks come as units instead.
+FRAME_MEMORY = 64 << 20
 
 
 def scan(path, block_size):
@@ -118,6 +122,8 @@ class Plan:
             else:
                 self.missing.append(g)
         self.spans = []
+        self.frames = []  # groups whose front frame is fetched
+        self.frame_spans = []
 
     def _take(self, g, kind, slot, at):
         first, n = self.index.groups[g][:2]
@@ -132,36 +138,73 @@ class Plan:
             self.local[first + j] = at + j
 
     def detail_spans(self):
-        """Coalesced byte ranges of the bundle holding the missing groups' details."""
+        """Coalesced byte ranges of the bundle holding the missing groups' block lists: the
+        front entry of a group that has one, else its detail."""
         spans = []
         for g in self.missing:
-            at, n = self.index.detail_span(g)
+            front = self.index.front.get(g)
+            at, n = front[:2] if front else self.index.detail_span(g)
             spans.append((self.payload_offset + at, n))
-        return coalesce(spans)
+        return coalesce(sorted(spans))
 
     def take_details(self, ranges):
-        """Fetch the missing groups' details (their sizes checked; their short ids are
-        checked with the blocks, by the group ids), then decide their blocks and the
-        ranges of units to fetch."""
+        """Fetch the missing groups' block lists (their sizes checked; their short ids are
+        checked with the blocks, by the group ids), then decide their blocks: the front
+        frames to fetch, the details still needed for blocks the frames do not hold (one more
+        request), and the ranges of units to fetch."""
+        index, po = self.index, self.payload_offset
         spans = self.detail_spans()
         got = _Units(iter(ranges.read_ranges(spans)))
         self.detail_bytes = sum(n for _, n in spans)
-        index = self.index
-        for g in self.missing:
-            at, n = index.detail_span(g)
-            index.take_detail(g, got.get(self.payload_offset + at, n))
+        plain = [g for g in self.missing if g not in index.front]
+        for g in plain + [g for g in self.missing if g in index.front]:  # in offset order
+            front = index.front.get(g)
+            if front:
+                index.take_entry(g, got.get(po + front[0], front[1]))
+            else:
+                at, n = index.detail_span(g)
+                index.take_detail(g, got.get(po + at, n))
         seen = {}  # block id -> the first block of the new image that has it
-        for g in self.missing:
+        held = 0
+        for g in sorted(self.missing):
             first, n = index.groups[g][:2]
+            hot = set(index.hot.get(g, ()))
             for i in range(first, first + n):
-                self._decide_block(i, seen)
+                self._decide_block(i, seen, i in hot)
+            if any(self.kinds[i] == FRAME for i in hot):
+                if held + index.front[g][3] <= FRAME_MEMORY:
+                    self.frames.append(g)
+                    held += index.front[g][3]
+                else:
+                    for i in hot:
+                        if self.kinds[i] == FRAME:
+                            self.kinds[i] = REMOTE
+        self._take_remaining_details(ranges)
+        self.frame_spans = coalesce([(po + index.front[g][2], index.front[g][3])
+                                     for g in self.frames])  # fmt: skip
         self.spans = self._unit_spans()
 
-    def _decide_block(self, i, seen):
+    def _take_remaining_details(self, ranges):
+        """The details of front groups with blocks to fetch as units (the charger lacks a
+        block the bundle was not packed for): their unit lengths."""
+        index, po = self.index, self.payload_offset
+        need = [g for g in self.missing if g in index.front and any(
+            self.kinds[i] == REMOTE for i in range(*_bounds(index, g)))]  # fmt: skip
+        if not need:
+            return
+        spans = coalesce([(po + index.detail_span(g)[0], index.detail_span(g)[1]) for g in need])
+        got = _Units(iter(ranges.read_ranges(spans)))
+        self.detail_bytes += sum(n for _, n in spans)
+        for g in need:
+            at, n = index.detail_span(g)
+            index.take_detail(g, got.get(po + at, n))
+
+    def _decide_block(self, i, seen, hot=False):
         index = self.index
         bid = index.short[i]  # a short id may name another block: the group check says
-        if index.lengths[i] == 0:
-            kind, at = ZERO, 0
+        length = index.lengths[i]
+        if length == 0 or (length is None and not hot and bid == index.zero_short):
+            kind, at = ZERO, 0  # (an entry has no lengths: a zero block is checked as read)
         elif bid in self.booted.blocks:
             kind, at = BOOTED, self.booted.blocks[bid]
         elif self.inactive.blocks.get(bid, -1) >= i:
@@ -169,7 +212,7 @@ class Plan:
         elif bid in seen:
             kind, at = REPEAT, seen[bid]  # fetched once, for its first place in the image
         else:
-            kind, at = REMOTE, 0
+            kind, at = FRAME if hot else REMOTE, 0
             seen[bid] = i
         self.kinds[i], self.local[i] = kind, at
 
@@ -179,9 +222,13 @@ class Plan:
                  for i in range(idx.count) if self.kinds[i] == REMOTE]  # fmt: skip
         return coalesce(spans)
 
+    def fetches(self):
+        """The ranges of the payload's data requests, in order: frames, then units."""
+        return [spans for spans in (self.frame_spans, self.spans) if spans]
+
     @property
     def fetch_bytes(self):
-        return self.detail_bytes + sum(n for _, n in self.spans)
+        return self.detail_bytes + sum(n for spans in self.fetches() for _, n in spans)
 
     def summary(self):
         """{kind: blocks} and the bytes to fetch, for `install --plan` and the status."""
@@ -190,7 +237,8 @@ class Plan:
             counts[KIND_NAMES[kind]] += 1
         return {"blocks": counts, "groups": len(self.index.groups),
                 "groups_fetched": len(self.missing), "detail_bytes": self.detail_bytes,
-                "ranges": len(self.spans), "fetch_bytes": self.fetch_bytes}  # fmt: skip
+                "frames": len(self.frames), "ranges": len(self.frame_spans) + len(self.spans),
+                "fetch_bytes": self.fetch_bytes}  # fmt: skip
 
 
 def make_plan(index, payload_offset, booted_path, inactive_path, ranges):
@@ -213,6 +261,11 @@ def make_plan(index, payload_offset, booted_path, inactive_path, ranges):
                 Slot(found["inactive"], index, True))  # fmt: skip
     plan.take_details(ranges)
     return plan
+
+
+def _bounds(index, g):
+    first, n = index.groups[g][:2]
+    return first, first + n
 
 
 class _Units:
@@ -265,15 +318,19 @@ def refetch_group(plan, g, ranges):
 
 class _Rebuild:
     """One payload's rebuild: where each block comes from (the plan), the open slots, the
-    fetched units and the fetched blocks the image repeats."""
+    fetched frames and units, and the fetched blocks the image repeats."""
 
     def __init__(self, plan, payload, ranges, fds, counters):
         self.plan, self.index, self.ranges, self.fds = plan, plan.index, ranges, fds
         self.rb = chunked.Rebuilder(payload, plan.index)
+        front = _Units(iter(ranges.read_ranges(plan.frame_spans)))
+        self.frames = dict((g, front.get(plan.payload_offset + plan.index.front[g][2],
+                                         plan.index.front[g][3])) for g in plan.frames)  # fmt: skip
         self.units = _Units(iter(ranges.read_ranges(plan.spans)))
         self.repeated = set(plan.local[i] for i in range(plan.index.count)
                             if plan.kinds[i] == REPEAT)  # fmt: skip
         self.kept = {}  # fetched blocks the image has again later
+        self.decoded = {}  # the hot blocks of the current group's frame
         self.counters = counters
 
     def group(self, g):
@@ -281,17 +338,23 @@ class _Rebuild:
         signed id: a short id that named another local block) fetched again whole."""
         first, n = self.index.groups[g][:2]
         try:
+            frame = self.frames.pop(g, None)
             for i in range(first, first + n):
+                if frame is not None and i == self.index.hot[g][0]:
+                    self.decoded = self.rb.from_frame(g, frame)
                 self.block(i, g)
             return self.rb.end_group(g)
         except chunked.GroupMismatch:
             self.counters["refetched"] += n
+            self.rb.restart_group(g)  # a unit or frame may fail before the group's end
             units = refetch_group(self.plan, g, self.ranges)
             for i in range(first, first + n):
                 self.rb.from_unit(i, units[i])  # the bundle's own units: a mismatch is final
                 if i in self.repeated:
                     self.kept[i] = self.rb.pending[-1][0]
             return self.rb.end_group(g)
+        finally:
+            self.decoded = {}
 
     def block(self, i, g):
         plan, index, rb = self.plan, self.index, self.rb
@@ -302,9 +365,22 @@ class _Rebuild:
             if i in self.repeated:
                 self.kept[i] = rb.pending[-1][0]
             return
-        if kind == ZERO:
+        if kind == ZERO and index.lengths[i] == 0:
             return rb.from_unit(i, b"", g)
-        if kind == REPEAT:
+        if kind == FRAME:
+            block = self.decoded.get(i)
+            bid = rb.check(i, block) if block is not None else None
+            if bid is None:
+                raise chunked.GroupMismatch("payload %s: block %d of the front frame does not "
+                                            "match the signed chunk index" % (rb.payload.name, i),
+                                            g)  # fmt: skip
+            rb.take(i, block, bid)
+            if i in self.repeated:
+                self.kept[i] = block
+            return
+        if kind == ZERO:
+            block = rb.zero  # named by a front entry's short id only: checked like a slot's
+        elif kind == REPEAT:
             block = self.kept[plan.local[i]]
         else:
             at = plan.local[i] * index.block_size
