@@ -132,6 +132,17 @@ def check_chunk_index_groups_and_details():
     check_equal(index.take_ids(1, ids[2:10]), False, "other blocks do not make the group")
     expect_error(MalformedBundle, ci.parse_index, raw[:-1], payload)
     expect_error(MalformedBundle, ci.parse_index, raw, _Payload(payload.size + 1, 40 * 512))
+    # A front (CUIDX4): group 2 has an entry and a 300-byte frame of its hot blocks.
+    raw = ci.encode_index(512, 0, 40 * 512, 8, 32, entries, {2: 300, 3: 0})
+    size = payload.size + ci.entry_size(cut[2][1]) + ci.entry_size(cut[3][1]) + 300
+    index = ci.parse_index(raw, _Payload(size, 40 * 512))
+    check_equal((sorted(index.front), index.front_size), ([2, 3], size - payload.size), "front")
+    bits = bytearray((n + 7) // 8)
+    bits[0] = 0x05  # blocks 0 and 2 of the group
+    index.take_entry(2, detail[: 4 * n] + bytes(bits))
+    check_equal(index.hot[2], [first, first + 2], "hot blocks from the entry's bitmap")
+    expect_error(MalformedBundle, index.take_entry, 2, detail[: 4 * n] + bytes(len(bits)))
+    expect_error(MalformedBundle, index.take_entry, 3, detail[: 4 * n] + bytes(bits))
 
 
 CHECKS = (

@@ -21,11 +21,16 @@ from tests.install.test_delta import image, next_release, put, release
 MODELS = [("AC22", "C"), ("AC22", "D")]
 
 
-def sign_image(kit, data, version, compression="zstd-chunks", mcu_bytes=0):
+def sign_image(kit, data, version, compression="zstd-chunks", mcu_bytes=0, base=None):
     src = "%s/image-%s.img" % (kit.dir, version)
     put(src, data)
-    out = "%s/charger-%s-%s-%d.cub" % (kit.dir, version, compression, mcu_bytes)
-    payloads = [PayloadSource("rootfs", "rootfs", src, compression)]
+    out = "%s/charger-%s-%s-%d%s.cub" % (kit.dir, version, compression, mcu_bytes,
+                                         "-front" if base else "")  # fmt: skip
+    bases = []
+    if base is not None:  # packed with front frames for that image (--delta-base)
+        bases.append(src + ".base")
+        put(bases[0], base)
+    payloads = [PayloadSource("rootfs", "rootfs", src, compression, bases=bases)]
     if mcu_bytes:  # an MCU's image: no chunk index, a charger streams it whole
         put(src + ".mcu", bytes(range(256)) * (mcu_bytes // 256))
         payloads.append(
@@ -83,6 +88,27 @@ def test_estimate_is_what_a_charger_on_the_base_plans_and_downloads(kit, server,
     assert planned["download_bytes"] == got["planned_bytes"]
     assert planned["payloads"][0]["ranges"] == got["payloads"][0]["ranges"] > 1
     done = installer.install(new_url, cfg, board.boot(), Trust.from_config(cfg))
+    assert done.counters["downloaded"] == got["download_bytes"]
+
+
+def test_estimate_of_a_release_packed_for_the_base_is_what_a_charger_downloads(
+    kit, server, tmp_path
+):
+    # Packed with front frames for 1.0.0: a charger on it fetches block lists and frames as
+    # two plain ranges, and the estimate counts the same bytes.
+    old = release(3)
+    base_url = served(server, sign_image(kit, image(old), "1.0.0"))
+    new_url = served(server, sign_image(kit, image(next_release(old)), "1.1.0", base=image(old)))
+    got = delta.estimate(new_url, base_url, kit.root_path)
+    (tmp_path / "board").mkdir()
+    board = FileBoard(tmp_path / "board", kit.root_path)
+    put(board.slot_a, image(old))
+    cfg = board.config()
+    planned = agent_delta.dry_run(new_url, cfg, board.boot(), Trust(kit.root_path).verify)
+    assert planned["download_bytes"] == got["planned_bytes"]
+    assert planned["payloads"][0]["frames"] > 0 and planned["payloads"][0]["ranges"] == 1
+    done = installer.install(new_url, cfg, board.boot(), Trust.from_config(cfg))
+    assert done.counters["front"] > 0 and done.counters["remote"] == 0
     assert done.counters["downloaded"] == got["download_bytes"]
 
 

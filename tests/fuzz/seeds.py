@@ -37,15 +37,21 @@ def _bundles(tmp):
     return out
 
 
-def _chunked_bundle(tmp):
-    """A format-2 bundle: 12 blocks of 4 KiB, two of them zeros (nothing stored)."""
+def _chunked_bundle(tmp, front=False):
+    """A format-2 bundle: 12 blocks of 4 KiB, two of them zeros (nothing stored); with
+    `front`, packed for a base image that has only its first blocks (front frames)."""
     image = os.path.join(tmp, "image")
     blocks = [(b"block %d of the image " % i) * 200 for i in range(10)]
     with open(image, "wb") as f:
         f.write(b"".join(b[:4096] for b in blocks[:5]) + bytes(8192)
                 + b"".join(b[:4096] for b in blocks[5:]))  # fmt: skip
-    out = os.path.join(tmp, "chunked.cub")
-    create_bundle(out, [PayloadSource("rootfs", "rootfs", image, "zstd-chunks")],
+    bases = []
+    if front:
+        bases.append(os.path.join(tmp, "base"))
+        with open(bases[0], "wb") as f:
+            f.write(b"".join(b[:4096] for b in blocks[:3]))
+    out = os.path.join(tmp, "chunked-front.cub" if front else "chunked.cub")
+    create_bundle(out, [PayloadSource("rootfs", "rootfs", image, "zstd-chunks", bases=bases)],
                   [default_keys()[1]], version="2.0.0", security_version=1,
                   compatible=[{"model": MODEL, "hardware_revisions": [HW]}],
                   expires=int(time.time()) + 86400)  # fmt: skip
@@ -128,8 +134,11 @@ def seeds():
     with tempfile.TemporaryDirectory() as tmp:
         bundles = _bundles(tmp)
         bundles["chunked"] = _chunked_bundle(tmp)
+        bundles["chunked-front"] = _chunked_bundle(tmp, front=True)
     corpus = {"bundle-head": bundles, "envelope": {}, "manifest": {}}
     corpus["chunk-index"] = _chunk_indexes(bundles["chunked"])
+    corpus["chunk-index"].update(("front-" + k, v) for k, v in
+                                 _chunk_indexes(bundles["chunked-front"]).items())  # fmt: skip
     for name, data in bundles.items():
         length = fmt.parse_header(data[: fmt.HEADER_SIZE])
         raw = data[fmt.HEADER_SIZE : fmt.HEADER_SIZE + length]

@@ -101,9 +101,12 @@ def chunk_index(data):
         except MalformedBundle:
             continue
         assert index.count * index.block_size >= installed > (index.count - 1) * index.block_size
-        assert index.detail_size + index.stored_size == size  # details, then units
+        assert index.detail_size + index.stored_size + index.front_size == size  # and front
         assert len(index.lengths) == index.count
         assert sum(g[3] for g in index.groups) == index.stored_size
+        for g, (entry_at, entry_n, frame_at, frame_n) in index.front.items():
+            assert index.detail_size + index.stored_size <= entry_at
+            assert entry_n == ci.entry_size(index.groups[g][1]) and frame_at + frame_n <= size
 
 
 def envelope(data):
