@@ -198,6 +198,11 @@ class Plan:
         for g in need:
             at, n = index.detail_span(g)
             index.take_detail(g, got.get(po + at, n))
+            for i in range(*_bounds(index, g)):
+                if self.kinds[i] == REMOTE and index.lengths[i] == 0:
+                    # the entry named no zero block here (the server lied in it or in the
+                    # detail): nothing to fetch, the zero block is checked as taken
+                    self.kinds[i] = ZERO
 
     def _decide_block(self, i, seen, hot=False):
         index = self.index
@@ -366,7 +371,10 @@ class _Rebuild:
                 self.kept[i] = rb.pending[-1][0]
             return
         if kind == ZERO and index.lengths[i] == 0:
-            return rb.from_unit(i, b"", g)
+            rb.from_unit(i, b"", g)
+            if i in self.repeated:  # a zero block planned as fetched: see take_details
+                self.kept[i] = rb.pending[-1][0]
+            return
         if kind == FRAME:
             block = self.decoded.get(i)
             bid = rb.check(i, block) if block is not None else None

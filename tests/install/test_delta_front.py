@@ -6,6 +6,7 @@ cut, a lying server and a full download still work as without a front. Real HTTP
 127.0.0.1, small synthetic images (tests/install/test_delta.py)."""
 
 import os
+import random
 import time
 
 import pytest
@@ -281,3 +282,40 @@ def _index(path):
 
 def _small_index(frames):
     return ci.ChunkIndex(BLOCK, 0, 10 * BLOCK, 10, 16, 64, [(0, 10, 0, 100, 7)], frames)
+
+
+def _tampered(path, out, edits):
+    """A copy of the bundle at `path` whose stored payload bytes differ at {offset: bytes}
+    (what a lying server sends, every time it is asked)."""
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    at = _payload_offset(path)
+    for offset, new in edits.items():
+        data[at + offset : at + offset + len(new)] = new
+    put(out, bytes(data))
+    return out
+
+
+def test_an_entry_hiding_a_zero_block_ends_in_no_traceback(board, packer, served, tmp_path):
+    # A lying server sends a front entry whose short id for a zero block is another: the
+    # block is planned as fetched, and the group's detail (fetched for its other blocks)
+    # gives it no unit. It must be taken as the zero block it is, not asked for as an
+    # empty range between two new blocks (which ended the install in "generator raised
+    # StopIteration").
+    old = release(1)
+    new = next_release(old)
+    rng = random.Random(5)
+    new[90], new[91], new[92] = rng.randbytes(BLOCK), bytes(BLOCK), rng.randbytes(BLOCK)
+    path = packer(image(new), bases=[image(old)])
+    index = _index(path)
+    g = index.group_of(91)
+    first = index.groups[g][0]
+    assert g in index.front, "block 91's group has an entry"
+    liar = _tampered(path, str(tmp_path / "liar.cub"),
+                     {index.front[g][0] + 4 * (91 - first): b"\x12\x34\x56\x78"})  # fmt: skip
+    b = board(packer.root)
+    put(b.slot_a, b"")  # nothing local: the group's other blocks come as units
+    server = served(liar)
+    done = run(b, server.url("b.cub"))
+    assert b.read_slot("B") == image(new)
+    assert done.counters["remote"] > 0 and done.counters["front"] > 0, done.counters
