@@ -34,7 +34,8 @@ group only moved or was cut anew); then every frame, in group order: a group's h
 bytes joined, as one zstd frame (magicless) with the W image bytes before its first hot
 block as its dictionary, or raw when zstd does not shrink them. A charger that lacks a
 group with an entry fetches the entry instead of the detail, and the frame only if it lacks
-a hot block too; its other blocks come from its slots or the units.
+at least half of the hot blocks (agent/transfer/adaptive.py); its other blocks come from
+its slots or the units.
 
 Invariant: a ChunkIndex exists only if every field is in range and consistent with the
 payload it belongs to (sizes, counts, stored bytes adding up to the payload's size), and a

@@ -171,14 +171,18 @@ class Plan:
             hot = set(index.hot.get(g, ()))
             for i in range(first, first + n):
                 self._decide_block(i, seen, i in hot)
-            if any(self.kinds[i] == FRAME for i in hot):
-                if held + index.front[g][3] <= FRAME_MEMORY:
-                    self.frames.append(g)
-                    held += index.front[g][3]
-                else:
-                    for i in hot:
-                        if self.kinds[i] == FRAME:
-                            self.kinds[i] = REMOTE
+            need = sum(1 for i in hot if self.kinds[i] == FRAME)
+            if not need:
+                continue
+            # A frame the charger needs less than half of (packed for several bases, or
+            # half written before a power cut) costs more than those blocks' units.
+            if 2 * need >= len(hot) and held + index.front[g][3] <= FRAME_MEMORY:
+                self.frames.append(g)
+                held += index.front[g][3]
+            else:
+                for i in hot:
+                    if self.kinds[i] == FRAME:
+                        self.kinds[i] = REMOTE
         self._take_remaining_details(ranges)
         self.frame_spans = coalesce([(po + index.front[g][2], index.front[g][3])
                                      for g in self.frames])  # fmt: skip
