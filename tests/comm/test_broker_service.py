@@ -1,6 +1,6 @@
-"""The test broker itself (hil/services/mosquitto.py) under several test workers at once: a
-port it picked that another process bound first is picked again, and a port that answers is
-taken only if our mosquitto is the one listening."""
+"""The test broker itself (hil/services/mosquitto.py) and the CSMS (hil/services/csms.py)
+under several test workers at once: a port one picked that another process bound first is
+picked again, and a port that answers is taken only if our mosquitto is the one listening."""
 
 import socket
 
@@ -38,3 +38,19 @@ def test_a_given_port_taken_by_another_process_is_an_error_not_its_server(tmp_pa
                        % squatter):  # fmt: skip
         broker.start()
     assert broker.proc is None
+
+
+def test_the_csms_repicks_a_port_taken_meanwhile_and_keeps_a_given_one(squatter):
+    from agent.station.ocpp_probe import probe
+    from hil.services.csms import Csms
+
+    server = Csms()
+    server.port = squatter  # taken between free_port() and the start
+    try:
+        server.start()
+        assert server.port != squatter and str(server.port) in server.url
+        probe(server.url, "cp-1", timeout=5)  # a station's connection reaches this CSMS
+    finally:
+        server.stop()
+    with pytest.raises(RuntimeError, match="did not start on port %d" % squatter):
+        Csms(port=squatter).start()
