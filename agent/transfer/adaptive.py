@@ -152,6 +152,23 @@ class Plan:
         checked with the blocks, by the group ids), then decide their blocks: the front
         frames to fetch, the details still needed for blocks the frames do not hold (one more
         request), and the ranges of units to fetch."""
+        self._take_lists(ranges)
+        seen = {}  # block id -> the first block of the new image that has it
+        held = 0  # bytes of the frames chosen so far
+        for g in sorted(self.missing):
+            first, n = self.index.groups[g][:2]
+            hot = self.index.hot.get(g, ())
+            for i in range(first, first + n):
+                self._decide_block(i, seen, i in hot)
+            held += self._choose_frame(g, hot, held)
+        self._take_remaining_details(ranges)
+        po = self.payload_offset
+        self.frame_spans = coalesce([(po + self.index.front[g][2], self.index.front[g][3])
+                                     for g in self.frames])  # fmt: skip
+        self.spans = self._unit_spans()
+
+    def _take_lists(self, ranges):
+        """The missing groups' front entries or details, in one request."""
         index, po = self.index, self.payload_offset
         spans = self.detail_spans()
         got = _Units(iter(ranges.read_ranges(spans)))
@@ -164,29 +181,22 @@ class Plan:
             else:
                 at, n = index.detail_span(g)
                 index.take_detail(g, got.get(po + at, n))
-        seen = {}  # block id -> the first block of the new image that has it
-        held = 0
-        for g in sorted(self.missing):
-            first, n = index.groups[g][:2]
-            hot = set(index.hot.get(g, ()))
-            for i in range(first, first + n):
-                self._decide_block(i, seen, i in hot)
-            need = sum(1 for i in hot if self.kinds[i] == FRAME)
-            if not need:
-                continue
-            # A frame the charger needs less than half of (packed for several bases, or
-            # half written before a power cut) costs more than those blocks' units.
-            if 2 * need >= len(hot) and held + index.front[g][3] <= FRAME_MEMORY:
-                self.frames.append(g)
-                held += index.front[g][3]
-            else:
-                for i in hot:
-                    if self.kinds[i] == FRAME:
-                        self.kinds[i] = REMOTE
-        self._take_remaining_details(ranges)
-        self.frame_spans = coalesce([(po + index.front[g][2], index.front[g][3])
-                                     for g in self.frames])  # fmt: skip
-        self.spans = self._unit_spans()
+
+    def _choose_frame(self, g, hot, held):
+        """Fetch group g's frame for the hot blocks the charger lacks (bytes it adds to what
+        is held), or take those blocks as units: when it lacks less than half of the frame
+        (packed for several bases, or half written before a power cut) or the frames held
+        would pass FRAME_MEMORY."""
+        need = [i for i in hot if self.kinds[i] == FRAME]
+        if not need:
+            return 0
+        size = self.index.front[g][3]
+        if 2 * len(need) >= len(hot) and held + size <= FRAME_MEMORY:
+            self.frames.append(g)
+            return size
+        for i in need:
+            self.kinds[i] = REMOTE
+        return 0
 
     def _take_remaining_details(self, ranges):
         """The details of front groups with blocks to fetch as units (the charger lacks a
