@@ -258,24 +258,46 @@ def describe(path):
     """Everything in the bundle's head, UNVERIFIED, as a JSON-ready dict."""
     check_bundle_file(path)
     from agent.bundle import format as fmt
-    from agent.bundle.reader import open_bundle
+    from agent.bundle.reader import open_bundle, read_indexes
+    from agent.core.errors import UpdateError
 
     with open(path, "rb") as f:
+        magic = f.read(len(fmt.MAGIC))
+        f.seek(0)
         manifest, envelope = open_bundle(f.read)
+        try:
+            indexes, problem = read_indexes(f.read, manifest), None
+        except UpdateError as e:  # shown, not fatal: inspect shows what is there
+            indexes, problem = {}, e.message
     length = len(envelope.raw)
     offsets = fmt.payload_offsets(length, manifest)
     doc = manifest.to_dict()
-    for entry, (_, offset) in zip(doc["payloads"], offsets):
+    for entry, (payload, offset) in zip(doc["payloads"], offsets):
         entry["offset"] = offset
+        if payload.index is not None:
+            entry["chunk_index"] = _index_facts(indexes.get(payload.name), problem)
     return {
         "file": path,
-        "magic": fmt.MAGIC.decode().strip(),
+        "magic": magic.decode("ascii", "replace").strip(),
         "envelope_length": length,
         "payload_type": envelope.payload_type,
         "signatures": envelope.keyids,
         "manifest": doc,
         "verified": False,
     }
+
+
+def _index_facts(index, problem):
+    """What a format-2 payload's chunk index says (its front: docs/bundle-format.md)."""
+    if index is None:
+        return {"problem": problem or "not read"}
+    return {
+        "block_size": index.block_size, "blocks": index.count, "groups": len(index.groups),
+        "window": index.window, "detail_bytes": index.detail_size,
+        "front_groups": len(index.front), "front_frames": sum(1 for f in index.front.values()
+                                                              if f[3]),
+        "front_bytes": index.front_size,
+    }  # fmt: skip
 
 
 def inspect(args):
@@ -304,6 +326,18 @@ def inspect(args):
             "payload %s -> %s: %d bytes at %d, %s, sha256 %s"
             % (p["name"], target, p["size"], p["offset"], p["compression"], p["sha256"])
         )
+        ix = p.get("chunk_index")
+        if ix and "problem" in ix:
+            lines.append("  chunk index: %s" % ix["problem"])
+        elif ix:
+            front = "no front (packed without --delta-base)"
+            if ix["front_groups"]:
+                front = "front for the --delta-base releases: %d groups, %d frames, %d bytes" % (
+                    ix["front_groups"], ix["front_frames"], ix["front_bytes"])  # fmt: skip
+            lines.append(
+                "  chunk index: %d blocks of %d bytes in %d groups, %d KiB window; %s"
+                % (ix["blocks"], ix["block_size"], ix["groups"], ix["window"] >> 10, front)
+            )
     lines.append("components %s" % ", ".join(
         "%s %s" % (n, v) for n, v in sorted(m["components"].items())))  # fmt: skip
     lines += ["signed by %s" % keyid for keyid in doc["signatures"]]

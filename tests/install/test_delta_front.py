@@ -5,6 +5,7 @@ groups it lacks, then the frames), with no multipart framing; any other charger,
 cut, a lying server and a full download still work as without a front. Real HTTP server on
 127.0.0.1, small synthetic images (tests/install/test_delta.py)."""
 
+import json
 import os
 import random
 import time
@@ -234,6 +235,12 @@ def test_cli_delta_base_packs_a_front_and_names_bad_bases(tmp_path, capsys):
     assert main(common + ["--delta-base", "rootfs=%s" % (tmp_path / "old.img"), "-o", out]) == 0
     assert _index(out).front  # frames for what old.img lacks
     capsys.readouterr()
+    assert main(["bundle", "inspect", out]) == 0
+    shown = capsys.readouterr().out
+    assert "CUBNDL2 bundle" in shown and "front for the --delta-base releases: " in shown
+    assert main(["bundle", "inspect", "--json", out]) == 0
+    facts = json.loads(capsys.readouterr().out)["manifest"]["payloads"][0]["chunk_index"]
+    assert facts["front_bytes"] == _index(out).front_size > 0 and facts["blocks"] == 208
     for bad, said in (("rootfs", "is not NAME=IMAGE"), ("app=%s" % (tmp_path / "old.img"),
                       "no zstd-chunks payload is named app"),
                       ("rootfs=%s" % (tmp_path / "missing"), "not a readable image")):  # fmt: skip
