@@ -68,6 +68,16 @@ def served(server, path):
     return server.url(name)
 
 
+def charger_plan(tmp_path, kit, booted, url):
+    """(board, config, its own `install --plan` of url) of a charger booted on the image
+    `booted` with nothing useful in its other slot."""
+    (tmp_path / "board").mkdir()
+    board = FileBoard(tmp_path / "board", kit.root_path)
+    put(board.slot_a, booted)
+    cfg = board.config()
+    return board, cfg, agent_delta.dry_run(url, cfg, board.boot(), Trust(kit.root_path).verify)
+
+
 def test_estimate_is_what_a_charger_on_the_base_plans_and_downloads(kit, server, tmp_path):
     old = release(1)
     base_url = served(server, sign_image(kit, image(old), "1.0.0"))
@@ -80,11 +90,7 @@ def test_estimate_is_what_a_charger_on_the_base_plans_and_downloads(kit, server,
 
     # A charger booted on 1.0.0 with nothing useful in its other slot: its own plan, then a
     # real install, download exactly that.
-    (tmp_path / "board").mkdir()
-    board = FileBoard(tmp_path / "board", kit.root_path)
-    put(board.slot_a, image(old))
-    cfg = board.config()
-    planned = agent_delta.dry_run(new_url, cfg, board.boot(), Trust(kit.root_path).verify)
+    board, cfg, planned = charger_plan(tmp_path, kit, image(old), new_url)
     assert planned["download_bytes"] == got["planned_bytes"]
     assert planned["payloads"][0]["ranges"] == got["payloads"][0]["ranges"] > 1
     done = installer.install(new_url, cfg, board.boot(), Trust.from_config(cfg))
@@ -100,11 +106,7 @@ def test_estimate_of_a_release_packed_for_the_base_is_what_a_charger_downloads(
     base_url = served(server, sign_image(kit, image(old), "1.0.0"))
     new_url = served(server, sign_image(kit, image(next_release(old)), "1.1.0", base=image(old)))
     got = delta.estimate(new_url, base_url, kit.root_path)
-    (tmp_path / "board").mkdir()
-    board = FileBoard(tmp_path / "board", kit.root_path)
-    put(board.slot_a, image(old))
-    cfg = board.config()
-    planned = agent_delta.dry_run(new_url, cfg, board.boot(), Trust(kit.root_path).verify)
+    board, cfg, planned = charger_plan(tmp_path, kit, image(old), new_url)
     assert planned["download_bytes"] == got["planned_bytes"]
     assert planned["payloads"][0]["frames"] > 0 and planned["payloads"][0]["ranges"] == 1
     done = installer.install(new_url, cfg, board.boot(), Trust.from_config(cfg))
@@ -120,11 +122,7 @@ def test_a_payload_without_chunk_index_counts_whole(kit, server, tmp_path):
     new_url = served(server, sign_image(kit, image(next_release(old)), "1.1.0", mcu_bytes=65536))
     got = delta.estimate(new_url, base_url, kit.root_path)
     assert [p["fetch_bytes"] for p in got["payloads"]][1] == 65536
-    (tmp_path / "board").mkdir()
-    board = FileBoard(tmp_path / "board", kit.root_path)
-    put(board.slot_a, image(old))
-    planned = agent_delta.dry_run(new_url, board.config(), board.boot(),
-                                  Trust(kit.root_path).verify)  # fmt: skip
+    planned = charger_plan(tmp_path, kit, image(old), new_url)[2]
     assert planned["download_bytes"] == got["planned_bytes"]
     # what the link carries: the plan's bytes, and the first request's and multipart's own
     assert got["planned_bytes"] <= got["download_bytes"] <= got["planned_bytes"] + 8192

@@ -1,7 +1,9 @@
-"""A file-backed board for installer tests: slots A/B as files, the simulated bootloader."""
+"""A file-backed board for installer tests: slots A/B as files, the simulated bootloader; a
+signer of format-2 bundles and a real HTTP server on 127.0.0.1 serving them."""
 
 import json
 import os
+import time
 
 import pytest
 
@@ -71,3 +73,53 @@ def board(tmp_path):
 
     (tmp_path / "board").mkdir()
     return make
+
+
+@pytest.fixture
+def signer(tmp_path):
+    """sign(data, name, version, bases) -> path of a format-2 bundle of the image `data`,
+    packed with front frames for the images `bases` (bundle create --delta-base); .root is
+    the root file that trusts its key."""
+    from agent.bundle.writer import PayloadSource, create_bundle
+    from tests.bundle.factory import make_keys, make_root
+
+    key = make_keys(1, tag="delta")[0]
+    root = str(tmp_path / "root.json")
+    make_root(root, release_keys=[key])
+
+    def sign(data, name="new.cub", version="2.0.0", bases=()):
+        path = str(tmp_path / (name + ".img"))
+        with open(path, "wb") as f:
+            f.write(data)
+        base_paths = []
+        for k, base in enumerate(bases):
+            base_paths.append(str(tmp_path / ("%s.base%d" % (name, k))))
+            with open(base_paths[-1], "wb") as f:
+                f.write(base)
+        out = str(tmp_path / name)
+        create_bundle(
+            out, [PayloadSource("rootfs", "rootfs", path, "zstd-chunks", bases=base_paths)],
+            [key], version=version, security_version=1,
+            compatible=[{"model": MODEL, "hardware_revisions": [HW]}],
+            expires=int(time.time()) + 86400,
+        )  # fmt: skip
+        return out
+
+    sign.root = root
+    return sign
+
+
+@pytest.fixture
+def served():
+    """serve(path) -> a started FileServer with the bundle as b.cub (stopped after the test)."""
+    from hil.services.httpserver import FileServer
+
+    servers = []
+
+    def serve(path):
+        servers.append(FileServer({"b.cub": path}).start())
+        return servers[-1]
+
+    yield serve
+    for server in servers:
+        server.stop()

@@ -6,17 +6,13 @@ debootstrap image pairs are `make bench-delta`'s."""
 
 import os
 import random
-import time
 
 import pytest
 
 from agent.bundle import format as fmt
-from agent.bundle.writer import PayloadSource, create_bundle
 from agent.core.errors import ConfigError, MalformedBundle, PayloadMismatch
 from agent.transfer import delta, installer
 from agent.trust.store import Trust
-from hil.services.httpserver import FileServer
-from tests.bundle.factory import HW, MODEL, make_keys, make_root
 
 BLOCK = 4096
 
@@ -45,42 +41,6 @@ def next_release(old, inserted=8, changed=(3, 40, 41, 90)):
     for i in changed:
         new[i] = bytes(rng.getrandbits(8) for _ in range(64)) * (BLOCK // 64)
     return new
-
-
-@pytest.fixture
-def signer(tmp_path):
-    key = make_keys(1, tag="delta")[0]
-    root = str(tmp_path / "root.json")
-    make_root(root, release_keys=[key])
-
-    def sign(data, name="new.cub", version="2.0.0"):
-        path = str(tmp_path / (name + ".img"))
-        with open(path, "wb") as f:
-            f.write(data)
-        out = str(tmp_path / name)
-        create_bundle(
-            out, [PayloadSource("rootfs", "rootfs", path, "zstd-chunks")], [key], version=version,
-            security_version=1, compatible=[{"model": MODEL, "hardware_revisions": [HW]}],
-            expires=int(time.time()) + 86400,
-        )  # fmt: skip
-        return out
-
-    sign.root = root
-    return sign
-
-
-@pytest.fixture
-def served():
-    servers = []
-
-    def serve(path):
-        server = FileServer({"b.cub": path}).start()
-        servers.append(server)
-        return server
-
-    yield serve
-    for server in servers:
-        server.stop()
 
 
 def put(path, data):

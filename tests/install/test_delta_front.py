@@ -8,59 +8,27 @@ cut, a lying server and a full download still work as without a front. Real HTTP
 import json
 import os
 import random
-import time
 
 import pytest
 
 from agent.bundle.reader import verify_file
-from agent.bundle.writer import PayloadSource, create_bundle
 from agent.core import chunkindex as ci
 from agent.core.errors import MalformedBundle
 from agent.transfer import adaptive, delta
 from agent.trust.store import Trust
-from tests.bundle.factory import HW, MODEL, make_keys, make_root
+from tests.bundle.factory import HW, MODEL
 from tests.install.test_delta import BLOCK, image, next_release, put, release, run
 
 
-@pytest.fixture
-def packer(tmp_path):
-    key = make_keys(1, tag="front")[0]
-    root = str(tmp_path / "root.json")
-    make_root(root, release_keys=[key])
-
-    def pack(data, bases=(), name="new.cub"):
-        path = str(tmp_path / (name + ".img"))
-        put(path, data)
-        base_paths = []
-        for k, base in enumerate(bases):
-            base_paths.append(str(tmp_path / ("%s.base%d" % (name, k))))
-            put(base_paths[-1], base)
-        out = str(tmp_path / name)
-        create_bundle(
-            out, [PayloadSource("rootfs", "rootfs", path, "zstd-chunks", bases=base_paths)],
-            [key], version="2.0.0", security_version=1,
-            compatible=[{"model": MODEL, "hardware_revisions": [HW]}],
-            expires=int(time.time()) + 86400,
-        )  # fmt: skip
-        return out
-
-    pack.root = root
-    return pack
-
-
-@pytest.fixture
-def served():
-    from hil.services.httpserver import FileServer
-
-    servers = []
-
-    def serve(path):
-        servers.append(FileServer({"b.cub": path}).start())
-        return servers[-1]
-
-    yield serve
-    for server in servers:
-        server.stop()
+def on_base(board, signer):
+    """(release 1, its next release, that packed with a front for release 1, a board booted
+    on release 1)."""
+    old = release(1)
+    new = next_release(old)
+    path = signer(image(new), bases=[image(old)])
+    b = board(signer.root)
+    put(b.slot_a, image(old))
+    return old, new, path, b
 
 
 def plan_of(b, path, root):
@@ -78,19 +46,15 @@ def payload_requests(server, head_bytes):
 
 
 def test_a_charger_on_the_base_fetches_its_delta_in_two_single_ranges(
-    board, packer, served, monkeypatch
+    board, signer, served, monkeypatch
 ):
     monkeypatch.setattr(delta, "HEAD_BYTES", 16)  # no payload byte comes with the head
-    old = release(1)
-    new = next_release(old)
-    path = packer(image(new), bases=[image(old)])
-    b = board(packer.root)
-    put(b.slot_a, image(old))
-    head = plan_of(b, path, packer.root)
+    old, new, path, b = on_base(board, signer)
+    head = plan_of(b, path, signer.root)
     row = head["payloads"][0]
     assert row["blocks"]["front"] == 12 and row["blocks"]["remote"] == 0, row
     # The same image packed without a front: more bytes, in more ranges.
-    plain = plan_of(b, packer(image(new), name="plain.cub"), packer.root)["payloads"][0]
+    plain = plan_of(b, signer(image(new), name="plain.cub"), signer.root)["payloads"][0]
     assert row["fetch_bytes"] < plain["fetch_bytes"] and row["ranges"] < plain["ranges"]
     server = served(path)
     done = run(b, server.url("b.cub"))
@@ -104,12 +68,12 @@ def test_a_charger_on_the_base_fetches_its_delta_in_two_single_ranges(
     assert done.counters["downloaded"] == server.body_bytes
 
 
-def test_front_bundle_verifies_and_streams_whole(board, packer, served):
+def test_front_bundle_verifies_and_streams_whole(board, signer, served):
     old = release(1)
     new = next_release(old)
-    path = packer(image(new), bases=[image(old)])
-    assert verify_file(path, Trust(packer.root)).format == 2  # the front is read and hashed
-    b = board(packer.root)
+    path = signer(image(new), bases=[image(old)])
+    assert verify_file(path, Trust(signer.root)).format == 2  # the front is read and hashed
+    b = board(signer.root)
     put(b.slot_a, image(old))
     server = served(path)
     server.faults.ignore_range = True
@@ -118,14 +82,14 @@ def test_front_bundle_verifies_and_streams_whole(board, packer, served):
     assert done.counters is None  # streamed whole: the front read, hashed and not used
 
 
-def test_a_charger_on_another_release_takes_frames_and_units(board, packer, served):
+def test_a_charger_on_another_release_takes_frames_and_units(board, signer, served):
     # Packed for release 1; this charger runs something else, which shares release 1's
     # first 100 blocks only: the frames bring what release 1 lacks, the units the rest.
     old = release(1)
     new = next_release(old)
-    path = packer(image(new), bases=[image(old)])
+    path = signer(image(new), bases=[image(old)])
     other = old[:100] + release(7)[100:]
-    b = board(packer.root)
+    b = board(signer.root)
     put(b.slot_a, image(other))
     server = served(path)
     done = run(b, server.url("b.cub"))
@@ -134,11 +98,11 @@ def test_a_charger_on_another_release_takes_frames_and_units(board, packer, serv
     assert c["front"] > 0 and c["remote"] > 0 and c["refetched"] == 0, c
 
 
-def test_a_charger_with_nothing_fetches_everything_and_installs(board, packer, served):
+def test_a_charger_with_nothing_fetches_everything_and_installs(board, signer, served):
     old = release(1)
     new = next_release(old)
-    path = packer(image(new), bases=[image(old)])
-    b = board(packer.root)
+    path = signer(image(new), bases=[image(old)])
+    b = board(signer.root)
     put(b.slot_a, b"")
     server = served(path)
     done = run(b, server.url("b.cub"))
@@ -146,12 +110,12 @@ def test_a_charger_with_nothing_fetches_everything_and_installs(board, packer, s
     assert done.counters["front"] == 12 and done.counters["refetched"] == 0
 
 
-def test_frames_beyond_the_memory_bound_come_as_units(board, packer, served, monkeypatch):
+def test_frames_beyond_the_memory_bound_come_as_units(board, signer, served, monkeypatch):
     old = release(1)
     new = next_release(old)
-    path = packer(image(new), bases=[image(old)])
+    path = signer(image(new), bases=[image(old)])
     monkeypatch.setattr(adaptive, "FRAME_MEMORY", 0)
-    b = board(packer.root)
+    b = board(signer.root)
     put(b.slot_a, image(old))
     server = served(path)
     done = run(b, server.url("b.cub"))
@@ -159,12 +123,8 @@ def test_frames_beyond_the_memory_bound_come_as_units(board, packer, served, mon
     assert (done.counters["front"], done.counters["remote"]) == (0, 12)
 
 
-def test_a_lying_server_spoils_frames_and_the_groups_come_from_their_units(board, packer, served):
-    old = release(1)
-    new = next_release(old)
-    path = packer(image(new), bases=[image(old)])
-    b = board(packer.root)
-    put(b.slot_a, image(old))
+def test_a_lying_server_spoils_frames_and_the_groups_come_from_their_units(board, signer, served):
+    old, new, path, b = on_base(board, signer)
     server = served(path)
     index = _index(path)
     front = min(v[2] for v in index.front.values())  # the first frame's offset
@@ -174,15 +134,11 @@ def test_a_lying_server_spoils_frames_and_the_groups_come_from_their_units(board
     assert done.counters["refetched"] > 0
 
 
-def test_power_cut_mid_install_fetches_no_frame_it_wrote(board, packer, served):
-    old = release(1)
-    new = next_release(old)
-    path = packer(image(new), bases=[image(old)])
-    b = board(packer.root)
-    put(b.slot_a, image(old))
-    whole = plan_of(b, path, packer.root)["payloads"][0]
+def test_power_cut_mid_install_fetches_no_frame_it_wrote(board, signer, served):
+    old, new, path, b = on_base(board, signer)
+    whole = plan_of(b, path, signer.root)["payloads"][0]
     put(b.slot_b, image(new[:120]) + os.urandom(BLOCK) * 3)  # the cut came at block 120
-    after = plan_of(b, path, packer.root)["payloads"][0]
+    after = plan_of(b, path, signer.root)["payloads"][0]
     server = served(path)
     done = run(b, server.url("b.cub"))
     assert b.read_slot("B") == image(new)
@@ -303,7 +259,7 @@ def _tampered(path, out, edits):
     return out
 
 
-def test_an_entry_hiding_a_zero_block_ends_in_no_traceback(board, packer, served, tmp_path):
+def test_an_entry_hiding_a_zero_block_ends_in_no_traceback(board, signer, served, tmp_path):
     # A lying server sends a front entry whose short id for a zero block is another: the
     # block is planned as fetched, and the group's detail (fetched for its other blocks)
     # gives it no unit. It must be taken as the zero block it is, not asked for as an
@@ -313,14 +269,14 @@ def test_an_entry_hiding_a_zero_block_ends_in_no_traceback(board, packer, served
     new = next_release(old)
     rng = random.Random(5)
     new[90], new[91], new[92] = rng.randbytes(BLOCK), bytes(BLOCK), rng.randbytes(BLOCK)
-    path = packer(image(new), bases=[image(old)])
+    path = signer(image(new), bases=[image(old)])
     index = _index(path)
     g = index.group_of(91)
     first = index.groups[g][0]
     assert g in index.front, "block 91's group has an entry"
     liar = _tampered(path, str(tmp_path / "liar.cub"),
                      {index.front[g][0] + 4 * (91 - first): b"\x12\x34\x56\x78"})  # fmt: skip
-    b = board(packer.root)
+    b = board(signer.root)
     put(b.slot_a, b"")  # nothing local: the group's other blocks come as units
     server = served(liar)
     done = run(b, server.url("b.cub"))
@@ -328,18 +284,18 @@ def test_an_entry_hiding_a_zero_block_ends_in_no_traceback(board, packer, served
     assert done.counters["remote"] > 0 and done.counters["front"] > 0, done.counters
 
 
-def test_packed_for_two_bases_a_charger_skips_frames_it_needs_little_of(board, packer, served):
+def test_packed_for_two_bases_a_charger_skips_frames_it_needs_little_of(board, signer, served):
     # Packed for release 1 and an unrelated one: nearly every block is hot for the other, so
     # a group's frame holds far more than a charger on release 1 lacks. It takes units for
     # such groups (frames it needs at least half of stay frames): without that rule it
     # planned about 4x the bytes of a bundle without a front, now less than twice.
     old = release(1)
     new = next_release(old)
-    b = board(packer.root)
+    b = board(signer.root)
     put(b.slot_a, image(old))
-    plain = plan_of(b, packer(image(new), name="plain.cub"), packer.root)["payloads"][0]
-    path = packer(image(new), bases=[image(old), image(release(2))], name="two.cub")
-    two = plan_of(b, path, packer.root)["payloads"][0]
+    plain = plan_of(b, signer(image(new), name="plain.cub"), signer.root)["payloads"][0]
+    path = signer(image(new), bases=[image(old), image(release(2))], name="two.cub")
+    two = plan_of(b, path, signer.root)["payloads"][0]
     assert two["fetch_bytes"] < 2 * plain["fetch_bytes"], (two, plain)
     assert two["blocks"]["remote"] > 0  # units where a frame would be mostly waste
     done = run(b, served(path).url("b.cub"))

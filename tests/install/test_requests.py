@@ -14,7 +14,7 @@ from agent.transfer import delta, installer
 from agent.trust.store import Trust
 from hil.services.httpserver import FileServer
 from tests.bundle.factory import make_bundle
-from tests.install.test_delta import image, next_release, put, release, signer  # noqa: F401
+from tests.install.test_delta import image, next_release, put, release
 
 HEAD = "bytes=0-4095"
 
@@ -103,7 +103,7 @@ def test_server_ignoring_range_is_read_on_in_its_first_answer(board, tmp_path, s
     assert [r["status"] for r in server.requests] == [200]
 
 
-def test_format2_delta_asks_for_each_byte_once(board, signer, serve):  # noqa: F811
+def test_format2_delta_asks_for_each_byte_once(board, signer, serve):
     old = release(1)
     new = next_release(old)
     b = board(signer.root)
@@ -121,7 +121,7 @@ def test_format2_delta_asks_for_each_byte_once(board, signer, serve):  # noqa: F
     assert done.counters["downloaded"] < os.path.getsize(path) / 4
 
 
-def test_format2_long_envelope_takes_one_more_request(board, signer, serve, monkeypatch):  # noqa: F811
+def test_format2_long_envelope_takes_one_more_request(board, signer, serve, monkeypatch):
     monkeypatch.setattr(delta, "HEAD_BYTES", 16)  # the envelope does not fit the first request
     old = release(1)
     new = image(next_release(old))
