@@ -243,13 +243,14 @@ class Agent:
         print("step failed: %s (%s); resuming from the journal in %ds" % (reason, detail,
                                                                          RECOVER_S))  # fmt: skip
         self.resume_at = time.time() + RECOVER_S
-        try:
+        try:  # the journal's record as it is: a second journey next to this one may not fit
             from agent.core.lifecycle import status_of
+            from agent.mpy.store import read_json
 
-            journey = self.journal.load(self.trial_policy())
-            job = journey.job
-            self.report(status_of(journey.state), {
-                "job_id": job.id if job else None, "reason": reason, "detail": detail,
+            record = read_json(self.journal.path) or {}
+            job = record.get("job") or {}
+            self.report(status_of(record.get("state") or IDLE), {
+                "job_id": job.get("id"), "reason": reason, "detail": detail,
                 "retry_in_s": RECOVER_S,
             })  # fmt: skip
         except Exception as e:  # the loop must outlive whatever broke
@@ -277,7 +278,14 @@ class Agent:
 
     def resume(self, first=False):
         """Continue the journal's journey: at start (with this boot's facts), and after a
-        failed action (without: nothing new about the boot)."""
+        failed action (without: nothing new about the boot). After a failed action the
+        journey in RAM is parked first: its objects and modules leave the heap before the
+        journal's are made (a heap that failed an action seldom holds two journeys: at
+        98K-100K every resume then failed, and the board stayed in recover() for good); if
+        the load fails, the journey stays parked and what arrives waits in its inbox."""
+        if self.parking and self.journey is not None and _inbox(self.journey) is None:
+            _park().park(self)
+            phases.drop(("agent.mpy.park",))
         inbox = _inbox(self.journey) or ()
         self.journey = self.journal.load(self.trial_policy())
         if self.journal.problem:

@@ -9,8 +9,9 @@ them again (from flash on a ROMFS or frozen build: bytecode and names stay there
 objects are made again). This module itself is imported only inside the step's phase, or
 for an idle park, after which it leaves sys.modules too. The journey is also parked while
 the board idles with no job (Agent.park_idle; a job or cancel brings it back at once,
-Agent.unpark) and while the trial checks run (they read its job, checks, baseline and new
-slot as plain values).
+Agent.unpark), while the trial checks run (they read its job, checks, baseline and new
+slot as plain values), and before a resume after a failed action loads the journal's
+(Agent.resume: the heap need not hold two journeys).
 
 Invariant: the journal holds the journey while it is parked: the journey saves before every
 step it starts (agent/core/journey.py), and nothing saves while parked, as nothing outside the

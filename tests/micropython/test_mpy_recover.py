@@ -1,0 +1,71 @@
+"""A failed action's recovery on the MicroPython agent (agent/mpy/agent.py), on CPython with
+stand-ins for the board: the heap that failed an action seldom holds two journeys, so
+recover() reports from the journal's record without loading a journey, and the resume that
+follows parks the journey in RAM before it loads the journal's (at 98K-100K every resume
+failed while the failed journey was still held, and the board stayed in recover() for good;
+docs/micropython.md)."""
+
+import json
+
+from agent.core import lifecycle as lc
+from agent.core.jobs import JobMemory, parse_job
+from agent.core.journey import Journey
+from agent.mpy import phase
+from agent.mpy.agent import Agent
+
+T0 = 1767225600
+DEVICE = {"id": "mpy-1", "model": "m", "hardware_revision": "r1"}
+
+
+class Boot:
+    name = "esp32-ota"
+
+    def booted_slot(self):
+        return "ota_0"
+
+    def other_slot(self, slot):
+        return "ota_1"
+
+    def mark_good(self, slot):
+        pass
+
+
+class Channel:
+    def __init__(self):
+        self.sent = []
+
+    def publish(self, suffix, payload, retain=False, on_ack=None):
+        self.sent.append(payload)
+
+
+class System:
+    def local_offset_s(self):
+        return 0
+
+
+def test_a_resume_after_a_failed_action_never_holds_two_journeys(tmp_path, monkeypatch):
+    monkeypatch.setattr(phase, "drop", lambda names: None)  # this process keeps its modules
+    agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, Boot(), Channel(), None,
+                  None, System())  # fmt: skip
+    doc = {"id": "job-1", "url": "http://fw/x", "version": "2.0"}
+    journey = Journey(JobMemory())
+    journey.offer(parse_job(json.dumps(doc).encode(), DEVICE), T0, "ota_0", "ota_1", 0.5)
+    journey.handle(lc.TIME_REACHED, T0)
+    assert journey.state == lc.DOWNLOADING
+    agent.journal.save(journey)
+    agent.journey = journey
+    held = []  # what the agent held as its journey at each load of the journal
+    load = agent.journal.load
+    monkeypatch.setattr(agent.journal, "load", lambda policy: held.append(agent.journey)
+                        or load(policy))  # fmt: skip
+
+    agent.recover(MemoryError("memory allocation failed"))
+    assert held == []
+    report = agent.channel.sent[-1]
+    assert (report["status"], report["job_id"], report["reason"]) == ("Downloading", "job-1",
+                                                                      "no-memory")  # fmt: skip
+
+    agent.resume()
+    assert len(held) == 1 and held[0] is not journey and held[0].job.id == "job-1"
+    assert held[0].inbox == []  # parked: what arrives meanwhile would wait there
+    assert agent.journey.state == lc.DOWNLOAD_SCHEDULED  # resumed from the journal
