@@ -12,24 +12,10 @@ import pytest
 from agent.control import steps
 from agent.transfer import delta, installer
 from agent.trust.store import Trust
-from hil.services.httpserver import FileServer
 from tests.bundle.factory import make_bundle
 from tests.install.test_delta import image, next_release, put, release
 
 HEAD = "bytes=0-4095"
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(path):
-        servers.append(FileServer({"b.cub": path}).start())
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def install(board, url, **kwargs):
@@ -59,11 +45,11 @@ def never_twice(server, size):
         seen[first : last + 1] = b"\1" * (last + 1 - first)
 
 
-def test_format1_streams_on_from_the_first_request(board, tmp_path, serve):
+def test_format1_streams_on_from_the_first_request(board, tmp_path, served):
     payload = os.urandom(300 * 1024)
     path, root = make_bundle(tmp_path, {"rootfs": payload})
     b = board(root)
-    server = serve(path)
+    server = served(path)
     install(b, server.url("b.cub"))
     assert b.read_slot("B") == payload
     ranges = [r["range"] for r in server.requests]
@@ -72,44 +58,44 @@ def test_format1_streams_on_from_the_first_request(board, tmp_path, serve):
     assert server.body_bytes == os.path.getsize(path)
 
 
-def test_format1_the_daemon_verified_streams_in_one_request(board, tmp_path, serve):
+def test_format1_the_daemon_verified_streams_in_one_request(board, tmp_path, served):
     payload = os.urandom(200 * 1024)
     path, root = make_bundle(tmp_path, {"rootfs": payload})
     b = board(root)
-    server = serve(path)
+    server = served(path)
     install(b, server.url("b.cub"), bundle_format=1)
     assert b.read_slot("B") == payload
     assert [r["range"] for r in server.requests] == [None]
 
 
-def test_bundle_smaller_than_the_first_request_takes_one_request(board, tmp_path, serve):
+def test_bundle_smaller_than_the_first_request_takes_one_request(board, tmp_path, served):
     path, root = make_bundle(tmp_path, {"rootfs": b"tiny firmware"})
     assert os.path.getsize(path) < 4096
     b = board(root)
-    server = serve(path)
+    server = served(path)
     install(b, server.url("b.cub"))
     assert b.read_slot("B") == b"tiny firmware"
     assert [r["range"] for r in server.requests] == [HEAD]
 
 
-def test_server_ignoring_range_is_read_on_in_its_first_answer(board, tmp_path, serve):
+def test_server_ignoring_range_is_read_on_in_its_first_answer(board, tmp_path, served):
     payload = os.urandom(200 * 1024)
     path, root = make_bundle(tmp_path, {"rootfs": payload})
     b = board(root)
-    server = serve(path)
+    server = served(path)
     server.faults.ignore_range = True
     install(b, server.url("b.cub"))
     assert b.read_slot("B") == payload
     assert [r["status"] for r in server.requests] == [200]
 
 
-def test_format2_delta_asks_for_each_byte_once(board, signer, serve):
+def test_format2_delta_asks_for_each_byte_once(board, signer, served):
     old = release(1)
     new = next_release(old)
     b = board(signer.root)
     put(b.slot_a, image(old))
     path = signer(image(new))
-    server = serve(path)
+    server = served(path)
     done = install(b, server.url("b.cub"))
     assert b.read_slot("B") == image(new)
     ranges = [r["range"] for r in server.requests]
@@ -121,14 +107,14 @@ def test_format2_delta_asks_for_each_byte_once(board, signer, serve):
     assert done.counters["downloaded"] < os.path.getsize(path) / 4
 
 
-def test_format2_long_envelope_takes_one_more_request(board, signer, serve, monkeypatch):
+def test_format2_long_envelope_takes_one_more_request(board, signer, served, monkeypatch):
     monkeypatch.setattr(delta, "HEAD_BYTES", 16)  # the envelope does not fit the first request
     old = release(1)
     new = image(next_release(old))
     b = board(signer.root)
     put(b.slot_a, image(old))
     path = signer(new)
-    server = serve(path)
+    server = served(path)
     install(b, server.url("b.cub"))
     assert b.read_slot("B") == new
     ranges = [r["range"] for r in server.requests]
@@ -138,11 +124,11 @@ def test_format2_long_envelope_takes_one_more_request(board, signer, serve, monk
     never_twice(server, os.path.getsize(path))
 
 
-def test_download_step_fetches_the_signed_header_and_nothing_else(board, tmp_path, serve):
+def test_download_step_fetches_the_signed_header_and_nothing_else(board, tmp_path, served):
     payload = os.urandom(300 * 1024)
     path, root = make_bundle(tmp_path, {"rootfs": payload})
     b = board(root)
-    server = serve(path)
+    server = served(path)
     cfg = b.config()
     event, _, envelope = steps.download(server.url("b.cub"), cfg)
     assert event == steps.lc.DOWNLOAD_OK
@@ -157,7 +143,7 @@ def test_download_step_fetches_the_signed_header_and_nothing_else(board, tmp_pat
 
 
 @pytest.mark.parametrize("keep", [5, 40])
-def test_truncated_bundle_is_refused_not_retried(board, tmp_path, serve, keep):
+def test_truncated_bundle_is_refused_not_retried(board, tmp_path, served, keep):
     from agent.core.errors import Truncated
 
     path, root = make_bundle(tmp_path, {"rootfs": b"firmware"})
@@ -165,7 +151,7 @@ def test_truncated_bundle_is_refused_not_retried(board, tmp_path, serve, keep):
         data = f.read(keep)  # inside the header, inside the envelope
     put(path, data)
     b = board(root)
-    server = serve(path)
+    server = served(path)
     event, problem, _ = steps.download(server.url("b.cub"), b.config())
     assert event == steps.lc.DOWNLOAD_ERROR and problem["reason"] == Truncated.reason
     assert not problem["transient"] and len(server.requests) == 1
