@@ -572,15 +572,17 @@ class Agent:
 
     def defer(self, kind, payload):
         """A job or cancel ("job", "cancel") arriving while the board idles parked, or while
-        earlier ones wait (their order is kept): written to the inbox file on flash and taken
+        earlier ones wait and no step runs (their order is kept; the step's inbox hands its
+        messages here after the step): written to the inbox file on flash and taken
         by the next turn (take_deferred), not here. Here the MQTT client's receive and the
         parsed message are live, and the journey read back next to them found no room at
         96K-98K; by the next turn they are gone. The file, not RAM, holds it because the
         client acknowledges the message (PUBACK) when this callback returns: a power cut
         before the journal took the job must not lose it. True when deferred."""
         journey = self.journey
-        if not self.deferred and not (_inbox(journey) is not None and journey.idle):
-            return False
+        parked = _inbox(journey) is not None
+        if not (parked and journey.idle) and not (self.deferred and not parked):
+            return False  # during a parked step its inbox takes it (a cancel ends the step)
         try:
             with open(self.inbox_path, "a") as f:
                 f.write(kind + " " + dumps(payload) + "\n")
