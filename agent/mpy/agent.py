@@ -126,6 +126,10 @@ class Agent:
         self.parking = bool(cfg.get("install", {}).get("park_journey", True))
         state_dir = cfg.get("state_dir", "data")
         self.journal = Journal(state_dir + "/journal.json", after_save)
+        # Jobs and cancels that arrived while the board idled parked (defer()); left there by
+        # a power cut, they are taken at the first turn (a job already taken is ignored then).
+        self.inbox_path = state_dir + "/inbox.txt"
+        self.deferred = _exists(self.inbox_path) or _exists(self.inbox_path + ".taken")
         self.board = Board(state_dir)
         self.journey = None  # agent/core/journey.py's Journey; a park.Parked while parked
         self.events = []
@@ -223,6 +227,8 @@ class Agent:
                 self.resume_at = None
                 self.resume()  # no news about the boot: only the journal's state
             return
+        if self.deferred:
+            self.take_deferred()
         while self.events:
             event = self.events.pop(0)
             if event[0] == self.step:
@@ -304,6 +310,10 @@ class Agent:
     # -- inputs -----------------------------------------------------------------------------
 
     def on_job(self, payload):
+        if not self.defer("job", payload):
+            self._job(payload)
+
+    def _job(self, payload):
         if _inbox(self.journey) is not None and not self.unpark():  # handled after the step
             self.journey.inbox.append(("job", payload))
             return
@@ -324,6 +334,10 @@ class Agent:
         self.execute(actions)
 
     def on_cancel(self, payload):
+        if not self.defer("cancel", payload):
+            self._cancel(payload)
+
+    def _cancel(self, payload):
         job_id = str(payload.get("job_id") or payload.get("id"))
         if _inbox(self.journey) is not None and not self.unpark():  # handled after the step
             self.journey.inbox.append(("cancel", payload))
@@ -535,7 +549,7 @@ class Agent:
         during a parked step (agent/mpy/park.py): an idle board holds the loop, MQTT and its
         state only. The journal holds the IDLE journey (every transition saved it)."""
         if (not self.parking or _inbox(self.journey) is not None or self.journey.state != IDLE
-                or self.events or self.resume_at is not None):  # fmt: skip
+                or self.events or self.resume_at is not None or self.deferred):  # fmt: skip
             return
         _park().park(self, idle=True)
         phases.drop(("agent.mpy.park",))  # no phase drops it here; unpark() frees it whole
@@ -555,6 +569,69 @@ class Agent:
         self.handle_inbox(journey.inbox)  # none: each arrival unparks; kept for safety
         self.log_heap("unparked")
         return True
+
+    def defer(self, kind, payload):
+        """A job or cancel ("job", "cancel") arriving while the board idles parked, or while
+        earlier ones wait and no step runs (their order is kept; the step's inbox hands its
+        messages here after the step): written to the inbox file on flash and taken
+        by the next turn (take_deferred), not here. Here the MQTT client's receive and the
+        parsed message are live, and the journey read back next to them found no room at
+        96K-98K; by the next turn they are gone. The file, not RAM, holds it because the
+        client acknowledges the message (PUBACK) when this callback returns: a power cut
+        before the journal took the job must not lose it. True when deferred."""
+        journey = self.journey
+        parked = _inbox(journey) is not None
+        if not (parked and journey.idle) and not (self.deferred and not parked):
+            return False  # during a parked step its inbox takes it (a cancel ends the step)
+        try:
+            with open(self.inbox_path, "a") as f:
+                f.write(kind + " " + dumps(payload) + "\n")
+        except OSError as e:  # a full or broken filesystem: handled here, as before
+            print("inbox not written (%r)" % e)
+            return False
+        self.deferred = True
+        return True
+
+    def take_deferred(self):
+        """The jobs and cancels defer() kept, in their order, with the journey read back from
+        the journal first (the heap then holds neither the MQTT receive nor a parsed message).
+        If the journey cannot come back, recover() and resume() load it and the next turn
+        takes them. The inbox is renamed to inbox.taken and handled from there (what arrives
+        meanwhile is handled at once, or in the journey's inbox during a step); that file goes
+        once they are handled: a power cut before leaves them to the next boot (before the
+        newer inbox), whose journey ignores a job it took already (its job memory is the
+        journal's). A MemoryError leaves them for the turn after the resume; any other error
+        drops them (as an error in the MQTT callback did)."""
+        import os
+
+        if _inbox(self.journey) is not None:
+            import gc
+
+            gc.collect()
+            self.log_heap("deferred")
+            if not self.unpark():
+                return
+        taken = self.inbox_path + ".taken"
+        if not _exists(taken):  # else left by a power cut: older than the inbox, taken first
+            os.rename(self.inbox_path, taken)
+        self.deferred = _exists(self.inbox_path)
+        with open(taken) as f:
+            lines = f.read().split("\n")
+        try:
+            for line in lines:
+                kind, _, text = line.partition(" ")
+                try:
+                    payload = json.loads(text)
+                except ValueError:  # empty, or the line a power cut tore (never acknowledged)
+                    continue
+                (self._job if kind == "job" else self._cancel)(payload)
+        except MemoryError:
+            self.deferred = True
+            raise
+        except Exception:
+            _remove(taken)
+            raise
+        _remove(taken)
 
     def handle_inbox(self, inbox):
         """The jobs and cancels that came while the journey was parked, in their order."""
@@ -670,6 +747,25 @@ class Agent:
             self.channel.publish(INVENTORY, self.inventory_row(), retain=True)
         except Exception as e:  # a corrupt state file must not stop the agent
             print("inventory not built: %r" % e)
+
+
+def _exists(path):
+    import os
+
+    try:
+        os.stat(path)
+    except OSError:
+        return False
+    return True
+
+
+def _remove(path):
+    import os
+
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _urandom_float():
