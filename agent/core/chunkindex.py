@@ -37,6 +37,13 @@ group with an entry fetches the entry instead of the detail, and the frame only 
 at least half of the hot blocks (agent/transfer/adaptive.py); its other blocks come from
 its slots or the units.
 
+A block id is the first 8 bytes of the block's SHA-256; a group id the first 8 bytes of the
+SHA-256 of its blocks' (8-byte) ids. A detail (or an entry) names short ids only (4 bytes a
+block instead of 8: the block lists are most of what a delta fetches besides the units), so
+it cannot be checked against its group id alone: each block is checked against its short
+id, and a group's blocks against the signed group id, before any of them is written
+(agent/bundle/chunked.py, Rebuilder).
+
 Invariant: a ChunkIndex exists only if every field is in range and consistent with the
 payload it belongs to (sizes, counts, stored bytes adding up to the payload's size), and a
 detail is taken only if its lengths add up to its group's signed stored bytes and each is
@@ -134,18 +141,18 @@ class ChunkIndex:
         self.stored_size = last[2] + last[3]
         self.detail_size = detail_size(count)
         self.starts = [g[0] for g in groups]  # for group_of
-        # Front: {group: [entry offset, entry bytes, frame offset, frame bytes (0: none)]},
+        # Front: {group: (entry offset, entry bytes, frame offset, frame bytes (0: none))},
         # offsets in the stored payload; the hot blocks of a group once its entry was taken.
         self.front = {}
         self.hot = {}
-        at = self.detail_size + self.stored_size
-        for g, frame in sorted((frames or {}).items()):
-            self.front[g] = [at, entry_size(groups[g][1]), 0, frame]
-            at += self.front[g][1]
-        for g in sorted(self.front):
-            self.front[g][2] = at
-            at += self.front[g][3]
-        self.front_size = at - self.detail_size - self.stored_size
+        frames = frames or {}
+        entry_at = self.detail_size + self.stored_size  # the entries, then the frames
+        frame_at = entry_at + sum(entry_size(groups[g][1]) for g in frames)
+        for g in sorted(frames):
+            n = entry_size(groups[g][1])
+            self.front[g] = (entry_at, n, frame_at, frames[g])
+            entry_at, frame_at = entry_at + n, frame_at + frames[g]
+        self.front_size = frame_at - self.detail_size - self.stored_size
 
     def block_length(self, i):
         if i == self.count - 1:

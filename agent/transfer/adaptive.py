@@ -137,15 +137,21 @@ class Plan:
             self.kinds[first + j] = kind
             self.local[first + j] = at + j
 
+    def list_span(self, g):
+        """(bundle offset, length) of group g's block list: its front entry if it has one,
+        else its detail."""
+        front = self.index.front.get(g)
+        at, n = front[:2] if front else self.index.detail_span(g)
+        return self.payload_offset + at, n
+
+    def frame_span(self, g):
+        """(bundle offset, length) of group g's front frame."""
+        front = self.index.front[g]
+        return self.payload_offset + front[2], front[3]
+
     def detail_spans(self):
-        """Coalesced byte ranges of the bundle holding the missing groups' block lists: the
-        front entry of a group that has one, else its detail."""
-        spans = []
-        for g in self.missing:
-            front = self.index.front.get(g)
-            at, n = front[:2] if front else self.index.detail_span(g)
-            spans.append((self.payload_offset + at, n))
-        return coalesce(sorted(spans))
+        """Coalesced byte ranges of the bundle holding the missing groups' block lists."""
+        return coalesce(sorted(self.list_span(g) for g in self.missing))
 
     def take_details(self, ranges):
         """Fetch the missing groups' block lists (their sizes checked; their short ids are
@@ -162,25 +168,20 @@ class Plan:
                 self._decide_block(i, seen, i in hot)
             held += self._choose_frame(g, hot, held)
         self._take_remaining_details(ranges)
-        po = self.payload_offset
-        self.frame_spans = coalesce([(po + self.index.front[g][2], self.index.front[g][3])
-                                     for g in self.frames])  # fmt: skip
+        self.frame_spans = coalesce([self.frame_span(g) for g in self.frames])
         self.spans = self._unit_spans()
 
     def _take_lists(self, ranges):
         """The missing groups' front entries or details, in one request."""
-        index, po = self.index, self.payload_offset
         spans = self.detail_spans()
         got = _Units(iter(ranges.read_ranges(spans)))
         self.detail_bytes = sum(n for _, n in spans)
-        plain = [g for g in self.missing if g not in index.front]
-        for g in plain + [g for g in self.missing if g in index.front]:  # in offset order
-            front = index.front.get(g)
-            if front:
-                index.take_entry(g, got.get(po + front[0], front[1]))
+        for g in sorted(self.missing, key=self.list_span):  # _Units reads in offset order
+            data = got.get(*self.list_span(g))
+            if g in self.index.front:
+                self.index.take_entry(g, data)
             else:
-                at, n = index.detail_span(g)
-                index.take_detail(g, got.get(po + at, n))
+                self.index.take_detail(g, data)
 
     def _choose_frame(self, g, hot, held):
         """Fetch group g's frame for the hot blocks the charger lacks (bytes it adds to what
@@ -206,11 +207,12 @@ class Plan:
             self.kinds[i] == REMOTE for i in range(*_bounds(index, g)))]  # fmt: skip
         if not need:
             return
-        spans = coalesce([(po + index.detail_span(g)[0], index.detail_span(g)[1]) for g in need])
+        details = dict((g, index.detail_span(g)) for g in need)
+        spans = coalesce([(po + at, n) for at, n in details.values()])
         got = _Units(iter(ranges.read_ranges(spans)))
         self.detail_bytes += sum(n for _, n in spans)
         for g in need:
-            at, n = index.detail_span(g)
+            at, n = details[g]
             index.take_detail(g, got.get(po + at, n))
             for i in range(*_bounds(index, g)):
                 if self.kinds[i] == REMOTE and index.lengths[i] == 0:
@@ -343,8 +345,7 @@ class _Rebuild:
         self.plan, self.index, self.ranges, self.fds = plan, plan.index, ranges, fds
         self.rb = chunked.Rebuilder(payload, plan.index)
         front = _Units(iter(ranges.read_ranges(plan.frame_spans)))
-        self.frames = dict((g, front.get(plan.payload_offset + plan.index.front[g][2],
-                                         plan.index.front[g][3])) for g in plan.frames)  # fmt: skip
+        self.frames = dict((g, front.get(*plan.frame_span(g))) for g in plan.frames)
         self.units = _Units(iter(ranges.read_ranges(plan.spans)))
         self.repeated = set(plan.local[i] for i in range(plan.index.count)
                             if plan.kinds[i] == REPEAT)  # fmt: skip

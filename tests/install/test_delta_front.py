@@ -158,11 +158,11 @@ def test_an_entry_naming_no_or_foreign_hot_blocks_is_refused():
         index.take_entry(0, bytes(4 * n) + bytes((n + 7) // 8))
     with pytest.raises(MalformedBundle, match="front entry is"):
         index.take_entry(0, good[:-1])
-    if n % 8:
-        bits = bytearray((n + 7) // 8)
-        bits[-1] = 0x80  # bit 8 * len - 1 >= n: past the group's end
-        with pytest.raises(MalformedBundle, match="past its end"):
-            index.take_entry(0, bytes(4 * n) + bytes(bits))
+    assert n == 10  # so the last bitmap byte has bits past the group's end
+    bits = bytearray((n + 7) // 8)
+    bits[-1] = 0x80  # bit 15 >= n
+    with pytest.raises(MalformedBundle, match="past its end"):
+        index.take_entry(0, bytes(4 * n) + bytes(bits))
 
 
 def test_a_frame_longer_than_its_group_is_refused():
