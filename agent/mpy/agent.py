@@ -36,23 +36,31 @@ import time
 from agent.core.errors import ConfigError, UpdateError
 from agent.core.lifecycle import (
     COMMITTED,
+    DOWNLOAD_SCHEDULED,
+    DOWNLOADED,
+    DOWNLOADING,
     FINAL_STATUSES,
     IDLE,
     INSTALL_SCHEDULED,
     INSTALLED,
+    INSTALLING,
+    SIGNATURE_VERIFIED,
     TERMINAL,
 )
 from agent.mpy import phase as phases
 from agent.mpy.channel import CANCEL, INVENTORY, JOB, PONG, STATUS
 from agent.mpy.jsonout import dumps
 from agent.mpy.phase import Phase
-from agent.mpy.store import Board, Journal
+from agent.mpy.store import Board, Journal, read_json, write_atomic
 
 CHECKS = ("communication", "charging-session", "alarms")  # agent/mpy/checks.py
 TRIAL_ATTEMPTS = 3  # boots of the new slot per install, as the Linux agent's default
 RECOVER_S = 10  # after an action failed outright: resume from the journal this much later
 MAX_TIME_S = 6 * 3600  # one transfer at most, unless download max_time_s says otherwise
 PARKED_STEPS = ("download", "verify", "install")  # run with the journey parked (park.py)
+BEFORE_SWITCH = (DOWNLOAD_SCHEDULED, DOWNLOADING, DOWNLOADED, SIGNATURE_VERIFIED,
+                 INSTALL_SCHEDULED, INSTALLING)  # fmt: skip
+HEAP_RESETS = 3  # resets in a row for a split heap at one state of a job (heap_reset)
 
 
 def esp32_boot_facts(machine):
@@ -129,12 +137,15 @@ class Agent:
         # Jobs and cancels that arrived while the board idled parked (defer()); left there by
         # a power cut, they are taken at the first turn (a job already taken is ignored then).
         self.inbox_path = state_dir + "/inbox.txt"
+        self.heap_reset_path = state_dir + "/heap-reset.json"  # see heap_reset()
         self.deferred = _exists(self.inbox_path) or _exists(self.inbox_path + ".taken")
         self.board = Board(state_dir)
         self.journey = None  # agent/core/journey.py's Journey; a park.Parked while parked
         self.events = []
         self.window_room = []  # see reserve_window()
         self.step = 0
+        self.hold_steps = False  # at boot after a heap reset: steps wait for the connection
+        self.held_step = None  # (name, failure event, args) of the step held at boot
         self.envelope = None  # the raw signed header of the job's bundle (bytes)
         self._download_tls = None  # see download_tls()
         self.wake_at = 0
@@ -151,8 +162,16 @@ class Agent:
         # parks: its journey's modules leave the heap before the root's verdict and the
         # connection take theirs (resume() in IDLE reports nothing and needs no connection).
         idle = self.parking and self.journal_idle()
-        if idle:
+        # After a reset for a split heap (heap_reset), the journey also resumes first, while
+        # the heap is young, and the step it starts waits, parked, for the connection.
+        early = idle or self.after_heap_reset()
+        if early:
+            self.hold_steps = True
             self.resume_safely()
+            self.hold_steps = False
+            if self.parking and self.journey is not None and _inbox(self.journey) is None:
+                _park().park(self, idle=True)  # waiting (a retry's backoff): back at 1st turn
+                phases.drop(("agent.mpy.park",))
         prepare = getattr(self.trust, "prepare", None)
         if prepare is not None:  # the root's verdict, before the connection takes its heap
             prepare()
@@ -166,7 +185,7 @@ class Agent:
         unsent = self.board.history().get("final")
         if unsent:
             self.channel.publish(STATUS, unsent, on_ack=self.board.final_delivered)
-        if not idle:
+        if not early:
             self.resume_safely()
         self.publish_inventory()
         self.log_heap("started")
@@ -227,6 +246,12 @@ class Agent:
                 self.resume_at = None
                 self.resume()  # no news about the boot: only the journal's state
             return
+        if self.parked_waiting() and not self.unpark():
+            return
+        if self.held_step is not None:  # the boot's step, held for the connection
+            name, failure, args = self.held_step
+            self.held_step = None
+            self._run_step(name, failure, *args)
         if self.deferred:
             self.take_deferred()
         while self.events:
@@ -234,6 +259,12 @@ class Agent:
             if event[0] == self.step:
                 self.execute(self.journey.handle(event[1], time.time(), event[2])[1])
         self.tick()
+
+    def parked_waiting(self):
+        """Whether the journey is parked as idle while its job waits (start(), after a heap
+        reset): the first turn reads it back. A method, so no local of turn() holds it."""
+        journey = self.journey
+        return _inbox(journey) is not None and journey.idle and journey.state != IDLE
 
     def recover(self, error):
         """An action failed outright: abandon the step, say so with the journal's state, and
@@ -292,12 +323,23 @@ class Agent:
         if self.parking and self.journey is not None and _inbox(self.journey) is None:
             _park().park(self)
             phases.drop(("agent.mpy.park",))
-        inbox = _inbox(self.journey) or ()
-        self.journey = self.journal.load(self.trial_policy())
+        parked = self.journey if _inbox(self.journey) is not None else None
+        inbox = parked.inbox if parked is not None else ()
+        try:
+            self.journey = self.journal.load(self.trial_policy())
+        except MemoryError:
+            if parked is None or not self.heap_reset(parked.state, parked.job, None, inbox):
+                raise
+            return
         if self.journal.problem:
             print(self.journal.problem)
         booted = self.boot.booted_slot()
         print("booted slot %s; journal state %s" % (booted, self.journey.state))
+        outcome = self.heap_outcome() if first else None
+        if outcome is not None:  # the step's result, as if no reset had come between
+            print("after a reset for the heap: %s in %s" % (outcome[0], self.journey.state))
+            self.execute(self.journey.handle(outcome[0], time.time(), outcome[1])[1])
+            return
         facts = self.boot_facts() if first else None
         self.execute(self.journey.resume(booted, time.time(), facts)[1])
         state = self.journey.state
@@ -461,6 +503,7 @@ class Agent:
 
     def do_cleanup(self):
         self.envelope = None
+        _remove(self.heap_reset_path)  # the journey is over: its resets count no more
 
     def do_record_baseline(self):
         try:
@@ -516,41 +559,123 @@ class Agent:
         has no failure edge (failure None), a recover(). The download, verify and install
         steps run with the journey parked (agent/mpy/park.py): its code is off the heap
         meanwhile, and the journey is read back from the journal after."""
+        parked = self.parking and name in PARKED_STEPS
+        if parked and self.hold_steps:  # at boot: parked now, run after the connection
+            _park().park(self)
+            phases.drop(("agent.mpy.park",))
+            self.held_step = (name, failure, args)
+            return
         self.step += 1
         step = self.step
-        parked = self.parking and name in PARKED_STEPS
         try:
             with self.phase(name):
-                if parked:  # park.py comes and goes with the phase
-                    _park().park(self)
+                if parked and _inbox(self.journey) is None:  # else parked at boot (held_step)
+                    _park().park(self)  # park.py comes and goes with the phase
                 result = getattr(_steps(), name)(self, *args)
         except Abandoned:
             result = None
         except Exception as e:  # a bug must not kill the agent: the step fails
             result = e
+        unparked = parked and _inbox(self.journey) is None and isinstance(result, MemoryError)
+        if isinstance(result, Exception) and failure is not None:
+            result = failure, _step_failure(result)
+        if unparked and not isinstance(result, Exception):  # park() failed: retried after a reset
+            if self.heap_reset(self.journey.state, self.journey.job, result, ()):
+                return
         if parked and _inbox(self.journey) is not None:  # not if park() itself failed
-            inbox = self.journey.inbox
+            journey = self.journey
             try:  # the journal holds the journey (agent/mpy/park.py)
                 self.journey = self.journal.load(self.trial_policy())
             except Exception as e:  # the heap: resume() reads the journal (and the inbox) later
-                self.recover(e)
+                outcome = None if isinstance(result, Exception) else result
+                if not (isinstance(e, MemoryError) and self.heap_reset(
+                        journey.state, journey.job, outcome, journey.inbox)):  # fmt: skip
+                    self.recover(e)
                 return
-            self.handle_inbox(inbox)
+            self.handle_inbox(journey.inbox)
         if isinstance(result, Exception):
-            if failure is None:
-                self.recover(result)
-                return
-            result = failure, _step_failure(result)
+            self.recover(result)
+            return
         if result is not None:
             self.events.append((step, result[0], result[1]))
+
+    def heap_reset(self, state, job, outcome, inbox):
+        """The journey cannot come back after a parked step (or a failed action), or a step
+        could not park: the heap is split rather than full (at 96K-100K, 30-35 KiB free and
+        no 600 bytes in one piece after the download), and only a reset makes it whole. The
+        step's outcome (event, info; None: resume as after a power cut), the state and job
+        it ran in, and what arrived meanwhile go to flash, and the board resets; the next
+        boot resumes the journey while its heap is young, hands it the outcome, and holds
+        the step that follows until it is connected (start(), after_heap_reset). Only before
+        the slot switch (a reset never costs a trial boot), and at most HEAP_RESETS in a row
+        at one state of one job; else False, for recover() as before."""
+        if state not in BEFORE_SWITCH:
+            return False
+        limit = int(self.cfg.get("install", {}).get("heap_resets", HEAP_RESETS))
+        job_id = job.id if job is not None else None
+        path = self.heap_reset_path
+        try:
+            last = read_json(path) or {}
+            count = 1
+            if last.get("state") == state and last.get("job_id") == job_id:
+                count = int(last.get("count", 0)) + 1
+            if count > limit:
+                return False
+            for kind, payload in inbox:  # the inbox file keeps their order (take_deferred)
+                with open(self.inbox_path, "a") as f:
+                    f.write(kind + " " + dumps(payload) + "\n")
+            write_atomic(path, {"state": state, "job_id": job_id, "count": count,
+                                "outcome": list(outcome) if outcome else None})  # fmt: skip
+        except Exception as e:  # the flash or the heap: recover() as before
+            print("no reset for the heap (%r)" % e)
+            return False
+        print("heap too split for the journey in %s: reset %d of %d, %s kept" % (
+            state, count, limit, outcome[0] if outcome else "no outcome"))  # fmt: skip
+        self.channel.stop()
+        self.running = False
+        self.system.reboot()
+        return True
+
+    def after_heap_reset(self):
+        """Whether this boot follows heap_reset() in the job the journal holds, before the
+        slot switch (the record goes with the journey's end, do_cleanup)."""
+        if not (self.parking and _exists(self.heap_reset_path)):
+            return False
+        try:
+            last = read_json(self.heap_reset_path) or {}
+            record = read_json(self.journal.path) or {}
+        except Exception as e:  # resume() at the usual place says what is wrong
+            print("heap reset record unreadable (%r)" % e)
+            return False
+        job = record.get("job") or {}
+        return record.get("state") in BEFORE_SWITCH and job.get("id") == last.get("job_id")
+
+    def heap_outcome(self):
+        """The outcome heap_reset() kept for the journey as the journal holds it, once:
+        (event, info), or None (none kept, or for another state or job: the journal moved
+        on, and resumes as after a power cut)."""
+        if not _exists(self.heap_reset_path):
+            return None
+        last = read_json(self.heap_reset_path) or {}
+        journey = self.journey
+        if (not last.get("outcome") or last.get("state") != journey.state or journey.job is None
+                or last.get("job_id") != journey.job.id):  # fmt: skip
+            return None
+        event, info = last["outcome"]
+        last["outcome"] = None  # taken: a cut from here resumes as after any other
+        write_atomic(self.heap_reset_path, last)
+        return event, info
 
     def park_idle(self):
         """With no job (IDLE) and nothing pending, the journey's modules leave the heap as
         during a parked step (agent/mpy/park.py): an idle board holds the loop, MQTT and its
         state only. The journal holds the IDLE journey (every transition saved it)."""
-        if (not self.parking or _inbox(self.journey) is not None or self.journey.state != IDLE
+        journey = self.journey  # None: the journal could not be read back (recover())
+        if (not self.parking or journey is None or _inbox(journey) is not None
+                or journey.state != IDLE
                 or self.events or self.resume_at is not None or self.deferred):  # fmt: skip
             return
+        del journey  # no name may hold it while park() collects
         _park().park(self, idle=True)
         phases.drop(("agent.mpy.park",))  # no phase drops it here; unpark() frees it whole
 

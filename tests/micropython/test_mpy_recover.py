@@ -69,3 +69,43 @@ def test_a_resume_after_a_failed_action_never_holds_two_journeys(tmp_path, monke
     assert len(held) == 1 and held[0] is not journey and held[0].job.id == "job-1"
     assert held[0].inbox == []  # parked: what arrives meanwhile would wait there
     assert agent.journey.state == lc.DOWNLOAD_SCHEDULED  # resumed from the journal
+
+
+def test_a_boot_whose_journal_cannot_be_read_back_recovers(tmp_path, monkeypatch):
+    # At 98K the boot's resume once met a MemoryError, and parking the idle board after it
+    # read the journey it never got: an AttributeError out of start(), a reset loop.
+    agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, Boot(), Channel(), None,
+                  None, System())  # fmt: skip
+
+    def no_room(policy):
+        raise MemoryError("memory allocation failed, allocating 368 bytes")
+
+    monkeypatch.setattr(agent.journal, "load", no_room)
+    agent.resume_safely()
+    assert agent.journey is None and agent.resume_at is not None
+    assert agent.channel.sent[-1]["reason"] == "no-memory"
+
+
+def test_parking_the_idle_board_frees_its_journey_at_once(tmp_path, monkeypatch):
+    # A name left holding the journey while park() collects keeps its modules' objects on
+    # the heap (79.9 instead of 55.3 KiB on a 98K board, which then failed to take a job).
+    import gc
+    import weakref
+
+    from agent.mpy import park
+
+    monkeypatch.setattr(phase, "drop", lambda names: None)  # this process keeps its modules
+    agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, Boot(), Channel(), None,
+                  None, System())  # fmt: skip
+    agent.resume(first=False)
+    ref = weakref.ref(agent.journey)
+    alive = []
+    collect = gc.collect
+
+    def collect_and_look():
+        collect()
+        alive.append(ref())
+
+    monkeypatch.setattr(park.gc, "collect", collect_and_look)
+    agent.park_idle()
+    assert agent.journey.idle and alive == [None]
