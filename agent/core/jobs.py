@@ -12,7 +12,7 @@ Runs on MicroPython: json only, times parsed here (no datetime), no reliance on 
 
 import json
 
-from agent.core.errors import MalformedJob, VersionMismatch, WrongModel
+from agent.core.errors import MalformedJob, WrongModel
 from agent.core.text import is_digits
 from agent.core.timefmt import days_from_civil
 
@@ -135,17 +135,6 @@ def job_id_of(doc):
         if isinstance(value, str) and 0 < len(value) <= DEFAULT_LIMITS["max_text"]:
             return value
     return None
-
-
-def check_version(job_version, manifest_version):
-    """The version a job announces must be the signed one: every status reports it, and an
-    operator reading `Committed 9.9.9` for a 1.1.0 bundle is misled (VersionMismatch)."""
-    if job_version is not None and job_version != manifest_version:
-        raise VersionMismatch(
-            "the job announces version %r but the signed bundle is version %s"
-            % (job_version, manifest_version),
-            "fix the job's version or its URL",
-        )
 
 
 _UNDECODABLE = object()

@@ -168,6 +168,10 @@ class Agent:
         if early:
             self.hold_steps = True
             self.resume_safely()
+            if self.deferred and self.journey is not None:  # acknowledged before a reset
+                self.take_deferred()
+            if self.journey is not None and _inbox(self.journey) is None:
+                self.tick()  # a step due now is held, parked
             self.hold_steps = False
             if self.parking and self.journey is not None and _inbox(self.journey) is None:
                 _park().park(self, idle=True)  # waiting (a retry's backoff): back at 1st turn
@@ -576,18 +580,23 @@ class Agent:
             result = None
         except Exception as e:  # a bug must not kill the agent: the step fails
             result = e
-        unparked = parked and _inbox(self.journey) is None and isinstance(result, MemoryError)
+        if parked and isinstance(result, MemoryError):
+            # The heap's state, not the transfer's (park() or the step met it): after a reset
+            # the journal runs the step again, as after a power cut (no retry spent, no
+            # backoff waited, with the heap whole); after HEAP_RESETS, the failure event.
+            if self.heap_reset(self.journey.state, self.journey.job, None,
+                               _inbox(self.journey) or ()):  # fmt: skip
+                return
         if isinstance(result, Exception) and failure is not None:
             result = failure, _step_failure(result)
-        if unparked and not isinstance(result, Exception):  # park() failed: retried after a reset
-            if self.heap_reset(self.journey.state, self.journey.job, result, ()):
-                return
         if parked and _inbox(self.journey) is not None:  # not if park() itself failed
             journey = self.journey
             try:  # the journal holds the journey (agent/mpy/park.py)
                 self.journey = self.journal.load(self.trial_policy())
             except Exception as e:  # the heap: resume() reads the journal (and the inbox) later
                 outcome = None if isinstance(result, Exception) else result
+                if outcome is None and result is not None:
+                    print("step %s failed: %r" % (name, result))
                 if not (isinstance(e, MemoryError) and self.heap_reset(
                         journey.state, journey.job, outcome, journey.inbox)):  # fmt: skip
                     self.recover(e)
@@ -609,7 +618,7 @@ class Agent:
         the step that follows until it is connected (start(), after_heap_reset). Only before
         the slot switch (a reset never costs a trial boot), and at most HEAP_RESETS in a row
         at one state of one job; else False, for recover() as before."""
-        if state not in BEFORE_SWITCH:
+        if state != IDLE and state not in BEFORE_SWITCH:
             return False
         limit = int(self.cfg.get("install", {}).get("heap_resets", HEAP_RESETS))
         job_id = job.id if job is not None else None
@@ -689,7 +698,9 @@ class Agent:
         try:
             self.journey = self.journal.load(self.trial_policy())
         except Exception as e:
-            self.recover(e)
+            if not (isinstance(e, MemoryError) and self.heap_reset(journey.state, journey.job,
+                                                                   None, journey.inbox)):
+                self.recover(e)
             return False
         self.handle_inbox(journey.inbox)  # none: each arrival unparks; kept for safety
         self.log_heap("unparked")
@@ -752,7 +763,10 @@ class Agent:
                 (self._job if kind == "job" else self._cancel)(payload)
         except MemoryError:
             self.deferred = True
-            raise
+            journey = self.journey  # taken at the next boot, while the heap is young
+            if not self.heap_reset(journey.state, journey.job, None, ()):
+                raise
+            return
         except Exception:
             _remove(taken)
             raise

@@ -121,7 +121,7 @@ def test_the_outcome_of_a_step_survives_a_reset_for_the_heap(tmp_path, monkeypat
     assert again.held_step is None and again.journey.state == lc.INSTALL_SCHEDULED
 
 
-def test_a_step_that_cannot_park_resets_and_retries(tmp_path, monkeypatch):
+def test_a_step_that_cannot_park_resets_and_runs_again(tmp_path, monkeypatch):
     agent, board = _boot(tmp_path)
     _downloading(agent)
     from agent.mpy import park
@@ -131,9 +131,12 @@ def test_a_step_that_cannot_park_resets_and_retries(tmp_path, monkeypatch):
 
     monkeypatch.setattr(park, "park", no_room)
     agent.do_download()
-    assert board.resets == 1
-    event, info = _record(tmp_path)["outcome"]
-    assert (event, info["reason"], info["transient"]) == (lc.DOWNLOAD_ERROR, "no-memory", True)
+    assert board.resets == 1 and _record(tmp_path)["outcome"] is None
+    monkeypatch.undo()
+    agent, board = _boot(tmp_path)
+    agent.start()  # as after a power cut: no retry spent, no backoff, the download held
+    assert agent.held_step == ("download", lc.DOWNLOAD_ERROR, ())
+    assert [m["status"] for m in board.sent] == ["DownloadScheduled", "Downloading"]
 
 
 def test_without_an_outcome_the_boot_resumes_as_after_a_cut(tmp_path, monkeypatch):
@@ -194,3 +197,53 @@ def test_heap_resets_zero_turns_them_off(tmp_path, monkeypatch):
     _split_heap(agent, monkeypatch)
     agent.do_download()
     assert board.resets == 0 and agent.resume_at is not None
+
+
+def test_a_job_the_heap_could_not_take_is_taken_at_the_next_boot(tmp_path, monkeypatch):
+    agent, board = _boot(tmp_path)
+    agent.resume(first=True)
+    agent.park_idle()
+    agent.on_job(JOB)  # written to the inbox file, acknowledged when the callback returns
+
+    def no_room(payload):
+        raise MemoryError("memory allocation failed, allocating 368 bytes")
+
+    monkeypatch.setattr(agent, "_job", no_room)
+    agent.tick = lambda: None
+    agent.turn()
+    assert board.resets == 1 and _record(tmp_path)["state"] == lc.IDLE
+    assert os.path.exists(tmp_path / "inbox.txt.taken")  # the job, still on flash
+
+    agent, board = _boot(tmp_path)
+    agent.start()  # taken before the connection, the download held for it, parked
+    assert agent.held_step == ("download", lc.DOWNLOAD_ERROR, ())
+    assert agent.journey.state == lc.DOWNLOADING and agent.journey.job.id == "job-1"
+    assert [m["status"] for m in board.sent] == ["DownloadScheduled", "Downloading"]
+    assert not agent.deferred and not os.path.exists(tmp_path / "inbox.txt.taken")
+
+
+def test_a_step_that_runs_out_of_heap_runs_again_after_a_reset(tmp_path, monkeypatch):
+    agent, board = _boot(tmp_path)
+    _downloading(agent)
+
+    def no_room(agent):
+        agent.journey.inbox.append(("cancel", {"job_id": "job-0"}))  # arrived meanwhile
+        raise MemoryError("memory allocation failed, allocating 1024 bytes")
+
+    monkeypatch.setattr(steps, "download", no_room)
+    agent.do_download()
+    assert board.resets == 1 and _record(tmp_path)["outcome"] is None  # no retry spent
+    with open(tmp_path / "inbox.txt") as f:
+        assert f.read().startswith("cancel ")
+    monkeypatch.undo()
+    for n in range(2, HEAP_RESETS + 1):  # the same state again: counted
+        agent, board = _boot(tmp_path)
+        _downloading(agent)
+        monkeypatch.setattr(steps, "download", no_room)
+        agent.do_download()
+        assert board.resets == 1 and _record(tmp_path)["count"] == n
+    agent, board = _boot(tmp_path)
+    _downloading(agent)
+    agent.do_download()  # past the bound: the failure event, a retry as before
+    assert board.resets == 0 and agent.events[-1][1] == lc.DOWNLOAD_ERROR
+    assert agent.events[-1][2]["reason"] == "no-memory"
