@@ -36,16 +36,20 @@ import time
 from agent.core.errors import ConfigError, UpdateError
 from agent.core.lifecycle import (
     COMMITTED,
+    DOWNLOAD_ERROR,
     DOWNLOAD_SCHEDULED,
     DOWNLOADED,
     DOWNLOADING,
     FINAL_STATUSES,
     IDLE,
+    INSTALL_ERROR,
     INSTALL_SCHEDULED,
     INSTALLED,
     INSTALLING,
+    REBOOTING,
     SIGNATURE_VERIFIED,
     TERMINAL,
+    TRIAL,
 )
 from agent.mpy import phase as phases
 from agent.mpy.channel import CANCEL, INVENTORY, JOB, PONG, STATUS
@@ -58,8 +62,10 @@ TRIAL_ATTEMPTS = 3  # boots of the new slot per install, as the Linux agent's de
 RECOVER_S = 10  # after an action failed outright: resume from the journal this much later
 MAX_TIME_S = 6 * 3600  # one transfer at most, unless download max_time_s says otherwise
 PARKED_STEPS = ("download", "verify", "install")  # run with the journey parked (park.py)
+HELD = PARKED_STEPS + ("run_checks", "reboot")  # wait for the connection at boot (hold)
 BEFORE_SWITCH = (DOWNLOAD_SCHEDULED, DOWNLOADING, DOWNLOADED, SIGNATURE_VERIFIED,
                  INSTALL_SCHEDULED, INSTALLING)  # fmt: skip
+RESUMED_EARLY = BEFORE_SWITCH + (INSTALLED, REBOOTING, TRIAL)  # after_heap_reset
 HEAP_RESETS = 3  # resets in a row for a split heap at one state of a job (heap_reset)
 
 
@@ -144,8 +150,9 @@ class Agent:
         self.events = []
         self.window_room = []  # see reserve_window()
         self.step = 0
-        self.hold_steps = False  # at boot after a heap reset: steps wait for the connection
-        self.held_step = None  # (name, failure event, args) of the step held at boot
+        self.hold_steps = False  # at boot after a heap reset: see execute()
+        self.held = None  # the action held at boot for the connection, as the journey gave it
+        self.inventory_due = False  # the row could not be built for want of heap
         self.envelope = None  # the raw signed header of the job's bundle (bytes)
         self._download_tls = None  # see download_tls()
         self.wake_at = 0
@@ -250,12 +257,11 @@ class Agent:
                 self.resume_at = None
                 self.resume()  # no news about the boot: only the journal's state
             return
+        if self.held is not None:  # the boot's last action, held for the connection
+            action, self.held = self.held, None
+            self.execute([action])
         if self.parked_waiting() and not self.unpark():
             return
-        if self.held_step is not None:  # the boot's step, held for the connection
-            name, failure, args = self.held_step
-            self.held_step = None
-            self._run_step(name, failure, *args)
         if self.deferred:
             self.take_deferred()
         while self.events:
@@ -263,6 +269,18 @@ class Agent:
             if event[0] == self.step:
                 self.execute(self.journey.handle(event[1], time.time(), event[2])[1])
         self.tick()
+
+    def hold(self, action):
+        """At a boot after a heap reset (start()) the journey's last action, if it needs the
+        connection, waits for it (turn()): a step or the trial with the journey parked now,
+        while the heap is young, as they would park it; a reboot, so the statuses before it
+        reach the broker first."""
+        if self.parking and action[0] in PARKED_STEPS:
+            _park().park(self)
+        elif self.parking and action[0] == "run_checks":
+            _park().park(self, trial=True)
+        phases.drop(("agent.mpy.park",))
+        self.held = action
 
     def parked_waiting(self):
         """Whether the journey is parked as idle while its job waits (start(), after a heap
@@ -431,6 +449,9 @@ class Agent:
 
     def execute(self, actions):
         for action in actions:
+            if self.hold_steps and action[0] in HELD and action is actions[-1]:
+                self.hold(action)
+                return
             do = getattr(self, "do_" + action[0])
             try:
                 do(*action[1:])
@@ -518,8 +539,6 @@ class Agent:
             self.journey.set_baseline({"codes": [], "rate_per_hour": 0.0})
 
     def do_download(self):
-        from agent.core.lifecycle import DOWNLOAD_ERROR
-
         self._run_step("download", DOWNLOAD_ERROR)
 
     def do_verify(self):
@@ -528,8 +547,6 @@ class Agent:
         self._run_step("verify", None)
 
     def do_install(self, slot):
-        from agent.core.lifecycle import INSTALL_ERROR
-
         self._run_step("install", INSTALL_ERROR, slot)
         self.reserve_window()  # for a retry: the window it held is gone
 
@@ -543,13 +560,14 @@ class Agent:
         parked = self.parking
         try:
             with self.phase("trial"):
-                if parked:
+                if parked and _inbox(self.journey) is None:  # else parked at boot (hold)
                     _park().park(self, trial=True)
                 results = _steps().run_checks(self, step)
         except Abandoned:
             results = None
         if parked and _inbox(self.journey) is not None:  # what raises leaves it parked
             inbox = self.journey.inbox
+            self.window_room = []  # no install in the trial: room for the journey (park_idle)
             self.journey = self.journal.load(self.trial_policy())
             self.handle_inbox(inbox)
         if results is not None:
@@ -564,16 +582,11 @@ class Agent:
         steps run with the journey parked (agent/mpy/park.py): its code is off the heap
         meanwhile, and the journey is read back from the journal after."""
         parked = self.parking and name in PARKED_STEPS
-        if parked and self.hold_steps:  # at boot: parked now, run after the connection
-            _park().park(self)
-            phases.drop(("agent.mpy.park",))
-            self.held_step = (name, failure, args)
-            return
         self.step += 1
         step = self.step
         try:
             with self.phase(name):
-                if parked and _inbox(self.journey) is None:  # else parked at boot (held_step)
+                if parked and _inbox(self.journey) is None:  # else parked at boot (execute)
                     _park().park(self)  # park.py comes and goes with the phase
                 result = getattr(_steps(), name)(self, *args)
         except Abandoned:
@@ -657,7 +670,7 @@ class Agent:
             print("heap reset record unreadable (%r)" % e)
             return False
         job = record.get("job") or {}
-        return record.get("state") in BEFORE_SWITCH and job.get("id") == last.get("job_id")
+        return record.get("state") in RESUMED_EARLY and job.get("id") == last.get("job_id")
 
     def heap_outcome(self):
         """The outcome heap_reset() kept for the journey as the journal holds it, once:
@@ -687,6 +700,9 @@ class Agent:
         del journey  # no name may hold it while park() collects
         _park().park(self, idle=True)
         phases.drop(("agent.mpy.park",))  # no phase drops it here; unpark() frees it whole
+        self.reserve_window()  # let go for the trial's end (do_run_checks)
+        if self.inventory_due:
+            self.publish_inventory()
 
     def unpark(self):
         """The journey parked while idle, back from the journal (a job or cancel arrived):
@@ -882,10 +898,13 @@ class Agent:
         }  # fmt: skip
 
     def publish_inventory(self):
+        self.inventory_due = False
         try:
             self.channel.publish(INVENTORY, self.inventory_row(), retain=True)
         except Exception as e:  # a corrupt state file must not stop the agent
             print("inventory not built: %r" % e)
+            # the heap (at 98K, after a commit): again once the journey is parked (park_idle)
+            self.inventory_due = isinstance(e, MemoryError)
 
 
 def _exists(path):

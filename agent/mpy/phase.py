@@ -27,11 +27,13 @@ class Phase:
     def __init__(self, name):
         self.name = name
         self.log = LOG
+        # The modules present are noted when the phase is made, as a tuple (one 8-byte slot
+        # each; a set's table is about twice that): a step can make a later phase before an
+        # earlier one splits the heap (steps.install: at 96K, no run for this list was left
+        # after install-check).
+        self.before = tuple(sys.modules)
 
     def __enter__(self):
-        # A tuple: one block of 8 bytes per module; a set's table is about twice that, and at
-        # 96K the install-write phase found no such run after install-check.
-        self.before = tuple(sys.modules)
         if self.log is not None:
             self.log("phase %s: start, heap used %d free %d" % ((self.name,) + heap()))
         self.started = _ms()

@@ -94,10 +94,11 @@ def install(agent, slot):
                    tls=agent.download_tls, max_time_s=agent.max_time(),
                    slot_class=agent.cfg.get("slot_class", "app"))  # fmt: skip
     partition = agent.boot.partition(slot)
+    write = agent.phase("install-write")  # made first: the check splits the heap (phase.py)
     try:
         with agent.phase("install-check"):
             facts = _check(agent, partition, options, job)
-        with agent.phase("install-write"):
+        with write:
             _write(agent, facts, partition, options, job)
     except SIGNATURE_ERRORS as e:
         return SIGNATURE_BAD, _info(e)

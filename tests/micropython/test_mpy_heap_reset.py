@@ -105,7 +105,7 @@ def test_the_outcome_of_a_step_survives_a_reset_for_the_heap(tmp_path, monkeypat
     agent.start()
     assert [m["status"] for m in board.sent] == ["Downloaded"]  # the outcome, taken at boot
     assert _record(tmp_path)["outcome"] is None  # once
-    assert agent.held_step == ("verify", None, ()) and verified == []  # after the connection
+    assert agent.held == ("verify",) and verified == []  # after the connection
     assert agent.journey.inbox == [] and agent.journey.state == lc.DOWNLOADED  # parked
     agent.tick = lambda: None  # only the held step and what it leads to
     agent.turn()
@@ -118,7 +118,7 @@ def test_the_outcome_of_a_step_survives_a_reset_for_the_heap(tmp_path, monkeypat
 
     again, _ = _boot(tmp_path)  # a power cut after the outcome was taken: as any other cut
     again.start()
-    assert again.held_step is None and again.journey.state == lc.INSTALL_SCHEDULED
+    assert again.held is None and again.journey.state == lc.INSTALL_SCHEDULED
 
 
 def test_a_step_that_cannot_park_resets_and_runs_again(tmp_path, monkeypatch):
@@ -135,7 +135,7 @@ def test_a_step_that_cannot_park_resets_and_runs_again(tmp_path, monkeypatch):
     monkeypatch.undo()
     agent, board = _boot(tmp_path)
     agent.start()  # as after a power cut: no retry spent, no backoff, the download held
-    assert agent.held_step == ("download", lc.DOWNLOAD_ERROR, ())
+    assert agent.held == ("download",)
     assert [m["status"] for m in board.sent] == ["DownloadScheduled", "Downloading"]
 
 
@@ -150,7 +150,7 @@ def test_without_an_outcome_the_boot_resumes_as_after_a_cut(tmp_path, monkeypatc
     assert board.resets == 1 and _record(tmp_path)["outcome"] is None
     agent, board = _boot(tmp_path)
     agent.start()
-    assert agent.held_step == ("verify", None, ())  # verify again, after the connection
+    assert agent.held == ("verify",)  # verify again, after the connection
     assert [m["status"] for m in board.sent] == ["Downloaded"]
 
 
@@ -216,7 +216,7 @@ def test_a_job_the_heap_could_not_take_is_taken_at_the_next_boot(tmp_path, monke
 
     agent, board = _boot(tmp_path)
     agent.start()  # taken before the connection, the download held for it, parked
-    assert agent.held_step == ("download", lc.DOWNLOAD_ERROR, ())
+    assert agent.held == ("download",)
     assert agent.journey.state == lc.DOWNLOADING and agent.journey.job.id == "job-1"
     assert [m["status"] for m in board.sent] == ["DownloadScheduled", "Downloading"]
     assert not agent.deferred and not os.path.exists(tmp_path / "inbox.txt.taken")
