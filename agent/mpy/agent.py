@@ -37,36 +37,24 @@ from agent.core.errors import ConfigError, UpdateError
 from agent.core.lifecycle import (
     COMMITTED,
     DOWNLOAD_ERROR,
-    DOWNLOAD_SCHEDULED,
-    DOWNLOADED,
-    DOWNLOADING,
     FINAL_STATUSES,
     IDLE,
     INSTALL_ERROR,
     INSTALL_SCHEDULED,
     INSTALLED,
-    INSTALLING,
-    REBOOTING,
-    SIGNATURE_VERIFIED,
     TERMINAL,
-    TRIAL,
 )
 from agent.mpy import phase as phases
 from agent.mpy.channel import CANCEL, INVENTORY, JOB, PONG, STATUS
 from agent.mpy.jsonout import dumps
 from agent.mpy.phase import Phase
-from agent.mpy.store import Board, Journal, read_json, write_atomic
+from agent.mpy.store import Board, Journal
 
 CHECKS = ("communication", "charging-session", "alarms")  # agent/mpy/checks.py
 TRIAL_ATTEMPTS = 3  # boots of the new slot per install, as the Linux agent's default
 RECOVER_S = 10  # after an action failed outright: resume from the journal this much later
 MAX_TIME_S = 6 * 3600  # one transfer at most, unless download max_time_s says otherwise
 PARKED_STEPS = ("download", "verify", "install")  # run with the journey parked (park.py)
-HELD = PARKED_STEPS + ("run_checks", "reboot")  # wait for the connection at boot (hold)
-BEFORE_SWITCH = (DOWNLOAD_SCHEDULED, DOWNLOADING, DOWNLOADED, SIGNATURE_VERIFIED,
-                 INSTALL_SCHEDULED, INSTALLING)  # fmt: skip
-RESUMED_EARLY = BEFORE_SWITCH + (INSTALLED, REBOOTING, TRIAL)  # after_heap_reset
-HEAP_RESETS = 3  # resets in a row for a split heap at one state of a job (heap_reset)
 
 
 def esp32_boot_facts(machine):
@@ -95,6 +83,12 @@ def _park():
 def _inbox(journey):
     """What came while the journey was parked (a park.Parked has an inbox), or None."""
     return getattr(journey, "inbox", None)
+
+
+def _heapreset():
+    from agent.mpy import heapreset  # at boot after a heap reset; start() drops it after
+
+    return heapreset
 
 
 def _steps():
@@ -171,18 +165,22 @@ class Agent:
         idle = self.parking and self.journal_idle()
         # After a reset for a split heap (heap_reset), the journey also resumes first, while
         # the heap is young, and the step it starts waits, parked, for the connection.
-        early = idle or self.after_heap_reset()
+        early = idle or (self.parking and _exists(self.heap_reset_path)
+                         and _heapreset().after(self))  # fmt: skip
         if early:
             self.hold_steps = True
             self.resume_safely()
-            if self.deferred and self.journey is not None:  # acknowledged before a reset
-                self.take_deferred()
-            if self.journey is not None and _inbox(self.journey) is None:
-                self.tick()  # a step due now is held, parked
+            try:
+                if self.deferred and self.journey is not None:  # acknowledged before a reset
+                    self.take_deferred()
+                if self.journey is not None and _inbox(self.journey) is None:
+                    self.tick()  # a step due now is held, parked
+            except Exception as e:  # never a crash loop (set_boot's MemoryError at 96K was)
+                self.recover(e)
             self.hold_steps = False
             if self.parking and self.journey is not None and _inbox(self.journey) is None:
                 _park().park(self, idle=True)  # waiting (a retry's backoff): back at 1st turn
-                phases.drop(("agent.mpy.park",))
+            phases.drop(("agent.mpy.park", "agent.mpy.heapreset"))
         prepare = getattr(self.trust, "prepare", None)
         if prepare is not None:  # the root's verdict, before the connection takes its heap
             prepare()
@@ -270,18 +268,6 @@ class Agent:
                 self.execute(self.journey.handle(event[1], time.time(), event[2])[1])
         self.tick()
 
-    def hold(self, action):
-        """At a boot after a heap reset (start()) the journey's last action, if it needs the
-        connection, waits for it (turn()): a step or the trial with the journey parked now,
-        while the heap is young, as they would park it; a reboot, so the statuses before it
-        reach the broker first."""
-        if self.parking and action[0] in PARKED_STEPS:
-            _park().park(self)
-        elif self.parking and action[0] == "run_checks":
-            _park().park(self, trial=True)
-        phases.drop(("agent.mpy.park",))
-        self.held = action
-
     def parked_waiting(self):
         """Whether the journey is parked as idle while its job waits (start(), after a heap
         reset): the first turn reads it back. A method, so no local of turn() holds it."""
@@ -357,7 +343,7 @@ class Agent:
             print(self.journal.problem)
         booted = self.boot.booted_slot()
         print("booted slot %s; journal state %s" % (booted, self.journey.state))
-        outcome = self.heap_outcome() if first else None
+        outcome = _heapreset().outcome(self) if first and self.hold_steps else None
         if outcome is not None:  # the step's result, as if no reset had come between
             print("after a reset for the heap: %s in %s" % (outcome[0], self.journey.state))
             self.execute(self.journey.handle(outcome[0], time.time(), outcome[1])[1])
@@ -449,8 +435,7 @@ class Agent:
 
     def execute(self, actions):
         for action in actions:
-            if self.hold_steps and action[0] in HELD and action is actions[-1]:
-                self.hold(action)
+            if self.hold_steps and action is actions[-1] and _heapreset().hold(self, action):
                 return
             do = getattr(self, "do_" + action[0])
             try:
@@ -497,7 +482,11 @@ class Agent:
 
     def do_try_slot(self, slot):
         self.board.armed(slot)  # counted before: a cut after set_boot still used an attempt
-        self.boot.try_slot(slot)
+        try:
+            self.boot.try_slot(slot)
+        except Exception:  # set_boot refused or failed: ESP-IDF armed nothing, no boot used
+            self.board.armed(slot, -1)
+            raise
 
     def do_mark_good(self, slot):
         self.boot.mark_good(slot)
@@ -596,7 +585,7 @@ class Agent:
         if parked and isinstance(result, MemoryError):
             # The heap's state, not the transfer's (park() or the step met it): after a reset
             # the journal runs the step again, as after a power cut (no retry spent, no
-            # backoff waited, with the heap whole); after HEAP_RESETS, the failure event.
+            # backoff waited, with the heap whole); after [install] heap_resets of them, the failure event.
             if self.heap_reset(self.journey.state, self.journey.job, None,
                                _inbox(self.journey) or ()):  # fmt: skip
                 return
@@ -622,71 +611,16 @@ class Agent:
             self.events.append((step, result[0], result[1]))
 
     def heap_reset(self, state, job, outcome, inbox):
-        """The journey cannot come back after a parked step (or a failed action), or a step
-        could not park: the heap is split rather than full (at 96K-100K, 30-35 KiB free and
-        no 600 bytes in one piece after the download), and only a reset makes it whole. The
-        step's outcome (event, info; None: resume as after a power cut), the state and job
-        it ran in, and what arrived meanwhile go to flash, and the board resets; the next
-        boot resumes the journey while its heap is young, hands it the outcome, and holds
-        the step that follows until it is connected (start(), after_heap_reset). Only before
-        the slot switch (a reset never costs a trial boot), and at most HEAP_RESETS in a row
-        at one state of one job; else False, for recover() as before."""
-        if state != IDLE and state not in BEFORE_SWITCH:
-            return False
-        limit = int(self.cfg.get("install", {}).get("heap_resets", HEAP_RESETS))
-        job_id = job.id if job is not None else None
-        path = self.heap_reset_path
+        """Reset for a split heap, the step's outcome kept (agent/mpy/heapreset.py, imported
+        only now: the code stays off the heap of a board that never needs it); False where
+        it does not reset, for recover() as before."""
         try:
-            last = read_json(path) or {}
-            count = 1
-            if last.get("state") == state and last.get("job_id") == job_id:
-                count = int(last.get("count", 0)) + 1
-            if count > limit:
-                return False
-            for kind, payload in inbox:  # the inbox file keeps their order (take_deferred)
-                with open(self.inbox_path, "a") as f:
-                    f.write(kind + " " + dumps(payload) + "\n")
-            write_atomic(path, {"state": state, "job_id": job_id, "count": count,
-                                "outcome": list(outcome) if outcome else None})  # fmt: skip
-        except Exception as e:  # the flash or the heap: recover() as before
-            print("no reset for the heap (%r)" % e)
+            from agent.mpy import heapreset
+        except MemoryError:
             return False
-        print("heap too split for the journey in %s: reset %d of %d, %s kept" % (
-            state, count, limit, outcome[0] if outcome else "no outcome"))  # fmt: skip
-        self.channel.stop()
-        self.running = False
-        self.system.reboot()
-        return True
-
-    def after_heap_reset(self):
-        """Whether this boot follows heap_reset() in the job the journal holds, before the
-        slot switch (the record goes with the journey's end, do_cleanup)."""
-        if not (self.parking and _exists(self.heap_reset_path)):
-            return False
-        try:
-            last = read_json(self.heap_reset_path) or {}
-            record = read_json(self.journal.path) or {}
-        except Exception as e:  # resume() at the usual place says what is wrong
-            print("heap reset record unreadable (%r)" % e)
-            return False
-        job = record.get("job") or {}
-        return record.get("state") in RESUMED_EARLY and job.get("id") == last.get("job_id")
-
-    def heap_outcome(self):
-        """The outcome heap_reset() kept for the journey as the journal holds it, once:
-        (event, info), or None (none kept, or for another state or job: the journal moved
-        on, and resumes as after a power cut)."""
-        if not _exists(self.heap_reset_path):
-            return None
-        last = read_json(self.heap_reset_path) or {}
-        journey = self.journey
-        if (not last.get("outcome") or last.get("state") != journey.state or journey.job is None
-                or last.get("job_id") != journey.job.id):  # fmt: skip
-            return None
-        event, info = last["outcome"]
-        last["outcome"] = None  # taken: a cut from here resumes as after any other
-        write_atomic(self.heap_reset_path, last)
-        return event, info
+        done = heapreset.reset(self, state, job, outcome, inbox)
+        phases.drop(("agent.mpy.heapreset",))
+        return done
 
     def park_idle(self):
         """With no job (IDLE) and nothing pending, the journey's modules leave the heap as

@@ -128,12 +128,13 @@ class Board:
         data["slots"][name] = record
         self._save_slots(data)
 
-    def armed(self, name):
+    def armed(self, name, count=1):
         """The slot is handed to the bootloader for one more boot attempt of this install
-        (set_slot() at the install starts the count again)."""
+        (set_slot() at the install starts the count again); count -1 takes back one that
+        set_boot() refused."""
         data = self.slots()
         record = data["slots"].setdefault(name, {})
-        record["armed"] = record.get("armed", 0) + 1
+        record["armed"] = max(0, record.get("armed", 0) + count)
         self._save_slots(data)
 
     def mark(self, name, state):

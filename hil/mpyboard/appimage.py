@@ -16,7 +16,7 @@ import json
 import struct
 
 MAGIC = b"\xe9EMU"
-CHUNK = 512  # hashed piece by piece: on MicroPython this runs on the app's heap
+CHUNK = 256  # hashed piece by piece: on MicroPython this runs on the app's heap
 
 
 def build(descriptor, body=b""):
@@ -26,28 +26,40 @@ def build(descriptor, body=b""):
     return head + hashlib.sha256(head).digest()
 
 
-def validate(read_at, size):
-    """The descriptor of the image read through read_at(offset, n), or None if invalid."""
+def validate(readinto_at, size):
+    """The descriptor of the image read through readinto_at(offset, buf), which fills buf
+    from offset, or None if invalid. One 256-byte buffer for the hash, filled again and
+    again: ESP-IDF does this in C, off the app's heap, and here it runs on that heap when
+    the agent arms a slot (set_boot), often with no 500 bytes in one piece left."""
     try:
-        head = bytes(read_at(0, 8))
+        head = _read(readinto_at, 0, 8)
         if head[:4] != MAGIC:
             return None
         dlen = struct.unpack("<I", head[4:8])[0]
         if dlen > 4096 or 8 + dlen + 4 + 32 > size:
             return None
-        desc = bytes(read_at(8, dlen))
-        blen = struct.unpack("<I", bytes(read_at(8 + dlen, 4)))[0]
+        desc = _read(readinto_at, 8, dlen)
+        blen = struct.unpack("<I", _read(readinto_at, 8 + dlen, 4))[0]
         end = 8 + dlen + 4 + blen
         if end + 32 > size:
             return None
         h = hashlib.sha256()
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
         pos = 0
         while pos < end:
             n = min(CHUNK, end - pos)
-            h.update(bytes(read_at(pos, n)))
+            readinto_at(pos, view[:n])
+            h.update(view[:n])
             pos += n
-        if h.digest() != bytes(read_at(end, 32)):
+        if h.digest() != _read(readinto_at, end, 32):
             return None
         return json.loads(desc)
     except (ValueError, OSError, KeyError):
         return None
+
+
+def _read(readinto_at, offset, n):
+    buf = bytearray(n)
+    readinto_at(offset, buf)
+    return bytes(buf)

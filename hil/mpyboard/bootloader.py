@@ -24,7 +24,7 @@ def boot():
         esp32.write_entry(sector, entry)
     for index in otadata.load_order(start, len(apps)):
         part = apps[index]
-        descriptor = appimage.validate(part._read, part.size)
+        descriptor = appimage.validate(part._readinto, part.size)
         if descriptor is None:
             continue
         if initial:

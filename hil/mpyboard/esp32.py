@@ -179,7 +179,7 @@ class Partition:
         try:
             if self.type != Partition.TYPE_APP or self.subtype < SUBTYPE_OTA_0:
                 raise OSError(-otadata.ESP_ERR_INVALID_ARG)
-            if appimage.validate(self._read, self.size) is None:
+            if appimage.validate(self._readinto, self.size) is None:
                 raise OSError(-otadata.ESP_ERR_OTA_VALIDATE_FAILED)
             entries = read_otadata()
             slot = self.subtype - SUBTYPE_OTA_0

@@ -14,7 +14,8 @@ from agent.core import lifecycle as lc
 from agent.core.jobs import JobMemory, parse_job
 from agent.core.journey import Journey
 from agent.mpy import phase, steps
-from agent.mpy.agent import HEAP_RESETS, Agent
+from agent.mpy.agent import Agent
+from agent.mpy.heapreset import HEAP_RESETS
 from tests.micropython.test_mpy_recover import DEVICE, T0, Boot, Channel
 
 JOB = {"id": "job-1", "url": "http://fw/x", "version": "2.0"}
@@ -247,3 +248,34 @@ def test_a_step_that_runs_out_of_heap_runs_again_after_a_reset(tmp_path, monkeyp
     agent.do_download()  # past the bound: the failure event, a retry as before
     assert board.resets == 0 and agent.events[-1][1] == lc.DOWNLOAD_ERROR
     assert agent.events[-1][2]["reason"] == "no-memory"
+
+
+class NoRoomToArm(Boot):
+    """The emulated set_boot() validates the image on the app's heap: at 96K it met a
+    MemoryError (ESP-IDF does this in C, and arms nothing when it fails)."""
+
+    def try_slot(self, slot):
+        raise MemoryError("memory allocation failed, allocating 513 bytes")
+
+
+class Idle:
+    def session_active(self):
+        return False
+
+
+def test_a_boot_after_a_heap_reset_that_cannot_arm_the_slot_recovers(tmp_path, monkeypatch):
+    agent, board = _boot(tmp_path)
+    _downloading(agent)
+    journey = agent.journey
+    for event in (lc.DOWNLOAD_OK, lc.SIGNATURE_OK, lc.TIME_REACHED, lc.INSTALL_OK):
+        journey.handle(event, T0)
+    assert journey.state == lc.INSTALLED
+    agent.journal.save(journey)
+    _split_heap(agent, monkeypatch)  # a reset at the install's read-back, before this boot
+    assert agent.heap_reset(lc.INSTALLING, journey.job, None, ())
+    monkeypatch.undo()
+    agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, NoRoomToArm(), board, Idle(),
+                  None, board)  # fmt: skip
+    agent.start()  # it crashed out of start() here, and the board reset for good
+    assert agent.resume_at is not None and agent.held is None
+    assert agent.board.slots()["slots"]["ota_1"]["armed"] == 0  # no boot attempt used
