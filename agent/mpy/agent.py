@@ -37,11 +37,16 @@ from agent.core.errors import ConfigError, UpdateError
 from agent.core.lifecycle import (
     COMMITTED,
     DOWNLOAD_ERROR,
+    DOWNLOAD_SCHEDULED,
+    DOWNLOADED,
+    DOWNLOADING,
     FINAL_STATUSES,
     IDLE,
     INSTALL_ERROR,
     INSTALL_SCHEDULED,
     INSTALLED,
+    INSTALLING,
+    SIGNATURE_VERIFIED,
     TERMINAL,
 )
 from agent.mpy import phase as phases
@@ -55,6 +60,9 @@ TRIAL_ATTEMPTS = 3  # boots of the new slot per install, as the Linux agent's de
 RECOVER_S = 10  # after an action failed outright: resume from the journal this much later
 MAX_TIME_S = 6 * 3600  # one transfer at most, unless download max_time_s says otherwise
 PARKED_STEPS = ("download", "verify", "install")  # run with the journey parked (park.py)
+HEAP_RESETS = 3  # resets for a split heap in a row at one state of one job (heap_reset)
+BEFORE_SWITCH = (IDLE, DOWNLOAD_SCHEDULED, DOWNLOADING, DOWNLOADED, SIGNATURE_VERIFIED,
+                 INSTALL_SCHEDULED, INSTALLING)  # fmt: skip
 
 
 def esp32_boot_facts(machine):
@@ -145,7 +153,7 @@ class Agent:
         self.window_room = []  # see reserve_window()
         self.step = 0
         self.hold_steps = False  # at boot after a heap reset: see execute()
-        self.held = None  # the action held at boot for the connection, as the journey gave it
+        self.held = None  # the actions held at boot for the connection (heapreset.hold)
         self.inventory_due = False  # the row could not be built for want of heap
         self.envelope = None  # the raw signed header of the job's bundle (bytes)
         self._download_tls = None  # see download_tls()
@@ -255,9 +263,9 @@ class Agent:
                 self.resume_at = None
                 self.resume()  # no news about the boot: only the journal's state
             return
-        if self.held is not None:  # the boot's last action, held for the connection
-            action, self.held = self.held, None
-            self.execute([action])
+        if self.held is not None:  # the boot's last actions, held for the connection
+            held, self.held = self.held, None
+            self.execute(held)
         if self.parked_waiting() and not self.unpark():
             return
         if self.deferred:
@@ -434,8 +442,8 @@ class Agent:
     # -- actions ----------------------------------------------------------------------------
 
     def execute(self, actions):
-        for action in actions:
-            if self.hold_steps and action is actions[-1] and _heapreset().hold(self, action):
+        for i, action in enumerate(actions):
+            if self.hold_steps and _heapreset().hold(self, actions[i:]):
                 return
             do = getattr(self, "do_" + action[0])
             try:
@@ -457,6 +465,10 @@ class Agent:
     def do_save_journal(self):
         self.journal.save(self.journey)
         self.log_heap("saved " + self.journey.state)
+
+    def do_save_record(self, record, state):  # a save held at boot (heapreset.hold)
+        self.journal.save_record(record, state)
+        self.log_heap("saved " + state)
 
     def log_heap(self, where):
         if phases.LOG is not None:
@@ -585,7 +597,8 @@ class Agent:
         if parked and isinstance(result, MemoryError):
             # The heap's state, not the transfer's (park() or the step met it): after a reset
             # the journal runs the step again, as after a power cut (no retry spent, no
-            # backoff waited, with the heap whole); after [install] heap_resets of them, the failure event.
+            # backoff waited, with the heap whole); past [install] heap_resets, the failure
+            # event.
             if self.heap_reset(self.journey.state, self.journey.job, None,
                                _inbox(self.journey) or ()):  # fmt: skip
                 return
@@ -611,16 +624,39 @@ class Agent:
             self.events.append((step, result[0], result[1]))
 
     def heap_reset(self, state, job, outcome, inbox):
-        """Reset for a split heap, the step's outcome kept (agent/mpy/heapreset.py, imported
-        only now: the code stays off the heap of a board that never needs it); False where
-        it does not reset, for recover() as before."""
-        try:
-            from agent.mpy import heapreset
-        except MemoryError:
+        """The journey cannot come back after a parked step (or a failed action), or a step
+        could not park: reset the board, the step's outcome kept (agent/mpy/heapreset.py);
+        False, for recover() as before, after the slot switch or past [install]
+        heap_resets in a row at one state of one job. Here, not in heapreset.py: importing
+        that module at this moment failed for want of heap."""
+        if state not in BEFORE_SWITCH:
             return False
-        done = heapreset.reset(self, state, job, outcome, inbox)
-        phases.drop(("agent.mpy.heapreset",))
-        return done
+        limit = int(self.cfg.get("install", {}).get("heap_resets", HEAP_RESETS))
+        job_id = job.id if job is not None else None
+        try:
+            from agent.mpy.store import read_json, write_atomic
+
+            last = read_json(self.heap_reset_path) or {}
+            count = 1
+            if last.get("state") == state and last.get("job_id") == job_id:
+                count = int(last.get("count", 0)) + 1
+            if count > limit:
+                return False
+            for kind, payload in inbox:  # the inbox file keeps their order (take_deferred)
+                with open(self.inbox_path, "a") as f:
+                    f.write(kind + " " + dumps(payload) + "\n")
+            kept = list(outcome) if outcome else None
+            record = {"state": state, "job_id": job_id, "count": count, "outcome": kept}
+            write_atomic(self.heap_reset_path, record)
+        except Exception as e:  # the flash or the heap: recover() as before
+            print("no reset for the heap (%r)" % e)
+            return False
+        print("heap too split for the journey in %s: reset %d of %d, %s kept" % (
+            state, count, limit, outcome[0] if outcome else "no outcome"))  # fmt: skip
+        self.channel.stop()
+        self.running = False
+        self.system.reboot()
+        return True
 
     def park_idle(self):
         """With no job (IDLE) and nothing pending, the journey's modules leave the heap as
@@ -648,8 +684,8 @@ class Agent:
         try:
             self.journey = self.journal.load(self.trial_policy())
         except Exception as e:
-            if not (isinstance(e, MemoryError) and self.heap_reset(journey.state, journey.job,
-                                                                   None, journey.inbox)):
+            split = isinstance(e, MemoryError)
+            if not (split and self.heap_reset(journey.state, journey.job, None, journey.inbox)):
                 self.recover(e)
             return False
         self.handle_inbox(journey.inbox)  # none: each arrival unparks; kept for safety

@@ -2,19 +2,21 @@
 failed action), or a step cannot park, the heap is split rather than full (at 96K-100K,
 30-35 KiB free and no 600 bytes in one piece after a step), and only a reset makes it whole.
 
-`reset` keeps on flash (`heap-reset.json` in the state dir) the step's outcome (event, info;
-None: the journal resumes the step as after a power cut), the state and job it ran in, and
-writes what arrived meanwhile to the inbox file; then the board resets. Every later boot of
-that job, until its end removes the record (Agent.do_cleanup), resumes the journey before
-the connection, while the heap is young: `after` says so, `outcome` hands the journey the
-step's result once, and `hold` keeps the journey's last action, if it needs the connection
-(a step, the trial, the reboot), for the first turn after it, with the journey parked at once
-where that action would park it.
+Agent.heap_reset keeps on flash (`heap-reset.json` in the state dir) the step's outcome
+(event, info; None: the journal resumes the step as after a power cut), the state and job it
+ran in, and writes what arrived meanwhile to the inbox file; then the board resets (that
+part stays in agent.py: at the moment it is needed, importing this module failed for want
+of heap). Every later boot of that job, until its end removes the record
+(Agent.do_cleanup), resumes the journey before the connection, while the heap is young:
+`after` says so, `outcome` hands the journey the step's result once, and `hold` keeps the
+journey's last actions, if they need the connection or not the journey (a step, the trial,
+arming the slot and the reboot), for the first turn after it, with the journey parked at
+once where they would park it.
 
 Invariant: a reset for the heap happens only before the slot switch (or idle), so it never
 costs the new slot a trial boot; at most `[install] heap_resets` (default 3) in a row at one
 state of one job, then the agent recovers as before (reports no-memory, resumes later).
-This module is imported only when needed: a board that never meets a split heap keeps its
+This module is imported only at such a boot: a board that never meets a split heap keeps its
 code off the heap.
 """
 
@@ -22,7 +24,6 @@ from agent.core.lifecycle import (
     DOWNLOAD_SCHEDULED,
     DOWNLOADED,
     DOWNLOADING,
-    IDLE,
     INSTALL_SCHEDULED,
     INSTALLED,
     INSTALLING,
@@ -30,44 +31,12 @@ from agent.core.lifecycle import (
     SIGNATURE_VERIFIED,
     TRIAL,
 )
-from agent.mpy.jsonout import dumps
 from agent.mpy.store import read_json, write_atomic
 
-HEAP_RESETS = 3  # resets in a row at one state of one job ([install] heap_resets; 0: none)
-BEFORE_SWITCH = (IDLE, DOWNLOAD_SCHEDULED, DOWNLOADING, DOWNLOADED, SIGNATURE_VERIFIED,
-                 INSTALL_SCHEDULED, INSTALLING)  # fmt: skip
-RESUMED_EARLY = BEFORE_SWITCH[1:] + (INSTALLED, REBOOTING, TRIAL)  # the job's later boots
-HELD = ("download", "verify", "install", "run_checks", "reboot")  # need the connection
-
-
-def reset(agent, state, job, outcome, inbox):
-    """Reset the board with the step's outcome kept (see above); False where it does not."""
-    if state not in BEFORE_SWITCH:
-        return False
-    limit = int(agent.cfg.get("install", {}).get("heap_resets", HEAP_RESETS))
-    job_id = job.id if job is not None else None
-    path = agent.heap_reset_path
-    try:
-        last = read_json(path) or {}
-        count = 1
-        if last.get("state") == state and last.get("job_id") == job_id:
-            count = int(last.get("count", 0)) + 1
-        if count > limit:
-            return False
-        for kind, payload in inbox:  # the inbox file keeps their order (take_deferred)
-            with open(agent.inbox_path, "a") as f:
-                f.write(kind + " " + dumps(payload) + "\n")
-        write_atomic(path, {"state": state, "job_id": job_id, "count": count,
-                            "outcome": list(outcome) if outcome else None})  # fmt: skip
-    except Exception as e:  # the flash or the heap: recover() as before
-        print("no reset for the heap (%r)" % e)
-        return False
-    print("heap too split for the journey in %s: reset %d of %d, %s kept" % (
-        state, count, limit, outcome[0] if outcome else "no outcome"))  # fmt: skip
-    agent.channel.stop()
-    agent.running = False
-    agent.system.reboot()
-    return True
+RESUMED_EARLY = (DOWNLOAD_SCHEDULED, DOWNLOADING, DOWNLOADED, SIGNATURE_VERIFIED,
+                 INSTALL_SCHEDULED, INSTALLING, INSTALLED, REBOOTING, TRIAL)  # fmt: skip
+HELD = ("download", "verify", "install", "run_checks", "try_slot", "reboot")  # see hold()
+FREE = HELD + ("save_journal", "report")  # what may follow them in a hold
 
 
 def after(agent):
@@ -98,19 +67,27 @@ def outcome(agent):
     return event, info
 
 
-def hold(agent, action):
-    """Keep the journey's last action at boot for the connection (True), if it needs it: a
-    step or the trial with the journey parked now, while the heap is young, as they would
-    park it; a reboot, so the statuses before it reach the broker first."""
-    if action[0] not in HELD:
+def hold(agent, actions):
+    """Keep the journey's last actions at boot for the connection (True), if they start
+    with one that needs it (a step, the trial, arming the new slot, the reboot) and none
+    needs the journey itself: a step or the trial with the journey parked now, while the
+    heap is young, as they would park it; set_boot() later, with the journey parked, and the
+    statuses before the reboot reach the broker first. A journal save among them writes the
+    record as it is now (the journey changes no more before they run)."""
+    if actions[0][0] not in HELD or any(action[0] not in FREE for action in actions):
         return False
-    if agent.parking and action[0] in ("download", "verify", "install"):
+    journey = agent.journey
+    held = [("save_record", journey.to_record(), journey.state)
+            if action[0] == "save_journal" else action for action in actions]  # fmt: skip
+    del journey
+    first = actions[0][0]
+    if agent.parking and first in ("download", "verify", "install"):
         from agent.mpy import park
 
         park.park(agent)
-    elif agent.parking and action[0] == "run_checks":
+    elif agent.parking and first == "run_checks":
         from agent.mpy import park
 
         park.park(agent, trial=True)
-    agent.held = action
+    agent.held = held
     return True

@@ -25,9 +25,12 @@ def write_atomic(path, record):
 
 
 def read_json(path):
+    """The record in `path` (None if there is none). json.load reads the file as a stream:
+    the whole text at once (a journal after a trial, about 1 KB) wanted a free run that
+    long when the journey is read back into a split heap."""
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read())
+            return json.load(f)
     except OSError as e:
         if e.args and e.args[0] == 2:  # ENOENT: nothing saved yet
             return None
@@ -44,10 +47,14 @@ class Journal:
         self.problem = None
 
     def save(self, journey):
-        write_atomic(self.path, journey.to_record())
+        self.save_record(journey.to_record(), journey.state)
+
+    def save_record(self, record, state):
+        """A journey's record taken earlier (agent/mpy/heapreset.py hold)."""
+        write_atomic(self.path, record)
         self.saves += 1
         if self.after_save is not None:
-            self.after_save(self.saves, journey.state)
+            self.after_save(self.saves, state)
 
     def load(self, policy):
         # Imported here, not at the top: the journey's modules leave the heap while a step

@@ -14,8 +14,7 @@ from agent.core import lifecycle as lc
 from agent.core.jobs import JobMemory, parse_job
 from agent.core.journey import Journey
 from agent.mpy import phase, steps
-from agent.mpy.agent import Agent
-from agent.mpy.heapreset import HEAP_RESETS
+from agent.mpy.agent import HEAP_RESETS, Agent
 from tests.micropython.test_mpy_recover import DEVICE, T0, Boot, Channel
 
 JOB = {"id": "job-1", "url": "http://fw/x", "version": "2.0"}
@@ -37,6 +36,9 @@ class Board(Channel):
     on_pong = None
 
     def stop(self):
+        pass
+
+    def drain(self, seconds):
         pass
 
     def reboot(self):
@@ -106,7 +108,7 @@ def test_the_outcome_of_a_step_survives_a_reset_for_the_heap(tmp_path, monkeypat
     agent.start()
     assert [m["status"] for m in board.sent] == ["Downloaded"]  # the outcome, taken at boot
     assert _record(tmp_path)["outcome"] is None  # once
-    assert agent.held == ("verify",) and verified == []  # after the connection
+    assert agent.held == [("verify",)] and verified == []  # after the connection
     assert agent.journey.inbox == [] and agent.journey.state == lc.DOWNLOADED  # parked
     agent.tick = lambda: None  # only the held step and what it leads to
     agent.turn()
@@ -136,7 +138,7 @@ def test_a_step_that_cannot_park_resets_and_runs_again(tmp_path, monkeypatch):
     monkeypatch.undo()
     agent, board = _boot(tmp_path)
     agent.start()  # as after a power cut: no retry spent, no backoff, the download held
-    assert agent.held == ("download",)
+    assert agent.held == [("download",)]
     assert [m["status"] for m in board.sent] == ["DownloadScheduled", "Downloading"]
 
 
@@ -151,7 +153,7 @@ def test_without_an_outcome_the_boot_resumes_as_after_a_cut(tmp_path, monkeypatc
     assert board.resets == 1 and _record(tmp_path)["outcome"] is None
     agent, board = _boot(tmp_path)
     agent.start()
-    assert agent.held == ("verify",)  # verify again, after the connection
+    assert agent.held == [("verify",)]  # verify again, after the connection
     assert [m["status"] for m in board.sent] == ["Downloaded"]
 
 
@@ -217,7 +219,7 @@ def test_a_job_the_heap_could_not_take_is_taken_at_the_next_boot(tmp_path, monke
 
     agent, board = _boot(tmp_path)
     agent.start()  # taken before the connection, the download held for it, parked
-    assert agent.held == ("download",)
+    assert agent.held == [("download",)]
     assert agent.journey.state == lc.DOWNLOADING and agent.journey.job.id == "job-1"
     assert [m["status"] for m in board.sent] == ["DownloadScheduled", "Downloading"]
     assert not agent.deferred and not os.path.exists(tmp_path / "inbox.txt.taken")
@@ -274,8 +276,45 @@ def test_a_boot_after_a_heap_reset_that_cannot_arm_the_slot_recovers(tmp_path, m
     _split_heap(agent, monkeypatch)  # a reset at the install's read-back, before this boot
     assert agent.heap_reset(lc.INSTALLING, journey.job, None, ())
     monkeypatch.undo()
+    board = Board()  # the next boot
     agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, NoRoomToArm(), board, Idle(),
                   None, board)  # fmt: skip
-    agent.start()  # it crashed out of start() here, and the board reset for good
-    assert agent.resume_at is not None and agent.held is None
+    agent.start()  # arming the slot waits for the connection, the journey parked
+    assert [a[0] for a in agent.held] == ["try_slot", "save_record", "report", "reboot"]
+    assert agent.held[1][2] == lc.REBOOTING and agent.journey.idle
+    with open(tmp_path / "journal.json") as f:
+        assert json.load(f)["state"] == lc.INSTALLED  # saved only once the slot is armed
+    with pytest.raises(MemoryError):  # run() recovers (it crashed out of start() before,
+        agent.turn()  # at 96K, and the board reset for good, its trial attempts used up)
+    assert board.resets == 0
     assert agent.board.slots()["slots"]["ota_1"]["armed"] == 0  # no boot attempt used
+    with open(tmp_path / "journal.json") as f:
+        assert json.load(f)["state"] == lc.INSTALLED
+
+
+def test_a_held_reboot_arms_saves_and_reports_in_order(tmp_path, monkeypatch):
+    armed = []
+
+    class Arms(Boot):
+        def try_slot(self, slot):
+            with open(tmp_path / "journal.json") as f:
+                armed.append((slot, json.load(f)["state"]))
+
+    agent, board = _boot(tmp_path)
+    _downloading(agent)
+    journey = agent.journey
+    for event in (lc.DOWNLOAD_OK, lc.SIGNATURE_OK, lc.TIME_REACHED, lc.INSTALL_OK):
+        journey.handle(event, T0)
+    agent.journal.save(journey)
+    _split_heap(agent, monkeypatch)
+    assert agent.heap_reset(lc.INSTALLING, journey.job, None, ())
+    monkeypatch.undo()
+    board = Board()  # the next boot
+    agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, Arms(), board, Idle(), None,
+                  board)  # fmt: skip
+    agent.start()
+    agent.turn()
+    assert armed == [("ota_1", lc.INSTALLED)] and board.resets == 1  # then the reboot
+    with open(tmp_path / "journal.json") as f:
+        assert json.load(f)["state"] == lc.REBOOTING
+    assert board.sent[-1]["status"] == "InstallRebooting"
