@@ -186,8 +186,10 @@ class Agent:
             except Exception as e:  # never a crash loop (set_boot's MemoryError at 96K was)
                 self.recover(e)
             self.hold_steps = False
+            trial = self.held is not None and self.held[0][0] == "run_checks"
             if self.parking and self.journey is not None and _inbox(self.journey) is None:
-                _park().park(self, idle=True)  # waiting (a retry's backoff): back at 1st turn
+                if not trial:  # waiting (a retry's backoff): back at the first turn
+                    _park().park(self, idle=True)
             phases.drop(("agent.mpy.park", "agent.mpy.heapreset"))
         prepare = getattr(self.trust, "prepare", None)
         if prepare is not None:  # the root's verdict, before the connection takes its heap
@@ -568,7 +570,6 @@ class Agent:
             results = None
         if parked and _inbox(self.journey) is not None:  # what raises leaves it parked
             inbox = self.journey.inbox
-            self.window_room = []  # no install in the trial: room for the journey (park_idle)
             self.journey = self.journal.load(self.trial_policy())
             self.handle_inbox(inbox)
         if results is not None:
@@ -670,7 +671,6 @@ class Agent:
         del journey  # no name may hold it while park() collects
         _park().park(self, idle=True)
         phases.drop(("agent.mpy.park",))  # no phase drops it here; unpark() frees it whole
-        self.reserve_window()  # let go for the trial's end (do_run_checks)
         if self.inventory_due:
             self.publish_inventory()
 

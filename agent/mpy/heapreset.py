@@ -6,12 +6,14 @@ Agent.heap_reset keeps on flash (`heap-reset.json` in the state dir) the step's 
 (event, info; None: the journal resumes the step as after a power cut), the state and job it
 ran in, and writes what arrived meanwhile to the inbox file; then the board resets (that
 part stays in agent.py: at the moment it is needed, importing this module failed for want
-of heap). Every later boot of that job, until its end removes the record
-(Agent.do_cleanup), resumes the journey before the connection, while the heap is young:
-`after` says so, `outcome` hands the journey the step's result once, and `hold` keeps the
-journey's last actions, if they need the connection or not the journey (a step, the trial,
-arming the slot and the reboot), for the first turn after it, with the journey parked at
-once where they would park it.
+of heap). Every later boot of that job up to the slot switch (the record goes with the
+job's end, Agent.do_cleanup) resumes the journey before the connection, while the heap is
+young: `after` says so, `outcome` hands the journey the step's result once, and `hold` keeps
+the journey's last actions, if they need the connection or not the journey (a step, arming
+the slot and the reboot; the trial, should the new slot have booted), for the first turn
+after it, with the journey parked at once for a step. The trial's boot resumes as any
+other: resumed early, the journey's read-back after the checks failed at 98K-100K in every
+run, and no reset may follow it there (the new slot is unconfirmed).
 
 Invariant: a reset for the heap happens only before the slot switch (or idle), so it never
 costs the new slot a trial boot; at most `[install] heap_resets` (default 3) in a row at one
@@ -27,14 +29,13 @@ from agent.core.lifecycle import (
     INSTALL_SCHEDULED,
     INSTALLED,
     INSTALLING,
-    REBOOTING,
     SIGNATURE_VERIFIED,
-    TRIAL,
 )
 from agent.mpy.store import read_json, write_atomic
 
+# Up to the slot switch; the trial's boot (REBOOTING, TRIAL) resumes as any other.
 RESUMED_EARLY = (DOWNLOAD_SCHEDULED, DOWNLOADING, DOWNLOADED, SIGNATURE_VERIFIED,
-                 INSTALL_SCHEDULED, INSTALLING, INSTALLED, REBOOTING, TRIAL)  # fmt: skip
+                 INSTALL_SCHEDULED, INSTALLING, INSTALLED)  # fmt: skip
 HELD = ("download", "verify", "install", "run_checks", "try_slot", "reboot")  # see hold()
 FREE = HELD + ("save_journal", "report")  # what may follow them in a hold
 
@@ -70,10 +71,12 @@ def outcome(agent):
 def hold(agent, actions):
     """Keep the journey's last actions at boot for the connection (True), if they start
     with one that needs it (a step, the trial, arming the new slot, the reboot) and none
-    needs the journey itself: a step or the trial with the journey parked now, while the
-    heap is young, as they would park it; set_boot() later, with the journey parked, and the
-    statuses before the reboot reach the broker first. A journal save among them writes the
-    record as it is now (the journey changes no more before they run)."""
+    needs the journey itself but the trial: a step with the journey parked now, while the
+    heap is young, as it would park it; set_boot() later, with the journey parked, and the
+    statuses before the reboot reach the broker first; the trial (a journal still INSTALLED
+    on a new slot that booted) parks the journey itself, after the connection. A journal
+    save among them writes the record as it is now (the journey changes no more before
+    they run)."""
     if actions[0][0] not in HELD or any(action[0] not in FREE for action in actions):
         return False
     journey = agent.journey
@@ -85,9 +88,5 @@ def hold(agent, actions):
         from agent.mpy import park
 
         park.park(agent)
-    elif agent.parking and first == "run_checks":
-        from agent.mpy import park
-
-        park.park(agent, trial=True)
     agent.held = held
     return True

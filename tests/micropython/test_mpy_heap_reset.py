@@ -318,3 +318,39 @@ def test_a_held_reboot_arms_saves_and_reports_in_order(tmp_path, monkeypatch):
     with open(tmp_path / "journal.json") as f:
         assert json.load(f)["state"] == lc.REBOOTING
     assert board.sent[-1]["status"] == "InstallRebooting"
+
+
+class OnTheNewSlot(Boot):
+    def booted_slot(self):
+        return "ota_1"
+
+    def mark_good(self, slot):
+        self.good = slot
+
+
+def test_the_trial_after_heap_resets_boots_as_any_other(tmp_path, monkeypatch):
+    # Resumed before the connection, the journey's read-back after the checks failed at
+    # 98K-100K every time, and no reset may follow it (the new slot is unconfirmed).
+    agent, board = _boot(tmp_path)
+    _downloading(agent)
+    journey = agent.journey
+    for event in (lc.DOWNLOAD_OK, lc.SIGNATURE_OK, lc.TIME_REACHED, lc.INSTALL_OK):
+        journey.handle(event, T0)
+    journey.handle(lc.TIME_REACHED, T0)  # armed: REBOOTING, saved after set_boot
+    agent.journal.save(journey)
+    _split_heap(agent, monkeypatch)
+    assert agent.heap_reset(lc.INSTALLING, journey.job, None, ())  # earlier in the job
+    monkeypatch.undo()
+    board, boot = Board(), OnTheNewSlot()
+    agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, boot, board, Idle(), None,
+                  board)  # fmt: skip
+    parked = []
+
+    def checks(agent, step):
+        parked.append(agent.journey.inbox)
+        return {name: (True, {}) for name in agent.journey.required_checks}
+
+    monkeypatch.setattr(steps, "run_checks", checks)
+    agent.start()  # connected first, then resumed: the trial runs in start(), parked
+    assert agent.held is None and parked == [[]] and boot.good == "ota_1"
+    assert "Committed" in [m["status"] for m in board.sent]
