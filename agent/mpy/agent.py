@@ -154,7 +154,7 @@ class Agent:
         self.step = 0
         self.hold_steps = False  # at boot after a heap reset: see execute()
         self.held = None  # the actions held at boot for the connection (heapreset.hold)
-        self.inventory_due = False  # the row could not be built for want of heap
+        self.inventory_due = None  # when to build the row again (no heap for it before)
         self.envelope = None  # the raw signed header of the job's bundle (bytes)
         self._download_tls = None  # see download_tls()
         self.wake_at = 0
@@ -277,6 +277,8 @@ class Agent:
             if event[0] == self.step:
                 self.execute(self.journey.handle(event[1], time.time(), event[2])[1])
         self.tick()
+        if self.inventory_due is not None and time.time() >= self.inventory_due:
+            self.publish_inventory()
 
     def parked_waiting(self):
         """Whether the journey is parked as idle while its job waits (start(), after a heap
@@ -671,7 +673,7 @@ class Agent:
         del journey  # no name may hold it while park() collects
         _park().park(self, idle=True)
         phases.drop(("agent.mpy.park",))  # no phase drops it here; unpark() frees it whole
-        if self.inventory_due:
+        if self.inventory_due is not None:
             self.publish_inventory()
 
     def unpark(self):
@@ -868,13 +870,13 @@ class Agent:
         }  # fmt: skip
 
     def publish_inventory(self):
-        self.inventory_due = False
+        self.inventory_due = None
         try:
             self.channel.publish(INVENTORY, self.inventory_row(), retain=True)
         except Exception as e:  # a corrupt state file must not stop the agent
             print("inventory not built: %r" % e)
-            # the heap (at 98K, after a commit): again once the journey is parked (park_idle)
-            self.inventory_due = isinstance(e, MemoryError)
+            if isinstance(e, MemoryError):  # the heap (at 98K after a commit, 108K at start):
+                self.inventory_due = time.time() + RECOVER_S  # again then, or once parked
 
 
 def _exists(path):

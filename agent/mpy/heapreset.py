@@ -12,8 +12,9 @@ young: `after` says so, `outcome` hands the journey the step's result once, and 
 the journey's last actions, if they need the connection or not the journey (a step, arming
 the slot and the reboot; the trial, should the new slot have booted), for the first turn
 after it, with the journey parked at once for a step. The trial's boot resumes as any
-other: resumed early, the journey's read-back after the checks failed at 98K-100K in every
-run, and no reset may follow it there (the new slot is unconfirmed).
+other: resumed early, the journey's read-back after the checks failed at 98K-100K in 14 of
+15 runs (the connection and the root's verdict took the room it left), and no reset may
+follow it there (the new slot is unconfirmed).
 
 Invariant: a reset for the heap happens only before the slot switch (or idle), so it never
 costs the new slot a trial boot; at most `[install] heap_resets` (default 3) in a row at one

@@ -26,8 +26,9 @@ from hil.scenarios import test_catalogue as catalogue
 HEAP = "116K"
 # With the journey unparked, the board idles and takes jobs, but cannot verify a signature in
 # it. Parked (the default, agent/mpy/park.py), the verify step needs less heap than the idle
-# board: no heap then idles but cannot verify.
-TOO_SMALL = "108K"
+# board: no heap then idles but cannot verify. 108K until the heap resets' code (0.8 KiB):
+# then the job's offer met a MemoryError there (docs/micropython.md).
+TOO_SMALL = "110K"
 T = 60
 
 
@@ -138,8 +139,11 @@ def test_a_heap_too_small_to_verify_fails_safe_and_stays_cancellable(tmp_path, m
         r.power_on()
         r.start_row = r.wait_online(30)
         job = r.push_job("1.1.0", r.release("1.1.0"))
-        short = r.backend.wait_status(r.device_id, lambda s: s.get("reason") == "no-memory", T)
-        assert short["status"] == "Downloaded" and short["retry_in_s"] > 0  # tried again later
+        # At this margin the header's fetch can run out first (a retry of the download) as
+        # well as the verify step (resumed from the journal later): both fail safe.
+        short = r.backend.wait_status(r.device_id, lambda s: "no-memory" in str(s.get("reason")), T)
+        assert short["status"] in ("Downloaded", "DownloadPaused"), short
+        assert short.get("retry_in_s", 1) > 0  # tried again later
         r.backend.cancel_job(r.device_id, job["id"])
         r.backend.wait_status(r.device_id, lambda s: s.get("reason") == "cancelled", T)
         names = [s["status"] for s in r.statuses(job["id"])]

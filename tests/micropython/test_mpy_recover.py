@@ -109,3 +109,34 @@ def test_parking_the_idle_board_frees_its_journey_at_once(tmp_path, monkeypatch)
     monkeypatch.setattr(park.gc, "collect", collect_and_look)
     agent.park_idle()
     assert agent.journey.idle and alive == [None]
+
+
+def test_an_inventory_the_heap_could_not_build_is_built_again(tmp_path, monkeypatch):
+    # At 108K (the journey not parked) the row's JSON found no 592 bytes in one piece at
+    # start: the board stayed offline to its backend, which waits for that row.
+    from agent.mpy import agent as agent_module
+
+    agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, Boot(), Channel(), None,
+                  None, System())  # fmt: skip
+    rows = []
+
+    def row():
+        if not rows:
+            rows.append(None)
+            raise MemoryError("memory allocation failed, allocating 592 bytes")
+        rows.append("row")
+        return {"device_id": "mpy-1"}
+
+    monkeypatch.setattr(agent, "inventory_row", row)
+    agent.publish_inventory()
+    assert agent.inventory_due is not None and agent.channel.sent == []
+    agent.channel.poll = lambda: None
+    agent.tick = lambda: None
+    agent.journey = Journey(JobMemory())
+    agent.turn()  # not yet
+    assert rows == [None]
+    clock = [agent.inventory_due]
+    monkeypatch.setattr(agent_module.time, "time", lambda: clock[0])
+    agent.turn()
+    assert rows == [None, "row"] and agent.channel.sent == [{"device_id": "mpy-1"}]
+    assert agent.inventory_due is None
