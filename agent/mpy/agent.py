@@ -23,8 +23,9 @@ journey arms the new slot again instead of rolling back (docs/micropython.md).
 Invariant: every decision is the journey's; a failure of a step becomes the event that fits it
 (with the error's reason), never an exception out of the loop: an action that fails outright
 (a MemoryError, a flash error) is reported and the journey resumed from the journal later, as
-the Linux daemon's recover() does; nothing is reported before the journal saved the state it
-belongs to.
+the Linux daemon's recover() does, or, before the slot switch and for a heap too split to read
+the journey back, the board resets with the step's outcome kept (agent/mpy/heapreset.py);
+nothing is reported before the journal saved the state it belongs to.
 """
 
 import json
@@ -355,7 +356,8 @@ class Agent:
             print(self.journal.problem)
         booted = self.boot.booted_slot()
         print("booted slot %s; journal state %s" % (booted, self.journey.state))
-        outcome = _heapreset().outcome(self) if first and self.hold_steps else None
+        after_reset = first and self.hold_steps and _exists(self.heap_reset_path)
+        outcome = _heapreset().outcome(self) if after_reset else None
         if outcome is not None:  # the step's result, as if no reset had come between
             print("after a reset for the heap: %s in %s" % (outcome[0], self.journey.state))
             self.execute(self.journey.handle(outcome[0], time.time(), outcome[1])[1])
@@ -627,11 +629,12 @@ class Agent:
             self.events.append((step, result[0], result[1]))
 
     def heap_reset(self, state, job, outcome, inbox):
-        """The journey cannot come back after a parked step (or a failed action), or a step
-        could not park: reset the board, the step's outcome kept (agent/mpy/heapreset.py);
-        False, for recover() as before, after the slot switch or past [install]
-        heap_resets in a row at one state of one job. Here, not in heapreset.py: importing
-        that module at this moment failed for want of heap."""
+        """The journey cannot come back (after a parked step, a failed action, or for a job
+        that arrived while it idled parked), or a parked step met a MemoryError: reset the
+        board, the step's outcome kept (agent/mpy/heapreset.py); False, for recover() as
+        before, after the slot switch or past [install] heap_resets in a row at one state of
+        one job. Here, not in heapreset.py: importing that module at this moment failed for
+        want of heap."""
         if state not in BEFORE_SWITCH:
             return False
         limit = int(self.cfg.get("install", {}).get("heap_resets", HEAP_RESETS))

@@ -78,6 +78,21 @@ def _record(tmp_path):
         return json.load(f)
 
 
+def _installed_after_a_reset(tmp_path, monkeypatch, *more):
+    """A journal INSTALLED (then `more` events), left by a job whose install step was
+    followed by a reset for the heap: what the next boot finds."""
+    agent, _ = _boot(tmp_path)
+    _downloading(agent)
+    journey = agent.journey
+    for event in (lc.DOWNLOAD_OK, lc.SIGNATURE_OK, lc.TIME_REACHED, lc.INSTALL_OK) + more:
+        journey.handle(event, T0)
+    agent.journal.save(journey)
+    _split_heap(agent, monkeypatch)
+    assert agent.heap_reset(lc.INSTALLING, journey.job, None, ())
+    monkeypatch.undo()
+    return journey
+
+
 @pytest.fixture(autouse=True)
 def _keep_modules(monkeypatch):
     monkeypatch.setattr(phase, "drop", lambda names: None)  # this process keeps its modules
@@ -266,16 +281,7 @@ class Idle:
 
 
 def test_a_boot_after_a_heap_reset_that_cannot_arm_the_slot_recovers(tmp_path, monkeypatch):
-    agent, board = _boot(tmp_path)
-    _downloading(agent)
-    journey = agent.journey
-    for event in (lc.DOWNLOAD_OK, lc.SIGNATURE_OK, lc.TIME_REACHED, lc.INSTALL_OK):
-        journey.handle(event, T0)
-    assert journey.state == lc.INSTALLED
-    agent.journal.save(journey)
-    _split_heap(agent, monkeypatch)  # a reset at the install's read-back, before this boot
-    assert agent.heap_reset(lc.INSTALLING, journey.job, None, ())
-    monkeypatch.undo()
+    assert _installed_after_a_reset(tmp_path, monkeypatch).state == lc.INSTALLED
     board = Board()  # the next boot
     agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, NoRoomToArm(), board, Idle(),
                   None, board)  # fmt: skip
@@ -300,15 +306,7 @@ def test_a_held_reboot_arms_saves_and_reports_in_order(tmp_path, monkeypatch):
             with open(tmp_path / "journal.json") as f:
                 armed.append((slot, json.load(f)["state"]))
 
-    agent, board = _boot(tmp_path)
-    _downloading(agent)
-    journey = agent.journey
-    for event in (lc.DOWNLOAD_OK, lc.SIGNATURE_OK, lc.TIME_REACHED, lc.INSTALL_OK):
-        journey.handle(event, T0)
-    agent.journal.save(journey)
-    _split_heap(agent, monkeypatch)
-    assert agent.heap_reset(lc.INSTALLING, journey.job, None, ())
-    monkeypatch.undo()
+    _installed_after_a_reset(tmp_path, monkeypatch)
     board = Board()  # the next boot
     agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, Arms(), board, Idle(), None,
                   board)  # fmt: skip
@@ -330,17 +328,9 @@ class OnTheNewSlot(Boot):
 
 def test_the_trial_after_heap_resets_boots_as_any_other(tmp_path, monkeypatch):
     # Resumed before the connection, the journey's read-back after the checks failed at
-    # 98K-100K every time, and no reset may follow it (the new slot is unconfirmed).
-    agent, board = _boot(tmp_path)
-    _downloading(agent)
-    journey = agent.journey
-    for event in (lc.DOWNLOAD_OK, lc.SIGNATURE_OK, lc.TIME_REACHED, lc.INSTALL_OK):
-        journey.handle(event, T0)
-    journey.handle(lc.TIME_REACHED, T0)  # armed: REBOOTING, saved after set_boot
-    agent.journal.save(journey)
-    _split_heap(agent, monkeypatch)
-    assert agent.heap_reset(lc.INSTALLING, journey.job, None, ())  # earlier in the job
-    monkeypatch.undo()
+    # 98K-100K in 14 runs of 15, and no reset may follow it (the new slot is unconfirmed).
+    journey = _installed_after_a_reset(tmp_path, monkeypatch, lc.TIME_REACHED)
+    assert journey.state == lc.REBOOTING  # armed, saved after set_boot
     board, boot = Board(), OnTheNewSlot()
     agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, boot, board, Idle(), None,
                   board)  # fmt: skip
