@@ -659,6 +659,10 @@ class Agent:
             return False
         print("heap too split for the journey in %s: reset %d of %d, %s kept" % (
             state, count, limit, outcome[0] if outcome else "no outcome"))  # fmt: skip
+        try:  # the statuses sent since the boot reach the broker first (lost without it)
+            self.channel.drain(3.0)
+        except Exception as e:
+            print("statuses not drained (%r)" % e)
         self.channel.stop()
         self.running = False
         self.system.reboot()

@@ -9,6 +9,11 @@ second). A reset is the end of this process: the board controller runs the bootl
 
 Power-cut tests: with MPYBOARD_DIR/cut_at holding N (or N,M,...), the N-th journal save of the
 board's life prints "POWER CUT" and blocks; the controller then pulls the plug.
+
+Split-heap tests: with MPYBOARD_DIR/split_at holding journal states (downloading,downloaded,
+...), the journey's read-back after the parked step of each meets a MemoryError once, as
+in a heap the step split at 96K-100K (a test's 116K heap never is), so the agent's reset
+for a split heap (agent/mpy/heapreset.py) runs on the real port at a heap that completes.
 """
 
 import json
@@ -105,6 +110,29 @@ def _counted_save(n, state):
             time.sleep(1)
 
 
+def _split_heap(agent):
+    """See the module's docstring: split_at's states, each taken once."""
+    path = BOARD + "/split_at"
+    load = agent.journal.load
+
+    def split_load(policy):
+        try:
+            with open(path) as f:
+                states = f.read().split(",")
+        except OSError:
+            return load(policy)
+        journey = agent.journey
+        after_step = getattr(journey, "inbox", None) is not None and not journey.idle
+        if after_step and journey.state in states:
+            states.remove(journey.state)
+            with open(path, "w") as f:
+                f.write(",".join(states))
+            raise MemoryError("memory allocation failed, allocating 592 bytes (split_at)")
+        return load(policy)
+
+    agent.journal.load = split_load
+
+
 def main():
     import gc
 
@@ -126,6 +154,7 @@ def main():
     trust = Trust(cfg["trust"]["root"], cfg.get("state_dir", "data") + "/trusted-root.json")
     channel = Channel(cfg["mqtt"], cfg["device"]["id"])
     agent = Agent(cfg, OtaBoot(), channel, SimStack(DEFECTS), trust, System(), _counted_save)
+    _split_heap(agent)
     gc.collect()
     print("[fw] agent up, heap used %d free %d" % (gc.mem_alloc(), gc.mem_free()))
     agent.run()

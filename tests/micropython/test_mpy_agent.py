@@ -156,6 +156,30 @@ def test_a_heap_too_small_to_verify_fails_safe_and_stays_cancellable(tmp_path, m
         r.close()
 
 
+def test_resets_for_a_split_heap_carry_the_update_to_its_commit(rig):
+    # The journey's read-back after each parked step meets a MemoryError once (firmware.py
+    # split_at: the fault a 96K-100K heap gives, injected at the tests' heap, where the rest
+    # of the update fits): the board resets after each step with its outcome kept, and no
+    # step runs twice.
+    with open(os.path.join(rig.board.dir, "split_at"), "w") as f:
+        f.write("downloading,downloaded,installing")
+    job = rig.push_job("1.1.0", rig.release("1.1.0"))
+    final = rig.wait_status(job["id"], FINAL_STATUSES, T)
+    assert final["status"] == "Committed", final
+    text = rig.console_text()
+    assert text.count("heap too split for the journey") == 3
+    for kept in ("download-ok", "signature-ok", "install-ok"):
+        assert "after a reset for the heap: %s" % kept in text
+    for step in ("download", "verify", "install"):
+        assert text.count("phase %s: start" % step) == 1, step  # none ran again
+    assert len(re.findall(rig.boot_banner, text)) == 5  # 1 + 3 resets + the new slot
+    names = [s["status"] for s in rig.statuses(job["id"])]
+    for status in ("Downloaded", "SignatureVerified", "Installed", "InstallRebooting"):
+        assert names.count(status) == 1, names
+    assert catalogue.settled_row(rig, job["id"])["booted"] == "ota_1"
+    assert not os.path.exists(os.path.join(rig.board.dir, "data", "heap-reset.json"))
+
+
 # Journal saves of a good update, in order: accepted (DownloadScheduled), Downloading,
 # Downloaded, InstallScheduled, Installing, Installed, Rebooting | new slot: Trial, Committed,
 # Idle. A cut at the Trial save lands before mark_app_valid_cancel_rollback: ESP-IDF's
