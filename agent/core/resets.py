@@ -30,6 +30,7 @@ ALIASES = (
     ("watchdog", WATCHDOG), ("wdog", WATCHDOG), ("wdt", WATCHDOG),
     ("panic", PANIC), ("kernel_panic", PANIC), ("crash", PANIC),
     ("reboot", REBOOT), ("warm", REBOOT), ("software", REBOOT), ("sw", REBOOT),
+    ("agent-restart", AGENT_RESTART),  # MicroPython's soft reset: the VM only, same boot
 )
 # fmt: on
 

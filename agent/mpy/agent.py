@@ -23,9 +23,11 @@ journey arms the new slot again instead of rolling back (docs/micropython.md).
 Invariant: every decision is the journey's; a failure of a step becomes the event that fits it
 (with the error's reason), never an exception out of the loop: an action that fails outright
 (a MemoryError, a flash error) is reported and the journey resumed from the journal later, as
-the Linux daemon's recover() does, or, before the slot switch and for a heap too split to read
-the journey back, the board resets with the step's outcome kept (agent/mpy/heapreset.py);
-nothing is reported before the journal saved the state it belongs to.
+the Linux daemon's recover() does, or, for a heap too split to read the journey back, the
+VM restarts (machine.soft_reset(); without it the board resets, before the slot switch only)
+with the step's or the trial's outcome kept (agent/mpy/heapreset.py); nothing is reported
+before the journal saved the state it belongs to, and the journey never moves on from a
+state its journal does not hold yet.
 """
 
 import json
@@ -64,18 +66,22 @@ PARKED_STEPS = ("download", "verify", "install")  # run with the journey parked 
 HEAP_RESETS = 3  # resets for a split heap in a row at one state of one job (heap_reset)
 BEFORE_SWITCH = (IDLE, DOWNLOAD_SCHEDULED, DOWNLOADING, DOWNLOADED, SIGNATURE_VERIFIED,
                  INSTALL_SCHEDULED, INSTALLING)  # fmt: skip
+CHECK_RESULTS = "check-results"  # a trial's outcome kept across a soft reset (heap_reset)
 
 
 def esp32_boot_facts(machine):
-    """Journey.resume's boot facts from MicroPython's machine.reset_cause() on an ESP32: only
-    a power-on (or brown-out) and a watchdog name a cause. MicroPython's esp32 port reports
-    esp_restart() and a panic alike as HARD_RESET, and SOFT_RESET is a restart of the VM in
-    the same boot: they stay "unknown" rather than a guess (agent/core/resets.py)."""
+    """Journey.resume's boot facts from MicroPython's machine.reset_cause() on an ESP32: a
+    power-on (or brown-out), a watchdog, and a soft reset (machine.soft_reset(): the VM
+    restarted in the same boot of the chip, the bootloader did not run: an agent restart)
+    name a cause. MicroPython's esp32 port reports esp_restart() and a panic alike as
+    HARD_RESET: that stays "unknown" rather than a guess (agent/core/resets.py)."""
     cause = machine.reset_cause()
     if cause == machine.PWRON_RESET:
         return {"reset": "power-on"}
     if cause == machine.WDT_RESET:
         return {"reset": "watchdog"}
+    if cause == machine.SOFT_RESET:
+        return {"reset": "agent-restart"}
     return {"reset": "unknown"}
 
 
@@ -92,6 +98,11 @@ def _park():
 def _inbox(journey):
     """What came while the journey was parked (a park.Parked has an inbox), or None."""
     return getattr(journey, "inbox", None)
+
+
+def _job_id(journey):
+    """The id of a journey's (or a parked one's) job, or None."""
+    return journey.job.id if journey.job is not None else None
 
 
 def _heapreset():
@@ -124,7 +135,8 @@ class Agent:
     """cfg: the board's agent.json (dict); boot: agent.mpy.ota.OtaBoot; channel: Channel;
     stack: the charging firmware's callback object; trust: agent.mpy.trust.Trust;
     system: reboot(), local_offset_s() and boot_facts() (esp32_boot_facts(machine); without
-    it every reset is of unknown cause)."""
+    it every reset is of unknown cause), and optionally soft_reset() (machine.soft_reset:
+    the resets for a split heap then restart the VM only, and may come in the trial too)."""
 
     def __init__(self, cfg, boot, channel, stack, trust, system, after_save=None, rng=None):
         self.cfg, self.boot, self.channel, self.stack = cfg, boot, channel, stack
@@ -157,6 +169,7 @@ class Agent:
         self.held = None  # the actions held at boot for the connection (heapreset.hold)
         self.inventory_due = None  # when to build the row again (no heap for it before)
         self.envelope = None  # the raw signed header of the job's bundle (bytes)
+        self.final_seq = None  # the seq of the last final status this boot sent
         self._download_tls = None  # see download_tls()
         self.wake_at = 0
         self.resume_at = None  # set after an action failed outright (recover)
@@ -182,15 +195,17 @@ class Agent:
             try:
                 if self.deferred and self.journey is not None:  # acknowledged before a reset
                     self.take_deferred()
-                if self.journey is not None and _inbox(self.journey) is None:
-                    self.tick()  # a step due now is held, parked
+                if (self.journey is not None and _inbox(self.journey) is None
+                        and not self.held and self.resume_at is None):  # fmt: skip
+                    # A step due now is held, parked; never past held actions, nor after an
+                    # action failed (the journey in RAM may be ahead of the journal: a trial
+                    # COMMITTED whose save failed was finished to IDLE unconfirmed at 98K).
+                    self.tick()
             except Exception as e:  # never a crash loop (set_boot's MemoryError at 96K was)
                 self.recover(e)
             self.hold_steps = False
-            trial = self.held is not None and self.held[0][0] == "run_checks"
             if self.parking and self.journey is not None and _inbox(self.journey) is None:
-                if not trial:  # waiting (a retry's backoff): back at the first turn
-                    _park().park(self, idle=True)
+                _park().park(self, idle=True)  # waiting (a retry's backoff): back at the first turn
             phases.drop(("agent.mpy.park", "agent.mpy.heapreset"))
         prepare = getattr(self.trust, "prepare", None)
         if prepare is not None:  # the root's verdict, before the connection takes its heap
@@ -203,7 +218,7 @@ class Agent:
         # The last final status of an earlier boot was never acknowledged: send it again,
         # before resume() may run a whole trial and record a new one.
         unsent = self.board.history().get("final")
-        if unsent:
+        if unsent and unsent.get("seq") != self.final_seq:  # not one the early resume sent
             self.channel.publish(STATUS, unsent, on_ack=self.board.final_delivered)
         if not early:
             self.resume_safely()
@@ -295,6 +310,8 @@ class Agent:
         self.step += 1
         self.events = []
         gc.collect()
+        if isinstance(error, MemoryError) and self.restart_for(error):
+            return
         reason = "no-memory" if isinstance(error, MemoryError) else getattr(error, "reason",
                                                                            "internal")  # fmt: skip
         detail = getattr(error, "message", None) or repr(error)
@@ -313,6 +330,22 @@ class Agent:
             })  # fmt: skip
         except Exception as e:  # the loop must outlive whatever broke
             print("could not report the failure: %r" % e)
+
+    def restart_for(self, error):
+        """An action the heap could not do, even after a collection (set_boot's image check
+        found no 1280 bytes in one piece at 120K with TLS, at every resume): a reset for the
+        heap, the journal resuming the step as after a power cut (heap_reset); False if none
+        may come (recover() then goes on as before)."""
+        from agent.mpy.store import read_json
+
+        try:
+            record = read_json(self.journal.path) or {}
+        except Exception:  # the heap again, or the flash: recover() as before
+            return False
+        print("action failed: %r" % error)
+        job_id = (record.get("job") or {}).get("id")
+        return self.heap_reset(record.get("state") or IDLE, job_id, None,
+                               _inbox(self.journey) or ())  # fmt: skip
 
     def boot_facts(self):
         """This boot's facts for the journey: the SoC's reset cause, and the boot attempts
@@ -349,7 +382,14 @@ class Agent:
         try:
             self.journey = self.journal.load(self.trial_policy())
         except MemoryError:
-            if parked is None or not self.heap_reset(parked.state, parked.job, None, inbox):
+            # No room for the journey next to the connection (at 98K on the new slot's first
+            # boot): the next boot (or VM) resumes it first, while the heap is young. The
+            # state is the journal's: a journey parked after a failed action may be ahead.
+            from agent.mpy.store import read_json
+
+            record = read_json(self.journal.path) or {}
+            job_id = (record.get("job") or {}).get("id")
+            if not self.heap_reset(record.get("state") or IDLE, job_id, None, inbox):
                 raise
             return
         if self.journal.problem:
@@ -359,8 +399,7 @@ class Agent:
         after_reset = first and self.hold_steps and _exists(self.heap_reset_path)
         outcome = _heapreset().outcome(self) if after_reset else None
         if outcome is not None:  # the step's result, as if no reset had come between
-            print("after a reset for the heap: %s in %s" % (outcome[0], self.journey.state))
-            self.execute(self.journey.handle(outcome[0], time.time(), outcome[1])[1])
+            self.apply_outcome(outcome)
             return
         facts = self.boot_facts() if first else None
         self.execute(self.journey.resume(booted, time.time(), facts)[1])
@@ -370,6 +409,23 @@ class Agent:
         ):
             self.boot.mark_good(booted)  # a healthy boot of a confirmed slot: idempotent
         self.handle_inbox(inbox)  # what came while a step that failed outright was parked
+
+    def apply_outcome(self, outcome):
+        """Hand the journey a step's outcome kept across a reset for the heap. If its actions
+        find no room (a young heap, but split by the journey's read-back: at 98K its largest
+        free run was 384 bytes), reset again with the outcome kept: the journal says what
+        ran (a save that was done moves it on, and the outcome is then moot)."""
+        event, info = outcome
+        state, job_id = self.journey.state, _job_id(self.journey)
+        print("after a reset for the heap: %s in %s" % (event, state))
+        try:
+            if event == CHECK_RESULTS:  # the trial's checks ran before a soft reset
+                self.execute(self.journey.check_results(info, time.time())[1])
+            else:
+                self.execute(self.journey.handle(event, time.time(), info)[1])
+        except MemoryError:
+            if not self.heap_reset(state, job_id, outcome, ()):
+                raise
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -466,7 +522,11 @@ class Agent:
                 import gc
 
                 gc.collect()
-                do(*action[1:])
+                try:
+                    do(*action[1:])
+                except MemoryError:
+                    print("action %s: no room, twice" % action[0])
+                    raise
 
     def do_save_journal(self):
         self.journal.save(self.journey)
@@ -486,6 +546,7 @@ class Agent:
             return
         # A journey's last status survives a power cut: kept on flash until acknowledged.
         message = self.report(status, info, on_ack=self.board.final_delivered)
+        self.final_seq = message["seq"]
         self.board.record_result(info.get("job_id"), status, info, message)
         self.publish_inventory()
 
@@ -573,9 +634,18 @@ class Agent:
         except Abandoned:
             results = None
         if parked and _inbox(self.journey) is not None:  # what raises leaves it parked
-            inbox = self.journey.inbox
-            self.journey = self.journal.load(self.trial_policy())
-            self.handle_inbox(inbox)
+            journey = self.journey
+            try:
+                self.journey = self.journal.load(self.trial_policy())
+            except MemoryError:
+                # The checks split the heap (at 96K-100K, 11 KiB free, no 239 bytes in one
+                # piece): a soft reset keeps this boot of the new slot, and the next VM hands
+                # the journey the results (heap_reset); without one, recover() as before.
+                outcome = (CHECK_RESULTS, results) if results is not None else None
+                if self.heap_reset(journey.state, _job_id(journey), outcome, journey.inbox):
+                    return
+                raise
+            self.handle_inbox(journey.inbox)
         if results is not None:
             self.execute(self.journey.check_results(results, time.time())[1])
 
@@ -604,7 +674,8 @@ class Agent:
             # the journal runs the step again, as after a power cut (no retry spent, no
             # backoff waited, with the heap whole); past [install] heap_resets, the failure
             # event.
-            if self.heap_reset(self.journey.state, self.journey.job, None,
+            print("step %s: %r" % (name, result))
+            if self.heap_reset(self.journey.state, _job_id(self.journey), None,
                                _inbox(self.journey) or ()):  # fmt: skip
                 return
         if isinstance(result, Exception) and failure is not None:
@@ -618,7 +689,7 @@ class Agent:
                 if outcome is None and result is not None:
                     print("step %s failed: %r" % (name, result))
                 if not (isinstance(e, MemoryError) and self.heap_reset(
-                        journey.state, journey.job, outcome, journey.inbox)):  # fmt: skip
+                        journey.state, _job_id(journey), outcome, journey.inbox)):  # fmt: skip
                     self.recover(e)
                 return
             self.handle_inbox(journey.inbox)
@@ -628,17 +699,20 @@ class Agent:
         if result is not None:
             self.events.append((step, result[0], result[1]))
 
-    def heap_reset(self, state, job, outcome, inbox):
-        """The journey cannot come back (after a parked step, a failed action, or for a job
-        that arrived while it idled parked), or a parked step met a MemoryError: reset the
-        board, the step's outcome kept (agent/mpy/heapreset.py); False, for recover() as
-        before, after the slot switch or past [install] heap_resets in a row at one state of
-        one job. Here, not in heapreset.py: importing that module at this moment failed for
-        want of heap."""
-        if state not in BEFORE_SWITCH:
-            return False
+    def heap_reset(self, state, job_id, outcome, inbox):
+        """The journey cannot come back (at boot, after a parked step, after the trial's
+        checks, after a failed action, or for a job that arrived while it idled parked), or
+        a parked step met a MemoryError: reset, the step's outcome kept
+        (agent/mpy/heapreset.py): a soft reset (the VM only, in the same boot of the chip)
+        if the system has one, in any state; else a hard reset, before the slot switch only
+        (after it, a reset would end the new slot's trial boot). False, for recover() as
+        before, in the other cases, with the journey never parked, and past [install]
+        heap_resets in a row at one state of one job. Here, not in heapreset.py: importing
+        that module at this moment failed for want of heap."""
+        soft = getattr(self.system, "soft_reset", None)
+        if not self.parking or (soft is None and state not in BEFORE_SWITCH):
+            return False  # unparked ([install] park_journey off), the boot resumes late
         limit = int(self.cfg.get("install", {}).get("heap_resets", HEAP_RESETS))
-        job_id = job.id if job is not None else None
         try:
             from agent.mpy.store import read_json, write_atomic
 
@@ -657,15 +731,19 @@ class Agent:
         except Exception as e:  # the flash or the heap: recover() as before
             print("no reset for the heap (%r)" % e)
             return False
-        print("heap too split for the journey in %s: reset %d of %d, %s kept" % (
-            state, count, limit, outcome[0] if outcome else "no outcome"))  # fmt: skip
+        print("heap too split for the journey in %s: %s %d of %d, %s kept" % (
+            state, "soft reset" if soft else "reset", count, limit,
+            outcome[0] if outcome else "no outcome"))  # fmt: skip
         try:  # the statuses sent since the boot reach the broker first (lost without it)
             self.channel.drain(3.0)
         except Exception as e:
             print("statuses not drained (%r)" % e)
         self.channel.stop()
         self.running = False
-        self.system.reboot()
+        if soft is not None:
+            soft()
+        else:
+            self.system.reboot()
         return True
 
     def park_idle(self):
@@ -694,7 +772,8 @@ class Agent:
             self.journey = self.journal.load(self.trial_policy())
         except Exception as e:
             split = isinstance(e, MemoryError)
-            if not (split and self.heap_reset(journey.state, journey.job, None, journey.inbox)):
+            if not (split and self.heap_reset(journey.state, _job_id(journey), None,
+                                            journey.inbox)):  # fmt: skip
                 self.recover(e)
             return False
         self.handle_inbox(journey.inbox)  # none: each arrival unparks; kept for safety
@@ -759,7 +838,7 @@ class Agent:
         except MemoryError:
             self.deferred = True
             journey = self.journey  # taken at the next boot, while the heap is young
-            if not self.heap_reset(journey.state, journey.job, None, ()):
+            if not self.heap_reset(journey.state, _job_id(journey), None, ()):
                 raise
             return
         except Exception:

@@ -6,21 +6,26 @@ Agent.heap_reset keeps on flash (`heap-reset.json` in the state dir) the step's 
 (event, info; None: the journal resumes the step as after a power cut), the state and job it
 ran in, and writes what arrived meanwhile to the inbox file; then the board resets (that
 part stays in agent.py: at the moment it is needed, importing this module failed for want
-of heap). Every later boot of that job up to the slot switch (the record goes with the
-job's end, Agent.do_cleanup) resumes the journey before the connection, while the heap is
-young: `after` says so, `outcome` hands the journey the step's result once, and `hold` keeps
-the journey's last actions, if they need the connection or not the journey (a step, arming
-the slot and the reboot; the trial, should the new slot have booted), for the first turn
-after it, with the journey parked at once for a step. The trial's boot resumes as any
-other: resumed early, the journey's read-back after the checks failed at 98K-100K in 14 of
-15 runs (the connection and the root's verdict took the room it left), and no reset may
-follow it there (the new slot is unconfirmed).
+of heap). With a soft reset (MicroPython's machine.soft_reset(): the VM and its heap start
+again, the chip and its bootloader do not) that is also possible in the trial, whose
+read-back after the checks failed at 98K-100K in every run: the new slot's boot goes on,
+still unconfirmed, and the next VM hands the journey the checks' results (CHECK_RESULTS).
 
-Invariant: a reset for the heap happens only before the slot switch (or idle), so it never
-costs the new slot a trial boot; at most `[install] heap_resets` (default 3) in a row at one
-state of one job, then the agent recovers as before (reports no-memory, resumes later).
-This module is imported only at such a boot: a board that never meets a split heap keeps its
-code off the heap.
+Every later boot of that job up to the slot switch, and the trial's with results kept (the
+record goes with the job's end, Agent.do_cleanup), resumes the journey before the
+connection, while the heap is young: `after` says so, `outcome` hands the journey the step's
+result once, and `hold` keeps the journey's last actions, if they need the connection or not
+the journey (a step, arming the slot and the reboot; the trial, should the new slot have
+booted), for the first turn after it, with the journey parked at once for a step. A trial
+without results kept resumes as any other: resumed early, the journey's read-back after the
+checks failed at 98K-100K in 14 of 15 runs (the connection and the root's verdict took the
+room it left).
+
+Invariant: a hard reset for the heap happens only before the slot switch (or idle), and a
+soft one also in the trial, so neither costs the new slot a trial boot; at most `[install]
+heap_resets` (default 3) in a row at one state of one job, then the agent recovers as before
+(reports no-memory, resumes later). This module is imported only at such a boot: a board
+that never meets a split heap keeps its code off the heap.
 """
 
 from agent.core.lifecycle import (
@@ -30,20 +35,22 @@ from agent.core.lifecycle import (
     INSTALL_SCHEDULED,
     INSTALLED,
     INSTALLING,
+    REBOOTING,
     SIGNATURE_VERIFIED,
 )
 from agent.mpy.store import read_json, write_atomic
 
-# Up to the slot switch; the trial's boot (REBOOTING, TRIAL) resumes as any other.
+# Up to the new slot's first boot (REBOOTING): its trial is held, parked at once (hold()).
 RESUMED_EARLY = (DOWNLOAD_SCHEDULED, DOWNLOADING, DOWNLOADED, SIGNATURE_VERIFIED,
-                 INSTALL_SCHEDULED, INSTALLING, INSTALLED)  # fmt: skip
+                 INSTALL_SCHEDULED, INSTALLING, INSTALLED, REBOOTING)  # fmt: skip
 HELD = ("download", "verify", "install", "run_checks", "try_slot", "reboot")  # see hold()
 FREE = HELD + ("save_journal", "report")  # what may follow them in a hold
 
 
 def after(agent):
     """Whether this boot follows a reset for the heap in the job the journal holds, up to
-    its trial (the record goes with the job's end)."""
+    its trial, or in its trial with the checks' results kept (the record goes with the
+    job's end)."""
     try:
         last = read_json(agent.heap_reset_path) or {}
         record = read_json(agent.journal.path) or {}
@@ -51,7 +58,10 @@ def after(agent):
         print("heap reset record unreadable (%r)" % e)
         return False
     job = record.get("job") or {}
-    return record.get("state") in RESUMED_EARLY and job.get("id") == last.get("job_id")
+    if job.get("id") != last.get("job_id"):
+        return False
+    state = record.get("state")
+    return state in RESUMED_EARLY or state == last.get("state")  # the latter: a soft reset
 
 
 def outcome(agent):
@@ -74,10 +84,10 @@ def hold(agent, actions):
     with one that needs it (a step, the trial, arming the new slot, the reboot) and none
     needs the journey itself but the trial: a step with the journey parked now, while the
     heap is young, as it would park it; set_boot() later, with the journey parked, and the
-    statuses before the reboot reach the broker first; the trial (a journal still INSTALLED
-    on a new slot that booted) parks the journey itself, after the connection. A journal
-    save among them writes the record as it is now (the journey changes no more before
-    they run)."""
+    statuses before the reboot reach the broker first; the trial (on the new slot's first
+    boot) also with the journey parked now, as its checks run (at 98K the connection left
+    no room for the journey on that boot). A journal save among them writes the record as
+    it is now (the journey changes no more before they run)."""
     if actions[0][0] not in HELD or any(action[0] not in FREE for action in actions):
         return False
     journey = agent.journey
@@ -85,9 +95,9 @@ def hold(agent, actions):
             if action[0] == "save_journal" else action for action in actions]  # fmt: skip
     del journey
     first = actions[0][0]
-    if agent.parking and first in ("download", "verify", "install"):
+    if agent.parking and first in ("download", "verify", "install", "run_checks"):
         from agent.mpy import park
 
-        park.park(agent)
+        park.park(agent, trial=first == "run_checks")
     agent.held = held
     return True

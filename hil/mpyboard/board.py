@@ -7,13 +7,17 @@ heap (`-X heapsize`), its flash on files (esp32.py). When the app ends, for what
 the chip. Power off kills the process at once (SIGKILL), like pulling the plug. The app reads
 the chip's reset cause as machine.reset_cause() would give it (MPYBOARD_RESET): PWRON_RESET
 after power on, HARD_RESET after the app ended (MicroPython's esp32 port reports esp_restart()
-and a panic alike).
+and a panic alike). A soft reset (machine.soft_reset(), firmware.py: the app ends with
+SOFT_RESET_EXIT) is no reset of the chip: the same app starts again, the bootloader does not
+run and otadata stays as it was, and the cause reads SOFT_RESET (the esp32 port's
+is_soft_reset) until the next real reset.
 
 Invariant: the board owns exactly one app process at a time and close() leaves none behind.
 """
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,7 +27,8 @@ from hil import lifeline
 from hil.mpyboard import flash, romfs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PWRON_RESET, HARD_RESET = 1, 2  # machine.reset_cause() values (esp32 stubs)
+PWRON_RESET, HARD_RESET, SOFT_RESET = 1, 2, 5  # machine.reset_cause() values (esp32 stubs)
+SOFT_RESET_EXIT = 5  # the app's exit status for machine.soft_reset() (firmware.py)
 
 
 class MpyBoard:
@@ -87,6 +92,10 @@ class MpyBoard:
             self.boots += 1
             self._console("[rom] booting %s (%s)" % (label, descriptor.get("version")))
             code = self._app(descriptor)
+            while code == SOFT_RESET_EXIT:  # the VM again, in the same boot of the chip
+                self.reset_cause = SOFT_RESET
+                self._console("[rom] soft reset: %s starts again, no boot" % label)
+                code = self._app(descriptor)
             self.reset_cause = HARD_RESET
             self._console("[rom] reset (app exited with %s)" % code)
 
@@ -95,8 +104,11 @@ class MpyBoard:
         return bootloader.boot()
 
     def _app(self, descriptor):
+        # The OTA writes run in this CPython, off the app's heap, as the chip's C does
+        # (esp32.py, esp32host.py).
+        host = " ".join(shlex.quote(p) for p in (sys.executable, HERE + "/esp32host.py"))
         env = dict(os.environ, ESP32EMU_FLASH=self.flash_dir, MPYBOARD_DIR=self.dir,
-                   MPYBOARD_APP=json.dumps(descriptor),
+                   MPYBOARD_APP=json.dumps(descriptor), ESP32EMU_HOST=host,
                    MPYBOARD_RESET=str(self.reset_cause))  # fmt: skip
         env = lifeline.parent_env(env)  # the app dies with this process (romboot.py)
         env.pop("MICROPYPATH", None)  # code comes from the ROMFS image only

@@ -14,7 +14,11 @@ esp_ota_set_boot_partition does. Runs on MicroPython and CPython.
 
 Heap: on the chip all of this is C and takes none of the app's heap. On MicroPython the
 emulation imports its helpers (otadata.py, appimage.py) per call and forgets them after it
-(_off_heap), so what stays on the app's heap is this module alone.
+(_off_heap), so what stays on the app's heap is this module alone; and on the virtual board
+(ESP32EMU_HOST set) set_boot() and mark_app_valid_cancel_rollback() run in a CPython process
+of the board controller (esp32host.py): their image check and otadata rules, imported into
+the app's heap at each call, failed for want of heap at 96K-98K where the chip's C code
+needs none. Every name here is heap on the app's side: keep this file lean.
 """
 
 import json
@@ -22,6 +26,7 @@ import os
 import sys
 
 FLASH_DIR = os.getenv("ESP32EMU_FLASH") or "flash"
+HOST = os.getenv("ESP32EMU_HOST")  # runs esp32host.py in the board controller (above)
 SUBTYPE_OTA_0 = 0x10
 SUBTYPE_DATA_OTA = 0x00
 ERASED = 0xFF
@@ -173,6 +178,9 @@ class Partition:
         return apps[0]
 
     def set_boot(self):
+        if HOST:
+            _host("set_boot " + self.label)
+            return
         import appimage
 
         otadata = _rules()
@@ -190,12 +198,21 @@ class Partition:
 
     @classmethod
     def mark_app_valid_cancel_rollback(cls):
+        if HOST:
+            _host("mark_valid")
+            return
         try:
             change = _rules().mark_valid(read_otadata(), len(_ota_apps()))
             if change is not None:
                 write_entry(change[0], change[1])
         finally:
             _off_heap()
+
+
+def _host(args):
+    status = os.system(HOST + " " + args) >> 8  # esp32host.py: 0, or an error's place
+    if status:
+        raise OSError(-(0x102, 0x1503, 0x105)[status - 1] if status < 4 else -1)
 
 
 def _ota_apps():

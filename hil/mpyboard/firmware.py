@@ -11,9 +11,11 @@ Power-cut tests: with MPYBOARD_DIR/cut_at holding N (or N,M,...), the N-th journ
 board's life prints "POWER CUT" and blocks; the controller then pulls the plug.
 
 Split-heap tests: with MPYBOARD_DIR/split_at holding journal states (downloading,downloaded,
-...), the journey's read-back after the parked step of each meets a MemoryError once, as
-in a heap the step split at 96K-100K (a test's 116K heap never is), so the agent's reset
-for a split heap (agent/mpy/heapreset.py) runs on the real port at a heap that completes.
+..., trial), the journey's read-back after the parked step (or the trial's checks) of each
+meets a MemoryError once, as in a heap the step split at 96K-100K (a test's 116K heap never
+is), so the agent's reset for a split heap (agent/mpy/heapreset.py) runs on the real port at
+a heap that completes. System.soft_reset() is machine.soft_reset(): the app ends with
+SOFT_RESET_EXIT and the controller (board.py) starts it again without a boot.
 """
 
 import json
@@ -62,10 +64,20 @@ class SimStack:
         return {"ok": False, "reason": "unknown command"}
 
 
+SOFT_RESET_EXIT = 5  # hil/mpyboard/board.py restarts the app alone on this exit status
+
+
 class System:
     def reboot(self):
         print("[fw] machine.reset()")
         sys.exit(0)  # the controller treats the end of the process as a reset
+
+    def soft_reset(self):
+        """machine.soft_reset(): on the chip a SystemExit that restarts the VM in the same
+        boot (the bootloader does not run, otadata is untouched); here the process ends with
+        SOFT_RESET_EXIT and the controller starts the same app again."""
+        print("[fw] machine.soft_reset()")
+        sys.exit(SOFT_RESET_EXIT)
 
     def local_offset_s(self):
         return 0

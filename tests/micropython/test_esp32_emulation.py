@@ -86,6 +86,31 @@ def test_set_boot_refuses_an_image_that_does_not_validate(emu):
     assert entries(esp32) == before
 
 
+def test_the_ota_writes_run_off_the_apps_heap_with_the_same_rules(emu, monkeypatch):
+    # On the virtual board (ESP32EMU_HOST) set_boot() and mark_app_valid_cancel_rollback()
+    # run in the controller's CPython, as the chip runs them in C: same rules, same errors.
+    import shlex
+    import sys
+
+    esp32, bootloader, otadata, appimage = emu
+    script = esp32.__file__.replace("esp32.py", "esp32host.py")
+    monkeypatch.setattr(esp32, "HOST", "%s %s" % (shlex.quote(sys.executable), script))
+    monkeypatch.setenv("ESP32EMU_FLASH", esp32.FLASH_DIR)
+    monkeypatch.delenv("ESP32EMU_HOST", raising=False)
+    bootloader.boot()
+    bad = write_image(esp32, appimage, "ota_1", "1.1.0")
+    bad.ioctl(6, 1)
+    before = entries(esp32)
+    with pytest.raises(OSError) as e:
+        bad.set_boot()
+    assert e.value.args[0] == -otadata.ESP_ERR_OTA_VALIDATE_FAILED and entries(esp32) == before
+    write_image(esp32, appimage, "ota_1", "1.1.0").set_boot()
+    assert entries(esp32)[1] == (2, otadata.NEW)
+    assert bootloader.boot()[0] == "ota_1"
+    esp32.Partition.mark_app_valid_cancel_rollback()
+    assert entries(esp32)[1] == (2, otadata.VALID)
+
+
 def test_sequence_numbers_grow_and_map_to_slots(emu):
     _, _, otadata, _ = emu
     assert otadata.seq_for_slot(5, 1, 2) == 6

@@ -157,27 +157,42 @@ def test_a_heap_too_small_to_verify_fails_safe_and_stays_cancellable(tmp_path, m
 
 
 def test_resets_for_a_split_heap_carry_the_update_to_its_commit(rig):
-    # The journey's read-back after each parked step meets a MemoryError once (firmware.py
-    # split_at: the fault a 96K-100K heap gives, injected at the tests' heap, where the rest
-    # of the update fits): the board resets after each step with its outcome kept, and no
-    # step runs twice.
+    # The journey's read-back after each parked step and after the trial's checks meets a
+    # MemoryError once (firmware.py split_at: the fault a 96K-100K heap gives, injected at
+    # the tests' heap, where the rest of the update fits): the VM restarts after each
+    # (machine.soft_reset(), the chip's boot goes on) with the outcome kept, no step runs
+    # twice, and the trial's results commit the new slot in the boot that ran them.
     with open(os.path.join(rig.board.dir, "split_at"), "w") as f:
-        f.write("downloading,downloaded,installing")
+        f.write("downloading,downloaded,installing,trial")
     job = rig.push_job("1.1.0", rig.release("1.1.0"))
     final = rig.wait_status(job["id"], FINAL_STATUSES, T)
     assert final["status"] == "Committed", final
     text = rig.console_text()
-    assert text.count("heap too split for the journey") == 3
-    for kept in ("download-ok", "signature-ok", "install-ok"):
+    assert text.count("heap too split for the journey") == 4
+    for kept in ("download-ok", "signature-ok", "install-ok", "check-results"):
         assert "after a reset for the heap: %s" % kept in text
-    for step in ("download", "verify", "install"):
+    for step in ("download", "verify", "install", "trial"):
         assert text.count("phase %s: start" % step) == 1, step  # none ran again
-    assert len(re.findall(rig.boot_banner, text)) == 5  # 1 + 3 resets + the new slot
+    assert text.count("[rom] soft reset") == 4
+    assert len(re.findall(rig.boot_banner, text)) == 2  # no reset of the chip but the switch
+    assert otadata(rig)[1] == (2, 2)  # VALID: confirmed in its one trial boot
     names = [s["status"] for s in rig.statuses(job["id"])]
-    for status in ("Downloaded", "SignatureVerified", "Installed", "InstallRebooting"):
+    for status in ("Downloaded", "SignatureVerified", "Installed", "InstallRebooting",
+                   "Committed"):  # fmt: skip
         assert names.count(status) == 1, names
     assert catalogue.settled_row(rig, job["id"])["booted"] == "ota_1"
     assert not os.path.exists(os.path.join(rig.board.dir, "data", "heap-reset.json"))
+
+
+def test_a_trial_failed_across_a_soft_reset_rolls_back(rig):
+    with open(os.path.join(rig.board.dir, "split_at"), "w") as f:
+        f.write("trial")
+    job, final = run_job(rig, "1.1.0", defects=("refuse-session",))
+    assert final["status"] == "RolledBack" and final["check"] == "charging-session", final
+    text = rig.console_text()
+    assert "after a reset for the heap: check-results in trial" in text
+    assert text.count("phase trial: start") == 1
+    assert catalogue.settled_row(rig, job["id"])["booted"] == "ota_0"
 
 
 # Journal saves of a good update, in order: accepted (DownloadScheduled), Downloading,
@@ -316,8 +331,9 @@ def test_the_steps_return_the_journeys_events():
 
 
 def test_esp32_reset_reasons_become_boot_facts():
-    """The constants of MicroPython's esp32 `machine` (from its stubs); only power-on and the
-    watchdog name a cause, the rest stays unknown (never guessed to be a power loss)."""
+    """The constants of MicroPython's esp32 `machine` (from its stubs); power-on, the watchdog
+    and a soft reset (the VM alone: an agent restart) name a cause, the rest stays unknown
+    (never guessed to be a power loss)."""
     import sysconfig
 
     from agent.mpy.agent import esp32_boot_facts
@@ -337,4 +353,7 @@ def test_esp32_reset_reasons_become_boot_facts():
         machine.reset_cause = lambda code=code: code
         seen[name] = esp32_boot_facts(machine)["reset"]
     assert seen == {"PWRON_RESET": "power-on", "WDT_RESET": "watchdog", "HARD_RESET": "unknown",
-                    "SOFT_RESET": "unknown", "DEEPSLEEP_RESET": "unknown"}  # fmt: skip
+                    "SOFT_RESET": "agent-restart", "DEEPSLEEP_RESET": "unknown"}  # fmt: skip
+    from agent.core import resets
+
+    assert resets.normalise(seen["SOFT_RESET"]) == resets.AGENT_RESTART

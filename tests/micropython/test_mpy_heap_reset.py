@@ -88,7 +88,7 @@ def _installed_after_a_reset(tmp_path, monkeypatch, *more):
         journey.handle(event, T0)
     agent.journal.save(journey)
     _split_heap(agent, monkeypatch)
-    assert agent.heap_reset(lc.INSTALLING, journey.job, None, ())
+    assert agent.heap_reset(lc.INSTALLING, journey.job.id, None, ())
     monkeypatch.undo()
     return journey
 
@@ -176,7 +176,7 @@ def test_after_the_slot_switch_no_reset(tmp_path, monkeypatch):
     agent, board = _boot(tmp_path)
     _downloading(agent)
     _split_heap(agent, monkeypatch)
-    assert not agent.heap_reset(lc.TRIAL, agent.journey.job, (lc.CHECKS_PASSED, {}), ())
+    assert not agent.heap_reset(lc.TRIAL, "job-1", (lc.CHECKS_PASSED, {}), ())
     assert board.resets == 0 and not os.path.exists(tmp_path / "heap-reset.json")
 
 
@@ -325,22 +325,259 @@ class OnTheNewSlot(Boot):
     def mark_good(self, slot):
         self.good = slot
 
+    def mark_bad(self, slot, confirmed=False):
+        self.bad = slot, confirmed
 
-def test_the_trial_after_heap_resets_boots_as_any_other(tmp_path, monkeypatch):
-    # Resumed before the connection, the journey's read-back after the checks failed at
-    # 98K-100K in 14 runs of 15, and no reset may follow it (the new slot is unconfirmed).
+
+class SoftBoard(Board):
+    """A board whose system has machine.soft_reset(): the VM starts again, the chip's boot
+    (and the new slot's trial) goes on."""
+
+    def __init__(self):
+        super().__init__()
+        self.soft_resets = 0
+
+    def soft_reset(self):
+        self.soft_resets += 1
+        raise SystemExit  # as machine.soft_reset() does: the VM ends here
+
+    def boot_facts(self):
+        return {"reset": "agent-restart"}  # esp32_boot_facts after machine.soft_reset()
+
+
+def _on_the_new_slot(tmp_path, board, boot):
+    """The VM of a boot of the new slot, its journal REBOOTING or later."""
+    return Agent({"device": DEVICE, "state_dir": str(tmp_path)}, boot, board, Idle(), None,
+                 board)  # fmt: skip
+
+
+def _checks(monkeypatch, ran, failing=()):
+    def checks(agent, step):
+        ran.append(agent.journey.inbox)  # parked: a Parked has an inbox
+        return {name: (name not in failing, {"seen": name})
+                for name in agent.journey.required_checks}  # fmt: skip
+
+    monkeypatch.setattr(steps, "run_checks", checks)
+
+
+def test_the_new_slots_first_boot_after_heap_resets_holds_the_trial_parked(tmp_path, monkeypatch):
+    # At 98K the connection left no room for the journey on that boot: it resumes first,
+    # and the trial waits for the connection with the journey parked.
     journey = _installed_after_a_reset(tmp_path, monkeypatch, lc.TIME_REACHED)
     assert journey.state == lc.REBOOTING  # armed, saved after set_boot
     board, boot = Board(), OnTheNewSlot()
+    agent = _on_the_new_slot(tmp_path, board, boot)
+    ran = []
+    _checks(monkeypatch, ran)
+    agent.start()
+    assert agent.held == [("run_checks",)] and ran == []
+    assert agent.journey.inbox == [] and agent.journey.required_checks  # parked for it
+    with open(tmp_path / "journal.json") as f:
+        assert json.load(f)["state"] == lc.TRIAL
+    agent.turn()  # connected: the trial runs, the journey comes back for its verdict
+    assert ran == [[]] and boot.good == "ota_1"
+    assert "Committed" in [m["status"] for m in board.sent]
+
+
+def _trial_split_by_its_checks(tmp_path, monkeypatch, board, failing=()):
+    """The new slot's VM after heap resets: the trial runs, and the journey's read-back after
+    the checks finds no room. Returns the checks' runs."""
+    _installed_after_a_reset(tmp_path, monkeypatch, lc.TIME_REACHED)
+    agent = _on_the_new_slot(tmp_path, board, OnTheNewSlot())
+    ran = []
+    _checks(monkeypatch, ran, failing)
+    agent.start()
+    _split_heap(agent, monkeypatch)
+    try:
+        agent.turn()
+    except SystemExit:  # the soft reset
+        pass
+    return agent, ran
+
+
+def test_the_trials_results_survive_a_soft_reset_and_commit(tmp_path, monkeypatch):
+    board = SoftBoard()
+    agent, ran = _trial_split_by_its_checks(tmp_path, monkeypatch, board)
+    assert board.soft_resets == 1 and board.resets == 0 and not agent.running
+    record = _record(tmp_path)
+    assert record["state"] == lc.TRIAL and record["count"] == 1
+    assert record["outcome"][0] == "check-results"
+    assert record["outcome"][1]["communication"] == [True, {"seen": "communication"}]
+    with open(tmp_path / "journal.json") as f:
+        assert json.load(f)["state"] == lc.TRIAL  # nothing confirmed yet
+
+    board, boot = SoftBoard(), OnTheNewSlot()  # the next VM, in the same boot of the chip
+    agent = _on_the_new_slot(tmp_path, board, boot)
+    agent.start()  # the journey first, handed the results: the verdict, no second trial
+    assert len(ran) == 1 and boot.good == "ota_1"
+    assert [m["status"] for m in board.sent].count("Committed") == 1  # once, not resent
+    with open(tmp_path / "journal.json") as f:
+        assert json.load(f)["state"] == lc.IDLE
+    assert not os.path.exists(tmp_path / "heap-reset.json")  # the journey's end
+
+
+def test_failed_checks_kept_across_a_soft_reset_roll_back(tmp_path, monkeypatch):
+    board = SoftBoard()
+    _trial_split_by_its_checks(tmp_path, monkeypatch, board, failing=("charging-session",))
+    assert board.soft_resets == 1
+    board, boot = SoftBoard(), OnTheNewSlot()
+    agent = _on_the_new_slot(tmp_path, board, boot)
+    agent.start()
+    assert not hasattr(boot, "good") and boot.bad == ("ota_1", False)  # never confirmed
+    assert agent.held == [("reboot",)]  # the reset that ends the trial, after the connection
+    with open(tmp_path / "journal.json") as f:
+        record = json.load(f)
+    assert record["state"] == lc.ROLLED_BACK
+    agent.turn()
+    assert board.resets == 1  # a hard reset: the bootloader aborts the unconfirmed slot
+
+
+def test_without_a_soft_reset_the_trial_never_resets(tmp_path, monkeypatch):
+    board = Board()  # machine.reset() only: a reset would end the new slot's trial boot
+    with pytest.raises(MemoryError):  # run() recovers, as before
+        _trial_split_by_its_checks(tmp_path, monkeypatch, board)
+    assert board.resets == 0
+    assert _record(tmp_path)["state"] == lc.INSTALLING  # the install's, untouched
+
+
+def test_a_boot_with_no_room_for_the_journey_soft_resets_and_resumes_it_first(
+    tmp_path, monkeypatch
+):
+    # A board whose install needed no reset: the new slot's boot, connected, cannot read its
+    # journey back (98K); the next VM resumes it before the connection.
+    journey = _installed_after_a_reset(tmp_path, monkeypatch, lc.TIME_REACHED)
+    os.remove(tmp_path / "heap-reset.json")
+    board = SoftBoard()
+    agent = _on_the_new_slot(tmp_path, board, OnTheNewSlot())
+    _split_heap(agent, monkeypatch)
+    with pytest.raises(SystemExit):
+        agent.start()
+    assert board.soft_resets == 1
+    assert _record(tmp_path) == {"state": lc.REBOOTING, "job_id": journey.job.id, "count": 1,
+                                 "outcome": None}  # fmt: skip
+    monkeypatch.undo()
+    ran = []
+    _checks(monkeypatch, ran)
+    agent = _on_the_new_slot(tmp_path, SoftBoard(), OnTheNewSlot())
+    agent.start()
+    assert agent.held == [("run_checks",)] and agent.journey.inbox == []
+
+
+def test_a_soft_reset_in_the_trial_reruns_its_checks_in_the_same_window(tmp_path, monkeypatch):
+    # A soft reset with no results kept (or one the OEM's code made) is an agent restart:
+    # the chip did not reset, so no trial boot was spent and the window goes on.
+    _installed_after_a_reset(tmp_path, monkeypatch, lc.TIME_REACHED)
+    board = SoftBoard()
+    agent = _on_the_new_slot(tmp_path, board, OnTheNewSlot())
+    agent.start()  # the trial held: the VM restarts before it runs
+    os.remove(tmp_path / "heap-reset.json")
+    ran = []
+    _checks(monkeypatch, ran)
+    agent = _on_the_new_slot(tmp_path, SoftBoard(), OnTheNewSlot())
+    agent.start()
+    assert ran == [[]] and agent.journey.data["agent_restarts"] == 1
+    assert "trial_resets" not in agent.journey.data  # no reset of the board counted
+
+
+def _no_room_to_save(agent, monkeypatch):
+    def save(journey):
+        raise MemoryError("memory allocation failed, allocating 592 bytes")
+
+    monkeypatch.setattr(agent.journal, "save", save)
+
+
+def test_a_verdict_with_no_room_for_its_actions_resets_again_with_the_results(
+    tmp_path, monkeypatch
+):
+    _trial_split_by_its_checks(tmp_path, monkeypatch, SoftBoard())
+    monkeypatch.undo()
+    board, boot = SoftBoard(), OnTheNewSlot()
+    agent = _on_the_new_slot(tmp_path, board, boot)
+    _no_room_to_save(agent, monkeypatch)  # the commit's save: 592 bytes, none in one piece
+    with pytest.raises(SystemExit):
+        agent.start()
+    assert board.soft_resets == 1
+    with open(tmp_path / "journal.json") as f:
+        assert json.load(f)["state"] == lc.TRIAL  # confirmed (idempotent), not saved
+    record = _record(tmp_path)
+    assert record["count"] == 2 and record["outcome"][0] == "check-results"  # kept again
+    monkeypatch.undo()
+    board, boot = SoftBoard(), OnTheNewSlot()
+    agent = _on_the_new_slot(tmp_path, board, boot)
+    agent.start()
+    assert boot.good == "ota_1" and "Committed" in [m["status"] for m in board.sent]
+
+
+def test_a_verdict_that_failed_is_not_finished_before_the_journal_has_it(tmp_path, monkeypatch):
+    # No reset left (heap_resets 0 here): the commit's save failed, so the journey in RAM
+    # (COMMITTED) is ahead of the journal (TRIAL): it must not be finished to IDLE with the
+    # slot unconfirmed and nothing reported; recover() resumes from the journal instead.
+    _trial_split_by_its_checks(tmp_path, monkeypatch, SoftBoard())
+    monkeypatch.undo()
+    board, boot = SoftBoard(), OnTheNewSlot()
+    cfg = {"device": DEVICE, "state_dir": str(tmp_path), "install": {"heap_resets": 1}}
+    agent = Agent(cfg, boot, board, Idle(), None, board)
+    _no_room_to_save(agent, monkeypatch)
+    agent.start()
+    assert board.soft_resets == 0 and agent.resume_at is not None
+    with open(tmp_path / "journal.json") as f:
+        assert json.load(f)["state"] == lc.TRIAL
+    assert "Committed" not in [m["status"] for m in board.sent]
+
+
+class NoRoomToArmTwice(Boot):
+    """set_boot()'s image check found no 1280 bytes in one piece, even after a collection
+    (120K with TLS, at every resume from the journal)."""
+
+    def __init__(self):
+        self.tries = 0
+
+    def try_slot(self, slot):
+        self.tries += 1
+        raise MemoryError("memory allocation failed, allocating 1280 bytes")
+
+
+def test_an_action_the_heap_cannot_do_restarts_the_vm(tmp_path, monkeypatch):
+    _installed_after_a_reset(tmp_path, monkeypatch)
+    os.remove(tmp_path / "heap-reset.json")  # a board that needed no reset before
+    board, boot = SoftBoard(), NoRoomToArmTwice()
     agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, boot, board, Idle(), None,
                   board)  # fmt: skip
-    parked = []
+    agent.start()  # connected, resumed: the install's schedule arms the slot now
+    with pytest.raises(SystemExit):
+        try:
+            agent.turn()  # done twice (a collection between): then run() recovers, and
+        except MemoryError as e:  # the VM restarts
+            agent.recover(e)
+    assert boot.tries == 2 and board.soft_resets == 1
+    assert _record(tmp_path) == {"state": lc.INSTALLED, "job_id": "job-1", "count": 1,
+                                 "outcome": None}  # fmt: skip
+    assert agent.board.slots()["slots"]["ota_1"]["armed"] == 0  # no boot attempt used
+    agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, Boot(), SoftBoard(), Idle(),
+                  None, SoftBoard())  # fmt: skip
+    agent.start()  # the next VM: the journey first, arming the slot held for the connection
+    assert [a[0] for a in agent.held] == ["try_slot", "save_record", "report", "reboot"]
 
-    def checks(agent, step):
-        parked.append(agent.journey.inbox)
-        return {name: (True, {}) for name in agent.journey.required_checks}
 
-    monkeypatch.setattr(steps, "run_checks", checks)
-    agent.start()  # connected first, then resumed: the trial runs in start(), parked
-    assert agent.held is None and parked == [[]] and boot.good == "ota_1"
-    assert "Committed" in [m["status"] for m in board.sent]
+def test_without_a_soft_reset_a_failed_action_after_the_install_recovers(tmp_path, monkeypatch):
+    _installed_after_a_reset(tmp_path, monkeypatch)
+    os.remove(tmp_path / "heap-reset.json")
+    board = Board()  # a reset could come after set_boot: none in INSTALLED
+    agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, NoRoomToArmTwice(), board,
+                  Idle(), None, board)  # fmt: skip
+    agent.start()
+    try:
+        agent.turn()
+    except MemoryError as e:
+        agent.recover(e)  # as run() does
+    assert board.resets == 0 and agent.resume_at is not None
+    assert board.sent[-1]["reason"] == "no-memory"
+
+
+def test_an_unparked_journey_never_resets(tmp_path, monkeypatch):
+    board = SoftBoard()
+    cfg = {"device": DEVICE, "state_dir": str(tmp_path), "install": {"park_journey": False}}
+    agent = Agent(cfg, Boot(), board, None, None, board)
+    _downloading(agent)
+    assert not agent.heap_reset(lc.DOWNLOADING, "job-1", None, ())
+    assert board.soft_resets == 0 and not os.path.exists(tmp_path / "heap-reset.json")

@@ -15,6 +15,9 @@ from agent.mpy.agent import Agent
 
 T0 = 1767225600
 DEVICE = {"id": "mpy-1", "model": "m", "hardware_revision": "r1"}
+# recover() as it goes once no reset for the heap may come (they are used up, or off):
+# test_mpy_heap_reset.py tests those resets, which a MemoryError meets first.
+NO_RESETS = {"device": DEVICE, "install": {"heap_resets": 0}}
 
 
 class Boot:
@@ -45,8 +48,8 @@ class System:
 
 def test_a_resume_after_a_failed_action_never_holds_two_journeys(tmp_path, monkeypatch):
     monkeypatch.setattr(phase, "drop", lambda names: None)  # this process keeps its modules
-    agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, Boot(), Channel(), None,
-                  None, System())  # fmt: skip
+    agent = Agent(dict(NO_RESETS, state_dir=str(tmp_path)), Boot(), Channel(), None, None,
+                  System())  # fmt: skip
     doc = {"id": "job-1", "url": "http://fw/x", "version": "2.0"}
     journey = Journey(JobMemory())
     journey.offer(parse_job(json.dumps(doc).encode(), DEVICE), T0, "ota_0", "ota_1", 0.5)
@@ -74,8 +77,8 @@ def test_a_resume_after_a_failed_action_never_holds_two_journeys(tmp_path, monke
 def test_a_boot_whose_journal_cannot_be_read_back_recovers(tmp_path, monkeypatch):
     # At 98K the boot's resume once met a MemoryError, and parking the idle board after it
     # read the journey it never got: an AttributeError out of start(), a reset loop.
-    agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, Boot(), Channel(), None,
-                  None, System())  # fmt: skip
+    agent = Agent(dict(NO_RESETS, state_dir=str(tmp_path)), Boot(), Channel(), None, None,
+                  System())  # fmt: skip
 
     def no_room(policy):
         raise MemoryError("memory allocation failed, allocating 368 bytes")
