@@ -2,11 +2,12 @@
 MicroPython board (hil/mpyboard): a live mosquitto, the project's HTTP server, ESP-IDF's OTA
 rules on flash files, a reset that ends the process and boots what the bootloader picks.
 
-The heap is bounded with -X heapsize=HEAP, a little above the smallest heap that completed an
-update here (108K on x86-64 with the journey parked during the transfer steps, code
-precompiled in the board's ROMFS image; `make bench` finds it again), with room for a board
-that resumes a job after a power cut (1.6 KiB more live at start). 96K does not fit on this
-64-bit port: docs/micropython.md says by how much and why.
+The heap is bounded with -X heapsize=HEAP, above the smallest heap that completed an update
+here without restarting its VM (108K on x86-64 with the journey parked during the transfer
+steps, code precompiled in the board's ROMFS image), with room for a board that resumes a
+job after a power cut (1.6 KiB more live at start); with soft resets for a split heap, 100K
+commits (`make bench` bisects it; split_at below runs those restarts at HEAP). 96K does not
+fit on this 64-bit port: docs/micropython.md says by how much and why.
 """
 
 import os
