@@ -1,31 +1,31 @@
-"""Resets for a split heap: when the journey cannot be read back after a parked step (or a
-failed action), or a step cannot park, the heap is split rather than full (at 96K-100K,
-30-35 KiB free and no 600 bytes in one piece after a step), and only a reset makes it whole.
+"""Resets for a split heap: when the journey cannot be read back (after a parked step or the
+trial's checks, at boot, after a failed action), a step cannot park, or an action fails
+even after a collection, the heap is split rather than full (at 96K-100K, 30-35 KiB free
+and no 600 bytes in one piece after a step), and only a reset makes it whole.
 
 Agent.heap_reset keeps on flash (`heap-reset.json` in the state dir) the step's outcome
 (event, info; None: the journal resumes the step as after a power cut), the state and job it
 ran in, and writes what arrived meanwhile to the inbox file; then the board resets (that
 part stays in agent.py: at the moment it is needed, importing this module failed for want
 of heap). With a soft reset (MicroPython's machine.soft_reset(): the VM and its heap start
-again, the chip and its bootloader do not) that is also possible in the trial, whose
+again, the chip and its bootloader do not) that is also possible after the slot switch, as
+in the trial, whose
 read-back after the checks failed at 98K-100K in every run: the new slot's boot goes on,
 still unconfirmed, and the next VM hands the journey the checks' results (CHECK_RESULTS).
 
-Every later boot of that job up to the slot switch, and the trial's with results kept (the
-record goes with the job's end, Agent.do_cleanup), resumes the journey before the
-connection, while the heap is young: `after` says so, `outcome` hands the journey the step's
-result once, and `hold` keeps the journey's last actions, if they need the connection or not
-the journey (a step, arming the slot and the reboot; the trial, should the new slot have
-booted), for the first turn after it, with the journey parked at once for a step. A trial
-without results kept resumes as any other: resumed early, the journey's read-back after the
-checks failed at 98K-100K in 14 of 15 runs (the connection and the root's verdict took the
-room it left).
+Every later boot (or VM) of that job up to the new slot's first boot, and any VM that a
+soft reset started in the journal's state (the record goes with the job's end,
+Agent.do_cleanup), resumes the journey before the connection, while the heap is young:
+`after` says so, `outcome` hands the journey the step's result once, and `hold` keeps the
+journey's last actions, if they need the connection or not the journey (a step or the
+trial, with the journey parked at once; arming the slot and the reboot), for the first turn
+after it.
 
-Invariant: a hard reset for the heap happens only before the slot switch (or idle), and a
-soft one also in the trial, so neither costs the new slot a trial boot; at most `[install]
-heap_resets` (default 3) in a row at one state of one job, then the agent recovers as before
-(reports no-memory, resumes later). This module is imported only at such a boot: a board
-that never meets a split heap keeps its code off the heap.
+Invariant: a hard reset for the heap happens only before the slot switch (or idle), so it
+never costs the new slot a trial boot; a soft one may come in any state, as it resets no
+chip; at most `[install] heap_resets` (default 3) in a row at one state of one job, then
+the agent recovers as before (reports no-memory, resumes later). This module is imported
+only at such a boot: a board that never meets a split heap keeps its code off the heap.
 """
 
 from agent.core.lifecycle import (
