@@ -332,17 +332,19 @@ class Agent:
             print("could not report the failure: %r" % e)
 
     def restart_for(self, error):
-        """An action the heap could not do, even after a collection (set_boot's image check
-        found no 1280 bytes in one piece at 120K with TLS, at every resume): a reset for the
-        heap, the journal resuming the step as after a power cut (heap_reset); False if none
-        may come (recover() then goes on as before)."""
+        """A MemoryError recover() got: an action the heap could not do even after a
+        collection (set_boot's image check found no 1280 bytes in one piece at 120K with
+        TLS, at every resume), or the journey that could not be read back (at boot, at an
+        unpark, for the jobs left in the inbox file): a reset for the heap, in the state the
+        journal holds (a journey in RAM may be ahead of it), the journal resuming as after a
+        power cut (heap_reset); False if none may come (recover() goes on as before)."""
         from agent.mpy.store import read_json
 
         try:
             record = read_json(self.journal.path) or {}
         except Exception:  # the heap again, or the flash: recover() as before
             return False
-        print("action failed: %r" % error)
+        print("out of heap: %r" % error)
         job_id = (record.get("job") or {}).get("id")
         return self.heap_reset(record.get("state") or IDLE, job_id, None,
                                _inbox(self.journey) or ())  # fmt: skip
@@ -377,21 +379,11 @@ class Agent:
         if self.parking and self.journey is not None and _inbox(self.journey) is None:
             _park().park(self)
             phases.drop(("agent.mpy.park",))
-        parked = self.journey if _inbox(self.journey) is not None else None
-        inbox = parked.inbox if parked is not None else ()
-        try:
-            self.journey = self.journal.load(self.trial_policy())
-        except MemoryError:
-            # No room for the journey next to the connection (at 98K on the new slot's first
-            # boot): the next boot (or VM) resumes it first, while the heap is young. The
-            # state is the journal's: a journey parked after a failed action may be ahead.
-            from agent.mpy.store import read_json
-
-            record = read_json(self.journal.path) or {}
-            job_id = (record.get("job") or {}).get("id")
-            if not self.heap_reset(record.get("state") or IDLE, job_id, None, inbox):
-                raise
-            return
+        inbox = _inbox(self.journey) or ()
+        # No room for the journey (at 98K next to the connection on the new slot's first
+        # boot): the MemoryError reaches recover(), whose reset for the heap makes the next
+        # boot (or VM) resume it first, while the heap is young (restart_for).
+        self.journey = self.journal.load(self.trial_policy())
         if self.journal.problem:
             print(self.journal.problem)
         booted = self.boot.booted_slot()
@@ -770,11 +762,8 @@ class Agent:
             return False
         try:
             self.journey = self.journal.load(self.trial_policy())
-        except Exception as e:
-            split = isinstance(e, MemoryError)
-            if not (split and self.heap_reset(journey.state, _job_id(journey), None,
-                                            journey.inbox)):  # fmt: skip
-                self.recover(e)
+        except Exception as e:  # a MemoryError resets for the heap there (restart_for)
+            self.recover(e)
             return False
         self.handle_inbox(journey.inbox)  # none: each arrival unparks; kept for safety
         self.log_heap("unparked")
@@ -836,11 +825,8 @@ class Agent:
                     continue
                 (self._job if kind == "job" else self._cancel)(payload)
         except MemoryError:
-            self.deferred = True
-            journey = self.journey  # taken at the next boot, while the heap is young
-            if not self.heap_reset(journey.state, _job_id(journey), None, ()):
-                raise
-            return
+            self.deferred = True  # taken at the next boot (restart_for), or the next turn
+            raise
         except Exception:
             _remove(taken)
             raise

@@ -228,7 +228,9 @@ def test_a_job_the_heap_could_not_take_is_taken_at_the_next_boot(tmp_path, monke
 
     monkeypatch.setattr(agent, "_job", no_room)
     agent.tick = lambda: None
-    agent.turn()
+    with pytest.raises(MemoryError) as e:
+        agent.turn()
+    agent.recover(e.value)  # as run() does
     assert board.resets == 1 and _record(tmp_path)["state"] == lc.IDLE
     assert os.path.exists(tmp_path / "inbox.txt.taken")  # the job, still on flash
 
