@@ -3,8 +3,9 @@ it with the board's trust store, and plan the one `app` payload it promises.
 
 check() is the first half of an install (agent/mpy/installer.py is the second): it verifies
 the header again (the bytes the verify step fetched, kept in RAM, or fetched anew after a
-reboot) and keeps only plain facts about the payload and the sha256 of the header bytes,
-which bind the write to exactly the bytes verified here. It runs in its own phase with no
+reboot; the verdict the verify step kept spares it the signatures' arithmetic,
+agent/mpy/signed.py) and keeps only plain facts about the payload and the sha256 of the header
+bytes, which bind the write to exactly the bytes verified here. It runs in its own phase with no
 connection open, so the verifiers never share the heap with the download or the inflater.
 
 Invariant: nothing past the envelope is read; the facts are plain values (no manifest objects).
@@ -56,12 +57,13 @@ def fetch_header(url, timeout_s=10, poll=None, tls=None, max_time_s=0):
         source.close()
 
 
-def verify(trust, raw, device, floor, now, version=None):
+def verify(trust, raw, device, floor, now, version=None, again=False):
     """The verified manifest of the raw envelope `raw` (Rejected subclasses otherwise).
-    `version`: the job's, which the signed one must equal (VersionMismatch)."""
+    `version`: the job's, which the signed one must equal (VersionMismatch); `again`: see
+    agent/mpy/trust.py (the verdict on the signatures kept by the verify step)."""
     from agent.core.envelope import MANIFEST_TYPE, parse_envelope
 
-    manifest = trust.verify(parse_envelope(raw, MANIFEST_TYPE), device, floor, now)
+    manifest = trust.verify(parse_envelope(raw, MANIFEST_TYPE), device, floor, now, again)
     # Not from jobs.py: the journey's modules (jobs among them) are parked during the verify
     # and install steps (agent/mpy/park.py), and importing jobs here, past the signatures,
     # failed for 592 bytes at 96K-98K. The manifest's module is loaded by now.
@@ -108,7 +110,7 @@ def check(trust, raw, device, floor, now, partition_size, options, version=None)
     """The install's first half: verify the raw envelope `raw` again (and that it is the
     job's `version`) and plan its payload; plan()'s facts plus the header's size and sha256,
     which bind installer.write() to exactly these verified bytes."""
-    manifest = verify(trust, raw, device, floor, now, version)
+    manifest = verify(trust, raw, device, floor, now, version, again=True)
     facts = plan(manifest, options.get("slot_class", "app"), partition_size,
                  options.get("max_window_bits", 15))  # fmt: skip
     digest = hashlib.sha256(MAGIC + len(raw).to_bytes(4, "big"))  # what read_envelope() took

@@ -11,7 +11,9 @@ Verifying the root costs the most heap (its envelope, its keys, Ed25519 with SHA
 verdict is kept: only the release role, version and expiry as plain values, bound to the SHA-256
 of the root files' bytes. Every verify() hashes the files again; any change to either file, or
 no verdict yet, verifies the root again in full. prepare() takes that step at boot, before the
-agent's code and connection fill the heap.
+agent's code and connection fill the heap. The verdict on a release's signatures is kept too,
+on flash beside the rotated root (agent/mpy/signed.py), for the install step's check of the
+same header.
 """
 
 from agent.core.errors import ConfigError
@@ -72,7 +74,7 @@ class Trust:
     def __init__(self, root_path, rotated_path=None):
         _size(root_path)  # a missing root is a set-up error at boot, not at the first job
         self.root_path = root_path
-        self.rotated_path = rotated_path
+        self.rotated_path = rotated_path  # beside it, the verdict of agent/mpy/signed.py
         # (fingerprint, version, expires, release threshold, ((keyid, keytype, der), ...)) of
         # the root verified last: plain values, so no module of the root's phase stays behind.
         self.verified = None
@@ -121,8 +123,8 @@ class Trust:
             print("trusted root not verified at boot (%r); verified at the first job" % e)
 
     def _trusted_root(self, keyring):
-        """The root as keyring objects: the kept verdict when the files are unchanged,
-        otherwise verified again in full first."""
+        """The root as keyring objects and its files' fingerprint: the kept verdict when the
+        files are unchanged, otherwise verified again in full first."""
         fingerprint = _fingerprint(self._paths())
         verdict = self.verified
         if verdict is None or verdict[0] != fingerprint:
@@ -130,24 +132,45 @@ class Trust:
         _, version, expires, threshold, rows = verdict
         keys = dict((k, keyring.Key(k, keytype, der)) for k, keytype, der in rows)
         release = keyring.Role("release", [row[0] for row in rows], threshold, keys)
-        return keyring.Root(b"", version, expires, keys, {"release": release})
+        return keyring.Root(b"", version, expires, keys, {"release": release}), verdict[0]
 
-    def _signed_manifest(self, envelope, now):
-        """The manifest bytes a threshold of the newest root's release keys signed."""
+    def _signed_manifest(self, envelope, now, again):
+        """The manifest bytes a threshold of the newest root's release keys signed, and
+        (path, verdict) to keep on them (None: kept already, or none to keep)."""
         from agent.core import keyring
+
+        root, fingerprint = self._trusted_root(keyring)
+        keyring.check_root_expiry(root, now)
+        if again and self.rotated_path:
+            from agent.mpy import signed
+
+            if signed.kept(self.rotated_path, envelope, fingerprint):
+                return envelope.payload, None
         from agent.mpy.verify import verify_key
 
-        root = self._trusted_root(keyring)
-        keyring.check_root_expiry(root, now)
-        return keyring.verify_release(root, envelope, verify_key)
+        manifest = keyring.verify_release(root, envelope, verify_key)
+        if not self.rotated_path or self.verified is None or self.verified[0] != fingerprint:
+            return manifest, None  # nowhere to keep it, or the root files changed meanwhile
+        from agent.mpy import signed  # after the arithmetic: its heap as it was without
 
-    def verify(self, envelope, device, floor, now):
-        """The manifest of `envelope` if every rule holds; a Rejected subclass otherwise."""
+        return manifest, signed.record(self.rotated_path, envelope, fingerprint)
+
+    def verify(self, envelope, device, floor, now, again=False):
+        """The manifest of `envelope` if every rule holds; a Rejected subclass otherwise.
+        again: the verify step verified this envelope; a verdict it kept on its signatures
+        (agent/mpy/signed.py) stands for them."""
         with Phase("signatures"):  # keyring and verifiers leave before the manifest parser
-            signed = self._signed_manifest(envelope, now)
+            signed, keep = self._signed_manifest(envelope, now, again)
         from agent.core import policy
         from agent.core.manifest import parse_manifest
 
         manifest = parse_manifest(signed)
         policy.check_manifest(manifest, device, now, floor)
+        if keep is not None:  # last: the manifest's module wants the heap more (98K)
+            from agent.mpy.store import write_atomic
+
+            try:
+                write_atomic(keep[0], keep[1])
+            except (OSError, MemoryError) as e:  # costs the install's check a verification
+                print("signature verdict not kept: %r" % e)
         return manifest

@@ -22,6 +22,7 @@ def make_rig(tmp_path):
         rig.wait_online(30)
         return rig
 
+    make.rigs = rigs  # a failed test shows their consoles (tests/conftest.py)
     yield make
     for rig in rigs:
         rig.close()
