@@ -170,7 +170,7 @@ class Trust:
             from agent.mpy.store import write_atomic
 
             try:
-                write_atomic(keep[0], keep[1])
+                write_atomic(*keep)
             except (OSError, MemoryError) as e:  # costs the install's check a verification
                 print("signature verdict not kept: %r" % e)
         return manifest
