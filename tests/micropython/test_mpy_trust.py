@@ -130,14 +130,14 @@ def board_case(tmp_path, release_key, **root_kwargs):
 def test_a_root_file_tampered_after_the_boot_check_is_checked_again(tmp_path):
     key = make_keys(1, keytype="ed25519", tag="mpy-kept")[0]
     trust, root, envelope = board_case(tmp_path, key)
-    assert trust.verify(envelope, device(), FLOOR, time.time(), again=False).version == "1.0.0"
+    assert trust.verify(envelope, device(), FLOOR, time.time()).version == "1.0.0"
     with open(root, "rb") as f:
         text = f.read()
     with open(root, "wb") as f:  # one signature character changed: the root no longer verifies
         i = text.index(b'"sig": "') + 10
         f.write(text[:i] + (b"A" if text[i : i + 1] != b"A" else b"B") + text[i + 1 :])
     with pytest.raises(Rejected) as e:
-        trust.verify(envelope, device(), FLOOR, time.time(), again=False)
+        trust.verify(envelope, device(), FLOOR, time.time())
     assert e.value.reason == "bad-signature"
 
 
@@ -146,7 +146,7 @@ def test_the_kept_root_verdict_still_expires(tmp_path):
     now = int(time.time())
     trust, _, envelope = board_case(tmp_path, key, expires=now + DAY)
     with pytest.raises(Rejected) as e:
-        trust.verify(envelope, device(), FLOOR, now + 2 * DAY, again=False)
+        trust.verify(envelope, device(), FLOOR, now + 2 * DAY)
     assert e.value.reason == "expired"
 
 
@@ -157,10 +157,10 @@ def test_a_rotated_root_placed_after_boot_is_used_at_the_next_job(tmp_path):
     trust, _, _ = board_case(tmp_path / "v1", old)
     _, _, signed_by_new = board_case(tmp_path / "v2", new)
     with pytest.raises(Rejected) as e:
-        trust.verify(signed_by_new, device(), FLOOR, time.time(), again=False)
+        trust.verify(signed_by_new, device(), FLOOR, time.time())
     assert e.value.reason == "unknown-key"
     make_root(trust.rotated_path, release_keys=[new], version=2)
-    assert trust.verify(signed_by_new, device(), FLOOR, time.time(), again=False).version == "1.0.0"
+    assert trust.verify(signed_by_new, device(), FLOOR, time.time()).version == "1.0.0"
 
 
 # The verdict on a release's signatures is kept (agent/mpy/signed.py, beside the rotated root): the
@@ -201,20 +201,20 @@ def kept_case(tmp_path, **root_kwargs):
 
 def test_a_verified_header_is_not_verified_again_in_a_new_vm(tmp_path, monkeypatch):
     fresh, envelope, _, _ = kept_case(tmp_path)
-    verified = fresh().verify(envelope, device(), FLOOR, time.time(), again=False)  # verify step
+    verified = fresh().verify(envelope, device(), FLOOR, time.time())  # verify step
     assert verified.version == "1.0.0"
     assert os.path.exists(tmp_path / "signed.json")
     checks = _release_checks(monkeypatch, envelope)
     assert fresh().verify(envelope, device(), FLOOR, time.time(), again=True).version == "1.0.0"
     assert checks == []
-    fresh().verify(envelope, device(), FLOOR, time.time(), again=False)  # the verify step's: always
+    fresh().verify(envelope, device(), FLOOR, time.time())  # the verify step's: always
     assert len(checks) == 1
 
 
 def test_a_kept_verdict_does_not_excuse_the_other_rules(tmp_path, monkeypatch):
     now = int(time.time())
     fresh, envelope, _, _ = kept_case(tmp_path, expires=now + DAY)
-    fresh().verify(envelope, device(), FLOOR, now, again=False)
+    fresh().verify(envelope, device(), FLOOR, now)
     checks = _release_checks(monkeypatch, envelope)
     for floor, at, reason in ((4, now, "downgrade"), (FLOOR, now + 2 * DAY, "expired")):
         with pytest.raises(Rejected) as e:
@@ -230,14 +230,14 @@ def test_other_signatures_or_another_root_are_verified_again(tmp_path):
     from agent.core.envelope import Envelope
 
     fresh, envelope, root, _ = kept_case(tmp_path)
-    fresh().verify(envelope, device(), FLOOR, time.time(), again=False)
+    fresh().verify(envelope, device(), FLOOR, time.time())
     keyid, sig = envelope.signatures[0]
     forged = Envelope(envelope.payload_type, envelope.payload,
                       [(keyid, bytes([sig[0] ^ 1]) + sig[1:])])  # fmt: skip
     with pytest.raises(Rejected) as e:  # the same manifest, another signature
         fresh().verify(forged, device(), FLOOR, time.time(), again=True)
     assert e.value.reason == "bad-signature"
-    fresh().verify(envelope, device(), FLOOR, time.time(), again=False)  # kept again
+    fresh().verify(envelope, device(), FLOOR, time.time())  # kept again
     stranger = make_keys(1, keytype="ed25519", tag="mpy-signed-other")
     make_root(fresh().rotated_path, release_keys=stranger, version=2)
     with pytest.raises(Rejected) as e:  # rotated to a root without the release's key
@@ -256,9 +256,9 @@ def test_a_damaged_verdict_record_means_verifying_again(tmp_path, record):
 def test_only_a_header_that_passed_every_rule_leaves_a_verdict(tmp_path):
     fresh, envelope, _, _ = kept_case(tmp_path)
     with pytest.raises(Rejected):
-        fresh().verify(envelope, dict(device(), model="OTHER"), FLOOR, time.time(), again=False)
+        fresh().verify(envelope, dict(device(), model="OTHER"), FLOOR, time.time())
     assert not os.path.exists(tmp_path / "signed.json")
-    fresh().verify(envelope, device(), FLOOR, time.time(), again=False)
+    fresh().verify(envelope, device(), FLOOR, time.time())
     assert os.path.exists(tmp_path / "signed.json")
 
 
@@ -270,7 +270,7 @@ def test_a_trust_without_a_rotated_root_keeps_no_verdict_and_verifies_each_time(
     _, envelope, root, _ = kept_case(tmp_path)
     checks = _release_checks(monkeypatch, envelope)
     board = BoardTrust(root)
-    board.verify(envelope, device(), FLOOR, time.time(), again=False)
+    board.verify(envelope, device(), FLOOR, time.time())
     board.verify(envelope, device(), FLOOR, time.time(), again=True)
     assert len(checks) == 2
     assert not os.path.exists(tmp_path / "signed.json")
