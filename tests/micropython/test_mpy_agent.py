@@ -10,6 +10,7 @@ commits (`make bench` bisects it; split_at below runs those restarts at HEAP). 9
 fit on this 64-bit port: docs/micropython.md says by how much and why.
 """
 
+import json
 import os
 import re
 import shutil
@@ -183,6 +184,10 @@ def test_resets_for_a_split_heap_carry_the_update_to_its_commit(rig):
         assert names.count(status) == 1, names
     assert catalogue.settled_row(rig, job["id"])["booted"] == "ota_1"
     assert not os.path.exists(os.path.join(rig.board.dir, "data", "heap-reset.json"))
+    # The verify step's verdict on the signatures, beside the rotated root, for the install's
+    # check in the next VM (agent/mpy/signed.py; its use is tested in test_mpy_trust.py).
+    with open(os.path.join(rig.board.dir, "data", "signed.json")) as f:
+        assert re.fullmatch(r"[0-9a-f]{64}", json.load(f)["signed"])
 
 
 def test_a_trial_failed_across_a_soft_reset_rolls_back(rig):
