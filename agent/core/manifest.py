@@ -9,7 +9,7 @@ a verifier must check the bytes a signer saw). Pure: no I/O, runs on MicroPython
 import json
 
 from agent.core import components, semver, timefmt
-from agent.core.errors import MalformedBundle, VersionMismatch
+from agent.core.errors import MalformedBundle
 
 FORMAT = 1
 FORMAT_CHUNKED = 2  # payloads may carry a signed chunk index (agent/core/chunkindex.py)
@@ -302,16 +302,3 @@ def _with_index(payload, d):
     if payload.index is not None:
         d["index"] = {"size": payload.index["size"], "sha256": payload.index["sha256"]}
     return d
-
-
-def check_version(job_version, manifest_version):
-    """The version a job announces must be the signed one: every status reports it, and an
-    operator reading `Committed 9.9.9` for a 1.1.0 bundle is misled (VersionMismatch). Here,
-    not in jobs.py: the MicroPython agent checks it while the journey's modules (jobs among
-    them) are off the heap (agent/mpy/park.py), and this module is loaded then."""
-    if job_version is not None and job_version != manifest_version:
-        raise VersionMismatch(
-            "the job announces version %r but the signed bundle is version %s"
-            % (job_version, manifest_version),
-            "fix the job's version or its URL",
-        )

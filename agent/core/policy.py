@@ -6,7 +6,7 @@ signature was verified. Pure: the clock and the installed security version are p
 """
 
 from agent.core import timefmt
-from agent.core.errors import Downgrade, Expired, WrongHardware, WrongModel
+from agent.core.errors import Downgrade, Expired, VersionMismatch, WrongHardware, WrongModel
 
 
 def check_expiry(manifest, now):
@@ -60,3 +60,17 @@ def check_manifest(manifest, device, now, installed_security_version):
     check_expiry(manifest, now)
     check_device(manifest, device)
     check_security_version(manifest, installed_security_version)
+
+
+def check_version(job_version, manifest_version):
+    """The version a job announces must be the signed one: every status reports it, and an
+    operator reading `Committed 9.9.9` for a 1.1.0 bundle is misled (VersionMismatch). Here,
+    not in jobs.py: the MicroPython agent checks it while the journey's modules (jobs among
+    them) are off the heap (agent/mpy/park.py), and this module is loaded then, also when its
+    install step checks a header without the manifest's parser (agent/mpy/header.py)."""
+    if job_version is not None and job_version != manifest_version:
+        raise VersionMismatch(
+            "the job announces version %r but the signed bundle is version %s"
+            % (job_version, manifest_version),
+            "fix the job's version or its URL",
+        )

@@ -1,12 +1,13 @@
 """The bundle's signed header on the board: fetch it (12 bytes + envelope, bounded), verify
 it with the board's trust store, and plan the one `app` payload it promises.
 
-check() is the first half of an install (agent/mpy/installer.py is the second): it verifies
-the header again (the bytes the verify step fetched, kept in RAM, or fetched anew after a
-reboot; the verdict the verify step kept spares it the signatures' arithmetic,
-agent/mpy/signed.py) and keeps only plain facts about the payload and the sha256 of the header
-bytes, which bind the write to exactly the bytes verified here. It runs in its own phase with no
-connection open, so the verifiers never share the heap with the download or the inflater.
+verify() is the verify step's: it verifies the header in full and keeps its verdict with the
+plain facts of the payload (agent/mpy/signed.py). check() is the first half of an install
+(agent/mpy/installer.py is the second): it checks the header again (the bytes the verify step
+fetched, kept in RAM, or fetched anew after a reboot) on the facts kept with the verdict, or
+verifies it in full when there are none, and adds the sha256 of the header bytes, which binds
+the write to exactly the bytes checked here. Each runs in its own phase with no connection
+open, so the verifiers never share the heap with the download or the inflater.
 
 Invariant: nothing past the envelope is read; the facts are plain values (no manifest objects).
 """
@@ -57,20 +58,41 @@ def fetch_header(url, timeout_s=10, poll=None, tls=None, max_time_s=0):
         source.close()
 
 
-def verify(trust, raw, device, floor, now, version=None, again=False):
-    """The verified manifest of the raw envelope `raw` (Rejected subclasses otherwise).
-    `version`: the job's, which the signed one must equal (VersionMismatch); `again`: see
-    agent/mpy/trust.py (the verdict on the signatures kept by the verify step)."""
+def verify(trust, raw, device, floor, now, version=None, slot_class="app"):
+    """The verify step: the facts of the raw envelope `raw` once every rule holds (Rejected
+    subclasses otherwise), kept with its verdict for the install's check. `version`: the
+    job's, which the signed one must equal (VersionMismatch); `slot_class`: the one payload's
+    (MalformedBundle unless the bundle has exactly that one)."""
     from agent.core.envelope import MANIFEST_TYPE, parse_envelope
 
-    manifest = trust.verify(parse_envelope(raw, MANIFEST_TYPE), device, floor, now, again)
+    envelope = parse_envelope(raw, MANIFEST_TYPE)
+    manifest = trust.verify(envelope, device, floor, now)
     # Not from jobs.py: the journey's modules (jobs among them) are parked during the verify
     # and install steps (agent/mpy/park.py), and importing jobs here, past the signatures,
-    # failed for 592 bytes at 96K-98K. The manifest's module is loaded by now.
-    from agent.core.manifest import check_version
+    # failed for 592 bytes at 96K-98K.
+    from agent.core.policy import check_version
 
     check_version(version, manifest.version)
-    return manifest
+    facts = plan(manifest, slot_class)
+    manifest = None  # the manifest's objects leave before the record is written (98K)
+    trust.keep(envelope, device, facts)
+    return facts
+
+
+def _kept(trust, envelope, device, now):
+    """The facts the verify step kept for `envelope` (plan()'s), if all of them are there:
+    a record without them is not trusted (the header is verified in full again)."""
+    facts = trust.kept(envelope, device, now)
+    try:
+        for name in ("name", "sha256", "compression", "installed_sha256", "version"):
+            if not isinstance(facts[name], str):
+                return None
+        for name in ("size", "window_bits", "installed_size", "security_version", "expires"):
+            if not isinstance(facts[name], int):
+                return None
+    except (KeyError, TypeError):  # TypeError: no facts, or not a dict
+        return None
+    return facts
 
 
 def app_payload(manifest, slot_class):
@@ -84,35 +106,60 @@ def app_payload(manifest, slot_class):
     return found[0]
 
 
-def plan(manifest, slot_class, partition_size, max_window_bits):
-    """Plain facts about the payload to install (no manifest objects: they stay in their
-    phase), or Rejected when this board cannot install it."""
+def plan(manifest, slot_class):
+    """The facts of the `slot_class` payload to install and of its release, as plain values (no
+    manifest objects: they stay in their phase)."""
     p = app_payload(manifest, slot_class)
-    if p.installed_size > partition_size:
-        raise NoSpace("image of %d bytes does not fit partition of %d"
-                      % (p.installed_size, partition_size))  # fmt: skip
-    window = p.window_bits if p.compression == "gzip" else 0
-    if window > max_window_bits:
-        raise WindowTooLarge(
-            "payload %s needs a %d KiB inflate window; this board holds %d KiB"
-            % (p.name, (1 << window) // 1024, (1 << max_window_bits) // 1024),
-            "sign it with `charger-update bundle create --window-bits %d`" % max_window_bits,
-        )
     return {
         "name": p.name, "size": p.size, "sha256": p.sha256, "compression": p.compression,
-        "window_bits": window, "installed_size": p.installed_size,
-        "installed_sha256": p.installed_sha256, "version": manifest.version,
-        "security_version": manifest.security_version,
+        "window_bits": p.window_bits if p.compression == "gzip" else 0,
+        "installed_size": p.installed_size, "installed_sha256": p.installed_sha256,
+        "version": manifest.version, "security_version": manifest.security_version,
+        "expires": manifest.expires,
     }  # fmt: skip
 
 
+def fit(facts, partition_size, max_window_bits):
+    """Rejected when this board cannot install the payload of `facts`."""
+    if facts["installed_size"] > partition_size:
+        raise NoSpace("image of %d bytes does not fit partition of %d"
+                      % (facts["installed_size"], partition_size))  # fmt: skip
+    if facts["window_bits"] > max_window_bits:
+        raise WindowTooLarge(
+            "payload %s needs a %d KiB inflate window; this board holds %d KiB"
+            % (facts["name"], (1 << facts["window_bits"]) // 1024,
+               (1 << max_window_bits) // 1024),
+            "sign it with `charger-update bundle create --window-bits %d`" % max_window_bits,
+        )  # fmt: skip
+
+
 def check(trust, raw, device, floor, now, partition_size, options, version=None):
-    """The install's first half: verify the raw envelope `raw` again (and that it is the
-    job's `version`) and plan its payload; plan()'s facts plus the header's size and sha256,
-    which bind installer.write() to exactly these verified bytes."""
-    manifest = verify(trust, raw, device, floor, now, version, again=True)
-    facts = plan(manifest, options.get("slot_class", "app"), partition_size,
-                 options.get("max_window_bits", 15))  # fmt: skip
+    """The install's first half: check the raw envelope `raw` again (and that it is the job's
+    `version`) and that its payload fits; the facts plus the header's size and sha256, which
+    bind installer.write() to exactly these checked bytes. With the verify step's verdict
+    kept, the rules that may have changed since are checked on its facts; without, the
+    header is verified in full again."""
+    from agent.core.envelope import MANIFEST_TYPE, parse_envelope
+
+    slot_class = options.get("slot_class", "app")
+    facts = _kept(trust, parse_envelope(raw, MANIFEST_TYPE), device, now)
+    if facts is None:
+        facts = verify(trust, raw, device, floor, now, version, slot_class)
+    else:
+        from agent.core import policy
+
+        # What policy's rules read of a manifest, from the kept facts. A class made here,
+        # not at the module's top: this module is on the heap in every step that fetches or
+        # verifies a header, and a class costs a type and a dict there.
+        class Release:
+            version = facts["version"]
+            security_version = facts["security_version"]
+            expires = facts["expires"]
+
+        policy.check_expiry(Release, now)
+        policy.check_security_version(Release, floor)
+        policy.check_version(version, facts["version"])
+    fit(facts, partition_size, options.get("max_window_bits", 15))
     digest = hashlib.sha256(MAGIC + len(raw).to_bytes(4, "big"))  # what read_envelope() took
     digest.update(raw)
     facts["header_size"] = HEADER + len(raw)

@@ -43,9 +43,11 @@ def download(agent):
 
 
 def verify(agent):
-    """SIGNATURE_OK, or SIGNATURE_BAD for a rejected header; DOWNLOAD_ERROR when the header,
-    fetched again after a restart, cannot be had (a server gone, the job's deadline, the
-    network: retried while the job has retries); the heap raises (the agent recovers)."""
+    """SIGNATURE_OK (its verdict kept for the install, agent/mpy/signed.py), or SIGNATURE_BAD
+    for a rejected header or one without exactly one payload for the board's slot class;
+    DOWNLOAD_ERROR when the header, fetched again after a restart, cannot be had (a server
+    gone, the job's deadline, the network: retried while the job has retries); the heap
+    raises (the agent recovers)."""
     from agent.mpy import header
 
     try:
@@ -54,7 +56,7 @@ def verify(agent):
         return DOWNLOAD_ERROR, _info(e)
     try:
         header.verify(agent.trust, raw, agent.device, agent.board.floor(), time.time(),
-                      agent.journey.job.version)  # fmt: skip
+                      agent.journey.job.version, agent.cfg.get("slot_class", "app"))  # fmt: skip
     except Rejected as e:
         return SIGNATURE_BAD, _info(e)
     return SIGNATURE_OK, {}

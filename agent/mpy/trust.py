@@ -11,9 +11,9 @@ Verifying the root costs the most heap (its envelope, its keys, Ed25519 with SHA
 verdict is kept: only the release role, version and expiry as plain values, bound to the SHA-256
 of the root files' bytes. Every verify() hashes the files again; any change to either file, or
 no verdict yet, verifies the root again in full. prepare() takes that step at boot, before the
-agent's code and connection fill the heap. The verdict on a release's signatures is kept too,
-on flash beside the rotated root (agent/mpy/signed.py), for the install step's check of the
-same header.
+agent's code and connection fill the heap. The verdict on a release's header is kept too, on
+flash beside the rotated root (keep() and kept(), agent/mpy/signed.py), for the install step's
+check of the same header.
 """
 
 from agent.core.errors import ConfigError
@@ -134,43 +134,54 @@ class Trust:
         release = keyring.Role("release", [row[0] for row in rows], threshold, keys)
         return keyring.Root(b"", version, expires, keys, {"release": release}), verdict[0]
 
-    def _signed_manifest(self, envelope, now, again):
-        """The manifest bytes a threshold of the newest root's release keys signed, and
-        (path, verdict) to keep on them (None: kept already, or none to keep)."""
+    def _signed_manifest(self, envelope, now):
+        """The manifest bytes a threshold of the newest root's release keys signed."""
         from agent.core import keyring
-
-        root, fingerprint = self._trusted_root(keyring)
-        keyring.check_root_expiry(root, now)
-        if again and self.rotated_path:
-            from agent.mpy import signed
-
-            if signed.kept(self.rotated_path, envelope, fingerprint):
-                return envelope.payload, None
         from agent.mpy.verify import verify_key
 
-        manifest = keyring.verify_release(root, envelope, verify_key)
-        if not self.rotated_path or self.verified is None:
-            return manifest, None  # nowhere to keep it, or the root files changed while read
-        from agent.mpy import signed  # after the arithmetic: its heap as it was without
+        root, _ = self._trusted_root(keyring)
+        keyring.check_root_expiry(root, now)
+        return keyring.verify_release(root, envelope, verify_key)
 
-        return manifest, signed.record(self.rotated_path, envelope, fingerprint)
-
-    def verify(self, envelope, device, floor, now, again=False):
-        """The manifest of `envelope` if every rule holds; a Rejected subclass otherwise.
-        again: the verify step verified this envelope; a verdict it kept on its signatures
-        (agent/mpy/signed.py) stands for them."""
+    def verify(self, envelope, device, floor, now):
+        """The manifest of `envelope` if every rule holds; a Rejected subclass otherwise."""
         with Phase("signatures"):  # keyring and verifiers leave before the manifest parser
-            signed, keep = self._signed_manifest(envelope, now, again)
+            signed = self._signed_manifest(envelope, now)
         from agent.core import policy
         from agent.core.manifest import parse_manifest
 
         manifest = parse_manifest(signed)
         policy.check_manifest(manifest, device, now, floor)
-        if keep is not None:  # last: the manifest's module wants the heap more (98K)
-            from agent.mpy.store import write_atomic
-
-            try:
-                write_atomic(*keep)
-            except (OSError, MemoryError) as e:  # costs the install's check a verification
-                print("signature verdict not kept: %r" % e)
         return manifest
+
+    def keep(self, envelope, device, facts):
+        """Keep the verdict on `envelope`, which verify() accepted for `device`, with the plain
+        `facts` planned from its manifest (agent/mpy/signed.py). Nowhere to keep it without a
+        rotated root's path, nor when the root files changed while verify() read them; a
+        failed write costs the install's check a verification."""
+        if not self.rotated_path or self.verified is None:
+            return
+        from agent.mpy import signed
+        from agent.mpy.store import write_atomic
+
+        try:
+            write_atomic(*signed.record(self.rotated_path, envelope, self.verified[0], device,
+                                        facts))  # fmt: skip
+        except (OSError, MemoryError) as e:
+            print("signature verdict not kept: %r" % e)
+
+    def kept(self, envelope, device, now):
+        """The facts keep() kept with its verdict on `envelope` for `device`, once the root
+        is trusted and unexpired (Rejected otherwise); None when there are none."""
+        if not self.rotated_path:
+            return None
+        with Phase("signatures"):
+            return self._kept(envelope, device, now)
+
+    def _kept(self, envelope, device, now):
+        from agent.core import keyring
+        from agent.mpy import signed
+
+        root, fingerprint = self._trusted_root(keyring)
+        keyring.check_root_expiry(root, now)
+        return signed.kept(self.rotated_path, envelope, fingerprint, device)

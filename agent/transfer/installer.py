@@ -14,7 +14,7 @@ manifest's `created` (agent/core/floors.py).
 from agent.bundle import chunked
 from agent.bundle import format as fmt
 from agent.bundle.reader import open_bundle, read_exact, read_indexes
-from agent.core import manifest as manifests
+from agent.core import policy
 from agent.state.components import ComponentStore
 from agent.state.slotstate import SlotState
 from agent.state.statedir import StateLock
@@ -51,7 +51,7 @@ def check_envelope(envelope, trust, cfg, now=None, slots=None):
 
 def check_version(manifest, expected):
     """The signed manifest must carry the version a job announced (None: no job)."""
-    manifests.check_version(expected, manifest.version)
+    policy.check_version(expected, manifest.version)
     return manifest
 
 

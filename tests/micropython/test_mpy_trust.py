@@ -2,6 +2,7 @@
 verdict the Linux agent's (agent/trust/store.py) gives it: root and release thresholds, root
 and bundle expiry, unknown keys, model, hardware revision and the anti-rollback floor."""
 
+import json
 import os
 import time
 
@@ -163,114 +164,187 @@ def test_a_rotated_root_placed_after_boot_is_used_at_the_next_job(tmp_path):
     assert trust.verify(signed_by_new, device(), FLOOR, time.time()).version == "1.0.0"
 
 
-# The verdict on a release's signatures is kept (agent/mpy/signed.py, beside the rotated root): the
-# install step's check of the header the verify step verified, also in a new VM, needs no verifier.
+# The verify step's verdict on a release's header is kept with the facts it planned
+# (agent/mpy/signed.py, beside the rotated root): the install step's check of the same header,
+# also in a new VM, needs no verifier and no manifest parser (agent/mpy/header.py).
+
+VERSION = "1.0.0"  # make_bundle's
+SLOT = 1 << 20  # the partition's size the install's check fits the payload to
 
 
-def _release_checks(monkeypatch, envelope):
-    """The list of the envelope's release signatures verified from now on (the root's, at
-    each new Trust's prepare(), are not counted)."""
+def _release_checks(monkeypatch, keyids):
+    """The list of the release signatures verified from now on (the root's, at each new
+    Trust's prepare(), are not counted) and of the manifests parsed."""
+    from agent.core import manifest
     from agent.mpy import verify
 
-    real, release, seen = verify.verify_key, set(envelope.keyids), []
+    real, real_parse, seen = verify.verify_key, manifest.parse_manifest, []
 
     def counted(key, sig, data):
-        if key.keyid in release:
+        if key.keyid in keyids:
             seen.append(key.keyid)
         return real(key, sig, data)
 
+    def parsed(raw):
+        seen.append("parsed")
+        return real_parse(raw)
+
     monkeypatch.setattr(verify, "verify_key", counted)
+    monkeypatch.setattr(manifest, "parse_manifest", parsed)
     return seen
 
 
 def kept_case(tmp_path, **root_kwargs):
-    """(a fresh board Trust, as a new VM builds it: the verdict kept beside its rotated
-    root's file, tmp_path/signed.json; the envelope, the root path, the release key)"""
+    """(fresh: a board Trust as a new VM builds it, the verdict kept beside its rotated root's
+    file, tmp_path/signed.json; the raw envelope; the release's keyids)"""
     from agent.mpy.trust import Trust as BoardTrust
 
     key = make_keys(1, keytype="ed25519", tag="mpy-signed")[0]
     trust, root, envelope = board_case(tmp_path, key, **root_kwargs)
 
-    def fresh():
-        board = BoardTrust(root, trust.rotated_path)
+    def fresh(rotated=True):
+        board = BoardTrust(root, trust.rotated_path if rotated else None)
         board.prepare()
         return board
 
-    return fresh, envelope, root, key
+    return fresh, envelope_of(tmp_path / "bundle.cub"), set(envelope.keyids)
+
+
+def verify_step(trust, raw, dev=None, floor=FLOOR, now=None, slot_class="app"):
+    from agent.mpy import header
+
+    now = time.time() if now is None else now
+    return header.verify(trust, raw, dev or device(), floor, now, VERSION, slot_class)
+
+
+def install_check(trust, raw, dev=None, floor=FLOOR, now=None, version=VERSION, size=SLOT,
+                  window=15):  # fmt: skip
+    from agent.mpy import header
+
+    now = time.time() if now is None else now
+    return header.check(trust, raw, dev or device(), floor, now, size,
+                        {"max_window_bits": window}, version)  # fmt: skip
 
 
 def test_a_verified_header_is_not_verified_again_in_a_new_vm(tmp_path, monkeypatch):
-    fresh, envelope, _, _ = kept_case(tmp_path)
-    verified = fresh().verify(envelope, device(), FLOOR, time.time())  # verify step
-    assert verified.version == "1.0.0"
+    fresh, raw, keyids = kept_case(tmp_path)
+    planned = verify_step(fresh(), raw)
+    assert planned["version"] == VERSION and planned["name"] == "app"
     assert os.path.exists(tmp_path / "signed.json")
-    checks = _release_checks(monkeypatch, envelope)
-    assert fresh().verify(envelope, device(), FLOOR, time.time(), again=True).version == "1.0.0"
-    assert checks == []
-    fresh().verify(envelope, device(), FLOOR, time.time())  # the verify step's: always
-    assert len(checks) == 1
+    seen = _release_checks(monkeypatch, keyids)
+    facts = install_check(fresh(), raw)
+    assert seen == []  # neither the signatures' arithmetic nor the manifest's parser
+    assert dict(facts, header_size=None, header_sha256=None) == dict(
+        planned, header_size=None, header_sha256=None
+    )
+    os.remove(tmp_path / "signed.json")  # the same facts as a check that verifies in full
+    assert install_check(fresh(), raw) == facts
+    assert len(seen) == 2
+    verify_step(fresh(), raw)  # the verify step's: always in full
+    assert len(seen) == 4
 
 
-def test_a_kept_verdict_does_not_excuse_the_other_rules(tmp_path, monkeypatch):
+def test_a_kept_verdict_does_not_excuse_the_rules_that_may_change(tmp_path, monkeypatch):
     now = int(time.time())
-    fresh, envelope, _, _ = kept_case(tmp_path, expires=now + DAY)
-    fresh().verify(envelope, device(), FLOOR, now)
-    checks = _release_checks(monkeypatch, envelope)
-    for floor, at, reason in ((4, now, "downgrade"), (FLOOR, now + 2 * DAY, "expired")):
+    fresh, raw, keyids = kept_case(tmp_path, expires=now + DAY)
+    verify_step(fresh(), raw, now=now)
+    seen = _release_checks(monkeypatch, keyids)
+    for reason, change in (
+        ("downgrade", {"floor": 4}),
+        ("expired", {"now": now + 2 * DAY}),  # the root's expiry: it expires first here
+        ("version-mismatch", {"version": "9.9.9"}),
+        ("no-space", {"size": 0}),  # the one-byte payload
+    ):
         with pytest.raises(Rejected) as e:
-            fresh().verify(envelope, device(), floor, at, again=True)
+            install_check(fresh(), raw, **dict({"now": now}, **change))
         assert e.value.reason == reason
-    with pytest.raises(Rejected) as e:
-        fresh().verify(envelope, dict(device(), model="OTHER"), FLOOR, now, again=True)
-    assert e.value.reason == "wrong-model"
-    assert checks == []
+    assert seen == []
 
 
-def test_other_signatures_or_another_root_are_verified_again(tmp_path):
-    from agent.core.envelope import Envelope
+def test_the_bundles_own_expiry_is_checked_on_the_kept_facts(tmp_path, monkeypatch):
+    fresh, raw, keyids = kept_case(tmp_path)
+    verify_step(fresh(), raw)
+    seen = _release_checks(monkeypatch, keyids)
+    with open(tmp_path / "signed.json") as f:
+        expires = json.load(f)["facts"]["expires"]
+    with pytest.raises(Rejected) as e:  # the root outlives the bundle (make_root's default)
+        install_check(fresh(), raw, now=expires)
+    assert e.value.reason == "expired" and "bundle %s" % VERSION in e.value.message
+    assert seen == []
 
-    fresh, envelope, root, _ = kept_case(tmp_path)
-    fresh().verify(envelope, device(), FLOOR, time.time())
+
+def test_another_device_or_other_signatures_or_another_root_are_verified_again(
+    tmp_path, monkeypatch
+):
+    from agent.core.envelope import MANIFEST_TYPE, Envelope, parse_envelope
+
+    fresh, raw, keyids = kept_case(tmp_path)
+    verify_step(fresh(), raw)
+    seen = _release_checks(monkeypatch, keyids)
+    with pytest.raises(Rejected) as e:  # the compatibility rule's inputs changed
+        install_check(fresh(), raw, dict(device(), model="OTHER"))
+    assert e.value.reason == "wrong-model" and len(seen) == 2
+    envelope = parse_envelope(raw, MANIFEST_TYPE)
     keyid, sig = envelope.signatures[0]
     forged = Envelope(envelope.payload_type, envelope.payload,
                       [(keyid, bytes([sig[0] ^ 1]) + sig[1:])])  # fmt: skip
     with pytest.raises(Rejected) as e:  # the same manifest, another signature
-        fresh().verify(forged, device(), FLOOR, time.time(), again=True)
+        install_check(fresh(), forged.encode())
     assert e.value.reason == "bad-signature"
-    fresh().verify(envelope, device(), FLOOR, time.time())  # kept again
+    verify_step(fresh(), raw)  # kept again
     stranger = make_keys(1, keytype="ed25519", tag="mpy-signed-other")
     make_root(fresh().rotated_path, release_keys=stranger, version=2)
     with pytest.raises(Rejected) as e:  # rotated to a root without the release's key
-        fresh().verify(envelope, device(), FLOOR, time.time(), again=True)
+        install_check(fresh(), raw)
     assert e.value.reason == "unknown-key"
 
 
-@pytest.mark.parametrize("record", [b"", b"{not json", b'{"signed": 7}', b"[]"])
-def test_a_damaged_verdict_record_means_verifying_again(tmp_path, record):
-    fresh, envelope, _, _ = kept_case(tmp_path)
-    (tmp_path / "signed.json").write_bytes(record)
-    assert fresh().verify(envelope, device(), FLOOR, time.time(), again=True).version == "1.0.0"
-    assert b'"signed": "' in (tmp_path / "signed.json").read_bytes()
+def _damaged(record):
+    """Records that hold the right key but not the facts the install needs."""
+    facts = record["facts"]
+    return [
+        dict(record, facts=None),
+        dict(record, facts=[facts]),
+        dict(record, facts=dict((k, v) for k, v in facts.items() if k != "size")),
+        dict(record, facts=dict(facts, expires=str(facts["expires"]))),
+        dict(record, facts=dict(facts, sha256=None)),
+    ]
+
+
+@pytest.mark.parametrize("record", [b"", b"{not json", b'{"signed": 7}', b"[]", 0, 1, 2, 3, 4])
+def test_a_damaged_verdict_record_means_verifying_again(tmp_path, monkeypatch, record):
+    fresh, raw, keyids = kept_case(tmp_path)
+    planned = verify_step(fresh(), raw)
+    path = tmp_path / "signed.json"
+    if isinstance(record, int):
+        record = json.dumps(_damaged(json.loads(path.read_text()))[record]).encode()
+    path.write_bytes(record)
+    seen = _release_checks(monkeypatch, keyids)
+    facts = install_check(fresh(), raw)
+    assert seen == [next(iter(keyids)), "parsed"]  # verified in full, and kept anew
+    assert facts["installed_sha256"] == planned["installed_sha256"]
+    assert json.loads(path.read_text())["facts"]["size"] == planned["size"]
 
 
 def test_only_a_header_that_passed_every_rule_leaves_a_verdict(tmp_path):
-    fresh, envelope, _, _ = kept_case(tmp_path)
-    with pytest.raises(Rejected):
-        fresh().verify(envelope, dict(device(), model="OTHER"), FLOOR, time.time())
+    fresh, raw, _ = kept_case(tmp_path)
+    with pytest.raises(Rejected) as e:
+        verify_step(fresh(), raw, dict(device(), model="OTHER"))
+    assert e.value.reason == "wrong-model"
+    with pytest.raises(Rejected) as e:  # a bundle without exactly one payload for the board
+        verify_step(fresh(), raw, slot_class="firmware")
+    assert e.value.reason == "malformed"
     assert not os.path.exists(tmp_path / "signed.json")
-    fresh().verify(envelope, device(), FLOOR, time.time())
+    verify_step(fresh(), raw)
     assert os.path.exists(tmp_path / "signed.json")
 
 
 def test_a_trust_without_a_rotated_root_keeps_no_verdict_and_verifies_each_time(
     tmp_path, monkeypatch
 ):
-    from agent.mpy.trust import Trust as BoardTrust
-
-    _, envelope, root, _ = kept_case(tmp_path)
-    checks = _release_checks(monkeypatch, envelope)
-    board = BoardTrust(root)
-    board.verify(envelope, device(), FLOOR, time.time())
-    board.verify(envelope, device(), FLOOR, time.time(), again=True)
-    assert len(checks) == 2
+    fresh, raw, keyids = kept_case(tmp_path)
+    seen = _release_checks(monkeypatch, keyids)
+    verify_step(fresh(rotated=False), raw)
+    install_check(fresh(rotated=False), raw)
+    assert len(seen) == 4
     assert not os.path.exists(tmp_path / "signed.json")
