@@ -718,6 +718,8 @@ class Agent:
                 with open(self.inbox_path, "a") as f:
                     f.write(kind + " " + dumps(payload) + "\n")
             kept = list(outcome) if outcome else None
+            if kept is None and count > 1:  # an outcome not taken yet (heapreset.outcome)
+                kept = last.get("outcome")  # stays the journey's: its step must not rerun
             record = {"state": state, "job_id": job_id, "count": count, "outcome": kept}
             write_atomic(self.heap_reset_path, record)
         except Exception as e:  # the flash or the heap: recover() as before
@@ -725,7 +727,7 @@ class Agent:
             return False
         print("heap too split for the journey in %s: %s %d of %d, %s kept" % (
             state, "soft reset" if soft else "reset", count, limit,
-            outcome[0] if outcome else "no outcome"))  # fmt: skip
+            kept[0] if kept else "no outcome"))  # fmt: skip
         try:  # the statuses sent since the boot reach the broker first (lost without it)
             self.channel.drain(3.0)
         except Exception as e:

@@ -16,7 +16,8 @@ still unconfirmed, and the next VM hands the journey the checks' results (CHECK_
 Every later boot (or VM) of that job up to the new slot's first boot, and any VM that a
 soft reset started in the journal's state (the record goes with the job's end,
 Agent.do_cleanup), resumes the journey before the connection, while the heap is young:
-`after` says so, `outcome` hands the journey the step's result once, and `hold` keeps the
+`after` says so, `outcome` hands the journey the step's result once (a VM that resets
+again before taking it passes it on: Agent.heap_reset), and `hold` keeps the
 journey's last actions, if they need the connection or not the journey (a step or the
 trial, with the journey parked at once; arming the slot and the reboot), for the first turn
 after it.

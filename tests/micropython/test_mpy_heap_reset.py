@@ -418,6 +418,30 @@ def test_the_trials_results_survive_a_soft_reset_and_commit(tmp_path, monkeypatc
     assert not os.path.exists(tmp_path / "heap-reset.json")  # the journey's end
 
 
+def test_results_not_taken_yet_survive_another_reset(tmp_path, monkeypatch):
+    # The next VM cannot read the journey back either (96K): the results it did not take
+    # stay kept for the VM after, which commits without a second trial.
+    board = SoftBoard()
+    _trial_split_by_its_checks(tmp_path, monkeypatch, board)
+    kept = _record(tmp_path)["outcome"]
+    board = SoftBoard()
+    agent = _on_the_new_slot(tmp_path, board, OnTheNewSlot())
+    _split_heap(agent, monkeypatch)
+    with pytest.raises(SystemExit):
+        agent.start()
+    assert board.soft_resets == 1
+    assert _record(tmp_path) == {"state": lc.TRIAL, "job_id": "job-1", "count": 2,
+                                 "outcome": kept}  # fmt: skip
+    monkeypatch.undo()
+    ran = []
+    _checks(monkeypatch, ran)
+    board, boot = SoftBoard(), OnTheNewSlot()
+    agent = _on_the_new_slot(tmp_path, board, boot)
+    agent.start()
+    assert ran == [] and boot.good == "ota_1"
+    assert [m["status"] for m in board.sent].count("Committed") == 1
+
+
 def test_failed_checks_kept_across_a_soft_reset_roll_back(tmp_path, monkeypatch):
     board = SoftBoard()
     _trial_split_by_its_checks(tmp_path, monkeypatch, board, failing=("charging-session",))
