@@ -49,8 +49,10 @@ from agent.core.lifecycle import (
     INSTALL_SCHEDULED,
     INSTALLED,
     INSTALLING,
+    REBOOTING,
     SIGNATURE_VERIFIED,
     TERMINAL,
+    TRIAL,
 )
 from agent.mpy import phase as phases
 from agent.mpy.channel import CANCEL, INVENTORY, JOB, PONG, STATUS
@@ -66,6 +68,8 @@ PARKED_STEPS = ("download", "verify", "install")  # run with the journey parked 
 HEAP_RESETS = 3  # resets for a split heap in a row at one state of one job (heap_reset)
 BEFORE_SWITCH = (IDLE, DOWNLOAD_SCHEDULED, DOWNLOADING, DOWNLOADED, SIGNATURE_VERIFIED,
                  INSTALL_SCHEDULED, INSTALLING)  # fmt: skip
+# The new slot's trial boot: armed, booted, never confirmed (end_trial_boot).
+UNCONFIRMED = (INSTALLED, REBOOTING, TRIAL)
 CHECK_RESULTS = "check-results"  # a trial's outcome kept across a soft reset (heap_reset)
 
 
@@ -346,8 +350,56 @@ class Agent:
             return False
         print("out of heap: %r" % error)
         job_id = (record.get("job") or {}).get("id")
-        return self.heap_reset(record.get("state") or IDLE, job_id, None,
-                               _inbox(self.journey) or ())  # fmt: skip
+        state = record.get("state") or IDLE
+        return self.heap_reset(state, job_id, None,
+                               _inbox(self.journey) or ()) or self.end_trial_boot(
+            state, job_id, (record.get("data") or {}).get("new_slot"))  # fmt: skip
+
+    def end_trial_boot(self, state, job_id, new_slot):
+        """The new slot's trial boot, whose journey no VM could read back in [install]
+        heap_resets soft resets in a row: a reset, so ESP-IDF's bootloader rolls the slot,
+        never confirmed, back, and the old slot's boot reports RolledBack. Without it the
+        board stays in its trial for good: only the journey can end a trial (at 96K on
+        this port every VM after the checks failed at 368 bytes). First the resets' record
+        goes, the checks' results with it (the old slot's boot must not take them for its
+        own), and the install's boot attempts are spent (every boot of that slot would meet
+        the same heap; the journey would arm it again otherwise). Never for a slot the trial
+        confirmed already (mark_good ran, its journal save did not: the bootloader would boot
+        it again), nor twice in one install (more attempts spent than the install has: no
+        reset loop). False (recover() as before) in any other case."""
+        from agent.core.lifecycle import status_of
+        from agent.mpy.store import read_json
+
+        if (getattr(self.system, "soft_reset", None) is None or state not in UNCONFIRMED
+                or not new_slot or self.boot.booted_slot() != new_slot):  # fmt: skip
+            return False
+        try:
+            last = read_json(self.heap_reset_path) or {}
+            limit = int(self.cfg.get("install", {}).get("heap_resets", HEAP_RESETS))
+            if last.get("state") != state or last.get("job_id") != job_id:
+                return False
+            if int(last.get("count", 0)) < limit:
+                return False
+            attempts = int(self.cfg.get("trial", {}).get("attempts", TRIAL_ATTEMPTS))
+            slot = self.board.slots()["slots"].get(new_slot, {})
+            if slot.get("state") == "good" or slot.get("armed", 0) > attempts:
+                return False
+            import os
+
+            os.remove(self.heap_reset_path)
+            self.board.armed(new_slot, attempts + 1)  # past them: this install's mark
+        except Exception as e:  # the flash or the heap: recover() as before
+            print("trial boot not ended (%r)" % e)
+            return False
+        detail = ("no VM could read the trial's journey back; a reset, and the bootloader "
+                  "rolls %s back" % new_slot)  # fmt: skip
+        print(detail)
+        try:
+            self.report(status_of(state), {"job_id": job_id, "reason": "no-memory",
+                                           "detail": detail})  # fmt: skip
+        except Exception as e:  # the reset matters more than its report
+            print("could not report the reset: %r" % e)
+        return self._reset(self.system.reboot)
 
     def boot_facts(self):
         """This boot's facts for the journey: the SoC's reset cause, and the boot attempts
@@ -728,16 +780,18 @@ class Agent:
         print("heap too split for the journey in %s: %s %d of %d, %s kept" % (
             state, "soft reset" if soft else "reset", count, limit,
             kept[0] if kept else "no outcome"))  # fmt: skip
-        try:  # the statuses sent since the boot reach the broker first (lost without it)
+        return self._reset(soft or self.system.reboot)
+
+    def _reset(self, reset):
+        """End this VM with `reset` (soft or not), the statuses sent since the boot drained
+        to the broker first (lost without it): True."""
+        try:
             self.channel.drain(3.0)
         except Exception as e:
             print("statuses not drained (%r)" % e)
         self.channel.stop()
         self.running = False
-        if soft is not None:
-            soft()
-        else:
-            self.system.reboot()
+        reset()
         return True
 
     def park_idle(self):

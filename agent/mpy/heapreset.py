@@ -25,7 +25,10 @@ after it.
 Invariant: a hard reset for the heap happens only before the slot switch (or idle), so it
 never costs the new slot a trial boot; a soft one may come in any state, as it resets no
 chip; at most `[install] heap_resets` (default 3) in a row at one state of one job, then
-the agent recovers as before (reports no-memory, resumes later). This module is imported
+the agent recovers as before (reports no-memory, resumes later), except in the new slot's
+trial boot, which only the journey can end: that boot is ended by a reset, once per install
+and never for a confirmed slot, so the bootloader rolls it back (Agent.end_trial_boot; the
+trial boot is spent either way then). This module is imported
 only at such a boot: a board that never meets a split heap keeps its code off the heap.
 """
 

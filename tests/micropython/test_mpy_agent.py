@@ -201,6 +201,25 @@ def test_a_trial_failed_across_a_soft_reset_rolls_back(rig):
     assert catalogue.settled_row(rig, job["id"])["booted"] == "ota_0"
 
 
+def test_a_trial_no_vm_can_read_back_is_rolled_back_by_the_bootloader(rig):
+    # The 96K end on this port: the checks pass, and no VM after them finds room for the
+    # journey (split_at: the read-back after the checks, then every VM's first one). After
+    # [install] heap_resets soft resets the board resets: ESP-IDF's bootloader aborts the
+    # never-confirmed slot, and the old slot's boot reports RolledBack.
+    with open(os.path.join(rig.board.dir, "split_at"), "w") as f:
+        f.write("trial,boot:trial,boot:trial,boot:trial")
+    job, final = run_job(rig, "1.1.0")
+    assert final["status"] == "RolledBack", final
+    text = rig.console_text()
+    assert text.count("phase trial: start") == 1  # the checks ran once
+    assert text.count("[rom] soft reset") == 3
+    assert "the bootloader rolls ota_1 back" in text
+    assert catalogue.settled_row(rig, job["id"])["booted"] == "ota_0"
+    assert otadata(rig)[1] == (2, 4)  # ABORTED: booted once, never confirmed
+    names = [s["status"] for s in rig.statuses(job["id"])]
+    assert "Committed" not in names, names
+
+
 # Journal saves of a good update, in order: accepted (DownloadScheduled), Downloading,
 # Downloaded, InstallScheduled, Installing, Installed, Rebooting | new slot: Trial, Committed,
 # Idle. A cut at the Trial save lands before mark_app_valid_cancel_rollback: ESP-IDF's

@@ -534,21 +534,107 @@ def test_a_verdict_with_no_room_for_its_actions_resets_again_with_the_results(
     assert boot.good == "ota_1" and "Committed" in [m["status"] for m in board.sent]
 
 
+class BackOnTheOldSlot(Boot):
+    def __init__(self):
+        self.armed = []
+
+    def try_slot(self, slot):
+        self.armed.append(slot)
+
+    def mark_bad(self, slot, confirmed=False):
+        self.bad = slot, confirmed
+
+
+class ResettingBoard(SoftBoard):
+    def reboot(self):
+        self.resets += 1
+        raise SystemExit  # as machine.reset() does: nothing runs after it
+
+
 def test_a_verdict_that_failed_is_not_finished_before_the_journal_has_it(tmp_path, monkeypatch):
-    # No reset left (heap_resets 0 here): the commit's save failed, so the journey in RAM
+    # No reset left (heap_resets 1 here): the commit's save failed, so the journey in RAM
     # (COMMITTED) is ahead of the journal (TRIAL): it must not be finished to IDLE with the
-    # slot unconfirmed and nothing reported; recover() resumes from the journal instead.
+    # slot unconfirmed and nothing reported; recover() resumes from the journal instead. The
+    # slot was confirmed before the save (mark_good), so its trial boot is not ended either:
+    # the bootloader would boot it again (end_trial_boot).
     _trial_split_by_its_checks(tmp_path, monkeypatch, SoftBoard())
     monkeypatch.undo()
-    board, boot = SoftBoard(), OnTheNewSlot()
+    board, boot = ResettingBoard(), OnTheNewSlot()
     cfg = {"device": DEVICE, "state_dir": str(tmp_path), "install": {"heap_resets": 1}}
     agent = Agent(cfg, boot, board, Idle(), None, board)
     _no_room_to_save(agent, monkeypatch)
     agent.start()
-    assert board.soft_resets == 0 and agent.resume_at is not None
+    assert board.soft_resets == 0 and board.resets == 0 and agent.resume_at is not None
+    assert boot.good == "ota_1"
     with open(tmp_path / "journal.json") as f:
         assert json.load(f)["state"] == lc.TRIAL
     assert "Committed" not in [m["status"] for m in board.sent]
+
+
+def test_a_trial_no_vm_can_read_back_ends_in_the_bootloaders_rollback(tmp_path, monkeypatch):
+    # At 96K every VM after the checks failed to read the journey back: after heap_resets
+    # soft resets in a row the board resets, so the bootloader rolls the unconfirmed slot
+    # back, and the old slot's boot reports RolledBack, its results not taken for its own.
+    _trial_split_by_its_checks(tmp_path, monkeypatch, SoftBoard())  # soft reset 1
+    monkeypatch.undo()
+    counts = []
+    for _ in range(HEAP_RESETS):
+        board = ResettingBoard()
+        agent = _on_the_new_slot(tmp_path, board, OnTheNewSlot())
+        _split_heap(agent, monkeypatch)
+        with pytest.raises(SystemExit):
+            agent.start()
+        monkeypatch.undo()
+        counts.append((board.soft_resets, board.resets))
+    assert counts == [(1, 0)] * (HEAP_RESETS - 1) + [(0, 1)]
+    assert not os.path.exists(tmp_path / "heap-reset.json")  # the results went with it
+    assert (
+        board.sent[-1]["reason"] == "no-memory" and "rolls ota_1 back" in board.sent[-1]["detail"]
+    )
+    board, boot = Board(), BackOnTheOldSlot()  # the bootloader's pick after the reset
+    agent = _on_the_new_slot(tmp_path, board, boot)
+    ran = []
+    _checks(monkeypatch, ran)
+    agent.start()
+    assert ran == [] and boot.armed == []  # no trial here, and the new slot is not armed again
+    statuses = [m["status"] for m in board.sent]
+    assert "RolledBack" in statuses and "Committed" not in statuses, statuses
+    with open(tmp_path / "journal.json") as f:
+        assert json.load(f)["state"] == lc.ROLLED_BACK
+
+
+def test_a_trial_boot_is_not_ended_before_its_soft_resets_are_spent(tmp_path, monkeypatch):
+    # Nor on the old slot, nor without a soft reset: recover() as before there.
+    _trial_split_by_its_checks(tmp_path, monkeypatch, SoftBoard())
+    monkeypatch.undo()
+    for board, boot in ((Board(), OnTheNewSlot()), (ResettingBoard(), Boot())):
+        agent = _on_the_new_slot(tmp_path, board, boot)
+        assert not agent.end_trial_boot(lc.TRIAL, "job-1", "ota_1")
+        assert board.resets == 0
+    board = ResettingBoard()
+    agent = _on_the_new_slot(tmp_path, board, OnTheNewSlot())
+    assert not agent.end_trial_boot(lc.TRIAL, "job-1", "ota_1")  # 1 of HEAP_RESETS spent
+    assert board.resets == 0 and os.path.exists(tmp_path / "heap-reset.json")
+
+
+def test_a_trial_boot_is_ended_once_per_install(tmp_path, monkeypatch):
+    # Were the new slot booted again after the reset (the bootloader's own business), its
+    # VMs would reach the same end: no second reset, so never a reset loop.
+    _trial_split_by_its_checks(tmp_path, monkeypatch, SoftBoard())
+    monkeypatch.undo()
+    with open(tmp_path / "heap-reset.json") as f:
+        record = json.load(f)
+    ended = []
+    for _ in range(2):
+        with open(tmp_path / "heap-reset.json", "w") as f:
+            json.dump(dict(record, count=HEAP_RESETS), f)
+        board = ResettingBoard()
+        agent = _on_the_new_slot(tmp_path, board, OnTheNewSlot())
+        try:
+            ended.append(agent.end_trial_boot(lc.TRIAL, "job-1", "ota_1"))
+        except SystemExit:
+            ended.append("reset")
+    assert ended == ["reset", False]
 
 
 class NoRoomToArmTwice(Boot):
