@@ -353,6 +353,17 @@ def _on_the_new_slot(tmp_path, board, boot):
                  board)  # fmt: skip
 
 
+def _a_vm_without_room(tmp_path, monkeypatch, board):
+    """A VM of the new slot's boot whose first read-back of the journey finds no room: it
+    ends in a reset of `board` (returned)."""
+    agent = _on_the_new_slot(tmp_path, board, OnTheNewSlot())
+    _split_heap(agent, monkeypatch)
+    with pytest.raises(SystemExit):
+        agent.start()
+    monkeypatch.undo()
+    return board
+
+
 def _checks(monkeypatch, ran, failing=()):
     def checks(agent, step):
         ran.append(agent.journey.inbox)  # parked: a Parked has an inbox
@@ -424,15 +435,9 @@ def test_results_not_taken_yet_survive_another_reset(tmp_path, monkeypatch):
     board = SoftBoard()
     _trial_split_by_its_checks(tmp_path, monkeypatch, board)
     kept = _record(tmp_path)["outcome"]
-    board = SoftBoard()
-    agent = _on_the_new_slot(tmp_path, board, OnTheNewSlot())
-    _split_heap(agent, monkeypatch)
-    with pytest.raises(SystemExit):
-        agent.start()
-    assert board.soft_resets == 1
+    assert _a_vm_without_room(tmp_path, monkeypatch, SoftBoard()).soft_resets == 1
     assert _record(tmp_path) == {"state": lc.TRIAL, "job_id": "job-1", "count": 2,
                                  "outcome": kept}  # fmt: skip
-    monkeypatch.undo()
     ran = []
     _checks(monkeypatch, ran)
     board, boot = SoftBoard(), OnTheNewSlot()
@@ -473,15 +478,9 @@ def test_a_boot_with_no_room_for_the_journey_soft_resets_and_resumes_it_first(
     # journey back (98K); the next VM resumes it before the connection.
     journey = _installed_after_a_reset(tmp_path, monkeypatch, lc.TIME_REACHED)
     os.remove(tmp_path / "heap-reset.json")
-    board = SoftBoard()
-    agent = _on_the_new_slot(tmp_path, board, OnTheNewSlot())
-    _split_heap(agent, monkeypatch)
-    with pytest.raises(SystemExit):
-        agent.start()
-    assert board.soft_resets == 1
+    assert _a_vm_without_room(tmp_path, monkeypatch, SoftBoard()).soft_resets == 1
     assert _record(tmp_path) == {"state": lc.REBOOTING, "job_id": journey.job.id, "count": 1,
                                  "outcome": None}  # fmt: skip
-    monkeypatch.undo()
     ran = []
     _checks(monkeypatch, ran)
     agent = _on_the_new_slot(tmp_path, SoftBoard(), OnTheNewSlot())
@@ -579,12 +578,7 @@ def test_a_trial_no_vm_can_read_back_ends_in_the_bootloaders_rollback(tmp_path, 
     monkeypatch.undo()
     counts = []
     for _ in range(HEAP_RESETS):
-        board = ResettingBoard()
-        agent = _on_the_new_slot(tmp_path, board, OnTheNewSlot())
-        _split_heap(agent, monkeypatch)
-        with pytest.raises(SystemExit):
-            agent.start()
-        monkeypatch.undo()
+        board = _a_vm_without_room(tmp_path, monkeypatch, ResettingBoard())
         counts.append((board.soft_resets, board.resets))
     assert counts == [(1, 0)] * (HEAP_RESETS - 1) + [(0, 1)]
     assert not os.path.exists(tmp_path / "heap-reset.json")  # the results went with it
