@@ -351,9 +351,9 @@ class Agent:
         print("out of heap: %r" % error)
         job_id = (record.get("job") or {}).get("id")
         state = record.get("state") or IDLE
-        return self.heap_reset(state, job_id, None,
-                               _inbox(self.journey) or ()) or self.end_trial_boot(
-            state, job_id, (record.get("data") or {}).get("new_slot"))  # fmt: skip
+        if self.heap_reset(state, job_id, None, _inbox(self.journey) or ()):
+            return True
+        return self.end_trial_boot(state, job_id, (record.get("data") or {}).get("new_slot"))
 
     def end_trial_boot(self, state, job_id, new_slot):
         """The new slot's trial boot, whose journey no VM could read back in [install]
@@ -366,19 +366,19 @@ class Agent:
         the same heap; the journey would arm it again otherwise). Never for a slot the trial
         confirmed already (mark_good ran, its journal save did not: the bootloader would boot
         it again), nor twice in one install (more attempts spent than the install has: no
-        reset loop). False (recover() as before) in any other case."""
-        from agent.core.lifecycle import status_of
-        from agent.mpy.store import read_json
-
-        if (getattr(self.system, "soft_reset", None) is None or state not in UNCONFIRMED
-                or not new_slot or self.boot.booted_slot() != new_slot):  # fmt: skip
+        reset loop). False (recover() as before) in any other case; it never raises: it runs
+        inside recover(), with the heap exhausted (lifecycle is imported only to report)."""
+        if getattr(self.system, "soft_reset", None) is None or state not in UNCONFIRMED:
             return False
         try:
+            from agent.mpy.store import read_json
+
+            if not new_slot or self.boot.booted_slot() != new_slot:
+                return False
             last = read_json(self.heap_reset_path) or {}
-            limit = int(self.cfg.get("install", {}).get("heap_resets", HEAP_RESETS))
             if last.get("state") != state or last.get("job_id") != job_id:
                 return False
-            if int(last.get("count", 0)) < limit:
+            if int(last.get("count", 0)) < _heap_resets(self.cfg):
                 return False
             attempts = int(self.cfg.get("trial", {}).get("attempts", TRIAL_ATTEMPTS))
             slot = self.board.slots()["slots"].get(new_slot, {})
@@ -391,10 +391,12 @@ class Agent:
         except Exception as e:  # the flash or the heap: recover() as before
             print("trial boot not ended (%r)" % e)
             return False
-        detail = ("no VM could read the trial's journey back; a reset, and the bootloader "
-                  "rolls %s back" % new_slot)  # fmt: skip
-        print(detail)
         try:
+            detail = ("no VM could read the trial's journey back; a reset, and the "
+                      "bootloader rolls %s back" % new_slot)  # fmt: skip
+            print(detail)
+            from agent.core.lifecycle import status_of
+
             self.report(status_of(state), {"job_id": job_id, "reason": "no-memory",
                                            "detail": detail})  # fmt: skip
         except Exception as e:  # the reset matters more than its report
@@ -756,7 +758,7 @@ class Agent:
         soft = getattr(self.system, "soft_reset", None)
         if not self.parking or (soft is None and state not in BEFORE_SWITCH):
             return False  # unparked ([install] park_journey off), the boot resumes late
-        limit = int(self.cfg.get("install", {}).get("heap_resets", HEAP_RESETS))
+        limit = _heap_resets(self.cfg)
         try:
             from agent.mpy.store import read_json, write_atomic
 
@@ -1005,6 +1007,10 @@ class Agent:
             print("inventory not built: %r" % e)
             if isinstance(e, MemoryError):  # the heap (at 98K after a commit, 108K at start):
                 self.inventory_due = time.time() + RECOVER_S  # again then, or once parked
+
+
+def _heap_resets(cfg):
+    return int(cfg.get("install", {}).get("heap_resets", HEAP_RESETS))
 
 
 def _exists(path):

@@ -74,7 +74,7 @@ def verify(trust, raw, device, floor, now, version=None, slot_class="app"):
 
     check_version(version, manifest.version)
     facts = plan(manifest, slot_class)
-    manifest = None  # the manifest's objects leave before the record is written (98K)
+    manifest = None  # its objects may go before the record is written: the heap is tight
     trust.keep(envelope, device, facts)
     return facts
 

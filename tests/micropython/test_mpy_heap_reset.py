@@ -5,6 +5,7 @@ step's outcome, its state and job and what arrived meanwhile go to flash and the
 resets; the next boot hands the outcome to the journey read back from the journal, once.
 At most HEAP_RESETS in a row at one state of one job, then recover() as before."""
 
+import builtins
 import json
 import os
 
@@ -609,6 +610,25 @@ def test_a_trial_boot_is_not_ended_before_its_soft_resets_are_spent(tmp_path, mo
     agent = _on_the_new_slot(tmp_path, board, OnTheNewSlot())
     assert not agent.end_trial_boot(lc.TRIAL, "job-1", "ota_1")  # 1 of HEAP_RESETS spent
     assert board.resets == 0 and os.path.exists(tmp_path / "heap-reset.json")
+    # It runs inside recover(), with the heap exhausted: a MemoryError there is no reset,
+    # and never escapes (at 96K an import in it once ended the app).
+    spent = dict(_record(tmp_path), count=HEAP_RESETS)
+    with open(tmp_path / "heap-reset.json", "w") as f:
+        json.dump(spent, f)
+    real_import = builtins.__import__
+
+    def no_room(name, *args, **kwargs):
+        if name.startswith("agent."):  # what a module's import meets in a full heap
+            raise MemoryError("memory allocation failed, allocating 944 bytes")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_room)
+    try:
+        ended = [agent.end_trial_boot(state, "job-1", "ota_1")
+                 for state in (lc.DOWNLOADED, lc.TRIAL)]  # fmt: skip
+    finally:
+        monkeypatch.undo()
+    assert ended == [False, False] and board.resets == 0
 
 
 def test_a_trial_boot_is_ended_once_per_install(tmp_path, monkeypatch):
