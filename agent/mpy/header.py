@@ -75,14 +75,18 @@ def verify(trust, raw, device, floor, now, version=None, slot_class="app"):
     check_version(version, manifest.version)
     facts = plan(manifest, slot_class)
     manifest = None  # its objects may go before the record is written: the heap is tight
-    trust.keep(envelope, device, facts)
+    from agent.mpy import signed
+
+    signed.keep(trust, envelope, device, facts)
     return facts
 
 
 def _kept(trust, envelope, device, now):
     """The facts the verify step kept for `envelope` (plan()'s), if all of them are there:
     a record without them is not trusted (the header is verified in full again)."""
-    facts = trust.kept(envelope, device, now)
+    from agent.mpy import signed
+
+    facts = signed.kept(trust, envelope, device, now)
     try:
         for name in ("name", "sha256", "compression", "installed_sha256", "version"):
             if not isinstance(facts[name], str):

@@ -13,7 +13,9 @@ job's version, the slot's size) are checked again each time, on those facts; onl
 that passed every rule leaves a verdict. The record is as trusted as the filesystem it lies
 on, like the journal and the agent's own code.
 
-Imported inside the signatures phase only (agent/mpy/phase.py), it leaves the heap with it.
+Here, not in the trust store: agent/mpy/header.py imports this module inside the verify and
+install steps' phases (agent/mpy/phase.py) only, so it leaves the heap with them, while the
+trust store's class is on the heap at all times (each method there is heap for good).
 """
 
 NAME = "signed.json"
@@ -39,18 +41,42 @@ def key(envelope, fingerprint, device):
     return binascii.hexlify(digest.digest()).decode()
 
 
-def record(rotated_path, envelope, fingerprint, device, facts):
-    """(path, record) of the verdict on `envelope` with its `facts`, for store.write_atomic."""
-    return path(rotated_path), {"signed": key(envelope, fingerprint, device), "facts": facts}
+def keep(trust, envelope, device, facts):
+    """Keep the verdict on `envelope`, which `trust` (agent/mpy/trust.py) accepted for
+    `device`, with the plain `facts` planned from its manifest. Nowhere to keep it without a
+    rotated root's path, nor when the root files changed while the trust store read them; a
+    failed write costs the install's check a verification."""
+    if not trust.rotated_path or trust.verified is None:
+        return
+    from agent.mpy.store import write_atomic
+
+    record = {"signed": key(envelope, trust.verified[0], device), "facts": facts}
+    try:
+        write_atomic(path(trust.rotated_path), record)
+    except (OSError, MemoryError) as e:
+        print("signature verdict not kept: %r" % e)
 
 
-def kept(rotated_path, envelope, fingerprint, device):
-    """The facts kept with the verdict on `envelope`, or None (none kept, another header's,
-    or an unreadable record)."""
+def kept(trust, envelope, device, now):
+    """The facts keep() kept with its verdict on `envelope` for `device`, once the root is
+    trusted and unexpired (Rejected otherwise); None when there are none (none kept, another
+    header's, or an unreadable record)."""
+    if not trust.rotated_path:
+        return None
+    from agent.mpy.phase import Phase
+
+    with Phase("signatures"):  # the root's verifier, if it runs, leaves with it
+        return _kept(trust, envelope, device, now)
+
+
+def _kept(trust, envelope, device, now):
+    from agent.core import keyring
     from agent.mpy.store import read_json
 
+    root, fingerprint = trust.trusted_root(keyring)
+    keyring.check_root_expiry(root, now)
     try:
-        found = read_json(path(rotated_path))
+        found = read_json(path(trust.rotated_path))
     except (OSError, ValueError):
         return None
     if not isinstance(found, dict) or found.get("signed") != key(envelope, fingerprint, device):

@@ -12,8 +12,8 @@ verdict is kept: only the release role, version and expiry as plain values, boun
 of the root files' bytes. Every verify() hashes the files again; any change to either file, or
 no verdict yet, verifies the root again in full. prepare() takes that step at boot, before the
 agent's code and connection fill the heap. The verdict on a release's header is kept too, on
-flash beside the rotated root (keep() and kept(), agent/mpy/signed.py), for the install step's
-check of the same header.
+flash beside the rotated root (agent/mpy/signed.py, which uses trusted_root()), for the
+install step's check of the same header.
 """
 
 from agent.core.errors import ConfigError
@@ -122,7 +122,7 @@ class Trust:
         except Exception as e:  # MemoryError included: the first verify() tries again
             print("trusted root not verified at boot (%r); verified at the first job" % e)
 
-    def _trusted_root(self, keyring):
+    def trusted_root(self, keyring):
         """The root as keyring objects and its files' fingerprint: the kept verdict when the
         files are unchanged, otherwise verified again in full first."""
         fingerprint = _fingerprint(self._paths())
@@ -139,7 +139,7 @@ class Trust:
         from agent.core import keyring
         from agent.mpy.verify import verify_key
 
-        root, _ = self._trusted_root(keyring)
+        root, _ = self.trusted_root(keyring)
         keyring.check_root_expiry(root, now)
         return keyring.verify_release(root, envelope, verify_key)
 
@@ -153,35 +153,3 @@ class Trust:
         manifest = parse_manifest(signed)
         policy.check_manifest(manifest, device, now, floor)
         return manifest
-
-    def keep(self, envelope, device, facts):
-        """Keep the verdict on `envelope`, which verify() accepted for `device`, with the plain
-        `facts` planned from its manifest (agent/mpy/signed.py). Nowhere to keep it without a
-        rotated root's path, nor when the root files changed while verify() read them; a
-        failed write costs the install's check a verification."""
-        if not self.rotated_path or self.verified is None:
-            return
-        from agent.mpy import signed
-        from agent.mpy.store import write_atomic
-
-        try:
-            write_atomic(*signed.record(self.rotated_path, envelope, self.verified[0], device,
-                                        facts))  # fmt: skip
-        except (OSError, MemoryError) as e:
-            print("signature verdict not kept: %r" % e)
-
-    def kept(self, envelope, device, now):
-        """The facts keep() kept with its verdict on `envelope` for `device`, once the root
-        is trusted and unexpired (Rejected otherwise); None when there are none."""
-        if not self.rotated_path:
-            return None
-        with Phase("signatures"):
-            return self._kept(envelope, device, now)
-
-    def _kept(self, envelope, device, now):
-        from agent.core import keyring
-        from agent.mpy import signed
-
-        root, fingerprint = self._trusted_root(keyring)
-        keyring.check_root_expiry(root, now)
-        return signed.kept(self.rotated_path, envelope, fingerprint, device)
