@@ -31,6 +31,7 @@ state its journal does not hold yet.
 """
 
 import json
+import sys
 import time
 
 # Of lifecycle only plain values (strings, tuples of them), which keep no module alive: the
@@ -49,10 +50,8 @@ from agent.core.lifecycle import (
     INSTALL_SCHEDULED,
     INSTALLED,
     INSTALLING,
-    REBOOTING,
     SIGNATURE_VERIFIED,
     TERMINAL,
-    TRIAL,
 )
 from agent.mpy import phase as phases
 from agent.mpy.channel import CANCEL, INVENTORY, JOB, PONG, STATUS
@@ -68,8 +67,6 @@ PARKED_STEPS = ("download", "verify", "install")  # run with the journey parked 
 HEAP_RESETS = 3  # resets for a split heap in a row at one state of one job (heap_reset)
 BEFORE_SWITCH = (IDLE, DOWNLOAD_SCHEDULED, DOWNLOADING, DOWNLOADED, SIGNATURE_VERIFIED,
                  INSTALL_SCHEDULED, INSTALLING)  # fmt: skip
-# The new slot's trial boot: armed, booted, never confirmed (end_trial_boot).
-UNCONFIRMED = (INSTALLED, REBOOTING, TRIAL)
 CHECK_RESULTS = "check-results"  # a trial's outcome kept across a soft reset (heap_reset)
 
 
@@ -353,55 +350,11 @@ class Agent:
         state = record.get("state") or IDLE
         if self.heap_reset(state, job_id, None, _inbox(self.journey) or ()):
             return True
-        return self.end_trial_boot(state, job_id, (record.get("data") or {}).get("new_slot"))
-
-    def end_trial_boot(self, state, job_id, new_slot):
-        """The new slot's trial boot, whose journey no VM could read back in [install]
-        heap_resets soft resets in a row: a reset, so ESP-IDF's bootloader rolls the slot,
-        never confirmed, back, and the old slot's boot reports RolledBack. Without it the
-        board stays in its trial for good: only the journey can end a trial (at 96K on
-        this port every VM after the checks failed at 368 bytes). First the resets' record
-        goes, the checks' results with it (the old slot's boot must not take them for its
-        own), and the install's boot attempts are spent (every boot of that slot would meet
-        the same heap; the journey would arm it again otherwise). Never for a slot the trial
-        confirmed already (mark_good ran, its journal save did not: the bootloader would boot
-        it again), nor twice in one install (more attempts spent than the install has: no
-        reset loop). False (recover() as before) in any other case; it never raises: it runs
-        inside recover(), with the heap exhausted (lifecycle is imported only to report)."""
-        if getattr(self.system, "soft_reset", None) is None or state not in UNCONFIRMED:
-            return False
-        try:
-            from agent.mpy.store import read_json
-
-            if not new_slot or self.boot.booted_slot() != new_slot:
-                return False
-            last = read_json(self.heap_reset_path) or {}
-            if last.get("state") != state or last.get("job_id") != job_id:
-                return False
-            if int(last.get("count", 0)) < _heap_resets(self.cfg):
-                return False
-            attempts = int(self.cfg.get("trial", {}).get("attempts", TRIAL_ATTEMPTS))
-            slot = self.board.slots()["slots"].get(new_slot, {})
-            if slot.get("state") == "good" or slot.get("armed", 0) > attempts:
-                return False
-            import os
-
-            os.remove(self.heap_reset_path)
-            self.board.armed(new_slot, attempts + 1)  # past them: this install's mark
-        except Exception as e:  # the flash or the heap: recover() as before
-            print("trial boot not ended (%r)" % e)
-            return False
-        try:
-            detail = ("no VM could read the trial's journey back; a reset, and the "
-                      "bootloader rolls %s back" % new_slot)  # fmt: skip
-            print(detail)
-            from agent.core.lifecycle import status_of
-
-            self.report(status_of(state), {"job_id": job_id, "reason": "no-memory",
-                                           "detail": detail})  # fmt: skip
-        except Exception as e:  # the reset matters more than its report
-            print("could not report the reset: %r" % e)
-        return self._reset(self.system.reboot)
+        # The resets are spent. At a boot after them (heapreset.py is loaded then, and only
+        # then: it stays off the heap otherwise), a trial boot no VM could read back ends.
+        heapreset = sys.modules.get("agent.mpy.heapreset")
+        new_slot = (record.get("data") or {}).get("new_slot")
+        return heapreset is not None and heapreset.end_trial_boot(self, state, job_id, new_slot)
 
     def boot_facts(self):
         """This boot's facts for the journey: the SoC's reset cause, and the boot attempts
@@ -758,7 +711,7 @@ class Agent:
         soft = getattr(self.system, "soft_reset", None)
         if not self.parking or (soft is None and state not in BEFORE_SWITCH):
             return False  # unparked ([install] park_journey off), the boot resumes late
-        limit = _heap_resets(self.cfg)
+        limit = heap_resets(self.cfg)
         try:
             from agent.mpy.store import read_json, write_atomic
 
@@ -782,9 +735,9 @@ class Agent:
         print("heap too split for the journey in %s: %s %d of %d, %s kept" % (
             state, "soft reset" if soft else "reset", count, limit,
             kept[0] if kept else "no outcome"))  # fmt: skip
-        return self._reset(soft or self.system.reboot)
+        return self.reset_now(soft or self.system.reboot)
 
-    def _reset(self, reset):
+    def reset_now(self, reset):
         """End this VM with `reset` (soft or not), the statuses sent since the boot drained
         to the broker first (lost without it): True."""
         try:
@@ -1009,7 +962,8 @@ class Agent:
                 self.inventory_due = time.time() + RECOVER_S  # again then, or once parked
 
 
-def _heap_resets(cfg):
+def heap_resets(cfg):
+    """[install] heap_resets: resets for a split heap in a row at one state of one job."""
     return int(cfg.get("install", {}).get("heap_resets", HEAP_RESETS))
 
 

@@ -27,7 +27,7 @@ never costs the new slot a trial boot; a soft one may come in any state, as it r
 chip; at most `[install] heap_resets` (default 3) in a row at one state of one job, then
 the agent recovers as before (reports no-memory, resumes later), except in the new slot's
 trial boot, which only the journey can end: that boot is ended by a reset, once per install
-and never for a confirmed slot, so the bootloader rolls it back (Agent.end_trial_boot; the
+and never for a confirmed slot, so the bootloader rolls it back (end_trial_boot(); the
 trial boot is spent either way then). This module is imported
 only at such a boot: a board that never meets a split heap keeps its code off the heap.
 """
@@ -41,12 +41,15 @@ from agent.core.lifecycle import (
     INSTALLING,
     REBOOTING,
     SIGNATURE_VERIFIED,
+    TRIAL,
 )
 from agent.mpy.store import read_json, write_atomic
 
 # Up to the new slot's first boot (REBOOTING): its trial is held, parked at once (hold()).
 RESUMED_EARLY = (DOWNLOAD_SCHEDULED, DOWNLOADING, DOWNLOADED, SIGNATURE_VERIFIED,
                  INSTALL_SCHEDULED, INSTALLING, INSTALLED, REBOOTING)  # fmt: skip
+# The new slot's trial boot: armed, booted, never confirmed (end_trial_boot()).
+UNCONFIRMED = (INSTALLED, REBOOTING, TRIAL)
 HELD = ("download", "verify", "install", "run_checks", "try_slot", "reboot")  # see hold()
 FREE = HELD + ("save_journal", "report")  # what may follow them in a hold
 
@@ -105,3 +108,54 @@ def hold(agent, actions):
         park.park(agent, trial=first == "run_checks")
     agent.held = held
     return True
+
+
+def end_trial_boot(agent, state, job_id, new_slot):
+    """The new slot's trial boot, whose journey no VM could read back in [install]
+    heap_resets soft resets in a row: a reset, so ESP-IDF's bootloader rolls the slot,
+    never confirmed, back, and the old slot's boot reports RolledBack. Without it the
+    board stays in its trial for good: only the journey can end a trial (at 96K on
+    this port every VM after the checks failed at 368 bytes). First the resets' record
+    goes, the checks' results with it (the old slot's boot must not take them for its
+    own), and the install's boot attempts are spent (every boot of that slot would meet
+    the same heap; the journey would arm it again otherwise). Never for a slot the trial
+    confirmed already (mark_good ran, its journal save did not: the bootloader would boot
+    it again), nor twice in one install (more attempts spent than the install has: no
+    reset loop). False (recover() as before) in any other case; it never raises: it runs
+    inside recover(), with the heap exhausted (lifecycle is imported only to report).
+    Agent.restart_for() calls it once the resets are spent, at a boot after them, where
+    this module is loaded already."""
+    if getattr(agent.system, "soft_reset", None) is None or state not in UNCONFIRMED:
+        return False
+    try:
+        from agent.mpy.agent import TRIAL_ATTEMPTS, heap_resets
+
+        if not new_slot or agent.boot.booted_slot() != new_slot:
+            return False
+        last = read_json(agent.heap_reset_path) or {}
+        if last.get("state") != state or last.get("job_id") != job_id:
+            return False
+        if int(last.get("count", 0)) < heap_resets(agent.cfg):
+            return False
+        attempts = int(agent.cfg.get("trial", {}).get("attempts", TRIAL_ATTEMPTS))
+        slot = agent.board.slots()["slots"].get(new_slot, {})
+        if slot.get("state") == "good" or slot.get("armed", 0) > attempts:
+            return False
+        import os
+
+        os.remove(agent.heap_reset_path)
+        agent.board.armed(new_slot, attempts + 1)  # past them: this install's mark
+    except Exception as e:  # the flash or the heap: recover() as before
+        print("trial boot not ended (%r)" % e)
+        return False
+    try:
+        detail = ("no VM could read the trial's journey back; a reset, and the "
+                  "bootloader rolls %s back" % new_slot)  # fmt: skip
+        print(detail)
+        from agent.core.lifecycle import status_of
+
+        agent.report(status_of(state), {"job_id": job_id, "reason": "no-memory",
+                                       "detail": detail})  # fmt: skip
+    except Exception as e:  # the reset matters more than its report
+        print("could not report the reset: %r" % e)
+    return agent.reset_now(agent.system.reboot)

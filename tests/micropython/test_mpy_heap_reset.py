@@ -14,7 +14,7 @@ import pytest
 from agent.core import lifecycle as lc
 from agent.core.jobs import JobMemory, parse_job
 from agent.core.journey import Journey
-from agent.mpy import phase, steps
+from agent.mpy import heapreset, phase, steps
 from agent.mpy.agent import HEAP_RESETS, Agent
 from tests.micropython.test_mpy_recover import DEVICE, T0, Boot, Channel
 
@@ -604,11 +604,11 @@ def test_a_trial_boot_is_not_ended_before_its_soft_resets_are_spent(tmp_path, mo
     monkeypatch.undo()
     for board, boot in ((Board(), OnTheNewSlot()), (ResettingBoard(), Boot())):
         agent = _on_the_new_slot(tmp_path, board, boot)
-        assert not agent.end_trial_boot(lc.TRIAL, "job-1", "ota_1")
+        assert not heapreset.end_trial_boot(agent, lc.TRIAL, "job-1", "ota_1")
         assert board.resets == 0
     board = ResettingBoard()
     agent = _on_the_new_slot(tmp_path, board, OnTheNewSlot())
-    assert not agent.end_trial_boot(lc.TRIAL, "job-1", "ota_1")  # 1 of HEAP_RESETS spent
+    assert not heapreset.end_trial_boot(agent, lc.TRIAL, "job-1", "ota_1")  # 1 of HEAP_RESETS spent
     assert board.resets == 0 and os.path.exists(tmp_path / "heap-reset.json")
     # It runs inside recover(), with the heap exhausted: a MemoryError there is no reset,
     # and never escapes (at 96K an import in it once ended the app).
@@ -624,7 +624,7 @@ def test_a_trial_boot_is_not_ended_before_its_soft_resets_are_spent(tmp_path, mo
 
     monkeypatch.setattr(builtins, "__import__", no_room)
     try:
-        ended = [agent.end_trial_boot(state, "job-1", "ota_1")
+        ended = [heapreset.end_trial_boot(agent, state, "job-1", "ota_1")
                  for state in (lc.DOWNLOADED, lc.TRIAL)]  # fmt: skip
     finally:
         monkeypatch.undo()
@@ -645,7 +645,7 @@ def test_a_trial_boot_is_ended_once_per_install(tmp_path, monkeypatch):
         board = ResettingBoard()
         agent = _on_the_new_slot(tmp_path, board, OnTheNewSlot())
         try:
-            ended.append(agent.end_trial_boot(lc.TRIAL, "job-1", "ota_1"))
+            ended.append(heapreset.end_trial_boot(agent, lc.TRIAL, "job-1", "ota_1"))
         except SystemExit:
             ended.append("reset")
     assert ended == ["reset", False]
