@@ -2,8 +2,6 @@
 failed test that ran a rig shows the tail of its board's console and broker log (a flake in
 CI then says what the board did, not only what the test waited for)."""
 
-import os
-
 import pytest
 
 from hil.state_guard import real_state_dir_untouched  # noqa: F401  (autouse)
@@ -40,9 +38,11 @@ def pytest_runtest_makereport(item, call):
     if report.when != "call" or not report.failed:
         return
     for i, rig in enumerate(_rigs(item)):
-        paths = [("console", os.path.join(rig.dir, "console.log"))]
+        try:  # what the rig read from the board (a MicroPython board keeps no console.log)
+            console = "\n".join(rig.console_text().splitlines()[-TAIL_LINES:])
+        except Exception as e:
+            console = "(not readable: %r)" % e
+        report.sections.append(("rig %d console (last %d lines)" % (i, TAIL_LINES), console))
         if rig.broker is not None:
-            paths.append(("broker log", rig.broker.log_path))
-        for what, path in paths:
-            report.sections.append(("rig %d %s (last %d lines)" % (i, what, TAIL_LINES),
-                                    _tail(path)))  # fmt: skip
+            report.sections.append(("rig %d broker log (last %d lines)" % (i, TAIL_LINES),
+                                    _tail(rig.broker.log_path)))  # fmt: skip
