@@ -115,7 +115,8 @@ def end_trial_boot(agent, state, job_id, new_slot):
     heap_resets soft resets in a row: a reset, so ESP-IDF's bootloader rolls the slot,
     never confirmed, back, and the old slot's boot reports RolledBack. Without it the
     board stays in its trial for good: only the journey can end a trial (at 96K on
-    this port every VM after the checks failed at 368 bytes). First the resets' record
+    this port, before the resident heap was trimmed by 192 bytes, every VM after the
+    checks failed at 368 bytes in 3 runs of 5). First the resets' record
     goes, the checks' results with it (the old slot's boot must not take them for its
     own), and the install's boot attempts are spent (every boot of that slot would meet
     the same heap; the journey would arm it again otherwise). Never for a slot the trial

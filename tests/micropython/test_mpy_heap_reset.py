@@ -572,9 +572,10 @@ def test_a_verdict_that_failed_is_not_finished_before_the_journal_has_it(tmp_pat
 
 
 def test_a_trial_no_vm_can_read_back_ends_in_the_bootloaders_rollback(tmp_path, monkeypatch):
-    # At 96K every VM after the checks failed to read the journey back: after heap_resets
-    # soft resets in a row the board resets, so the bootloader rolls the unconfirmed slot
-    # back, and the old slot's boot reports RolledBack, its results not taken for its own.
+    # At 96K (3 runs of 5 on an earlier state) no VM after the checks read the journey
+    # back: after heap_resets soft resets in a row the board resets, so the bootloader rolls
+    # the unconfirmed slot back, and the old slot's boot reports RolledBack, its results not
+    # taken for its own.
     _trial_split_by_its_checks(tmp_path, monkeypatch, SoftBoard())  # soft reset 1
     monkeypatch.undo()
     counts = []
