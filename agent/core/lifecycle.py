@@ -108,63 +108,66 @@ EVENTS = (
     DONE,
 )
 
-# --- The journey: (from, event, to) ----------------------------------------------------------
+# --- The journey: (from, event, to), one row per line -----------------------------------------
+# The tables are flat tuples read a row at a time (rows(), next_state()): on a MicroPython board
+# a nested table took a tuple object per row, 64 bytes of heap for a 3-tuple, and these tables
+# are built again at every read-back of the journey (3.3 KiB more, docs/micropython.md).
 # fmt: off
 TRANSITIONS = (
-    (IDLE,               JOB_ACCEPTED,      DOWNLOAD_SCHEDULED),
-    (DOWNLOAD_SCHEDULED, TIME_REACHED,      DOWNLOADING),
-    (DOWNLOAD_SCHEDULED, WINDOW_EXPIRED,    DOWNLOAD_FAILED),
-    (DOWNLOAD_SCHEDULED, SESSION_ACTIVE,    DOWNLOAD_SCHEDULED),  # job waits for no session
-    (DOWNLOAD_SCHEDULED, CANCEL,            CANCELLED),
-    (DOWNLOADING,        DOWNLOAD_OK,       DOWNLOADED),
-    (DOWNLOADING,        RETRY,             DOWNLOAD_SCHEDULED),
-    (DOWNLOADING,        DOWNLOAD_ERROR,    DOWNLOAD_FAILED),
-    (DOWNLOADING,        CANCEL,            CANCELLED),
-    (DOWNLOADED,         SIGNATURE_OK,      SIGNATURE_VERIFIED),
-    (DOWNLOADED,         SIGNATURE_BAD,     INVALID_SIGNATURE),
+    IDLE,               JOB_ACCEPTED,      DOWNLOAD_SCHEDULED,
+    DOWNLOAD_SCHEDULED, TIME_REACHED,      DOWNLOADING,
+    DOWNLOAD_SCHEDULED, WINDOW_EXPIRED,    DOWNLOAD_FAILED,
+    DOWNLOAD_SCHEDULED, SESSION_ACTIVE,    DOWNLOAD_SCHEDULED,  # job waits for no session
+    DOWNLOAD_SCHEDULED, CANCEL,            CANCELLED,
+    DOWNLOADING,        DOWNLOAD_OK,       DOWNLOADED,
+    DOWNLOADING,        RETRY,             DOWNLOAD_SCHEDULED,
+    DOWNLOADING,        DOWNLOAD_ERROR,    DOWNLOAD_FAILED,
+    DOWNLOADING,        CANCEL,            CANCELLED,
+    DOWNLOADED,         SIGNATURE_OK,      SIGNATURE_VERIFIED,
+    DOWNLOADED,         SIGNATURE_BAD,     INVALID_SIGNATURE,
     # After a restart the header is fetched again to verify it: that fetch can fail too.
-    (DOWNLOADED,         RETRY,             DOWNLOAD_SCHEDULED),
-    (DOWNLOADED,         DOWNLOAD_ERROR,    DOWNLOAD_FAILED),
-    (DOWNLOADED,         CANCEL,            CANCELLED),
-    (SIGNATURE_VERIFIED, DONE,              INSTALL_SCHEDULED),
-    (SIGNATURE_VERIFIED, CANCEL,            CANCELLED),
-    (INSTALL_SCHEDULED,  TIME_REACHED,      INSTALLING),
-    (INSTALL_SCHEDULED,  SESSION_ACTIVE,    INSTALL_SCHEDULED),
-    (INSTALL_SCHEDULED,  WINDOW_EXPIRED,    INSTALLATION_FAILED),
-    (INSTALL_SCHEDULED,  CANCEL,            CANCELLED),
-    (INSTALLING,         INSTALL_OK,        INSTALLED),
-    (INSTALLING,         RETRY,             INSTALL_SCHEDULED),
-    (INSTALLING,         INSTALL_ERROR,     INSTALLATION_FAILED),
-    (INSTALLING,         SIGNATURE_BAD,     INVALID_SIGNATURE),
-    (INSTALLING,         VERIFY_ERROR,      INSTALL_VERIFICATION_FAILED),
-    (INSTALLED,          TIME_REACHED,      REBOOTING),
-    (INSTALLED,          SESSION_ACTIVE,    INSTALLED),
-    (REBOOTING,          REBOOTED_INTO_NEW, TRIAL),
-    (REBOOTING,          REBOOTED_INTO_OLD, ROLLED_BACK),
-    (REBOOTING,          BOOT_ENV_LOST,     REBOOTING),    # try the new slot again (bounded)
-    (TRIAL,              CHECKS_PASSED,     COMMITTED),
-    (TRIAL,              CHECKS_FAILED,     ROLLED_BACK),
-    (TRIAL,              WINDOW_EXPIRED,    ROLLED_BACK),
-    (TRIAL,              REBOOTED_INTO_OLD, ROLLED_BACK),  # attempts used up: bootloader fell back
-    (TRIAL,              POWER_LOST,        TRIAL),        # resume: checks and window start again
-    (TRIAL,              CRASHED,           ROLLED_BACK),  # watchdog/panic: fail at once
-    (TRIAL,              BOOT_ENV_LOST,     REBOOTING),    # e.g. a torn env reset to defaults
-    (COMMITTED,          CHECKS_FAILED,     ROLLED_BACK),  # regression while observing
-    (COMMITTED,          DONE,              IDLE),
-    (ROLLED_BACK,        DONE,              IDLE),
-    (DOWNLOAD_FAILED,    DONE,              IDLE),
-    (INVALID_SIGNATURE,  DONE,              IDLE),
-    (INSTALLATION_FAILED, DONE,             IDLE),
-    (INSTALL_VERIFICATION_FAILED, DONE,     IDLE),
-    (CANCELLED,          DONE,              IDLE),
+    DOWNLOADED,         RETRY,             DOWNLOAD_SCHEDULED,
+    DOWNLOADED,         DOWNLOAD_ERROR,    DOWNLOAD_FAILED,
+    DOWNLOADED,         CANCEL,            CANCELLED,
+    SIGNATURE_VERIFIED, DONE,              INSTALL_SCHEDULED,
+    SIGNATURE_VERIFIED, CANCEL,            CANCELLED,
+    INSTALL_SCHEDULED,  TIME_REACHED,      INSTALLING,
+    INSTALL_SCHEDULED,  SESSION_ACTIVE,    INSTALL_SCHEDULED,
+    INSTALL_SCHEDULED,  WINDOW_EXPIRED,    INSTALLATION_FAILED,
+    INSTALL_SCHEDULED,  CANCEL,            CANCELLED,
+    INSTALLING,         INSTALL_OK,        INSTALLED,
+    INSTALLING,         RETRY,             INSTALL_SCHEDULED,
+    INSTALLING,         INSTALL_ERROR,     INSTALLATION_FAILED,
+    INSTALLING,         SIGNATURE_BAD,     INVALID_SIGNATURE,
+    INSTALLING,         VERIFY_ERROR,      INSTALL_VERIFICATION_FAILED,
+    INSTALLED,          TIME_REACHED,      REBOOTING,
+    INSTALLED,          SESSION_ACTIVE,    INSTALLED,
+    REBOOTING,          REBOOTED_INTO_NEW, TRIAL,
+    REBOOTING,          REBOOTED_INTO_OLD, ROLLED_BACK,
+    REBOOTING,          BOOT_ENV_LOST,     REBOOTING,    # try the new slot again (bounded)
+    TRIAL,              CHECKS_PASSED,     COMMITTED,
+    TRIAL,              CHECKS_FAILED,     ROLLED_BACK,
+    TRIAL,              WINDOW_EXPIRED,    ROLLED_BACK,
+    TRIAL,              REBOOTED_INTO_OLD, ROLLED_BACK,  # attempts used up: bootloader fell back
+    TRIAL,              POWER_LOST,        TRIAL,        # resume: checks and window start again
+    TRIAL,              CRASHED,           ROLLED_BACK,  # watchdog/panic: fail at once
+    TRIAL,              BOOT_ENV_LOST,     REBOOTING,    # e.g. a torn env reset to defaults
+    COMMITTED,          CHECKS_FAILED,     ROLLED_BACK,  # regression while observing
+    COMMITTED,          DONE,              IDLE,
+    ROLLED_BACK,        DONE,              IDLE,
+    DOWNLOAD_FAILED,    DONE,              IDLE,
+    INVALID_SIGNATURE,  DONE,              IDLE,
+    INSTALLATION_FAILED, DONE,             IDLE,
+    INSTALL_VERIFICATION_FAILED, DONE,     IDLE,
+    CANCELLED,          DONE,              IDLE,
     # A new job replaces the running one until the inactive slot is handed to the bootloader.
-    (DOWNLOAD_SCHEDULED, SUPERSEDE,         CANCELLED),
-    (DOWNLOADING,        SUPERSEDE,         CANCELLED),
-    (DOWNLOADED,         SUPERSEDE,         CANCELLED),
-    (SIGNATURE_VERIFIED, SUPERSEDE,         CANCELLED),
-    (INSTALL_SCHEDULED,  SUPERSEDE,         CANCELLED),
-    (INSTALLING,         SUPERSEDE,         CANCELLED),
-    (INSTALLED,          SUPERSEDE,         CANCELLED),
+    DOWNLOAD_SCHEDULED, SUPERSEDE,         CANCELLED,
+    DOWNLOADING,        SUPERSEDE,         CANCELLED,
+    DOWNLOADED,         SUPERSEDE,         CANCELLED,
+    SIGNATURE_VERIFIED, SUPERSEDE,         CANCELLED,
+    INSTALL_SCHEDULED,  SUPERSEDE,         CANCELLED,
+    INSTALLING,         SUPERSEDE,         CANCELLED,
+    INSTALLED,          SUPERSEDE,         CANCELLED,
 )
 
 # State saved before a power cut -> state to continue in. REBOOTING and INSTALLED are settled
@@ -173,44 +176,44 @@ TRANSITIONS = (
 # (power-on, reboot, unknown) or CRASHED (watchdog, panic); an agent restart within the same
 # boot reruns the checks, the window counting from the saved start.
 RESUME = (
-    (IDLE,               IDLE),
-    (DOWNLOAD_SCHEDULED, DOWNLOAD_SCHEDULED),
-    (DOWNLOADING,        DOWNLOAD_SCHEDULED),  # restart the download
-    (DOWNLOADED,         DOWNLOADED),          # verify again
-    (SIGNATURE_VERIFIED, INSTALL_SCHEDULED),   # the installer verifies again while streaming
-    (INSTALL_SCHEDULED,  INSTALL_SCHEDULED),
-    (INSTALLING,         INSTALL_SCHEDULED),   # after mark_bad(inactive slot)
-    (INSTALLED,          INSTALLED),           # booted new: TRIAL (try_slot had happened)
-    (REBOOTING,          REBOOTING),           # booted new: TRIAL; booted old: ROLLED_BACK
-    (TRIAL,              TRIAL),               # booted old: ROLLED_BACK; else by reset cause
-    (COMMITTED,          COMMITTED),
-    (ROLLED_BACK,        ROLLED_BACK),
-    (DOWNLOAD_FAILED,    DOWNLOAD_FAILED),
-    (INVALID_SIGNATURE,  INVALID_SIGNATURE),
-    (INSTALLATION_FAILED, INSTALLATION_FAILED),
-    (INSTALL_VERIFICATION_FAILED, INSTALL_VERIFICATION_FAILED),
-    (CANCELLED,          CANCELLED),
+    IDLE,               IDLE,
+    DOWNLOAD_SCHEDULED, DOWNLOAD_SCHEDULED,
+    DOWNLOADING,        DOWNLOAD_SCHEDULED,  # restart the download
+    DOWNLOADED,         DOWNLOADED,          # verify again
+    SIGNATURE_VERIFIED, INSTALL_SCHEDULED,   # the installer verifies again while streaming
+    INSTALL_SCHEDULED,  INSTALL_SCHEDULED,
+    INSTALLING,         INSTALL_SCHEDULED,   # after mark_bad(inactive slot)
+    INSTALLED,          INSTALLED,           # booted new: TRIAL (try_slot had happened)
+    REBOOTING,          REBOOTING,           # booted new: TRIAL; booted old: ROLLED_BACK
+    TRIAL,              TRIAL,               # booted old: ROLLED_BACK; else by reset cause
+    COMMITTED,          COMMITTED,
+    ROLLED_BACK,        ROLLED_BACK,
+    DOWNLOAD_FAILED,    DOWNLOAD_FAILED,
+    INVALID_SIGNATURE,  INVALID_SIGNATURE,
+    INSTALLATION_FAILED, INSTALLATION_FAILED,
+    INSTALL_VERIFICATION_FAILED, INSTALL_VERIFICATION_FAILED,
+    CANCELLED,          CANCELLED,
 )
 
 # How each state is reported: OCPP FirmwareStatus, plus TrialRunning/Committed/RolledBack.
 STATUS = (
-    (IDLE,               "Idle"),
-    (DOWNLOAD_SCHEDULED, "DownloadScheduled"),
-    (DOWNLOADING,        "Downloading"),
-    (DOWNLOADED,         "Downloaded"),
-    (SIGNATURE_VERIFIED, "SignatureVerified"),
-    (INSTALL_SCHEDULED,  "InstallScheduled"),
-    (INSTALLING,         "Installing"),
-    (INSTALLED,          "Installed"),
-    (REBOOTING,          "InstallRebooting"),
-    (TRIAL,              "TrialRunning"),
-    (COMMITTED,          "Committed"),
-    (ROLLED_BACK,        "RolledBack"),
-    (DOWNLOAD_FAILED,    "DownloadFailed"),
-    (INVALID_SIGNATURE,  "InvalidSignature"),
-    (INSTALLATION_FAILED, "InstallationFailed"),
-    (INSTALL_VERIFICATION_FAILED, "InstallVerificationFailed"),
-    (CANCELLED,          "Idle"),  # OCPP has no Cancelled status; the reason says "cancelled"
+    IDLE,               "Idle",
+    DOWNLOAD_SCHEDULED, "DownloadScheduled",
+    DOWNLOADING,        "Downloading",
+    DOWNLOADED,         "Downloaded",
+    SIGNATURE_VERIFIED, "SignatureVerified",
+    INSTALL_SCHEDULED,  "InstallScheduled",
+    INSTALLING,         "Installing",
+    INSTALLED,          "Installed",
+    REBOOTING,          "InstallRebooting",
+    TRIAL,              "TrialRunning",
+    COMMITTED,          "Committed",
+    ROLLED_BACK,        "RolledBack",
+    DOWNLOAD_FAILED,    "DownloadFailed",
+    INVALID_SIGNATURE,  "InvalidSignature",
+    INSTALLATION_FAILED, "InstallationFailed",
+    INSTALL_VERIFICATION_FAILED, "InstallVerificationFailed",
+    CANCELLED,          "Idle",  # OCPP has no Cancelled status; the reason says "cancelled"
 )
 # fmt: on
 
@@ -237,18 +240,23 @@ class IllegalTransition(Exception):
         self.event = event
 
 
+def rows(table, width):
+    """The rows of a flat table as tuples: TRANSITIONS is 3 wide, RESUME and STATUS 2."""
+    return [tuple(table[i : i + width]) for i in range(0, len(table), width)]
+
+
 def _lookup(pairs, key, what):
-    for k, v in pairs:
-        if k == key:
-            return v
+    for i in range(0, len(pairs), 2):
+        if pairs[i] == key:
+            return pairs[i + 1]
     raise ValueError("unknown %s %r" % (what, key))
 
 
 def next_state(state, event):
     """The state after `event` in `state`; IllegalTransition when the table has no such row."""
-    for src, ev, dst in TRANSITIONS:
-        if src == state and ev == event:
-            return dst
+    for i in range(0, len(TRANSITIONS), 3):
+        if TRANSITIONS[i] == state and TRANSITIONS[i + 1] == event:
+            return TRANSITIONS[i + 2]
     if state not in STATES:
         raise ValueError("unknown state %r" % (state,))
     raise IllegalTransition(state, event)
@@ -266,7 +274,7 @@ def status_of(state):
 
 def events_from(state):
     """The events `state` accepts, in table order."""
-    return [ev for src, ev, _ in TRANSITIONS if src == state]
+    return [TRANSITIONS[i + 1] for i in range(0, len(TRANSITIONS), 3) if TRANSITIONS[i] == state]
 
 
 def is_terminal(state):

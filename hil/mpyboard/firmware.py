@@ -140,8 +140,11 @@ def _split_heap(agent):
         if after_step:
             state = journey.state
         elif journey is None:  # the boot's read-back: "boot:STATE", the journal's state
-            with open(agent.journal.path) as f:
-                state = "boot:" + json.load(f).get("state", "")
+            try:
+                with open(agent.journal.path) as f:
+                    state = "boot:" + json.load(f).get("state", "")
+            except OSError:  # no journal yet: a board that never took a job
+                state = None
         else:
             state = None
         if state in states:
