@@ -610,7 +610,7 @@ class Agent:
 
     def do_verify(self):
         # A header that cannot be fetched again is DOWNLOAD_ERROR (steps.verify); what raises
-        # (the heap) recovers.
+        # recovers, but the heap, once its resets are spent (_run_step), is DOWNLOAD_ERROR too.
         self._run_step("verify", None)
 
     def do_install(self, slot):
@@ -677,6 +677,8 @@ class Agent:
             if self.heap_reset(self.journey.state, _job_id(self.journey), None,
                                _inbox(self.journey) or ()):  # fmt: skip
                 return
+        if parked and failure is None and isinstance(result, MemoryError):
+            failure = DOWNLOAD_ERROR  # the verify step's: fetched and verified again, or not
         if isinstance(result, Exception) and failure is not None:
             result = failure, _step_failure(result)
         if parked and _inbox(self.journey) is not None:  # not if park() itself failed
@@ -688,7 +690,8 @@ class Agent:
                 if outcome is None and result is not None:
                     print("step %s failed: %r" % (name, result))
                 if not (isinstance(e, MemoryError) and self.heap_reset(
-                        journey.state, _job_id(journey), outcome, journey.inbox)):  # fmt: skip
+                        journey.state, _job_id(journey), outcome, journey.inbox,
+                        step=True)):  # fmt: skip
                     self.recover(e)
                 return
             self.handle_inbox(journey.inbox)
@@ -698,7 +701,7 @@ class Agent:
         if result is not None:
             self.events.append((step, result[0], result[1]))
 
-    def heap_reset(self, state, job_id, outcome, inbox):
+    def heap_reset(self, state, job_id, outcome, inbox, step=False):
         """The journey cannot come back (at boot, after a parked step, after the trial's
         checks, after a failed action, or for a job that arrived while it idled parked), or
         a parked step met a MemoryError: reset, the step's outcome kept
@@ -706,8 +709,9 @@ class Agent:
         if the system has one, in any state; else a hard reset, before the slot switch only
         (after it, a reset would end the new slot's trial boot). False, for recover() as
         before, in the other cases, with the journey never parked, and past [install]
-        heap_resets in a row at one state of one job. Here, not in heapreset.py: importing
-        that module at this moment failed for want of heap."""
+        heap_resets in a row at one state of one job (then once more for the outcome of a
+        download, verify or install step of this VM: `step`). Here, not in heapreset.py:
+        importing that module at this moment failed for want of heap."""
         soft = getattr(self.system, "soft_reset", None)
         if not self.parking or (soft is None and state not in BEFORE_SWITCH):
             return False  # unparked ([install] park_journey off), the boot resumes late
@@ -719,21 +723,31 @@ class Agent:
             count = 1
             if last.get("state") == state and last.get("job_id") == job_id:
                 count = int(last.get("count", 0)) + 1
+            kept = list(outcome) if outcome else None
             if count > limit:
-                return False
+                # Spent, but a step of this VM gave an outcome that no read-back can take:
+                # once more, so the journey gets it in a young heap. A failure then ends the
+                # job (not transient: a retry meets the same wall); without this the board
+                # reported no-memory every 10 s for good (at 96K).
+                if kept is None or not step or not limit or last.get("final"):
+                    return False
+                if kept[0] in (DOWNLOAD_ERROR, INSTALL_ERROR):
+                    kept[1] = dict(kept[1], transient=False)
             for kind, payload in inbox:  # the inbox file keeps their order (take_deferred)
                 with open(self.inbox_path, "a") as f:
                     f.write(kind + " " + dumps(payload) + "\n")
-            kept = list(outcome) if outcome else None
             if kept is None and count > 1:  # an outcome not taken yet (heapreset.outcome)
                 kept = last.get("outcome")  # stays the journey's: its step must not rerun
             record = {"state": state, "job_id": job_id, "count": count, "outcome": kept}
+            if count > limit:
+                record["final"] = True
             write_atomic(self.heap_reset_path, record)
         except Exception as e:  # the flash or the heap: recover() as before
             print("no reset for the heap (%r)" % e)
             return False
-        print("heap too split for the journey in %s: %s %d of %d, %s kept" % (
+        print("heap too split for the journey in %s: %s %d of %d%s, %s kept" % (
             state, "soft reset" if soft else "reset", count, limit,
+            " and the last" if count > limit else "",
             kept[0] if kept else "no outcome"))  # fmt: skip
         return self.reset_now(soft or self.system.reboot)
 

@@ -183,13 +183,16 @@ def test_after_the_slot_switch_no_reset(tmp_path, monkeypatch):
 
 def test_resets_in_a_row_at_one_state_are_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(steps, "download", lambda agent: (lc.DOWNLOAD_OK, {}))
-    for n in range(1, HEAP_RESETS + 2):
+    for n in range(1, HEAP_RESETS + 3):
         agent, board = _boot(tmp_path)
         _downloading(agent)
         _split_heap(agent, monkeypatch)
         agent.do_download()
         if n <= HEAP_RESETS:
             assert board.resets == 1 and _record(tmp_path)["count"] == n
+            assert "final" not in _record(tmp_path)
+        if n == HEAP_RESETS + 1:  # once more, for the step's outcome (the next test)
+            assert board.resets == 1 and _record(tmp_path)["final"] is True
     assert board.resets == 0 and agent.running  # then recover() as before
     assert agent.resume_at is not None
     assert board.sent[-1]["reason"] == "no-memory"
@@ -267,6 +270,63 @@ def test_a_step_that_runs_out_of_heap_runs_again_after_a_reset(tmp_path, monkeyp
     _downloading(agent)
     agent.do_download()  # past the bound: the failure event, a retry as before
     assert board.resets == 0 and agent.events[-1][1] == lc.DOWNLOAD_ERROR
+    assert agent.events[-1][2]["reason"] == "no-memory"
+
+
+def test_a_failure_no_read_back_takes_after_the_resets_ends_the_job(tmp_path, monkeypatch):
+    # At 96K the step ran out of heap in every VM, and past the resets the read-back after it
+    # failed too: its failure event never reached the journey, and the board reported
+    # no-memory every 10 s for good. Now one more reset keeps that failure, not transient (a
+    # retry meets the same wall), and the next boot ends the job with it.
+    def no_room(agent):
+        raise MemoryError("memory allocation failed, allocating 66 bytes")
+
+    monkeypatch.setattr(steps, "download", no_room)
+    for _ in range(HEAP_RESETS):
+        agent, board = _boot(tmp_path)
+        _downloading(agent)
+        agent.do_download()
+        assert board.resets == 1
+    agent, board = _boot(tmp_path)
+    _downloading(agent)
+    _split_heap(agent, monkeypatch)
+    agent.do_download()
+    assert board.resets == 1
+    record = _record(tmp_path)
+    assert record["final"] is True and record["outcome"][0] == lc.DOWNLOAD_ERROR
+    assert record["outcome"][1]["reason"] == "no-memory"
+    assert record["outcome"][1]["transient"] is False
+    monkeypatch.undo()
+
+    agent, board = _boot(tmp_path)
+    agent.start()
+    final = [m for m in board.sent if m["status"] == "DownloadFailed"]
+    assert len(final) == 1 and final[0]["reason"] == "no-memory", board.sent
+    assert agent.journey.state == lc.IDLE and not os.path.exists(tmp_path / "heap-reset.json")
+
+    # Once: a VM that cannot take it either leaves it to recover() as before (no reset loop).
+    with open(tmp_path / "heap-reset.json", "w") as f:
+        json.dump(dict(record, outcome=None), f)
+    assert not agent.heap_reset(lc.DOWNLOADING, "job-1", [lc.DOWNLOAD_ERROR, {}], (), True)
+    assert board.resets == 0
+
+
+def test_a_verify_step_past_its_resets_fails_as_a_download(tmp_path, monkeypatch):
+    # The verify step has no failure edge of its own for the heap: past the resets its
+    # MemoryError is DOWNLOAD_ERROR (fetched and verified again while retries last), not a
+    # recover() that runs it again every 10 s for good.
+    def no_room(agent):
+        raise MemoryError("memory allocation failed, allocating 66 bytes")
+
+    monkeypatch.setattr(steps, "verify", no_room)
+    for n in range(HEAP_RESETS + 1):
+        agent, board = _boot(tmp_path)
+        _downloading(agent)
+        agent.journey.handle(lc.DOWNLOAD_OK, T0)
+        agent.journal.save(agent.journey)
+        agent.do_verify()
+        assert board.resets == (1 if n < HEAP_RESETS else 0)
+    assert agent.events[-1][1] == lc.DOWNLOAD_ERROR and agent.resume_at is None
     assert agent.events[-1][2]["reason"] == "no-memory"
 
 
