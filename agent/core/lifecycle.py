@@ -111,7 +111,7 @@ EVENTS = (
 # --- The journey: (from, event, to), one row per line -----------------------------------------
 # The tables are flat tuples read a row at a time (rows(), next_state()): on a MicroPython board
 # a nested table took a tuple object per row, 64 bytes of heap for a 3-tuple, and these tables
-# are built again at every read-back of the journey (3.3 KiB more, docs/micropython.md).
+# are built again at every read-back of the journey (3.2 KiB more, docs/micropython.md).
 # fmt: off
 TRANSITIONS = (
     IDLE,               JOB_ACCEPTED,      DOWNLOAD_SCHEDULED,

@@ -59,7 +59,39 @@ def verify(agent):
                       agent.journey.job.version, agent.cfg.get("slot_class", "app"))  # fmt: skip
     except Rejected as e:
         return SIGNATURE_BAD, _info(e)
+    from agent.mpy.store import write_atomic
+
+    write_atomic(_pin_path(agent), {"job_id": agent.journey.job.id, "sha256": _sha256(raw)})
     return SIGNATURE_OK, {}
+
+
+def _pin_path(agent):
+    """verified.json: the SHA-256 of the header the verify step passed, by job. The install
+    takes only that header, even when it fetches it again (after a reset or a power cut
+    between the steps): another one, however well signed, was never verified for this job."""
+    return agent.cfg.get("state_dir", "data") + "/verified.json"
+
+
+def _sha256(raw):
+    import binascii
+    import hashlib
+
+    return binascii.hexlify(hashlib.sha256(raw).digest()).decode()
+
+
+def _pinned(agent, raw, job):
+    """PayloadMismatch unless `raw` is the header the verify step passed for `job` (none
+    pinned for it: a journal from before the pin, checked in full as before)."""
+    from agent.mpy.store import read_json
+
+    try:
+        pin = read_json(_pin_path(agent)) or {}
+    except ValueError:  # torn: no pin to hold it to
+        pin = {}
+    if pin.get("job_id") == job.id and pin.get("sha256") != _sha256(raw):
+        from agent.core.errors import PayloadMismatch
+
+        raise PayloadMismatch("the bundle's signed header changed since it was verified")
 
 
 def _progress(agent, job):
@@ -116,8 +148,10 @@ def install(agent, slot):
 def _check(agent, partition, options, job):
     from agent.mpy import header
 
-    return header.check(agent.trust, _header(agent), agent.device, agent.board.floor(),
-                        time.time(), partition.info()[3], options, job.version)  # fmt: skip
+    raw = _header(agent)
+    _pinned(agent, raw, job)
+    return header.check(agent.trust, raw, agent.device, agent.board.floor(), time.time(),
+                        partition.info()[3], options, job.version)  # fmt: skip
 
 
 def _write(agent, facts, partition, options, job):
