@@ -86,7 +86,7 @@ def _pinned(agent, raw, job):
 
     try:
         pin = read_json(_pin_path(agent)) or {}
-    except ValueError:  # torn: no pin to hold it to
+    except ValueError:  # not JSON (a damaged flash): no pin, the header checked in full
         pin = {}
     if pin.get("job_id") == job.id and pin.get("sha256") != _sha256(raw):
         from agent.core.errors import PayloadMismatch
