@@ -50,6 +50,7 @@ from agent.core.lifecycle import (
     INSTALL_SCHEDULED,
     INSTALLED,
     INSTALLING,
+    SIGNATURE_OK,
     SIGNATURE_VERIFIED,
     TERMINAL,
 )
@@ -145,6 +146,8 @@ class Agent:
         self.device = cfg["device"]
         if cfg.get("log_heap"):  # heap figures on the console at each phase and journal save
             phases.LOG = print
+        self.window_room = []  # see reserve_window(); taken first, while the heap is youngest
+        self.reserve_window()
         # The journey's modules load now, while the heap is young (no name of them is kept):
         # loaded first by the journal in start(), they landed between the connection's
         # buffers, and the heap then had no 592 bytes in one piece for the inventory at 110K.
@@ -164,7 +167,6 @@ class Agent:
         self.board = Board(state_dir)
         self.journey = None  # agent/core/journey.py's Journey; a park.Parked while parked
         self.events = []
-        self.window_room = []  # see reserve_window()
         self.step = 0
         self.hold_steps = False  # at boot after a heap reset: see execute()
         self.held = None  # the actions held at boot for the connection (heapreset.hold)
@@ -245,11 +247,12 @@ class Agent:
         self.park_idle()
 
     def reserve_window(self):
-        """With [install] hold_window: hold room for the inflate window (the install's one
-        large block) while the heap is young and has long free runs; the installer hands it
-        to the inflater. Without it, small objects left across a job can split the heap
-        until no run of that size remains. The price: that room is taken at all times, the
-        signature checks included (docs/micropython.md)."""
+        """With [install] hold_window: hold room for the inflater (the install's one large
+        block, its window, and the state it allocates just before) while the heap is young
+        and has long free runs; the installer lets it go just before the inflater's first
+        read. Without it, small objects left across a job can split the heap until no run of
+        that size remains. The price: that room is taken at all times but in the download
+        and verify steps, which run in it (_run_step; docs/micropython.md)."""
         install = self.cfg.get("install", {})
         if self.window_room or not install.get("hold_window"):
             return
@@ -257,8 +260,8 @@ class Agent:
 
         gc.collect()
         bits = int(install.get("max_window_bits", 15))
-        try:
-            self.window_room.append(bytearray(1 << bits))
+        try:  # deflate's state (1,336 bytes on the unix port x86-64) comes before its window
+            self.window_room.append(bytearray((1 << bits) + 1536))
         except MemoryError:  # the install allocates its window itself, if it can
             print("no room held for a %d KiB inflate window" % ((1 << bits) // 1024))
 
@@ -299,9 +302,13 @@ class Agent:
 
     def parked_waiting(self):
         """Whether the journey is parked as idle while its job waits (start(), after a heap
-        reset): the first turn reads it back. A method, so no local of turn() holds it."""
+        reset) and the wait is over: a turn reads it back then, not at once (at 96K, next to
+        the connection, that read-back failed for 1,264 bytes in every VM of a wait for
+        install_at; at the wait's end it fails once, and the next VM's boot starts the step
+        while its heap is young). A method, so no local of turn() holds it."""
         journey = self.journey
-        return _inbox(journey) is not None and journey.idle and journey.state != IDLE
+        return (_inbox(journey) is not None and journey.idle and journey.state != IDLE
+                and time.time() >= self.wake_at)  # fmt: skip
 
     def recover(self, error):
         """An action failed outright: abandon the step, say so with the journal's state, and
@@ -537,7 +544,7 @@ class Agent:
 
     def log_heap(self, where):
         if phases.LOG is not None:
-            phases.LOG("heap %s: used %d free %d" % ((where,) + phases.heap()))
+            phases.report("heap %s: used %d free %d" % ((where,) + phases.heap()))
 
     def do_report(self, status, info):
         if status not in FINAL_STATUSES:
@@ -659,7 +666,10 @@ class Agent:
         parked = self.parking and name in PARKED_STEPS
         self.step += 1
         step = self.step
-        try:
+        lent = parked and name != "install" and self.window_room
+        if lent:  # the download and verify steps run in the inflater's room (the verify step
+            self.window_room.clear()  # found no 592 bytes outside it at 96K); taken back
+        try:  # before the journey's read-back
             with self.phase(name):
                 if parked and _inbox(self.journey) is None:  # else parked at boot (execute)
                     _park().park(self)  # park.py comes and goes with the phase
@@ -668,6 +678,17 @@ class Agent:
             result = None
         except Exception as e:  # a bug must not kill the agent: the step fails
             result = e
+        if lent:
+            self.reserve_window()
+        if parked and name == "verify" and isinstance(result, tuple) and result[0] == SIGNATURE_OK:
+            # The install starts in a fresh VM, the verdict kept: MicroPython never frees an
+            # interned name, and the verify's modules brought this VM within a few names of
+            # its next qstr pool, one block of 1280 entries (15 KiB here) that no heap this
+            # small has (docs/micropython.md, "qstr pools"). The young heap helps too.
+            if self.heap_reset(self.journey.state, _job_id(self.journey), result,
+                               _inbox(self.journey) or (), step=True,
+                               why="verified: a fresh VM for the install"):  # fmt: skip
+                return
         if parked and isinstance(result, MemoryError):
             # The heap's state, not the transfer's (park() or the step met it): after a reset
             # the journal runs the step again, as after a power cut (no retry spent, no
@@ -701,7 +722,9 @@ class Agent:
         if result is not None:
             self.events.append((step, result[0], result[1]))
 
-    def heap_reset(self, state, job_id, outcome, inbox, step=False):
+    def heap_reset(
+        self, state, job_id, outcome, inbox, step=False, why="heap too split for the journey"
+    ):
         """The journey cannot come back (at boot, after a parked step, after the trial's
         checks, after a failed action, or for a job that arrived while it idled parked), or
         a parked step met a MemoryError: reset, the step's outcome kept
@@ -745,8 +768,8 @@ class Agent:
         except Exception as e:  # the flash or the heap: recover() as before
             print("no reset for the heap (%r)" % e)
             return False
-        print("heap too split for the journey in %s: %s %d of %d%s, %s kept" % (
-            state, "soft reset" if soft else "reset", count, limit,
+        print("%s in %s: %s %d of %d%s, %s kept" % (
+            why, state, "soft reset" if soft else "reset", count, limit,
             " and the last" if count > limit else "",
             kept[0] if kept else "no outcome"))  # fmt: skip
         return self.reset_now(soft or self.system.reboot)

@@ -41,12 +41,17 @@ def split_url(url):
 
 class Download:
     def __init__(self, url, limit, timeout_s=10, retries=5, on_wait=None, tls=None,
-                 max_time_s=0):  # fmt: skip
+                 max_time_s=0, room=None):  # fmt: skip
         """tls: for https, a function returning the board's download TLS context (or None
         when the board has none configured), see Agent.download_tls. max_time_s: the whole
         transfer's bound (0: none), checked before every read and while waiting for the
-        socket, so a server that trickles cannot hold the board past it."""
+        socket, so a server that trickles cannot hold the board past it. room: a list
+        whose buffer (more than MAX_LINE bytes) the first response's head is read into, then
+        let go: the installer's room for the inflater (at 96K-98K no 1,025 bytes in one
+        piece were left for the head of the install's stream). Only this module's frames
+        take the buffer out of the list: a stale slot in the caller's frame would keep it."""
         self.scheme, self.host, self.port, self.path = split_url(url)
+        self.room = room
         # ticks, not time.time(): a float is a heap object on most ports, and these are read
         # at every read of a transfer. ticks_diff is right for spans up to about 6 days: a
         # longer max_time_s counts as 5 days.
@@ -128,7 +133,10 @@ class Download:
             self._wait(started, "no connection to %s within %s s")
 
     def _head(self):
-        scratch = bytearray(MAX_LINE + 1)  # one line at a time, never longer
+        scratch = self.room[0] if self.room else None  # lent once (__init__)
+        self.room = None
+        if scratch is None or len(scratch) <= MAX_LINE:
+            scratch = bytearray(MAX_LINE + 1)  # one line at a time, never longer
         line = self._readline(scratch)
         parts = line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():

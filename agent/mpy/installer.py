@@ -35,16 +35,17 @@ def _hex(h):
 def write(url, facts, partition, options, progress=None, poll=None, room=None):
     """Second half: stream the bundle at `url` into `partition`, after checking that it starts
     with the very header check() verified (PayloadMismatch otherwise). `room`: a list holding
-    a buffer the size of the inflate window, taken when the heap was young; it is emptied
-    (and collected) just as the inflater starts, so the window lands in that one free run
-    (deflate allocates it after its first read), however fragmented the rest of the heap."""
+    a buffer the size of the inflater's state and window, taken when the heap was young
+    (Agent.reserve_window); it is emptied (and collected) just before the inflater's first
+    read, so both land in that one free run, however fragmented the rest of the heap."""
     from agent.mpy.http import Download
 
     chunk = _chunk_size(options.get("chunk_bytes", BLOCK))
     size = facts["header_size"]
     # The hard bound: the verified header and the signed payload size, nothing more.
     source = Download(url, size + facts["size"], options.get("timeout_s", 10), on_wait=poll,
-                      tls=options.get("tls"), max_time_s=options.get("max_time_s", 0))  # fmt: skip
+                      tls=options.get("tls"), max_time_s=options.get("max_time_s", 0),
+                      room=room)  # fmt: skip
     try:
         buf = bytearray(chunk)
         digest = hashlib.sha256()
@@ -76,9 +77,8 @@ class _Tap(io.IOBase):
     from a small buffer refilled from the download and hashed as it is refilled (DeflateIO
     takes only native streams or io.IOBase subclasses)."""
 
-    def __init__(self, source, size, poll, room=None):
+    def __init__(self, source, size, poll):
         self.source, self.left, self.poll = source, size, poll
-        self.room = room  # see write(): let go at the inflater's first read
         self.buf = bytearray(TAP_BYTES)
         self.start = self.end = 0
         self.digest = hashlib.sha256()
@@ -96,11 +96,6 @@ class _Tap(io.IOBase):
         return got
 
     def readinto(self, buf):
-        if self.room:  # the inflater's first read: it allocates its window next
-            import gc
-
-            self.room.clear()
-            gc.collect()
         if self.start == self.end and not self._refill():
             return 0
         n = min(len(buf), self.end - self.start)
@@ -117,7 +112,7 @@ def _write(source, facts, partition, chunk, progress, poll, room):
     if facts["compression"] == "gzip":
         import deflate
 
-        tap = _Tap(source, facts["size"], poll, room)
+        tap = _Tap(source, facts["size"], poll)
         stream = deflate.DeflateIO(tap, deflate.GZIP, facts["window_bits"])
     else:
         tap, stream = None, source
@@ -125,6 +120,11 @@ def _write(source, facts, partition, chunk, progress, poll, room):
     buf = bytearray(chunk)
     view = memoryview(buf)
     written = 0
+    if room:  # the inflater's first read allocates its state, then (after the gzip header)
+        import gc  # its window: both land in the room, made free just before
+
+        room.clear()
+        gc.collect()
     while True:
         try:
             got = _fill(stream, view)

@@ -129,11 +129,16 @@ def test_the_outcome_of_a_step_survives_a_reset_for_the_heap(tmp_path, monkeypat
     agent.tick = lambda: None  # only the held step and what it leads to
     agent.turn()
     assert verified == [lc.DOWNLOADED]  # the outcome took the journey on: no second download
-    assert agent.journey.trace[-3:] == [lc.DOWNLOADED, lc.SIGNATURE_VERIFIED,
-                                        lc.INSTALL_SCHEDULED]  # fmt: skip
-    assert [m["status"] for m in board.sent] == ["Downloaded", "SignatureVerified",
-                                                 "InstallScheduled"]  # fmt: skip
+    # A passed verify step ends its VM, its outcome kept: the install gets a VM of its own.
+    assert board.resets == 1 and not agent.running
+    assert _record(tmp_path)["outcome"] == [lc.SIGNATURE_OK, {}]
+
+    agent, board = _boot(tmp_path)
+    agent.start()
     assert not agent.deferred  # the cancel of another job was taken (and ignored)
+    assert agent.journey.state == lc.INSTALL_SCHEDULED  # the verdict taken at boot
+    assert [m["status"] for m in board.sent][:2] == ["SignatureVerified", "InstallScheduled"]
+    assert verified == [lc.DOWNLOADED]  # not verified again
 
     again, _ = _boot(tmp_path)  # a power cut after the outcome was taken: as any other cut
     again.start()
