@@ -666,10 +666,12 @@ class Agent:
         parked = self.parking and name in PARKED_STEPS
         self.step += 1
         step = self.step
-        lent = parked and name != "install" and self.window_room
-        if lent:  # the download and verify steps run in the inflater's room (the verify step
-            self.window_room.clear()  # found no 592 bytes outside it at 96K); taken back
-        try:  # before the journey's read-back
+        # The download and verify steps run in the inflater's room (the verify step found no
+        # 592 bytes outside it at 96K); it is taken back before the journey's read-back.
+        lent = bool(parked and name != "install" and self.window_room)
+        if lent:
+            self.window_room.clear()
+        try:
             with self.phase(name):
                 if parked and _inbox(self.journey) is None:  # else parked at boot (execute)
                     _park().park(self)  # park.py comes and goes with the phase
@@ -678,8 +680,6 @@ class Agent:
             result = None
         except Exception as e:  # a bug must not kill the agent: the step fails
             result = e
-        if lent:
-            self.reserve_window()
         if parked and name == "verify" and isinstance(result, tuple) and result[0] == SIGNATURE_OK:
             # The install starts in a fresh VM, the verdict kept: MicroPython never frees an
             # interned name, and the verify's modules brought this VM within a few names of
@@ -688,7 +688,9 @@ class Agent:
             if self.heap_reset(self.journey.state, _job_id(self.journey), result,
                                _inbox(self.journey) or (), step=True,
                                why="verified: a fresh VM for the install"):  # fmt: skip
-                return
+                return  # the room is not taken back: the VM ends
+        if lent:
+            self.reserve_window()
         if parked and isinstance(result, MemoryError):
             # The heap's state, not the transfer's (park() or the step met it): after a reset
             # the journal runs the step again, as after a power cut (no retry spent, no
