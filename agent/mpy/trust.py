@@ -12,7 +12,7 @@ verdict is kept: only the release role, version and expiry as plain values, boun
 of the root files' bytes. Every verify() hashes the files again; any change to either file, or
 no verdict yet, verifies the root again in full. prepare() takes that step at boot, before the
 agent's code and connection fill the heap. The verdict on a release's header is kept too, on
-flash beside the rotated root (agent/mpy/signed.py, which uses trusted_root()), for the
+flash beside the rotated root (agent/mpy/signed.py, bound to fingerprint()), for the
 install step's check of the same header.
 """
 
@@ -101,20 +101,24 @@ class Trust:
                 root = rotated
         return root
 
+    def fingerprint(self):
+        """The SHA-256 of the root files' bytes now (what a verdict on them is bound to)."""
+        return _fingerprint(self._paths())
+
     def _verify_root(self, fingerprint):
         """Verify the root files in full (root() in its own phase): the plain verdict, kept
         only if the files still hash to `fingerprint` (they did not change while read)."""
         self.verified = None
         with Phase("root"):
             verdict = _verdict(self.root(), fingerprint)
-        if _fingerprint(self._paths()) == fingerprint:
+        if self.fingerprint() == fingerprint:
             self.verified = verdict
         return verdict
 
     def prepare(self):
         """Verify the root now, at boot, while the heap is emptiest. A failure is only printed:
         verify() verifies the root again and reports what is wrong with it."""
-        fingerprint = _fingerprint(self._paths())
+        fingerprint = self.fingerprint()
         if self.verified is not None and self.verified[0] == fingerprint:
             return
         try:
@@ -125,7 +129,7 @@ class Trust:
     def trusted_root(self, keyring):
         """The root as keyring objects and its files' fingerprint: the kept verdict when the
         files are unchanged, otherwise verified again in full first."""
-        fingerprint = _fingerprint(self._paths())
+        fingerprint = self.fingerprint()
         verdict = self.verified
         if verdict is None or verdict[0] != fingerprint:
             verdict = self._verify_root(fingerprint)

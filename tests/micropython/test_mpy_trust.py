@@ -202,9 +202,10 @@ def kept_case(tmp_path, **root_kwargs):
     key = make_keys(1, keytype="ed25519", tag="mpy-signed")[0]
     trust, root, envelope = board_case(tmp_path, key, **root_kwargs)
 
-    def fresh(rotated=True):
+    def fresh(rotated=True, prepare=True):
         board = BoardTrust(root, trust.rotated_path if rotated else None)
-        board.prepare()
+        if prepare:
+            board.prepare()
         return board
 
     return fresh, envelope_of(tmp_path / "bundle.cub"), set(envelope.keyids)
@@ -242,6 +243,28 @@ def test_a_verified_header_is_not_verified_again_in_a_new_vm(tmp_path, monkeypat
     assert len(seen) == 2
     verify_step(fresh(), raw)  # the verify step's: always in full
     assert len(seen) == 4
+
+
+def test_the_install_check_on_a_kept_verdict_does_not_verify_the_root(tmp_path, monkeypatch):
+    """The install's VM skips the root at boot (Agent.start): the kept verdict is bound to
+    the root files the verify step verified, and keeps that root's expiry."""
+    now = int(time.time())
+    fresh, raw, _ = kept_case(tmp_path, expires=now + DAY)
+    verify_step(fresh(), raw, now=now)
+    board = fresh(prepare=False)
+    roots = []
+    real = board._verify_root
+    monkeypatch.setattr(board, "_verify_root", lambda f: roots.append(f) or real(f))
+    assert install_check(board, raw, now=now)["version"] == VERSION
+    assert roots == [] and board.verified is None
+    with pytest.raises(Rejected) as e:  # the kept root's expiry, checked without the root
+        install_check(board, raw, now=now + 2 * DAY)
+    assert e.value.reason == "expired" and "trusted root" in e.value.message
+    assert roots == []
+    with open(board.root_path, "ab") as f:  # other root bytes (the same root, parsed):
+        f.write(b" ")  # not the ones the verdict is bound to, so verified in full again
+    assert install_check(board, raw, now=now)["version"] == VERSION
+    assert len(roots) == 1
 
 
 def test_a_kept_verdict_does_not_excuse_the_rules_that_may_change(tmp_path, monkeypatch):
@@ -308,10 +331,14 @@ def _damaged(record):
         dict(record, facts=dict((k, v) for k, v in facts.items() if k != "size")),
         dict(record, facts=dict(facts, expires=str(facts["expires"]))),
         dict(record, facts=dict(facts, sha256=None)),
+        dict((k, v) for k, v in record.items() if k != "root"),
+        dict(record, root=[record["root"][0]]),
+        dict(record, root=[str(record["root"][0]), record["root"][1]]),
+        dict(record, root=None),
     ]
 
 
-@pytest.mark.parametrize("record", [b"", b"{not json", b'{"signed": 7}', b"[]", 0, 1, 2, 3, 4])
+@pytest.mark.parametrize("record", [b"", b"{not json", b'{"signed": 7}', b"[]"] + list(range(9)))
 def test_a_damaged_verdict_record_means_verifying_again(tmp_path, monkeypatch, record):
     fresh, raw, keyids = kept_case(tmp_path)
     planned = verify_step(fresh(), raw)
