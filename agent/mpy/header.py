@@ -3,8 +3,8 @@ it with the board's trust store, and plan the one `app` payload it promises.
 
 verify() is the verify step's: it verifies the header in full and keeps its verdict with the
 plain facts of the payload (agent/mpy/signed.py). check() is the first half of an install
-(agent/mpy/installer.py is the second): it checks the header again (the bytes the verify step
-fetched, kept in RAM, or fetched anew after a reboot) on the facts kept with the verdict, or
+(agent/mpy/installer.py is the second): it checks the header again (the bytes the download
+step fetched, kept in RAM or on flash, agent/mpy/steps.py) on the facts kept with the verdict, or
 verifies it in full when there are none, and adds the sha256 of the header bytes, which binds
 the write to exactly the bytes checked here. Each runs in its own phase with no connection
 open, so the verifiers never share the heap with the download or the inflater.

@@ -37,15 +37,17 @@ def _info(error):
 
 
 def download(agent):
-    agent.envelope = None  # always fetched: what an earlier job left is not this bundle's
-    _header(agent)
+    """Fetch the job's signed header (always: what an earlier fetch left may be another
+    bundle's) and keep it on flash for the verify and install steps' later VMs."""
+    agent.envelope = _fetch_header(agent)
+    _keep_header(agent, agent.envelope)
     return DOWNLOAD_OK, {}
 
 
 def verify(agent):
     """SIGNATURE_OK (its verdict kept for the install, agent/mpy/signed.py), or SIGNATURE_BAD
     for a rejected header or one without exactly one payload for the board's slot class;
-    DOWNLOAD_ERROR when the header, fetched again after a restart, cannot be had (a server
+    DOWNLOAD_ERROR when the header, fetched again when none is kept, cannot be had (a server
     gone, the job's deadline, the network: retried while the job has retries); the heap
     raises (the agent recovers)."""
     from agent.mpy import header
@@ -108,15 +110,61 @@ def _progress(agent, job):
 
 
 def _header(agent):
-    """The raw signed header of the job's bundle: the one the verify step fetched (kept in
-    RAM), or fetched again (after a reboot between verify and install)."""
+    """The raw signed header of the job's bundle: the one the download step fetched (kept in
+    RAM, and on flash for a new VM or boot), or fetched again when neither holds it."""
+    if agent.envelope is None:
+        agent.envelope = _kept_header(agent) or _fetch_header(agent)
+    return agent.envelope
+
+
+def _fetch_header(agent):
     from agent.mpy import header
 
-    if agent.envelope is None:
-        agent.envelope = header.fetch_header(agent.journey.job.url, agent.timeout(),
-                                             agent.poller(), agent.download_tls,
-                                             agent.max_time())  # fmt: skip
-    return agent.envelope
+    return header.fetch_header(agent.journey.job.url, agent.timeout(), agent.poller(),
+                               agent.download_tls, agent.max_time())  # fmt: skip
+
+
+def _header_path(agent):
+    return agent.cfg.get("state_dir", "data") + "/header.bin"
+
+
+def _keep_header(agent, raw):
+    """header.bin: a line with the job's id and the SHA-256 of `raw`, then `raw`. The verify
+    and install steps' VMs read it instead of fetching the header again: no HTTP code and
+    no connection on their heap (the verify step's VM then interns about 90 names fewer,
+    docs/micropython.md's qstr pools). Written aside and renamed, so a cut leaves the old
+    file or this one; a failed write only costs a fetch."""
+    import os
+
+    path = _header_path(agent)
+    try:
+        with open(path + ".tmp", "wb") as f:
+            f.write(("%s %s\n" % (agent.journey.job.id, _sha256(raw))).encode())
+            f.write(raw)
+        os.rename(path + ".tmp", path)
+    except OSError as e:
+        print("header not kept: %r" % e)
+
+
+def _kept_header(agent):
+    """The header kept for this job, if whole; None otherwise (another job's, damaged, or
+    none: fetched again)."""
+    import os
+
+    from agent.core.envelope import MAX_ENVELOPE
+
+    path = _header_path(agent)
+    try:
+        size = os.stat(path)[6]
+        with open(path, "rb") as f:
+            line = f.readline(256)
+            # read(n) takes n bytes of heap at once: the bytes there, never the bound
+            raw = f.read(min(size - len(line), MAX_ENVELOPE + 1))
+    except OSError:
+        return None
+    if line != ("%s %s\n" % (agent.journey.job.id, _sha256(raw))).encode():
+        return None
+    return raw
 
 
 def install(agent, slot):

@@ -50,11 +50,11 @@ def build_image(path, version, defects=(), pad_bytes=0):
 
 class MpyRig(Harness):
     boot_banner = r"\[rom\] booting ota_"
-    # The signed header (download and verify), the header again in the install's own VM
-    # (its check: the header the verify step pinned), then one stream for the install: the
-    # header once more, against the checked one, and the payload from the same connection
-    # (no format probe: this board installs format 1 only).
-    bundle_requests = (None, None, None)
+    # The signed header (the download step's, kept on flash for the verify and install
+    # steps' VMs: agent/mpy/steps.py), then one stream for the install: the header again,
+    # against the checked one, and the payload from the same connection (no format probe:
+    # this board installs format 1 only).
+    bundle_requests = (None, None)
 
     def __init__(self, workdir, device_id="mpy-0001", trial_window_s=30, heap="96K",
                  factory_version="1.0.0", link_rate=0, on_status=None, window_bits=WINDOW_BITS,
