@@ -212,9 +212,10 @@ class Agent:
             phases.drop(("agent.mpy.park", "agent.mpy.heapreset"))
         prepare = getattr(self.trust, "prepare", None)
         # The root's verdict, before the connection takes its heap; not for an install held
-        # here: its check takes the verify step's kept verdict (agent/mpy/signed.py), and at
+        # here whose check takes the verify step's kept verdict (agent/mpy/signed.py): at
         # 96K the root's verifier found no 640 bytes after the held install was parked.
-        if prepare is not None and not (self.held and self.held[0][0] == "install"):
+        if prepare is not None and not (self.held and self.held[0][0] == "install"
+                                        and _verdict_kept(self.trust)):  # fmt: skip
             prepare()
         self.reserve_window()
         self.channel.subscribe(JOB, self.on_job)
@@ -378,6 +379,15 @@ class Agent:
             print("reset cause unknown (%r)" % e)
             facts = {}
         reset = facts["reset"] = resets.normalise(facts.get("reset"))
+        if reset == resets.AGENT_RESTART and _exists(self.heap_reset_path):
+            from agent.mpy.store import read_json
+
+            try:  # a boot whose cause no journey took before this VM (heap_reset)
+                cause = (read_json(self.heap_reset_path) or {}).get("boot")
+            except Exception:
+                cause = None
+            if isinstance(cause, str):
+                reset = facts["reset"] = resets.normalise(cause)
         new = self.journey.data.get("new_slot")
         if new:
             attempts = int(self.cfg.get("trial", {}).get("attempts", TRIAL_ATTEMPTS))
@@ -767,6 +777,20 @@ class Agent:
             if kept is None and count > 1:  # an outcome not taken yet (heapreset.outcome)
                 kept = last.get("outcome")  # stays the journey's: its step must not rerun
             record = {"state": state, "job_id": job_id, "count": count, "outcome": kept}
+            if self.journey is None:
+                # The boot's read-back failed: no journey took this boot's reset cause, and
+                # the next VM reads SOFT_RESET. Kept for it (boot_facts()): at 96K a power
+                # loss in the trial came back as an agent restart, and power losses that
+                # used up the new slot's attempts were reported as unexplained resets,
+                # which a fleet halts on.
+                try:
+                    cause = dict(self.system.boot_facts()).get("reset")
+                except Exception:
+                    cause = None
+                if cause == "agent-restart":  # an earlier VM's, passed on
+                    cause = last.get("boot")
+                if cause:
+                    record["boot"] = cause
             if count > limit:
                 record["final"] = True
             write_atomic(self.heap_reset_path, record)
@@ -1007,6 +1031,20 @@ class Agent:
 def heap_resets(cfg):
     """[install] heap_resets: resets for a split heap in a row at one state of one job."""
     return int(cfg.get("install", {}).get("heap_resets", HEAP_RESETS))
+
+
+def _verdict_kept(trust):
+    """Whether the verify step's verdict is on flash for the install's check (signed.py);
+    without it that check verifies the root too, so the boot had better verify it first."""
+    rotated = getattr(trust, "rotated_path", None)
+    if not rotated:
+        return False
+    from agent.mpy import signed
+
+    try:
+        return _exists(signed.path(rotated))
+    finally:
+        phases.drop(("agent.mpy.signed",))
 
 
 def _exists(path):

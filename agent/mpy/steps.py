@@ -131,9 +131,10 @@ def _header_path(agent):
 def _keep_header(agent, raw):
     """header.bin: a line with the job's id and the SHA-256 of `raw`, then `raw`. The verify
     and install steps' VMs read it instead of fetching the header again: no HTTP code and
-    no connection on their heap (the verify step's VM then interns about 90 names fewer,
+    no connection on their heap (the verify step's VM interned 25 names fewer at 96K,
     docs/micropython.md's qstr pools). Written aside and renamed, so a cut leaves the old
-    file or this one; a failed write only costs a fetch."""
+    file or this one; a failed write only costs a fetch (the old file goes: it may hold this
+    job's earlier fetch, and the bundle may have changed since)."""
     import os
 
     path = _header_path(agent)
@@ -144,6 +145,10 @@ def _keep_header(agent, raw):
         os.rename(path + ".tmp", path)
     except OSError as e:
         print("header not kept: %r" % e)
+        try:
+            os.remove(path)
+        except OSError:
+            pass
 
 
 def _kept_header(agent):
@@ -158,8 +163,13 @@ def _kept_header(agent):
         size = os.stat(path)[6]
         with open(path, "rb") as f:
             line = f.readline(256)
-            # read(n) takes n bytes of heap at once: the bytes there, never the bound
-            raw = f.read(min(size - len(line), MAX_ENVELOPE + 1))
+            n = size - len(line)
+            # Another job's, or more than an envelope: not read (read(n) takes n bytes of
+            # heap at once, and a MemoryError here would fail the step, not fetch again).
+            if not (line.startswith(("%s " % agent.journey.job.id).encode())
+                    and 0 < n <= MAX_ENVELOPE):  # fmt: skip
+                return None
+            raw = f.read(n)
     except OSError:
         return None
     if line != ("%s %s\n" % (agent.journey.job.id, _sha256(raw))).encode():

@@ -145,6 +145,48 @@ def test_the_outcome_of_a_step_survives_a_reset_for_the_heap(tmp_path, monkeypat
     assert again.held is None and again.journey.state == lc.INSTALL_SCHEDULED
 
 
+class Prepared:
+    """A trust store that counts the root's checks at boot (Trust.prepare, Agent.start)."""
+
+    def __init__(self, rotated_path):
+        self.rotated_path = rotated_path
+        self.prepared = 0
+
+    def prepare(self):
+        self.prepared += 1
+
+
+@pytest.mark.parametrize("verdict", [True, False], ids=["verdict-kept", "no-verdict"])
+def test_the_installs_vm_checks_the_root_at_boot_only_without_a_kept_verdict(
+    tmp_path, monkeypatch, verdict
+):
+    # The install's check takes the verify step's kept verdict (signed.json beside the
+    # rotated root) and verifies no root then; without one it verifies the root too, which
+    # had better happen at boot, while the heap is young.
+    agent, board = _boot(tmp_path)
+    _downloading(agent)
+    agent.journey.handle(lc.DOWNLOAD_OK, T0)
+    agent.journal.save(agent.journey)
+    monkeypatch.setattr(steps, "verify", lambda agent: (lc.SIGNATURE_OK, {}))
+    agent.do_verify()
+    assert board.resets == 1  # a fresh VM for the install
+    if verdict:
+        with open(tmp_path / "signed.json", "w") as f:
+            json.dump({"signed": "0" * 64}, f)
+
+    class Marks(Boot):  # the install's first action: the slot it writes is marked bad
+        def mark_bad(self, slot, confirmed=False):
+            pass
+
+    board = Board()  # the install's VM
+    trust = Prepared(str(tmp_path / "rotated.json"))
+    agent = Agent({"device": DEVICE, "state_dir": str(tmp_path)}, Marks(), board, Idle(), trust,
+                  board)  # fmt: skip
+    agent.start()
+    assert agent.held and agent.held[0][0] == "install"
+    assert agent.trust.prepared == (0 if verdict else 1)
+
+
 def test_a_step_that_cannot_park_resets_and_runs_again(tmp_path, monkeypatch):
     agent, board = _boot(tmp_path)
     _downloading(agent)
@@ -552,6 +594,39 @@ def test_a_boot_with_no_room_for_the_journey_soft_resets_and_resumes_it_first(
     agent = _on_the_new_slot(tmp_path, SoftBoard(), OnTheNewSlot())
     agent.start()
     assert agent.held == [("run_checks",)] and agent.journey.inbox == []
+
+
+class PoweredOn(SoftBoard):
+    """The first VM of a boot of the chip after a power loss."""
+
+    def boot_facts(self):
+        return {"reset": "power-on"}
+
+
+def test_a_boots_cause_no_journey_took_reaches_the_vm_after_the_reset(tmp_path, monkeypatch):
+    # The first VM of a boot after a power loss cannot read its journey back (at 96K on the
+    # old slot, the trial lost with the power): the VM after reads SOFT_RESET, yet the
+    # journey must see the power loss, not an agent restart (power losses that use up the
+    # attempts roll back as power-loss, which a fleet does not halt on; unexplained resets
+    # halt it).
+    journey = _installed_after_a_reset(tmp_path, monkeypatch, lc.TIME_REACHED)
+    os.remove(tmp_path / "heap-reset.json")
+    _a_vm_without_room(tmp_path, monkeypatch, PoweredOn())
+    assert _record(tmp_path)["boot"] == "power-on"
+    _a_vm_without_room(tmp_path, monkeypatch, SoftBoard())  # passed on by a VM failing too
+    assert _record(tmp_path)["boot"] == "power-on" and _record(tmp_path)["count"] == 2
+    agent = _on_the_new_slot(tmp_path, SoftBoard(), OnTheNewSlot())
+    agent.journey = journey
+    assert agent.boot_facts()["reset"] == "power-on"
+    # A VM whose journey took its boot's facts keeps none: the VM after is an agent restart.
+    agent = _on_the_new_slot(tmp_path, PoweredOn(), OnTheNewSlot())
+    agent.journey = journey
+    with pytest.raises(SystemExit):
+        agent.heap_reset(lc.INSTALLED, journey.job.id, None, ())
+    assert "boot" not in _record(tmp_path)
+    agent = _on_the_new_slot(tmp_path, SoftBoard(), OnTheNewSlot())
+    agent.journey = journey
+    assert agent.boot_facts()["reset"] == "agent-restart"
 
 
 def test_a_soft_reset_in_the_trial_reruns_its_checks_in_the_same_window(tmp_path, monkeypatch):

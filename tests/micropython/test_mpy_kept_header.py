@@ -68,16 +68,35 @@ def _damaged(path):
         b"\n" + raw,  # no line
         raw,  # only the bytes
         b"",
-        line + b"\n" + b"x" * (MAX_ENVELOPE + 10),  # past the bound: read to it, not whole
     ]
 
 
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", range(6))
 def test_a_damaged_kept_header_is_fetched_again(tmp_path, fetched, case):
     path = kept(tmp_path)
     path.write_bytes(_damaged(path)[case])
     assert steps._header(agent(tmp_path)).startswith(b"fetched:")
     assert len(fetched) == 1
+
+
+def test_a_kept_header_past_the_envelopes_bound_is_not_read(tmp_path, fetched, monkeypatch):
+    big = b"x" * (MAX_ENVELOPE + 1)  # its line is right: only the bound refuses it
+    kept(tmp_path, raw=big)
+    reads = []
+    real_open = open
+
+    def counted(path, mode="r", *args):  # the bytes past the line are never read
+        f = real_open(path, mode, *args)
+        if str(path).endswith("header.bin") and "r" in mode:
+            real_read = f.read
+            f.read = lambda *n: reads.append(n) or real_read(*n)
+        return f
+
+    monkeypatch.setattr("builtins.open", counted)
+    assert steps._header(agent(tmp_path)).startswith(b"fetched:")
+    assert reads == [] and len(fetched) == 1
+    kept(tmp_path, raw=big[:MAX_ENVELOPE])  # at the bound: taken
+    assert steps._header(agent(tmp_path)) == big[:MAX_ENVELOPE]
 
 
 def test_another_jobs_kept_header_or_none_is_fetched_again(tmp_path, fetched):
@@ -90,7 +109,9 @@ def test_another_jobs_kept_header_or_none_is_fetched_again(tmp_path, fetched):
 
 
 def test_a_failed_write_costs_only_a_fetch(tmp_path, fetched, capsys):
+    kept(tmp_path)  # this job's earlier fetch: the bundle may have changed since
     os.mkdir(str(tmp_path / "header.bin.tmp"))  # cannot be opened for writing
-    steps._keep_header(agent(tmp_path), RAW)
+    steps._keep_header(agent(tmp_path), RAW + b" ")
     assert "header not kept" in capsys.readouterr().out
+    assert not os.path.exists(str(tmp_path / "header.bin"))  # not the earlier one either
     assert steps._header(agent(tmp_path)).startswith(b"fetched:")
