@@ -380,14 +380,16 @@ class Agent:
             facts = {}
         reset = facts["reset"] = resets.normalise(facts.get("reset"))
         if reset == resets.AGENT_RESTART and _exists(self.heap_reset_path):
-            from agent.mpy.store import read_json
+            from agent.mpy.store import read_json, write_atomic
 
-            try:  # a boot whose cause no journey took before this VM (heap_reset)
-                cause = (read_json(self.heap_reset_path) or {}).get("boot")
-            except Exception:
-                cause = None
-            if isinstance(cause, str):
-                reset = facts["reset"] = resets.normalise(cause)
+            try:  # a boot whose cause no journey took before this VM (heap_reset), once:
+                record = read_json(self.heap_reset_path) or {}  # a soft reset after this
+                cause = record.pop("boot", None)  # one (the OEM's) is an agent restart
+                if isinstance(cause, str):
+                    write_atomic(self.heap_reset_path, record)
+                    reset = facts["reset"] = resets.normalise(cause)
+            except Exception as e:  # the flash or the heap: an agent restart, as before
+                print("boot's cause not taken (%r)" % e)
         new = self.journey.data.get("new_slot")
         if new:
             attempts = int(self.cfg.get("trial", {}).get("attempts", TRIAL_ATTEMPTS))

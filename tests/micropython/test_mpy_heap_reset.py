@@ -618,6 +618,9 @@ def test_a_boots_cause_no_journey_took_reaches_the_vm_after_the_reset(tmp_path, 
     agent = _on_the_new_slot(tmp_path, SoftBoard(), OnTheNewSlot())
     agent.journey = journey
     assert agent.boot_facts()["reset"] == "power-on"
+    agent = _on_the_new_slot(tmp_path, SoftBoard(), OnTheNewSlot())  # a soft reset after
+    agent.journey = journey  # that one (the OEM's own): an agent restart, the cause taken once
+    assert agent.boot_facts()["reset"] == "agent-restart"
     # A VM whose journey took its boot's facts keeps none: the VM after is an agent restart.
     agent = _on_the_new_slot(tmp_path, PoweredOn(), OnTheNewSlot())
     agent.journey = journey
