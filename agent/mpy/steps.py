@@ -69,8 +69,8 @@ def verify(agent):
 
 def _pin_path(agent):
     """verified.json: the SHA-256 of the header the verify step passed, by job. The install
-    takes only that header, even when it fetches it again (after a reset or a power cut
-    between the steps): another one, however well signed, was never verified for this job."""
+    takes only that header, also when it fetches it again (header.bin lost or another
+    job's): another one, however well signed, was never verified for this job."""
     return agent.cfg.get("state_dir", "data") + "/verified.json"
 
 
@@ -178,8 +178,9 @@ def _kept_header(agent):
 
 
 def install(agent, slot):
-    """Verify the header again (its own phase, no connection open), then stream the bundle
-    into the slot, its header checked against the verified bytes (another phase)."""
+    """Check the header again (its own phase, no connection open: header.check on the kept
+    verdict), then stream the bundle into the slot, its header checked against the checked
+    bytes (another phase)."""
     job = agent.journey.job
     agent.board.set_slot(slot, {"state": "writing", "incoming": job.version})
     options = dict(agent.cfg.get("install", {}), timeout_s=agent.timeout(),
